@@ -1,0 +1,336 @@
+/**
+ * The typed fluent DSL. Building a pipeline only records a graph; `compile` validates it and
+ * the ShardTask turns it into push-based operators over the Processor API.
+ */
+import { type AggregateFunction, reducing } from './aggregates.ts';
+import { PipelineDefinitionError, describeValue } from './errors.ts';
+import type { KeyedProcessFunction } from './processor.ts';
+import type { SourceRecord } from './ports.ts';
+import type { StateKey, StateSpec } from './state.ts';
+import type { Millis } from './time.ts';
+import {
+  type WindowFunction,
+  type WindowResult,
+  alignedWindowOperator,
+  sessionWindowOperator,
+} from './window-operator.ts';
+import type { WatermarkStrategy } from './watermarks.ts';
+import type { WindowAssigner } from './windows.ts';
+
+/** Sink receiving records that could not be processed, with the reason and position. */
+export const DEAD_LETTER_SINK = 'floe.dead-letter';
+/** Default name of a window's late-data side output (and of the sink it goes to). */
+export const DEFAULT_LATE_SINK = 'floe.late';
+
+export type Deserializer<T> = (data: unknown, record: SourceRecord) => T;
+
+const decoder = new TextDecoder('utf-8', { fatal: true });
+
+/** JSON from bytes or a string (the default). */
+export function jsonDeserializer<T>(): Deserializer<T> {
+  return (data) => {
+    if (data instanceof Uint8Array) return JSON.parse(decoder.decode(data)) as T;
+    if (typeof data === 'string') return JSON.parse(data) as T;
+    throw new TypeError(`expected the record data as bytes or a JSON string; received ${describeValue(data)}`);
+  };
+}
+
+/** Uses the record data as it is (already-decoded values, e.g. in tests and benchmarks). */
+export function passthroughDeserializer<T>(): Deserializer<T> {
+  return (data) => data as T;
+}
+
+export type NodeKind = 'source' | 'map' | 'filter' | 'flatMap' | 'timestamps' | 'keyed' | 'sideOutput' | 'sink';
+
+export interface GraphNode {
+  readonly id: number;
+  readonly kind: NodeKind;
+  readonly input: GraphNode | undefined;
+  // biome-ignore lint/suspicious/noExplicitAny: heterogeneous node payloads are checked by kind
+  readonly fn?: (...args: any[]) => any;
+  readonly name?: string;
+  readonly strategy?: WatermarkStrategy;
+  readonly deserializer?: Deserializer<unknown>;
+  readonly keySelector?: (value: unknown) => StateKey;
+  readonly process?: KeyedProcessFunction<unknown, unknown, StateSpec>;
+  /** Explicit operator uid (stable state address); derived when absent. */
+  uid?: string;
+  readonly operatorKind?: 'window' | 'process';
+  /** Window operators: name of the late-data side output. */
+  readonly lateOutput?: string;
+}
+
+export interface PipelineOptions {
+  /** Identifies the pipeline code in checkpoints and savepoints. @default '1' */
+  readonly version?: string;
+}
+
+export class Pipeline {
+  readonly nodes: GraphNode[] = [];
+  readonly version: string;
+
+  constructor(
+    readonly name: string,
+    options: PipelineOptions = {},
+  ) {
+    if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/.test(name)) {
+      throw new PipelineDefinitionError(
+        `pipeline name must be 1-100 letters, digits, '.', '_' or '-' starting with a letter or digit; received ${describeValue(name)}`,
+      );
+    }
+    this.version = options.version ?? '1';
+  }
+
+  /** The pipeline's single source: the records of the job's stream. */
+  source<T>(options: { deserializer?: Deserializer<T> } = {}): DataStream<T> {
+    if (this.nodes.some((n) => n.kind === 'source')) {
+      throw new PipelineDefinitionError(
+        `pipeline "${this.name}" already has a source; a pipeline reads one stream. Reuse the DataStream returned by the first source() call to branch.`,
+      );
+    }
+    const node = this.add({
+      kind: 'source',
+      input: undefined,
+      deserializer: (options.deserializer ?? jsonDeserializer<T>()) as Deserializer<unknown>,
+    });
+    return new DataStream<T>(this, node);
+  }
+
+  /** @internal */
+  add(node: Omit<GraphNode, 'id'>): GraphNode {
+    const full = { ...node, id: this.nodes.length } as GraphNode;
+    this.nodes.push(full);
+    return full;
+  }
+}
+
+/** Starts a pipeline definition. Export it as the module's default export. */
+export function pipeline(name: string, options?: PipelineOptions): Pipeline {
+  return new Pipeline(name, options);
+}
+
+function requireFunction(what: string, fn: unknown): void {
+  if (typeof fn !== 'function') {
+    throw new PipelineDefinitionError(`${what} needs a function; received ${describeValue(fn)}`);
+  }
+}
+
+function requireName(what: string, name: unknown): string {
+  if (typeof name !== 'string' || name.length === 0 || name.length > 200) {
+    throw new PipelineDefinitionError(`${what} needs a non-empty name; received ${describeValue(name)}`);
+  }
+  return name;
+}
+
+export class DataStream<T> {
+  constructor(
+    readonly pipeline: Pipeline,
+    /** @internal */ readonly node: GraphNode,
+  ) {}
+
+  map<U>(fn: (value: T) => U): DataStream<U> {
+    requireFunction('map', fn);
+    return new DataStream<U>(this.pipeline, this.pipeline.add({ kind: 'map', input: this.node, fn }));
+  }
+
+  filter(predicate: (value: T) => boolean): DataStream<T>;
+  filter<S extends T>(predicate: (value: T) => value is S): DataStream<S>;
+  filter(predicate: (value: T) => boolean): DataStream<T> {
+    requireFunction('filter', predicate);
+    return new DataStream<T>(this.pipeline, this.pipeline.add({ kind: 'filter', input: this.node, fn: predicate }));
+  }
+
+  flatMap<U>(fn: (value: T) => Iterable<U>): DataStream<U> {
+    requireFunction('flatMap', fn);
+    return new DataStream<U>(this.pipeline, this.pipeline.add({ kind: 'flatMap', input: this.node, fn }));
+  }
+
+  /**
+   * Assigns event time and generates watermarks (Flink's assignTimestampsAndWatermarks).
+   * A record whose timestamp is not a finite number goes to the dead-letter sink.
+   */
+  withTimestamps(timestamp: (value: T) => number, watermarks: WatermarkStrategy): DataStream<T> {
+    requireFunction('withTimestamps', timestamp);
+    if (watermarks === undefined || typeof watermarks.bound !== 'number') {
+      throw new PipelineDefinitionError(
+        `withTimestamps needs a watermark strategy such as boundedOutOfOrderness(seconds(5)); received ${describeValue(watermarks)}`,
+      );
+    }
+    return new DataStream<T>(
+      this.pipeline,
+      this.pipeline.add({ kind: 'timestamps', input: this.node, fn: timestamp, strategy: watermarks }),
+    );
+  }
+
+  /**
+   * Partitions by key. On AWS every event of a key must arrive on one Kinesis shard: key by
+   * (a function of) the partition key. See docs/dsl.md, "Keys and shards".
+   */
+  keyBy<K extends StateKey>(key: (value: T) => K): KeyedStream<T, K> {
+    requireFunction('keyBy', key);
+    return new KeyedStream<T, K>(this, key);
+  }
+
+  /** Writes every element to the named sink. */
+  sink(name: string): void {
+    this.pipeline.add({ kind: 'sink', input: this.node, name: requireName('sink', name) });
+  }
+}
+
+export class KeyedStream<T, K extends StateKey> {
+  constructor(
+    /** @internal */ readonly stream: DataStream<T>,
+    /** @internal */ readonly key: (value: T) => K,
+  ) {}
+
+  window(assigner: WindowAssigner): WindowedStream<T, K> {
+    if (assigner === undefined || !['tumbling', 'sliding', 'session'].includes(assigner.kind)) {
+      throw new PipelineDefinitionError(
+        `window needs tumbling(...), sliding(...) or session(...); received ${describeValue(assigner)}`,
+      );
+    }
+    return new WindowedStream<T, K>(this, assigner);
+  }
+
+  /** A keyed process function with state and timers (see KeyedProcessFunction). */
+  process<Out, S extends StateSpec = StateSpec>(
+    fn: KeyedProcessFunction<T, Out, S>,
+    options: { uid?: string } = {},
+  ): ProcessedStream<Out> {
+    if (fn === undefined || typeof fn.processElement !== 'function') {
+      throw new PipelineDefinitionError(
+        `process needs an object with a processElement(value, ctx) method; received ${describeValue(fn)}`,
+      );
+    }
+    return this.addOperator('process', fn as unknown as KeyedProcessFunction<unknown, unknown, StateSpec>, options.uid);
+  }
+
+  /** @internal */
+  addOperator<Out>(
+    operatorKind: 'window' | 'process',
+    process: KeyedProcessFunction<unknown, unknown, StateSpec>,
+    uid: string | undefined,
+    lateOutput?: string,
+  ): ProcessedStream<Out> {
+    const pipeline = this.stream.pipeline;
+    const node = pipeline.add({
+      kind: 'keyed',
+      input: this.stream.node,
+      keySelector: this.key as (value: unknown) => StateKey,
+      process,
+      operatorKind,
+      uid,
+      lateOutput,
+    });
+    return new ProcessedStream<Out>(pipeline, node);
+  }
+}
+
+export class WindowedStream<T, K extends StateKey> {
+  private lateness = 0;
+  private lateName = DEFAULT_LATE_SINK;
+  private uidValue: string | undefined;
+
+  constructor(
+    private readonly keyed: KeyedStream<T, K>,
+    private readonly assigner: WindowAssigner,
+  ) {}
+
+  /** Keeps windows for `lateness` ms past their end; late elements re-fire them. @default 0 */
+  allowedLateness(lateness: Millis): this {
+    if (typeof lateness !== 'number' || !Number.isInteger(lateness) || lateness < 0) {
+      throw new PipelineDefinitionError(
+        `allowedLateness needs a whole number of milliseconds >= 0; received ${describeValue(lateness)}`,
+      );
+    }
+    this.lateness = lateness;
+    return this;
+  }
+
+  /** Names the side output (and default sink) for elements too late for every window. @default 'floe.late' */
+  sideOutputLateData(name: string): this {
+    this.lateName = requireName('sideOutputLateData', name);
+    return this;
+  }
+
+  /** Stable id of this operator's state; set it before changing a pipeline that has state. */
+  uid(uid: string): this {
+    this.uidValue = requireName('uid', uid);
+    return this;
+  }
+
+  aggregate<Acc, R>(aggregate: AggregateFunction<T, Acc, R>): ProcessedStream<WindowResult<K, R>>;
+  aggregate<Acc, R, Out>(
+    aggregate: AggregateFunction<T, Acc, R>,
+    windowFunction: WindowFunction<K, R, Out>,
+  ): ProcessedStream<Out>;
+  aggregate<Acc, R, Out>(
+    aggregate: AggregateFunction<T, Acc, R>,
+    windowFunction?: WindowFunction<K, R, Out>,
+  ): ProcessedStream<Out> {
+    if (aggregate === undefined || typeof aggregate.add !== 'function' || typeof aggregate.create !== 'function') {
+      throw new PipelineDefinitionError(
+        `aggregate needs {create, add, merge?, result}; received ${describeValue(aggregate)}`,
+      );
+    }
+    if (windowFunction !== undefined) requireFunction('aggregate window function', windowFunction);
+    if (this.assigner.kind === 'session' && typeof aggregate.merge !== 'function') {
+      throw new PipelineDefinitionError(
+        'session windows merge, so their aggregate needs a merge(a, b) function; add one or use reduce()',
+      );
+    }
+    const options = {
+      aggregate: aggregate as AggregateFunction<unknown, Acc, R>,
+      windowFunction: windowFunction as WindowFunction<StateKey, R, Out> | undefined,
+      allowedLateness: this.lateness,
+      lateOutput: this.lateName,
+    };
+    const fn =
+      this.assigner.kind === 'session'
+        ? sessionWindowOperator(this.assigner, options)
+        : alignedWindowOperator(this.assigner, options);
+    const stream = this.keyed.addOperator<Out>(
+      'window',
+      fn as unknown as KeyedProcessFunction<unknown, unknown, StateSpec>,
+      this.uidValue,
+      this.lateName,
+    );
+    stream.lateOutputName = this.lateName;
+    return stream;
+  }
+
+  reduce(reduce: (a: T, b: T) => T): ProcessedStream<WindowResult<K, T>>;
+  reduce<Out>(reduce: (a: T, b: T) => T, windowFunction: WindowFunction<K, T, Out>): ProcessedStream<Out>;
+  reduce<Out>(reduce: (a: T, b: T) => T, windowFunction?: WindowFunction<K, T, Out>): ProcessedStream<Out> {
+    requireFunction('reduce', reduce);
+    return windowFunction === undefined
+      ? (this.aggregate(reducing(reduce)) as unknown as ProcessedStream<Out>)
+      : this.aggregate(reducing(reduce), windowFunction);
+  }
+}
+
+/** The output of a keyed operator, with access to its side outputs. */
+export class ProcessedStream<T> extends DataStream<T> {
+  /** @internal */ lateOutputName: string | undefined;
+
+  /** The elements sent to `ctx.output(name, ...)`; unconsumed side outputs go to a sink of that name. */
+  sideOutput<U = unknown>(name: string): DataStream<U> {
+    requireName('sideOutput', name);
+    return new DataStream<U>(this.pipeline, this.pipeline.add({ kind: 'sideOutput', input: this.node, name }));
+  }
+
+  /** Elements no window accepted because they were later than the allowed lateness. */
+  lateData(): DataStream<unknown> {
+    if (this.lateOutputName === undefined) {
+      throw new PipelineDefinitionError('lateData() is only available on the result of a window aggregation');
+    }
+    return this.sideOutput(this.lateOutputName);
+  }
+
+  /** Stable id of this operator's state (see WindowedStream.uid). */
+  uid(uid: string): this {
+    this.node.uid = requireName('uid', uid);
+    return this;
+  }
+}
+

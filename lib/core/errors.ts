@@ -1,0 +1,80 @@
+/**
+ * Typed errors. Every error says what was wrong, what was received and how to fix it.
+ * `RetryableError`s are transient (retry the same work); `TerminalError`s are not (fix the
+ * input, the pipeline or the configuration first).
+ */
+export abstract class FloeError extends Error {
+  abstract readonly retryable: boolean;
+  /** A stable machine-readable code, e.g. `PIPELINE_DEFINITION`. */
+  abstract readonly code: string;
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+export abstract class TerminalError extends FloeError {
+  readonly retryable = false;
+}
+
+export abstract class RetryableError extends FloeError {
+  readonly retryable = true;
+}
+
+/** The pipeline built with the DSL is not valid. Raised while building or compiling it. */
+export class PipelineDefinitionError extends TerminalError {
+  readonly code = 'PIPELINE_DEFINITION';
+}
+
+/** A configuration value (CLI flag, option, prop) is invalid. */
+export class ConfigurationError extends TerminalError {
+  readonly code = 'CONFIGURATION';
+}
+
+/** State, a checkpoint or a savepoint cannot be read back: corrupted or of another format. */
+export class StateFormatError extends TerminalError {
+  readonly code = 'STATE_FORMAT';
+}
+
+/** A user value that must be stored in state is not JSON-serializable. */
+export class StateSerializationError extends TerminalError {
+  readonly code = 'STATE_SERIALIZATION';
+}
+
+/**
+ * A commit was rejected because another invocation holds the shard's lease now (our fencing
+ * token is stale). Nothing of the rejected commit is visible. The invocation must stop: the
+ * new lease holder resumes from the last commit.
+ */
+export class FencedError extends TerminalError {
+  readonly code = 'FENCED';
+}
+
+/** The lease is held by another live owner; try again after it expires or is released. */
+export class LeaseUnavailableError extends RetryableError {
+  readonly code = 'LEASE_UNAVAILABLE';
+}
+
+/** A transient failure of a backend (throttling, timeouts, conflicts). */
+export class TransientBackendError extends RetryableError {
+  readonly code = 'TRANSIENT_BACKEND';
+}
+
+/** Describe a received value briefly for error messages. */
+export function describeValue(value: unknown): string {
+  if (value === undefined) return 'undefined';
+  if (typeof value === 'function') return 'a function';
+  if (typeof value === 'number' && !Number.isFinite(value)) return String(value);
+  try {
+    const text = JSON.stringify(value);
+    return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+  } catch {
+    return Object.prototype.toString.call(value);
+  }
+}
+
+export function errorMessage(error: unknown): string {
+  if (error instanceof Error) return `${error.name}: ${error.message}`;
+  return describeValue(error);
+}

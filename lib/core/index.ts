@@ -1,0 +1,26 @@
+/** floe's engine: the public API of lib/core. */
+export * from './aggregates.ts';
+export * from './checkpoint.ts';
+export { compile, isPipeline, type KeyedOperatorPlan, type PipelinePlan } from './compile.ts';
+export * from './dsl.ts';
+export * from './errors.ts';
+export { MemoryBackend } from './memory-backend.ts';
+export * from './partitioning.ts';
+export type * from './ports.ts';
+export type * from './processor.ts';
+export * from './shard-task.ts';
+export {
+  listState,
+  mapState,
+  valueState,
+  type ListState,
+  type MapState,
+  type StateHandles,
+  type StateKey,
+  type StateSpec,
+  type ValueState,
+} from './state.ts';
+export * from './time.ts';
+export type { WindowFunction, WindowResult } from './window-operator.ts';
+export * from './watermarks.ts';
+export * from './windows.ts';

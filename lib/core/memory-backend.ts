@@ -1,0 +1,165 @@
+/**
+ * In-memory StateStore + CheckpointStore: the reference adapter. Used by `floe simulate`, the
+ * test driver and unit tests; it serializes to a string so a restart can drop every object.
+ */
+import {
+  type ShardCheckpoint,
+  compareSequenceNumbers,
+  deserializeCheckpoint,
+  serializeCheckpoint,
+} from './checkpoint.ts';
+import { FencedError, LeaseUnavailableError, StateFormatError } from './errors.ts';
+import type { CheckpointStore, Commit, Lease, Output, StateAddress, StateStore } from './ports.ts';
+
+interface LeaseRecord {
+  owner: string;
+  fence: number;
+  expiresAt: number;
+}
+
+export class MemoryBackend implements StateStore, CheckpointStore {
+  private readonly state = new Map<StateAddress, string>();
+  private readonly checkpoints = new Map<string, string>();
+  private readonly leases = new Map<string, LeaseRecord>();
+  private readonly outbox = new Map<string, Array<Output & { published: boolean }>>();
+  /** Number of getMany calls and entries read, for tests of the bulk-load behaviour. */
+  readonly reads = { calls: 0, entries: 0 };
+
+  async getMany(addresses: readonly StateAddress[]): Promise<Map<StateAddress, string>> {
+    this.reads.calls++;
+    const out = new Map<StateAddress, string>();
+    for (const a of addresses) {
+      const v = this.state.get(a);
+      if (v !== undefined) out.set(a, v);
+    }
+    this.reads.entries += out.size;
+    return out;
+  }
+
+  async acquireLease(shardId: string, owner: string, now: number, ttlMs: number): Promise<Lease> {
+    const current = this.leases.get(shardId);
+    if (current !== undefined && current.expiresAt > now && current.owner !== owner) {
+      throw new LeaseUnavailableError(
+        `shard ${shardId} is leased by ${current.owner} until ${new Date(current.expiresAt).toISOString()}; retry after it expires`,
+      );
+    }
+    const record = { owner, fence: (current?.fence ?? 0) + 1, expiresAt: now + ttlMs };
+    this.leases.set(shardId, record);
+    return { shardId, ...record };
+  }
+
+  async renewLease(lease: Lease, now: number, ttlMs: number): Promise<Lease> {
+    this.checkFence(lease);
+    const record = { owner: lease.owner, fence: lease.fence, expiresAt: now + ttlMs };
+    this.leases.set(lease.shardId, record);
+    return { shardId: lease.shardId, ...record };
+  }
+
+  async releaseLease(lease: Lease): Promise<void> {
+    const current = this.leases.get(lease.shardId);
+    if (current?.fence === lease.fence) current.expiresAt = 0;
+  }
+
+  async readCheckpoint(shardId: string): Promise<ShardCheckpoint | undefined> {
+    const text = this.checkpoints.get(shardId);
+    return text === undefined ? undefined : deserializeCheckpoint(text);
+  }
+
+  async listCheckpoints(): Promise<ShardCheckpoint[]> {
+    return [...this.checkpoints.values()].map(deserializeCheckpoint);
+  }
+
+  async commit(lease: Lease, commit: Commit): Promise<void> {
+    // Validate everything before changing anything: the commit is all-or-nothing.
+    this.checkFence(lease);
+    if (commit.checkpoint.shardId !== lease.shardId) {
+      throw new StateFormatError(
+        `commit for shard ${commit.checkpoint.shardId} under the lease of shard ${lease.shardId}`,
+      );
+    }
+    const previous = this.checkpoints.get(lease.shardId);
+    if (previous !== undefined) {
+      const prev = deserializeCheckpoint(previous);
+      if (commit.checkpoint.commitNumber !== prev.commitNumber + 1) {
+        throw new FencedError(
+          `commit ${commit.checkpoint.commitNumber} of shard ${lease.shardId} does not follow the stored commit ${prev.commitNumber}; another invocation committed in between`,
+        );
+      }
+      if (
+        prev.position !== undefined &&
+        commit.checkpoint.position !== undefined &&
+        compareSequenceNumbers(commit.checkpoint.position, prev.position) < 0
+      ) {
+        throw new StateFormatError(`checkpoint position of shard ${lease.shardId} would move backwards`);
+      }
+    }
+    const checkpointText = serializeCheckpoint(commit.checkpoint);
+    for (const m of commit.mutations) {
+      if (m.value === null) this.state.delete(m.address);
+      else this.state.set(m.address, m.value);
+    }
+    const box = this.outbox.get(lease.shardId) ?? [];
+    for (const o of commit.outputs) box.push({ ...o, published: false });
+    this.outbox.set(lease.shardId, box);
+    this.checkpoints.set(lease.shardId, checkpointText);
+  }
+
+  async unpublishedOutputs(shardId: string): Promise<Output[]> {
+    return (this.outbox.get(shardId) ?? [])
+      .filter((o) => !o.published)
+      .map(({ id, sink, value }) => ({ id, sink, value }));
+  }
+
+  async markPublished(shardId: string, ids: readonly string[]): Promise<void> {
+    const set = new Set(ids);
+    const box = this.outbox.get(shardId) ?? [];
+    for (const o of box) if (set.has(o.id)) o.published = true;
+    // Published outputs are not needed for recovery any more.
+    this.outbox.set(
+      shardId,
+      box.filter((o) => !o.published),
+    );
+  }
+
+  /** Every live state entry (for savepoints, inspection and tests). */
+  entries(): Map<StateAddress, string> {
+    return new Map(this.state);
+  }
+
+  /** The whole backend as one string: what survives a restart. */
+  serialize(): string {
+    return JSON.stringify({
+      v: 1,
+      state: [...this.state],
+      checkpoints: [...this.checkpoints],
+      leases: [...this.leases],
+      outbox: [...this.outbox],
+    });
+  }
+
+  static deserialize(text: string): MemoryBackend {
+    const raw = JSON.parse(text) as {
+      v: number;
+      state: Array<[string, string]>;
+      checkpoints: Array<[string, string]>;
+      leases: Array<[string, LeaseRecord]>;
+      outbox: Array<[string, Array<Output & { published: boolean }>]>;
+    };
+    if (raw.v !== 1) throw new StateFormatError(`memory backend snapshot format ${raw.v} is not supported`);
+    const backend = new MemoryBackend();
+    for (const [k, v] of raw.state) backend.state.set(k, v);
+    for (const [k, v] of raw.checkpoints) backend.checkpoints.set(k, v);
+    for (const [k, v] of raw.leases) backend.leases.set(k, v);
+    for (const [k, v] of raw.outbox) backend.outbox.set(k, v);
+    return backend;
+  }
+
+  private checkFence(lease: Lease): void {
+    const current = this.leases.get(lease.shardId);
+    if (current === undefined || current.fence !== lease.fence) {
+      throw new FencedError(
+        `the lease of shard ${lease.shardId} with fence ${lease.fence} was taken over (current fence ${current?.fence ?? 'none'}); stop this invocation, the new owner resumes from the last commit`,
+      );
+    }
+  }
+}

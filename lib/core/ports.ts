@@ -1,0 +1,119 @@
+/**
+ * The ports between the engine and the outside world. Adapters (memory, SQLite, DynamoDB+S3)
+ * implement them; every adapter runs the same contract test suite.
+ */
+import type { ShardCheckpoint } from './checkpoint.ts';
+
+/** One record of a shard, as a Kinesis GetRecords call or the local log returns it. */
+export interface SourceRecord {
+  /** Raw payload: bytes from Kinesis or the local log, or an already-decoded value in tests. */
+  readonly data: unknown;
+  readonly partitionKey: string;
+  /** Position in the shard; sequence numbers compare as decimal integers. */
+  readonly sequenceNumber: string;
+  /** Approximate arrival time (epoch ms), used as processing time and default element time. */
+  readonly arrivalTime: number;
+}
+
+/** An element emitted to a named sink. The id is stable across retries of the same commit. */
+export interface Output {
+  /** `${job}/${shard}/${commitNumber}/${index}`: unique and identical on every retry. */
+  readonly id: string;
+  readonly sink: string;
+  readonly value: unknown;
+}
+
+/** Address of a keyed state entry: `${operatorUid}/${JSON key}`. Not scoped by shard. */
+export type StateAddress = string;
+
+/** A state write produced by a batch: a serialized value, or null to delete. */
+export interface StateMutation {
+  readonly address: StateAddress;
+  readonly value: string | null;
+}
+
+/** Bulk, read-only access to the committed keyed state of one job generation. */
+export interface StateStore {
+  /** Reads many entries at once. Entries that do not exist are absent from the result. */
+  getMany(addresses: readonly StateAddress[]): Promise<Map<StateAddress, string>>;
+}
+
+/** A lease on one shard. The fence increases on every acquisition. */
+export interface Lease {
+  readonly shardId: string;
+  readonly owner: string;
+  readonly fence: number;
+  readonly expiresAt: number;
+}
+
+/** Everything one batch changes. Committed atomically, conditional on the lease's fence. */
+export interface Commit {
+  readonly checkpoint: ShardCheckpoint;
+  readonly mutations: readonly StateMutation[];
+  readonly outputs: readonly Output[];
+}
+
+/**
+ * Leases, checkpoints, the atomic commit and the outbox of one job generation.
+ * Invariants: a commit is all-or-nothing; only the holder of the newest fence can commit.
+ */
+export interface CheckpointStore {
+  /** Takes the lease if it is free or expired at `now`; throws LeaseUnavailableError otherwise. */
+  acquireLease(shardId: string, owner: string, now: number, ttlMs: number): Promise<Lease>;
+  /** Extends a lease we hold; throws FencedError if it was taken over. */
+  renewLease(lease: Lease, now: number, ttlMs: number): Promise<Lease>;
+  /** Gives the lease up (expires it now) if we still hold it. */
+  releaseLease(lease: Lease): Promise<void>;
+  readCheckpoint(shardId: string): Promise<ShardCheckpoint | undefined>;
+  listCheckpoints(): Promise<ShardCheckpoint[]>;
+  /** Atomically applies state mutations, stores outputs in the outbox and the checkpoint. */
+  commit(lease: Lease, commit: Commit): Promise<void>;
+  /** Outputs committed but not yet marked published, in commit order. */
+  unpublishedOutputs(shardId: string): Promise<Output[]>;
+  markPublished(shardId: string, ids: readonly string[]): Promise<void>;
+}
+
+/** Publishes committed outputs. Must be idempotent by output id. */
+export interface Sink {
+  publish(outputs: readonly Output[]): Promise<void>;
+}
+
+/** A shard of the source stream, with its lineage (Kinesis resharding). */
+export interface ShardInfo {
+  readonly shardId: string;
+  /** Parent (split) or parents (merge); children start after their parents are finished. */
+  readonly parentShardIds: readonly string[];
+  /** Inclusive hash-key range as decimal strings. */
+  readonly hashKeyRange: { readonly start: string; readonly end: string };
+  /** True when the shard is closed for writes (after a reshard); it still has records. */
+  readonly closed: boolean;
+}
+
+/** Where a reader starts. A new job uses the job's configured start; later, the checkpoint. */
+export type StartPosition =
+  | { readonly type: 'TRIM_HORIZON' }
+  | { readonly type: 'LATEST' }
+  | { readonly type: 'AT_TIMESTAMP'; readonly timestamp: number }
+  | { readonly type: 'AFTER_SEQUENCE_NUMBER'; readonly sequenceNumber: string };
+
+export interface ReadResult {
+  readonly records: readonly SourceRecord[];
+  /** How far the reader is behind the shard's newest record (0 = caught up). */
+  readonly millisBehindLatest: number;
+  /** The shard is closed and every record was returned: no further reads. */
+  readonly shardEnded: boolean;
+  /** Set with shardEnded: the shards that continue this one. */
+  readonly childShardIds?: readonly string[];
+}
+
+export interface ShardReader {
+  /** Reads up to `limit` records from the current position; empty when caught up. */
+  read(limit: number): Promise<ReadResult>;
+  close?(): Promise<void>;
+}
+
+/** The source stream: lists shards and opens readers. */
+export interface ShardSource {
+  listShards(): Promise<ShardInfo[]>;
+  openReader(shardId: string, position: StartPosition): Promise<ShardReader>;
+}

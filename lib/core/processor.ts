@@ -1,0 +1,44 @@
+/**
+ * The public Processor API: a keyed process function with keyed state and namespaced timers.
+ * The DSL's window operators are built on it, as Flink's WindowOperator is on its internal
+ * timer service and keyed state.
+ */
+import type { TimeDomain, TimerNamespace } from './checkpoint.ts';
+import type { StateHandles, StateKey, StateSpec } from './state.ts';
+
+export interface Timer {
+  readonly time: number;
+  readonly domain: TimeDomain;
+  /** '' unless registered with a namespace (window operators use the window start). */
+  readonly namespace: TimerNamespace;
+}
+
+/** Timers of the current key. Registering an existing (time, namespace) timer is a no-op. */
+export interface TimerService {
+  registerEventTimeTimer(time: number, namespace?: TimerNamespace): void;
+  deleteEventTimeTimer(time: number, namespace?: TimerNamespace): void;
+  registerProcessingTimeTimer(time: number, namespace?: TimerNamespace): void;
+  deleteProcessingTimeTimer(time: number, namespace?: TimerNamespace): void;
+}
+
+export interface ProcessContext<Out, S extends StateSpec = StateSpec> {
+  /** The key being processed. */
+  readonly key: StateKey;
+  /** The element's timestamp, or the timer's time inside onTimer. */
+  readonly timestamp: number;
+  readonly currentWatermark: number;
+  readonly currentProcessingTime: number;
+  readonly state: StateHandles<S>;
+  readonly timers: TimerService;
+  /** Emits downstream; the timestamp defaults to the context timestamp. */
+  emit(value: Out, timestamp?: number): void;
+  /** Emits to a named side output (a sink of that name unless the side output is consumed). */
+  output(sideOutput: string, value: unknown): void;
+}
+
+export interface KeyedProcessFunction<In, Out, S extends StateSpec = StateSpec> {
+  /** State declared up front, by name; names are the stored format (keep them stable). */
+  readonly state?: S;
+  processElement(value: In, ctx: ProcessContext<Out, S>): void;
+  onTimer?(timer: Timer, ctx: ProcessContext<Out, S>): void;
+}

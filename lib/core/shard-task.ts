@@ -1,0 +1,566 @@
+/**
+ * The ShardTask: the deterministic unit of work for one shard of one job.
+ * (checkpoint, records, committed state) -> (outputs with stable ids, state mutations, checkpoint).
+ *
+ * A batch runs in two phases. Phase A ("route") runs the stateless prefix of the pipeline
+ * (deserialize, map/filter/flatMap, timestamps, key selection) for every record, so the keys
+ * the batch touches are known. They are loaded in one bulk read. Phase B ("apply") then runs
+ * the keyed operators synchronously over the in-memory cache, advancing the watermark after
+ * each record and firing timers in (time, key, namespace, operator) order. The watermark
+ * depends only on the highest timestamp seen, so results do not depend on batch boundaries.
+ */
+import {
+  type ShardCheckpoint,
+  type TimeDomain,
+  type TimerNamespace,
+  compareSequenceNumbers,
+  initialCheckpoint,
+} from './checkpoint.ts';
+import type { KeyedOperatorPlan, PipelinePlan } from './compile.ts';
+import { DEAD_LETTER_SINK, type GraphNode } from './dsl.ts';
+import { PipelineDefinitionError, StateFormatError, describeValue, errorMessage } from './errors.ts';
+import { Journal } from './journal.ts';
+import type { Output, SourceRecord, StateAddress, StateMutation, StateStore } from './ports.ts';
+import type { KeyedProcessFunction, ProcessContext, Timer, TimerService } from './processor.ts';
+import { KeyedStateBackend, type StateHandles, type StateKey, type StateSpec } from './state.ts';
+import { type QueuedTimer, TimerQueue } from './timers.ts';
+import { generatedWatermark, idleWatermark } from './watermarks.ts';
+
+export interface ShardTaskOptions {
+  /** Job id used in output ids. @default the pipeline name */
+  readonly job?: string;
+}
+
+export interface BatchStats {
+  readonly records: number;
+  /** Records at or before the checkpoint position (redelivered), ignored. */
+  readonly duplicates: number;
+  readonly deadLetters: number;
+  readonly timersFired: number;
+}
+
+export interface BatchResult {
+  readonly outputs: Output[];
+  readonly mutations: StateMutation[];
+  readonly checkpoint: ShardCheckpoint;
+  readonly stats: BatchStats;
+}
+
+export type DeadLetterReason = 'deserialize' | 'timestamp' | 'key' | 'user-function' | 'timer';
+
+/** The value written to the dead-letter sink. */
+export interface DeadLetter {
+  readonly reason: DeadLetterReason;
+  readonly message: string;
+  readonly shardId: string;
+  readonly sequenceNumber?: string;
+  readonly partitionKey?: string;
+  readonly arrivalTime?: number;
+  /** The record payload as text (UTF-8), or base64 in `dataBase64` when it is not text. */
+  readonly data?: unknown;
+  readonly dataBase64?: string;
+  readonly operator?: string;
+  readonly key?: StateKey;
+  readonly time?: number;
+  readonly namespace?: TimerNamespace;
+}
+
+class RecordError extends Error {
+  constructor(
+    readonly reason: DeadLetterReason,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+type Emit = (value: unknown, timestamp: number) => void;
+const noop: Emit = () => {};
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+function payloadFields(data: unknown): { data?: unknown; dataBase64?: string } {
+  if (data instanceof Uint8Array) {
+    try {
+      return { data: utf8.decode(data) };
+    } catch {
+      return { dataBase64: Buffer.from(data).toString('base64') };
+    }
+  }
+  return { data };
+}
+
+class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerService {
+  key: StateKey = '';
+  timestamp = 0;
+  readonly state: StateHandles<StateSpec>;
+  readonly backend: KeyedStateBackend;
+  readonly fn: KeyedProcessFunction<unknown, unknown, StateSpec>;
+  downstream: Emit = noop;
+  readonly side = new Map<string, Emit>();
+
+  constructor(
+    private readonly task: ShardTask,
+    readonly plan: KeyedOperatorPlan,
+    journal: Journal,
+  ) {
+    this.fn = plan.fn;
+    this.backend = new KeyedStateBackend(plan.uid, plan.fn.state ?? {}, journal);
+    this.state = this.backend.handles();
+  }
+
+  get timers(): TimerService {
+    return this;
+  }
+  get currentWatermark(): number {
+    return this.task.watermark;
+  }
+  get currentProcessingTime(): number {
+    return this.task.now;
+  }
+
+  emit(value: unknown, timestamp?: number): void {
+    this.downstream(value, timestamp ?? this.timestamp);
+  }
+
+  output(sideOutput: string, value: unknown): void {
+    let emit = this.side.get(sideOutput);
+    if (emit === undefined) {
+      // An unconsumed side output is written to the sink of the same name.
+      emit = this.task.sinkEmitter(sideOutput);
+      this.side.set(sideOutput, emit);
+    }
+    emit(value, this.timestamp);
+  }
+
+  registerEventTimeTimer(time: number, namespace: TimerNamespace = ''): void {
+    this.task.registerTimer('event', this.plan.index, checkTime(time), this.key, namespace);
+  }
+  deleteEventTimeTimer(time: number, namespace: TimerNamespace = ''): void {
+    this.task.deleteTimer('event', this.plan.index, time, this.key, namespace);
+  }
+  registerProcessingTimeTimer(time: number, namespace: TimerNamespace = ''): void {
+    this.task.registerTimer('processing', this.plan.index, checkTime(time), this.key, namespace);
+  }
+  deleteProcessingTimeTimer(time: number, namespace: TimerNamespace = ''): void {
+    this.task.deleteTimer('processing', this.plan.index, time, this.key, namespace);
+  }
+
+  processElement(key: StateKey, value: unknown, timestamp: number): void {
+    this.backend.setCurrentKey(key);
+    this.key = key;
+    this.timestamp = timestamp;
+    this.fn.processElement(value, this);
+  }
+
+  onTimer(timer: QueuedTimer, domain: TimeDomain): void {
+    if (!this.backend.isCached(timer.key)) {
+      throw new Error(`internal: state of key ${describeValue(timer.key)} was not prefetched before its timer fired`);
+    }
+    this.backend.setCurrentKey(timer.key);
+    this.key = timer.key;
+    this.timestamp = timer.time;
+    const t: Timer = { time: timer.time, domain, namespace: timer.namespace };
+    this.fn.onTimer?.(t, this);
+  }
+}
+
+function checkTime(time: number): number {
+  if (typeof time !== 'number' || Number.isNaN(time)) {
+    throw new TypeError(`timer time must be a number of epoch milliseconds; received ${describeValue(time)}`);
+  }
+  return time;
+}
+
+export class ShardTask {
+  watermark: number;
+  now = 0;
+  private maxTimestamp: number;
+  private lastRecordAt: number | undefined;
+  private position: string | undefined;
+  private commitNumber: number;
+  private finished: boolean;
+  private readonly job: string;
+  private readonly journal = new Journal();
+  private readonly eventTimers = new TimerQueue();
+  private readonly processingTimers = new TimerQueue();
+  private readonly operators: OperatorRuntime[];
+  private readonly route: Emit;
+  private readonly sinkNames: string[] = [];
+  private readonly sinkIndex = new Map<string, number>();
+  private readonly sinkEmitters = new Map<string, Emit>();
+  private outputs: Array<{ sink: string; value: unknown }> = [];
+  private deadLetters = 0;
+  private timersFired = 0;
+
+  // Phase A buffers (reused across batches): one row per routed element.
+  private aKind: number[] = []; // 0: keyed element, 1: sink output
+  private aTarget: number[] = [];
+  private aKey: StateKey[] = [];
+  private aValue: unknown[] = [];
+  private aTs: number[] = [];
+  private recordMaxTs = Number.NEGATIVE_INFINITY;
+
+  constructor(
+    readonly plan: PipelinePlan,
+    checkpoint: ShardCheckpoint | string,
+    options: ShardTaskOptions = {},
+  ) {
+    const cp = typeof checkpoint === 'string' ? initialCheckpoint(checkpoint) : checkpoint;
+    this.shardId = cp.shardId;
+    this.job = options.job ?? plan.name;
+    this.watermark = cp.watermark;
+    this.maxTimestamp = cp.maxTimestamp;
+    this.lastRecordAt = cp.lastRecordAt;
+    this.position = cp.position;
+    this.commitNumber = cp.commitNumber;
+    this.finished = cp.finished;
+    this.operators = plan.operators.map((op) => new OperatorRuntime(this, op, this.journal));
+    for (const op of this.operators) {
+      op.downstream = this.chain(plan.children.get(op.plan.node) ?? [], 'direct');
+      for (const [name, node] of op.plan.sideOutputs) op.side.set(name, this.chain(plan.children.get(node) ?? [], 'direct'));
+    }
+    this.route = this.chain(plan.children.get(plan.source) ?? [], 'route');
+    const byUid = new Map(this.operators.map((o) => [o.plan.uid, o.plan.index]));
+    for (const t of cp.timers) {
+      const index = byUid.get(t.operator);
+      if (index === undefined) {
+        throw new StateFormatError(
+          `checkpoint of shard ${cp.shardId} has timers of operator "${t.operator}", which pipeline "${plan.name}" no longer has (operators: ${[...byUid.keys()].join(', ') || 'none'}). Give operators stable uids, or restore into a new job.`,
+        );
+      }
+      (t.domain === 'event' ? this.eventTimers : this.processingTimers).add(index, t.time, t.key, t.namespace);
+    }
+  }
+
+  readonly shardId: string;
+
+  /** Processes one batch. Records at or before the checkpoint position are skipped. */
+  async processBatch(
+    records: readonly SourceRecord[],
+    store: StateStore,
+    now: number,
+    options: { shardEnded?: boolean } = {},
+  ): Promise<BatchResult> {
+    this.now = Math.max(this.now, now);
+    const fresh =
+      this.position === undefined
+        ? records
+        : records.filter((r) => compareSequenceNumbers(r.sequenceNumber, this.position!) > 0);
+
+    // Phase A: route every record through the stateless prefix.
+    const starts: number[] = [];
+    const maxTs: number[] = [];
+    const errors: Array<RecordError | undefined> = [];
+    this.aKind.length = this.aTarget.length = this.aKey.length = this.aValue.length = this.aTs.length = 0;
+    const deserialize = this.plan.deserializer;
+    for (const record of fresh) {
+      const start = this.aKind.length;
+      starts.push(start);
+      this.recordMaxTs = Number.NEGATIVE_INFINITY;
+      let value: unknown;
+      try {
+        value = deserialize(record.data, record);
+      } catch (error) {
+        errors.push(new RecordError('deserialize', errorMessage(error)));
+        maxTs.push(Number.NEGATIVE_INFINITY);
+        continue;
+      }
+      try {
+        this.route(value, record.arrivalTime);
+        errors.push(undefined);
+      } catch (error) {
+        this.truncateRouted(start);
+        errors.push(error instanceof RecordError ? error : new RecordError('user-function', errorMessage(error)));
+      }
+      maxTs.push(this.recordMaxTs);
+    }
+    starts.push(this.aKind.length);
+
+    // Prefetch the state of every key the batch may touch, including due timers' keys.
+    const strategy = this.plan.strategy;
+    const idle = strategy ? idleWatermark(strategy, this.maxTimestamp, this.lastRecordAt, this.now) : -Infinity;
+    let reachable = Math.max(this.watermark, idle);
+    if (strategy) for (const t of maxTs) reachable = Math.max(reachable, generatedWatermark(strategy, t));
+    await this.prefetch(store, reachable);
+
+    // Phase B: apply.
+    this.advanceWatermark(idle);
+    this.fireProcessingTimers();
+    for (let r = 0; r < fresh.length; r++) {
+      const record = fresh[r]!;
+      const error = errors[r] ?? this.applyRecord(starts[r]!, starts[r + 1]!);
+      if (error !== undefined) {
+        this.deadLetter({
+          reason: error.reason,
+          message: error.message,
+          shardId: this.shardId,
+          sequenceNumber: record.sequenceNumber,
+          partitionKey: record.partitionKey,
+          arrivalTime: record.arrivalTime,
+          ...payloadFields(record.data),
+        });
+        continue;
+      }
+      const t = maxTs[r]!;
+      if (strategy !== undefined && t > this.maxTimestamp) {
+        this.maxTimestamp = t;
+        this.advanceWatermark(generatedWatermark(strategy, t));
+      }
+    }
+    this.fireProcessingTimers();
+    if (fresh.length > 0) {
+      this.position = fresh[fresh.length - 1]!.sequenceNumber;
+      this.lastRecordAt = this.now;
+    }
+    if (options.shardEnded) this.finished = true;
+    return this.finish(fresh.length, records.length - fresh.length);
+  }
+
+  /** Advances the watermark to at least `watermark` (Flink's test-harness processWatermark). */
+  async processWatermark(watermark: number, store: StateStore, now: number): Promise<BatchResult> {
+    this.now = Math.max(this.now, now);
+    await this.prefetch(store, Math.max(this.watermark, watermark));
+    this.advanceWatermark(watermark);
+    this.fireProcessingTimers();
+    return this.finish(0, 0);
+  }
+
+  checkpoint(): ShardCheckpoint {
+    const uids = this.operators.map((o) => o.plan.uid);
+    return {
+      shardId: this.shardId,
+      position: this.position,
+      commitNumber: this.commitNumber,
+      watermark: this.watermark,
+      maxTimestamp: this.maxTimestamp,
+      lastRecordAt: this.lastRecordAt,
+      timers: [...this.eventTimers.toSpecs('event', uids), ...this.processingTimers.toSpecs('processing', uids)],
+      finished: this.finished,
+    };
+  }
+
+  /** Cached state of one key of one operator, as JSON (for tests and the test driver). */
+  inspectState(operatorUid: string, key: StateKey): Record<string, unknown> | undefined {
+    const op = this.operators.find((o) => o.plan.uid === operatorUid);
+    if (op === undefined) throw new PipelineDefinitionError(`no operator with uid "${operatorUid}"`);
+    return op.backend.inspect(key);
+  }
+
+  /** @internal */
+  registerTimer(domain: TimeDomain, op: number, time: number, key: StateKey, ns: TimerNamespace): void {
+    const queue = domain === 'event' ? this.eventTimers : this.processingTimers;
+    if (queue.add(op, time, key, ns)) this.journal.record(() => queue.delete(op, time, key, ns));
+  }
+
+  /** @internal */
+  deleteTimer(domain: TimeDomain, op: number, time: number, key: StateKey, ns: TimerNamespace): void {
+    const queue = domain === 'event' ? this.eventTimers : this.processingTimers;
+    if (queue.delete(op, time, key, ns)) this.journal.record(() => queue.add(op, time, key, ns));
+  }
+
+  /** @internal An emitter writing to the sink `name` (in phase B). */
+  sinkEmitter(name: string): Emit {
+    let emit = this.sinkEmitters.get(name);
+    if (emit === undefined) {
+      emit = (value) => {
+        this.outputs.push({ sink: name, value });
+      };
+      this.sinkEmitters.set(name, emit);
+    }
+    return emit;
+  }
+
+  private applyRecord(start: number, end: number): RecordError | undefined {
+    if (start === end) return undefined;
+    const mark = this.outputs.length;
+    this.journal.reset();
+    try {
+      for (let i = start; i < end; i++) {
+        if (this.aKind[i] === 0) {
+          this.operators[this.aTarget[i]!]!.processElement(this.aKey[i]!, this.aValue[i], this.aTs[i]!);
+        } else {
+          this.outputs.push({ sink: this.sinkNames[this.aTarget[i]!]!, value: this.aValue[i] });
+        }
+      }
+      this.journal.reset();
+      return undefined;
+    } catch (error) {
+      // All-or-nothing per record: undo its state and timer changes and drop its outputs.
+      this.journal.rollback();
+      this.outputs.length = mark;
+      return new RecordError('user-function', errorMessage(error));
+    }
+  }
+
+  private advanceWatermark(target: number): void {
+    if (!(target > this.watermark)) return;
+    this.watermark = target;
+    for (;;) {
+      const due = this.eventTimers.popDue(target);
+      if (due === undefined) break;
+      for (const timer of due) this.fire(timer, 'event');
+    }
+  }
+
+  private fireProcessingTimers(): void {
+    for (;;) {
+      const due = this.processingTimers.popDue(this.now);
+      if (due === undefined) break;
+      for (const timer of due) this.fire(timer, 'processing');
+    }
+  }
+
+  private fire(timer: QueuedTimer, domain: TimeDomain): void {
+    const op = this.operators[timer.operator]!;
+    const mark = this.outputs.length;
+    this.journal.reset();
+    this.timersFired++;
+    try {
+      op.onTimer(timer, domain);
+      this.journal.reset();
+    } catch (error) {
+      this.journal.rollback();
+      this.outputs.length = mark;
+      this.deadLetter({
+        reason: 'timer',
+        message: errorMessage(error),
+        shardId: this.shardId,
+        operator: op.plan.uid,
+        key: timer.key,
+        time: timer.time,
+        namespace: timer.namespace,
+      });
+    }
+  }
+
+  private deadLetter(letter: DeadLetter): void {
+    this.deadLetters++;
+    this.outputs.push({ sink: DEAD_LETTER_SINK, value: letter });
+  }
+
+  private async prefetch(store: StateStore, watermarkLimit: number): Promise<void> {
+    const wanted = new Map<StateAddress, { op: OperatorRuntime; key: StateKey }>();
+    const want = (op: OperatorRuntime, key: StateKey): void => {
+      if (!op.backend.isCached(key)) wanted.set(op.backend.address(key), { op, key });
+    };
+    for (let i = 0; i < this.aKind.length; i++) {
+      if (this.aKind[i] === 0) want(this.operators[this.aTarget[i]!]!, this.aKey[i]!);
+    }
+    this.eventTimers.forEachDue(watermarkLimit, (t) => want(this.operators[t.operator]!, t.key));
+    this.processingTimers.forEachDue(this.now, (t) => want(this.operators[t.operator]!, t.key));
+    if (wanted.size === 0) return;
+    const loaded = await store.getMany([...wanted.keys()]);
+    for (const [address, { op, key }] of wanted) op.backend.load(key, loaded.get(address));
+  }
+
+  private finish(records: number, duplicates: number): BatchResult {
+    this.commitNumber++;
+    const prefix = `${this.job}/${this.shardId}/${this.commitNumber}/`;
+    const outputs = this.outputs.map((o, i) => ({ id: prefix + i, sink: o.sink, value: o.value }));
+    this.outputs = [];
+    const mutations: StateMutation[] = [];
+    for (const op of this.operators) {
+      op.backend.now = this.now;
+      for (const m of op.backend.takeMutations()) mutations.push(m);
+    }
+    const stats = { records, duplicates, deadLetters: this.deadLetters, timersFired: this.timersFired };
+    this.deadLetters = 0;
+    this.timersFired = 0;
+    return { outputs, mutations, checkpoint: this.checkpoint(), stats };
+  }
+
+  private truncateRouted(length: number): void {
+    this.aKind.length = this.aTarget.length = this.aKey.length = this.aValue.length = this.aTs.length = length;
+  }
+
+  private sinkId(name: string): number {
+    let id = this.sinkIndex.get(name);
+    if (id === undefined) {
+      id = this.sinkNames.length;
+      this.sinkNames.push(name);
+      this.sinkIndex.set(name, id);
+    }
+    return id;
+  }
+
+  /** Builds the push function for a set of sibling nodes. */
+  private chain(nodes: readonly GraphNode[], phase: 'route' | 'direct'): Emit {
+    const emits = nodes.map((n) => this.node(n, phase));
+    if (emits.length === 0) return noop;
+    if (emits.length === 1) return emits[0]!;
+    return (value, ts) => {
+      for (const emit of emits) emit(value, ts);
+    };
+  }
+
+  private node(node: GraphNode, phase: 'route' | 'direct'): Emit {
+    const next = (): Emit => this.chain(this.plan.children.get(node) ?? [], phase);
+    switch (node.kind) {
+      case 'map': {
+        const fn = node.fn!;
+        const n = next();
+        return (v, ts) => n(fn(v), ts);
+      }
+      case 'filter': {
+        const fn = node.fn!;
+        const n = next();
+        return (v, ts) => {
+          if (fn(v)) n(v, ts);
+        };
+      }
+      case 'flatMap': {
+        const fn = node.fn!;
+        const n = next();
+        return (v, ts) => {
+          for (const x of fn(v) as Iterable<unknown>) n(x, ts);
+        };
+      }
+      case 'timestamps': {
+        const fn = node.fn!;
+        const n = next();
+        return (v) => {
+          const t = fn(v);
+          if (typeof t !== 'number' || !Number.isFinite(t)) {
+            throw new RecordError(
+              'timestamp',
+              `timestamp extractor returned ${describeValue(t)}; expected finite epoch milliseconds`,
+            );
+          }
+          const ts = Math.floor(t);
+          if (ts > this.recordMaxTs) this.recordMaxTs = ts;
+          n(v, ts);
+        };
+      }
+      case 'keyed': {
+        const index = this.plan.operators.findIndex((o) => o.node === node);
+        const keyOf = node.keySelector!;
+        return (v, ts) => {
+          const key = keyOf(v);
+          if (typeof key !== 'string' && (typeof key !== 'number' || !Number.isFinite(key))) {
+            throw new RecordError('key', `key selector returned ${describeValue(key)}; keys must be strings or finite numbers`);
+          }
+          this.aKind.push(0);
+          this.aTarget.push(index);
+          this.aKey.push(key);
+          this.aValue.push(v);
+          this.aTs.push(ts);
+        };
+      }
+      case 'sink': {
+        const name = node.name!;
+        if (phase === 'direct') return this.sinkEmitter(name);
+        const id = this.sinkId(name);
+        return (v, ts) => {
+          this.aKind.push(1);
+          this.aTarget.push(id);
+          this.aKey.push('');
+          this.aValue.push(v);
+          this.aTs.push(ts);
+        };
+      }
+      default:
+        throw new PipelineDefinitionError(`internal: unexpected ${node.kind} node in a chain`);
+    }
+  }
+}

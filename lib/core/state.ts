@@ -1,0 +1,421 @@
+/**
+ * Keyed state: descriptors users declare, the handles they use, and the per-key storage the
+ * engine loads, journals and serializes. State is scoped to (operator, key); handles act on
+ * the key currently being processed. Values must be JSON-serializable.
+ */
+import { PipelineDefinitionError, StateFormatError, StateSerializationError, describeValue } from './errors.ts';
+import type { Journal } from './journal.ts';
+import type { StateAddress } from './ports.ts';
+import type { Millis } from './time.ts';
+
+export type StateKey = string | number;
+
+interface DescriptorBase {
+  /** Processing-time TTL since the last write; expired values read as absent. */
+  readonly ttl: Millis | undefined;
+}
+export interface ValueStateDescriptor<T> extends DescriptorBase {
+  readonly kind: 'value';
+  readonly __type?: T;
+}
+export interface MapStateDescriptor<K extends StateKey, V> extends DescriptorBase {
+  readonly kind: 'map';
+  readonly __type?: [K, V];
+}
+export interface ListStateDescriptor<T> extends DescriptorBase {
+  readonly kind: 'list';
+  readonly __type?: T;
+}
+// biome-ignore lint/suspicious/noExplicitAny: descriptor element types are erased at runtime
+export type StateDescriptor = ValueStateDescriptor<any> | MapStateDescriptor<any, any> | ListStateDescriptor<any>;
+export type StateSpec = Record<string, StateDescriptor>;
+
+function ttlOption(options: { ttl?: Millis } | undefined): Millis | undefined {
+  const ttl = options?.ttl;
+  if (ttl === undefined) return undefined;
+  if (typeof ttl !== 'number' || !Number.isInteger(ttl) || ttl <= 0) {
+    throw new PipelineDefinitionError(
+      `state ttl must be a positive whole number of milliseconds; received ${describeValue(ttl)}`,
+    );
+  }
+  return ttl;
+}
+
+export function valueState<T>(options?: { ttl?: Millis }): ValueStateDescriptor<T> {
+  return { kind: 'value', ttl: ttlOption(options) };
+}
+export function mapState<K extends StateKey, V>(options?: { ttl?: Millis }): MapStateDescriptor<K, V> {
+  return { kind: 'map', ttl: ttlOption(options) };
+}
+export function listState<T>(options?: { ttl?: Millis }): ListStateDescriptor<T> {
+  return { kind: 'list', ttl: ttlOption(options) };
+}
+
+export interface ValueState<T> {
+  value(): T | undefined;
+  update(value: T): void;
+  clear(): void;
+}
+export interface MapState<K extends StateKey, V> {
+  get(key: K): V | undefined;
+  has(key: K): boolean;
+  put(key: K, value: V): void;
+  remove(key: K): void;
+  entries(): Array<[K, V]>;
+  keys(): K[];
+  values(): V[];
+  readonly size: number;
+  isEmpty(): boolean;
+  clear(): void;
+}
+export interface ListState<T> {
+  get(): readonly T[];
+  add(value: T): void;
+  update(values: readonly T[]): void;
+  clear(): void;
+}
+
+export type StateHandles<S extends StateSpec> = {
+  [N in keyof S]: S[N] extends ValueStateDescriptor<infer T>
+    ? ValueState<T>
+    : S[N] extends MapStateDescriptor<infer K, infer V>
+      ? MapState<K, V>
+      : S[N] extends ListStateDescriptor<infer T>
+        ? ListState<T>
+        : never;
+};
+
+interface ValueCell {
+  v: unknown;
+  t: number;
+}
+interface MapCell {
+  m: Map<StateKey, unknown>;
+  /** Write times per map key, only when a TTL is set. */
+  t: Map<StateKey, number> | undefined;
+}
+interface ListCell {
+  items: unknown[];
+  t: number[] | undefined;
+}
+type Cell = ValueCell | MapCell | ListCell | undefined;
+
+/** All state of one key in one operator: the unit loaded, cached and written. */
+export class KeyEntry {
+  dirty = false;
+  constructor(
+    readonly key: StateKey,
+    readonly cells: Cell[],
+  ) {}
+}
+
+/** The keyed state of one operator inside one shard task. */
+export class KeyedStateBackend {
+  readonly cache = new Map<StateKey, KeyEntry>();
+  readonly dirty: KeyEntry[] = [];
+  current!: KeyEntry;
+  now = 0;
+  private readonly names: string[];
+  private readonly descriptors: StateDescriptor[];
+
+  constructor(
+    readonly uid: string,
+    spec: StateSpec,
+    readonly journal: Journal,
+  ) {
+    this.names = Object.keys(spec);
+    this.descriptors = this.names.map((n) => spec[n]!);
+  }
+
+  static address(uid: string, key: StateKey): StateAddress {
+    return `${uid}/${JSON.stringify(key)}`;
+  }
+
+  address(key: StateKey): StateAddress {
+    return KeyedStateBackend.address(this.uid, key);
+  }
+
+  handles<S extends StateSpec>(): StateHandles<S> {
+    const out: Record<string, unknown> = {};
+    this.names.forEach((name, i) => {
+      const d = this.descriptors[i]!;
+      out[name] =
+        d.kind === 'value'
+          ? new ValueStateHandle(this, i, d.ttl)
+          : d.kind === 'map'
+            ? new MapStateHandle(this, i, d.ttl)
+            : new ListStateHandle(this, i, d.ttl);
+    });
+    return out as StateHandles<S>;
+  }
+
+  /** Makes `key` current, creating an empty entry when the key has no state yet. */
+  setCurrentKey(key: StateKey): KeyEntry {
+    let entry = this.cache.get(key);
+    if (entry === undefined) {
+      entry = new KeyEntry(key, new Array(this.names.length).fill(undefined));
+      this.cache.set(key, entry);
+    }
+    this.current = entry;
+    return entry;
+  }
+
+  isCached(key: StateKey): boolean {
+    return this.cache.has(key);
+  }
+
+  touch(entry: KeyEntry): void {
+    if (!entry.dirty) {
+      entry.dirty = true;
+      this.dirty.push(entry);
+    }
+  }
+
+  setCell(entry: KeyEntry, index: number, cell: Cell): void {
+    const prev = entry.cells[index];
+    this.journal.record(() => {
+      entry.cells[index] = prev;
+    });
+    entry.cells[index] = cell;
+    this.touch(entry);
+  }
+
+  /** Installs an entry read from the store (or an empty one if absent). */
+  load(key: StateKey, serialized: string | undefined): void {
+    const cells: Cell[] = new Array(this.names.length).fill(undefined);
+    if (serialized !== undefined) {
+      let raw: { k: StateKey; s: Record<string, unknown> };
+      try {
+        raw = JSON.parse(serialized);
+      } catch (error) {
+        throw new StateFormatError(`state entry ${this.address(key)} is not valid JSON: ${String(error)}`);
+      }
+      this.names.forEach((name, i) => {
+        const json = raw.s[name];
+        if (json !== undefined) cells[i] = decodeCell(this.descriptors[i]!, json);
+      });
+    }
+    this.cache.set(key, new KeyEntry(key, cells));
+  }
+
+  /** Serialized entry, or null when the key holds no live state (delete it). */
+  serialize(entry: KeyEntry): string | null {
+    const s: Record<string, unknown> = {};
+    let any = false;
+    this.names.forEach((name, i) => {
+      const json = encodeCell(this.descriptors[i]!, entry.cells[i], this.now);
+      if (json !== undefined) {
+        s[name] = json;
+        any = true;
+      }
+    });
+    if (!any) return null;
+    try {
+      return JSON.stringify({ k: entry.key, s });
+    } catch (error) {
+      throw new StateSerializationError(
+        `state of operator "${this.uid}" for key ${describeValue(entry.key)} is not JSON-serializable (${String(error)}); keep state values to plain objects, arrays, strings, numbers, booleans and null`,
+      );
+    }
+  }
+
+  /** Drains the dirty list: one mutation per changed key. */
+  takeMutations(): Array<{ address: StateAddress; value: string | null }> {
+    const out = this.dirty.map((entry) => {
+      entry.dirty = false;
+      return { address: this.address(entry.key), value: this.serialize(entry) };
+    });
+    this.dirty.length = 0;
+    return out;
+  }
+
+  /** Inspection for tests and the test driver: JSON view of one key's state. */
+  inspect(key: StateKey): Record<string, unknown> | undefined {
+    const entry = this.cache.get(key);
+    if (entry === undefined) return undefined;
+    const text = this.serialize(entry);
+    return text === null ? undefined : (JSON.parse(text).s as Record<string, unknown>);
+  }
+}
+
+const expired = (t: number, ttl: number | undefined, now: number): boolean => ttl !== undefined && now >= t + ttl;
+
+function encodeCell(d: StateDescriptor, cell: Cell, now: number): unknown {
+  if (cell === undefined) return undefined;
+  if (d.kind === 'value') {
+    const c = cell as ValueCell;
+    if (c.v === undefined || expired(c.t, d.ttl, now)) return undefined;
+    return d.ttl === undefined ? [c.v] : [c.v, c.t];
+  }
+  if (d.kind === 'map') {
+    const c = cell as MapCell;
+    const out: unknown[] = [];
+    for (const [k, v] of c.m) {
+      if (d.ttl === undefined) out.push([k, v]);
+      else {
+        const t = c.t?.get(k) ?? 0;
+        if (!expired(t, d.ttl, now)) out.push([k, v, t]);
+      }
+    }
+    return out.length === 0 ? undefined : out;
+  }
+  const c = cell as ListCell;
+  const out: unknown[] = [];
+  c.items.forEach((v, i) => {
+    if (d.ttl === undefined) out.push(v);
+    else {
+      const t = c.t?.[i] ?? 0;
+      if (!expired(t, d.ttl, now)) out.push([v, t]);
+    }
+  });
+  return out.length === 0 ? undefined : out;
+}
+
+function decodeCell(d: StateDescriptor, json: unknown): Cell {
+  if (d.kind === 'value') {
+    const a = json as [unknown, number?];
+    return { v: a[0], t: a[1] ?? 0 };
+  }
+  if (d.kind === 'map') {
+    const rows = json as Array<[StateKey, unknown, number?]>;
+    const m = new Map<StateKey, unknown>();
+    const t = d.ttl === undefined ? undefined : new Map<StateKey, number>();
+    for (const row of rows) {
+      m.set(row[0], row[1]);
+      t?.set(row[0], row[2] ?? 0);
+    }
+    return { m, t };
+  }
+  const rows = json as unknown[];
+  if (d.ttl === undefined) return { items: [...rows], t: undefined };
+  const pairs = rows as Array<[unknown, number]>;
+  return { items: pairs.map((p) => p[0]), t: pairs.map((p) => p[1]) };
+}
+
+class ValueStateHandle<T> implements ValueState<T> {
+  constructor(
+    private readonly rt: KeyedStateBackend,
+    private readonly i: number,
+    private readonly ttl: number | undefined,
+  ) {}
+  value(): T | undefined {
+    const c = this.rt.current.cells[this.i] as ValueCell | undefined;
+    if (c === undefined || expired(c.t, this.ttl, this.rt.now)) return undefined;
+    return c.v as T;
+  }
+  update(value: T): void {
+    if (value === undefined) return this.clear();
+    this.rt.setCell(this.rt.current, this.i, { v: value, t: this.rt.now });
+  }
+  clear(): void {
+    if (this.rt.current.cells[this.i] !== undefined) this.rt.setCell(this.rt.current, this.i, undefined);
+  }
+}
+
+class MapStateHandle<K extends StateKey, V> implements MapState<K, V> {
+  constructor(
+    private readonly rt: KeyedStateBackend,
+    private readonly i: number,
+    private readonly ttl: number | undefined,
+  ) {}
+  private cell(create: boolean): MapCell | undefined {
+    const entry = this.rt.current;
+    let c = entry.cells[this.i] as MapCell | undefined;
+    if (c === undefined && create) {
+      c = { m: new Map(), t: this.ttl === undefined ? undefined : new Map() };
+      this.rt.setCell(entry, this.i, c);
+    }
+    return c;
+  }
+  private live(c: MapCell, k: StateKey): boolean {
+    return this.ttl === undefined || !expired(c.t?.get(k) ?? 0, this.ttl, this.rt.now);
+  }
+  get(key: K): V | undefined {
+    const c = this.cell(false);
+    if (c === undefined) return undefined;
+    const v = c.m.get(key);
+    return v !== undefined && this.live(c, key) ? (v as V) : undefined;
+  }
+  has(key: K): boolean {
+    return this.get(key) !== undefined;
+  }
+  put(key: K, value: V): void {
+    if (typeof key !== 'string' && typeof key !== 'number') {
+      throw new StateSerializationError(`map state keys must be strings or numbers; received ${describeValue(key)}`);
+    }
+    const c = this.cell(true)!;
+    const journal = this.rt.journal;
+    journal.recordMap(c.m as Map<unknown, unknown>, key);
+    c.m.set(key, value);
+    if (c.t !== undefined) {
+      journal.recordMap(c.t as Map<unknown, unknown>, key);
+      c.t.set(key, this.rt.now);
+    }
+    this.rt.touch(this.rt.current);
+  }
+  remove(key: K): void {
+    const c = this.cell(false);
+    if (c === undefined || !c.m.has(key)) return;
+    this.rt.journal.recordMap(c.m as Map<unknown, unknown>, key);
+    c.m.delete(key);
+    if (c.t !== undefined) {
+      this.rt.journal.recordMap(c.t as Map<unknown, unknown>, key);
+      c.t.delete(key);
+    }
+    this.rt.touch(this.rt.current);
+  }
+  entries(): Array<[K, V]> {
+    const c = this.cell(false);
+    if (c === undefined) return [];
+    const out: Array<[K, V]> = [];
+    for (const [k, v] of c.m) if (this.live(c, k)) out.push([k as K, v as V]);
+    return out;
+  }
+  keys(): K[] {
+    return this.entries().map((e) => e[0]);
+  }
+  values(): V[] {
+    return this.entries().map((e) => e[1]);
+  }
+  get size(): number {
+    return this.entries().length;
+  }
+  isEmpty(): boolean {
+    return this.size === 0;
+  }
+  clear(): void {
+    if (this.rt.current.cells[this.i] !== undefined) this.rt.setCell(this.rt.current, this.i, undefined);
+  }
+}
+
+class ListStateHandle<T> implements ListState<T> {
+  constructor(
+    private readonly rt: KeyedStateBackend,
+    private readonly i: number,
+    private readonly ttl: number | undefined,
+  ) {}
+  get(): readonly T[] {
+    const c = this.rt.current.cells[this.i] as ListCell | undefined;
+    if (c === undefined) return [];
+    if (this.ttl === undefined) return c.items as T[];
+    return c.items.filter((_, j) => !expired(c.t?.[j] ?? 0, this.ttl, this.rt.now)) as T[];
+  }
+  add(value: T): void {
+    const c = this.rt.current.cells[this.i] as ListCell | undefined;
+    const items = c === undefined ? [value] : [...c.items, value];
+    const t = this.ttl === undefined ? undefined : [...(c?.t ?? []), this.rt.now];
+    // Copy-on-write keeps rollback trivial; lists are expected to stay small per key.
+    this.rt.setCell(this.rt.current, this.i, { items, t });
+  }
+  update(values: readonly T[]): void {
+    if (values.length === 0) return this.clear();
+    const now = this.rt.now;
+    this.rt.setCell(this.rt.current, this.i, {
+      items: [...values],
+      t: this.ttl === undefined ? undefined : values.map(() => now),
+    });
+  }
+  clear(): void {
+    if (this.rt.current.cells[this.i] !== undefined) this.rt.setCell(this.rt.current, this.i, undefined);
+  }
+}

@@ -1,0 +1,181 @@
+/**
+ * A deterministic test driver (like Kafka Streams' TopologyTestDriver or Flink's operator test
+ * harness): feed records to shards, advance watermarks and processing time, restart from the
+ * serialized backend, and inspect outputs, state and timers. Every call is one committed batch.
+ */
+import type { ShardCheckpoint, TimerSpec } from '../checkpoint.ts';
+import { type PipelinePlan, compile } from '../compile.ts';
+import type { Pipeline } from '../dsl.ts';
+import { ConfigurationError, describeValue } from '../errors.ts';
+import { MemoryBackend } from '../memory-backend.ts';
+import { shardIndexFor, shardName } from '../partitioning.ts';
+import type { Lease, Output, SourceRecord } from '../ports.ts';
+import { type BatchResult, ShardTask } from '../shard-task.ts';
+import type { StateKey } from '../state.ts';
+
+export interface DriverRecord {
+  readonly partitionKey: string;
+  readonly data: unknown;
+  /** Shard id; by default the shard owning the MD5 hash of the partition key. */
+  readonly shard?: string;
+  /** Arrival time (epoch ms); also advances processing time. @default the driver's processing time */
+  readonly arrival?: number;
+}
+
+export interface TestDriverOptions {
+  /** Number of shards (named like Kinesis shards). @default 1 */
+  readonly shards?: number;
+  /** Job id used in output ids. @default the pipeline name */
+  readonly job?: string;
+}
+
+const LEASE_TTL = 2 ** 40;
+
+export class TestDriver {
+  readonly shardIds: string[];
+  private backend = new MemoryBackend();
+  private plan: PipelinePlan;
+  private readonly tasks = new Map<string, { task: ShardTask; lease: Lease }>();
+  private readonly published: Output[] = [];
+  private readonly sequences = new Map<string, bigint>();
+  private now = 0;
+  private incarnation = 0;
+
+  constructor(
+    private readonly pipeline: Pipeline,
+    private readonly options: TestDriverOptions = {},
+  ) {
+    const shards = options.shards ?? 1;
+    if (!Number.isInteger(shards) || shards < 1 || shards > 1024) {
+      throw new ConfigurationError(`shards must be a whole number from 1 to 1024; received ${describeValue(shards)}`);
+    }
+    this.shardIds = Array.from({ length: shards }, (_, i) => shardName(i));
+    this.plan = compile(pipeline);
+  }
+
+  /** The shard a partition key maps to (MD5 hash ranges, like Kinesis). */
+  shardFor(partitionKey: string): string {
+    return this.shardIds[shardIndexFor(partitionKey, this.shardIds.length)]!;
+  }
+
+  /** Sends records; consecutive records of one shard form one batch (one commit). */
+  async send(records: readonly DriverRecord[]): Promise<void> {
+    let i = 0;
+    while (i < records.length) {
+      const shard = this.resolveShard(records[i]!);
+      const batch: SourceRecord[] = [];
+      while (i < records.length && this.resolveShard(records[i]!) === shard) {
+        const r = records[i]!;
+        if (r.arrival !== undefined) this.now = Math.max(this.now, r.arrival);
+        batch.push({
+          data: r.data,
+          partitionKey: r.partitionKey,
+          arrivalTime: r.arrival ?? this.now,
+          sequenceNumber: this.nextSequence(shard),
+        });
+        i++;
+      }
+      const { task } = await this.task(shard);
+      await this.commit(shard, await task.processBatch(batch, this.backend, this.now));
+    }
+  }
+
+  /** Advances the watermark of one shard (or all) to at least `watermark`. */
+  async advanceWatermark(watermark: number, shard?: string): Promise<void> {
+    for (const id of shard === undefined ? this.shardIds : [this.checkShard(shard)]) {
+      const { task } = await this.task(id);
+      await this.commit(id, await task.processWatermark(watermark, this.backend, this.now));
+    }
+  }
+
+  /** Advances processing time: fires processing-time timers and idleness on every shard. */
+  async advanceProcessingTime(now: number): Promise<void> {
+    this.now = Math.max(this.now, now);
+    for (const id of this.shardIds) {
+      const { task } = await this.task(id);
+      await this.commit(id, await task.processBatch([], this.backend, this.now));
+    }
+  }
+
+  /** Drops every in-memory object and continues from the serialized backend. */
+  restart(): void {
+    this.backend = MemoryBackend.deserialize(this.backend.serialize());
+    this.tasks.clear();
+    this.plan = compile(this.pipeline);
+    this.incarnation++;
+  }
+
+  /** Published outputs, in emission order; optionally of one sink. */
+  outputs(sink?: string): Output[] {
+    return sink === undefined ? [...this.published] : this.published.filter((o) => o.sink === sink);
+  }
+
+  /** Values published to one sink, in emission order. */
+  values<T = unknown>(sink: string): T[] {
+    return this.outputs(sink).map((o) => o.value as T);
+  }
+
+  /** Committed state of one key of one operator (by uid, e.g. "window-0"). */
+  async state(operatorUid: string, key: StateKey): Promise<Record<string, unknown> | undefined> {
+    const address = `${operatorUid}/${JSON.stringify(key)}`;
+    const text = (await this.backend.getMany([address])).get(address);
+    return text === undefined ? undefined : (JSON.parse(text).s as Record<string, unknown>);
+  }
+
+  async checkpoint(shard: string = this.shardIds[0]!): Promise<ShardCheckpoint | undefined> {
+    return this.backend.readCheckpoint(this.checkShard(shard));
+  }
+
+  async timers(shard: string = this.shardIds[0]!): Promise<readonly TimerSpec[]> {
+    return (await this.checkpoint(shard))?.timers ?? [];
+  }
+
+  async watermark(shard: string = this.shardIds[0]!): Promise<number> {
+    return (await this.checkpoint(shard))?.watermark ?? Number.NEGATIVE_INFINITY;
+  }
+
+  /** The backend (for contract checks and inspection). */
+  get store(): MemoryBackend {
+    return this.backend;
+  }
+
+  private resolveShard(r: DriverRecord): string {
+    return r.shard === undefined ? this.shardFor(r.partitionKey) : this.checkShard(r.shard);
+  }
+
+  private checkShard(shard: string): string {
+    if (!this.shardIds.includes(shard)) {
+      throw new ConfigurationError(`unknown shard ${describeValue(shard)}; shards are ${this.shardIds.join(', ')}`);
+    }
+    return shard;
+  }
+
+  private nextSequence(shard: string): string {
+    const next = (this.sequences.get(shard) ?? 0n) + 1n;
+    this.sequences.set(shard, next);
+    return next.toString();
+  }
+
+  private async task(shard: string): Promise<{ task: ShardTask; lease: Lease }> {
+    let entry = this.tasks.get(shard);
+    if (entry === undefined) {
+      const lease = await this.backend.acquireLease(shard, 'test-driver', 0, LEASE_TTL);
+      const checkpoint = (await this.backend.readCheckpoint(shard)) ?? shard;
+      entry = { task: new ShardTask(this.plan, checkpoint, { job: this.options.job }), lease };
+      this.tasks.set(shard, entry);
+    }
+    return entry;
+  }
+
+  private async commit(shard: string, result: BatchResult): Promise<void> {
+    const { lease } = this.tasks.get(shard)!;
+    await this.backend.commit(lease, result);
+    // Publish from the outbox, as a worker does after its commit.
+    const pending = await this.backend.unpublishedOutputs(shard);
+    this.published.push(...pending);
+    await this.backend.markPublished(
+      shard,
+      pending.map((o) => o.id),
+    );
+  }
+}

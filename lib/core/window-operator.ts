@@ -1,0 +1,138 @@
+/**
+ * Window operators as keyed process functions, with Flink's WindowOperator + EventTimeTrigger
+ * semantics: fire at WM >= end-1; late firing with the whole contents within allowed lateness;
+ * cleanup at end-1+lateness; session windows merge when they overlap or touch.
+ */
+import type { AggregateFunction } from './aggregates.ts';
+import type { KeyedProcessFunction, ProcessContext, Timer } from './processor.ts';
+import { type MapStateDescriptor, type StateKey, mapState } from './state.ts';
+import {
+  type SessionWindows,
+  type SlidingWindows,
+  type TimeWindow,
+  type TumblingWindows,
+  assignAlignedStarts,
+} from './windows.ts';
+
+export interface WindowResult<K, R> {
+  readonly key: K;
+  readonly window: TimeWindow;
+  readonly result: R;
+}
+
+export type WindowFunction<K, R, Out> = (result: WindowResult<K, R>) => Out;
+
+export interface WindowOperatorOptions<In, Acc, R, Out> {
+  readonly aggregate: AggregateFunction<In, Acc, R>;
+  readonly windowFunction: WindowFunction<StateKey, R, Out> | undefined;
+  readonly allowedLateness: number;
+  readonly lateOutput: string;
+}
+
+type AlignedSpec<Acc> = { w: MapStateDescriptor<number, Acc> };
+
+export function alignedWindowOperator<In, Acc, R, Out>(
+  assigner: TumblingWindows | SlidingWindows,
+  options: WindowOperatorOptions<In, Acc, R, Out>,
+): KeyedProcessFunction<In, Out, AlignedSpec<Acc>> {
+  const { aggregate, windowFunction, allowedLateness: lateness, lateOutput } = options;
+  const size = assigner.size;
+  const fire = (ctx: ProcessContext<Out, AlignedSpec<Acc>>, start: number, acc: Acc): void => {
+    const r: WindowResult<StateKey, R> = {
+      key: ctx.key,
+      window: { start, end: start + size },
+      result: aggregate.result(acc),
+    };
+    ctx.emit(windowFunction === undefined ? (r as Out) : windowFunction(r), start + size - 1);
+  };
+  return {
+    state: { w: mapState<number, Acc>() },
+    processElement(value, ctx) {
+      const wm = ctx.currentWatermark;
+      const windows = ctx.state.w;
+      let accepted = false;
+      for (const start of assignAlignedStarts(assigner, ctx.timestamp)) {
+        const maxTs = start + size - 1;
+        if (maxTs + lateness <= wm) continue; // window already cleaned up: late for it
+        accepted = true;
+        const prev = windows.get(start);
+        const acc = aggregate.add(value, prev === undefined ? aggregate.create() : prev);
+        windows.put(start, acc);
+        if (prev === undefined) {
+          // Timers live until cleanup, so registering them once per window is enough.
+          if (maxTs > wm) ctx.timers.registerEventTimeTimer(maxTs, start);
+          ctx.timers.registerEventTimeTimer(maxTs + lateness, start);
+        }
+        if (maxTs <= wm) fire(ctx, start, acc); // late firing within allowed lateness
+      }
+      if (!accepted && ctx.timestamp + lateness <= wm) ctx.output(lateOutput, value);
+    },
+    onTimer(timer: Timer, ctx) {
+      const start = timer.namespace as number;
+      const maxTs = start + size - 1;
+      const acc = ctx.state.w.get(start);
+      if (acc === undefined) return;
+      if (timer.time === maxTs) fire(ctx, start, acc);
+      if (timer.time === maxTs + lateness) ctx.state.w.remove(start);
+    },
+  };
+}
+
+type SessionSpec<Acc> = { w: MapStateDescriptor<number, [number, Acc]> };
+
+export function sessionWindowOperator<In, Acc, R, Out>(
+  assigner: SessionWindows,
+  options: WindowOperatorOptions<In, Acc, R, Out>,
+): KeyedProcessFunction<In, Out, SessionSpec<Acc>> {
+  const { aggregate, windowFunction, allowedLateness: lateness, lateOutput } = options;
+  const merge = aggregate.merge;
+  const fire = (ctx: ProcessContext<Out, SessionSpec<Acc>>, start: number, end: number, acc: Acc): void => {
+    const r: WindowResult<StateKey, R> = { key: ctx.key, window: { start, end }, result: aggregate.result(acc) };
+    ctx.emit(windowFunction === undefined ? (r as Out) : windowFunction(r), end - 1);
+  };
+  return {
+    state: { w: mapState<number, [number, Acc]>() },
+    processElement(value, ctx) {
+      const wm = ctx.currentWatermark;
+      const windows = ctx.state.w;
+      let start = ctx.timestamp;
+      let end = ctx.timestamp + assigner.gap;
+      // Existing sessions are pairwise disjoint and non-touching, so only those that
+      // intersect the new window take part in the merge (Flink's TimeWindow.intersects).
+      const merged = windows
+        .entries()
+        .filter(([s, [e]]) => s <= end && e >= start)
+        .sort((a, b) => a[0] - b[0]);
+      for (const [s, [e]] of merged) {
+        start = Math.min(start, s);
+        end = Math.max(end, e);
+      }
+      const maxTs = end - 1;
+      if (maxTs + lateness <= wm) {
+        // Only possible when nothing merged: every live session ends after the watermark.
+        if (ctx.timestamp + lateness <= wm) ctx.output(lateOutput, value);
+        return;
+      }
+      let acc: Acc | undefined;
+      for (const [s, [e, a]] of merged) {
+        ctx.timers.deleteEventTimeTimer(e - 1, s);
+        ctx.timers.deleteEventTimeTimer(e - 1 + lateness, s);
+        windows.remove(s);
+        acc = acc === undefined ? a : merge!(acc, a);
+      }
+      acc = aggregate.add(value, acc === undefined ? aggregate.create() : acc);
+      windows.put(start, [end, acc]);
+      if (maxTs > wm) ctx.timers.registerEventTimeTimer(maxTs, start);
+      ctx.timers.registerEventTimeTimer(maxTs + lateness, start);
+      if (maxTs <= wm) fire(ctx, start, end, acc);
+    },
+    onTimer(timer, ctx) {
+      const start = timer.namespace as number;
+      const session = ctx.state.w.get(start);
+      if (session === undefined) return;
+      const [end, acc] = session;
+      if (timer.time === end - 1) fire(ctx, start, end, acc);
+      if (timer.time === end - 1 + lateness) ctx.state.w.remove(start);
+    },
+  };
+}

@@ -1,0 +1,79 @@
+/** Window assigners with Flink's exact semantics: [start, end), end exclusive. */
+import { PipelineDefinitionError, describeValue } from './errors.ts';
+import type { Millis } from './time.ts';
+
+export interface TimeWindow {
+  readonly start: number;
+  readonly end: number;
+}
+
+/** Flink's TimeWindow.maxTimestamp: the last millisecond inside the window. */
+export const maxTimestamp = (w: TimeWindow): number => w.end - 1;
+
+/** Flink's TimeWindow.getWindowStartWithOffset, correct for negative timestamps. */
+export function windowStart(timestamp: number, offset: number, size: number): number {
+  const remainder = (timestamp - offset) % size;
+  return remainder < 0 ? timestamp - (remainder + size) : timestamp - remainder;
+}
+
+export interface TumblingWindows {
+  readonly kind: 'tumbling';
+  readonly size: Millis;
+  readonly offset: Millis;
+}
+export interface SlidingWindows {
+  readonly kind: 'sliding';
+  readonly size: Millis;
+  readonly slide: Millis;
+  readonly offset: Millis;
+}
+export interface SessionWindows {
+  readonly kind: 'session';
+  readonly gap: Millis;
+}
+export type WindowAssigner = TumblingWindows | SlidingWindows | SessionWindows;
+
+function positiveDuration(what: string, value: unknown): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0) {
+    throw new PipelineDefinitionError(
+      `${what} must be a positive whole number of milliseconds; received ${describeValue(value)}. Use e.g. minutes(1).`,
+    );
+  }
+  return value;
+}
+
+function checkOffset(offset: unknown, size: number, what: string): number {
+  if (typeof offset !== 'number' || !Number.isInteger(offset) || Math.abs(offset) >= size) {
+    throw new PipelineDefinitionError(
+      `${what} offset must be a whole number of milliseconds with |offset| < ${size}; received ${describeValue(offset)}`,
+    );
+  }
+  return offset;
+}
+
+/** Fixed-size, non-overlapping windows: [k*size + offset, (k+1)*size + offset). */
+export function tumbling(options: { size: Millis; offset?: Millis }): TumblingWindows {
+  const size = positiveDuration('tumbling window size', options.size);
+  return { kind: 'tumbling', size, offset: checkOffset(options.offset ?? 0, size, 'tumbling window') };
+}
+
+/** Windows of `size` starting every `slide`; an element belongs to ceil(size/slide) windows. */
+export function sliding(options: { size: Millis; slide: Millis; offset?: Millis }): SlidingWindows {
+  const size = positiveDuration('sliding window size', options.size);
+  const slide = positiveDuration('sliding window slide', options.slide);
+  return { kind: 'sliding', size, slide, offset: checkOffset(options.offset ?? 0, slide, 'sliding window') };
+}
+
+/** Per-key sessions: an element opens [ts, ts+gap); windows that overlap or touch merge. */
+export function session(options: { gap: Millis }): SessionWindows {
+  return { kind: 'session', gap: positiveDuration('session gap', options.gap) };
+}
+
+/** The window starts an element at `timestamp` belongs to, latest first (Flink's order). */
+export function assignAlignedStarts(assigner: TumblingWindows | SlidingWindows, timestamp: number): number[] {
+  if (assigner.kind === 'tumbling') return [windowStart(timestamp, assigner.offset, assigner.size)];
+  const starts: number[] = [];
+  const last = windowStart(timestamp, assigner.offset, assigner.slide);
+  for (let start = last; start > timestamp - assigner.size; start -= assigner.slide) starts.push(start);
+  return starts;
+}
