@@ -3,7 +3,15 @@
  * out-of-orderness and accepting late events for 30 s more (each re-fires its window).
  * Partition the stream by page so every view of a page reaches one shard.
  */
-import { boundedOutOfOrderness, count, minutes, pipeline, seconds, tumbling, withIdleness } from '../lib/core/index.ts';
+import {
+  boundedOutOfOrderness,
+  count,
+  minutes,
+  pipeline,
+  seconds,
+  tumbling,
+  withIdleness,
+} from '../lib/core/index.ts';
 
 export interface PageView {
   readonly page: string;

@@ -55,5 +55,10 @@ export function average<T>(of: (value: T) => number): AggregateFunction<T, [numb
 
 /** Collects the window's elements (Flink's ProcessWindowFunction over all elements). */
 export function collect<T>(): AggregateFunction<T, T[], T[]> {
-  return { create: () => [], add: (v, acc) => [...acc, v], merge: (a, b) => [...a, ...b], result: (acc) => acc };
+  return {
+    create: () => [],
+    add: (v, acc) => [...acc, v],
+    merge: (a, b) => [...a, ...b],
+    result: (acc) => acc,
+  };
 }

@@ -109,7 +109,9 @@ export function compile(pipeline: Pipeline): PipelinePlan {
   }
   for (const node of pipeline.nodes) {
     if (node.kind === 'sideOutput' && node.input?.kind !== 'keyed') {
-      throw new PipelineDefinitionError(`${where}: sideOutput() is only available after a window or process operator`);
+      throw new PipelineDefinitionError(
+        `${where}: sideOutput() is only available after a window or process operator`,
+      );
     }
   }
 
@@ -119,7 +121,9 @@ export function compile(pipeline: Pipeline): PipelinePlan {
     throw new PipelineDefinitionError(`${where} has no sink: end each branch with .sink(name)`);
   }
   if (sinks.has(DEAD_LETTER_SINK)) {
-    throw new PipelineDefinitionError(`${where}: the sink name "${DEAD_LETTER_SINK}" is reserved for dead letters`);
+    throw new PipelineDefinitionError(
+      `${where}: the sink name "${DEAD_LETTER_SINK}" is reserved for dead letters`,
+    );
   }
   sinks.add(DEAD_LETTER_SINK);
   for (const op of operators) {

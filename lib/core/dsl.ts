@@ -3,18 +3,18 @@
  * the ShardTask turns it into push-based operators over the Processor API.
  */
 import { type AggregateFunction, reducing } from './aggregates.ts';
-import { PipelineDefinitionError, describeValue } from './errors.ts';
-import type { KeyedProcessFunction } from './processor.ts';
+import { describeValue, PipelineDefinitionError } from './errors.ts';
 import type { SourceRecord } from './ports.ts';
+import type { KeyedProcessFunction } from './processor.ts';
 import type { StateKey, StateSpec } from './state.ts';
 import type { Millis } from './time.ts';
+import type { WatermarkStrategy } from './watermarks.ts';
 import {
-  type WindowFunction,
-  type WindowResult,
   alignedWindowOperator,
   sessionWindowOperator,
+  type WindowFunction,
+  type WindowResult,
 } from './window-operator.ts';
-import type { WatermarkStrategy } from './watermarks.ts';
 import type { WindowAssigner } from './windows.ts';
 
 /** Sink receiving records that could not be processed, with the reason and position. */
@@ -31,7 +31,9 @@ export function jsonDeserializer<T>(): Deserializer<T> {
   return (data) => {
     if (data instanceof Uint8Array) return JSON.parse(decoder.decode(data)) as T;
     if (typeof data === 'string') return JSON.parse(data) as T;
-    throw new TypeError(`expected the record data as bytes or a JSON string; received ${describeValue(data)}`);
+    throw new TypeError(
+      `expected the record data as bytes or a JSON string; received ${describeValue(data)}`,
+    );
   };
 }
 
@@ -40,7 +42,15 @@ export function passthroughDeserializer<T>(): Deserializer<T> {
   return (data) => data as T;
 }
 
-export type NodeKind = 'source' | 'map' | 'filter' | 'flatMap' | 'timestamps' | 'keyed' | 'sideOutput' | 'sink';
+export type NodeKind =
+  | 'source'
+  | 'map'
+  | 'filter'
+  | 'flatMap'
+  | 'timestamps'
+  | 'keyed'
+  | 'sideOutput'
+  | 'sink';
 
 export interface GraphNode {
   readonly id: number;
@@ -137,7 +147,10 @@ export class DataStream<T> {
   filter<S extends T>(predicate: (value: T) => value is S): DataStream<S>;
   filter(predicate: (value: T) => boolean): DataStream<T> {
     requireFunction('filter', predicate);
-    return new DataStream<T>(this.pipeline, this.pipeline.add({ kind: 'filter', input: this.node, fn: predicate }));
+    return new DataStream<T>(
+      this.pipeline,
+      this.pipeline.add({ kind: 'filter', input: this.node, fn: predicate }),
+    );
   }
 
   flatMap<U>(fn: (value: T) => Iterable<U>): DataStream<U> {
@@ -202,7 +215,11 @@ export class KeyedStream<T, K extends StateKey> {
         `process needs an object with a processElement(value, ctx) method; received ${describeValue(fn)}`,
       );
     }
-    return this.addOperator('process', fn as unknown as KeyedProcessFunction<unknown, unknown, StateSpec>, options.uid);
+    return this.addOperator(
+      'process',
+      fn as unknown as KeyedProcessFunction<unknown, unknown, StateSpec>,
+      options.uid,
+    );
   }
 
   /** @internal */
@@ -268,7 +285,11 @@ export class WindowedStream<T, K extends StateKey> {
     aggregate: AggregateFunction<T, Acc, R>,
     windowFunction?: WindowFunction<K, R, Out>,
   ): ProcessedStream<Out> {
-    if (aggregate === undefined || typeof aggregate.add !== 'function' || typeof aggregate.create !== 'function') {
+    if (
+      aggregate === undefined ||
+      typeof aggregate.add !== 'function' ||
+      typeof aggregate.create !== 'function'
+    ) {
       throw new PipelineDefinitionError(
         `aggregate needs {create, add, merge?, result}; received ${describeValue(aggregate)}`,
       );
@@ -316,7 +337,10 @@ export class ProcessedStream<T> extends DataStream<T> {
   /** The elements sent to `ctx.output(name, ...)`; unconsumed side outputs go to a sink of that name. */
   sideOutput<U = unknown>(name: string): DataStream<U> {
     requireName('sideOutput', name);
-    return new DataStream<U>(this.pipeline, this.pipeline.add({ kind: 'sideOutput', input: this.node, name }));
+    return new DataStream<U>(
+      this.pipeline,
+      this.pipeline.add({ kind: 'sideOutput', input: this.node, name }),
+    );
   }
 
   /** Elements no window accepted because they were later than the allowed lateness. */
@@ -333,4 +357,3 @@ export class ProcessedStream<T> extends DataStream<T> {
     return this;
   }
 }
-

@@ -10,17 +10,17 @@ export type * from './ports.ts';
 export type * from './processor.ts';
 export * from './shard-task.ts';
 export {
-  listState,
-  mapState,
-  valueState,
   type ListState,
+  listState,
   type MapState,
+  mapState,
   type StateHandles,
   type StateKey,
   type StateSpec,
   type ValueState,
+  valueState,
 } from './state.ts';
 export * from './time.ts';
-export type { WindowFunction, WindowResult } from './window-operator.ts';
 export * from './watermarks.ts';
+export type { WindowFunction, WindowResult } from './window-operator.ts';
 export * from './windows.ts';

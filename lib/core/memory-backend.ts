@@ -3,9 +3,9 @@
  * test driver and unit tests; it serializes to a string so a restart can drop every object.
  */
 import {
-  type ShardCheckpoint,
   compareSequenceNumbers,
   deserializeCheckpoint,
+  type ShardCheckpoint,
   serializeCheckpoint,
 } from './checkpoint.ts';
 import { FencedError, LeaseUnavailableError, StateFormatError } from './errors.ts';

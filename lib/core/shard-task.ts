@@ -10,15 +10,15 @@
  * depends only on the highest timestamp seen, so results do not depend on batch boundaries.
  */
 import {
+  compareSequenceNumbers,
+  initialCheckpoint,
   type ShardCheckpoint,
   type TimeDomain,
   type TimerNamespace,
-  compareSequenceNumbers,
-  initialCheckpoint,
 } from './checkpoint.ts';
 import type { KeyedOperatorPlan, PipelinePlan } from './compile.ts';
 import { DEAD_LETTER_SINK, type GraphNode } from './dsl.ts';
-import { PipelineDefinitionError, StateFormatError, describeValue, errorMessage } from './errors.ts';
+import { describeValue, errorMessage, PipelineDefinitionError, StateFormatError } from './errors.ts';
 import { Journal } from './journal.ts';
 import type { Output, SourceRecord, StateAddress, StateMutation, StateStore } from './ports.ts';
 import type { KeyedProcessFunction, ProcessContext, Timer, TimerService } from './processor.ts';
@@ -155,7 +155,9 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
 
   onTimer(timer: QueuedTimer, domain: TimeDomain): void {
     if (!this.backend.isCached(timer.key)) {
-      throw new Error(`internal: state of key ${describeValue(timer.key)} was not prefetched before its timer fired`);
+      throw new Error(
+        `internal: state of key ${describeValue(timer.key)} was not prefetched before its timer fired`,
+      );
     }
     this.backend.setCurrentKey(timer.key);
     this.key = timer.key;
@@ -218,7 +220,8 @@ export class ShardTask {
     this.operators = plan.operators.map((op) => new OperatorRuntime(this, op, this.journal));
     for (const op of this.operators) {
       op.downstream = this.chain(plan.children.get(op.plan.node) ?? [], 'direct');
-      for (const [name, node] of op.plan.sideOutputs) op.side.set(name, this.chain(plan.children.get(node) ?? [], 'direct'));
+      for (const [name, node] of op.plan.sideOutputs)
+        op.side.set(name, this.chain(plan.children.get(node) ?? [], 'direct'));
     }
     this.route = this.chain(plan.children.get(plan.source) ?? [], 'route');
     const byUid = new Map(this.operators.map((o) => [o.plan.uid, o.plan.index]));
@@ -229,7 +232,12 @@ export class ShardTask {
           `checkpoint of shard ${cp.shardId} has timers of operator "${t.operator}", which pipeline "${plan.name}" no longer has (operators: ${[...byUid.keys()].join(', ') || 'none'}). Give operators stable uids, or restore into a new job.`,
         );
       }
-      (t.domain === 'event' ? this.eventTimers : this.processingTimers).add(index, t.time, t.key, t.namespace);
+      (t.domain === 'event' ? this.eventTimers : this.processingTimers).add(
+        index,
+        t.time,
+        t.key,
+        t.namespace,
+      );
     }
   }
 
@@ -271,7 +279,9 @@ export class ShardTask {
         errors.push(undefined);
       } catch (error) {
         this.truncateRouted(start);
-        errors.push(error instanceof RecordError ? error : new RecordError('user-function', errorMessage(error)));
+        errors.push(
+          error instanceof RecordError ? error : new RecordError('user-function', errorMessage(error)),
+        );
       }
       maxTs.push(this.recordMaxTs);
     }
@@ -279,7 +289,9 @@ export class ShardTask {
 
     // Prefetch the state of every key the batch may touch, including due timers' keys.
     const strategy = this.plan.strategy;
-    const idle = strategy ? idleWatermark(strategy, this.maxTimestamp, this.lastRecordAt, this.now) : -Infinity;
+    const idle = strategy
+      ? idleWatermark(strategy, this.maxTimestamp, this.lastRecordAt, this.now)
+      : -Infinity;
     let reachable = Math.max(this.watermark, idle);
     if (strategy) for (const t of maxTs) reachable = Math.max(reachable, generatedWatermark(strategy, t));
     await this.prefetch(store, reachable);
@@ -335,7 +347,10 @@ export class ShardTask {
       watermark: this.watermark,
       maxTimestamp: this.maxTimestamp,
       lastRecordAt: this.lastRecordAt,
-      timers: [...this.eventTimers.toSpecs('event', uids), ...this.processingTimers.toSpecs('processing', uids)],
+      timers: [
+        ...this.eventTimers.toSpecs('event', uids),
+        ...this.processingTimers.toSpecs('processing', uids),
+      ],
       finished: this.finished,
     };
   }
@@ -471,7 +486,12 @@ export class ShardTask {
   }
 
   private truncateRouted(length: number): void {
-    this.aKind.length = this.aTarget.length = this.aKey.length = this.aValue.length = this.aTs.length = length;
+    this.aKind.length =
+      this.aTarget.length =
+      this.aKey.length =
+      this.aValue.length =
+      this.aTs.length =
+        length;
   }
 
   private sinkId(name: string): number {
@@ -538,7 +558,10 @@ export class ShardTask {
         return (v, ts) => {
           const key = keyOf(v);
           if (typeof key !== 'string' && (typeof key !== 'number' || !Number.isFinite(key))) {
-            throw new RecordError('key', `key selector returned ${describeValue(key)}; keys must be strings or finite numbers`);
+            throw new RecordError(
+              'key',
+              `key selector returned ${describeValue(key)}; keys must be strings or finite numbers`,
+            );
           }
           this.aKind.push(0);
           this.aTarget.push(index);

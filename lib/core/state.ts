@@ -3,7 +3,12 @@
  * engine loads, journals and serializes. State is scoped to (operator, key); handles act on
  * the key currently being processed. Values must be JSON-serializable.
  */
-import { PipelineDefinitionError, StateFormatError, StateSerializationError, describeValue } from './errors.ts';
+import {
+  describeValue,
+  PipelineDefinitionError,
+  StateFormatError,
+  StateSerializationError,
+} from './errors.ts';
 import type { Journal } from './journal.ts';
 import type { StateAddress } from './ports.ts';
 import type { Millis } from './time.ts';
@@ -26,8 +31,10 @@ export interface ListStateDescriptor<T> extends DescriptorBase {
   readonly kind: 'list';
   readonly __type?: T;
 }
-// biome-ignore lint/suspicious/noExplicitAny: descriptor element types are erased at runtime
-export type StateDescriptor = ValueStateDescriptor<any> | MapStateDescriptor<any, any> | ListStateDescriptor<any>;
+export type StateDescriptor =
+  | ValueStateDescriptor<unknown>
+  | MapStateDescriptor<StateKey, unknown>
+  | ListStateDescriptor<unknown>;
 export type StateSpec = Record<string, StateDescriptor>;
 
 function ttlOption(options: { ttl?: Millis } | undefined): Millis | undefined {
@@ -238,7 +245,8 @@ export class KeyedStateBackend {
   }
 }
 
-const expired = (t: number, ttl: number | undefined, now: number): boolean => ttl !== undefined && now >= t + ttl;
+const expired = (t: number, ttl: number | undefined, now: number): boolean =>
+  ttl !== undefined && now >= t + ttl;
 
 function encodeCell(d: StateDescriptor, cell: Cell, now: number): unknown {
   if (cell === undefined) return undefined;
@@ -304,7 +312,10 @@ class ValueStateHandle<T> implements ValueState<T> {
     return c.v as T;
   }
   update(value: T): void {
-    if (value === undefined) return this.clear();
+    if (value === undefined) {
+      this.clear();
+      return;
+    }
     this.rt.setCell(this.rt.current, this.i, { v: value, t: this.rt.now });
   }
   clear(): void {
@@ -341,7 +352,9 @@ class MapStateHandle<K extends StateKey, V> implements MapState<K, V> {
   }
   put(key: K, value: V): void {
     if (typeof key !== 'string' && typeof key !== 'number') {
-      throw new StateSerializationError(`map state keys must be strings or numbers; received ${describeValue(key)}`);
+      throw new StateSerializationError(
+        `map state keys must be strings or numbers; received ${describeValue(key)}`,
+      );
     }
     const c = this.cell(true)!;
     const journal = this.rt.journal;
@@ -408,7 +421,10 @@ class ListStateHandle<T> implements ListState<T> {
     this.rt.setCell(this.rt.current, this.i, { items, t });
   }
   update(values: readonly T[]): void {
-    if (values.length === 0) return this.clear();
+    if (values.length === 0) {
+      this.clear();
+      return;
+    }
     const now = this.rt.now;
     this.rt.setCell(this.rt.current, this.i, {
       items: [...values],

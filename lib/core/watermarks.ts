@@ -1,6 +1,6 @@
 /** Watermark strategies. The watermark depends only on the highest timestamp seen, so it is
  * the same however records are split into batches (needed for restart-equivalence). */
-import { PipelineDefinitionError, describeValue } from './errors.ts';
+import { describeValue, PipelineDefinitionError } from './errors.ts';
 import type { Millis } from './time.ts';
 
 export interface WatermarkStrategy {

@@ -5,13 +5,13 @@
  */
 import type { AggregateFunction } from './aggregates.ts';
 import type { KeyedProcessFunction, ProcessContext, Timer } from './processor.ts';
-import { type MapStateDescriptor, type StateKey, mapState } from './state.ts';
+import { type MapStateDescriptor, mapState, type StateKey } from './state.ts';
 import {
+  assignAlignedStarts,
   type SessionWindows,
   type SlidingWindows,
   type TimeWindow,
   type TumblingWindows,
-  assignAlignedStarts,
 } from './windows.ts';
 
 export interface WindowResult<K, R> {
@@ -87,7 +87,11 @@ export function sessionWindowOperator<In, Acc, R, Out>(
   const { aggregate, windowFunction, allowedLateness: lateness, lateOutput } = options;
   const merge = aggregate.merge;
   const fire = (ctx: ProcessContext<Out, SessionSpec<Acc>>, start: number, end: number, acc: Acc): void => {
-    const r: WindowResult<StateKey, R> = { key: ctx.key, window: { start, end }, result: aggregate.result(acc) };
+    const r: WindowResult<StateKey, R> = {
+      key: ctx.key,
+      window: { start, end },
+      result: aggregate.result(acc),
+    };
     ctx.emit(windowFunction === undefined ? (r as Out) : windowFunction(r), end - 1);
   };
   return {

@@ -1,5 +1,5 @@
 /** Window assigners with Flink's exact semantics: [start, end), end exclusive. */
-import { PipelineDefinitionError, describeValue } from './errors.ts';
+import { describeValue, PipelineDefinitionError } from './errors.ts';
 import type { Millis } from './time.ts';
 
 export interface TimeWindow {

@@ -4,7 +4,7 @@
  * serialized backend, and inspect outputs, state and timers. Every call is one committed batch.
  */
 import type { ShardCheckpoint, TimerSpec } from '../checkpoint.ts';
-import { type PipelinePlan, compile } from '../compile.ts';
+import { compile, type PipelinePlan } from '../compile.ts';
 import type { Pipeline } from '../dsl.ts';
 import { ConfigurationError, describeValue } from '../errors.ts';
 import { MemoryBackend } from '../memory-backend.ts';
@@ -39,7 +39,6 @@ export class TestDriver {
   private readonly published: Output[] = [];
   private readonly sequences = new Map<string, bigint>();
   private now = 0;
-  private incarnation = 0;
 
   constructor(
     private readonly pipeline: Pipeline,
@@ -47,7 +46,9 @@ export class TestDriver {
   ) {
     const shards = options.shards ?? 1;
     if (!Number.isInteger(shards) || shards < 1 || shards > 1024) {
-      throw new ConfigurationError(`shards must be a whole number from 1 to 1024; received ${describeValue(shards)}`);
+      throw new ConfigurationError(
+        `shards must be a whole number from 1 to 1024; received ${describeValue(shards)}`,
+      );
     }
     this.shardIds = Array.from({ length: shards }, (_, i) => shardName(i));
     this.plan = compile(pipeline);
@@ -102,7 +103,6 @@ export class TestDriver {
     this.backend = MemoryBackend.deserialize(this.backend.serialize());
     this.tasks.clear();
     this.plan = compile(this.pipeline);
-    this.incarnation++;
   }
 
   /** Published outputs, in emission order; optionally of one sink. */
@@ -145,7 +145,9 @@ export class TestDriver {
 
   private checkShard(shard: string): string {
     if (!this.shardIds.includes(shard)) {
-      throw new ConfigurationError(`unknown shard ${describeValue(shard)}; shards are ${this.shardIds.join(', ')}`);
+      throw new ConfigurationError(
+        `unknown shard ${describeValue(shard)}; shards are ${this.shardIds.join(', ')}`,
+      );
     }
     return shard;
   }
