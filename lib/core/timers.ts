@@ -87,7 +87,7 @@ export class TimerQueue {
   /** Removes and returns every timer of the earliest time if it is <= limit, sorted. */
   popDue(limit: number): QueuedTimer[] | undefined {
     const t = this.peekTime();
-    if (t > limit) return undefined;
+    if (t > limit || this.heap.length === 0) return undefined;
     this.pop();
     const bucket = this.buckets.get(t)!;
     this.buckets.delete(t);
