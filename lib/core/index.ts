@@ -8,6 +8,7 @@ export { MemoryBackend } from './memory-backend.ts';
 export * from './partitioning.ts';
 export type * from './ports.ts';
 export type * from './processor.ts';
+export { processFunction } from './processor.ts';
 export * from './shard-task.ts';
 export {
   type ListState,

@@ -42,3 +42,14 @@ export interface KeyedProcessFunction<In, Out, S extends StateSpec = StateSpec> 
   processElement(value: In, ctx: ProcessContext<Out, S>): void;
   onTimer?(timer: Timer, ctx: ProcessContext<Out, S>): void;
 }
+
+/**
+ * Types a process function by its input and output while inferring its state:
+ * `processFunction<Click, Alert>()({ state: { n: valueState<number>() }, processElement(...) {...} })`.
+ * (TypeScript cannot infer the state type when the output type is given explicitly.)
+ */
+export function processFunction<In, Out>(): <S extends StateSpec>(
+  fn: KeyedProcessFunction<In, Out, S>,
+) => KeyedProcessFunction<In, Out, S> {
+  return (fn) => fn;
+}
