@@ -40,6 +40,8 @@ export interface BatchStats {
 }
 
 export interface BatchResult {
+  /** False when the batch changed nothing (no records, outputs, state, timers or time); skip its commit. */
+  readonly changed: boolean;
   readonly outputs: Output[];
   readonly mutations: StateMutation[];
   readonly checkpoint: ShardCheckpoint;
@@ -194,6 +196,9 @@ export class ShardTask {
   private outputs: Array<{ sink: string; value: unknown }> = [];
   private deadLetters = 0;
   private timersFired = 0;
+  /** Bumped on every timer change, so an otherwise empty batch that moved timers is committed. */
+  private timerVersion = 0;
+  private committed = { position: '', watermark: 0, maxTimestamp: 0, finished: false, timerVersion: 0 };
 
   // Phase A buffers (reused across batches): one row per routed element.
   private aKind: number[] = []; // 0: keyed element, 1: sink output
@@ -239,6 +244,13 @@ export class ShardTask {
         t.namespace,
       );
     }
+    this.committed = {
+      position: cp.position ?? '',
+      watermark: cp.watermark,
+      maxTimestamp: cp.maxTimestamp,
+      finished: cp.finished,
+      timerVersion: this.timerVersion,
+    };
   }
 
   readonly shardId: string;
@@ -250,7 +262,7 @@ export class ShardTask {
     now: number,
     options: { shardEnded?: boolean } = {},
   ): Promise<BatchResult> {
-    this.now = Math.max(this.now, now);
+    this.setProcessingTime(now);
     const fresh =
       this.position === undefined
         ? records
@@ -331,7 +343,7 @@ export class ShardTask {
 
   /** Advances the watermark to at least `watermark` (Flink's test-harness processWatermark). */
   async processWatermark(watermark: number, store: StateStore, now: number): Promise<BatchResult> {
-    this.now = Math.max(this.now, now);
+    this.setProcessingTime(now);
     await this.prefetch(store, Math.max(this.watermark, watermark));
     this.advanceWatermark(watermark);
     this.fireProcessingTimers();
@@ -365,13 +377,19 @@ export class ShardTask {
   /** @internal */
   registerTimer(domain: TimeDomain, op: number, time: number, key: StateKey, ns: TimerNamespace): void {
     const queue = domain === 'event' ? this.eventTimers : this.processingTimers;
-    if (queue.add(op, time, key, ns)) this.journal.record(() => queue.delete(op, time, key, ns));
+    if (queue.add(op, time, key, ns)) {
+      this.timerVersion++;
+      this.journal.record(() => queue.delete(op, time, key, ns));
+    }
   }
 
   /** @internal */
   deleteTimer(domain: TimeDomain, op: number, time: number, key: StateKey, ns: TimerNamespace): void {
     const queue = domain === 'event' ? this.eventTimers : this.processingTimers;
-    if (queue.delete(op, time, key, ns)) this.journal.record(() => queue.add(op, time, key, ns));
+    if (queue.delete(op, time, key, ns)) {
+      this.timerVersion++;
+      this.journal.record(() => queue.add(op, time, key, ns));
+    }
   }
 
   /** @internal An emitter writing to the sink `name` (in phase B). */
@@ -408,6 +426,11 @@ export class ShardTask {
     }
   }
 
+  private setProcessingTime(now: number): void {
+    this.now = Math.max(this.now, now);
+    for (const op of this.operators) op.backend.now = this.now; // TTL is processing time
+  }
+
   private advanceWatermark(target: number): void {
     if (!(target > this.watermark)) return;
     this.watermark = target;
@@ -431,6 +454,7 @@ export class ShardTask {
     const mark = this.outputs.length;
     this.journal.reset();
     this.timersFired++;
+    this.timerVersion++;
     try {
       op.onTimer(timer, domain);
       this.journal.reset();
@@ -470,19 +494,36 @@ export class ShardTask {
   }
 
   private finish(records: number, duplicates: number): BatchResult {
-    this.commitNumber++;
-    const prefix = `${this.job}/${this.shardId}/${this.commitNumber}/`;
-    const outputs = this.outputs.map((o, i) => ({ id: prefix + i, sink: o.sink, value: o.value }));
-    this.outputs = [];
     const mutations: StateMutation[] = [];
     for (const op of this.operators) {
       op.backend.now = this.now;
       for (const m of op.backend.takeMutations()) mutations.push(m);
     }
+    const last = this.committed;
+    const changed =
+      records > 0 ||
+      this.outputs.length > 0 ||
+      mutations.length > 0 ||
+      (this.position ?? '') !== last.position ||
+      this.watermark !== last.watermark ||
+      this.maxTimestamp !== last.maxTimestamp ||
+      this.finished !== last.finished ||
+      this.timerVersion !== last.timerVersion;
+    this.committed = {
+      position: this.position ?? '',
+      watermark: this.watermark,
+      maxTimestamp: this.maxTimestamp,
+      finished: this.finished,
+      timerVersion: this.timerVersion,
+    };
+    if (changed) this.commitNumber++;
+    const prefix = `${this.job}/${this.shardId}/${this.commitNumber}/`;
+    const outputs = this.outputs.map((o, i) => ({ id: prefix + i, sink: o.sink, value: o.value }));
+    this.outputs = [];
     const stats = { records, duplicates, deadLetters: this.deadLetters, timersFired: this.timersFired };
     this.deadLetters = 0;
     this.timersFired = 0;
-    return { outputs, mutations, checkpoint: this.checkpoint(), stats };
+    return { changed, outputs, mutations, checkpoint: this.checkpoint(), stats };
   }
 
   private truncateRouted(length: number): void {

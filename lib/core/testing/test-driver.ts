@@ -171,6 +171,7 @@ export class TestDriver {
 
   private async commit(shard: string, result: BatchResult): Promise<void> {
     const { lease } = this.tasks.get(shard)!;
+    if (!result.changed) return;
     await this.backend.commit(lease, result);
     // Publish from the outbox, as a worker does after its commit.
     const pending = await this.backend.unpublishedOutputs(shard);
