@@ -1,0 +1,76 @@
+/**
+ * Coordinator logic: which shards may run now, and the checkpoint a child shard starts from.
+ * Children of a reshard start only after all their parents are finished, so every key's
+ * events are processed in order; they inherit their parents' event time and timers.
+ */
+import {
+  hashKey,
+  initialCheckpoint,
+  type ShardCheckpoint,
+  type ShardInfo,
+  type TimerSpec,
+} from '../core/index.ts';
+
+export interface ShardPlan {
+  readonly shard: ShardInfo;
+  /** The checkpoint to start from when the shard has none yet (children inherit). */
+  readonly initial: ShardCheckpoint | undefined;
+}
+
+/**
+ * Shards that can run: not finished, and every parent finished (or gone from the stream,
+ * i.e. trimmed after retention). Parents come before children in the result.
+ */
+export function runnableShards(
+  shards: readonly ShardInfo[],
+  checkpoints: ReadonlyMap<string, ShardCheckpoint>,
+): ShardPlan[] {
+  const listed = new Map(shards.map((s) => [s.shardId, s]));
+  const finished = (id: string): boolean => checkpoints.get(id)?.finished === true || !listed.has(id);
+  const plans: ShardPlan[] = [];
+  for (const shard of shards) {
+    if (checkpoints.get(shard.shardId)?.finished) continue;
+    if (!shard.parentShardIds.every(finished)) continue;
+    const own = checkpoints.get(shard.shardId);
+    const parents = shard.parentShardIds
+      .map((id) => checkpoints.get(id))
+      .filter((c): c is ShardCheckpoint => c !== undefined);
+    plans.push({
+      shard,
+      initial: own === undefined && parents.length > 0 ? childCheckpoint(shard, parents, shards) : undefined,
+    });
+  }
+  return plans;
+}
+
+/**
+ * The starting checkpoint of a child shard. Event time continues from the slowest parent
+ * (so nothing that was on time becomes late); timers move to the child whose hash-key range
+ * owns the timer's key (keys are Kinesis partition keys, see docs/dsl.md "Keys and shards").
+ */
+export function childCheckpoint(
+  child: ShardInfo,
+  parents: readonly ShardCheckpoint[],
+  allShards: readonly ShardInfo[],
+): ShardCheckpoint {
+  const base = initialCheckpoint(child.shardId);
+  const siblings = allShards.filter((s) => s.parentShardIds.some((p) => child.parentShardIds.includes(p)));
+  const start = BigInt(child.hashKeyRange.start);
+  const end = BigInt(child.hashKeyRange.end);
+  const owns = (timer: TimerSpec): boolean => {
+    if (siblings.length <= 1) return true;
+    const h = hashKey(String(timer.key));
+    if (h >= start && h <= end) return true;
+    // A key outside every sibling's range was not co-partitioned: keep it on the first child.
+    const ownedBySibling = siblings.some(
+      (s) => h >= BigInt(s.hashKeyRange.start) && h <= BigInt(s.hashKeyRange.end),
+    );
+    return !ownedBySibling && siblings[0]!.shardId === child.shardId;
+  };
+  return {
+    ...base,
+    watermark: Math.min(...parents.map((p) => p.watermark)),
+    maxTimestamp: Math.min(...parents.map((p) => p.maxTimestamp)),
+    timers: parents.flatMap((p) => p.timers).filter(owns),
+  };
+}

@@ -1,0 +1,53 @@
+/** What a worker or the local runner needs to run one job against any backend. */
+import type {
+  CheckpointStore,
+  PipelinePlan,
+  ShardSource,
+  Sink,
+  StartPosition,
+  StateStore,
+} from '../core/index.ts';
+
+export interface JobRuntime {
+  /** Job id: scopes state, checkpoints and output ids. */
+  readonly job: string;
+  readonly plan: PipelinePlan;
+  readonly source: ShardSource;
+  readonly backend: StateStore & CheckpointStore;
+  /** Publishes committed outputs (idempotent by output id). */
+  readonly sink: Sink;
+  /** Where shards without a checkpoint start. @default TRIM_HORIZON */
+  readonly startPosition?: StartPosition;
+  /** Processing-time clock. @default Date.now */
+  readonly clock?: () => number;
+}
+
+export interface WorkerOptions {
+  /** Lease owner id (unique per invocation). */
+  readonly owner: string;
+  /** Stop after this much wall time (a Lambda's remaining time minus a margin). @default 60_000 */
+  readonly timeBudgetMs?: number;
+  /** Records per GetRecords call and batch. @default 1000 */
+  readonly batchSize?: number;
+  /** Lease time to live; renewed at half of it. @default 30_000 */
+  readonly leaseTtlMs?: number;
+  /** Return once the shard is caught up (no records and 0 ms behind latest). @default false */
+  readonly untilIdle?: boolean;
+  /** Pause between empty reads while caught up. @default 200 */
+  readonly idlePollMs?: number;
+  /** Called after every commit. */
+  readonly onCommit?: (progress: ShardProgress) => void;
+  /** Stops the loop at the next batch boundary. */
+  readonly signal?: AbortSignal;
+}
+
+export interface ShardProgress {
+  readonly shardId: string;
+  readonly position: string | undefined;
+  readonly watermark: number;
+  readonly millisBehindLatest: number;
+  readonly records: number;
+  readonly outputs: number;
+  readonly deadLetters: number;
+  readonly commitNumber: number;
+}

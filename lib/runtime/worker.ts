@@ -1,0 +1,136 @@
+/**
+ * The shard worker: one invocation's work on one shard. Acquire the lease, publish anything a
+ * crashed predecessor committed but did not publish, resume after the checkpoint, then loop
+ * read -> process -> commit -> publish until the time budget ends, the shard ends, or (with
+ * untilIdle) the shard is caught up. Every commit is conditional on the lease's fence.
+ */
+import {
+  type CheckpointStore,
+  type Lease,
+  type Output,
+  type ShardCheckpoint,
+  ShardTask,
+  type StartPosition,
+} from '../core/index.ts';
+import type { JobRuntime, ShardProgress, WorkerOptions } from './job.ts';
+
+export interface WorkerResult {
+  readonly shardId: string;
+  readonly records: number;
+  readonly commits: number;
+  readonly finished: boolean;
+  readonly childShardIds: readonly string[];
+  readonly caughtUp: boolean;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Publishes the outbox of a shard and marks it published (recovery after a crash). */
+export async function publishPending(
+  backend: CheckpointStore,
+  sink: JobRuntime['sink'],
+  shardId: string,
+): Promise<number> {
+  const pending = await backend.unpublishedOutputs(shardId);
+  if (pending.length === 0) return 0;
+  await sink.publish(pending);
+  await backend.markPublished(
+    shardId,
+    pending.map((o) => o.id),
+  );
+  return pending.length;
+}
+
+export async function runShardWorker(
+  job: JobRuntime,
+  shardId: string,
+  options: WorkerOptions,
+  initial?: ShardCheckpoint,
+): Promise<WorkerResult> {
+  const clock = job.clock ?? Date.now;
+  const ttl = options.leaseTtlMs ?? 30_000;
+  const budget = options.timeBudgetMs ?? 60_000;
+  const batchSize = options.batchSize ?? 1000;
+  const started = clock();
+  let lease: Lease = await job.backend.acquireLease(shardId, options.owner, started, ttl);
+  let records = 0;
+  let commits = 0;
+  let caughtUp = false;
+  let childShardIds: readonly string[] = [];
+  try {
+    await publishPending(job.backend, job.sink, shardId);
+    const checkpoint = (await job.backend.readCheckpoint(shardId)) ?? initial;
+    if (checkpoint?.finished) {
+      return { shardId, records, commits, finished: true, childShardIds, caughtUp: true };
+    }
+    const task = new ShardTask(job.plan, checkpoint ?? shardId, { job: job.job });
+    const position: StartPosition =
+      checkpoint?.position !== undefined
+        ? { type: 'AFTER_SEQUENCE_NUMBER', sequenceNumber: checkpoint.position }
+        : (job.startPosition ?? { type: 'TRIM_HORIZON' });
+    const reader = await job.source.openReader(shardId, position);
+    let finished = false;
+    try {
+      while (!options.signal?.aborted && clock() - started < budget) {
+        if (clock() - started > 0 && lease.expiresAt - clock() < ttl / 2) {
+          lease = await job.backend.renewLease(lease, clock(), ttl);
+        }
+        const read = await reader.read(batchSize);
+        const result = await task.processBatch(read.records, job.backend, clock(), {
+          shardEnded: read.shardEnded,
+        });
+        if (result.changed) {
+          await job.backend.commit(lease, result);
+          commits++;
+          records += result.stats.records;
+          await publish(job, shardId, result.outputs);
+          options.onCommit?.(progress(shardId, result.checkpoint, read.millisBehindLatest, result));
+        }
+        if (read.shardEnded) {
+          finished = true;
+          childShardIds = read.childShardIds ?? [];
+          break;
+        }
+        if (read.records.length === 0 && read.millisBehindLatest === 0) {
+          caughtUp = true;
+          if (options.untilIdle) break;
+          await sleep(options.idlePollMs ?? 200);
+        } else {
+          caughtUp = false;
+        }
+      }
+    } finally {
+      await reader.close?.();
+    }
+    return { shardId, records, commits, finished, childShardIds, caughtUp };
+  } finally {
+    await job.backend.releaseLease(lease).catch(() => {});
+  }
+}
+
+async function publish(job: JobRuntime, shardId: string, outputs: readonly Output[]): Promise<void> {
+  if (outputs.length === 0) return;
+  await job.sink.publish(outputs);
+  await job.backend.markPublished(
+    shardId,
+    outputs.map((o) => o.id),
+  );
+}
+
+function progress(
+  shardId: string,
+  checkpoint: ShardCheckpoint,
+  millisBehindLatest: number,
+  result: { outputs: readonly Output[]; stats: { records: number; deadLetters: number } },
+): ShardProgress {
+  return {
+    shardId,
+    position: checkpoint.position,
+    watermark: checkpoint.watermark,
+    millisBehindLatest,
+    records: result.stats.records,
+    outputs: result.outputs.length,
+    deadLetters: result.stats.deadLetters,
+    commitNumber: checkpoint.commitNumber,
+  };
+}
