@@ -26,7 +26,7 @@ export interface ShardCheckpoint {
   readonly watermark: number;
   /** Highest element timestamp seen by the watermark generator. */
   readonly maxTimestamp: number;
-  /** Processing time of the last record, for idleness. */
+  /** Highest arrival time of the records processed so far, for idleness. */
   readonly lastRecordAt: number | undefined;
   readonly timers: readonly TimerSpec[];
   /** True once the shard was read to its end (closed by a reshard). */
@@ -57,39 +57,67 @@ export function serializeCheckpoint(c: ShardCheckpoint): string {
     maxTimestamp: encodeTime(c.maxTimestamp),
     lastRecordAt: c.lastRecordAt ?? null,
     finished: c.finished,
-    timers: c.timers.map((t) => [t.operator, t.domain === 'event' ? 'e' : 'p', t.time, t.key, t.namespace]),
+    timers: c.timers.map((t) => [
+      t.operator,
+      t.domain === 'event' ? 'e' : 'p',
+      encodeTime(t.time),
+      t.key,
+      t.namespace,
+    ]),
   });
 }
 
 export function deserializeCheckpoint(text: string): ShardCheckpoint {
-  let raw: Record<string, unknown>;
+  const fail = (what: string): never => {
+    throw new StateFormatError(`checkpoint is corrupted: ${what}; received ${text.slice(0, 80)}`);
+  };
+  let raw: unknown;
   try {
-    raw = JSON.parse(text) as Record<string, unknown>;
+    raw = JSON.parse(text);
   } catch (error) {
+    throw new StateFormatError(`checkpoint is not valid JSON (${String(error)}); received ${text.slice(0, 80)}`);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return fail('not a JSON object');
+  const o = raw as Record<string, unknown>;
+  if (o.v !== CHECKPOINT_FORMAT) {
     throw new StateFormatError(
-      `checkpoint is not valid JSON (${String(error)}); received ${text.slice(0, 60)}`,
+      `checkpoint format ${String(o.v)} is not supported (this floe reads format ${CHECKPOINT_FORMAT}); restore from a savepoint written by a compatible version`,
     );
   }
-  if (raw.v !== CHECKPOINT_FORMAT) {
-    throw new StateFormatError(
-      `checkpoint format ${String(raw.v)} is not supported (this floe reads format ${CHECKPOINT_FORMAT}); restore from a savepoint written by a compatible version`,
-    );
-  }
-  const timers = (raw.timers as unknown[][]).map((t) => ({
-    operator: t[0] as string,
-    domain: t[1] === 'e' ? ('event' as const) : ('processing' as const),
-    time: t[2] as number,
-    key: t[3] as string | number,
-    namespace: t[4] as TimerNamespace,
-  }));
+  if (typeof o.shardId !== 'string') fail('"shardId" is not a string');
+  if (o.position !== null && typeof o.position !== 'string') fail('"position" is not a string or null');
+  if (typeof o.commitNumber !== 'number' || !Number.isInteger(o.commitNumber))
+    fail('"commitNumber" is not an integer');
+  if (o.lastRecordAt !== null && typeof o.lastRecordAt !== 'number')
+    fail('"lastRecordAt" is not a number or null');
+  if (!Array.isArray(o.timers)) fail('"timers" is not an array');
+  const time = (v: unknown, field: string): number => {
+    try {
+      return decodeTime(v);
+    } catch {
+      return fail(`${field} is not a time`);
+    }
+  };
+  const timers = (o.timers as unknown[]).map((t, i) => {
+    if (!Array.isArray(t) || t.length !== 5 || typeof t[0] !== 'string' || (t[1] !== 'e' && t[1] !== 'p')) {
+      return fail(`timer ${i} is malformed`);
+    }
+    return {
+      operator: t[0] as string,
+      domain: t[1] === 'e' ? ('event' as const) : ('processing' as const),
+      time: time(t[2], `timer ${i} time`),
+      key: t[3] as string | number,
+      namespace: t[4] as TimerNamespace,
+    };
+  });
   return {
-    shardId: raw.shardId as string,
-    position: (raw.position as string | null) ?? undefined,
-    commitNumber: raw.commitNumber as number,
-    watermark: decodeTime(raw.watermark),
-    maxTimestamp: decodeTime(raw.maxTimestamp),
-    lastRecordAt: (raw.lastRecordAt as number | null) ?? undefined,
-    finished: raw.finished === true,
+    shardId: o.shardId as string,
+    position: (o.position as string | null) ?? undefined,
+    commitNumber: o.commitNumber as number,
+    watermark: time(o.watermark, '"watermark"'),
+    maxTimestamp: time(o.maxTimestamp, '"maxTimestamp"'),
+    lastRecordAt: (o.lastRecordAt as number | null) ?? undefined,
+    finished: o.finished === true,
     timers,
   };
 }

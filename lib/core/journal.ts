@@ -2,54 +2,93 @@
  * Undo log for one record. Before a record is processed the journal is emptied; every state
  * or timer change pushes its inverse. If a user function throws, the record's effects are
  * rolled back (so a poison record goes to the dead-letter output and changes nothing).
+ *
+ * Hot path: entries are kept in one flat array of 4 slots each, reused from record to record
+ * (no per-record allocation, no closure for the common kinds of change).
  */
+
+/** Something that can undo a change it made; `a` and `b` are what it passed to `record`. */
+export interface Undoable {
+  undo(a: unknown, b: unknown): void;
+}
+
+const MAP_SET = 0; // the map had the key: set it back to the previous value
+const MAP_DELETE = 1; // the map did not have the key: delete it
+const ARRAY_SLOT = 2; // array[index] = previous
+const UNDOABLE = 3; // target.undo(a, b)
+const CLOSURE = 4; // target()
+
 export class Journal {
-  private readonly undo: Array<() => void> = [];
-  private readonly mapTargets: Array<Map<unknown, unknown>> = [];
-  private readonly mapKeys: unknown[] = [];
-  private readonly mapPrev: unknown[] = [];
-  private readonly mapHad: boolean[] = [];
-  /** Order of undo entries: >= 0 indexes `undo`, < 0 is -(map entry index) - 1. */
-  private readonly order: number[] = [];
+  /** [target, a, b, kind] per entry. */
+  private readonly log: unknown[] = [];
+  private size = 0;
   enabled = true;
 
   reset(): void {
-    if (this.order.length === 0) return;
-    this.undo.length = 0;
-    this.mapTargets.length = 0;
-    this.mapKeys.length = 0;
-    this.mapPrev.length = 0;
-    this.mapHad.length = 0;
-    this.order.length = 0;
+    const n = this.size;
+    if (n === 0) return;
+    // Drop references so the journal does not keep old state alive; the array keeps its capacity.
+    const log = this.log;
+    for (let i = 0; i < n; i++) log[i] = undefined;
+    this.size = 0;
+  }
+
+  private push(target: unknown, a: unknown, b: unknown, kind: number): void {
+    const log = this.log;
+    const i = this.size;
+    log[i] = target;
+    log[i + 1] = a;
+    log[i + 2] = b;
+    log[i + 3] = kind;
+    this.size = i + 4;
   }
 
   /** Records the current value of `map[key]` before it is changed (hot path: no closure). */
   recordMap(map: Map<unknown, unknown>, key: unknown): void {
     if (!this.enabled) return;
-    const had = map.has(key);
-    this.mapTargets.push(map);
-    this.mapKeys.push(key);
-    this.mapPrev.push(had ? map.get(key) : undefined);
-    this.mapHad.push(had);
-    this.order.push(-this.mapTargets.length);
+    const prev = map.get(key);
+    if (prev !== undefined || map.has(key)) this.push(map, key, prev, MAP_SET);
+    else this.push(map, key, undefined, MAP_DELETE);
+  }
+
+  /** Records the current value of `array[index]` before it is changed. */
+  recordSlot(array: unknown[], index: number): void {
+    if (!this.enabled) return;
+    this.push(array, index, array[index], ARRAY_SLOT);
+  }
+
+  /** Records a change that `target.undo(a, b)` reverts. */
+  recordUndo(target: Undoable, a: unknown, b: unknown): void {
+    if (!this.enabled) return;
+    this.push(target, a, b, UNDOABLE);
   }
 
   record(undo: () => void): void {
     if (!this.enabled) return;
-    this.undo.push(undo);
-    this.order.push(this.undo.length - 1);
+    this.push(undo, undefined, undefined, CLOSURE);
   }
 
   rollback(): void {
-    for (let i = this.order.length - 1; i >= 0; i--) {
-      const o = this.order[i]!;
-      if (o >= 0) {
-        this.undo[o]!();
-      } else {
-        const j = -o - 1;
-        const map = this.mapTargets[j]!;
-        if (this.mapHad[j]) map.set(this.mapKeys[j], this.mapPrev[j]);
-        else map.delete(this.mapKeys[j]);
+    const log = this.log;
+    for (let i = this.size - 4; i >= 0; i -= 4) {
+      const target = log[i];
+      const a = log[i + 1];
+      const b = log[i + 2];
+      switch (log[i + 3] as number) {
+        case MAP_SET:
+          (target as Map<unknown, unknown>).set(a, b);
+          break;
+        case MAP_DELETE:
+          (target as Map<unknown, unknown>).delete(a);
+          break;
+        case ARRAY_SLOT:
+          (target as unknown[])[a as number] = b;
+          break;
+        case UNDOABLE:
+          (target as Undoable).undo(a, b);
+          break;
+        default:
+          (target as () => void)();
       }
     }
     this.reset();

@@ -189,6 +189,7 @@ export class ShardTask {
   private readonly eventTimers = new TimerQueue();
   private readonly processingTimers = new TimerQueue();
   private readonly operators: OperatorRuntime[];
+  private readonly operatorUids: readonly string[];
   private readonly route: Emit;
   private readonly sinkNames: string[] = [];
   private readonly sinkIndex = new Map<string, number>();
@@ -223,6 +224,7 @@ export class ShardTask {
     this.commitNumber = cp.commitNumber;
     this.finished = cp.finished;
     this.operators = plan.operators.map((op) => new OperatorRuntime(this, op, this.journal));
+    this.operatorUids = this.operators.map((o) => o.plan.uid);
     for (const op of this.operators) {
       op.downstream = this.chain(plan.children.get(op.plan.node) ?? [], 'direct');
       for (const [name, node] of op.plan.sideOutputs)
@@ -260,7 +262,12 @@ export class ShardTask {
     records: readonly SourceRecord[],
     store: StateStore,
     now: number,
-    options: { shardEnded?: boolean } = {},
+    options: {
+      /** The reader reached the end of a closed shard. */
+      shardEnded?: boolean;
+      /** An empty batch means the reader is caught up (idleness may advance by `now`). @default true */
+      caughtUp?: boolean;
+    } = {},
   ): Promise<BatchResult> {
     this.setProcessingTime(now);
     const fresh =
@@ -299,20 +306,44 @@ export class ShardTask {
     }
     starts.push(this.aKind.length);
 
-    // Prefetch the state of every key the batch may touch, including due timers' keys.
+    // Idleness is judged by record arrival times, and by `now` only when the reader is caught
+    // up with no records, so the watermark never depends on when a batch happened to be read.
     const strategy = this.plan.strategy;
-    const idle = strategy
-      ? idleWatermark(strategy, this.maxTimestamp, this.lastRecordAt, this.now)
-      : -Infinity;
-    let reachable = Math.max(this.watermark, idle);
-    if (strategy) for (const t of maxTs) reachable = Math.max(reachable, generatedWatermark(strategy, t));
+    const caughtUp = fresh.length === 0 && options.caughtUp !== false;
+
+    // Prefetch the state of every key the batch may touch, including due timers' keys: replay
+    // the batch's watermark progression to bound the highest watermark it can reach.
+    let reachable = this.watermark;
+    if (strategy !== undefined) {
+      let m = this.maxTimestamp;
+      let last = this.lastRecordAt;
+      for (let r = 0; r < fresh.length; r++) {
+        const arrival = fresh[r]!.arrivalTime;
+        reachable = Math.max(reachable, idleWatermark(strategy, m, last, arrival));
+        if (errors[r] === undefined) m = Math.max(m, maxTs[r]!);
+        last = last === undefined ? arrival : Math.max(last, arrival);
+        reachable = Math.max(reachable, generatedWatermark(strategy, m));
+      }
+      if (caughtUp) reachable = Math.max(reachable, idleWatermark(strategy, m, last, this.now));
+    }
     await this.prefetch(store, reachable);
 
     // Phase B: apply.
-    this.advanceWatermark(idle);
+    if (strategy !== undefined && caughtUp) {
+      this.advanceWatermark(idleWatermark(strategy, this.maxTimestamp, this.lastRecordAt, this.now));
+    }
     this.fireProcessingTimers();
     for (let r = 0; r < fresh.length; r++) {
       const record = fresh[r]!;
+      if (strategy !== undefined) {
+        this.advanceWatermark(
+          idleWatermark(strategy, this.maxTimestamp, this.lastRecordAt, record.arrivalTime),
+        );
+      }
+      this.lastRecordAt =
+        this.lastRecordAt === undefined
+          ? record.arrivalTime
+          : Math.max(this.lastRecordAt, record.arrivalTime);
       const error = errors[r] ?? this.applyRecord(starts[r]!, starts[r + 1]!);
       if (error !== undefined) {
         this.deadLetter({
@@ -333,10 +364,7 @@ export class ShardTask {
       }
     }
     this.fireProcessingTimers();
-    if (fresh.length > 0) {
-      this.position = fresh[fresh.length - 1]!.sequenceNumber;
-      this.lastRecordAt = this.now;
-    }
+    if (fresh.length > 0) this.position = fresh[fresh.length - 1]!.sequenceNumber;
     if (options.shardEnded) this.finished = true;
     return this.finish(fresh.length, records.length - fresh.length);
   }
@@ -351,7 +379,7 @@ export class ShardTask {
   }
 
   checkpoint(): ShardCheckpoint {
-    const uids = this.operators.map((o) => o.plan.uid);
+    const uids = this.operatorUids;
     return {
       shardId: this.shardId,
       position: this.position,
@@ -377,18 +405,20 @@ export class ShardTask {
   /** @internal */
   registerTimer(domain: TimeDomain, op: number, time: number, key: StateKey, ns: TimerNamespace): void {
     const queue = domain === 'event' ? this.eventTimers : this.processingTimers;
-    if (queue.add(op, time, key, ns)) {
+    const added = queue.insert(op, time, key, ns);
+    if (added !== undefined) {
       this.timerVersion++;
-      this.journal.record(() => queue.delete(op, time, key, ns));
+      this.journal.recordUndo(queue, added, 1);
     }
   }
 
   /** @internal */
   deleteTimer(domain: TimeDomain, op: number, time: number, key: StateKey, ns: TimerNamespace): void {
     const queue = domain === 'event' ? this.eventTimers : this.processingTimers;
-    if (queue.delete(op, time, key, ns)) {
+    const removed = queue.remove(op, time, key, ns);
+    if (removed !== undefined) {
       this.timerVersion++;
-      this.journal.record(() => queue.add(op, time, key, ns));
+      this.journal.recordUndo(queue, removed, 0);
     }
   }
 

@@ -110,6 +110,9 @@ type Cell = ValueCell | MapCell | ListCell | undefined;
 /** All state of one key in one operator: the unit loaded, cached and written. */
 export class KeyEntry {
   dirty = false;
+  /** The state address and the key as JSON, computed once. */
+  address: StateAddress | undefined = undefined;
+  json: string | undefined = undefined;
   constructor(
     readonly key: StateKey,
     readonly cells: Cell[],
@@ -123,6 +126,7 @@ export class KeyedStateBackend {
   current!: KeyEntry;
   now = 0;
   private readonly names: string[];
+  private readonly quotedNames: string[];
   private readonly descriptors: StateDescriptor[];
 
   constructor(
@@ -131,6 +135,7 @@ export class KeyedStateBackend {
     readonly journal: Journal,
   ) {
     this.names = Object.keys(spec);
+    this.quotedNames = this.names.map((n) => JSON.stringify(n));
     this.descriptors = this.names.map((n) => spec[n]!);
   }
 
@@ -179,10 +184,7 @@ export class KeyedStateBackend {
   }
 
   setCell(entry: KeyEntry, index: number, cell: Cell): void {
-    const prev = entry.cells[index];
-    this.journal.record(() => {
-      entry.cells[index] = prev;
-    });
+    this.journal.recordSlot(entry.cells, index);
     entry.cells[index] = cell;
     this.touch(entry);
   }
@@ -205,20 +207,31 @@ export class KeyedStateBackend {
     this.cache.set(key, new KeyEntry(key, cells));
   }
 
-  /** Serialized entry, or null when the key holds no live state (delete it). */
+  /**
+   * Serialized entry, or null when the key holds no live state (delete it). The text is
+   * exactly JSON.stringify({ k: key, s: { [name]: encodedCell } }); map cells without TTL,
+   * the window operators' state, are written without building the intermediate arrays.
+   */
   serialize(entry: KeyEntry): string | null {
-    const s: Record<string, unknown> = {};
-    let any = false;
-    this.names.forEach((name, i) => {
-      const json = encodeCell(this.descriptors[i]!, entry.cells[i], this.now);
-      if (json !== undefined) {
-        s[name] = json;
-        any = true;
-      }
-    });
-    if (!any) return null;
+    let text = '';
     try {
-      return JSON.stringify({ k: entry.key, s });
+      for (let i = 0; i < this.names.length; i++) {
+        const d = this.descriptors[i]!;
+        const cell = entry.cells[i];
+        if (cell === undefined) continue;
+        let json: string | undefined;
+        if (d.kind === 'map' && d.ttl === undefined) {
+          json = mapCellJson((cell as MapCell).m);
+        } else {
+          const encoded = encodeCell(d, cell, this.now);
+          if (encoded !== undefined) json = JSON.stringify(encoded);
+        }
+        if (json === undefined) continue;
+        text += `${text === '' ? '' : ','}${this.quotedNames[i]!}:${json}`;
+      }
+      if (text === '') return null;
+      entry.json ??= JSON.stringify(entry.key);
+      return `{"k":${entry.json},"s":{${text}}}`;
     } catch (error) {
       throw new StateSerializationError(
         `state of operator "${this.uid}" for key ${describeValue(entry.key)} is not JSON-serializable (${String(error)}); keep state values to plain objects, arrays, strings, numbers, booleans and null`,
@@ -230,7 +243,8 @@ export class KeyedStateBackend {
   takeMutations(): Array<{ address: StateAddress; value: string | null }> {
     const out = this.dirty.map((entry) => {
       entry.dirty = false;
-      return { address: this.address(entry.key), value: this.serialize(entry) };
+      entry.address ??= this.address(entry.key);
+      return { address: entry.address, value: this.serialize(entry) };
     });
     this.dirty.length = 0;
     return out;
@@ -247,6 +261,21 @@ export class KeyedStateBackend {
 
 const expired = (t: number, ttl: number | undefined, now: number): boolean =>
   ttl !== undefined && now >= t + ttl;
+
+/** JSON of one value inside an array (where undefined and functions become null). */
+function itemJson(v: unknown): string {
+  if (typeof v === 'number') return Number.isFinite(v) ? String(v) : 'null';
+  if (typeof v === 'string') return JSON.stringify(v);
+  return JSON.stringify(v) ?? 'null';
+}
+
+/** JSON.stringify(encodeCell(mapDescriptorWithoutTtl, cell)), without the intermediate arrays. */
+function mapCellJson(m: Map<StateKey, unknown>): string | undefined {
+  if (m.size === 0) return undefined;
+  let out = '';
+  for (const [k, v] of m) out += `${out === '' ? '[[' : ',['}${itemJson(k)},${itemJson(v)}]`;
+  return `${out}]`;
+}
 
 function encodeCell(d: StateDescriptor, cell: Cell, now: number): unknown {
   if (cell === undefined) return undefined;
@@ -342,10 +371,11 @@ class MapStateHandle<K extends StateKey, V> implements MapState<K, V> {
     return this.ttl === undefined || !expired(c.t?.get(k) ?? 0, this.ttl, this.rt.now);
   }
   get(key: K): V | undefined {
-    const c = this.cell(false);
+    const c = this.rt.current.cells[this.i] as MapCell | undefined;
     if (c === undefined) return undefined;
     const v = c.m.get(key);
-    return v !== undefined && this.live(c, key) ? (v as V) : undefined;
+    if (v === undefined || this.ttl === undefined) return v as V | undefined;
+    return this.live(c, key) ? (v as V) : undefined;
   }
   has(key: K): boolean {
     return this.get(key) !== undefined;

@@ -1,5 +1,6 @@
 /** A timer queue ordered by (time, key, namespace, operator); registration is idempotent. */
 import type { TimeDomain, TimerNamespace, TimerSpec } from './checkpoint.ts';
+import type { Undoable } from './journal.ts';
 
 export interface QueuedTimer {
   readonly operator: number;
@@ -27,15 +28,158 @@ export function compareTimers(a: QueuedTimer, b: QueuedTimer): number {
   );
 }
 
-function timerId(operator: number, key: string | number, namespace: TimerNamespace): string {
-  const k = typeof key === 'number' ? `n${key}` : `s${key}`;
-  const n = typeof namespace === 'number' ? `n${namespace}` : `s${namespace}`;
-  return `${operator}\u0000${k}\u0000${n}`;
+type Slot = QueuedTimer | QueuedTimer[];
+
+/** SameValueZero, as Map keys compare. */
+const sameNamespace = (a: TimerNamespace, b: TimerNamespace): boolean =>
+  a === b || (Number.isNaN(a) && Number.isNaN(b));
+
+/** The timers of one time, by key; a key with timers of several (operator, namespace) has an array. */
+class Bucket {
+  readonly byKey = new Map<string | number, Slot>();
+  size = 0;
+  /**
+   * The timers sorted by (key, namespace, operator), except those added since (`pending`), or
+   * undefined until first needed. Kept up to date by merging, so a checkpoint after every batch
+   * does not re-sort a growing bucket.
+   */
+  private sorted: QueuedTimer[] | undefined = undefined;
+  private pending: QueuedTimer[] = [];
+  /** Checkpoint specs parallel to `sorted`, for one domain and uid list. */
+  private specs: TimerSpec[] | undefined = undefined;
+  private specsDomain: TimeDomain | undefined = undefined;
+  private specsUids: readonly string[] | undefined = undefined;
+
+  find(operator: number, key: string | number, namespace: TimerNamespace): QueuedTimer | undefined {
+    const slot = this.byKey.get(key);
+    if (slot === undefined) return undefined;
+    if (!Array.isArray(slot)) {
+      return slot.operator === operator && sameNamespace(slot.namespace, namespace) ? slot : undefined;
+    }
+    for (const t of slot) if (t.operator === operator && sameNamespace(t.namespace, namespace)) return t;
+    return undefined;
+  }
+
+  insert(timer: QueuedTimer): void {
+    const slot = this.byKey.get(timer.key);
+    if (slot === undefined) this.byKey.set(timer.key, timer);
+    else if (Array.isArray(slot)) slot.push(timer);
+    else this.byKey.set(timer.key, [slot, timer]);
+    this.size++;
+    if (this.sorted !== undefined) this.pending.push(timer);
+  }
+
+  remove(timer: QueuedTimer): void {
+    const slot = this.byKey.get(timer.key);
+    if (slot === timer) this.byKey.delete(timer.key);
+    else if (Array.isArray(slot)) {
+      slot.splice(slot.indexOf(timer), 1);
+      if (slot.length === 0) this.byKey.delete(timer.key);
+    }
+    this.size--;
+    const sorted = this.sorted;
+    if (sorted === undefined) return;
+    const p = this.pending.indexOf(timer);
+    if (p >= 0) {
+      this.pending.splice(p, 1);
+      return;
+    }
+    // Binary search: (key, namespace, operator) is unique within a bucket.
+    let lo = 0;
+    let hi = sorted.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const c = compareSameTime(sorted[mid]!, timer);
+      if (c < 0) lo = mid + 1;
+      else if (c > 0) hi = mid - 1;
+      else {
+        lo = mid;
+        break;
+      }
+    }
+    if (sorted[lo] === timer) {
+      sorted.splice(lo, 1);
+      this.specs?.splice(lo, 1);
+    } else {
+      this.sorted = undefined;
+      this.specs = undefined;
+      this.pending = [];
+    }
+  }
+
+  /** The timers, sorted. */
+  timers(): QueuedTimer[] {
+    const sorted = this.sorted;
+    if (sorted === undefined) {
+      const out: QueuedTimer[] = [];
+      for (const slot of this.byKey.values()) {
+        if (Array.isArray(slot)) for (const t of slot) out.push(t);
+        else out.push(slot);
+      }
+      this.sorted = out.sort(compareSameTime);
+      this.pending = [];
+      this.specs = undefined;
+      return this.sorted;
+    }
+    const added = this.pending;
+    if (added.length === 0) return sorted;
+    added.sort(compareSameTime);
+    this.pending = [];
+    const specs = this.specs;
+    const merged: QueuedTimer[] = new Array(sorted.length + added.length);
+    const mergedSpecs: TimerSpec[] | undefined = specs === undefined ? undefined : new Array(merged.length);
+    let i = 0;
+    let j = 0;
+    for (let k = 0; k < merged.length; k++) {
+      if (j >= added.length || (i < sorted.length && compareSameTime(sorted[i]!, added[j]!) < 0)) {
+        merged[k] = sorted[i]!;
+        if (mergedSpecs !== undefined) mergedSpecs[k] = specs![i]!;
+        i++;
+      } else {
+        merged[k] = added[j]!;
+        if (mergedSpecs !== undefined) mergedSpecs[k] = spec(added[j]!, this.specsDomain!, this.specsUids!);
+        j++;
+      }
+    }
+    this.sorted = merged;
+    this.specs = mergedSpecs;
+    return merged;
+  }
+
+  /** Checkpoint specs of the sorted timers. */
+  timerSpecs(domain: TimeDomain, operatorUids: readonly string[]): TimerSpec[] {
+    const timers = this.timers();
+    if (this.specs === undefined || this.specsDomain !== domain || this.specsUids !== operatorUids) {
+      this.specs = timers.map((t) => spec(t, domain, operatorUids));
+      this.specsDomain = domain;
+      this.specsUids = operatorUids;
+    }
+    return this.specs;
+  }
+
+  forEach(fn: (timer: QueuedTimer) => void): void {
+    for (const slot of this.byKey.values()) {
+      if (Array.isArray(slot)) for (const t of slot) fn(t);
+      else fn(slot);
+    }
+  }
 }
 
-/** Min-heap of distinct times, each with a bucket of timers. */
-export class TimerQueue {
-  private readonly buckets = new Map<number, Map<string, QueuedTimer>>();
+function spec(t: QueuedTimer, domain: TimeDomain, operatorUids: readonly string[]): TimerSpec {
+  return { operator: operatorUids[t.operator]!, domain, time: t.time, key: t.key, namespace: t.namespace };
+}
+
+/** compareTimers for timers of the same time. */
+function compareSameTime(a: QueuedTimer, b: QueuedTimer): number {
+  return compareScalars(a.key, b.key) || compareScalars(a.namespace, b.namespace) || a.operator - b.operator;
+}
+
+/**
+ * Min-heap of distinct times, each with a bucket of timers. It is also its own undo target
+ * for the journal: `undo(timer, 1)` removes an added timer, `undo(timer, 0)` restores a deleted one.
+ */
+export class TimerQueue implements Undoable {
+  private readonly buckets = new Map<number, Bucket>();
   private readonly heap: number[] = [];
   private count = 0;
 
@@ -44,32 +188,62 @@ export class TimerQueue {
   }
 
   has(operator: number, time: number, key: string | number, namespace: TimerNamespace): boolean {
-    return this.buckets.get(time)?.has(timerId(operator, key, namespace)) ?? false;
+    return this.buckets.get(time)?.find(operator, key, namespace) !== undefined;
   }
 
   /** Returns true if the timer was added (false if it already existed). */
   add(operator: number, time: number, key: string | number, namespace: TimerNamespace): boolean {
-    let bucket = this.buckets.get(time);
-    if (bucket === undefined) {
-      bucket = new Map();
-      this.buckets.set(time, bucket);
-      this.push(time);
-    }
-    const id = timerId(operator, key, namespace);
-    if (bucket.has(id)) return false;
-    bucket.set(id, { operator, time, key, namespace });
-    this.count++;
-    return true;
+    return this.insert(operator, time, key, namespace) !== undefined;
   }
 
   /** Returns true if the timer existed. */
   delete(operator: number, time: number, key: string | number, namespace: TimerNamespace): boolean {
+    return this.remove(operator, time, key, namespace) !== undefined;
+  }
+
+  /** Adds a timer; returns it, or undefined if it already existed. */
+  insert(
+    operator: number,
+    time: number,
+    key: string | number,
+    namespace: TimerNamespace,
+  ): QueuedTimer | undefined {
+    let bucket = this.buckets.get(time);
+    if (bucket === undefined) {
+      bucket = new Bucket();
+      this.buckets.set(time, bucket);
+      this.push(time);
+    } else if (bucket.find(operator, key, namespace) !== undefined) {
+      return undefined;
+    }
+    const timer: QueuedTimer = { operator, time, key, namespace };
+    bucket.insert(timer);
+    this.count++;
+    return timer;
+  }
+
+  /** Deletes a timer; returns it, or undefined if it did not exist. */
+  remove(
+    operator: number,
+    time: number,
+    key: string | number,
+    namespace: TimerNamespace,
+  ): QueuedTimer | undefined {
     const bucket = this.buckets.get(time);
-    if (bucket === undefined) return false;
-    const removed = bucket.delete(timerId(operator, key, namespace));
-    if (removed) this.count--;
+    if (bucket === undefined) return undefined;
+    const timer = bucket.find(operator, key, namespace);
+    if (timer === undefined) return undefined;
+    bucket.remove(timer);
+    this.count--;
     // An empty bucket stays in the heap; popDue skips it (lazy deletion).
-    return removed;
+    return timer;
+  }
+
+  /** Journal undo: `added` 1 removes `timer`, 0 adds it back. */
+  undo(timer: unknown, added: unknown): void {
+    const t = timer as QueuedTimer;
+    if (added === 1) this.remove(t.operator, t.time, t.key, t.namespace);
+    else this.add(t.operator, t.time, t.key, t.namespace);
   }
 
   /** The earliest pending time, or +Infinity. */
@@ -92,30 +266,36 @@ export class TimerQueue {
     const bucket = this.buckets.get(t)!;
     this.buckets.delete(t);
     this.count -= bucket.size;
-    return [...bucket.values()].sort(compareTimers);
+    return bucket.timers();
   }
 
   /** Calls fn for every timer with time <= limit, in no particular order. */
   forEachDue(limit: number, fn: (timer: QueuedTimer) => void): void {
     for (const [time, bucket] of this.buckets) {
-      if (time <= limit) for (const timer of bucket.values()) fn(timer);
+      if (time <= limit) bucket.forEach(fn);
     }
   }
 
   all(): QueuedTimer[] {
     const out: QueuedTimer[] = [];
-    for (const bucket of this.buckets.values()) for (const timer of bucket.values()) out.push(timer);
-    return out.sort(compareTimers);
+    for (const time of this.sortedTimes())
+      for (const timer of this.buckets.get(time)!.timers()) out.push(timer);
+    return out;
   }
 
   toSpecs(domain: TimeDomain, operatorUids: readonly string[]): TimerSpec[] {
-    return this.all().map((t) => ({
-      operator: operatorUids[t.operator]!,
-      domain,
-      time: t.time,
-      key: t.key,
-      namespace: t.namespace,
-    }));
+    const out: TimerSpec[] = [];
+    for (const time of this.sortedTimes()) {
+      for (const t of this.buckets.get(time)!.timerSpecs(domain, operatorUids)) out.push(t);
+    }
+    return out;
+  }
+
+  /** Times with at least one timer, ascending. */
+  private sortedTimes(): number[] {
+    const times: number[] = [];
+    for (const [time, bucket] of this.buckets) if (bucket.size > 0) times.push(time);
+    return times.sort((a, b) => a - b);
   }
 
   private push(time: number): void {

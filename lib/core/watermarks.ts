@@ -7,8 +7,10 @@ export interface WatermarkStrategy {
   /** Tolerated out-of-orderness: WM = max ts - bound - 1. Monotonic is bound 0. */
   readonly bound: Millis;
   /**
-   * After this much processing time without records, the watermark advances with processing
-   * time (from max ts - bound - 1, one millisecond per millisecond) so final windows fire.
+   * After this much processing time without records (measured between record arrival times,
+   * or to the current time while the reader is caught up), the watermark advances with
+   * processing time (from max ts - bound - 1, one millisecond per millisecond) so final
+   * windows fire.
    */
   readonly idleTimeout: Millis | undefined;
 }

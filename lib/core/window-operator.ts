@@ -7,11 +7,11 @@ import type { AggregateFunction } from './aggregates.ts';
 import type { KeyedProcessFunction, ProcessContext, Timer } from './processor.ts';
 import { type MapStateDescriptor, mapState, type StateKey } from './state.ts';
 import {
-  assignAlignedStarts,
   type SessionWindows,
   type SlidingWindows,
   type TimeWindow,
   type TumblingWindows,
+  windowStart,
 } from './windows.ts';
 
 export interface WindowResult<K, R> {
@@ -37,6 +37,10 @@ export function alignedWindowOperator<In, Acc, R, Out>(
 ): KeyedProcessFunction<In, Out, AlignedSpec<Acc>> {
   const { aggregate, windowFunction, allowedLateness: lateness, lateOutput } = options;
   const size = assigner.size;
+  // The starts of an element's windows, latest first (assignAlignedStarts without the array):
+  // from windowStart(ts, offset, step) down by `step` while start > ts - size.
+  const step = assigner.kind === 'tumbling' ? assigner.size : assigner.slide;
+  const offset = assigner.offset;
   const fire = (ctx: ProcessContext<Out, AlignedSpec<Acc>>, start: number, acc: Acc): void => {
     const r: WindowResult<StateKey, R> = {
       key: ctx.key,
@@ -50,8 +54,9 @@ export function alignedWindowOperator<In, Acc, R, Out>(
     processElement(value, ctx) {
       const wm = ctx.currentWatermark;
       const windows = ctx.state.w;
+      const ts = ctx.timestamp;
       let accepted = false;
-      for (const start of assignAlignedStarts(assigner, ctx.timestamp)) {
+      for (let start = windowStart(ts, offset, step); start > ts - size; start -= step) {
         const maxTs = start + size - 1;
         if (maxTs + lateness <= wm) continue; // window already cleaned up: late for it
         accepted = true;
@@ -59,13 +64,14 @@ export function alignedWindowOperator<In, Acc, R, Out>(
         const acc = aggregate.add(value, prev === undefined ? aggregate.create() : prev);
         windows.put(start, acc);
         if (prev === undefined) {
-          // Timers live until cleanup, so registering them once per window is enough.
-          if (maxTs > wm) ctx.timers.registerEventTimeTimer(maxTs, start);
+          // Timers live until cleanup, so registering them once per window is enough
+          // (with no lateness, the firing and the cleanup timer are the same timer).
+          if (maxTs > wm && lateness > 0) ctx.timers.registerEventTimeTimer(maxTs, start);
           ctx.timers.registerEventTimeTimer(maxTs + lateness, start);
         }
         if (maxTs <= wm) fire(ctx, start, acc); // late firing within allowed lateness
       }
-      if (!accepted && ctx.timestamp + lateness <= wm) ctx.output(lateOutput, value);
+      if (!accepted && ts + lateness <= wm) ctx.output(lateOutput, value);
     },
     onTimer(timer: Timer, ctx) {
       const start = timer.namespace as number;

@@ -1,0 +1,400 @@
+/** DSL validation: every invalid pipeline fails with a PipelineDefinitionError that says how to fix it. */
+import { describe, expect, it } from 'vitest';
+import { type AggregateFunction, count } from './aggregates.ts';
+import { compile } from './compile.ts';
+import { DEAD_LETTER_SINK, DEFAULT_LATE_SINK, type Pipeline, pipeline } from './dsl.ts';
+import { PipelineDefinitionError } from './errors.ts';
+import type { KeyedProcessFunction } from './processor.ts';
+import { valueState } from './state.ts';
+import { minutes, seconds } from './time.ts';
+import { boundedOutOfOrderness, monotonic, withIdleness } from './watermarks.ts';
+import { session, sliding, tumbling } from './windows.ts';
+
+interface Ev {
+  readonly user: string;
+  readonly ts: number;
+}
+
+const passThrough: KeyedProcessFunction<Ev, Ev> = {
+  processElement(e, ctx) {
+    ctx.emit(e);
+  },
+};
+
+/** Runs `fn`, expecting a PipelineDefinitionError whose message contains every fragment. */
+function definitionError(fn: () => unknown, ...fragments: string[]): PipelineDefinitionError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (error) {
+    caught = error;
+  }
+  expect(caught).toBeInstanceOf(PipelineDefinitionError);
+  const error = caught as PipelineDefinitionError;
+  expect(error.code).toBe('PIPELINE_DEFINITION');
+  expect(error.retryable).toBe(false);
+  expect(error.name).toBe('PipelineDefinitionError');
+  for (const fragment of fragments) expect(error.message).toContain(fragment);
+  return error;
+}
+
+const timed = (p: Pipeline) => p.source<Ev>().withTimestamps((e) => e.ts, boundedOutOfOrderness(seconds(1)));
+
+describe('pipeline structure', () => {
+  it('rejects a pipeline without a source', () => {
+    const p = pipeline('empty');
+    const error = definitionError(() => compile(p), 'pipeline "empty" has no source', 'source()');
+    expect(error.message).toBe('pipeline "empty" has no source: start it with pipeline(name).source()');
+  });
+
+  it('rejects a second source when it is declared', () => {
+    const p = pipeline('two-sources');
+    p.source<Ev>();
+    definitionError(
+      () => p.source<Ev>(),
+      'pipeline "two-sources" already has a source',
+      'Reuse the DataStream returned by the first source() call',
+    );
+  });
+
+  it('rejects a pipeline without a sink', () => {
+    const p = pipeline('no-sink');
+    p.source<Ev>().map((e) => e.user);
+    definitionError(() => compile(p), 'pipeline "no-sink" has no sink', '.sink(name)');
+  });
+
+  it('rejects two withTimestamps calls, even on different branches', () => {
+    const p = pipeline('two-ts');
+    const s = p.source<Ev>();
+    s.withTimestamps((e) => e.ts, monotonic()).sink('a');
+    s.withTimestamps((e) => e.ts, monotonic()).sink('b');
+    definitionError(() => compile(p), 'pipeline "two-ts" calls withTimestamps 2 times', 'Call it once');
+
+    const chained = pipeline('chained-ts');
+    chained
+      .source<Ev>()
+      .withTimestamps((e) => e.ts, monotonic())
+      .withTimestamps((e) => e.ts, monotonic())
+      .sink('a');
+    definitionError(() => compile(chained), 'calls withTimestamps 2 times');
+  });
+
+  it('rejects a window without withTimestamps', () => {
+    const p = pipeline('no-event-time');
+    p.source<Ev>()
+      .keyBy((e) => e.user)
+      .window(tumbling({ size: minutes(1) }))
+      .aggregate(count())
+      .sink('counts');
+    definitionError(() => compile(p), 'windows need event time', 'withTimestamps(extractor');
+  });
+
+  it('accepts a process function without withTimestamps', () => {
+    const p = pipeline('processing-only');
+    p.source<Ev>()
+      .keyBy((e) => e.user)
+      .process(passThrough)
+      .sink('out');
+    expect(compile(p).strategy).toBeUndefined();
+  });
+
+  it('rejects keyBy after a process operator', () => {
+    const p = pipeline('rekey');
+    p.source<Ev>()
+      .keyBy((e) => e.user)
+      .process(passThrough)
+      .keyBy((e) => e.ts)
+      .process(passThrough)
+      .sink('out');
+    definitionError(
+      () => compile(p),
+      'keyBy after a window or process operator would need a repartition stage',
+      'Key the stream once',
+    );
+  });
+
+  it('rejects keyBy after a window operator, even behind a map', () => {
+    const p = pipeline('rekey-window');
+    timed(p)
+      .keyBy((e) => e.user)
+      .window(tumbling({ size: minutes(1) }))
+      .aggregate(count())
+      .map((r) => ({ user: String(r.key), ts: r.window.end }))
+      .keyBy((e) => e.user)
+      .process(passThrough)
+      .sink('out');
+    definitionError(() => compile(p), 'keyBy after a window or process operator');
+  });
+
+  it('rejects duplicate explicit uids', () => {
+    const p = pipeline('dup');
+    const keyed = timed(p).keyBy((e) => e.user);
+    keyed.process(passThrough, { uid: 'enrich' }).sink('a');
+    keyed
+      .window(tumbling({ size: minutes(1) }))
+      .uid('enrich')
+      .aggregate(count())
+      .sink('b');
+    definitionError(() => compile(p), 'pipeline "dup": two operators have the uid "enrich"');
+  });
+
+  it('rejects an explicit uid colliding with a default one', () => {
+    const p = pipeline('dup-default');
+    const keyed = p.source<Ev>().keyBy((e) => e.user);
+    keyed.process(passThrough).sink('a');
+    keyed.process(passThrough).uid('process-0').sink('b');
+    definitionError(() => compile(p), 'two operators have the uid "process-0"');
+  });
+
+  it('reserves the dead-letter sink name', () => {
+    const p = pipeline('reserved');
+    p.source<Ev>().sink(DEAD_LETTER_SINK);
+    expect(DEAD_LETTER_SINK).toBe('floe.dead-letter');
+    definitionError(() => compile(p), 'the sink name "floe.dead-letter" is reserved for dead letters');
+  });
+
+  it('rejects consuming the same side output twice', () => {
+    const p = pipeline('side-twice');
+    const processed = p
+      .source<Ev>()
+      .keyBy((e) => e.user)
+      .process(passThrough);
+    processed.sink('out');
+    processed.sideOutput('alerts').sink('a');
+    processed.sideOutput('alerts').sink('b');
+    definitionError(() => compile(p), 'side output "alerts" of operator "process-0" is consumed twice');
+  });
+
+  it('offers lateData() only on window results', () => {
+    const p = pipeline('late');
+    const processed = p
+      .source<Ev>()
+      .keyBy((e) => e.user)
+      .process(passThrough);
+    definitionError(
+      () => processed.lateData(),
+      'lateData() is only available on the result of a window aggregation',
+    );
+  });
+});
+
+describe('argument validation', () => {
+  it('rejects non-function arguments with what was received', () => {
+    const p = pipeline('args');
+    const s = p.source<Ev>();
+    const bad = 42 as unknown as (e: Ev) => string;
+    definitionError(() => s.map(bad), 'map needs a function; received 42');
+    definitionError(() => s.filter(bad as unknown as (e: Ev) => boolean), 'filter needs a function');
+    definitionError(() => s.flatMap(bad as unknown as (e: Ev) => string[]), 'flatMap needs a function');
+    definitionError(() => s.keyBy(bad), 'keyBy needs a function');
+    definitionError(
+      () => s.withTimestamps(bad as unknown as (e: Ev) => number, monotonic()),
+      'withTimestamps needs a function',
+    );
+    definitionError(
+      () => s.withTimestamps((e) => e.ts, undefined as unknown as ReturnType<typeof monotonic>),
+      'withTimestamps needs a watermark strategy such as boundedOutOfOrderness(seconds(5)); received undefined',
+    );
+    definitionError(() => s.sink(''), 'sink needs a non-empty name; received ""');
+    const keyed = s.keyBy((e) => e.user);
+    definitionError(
+      () => keyed.process({} as KeyedProcessFunction<Ev, Ev>),
+      'process needs an object with a processElement(value, ctx) method; received {}',
+    );
+    definitionError(
+      () => keyed.window({ kind: 'global' } as unknown as ReturnType<typeof tumbling>),
+      'window needs tumbling(...), sliding(...) or session(...)',
+    );
+    definitionError(
+      () =>
+        keyed
+          .window(tumbling({ size: 10 }))
+          .aggregate({ add: () => 0 } as unknown as AggregateFunction<Ev, number, number>),
+      'aggregate needs {create, add, merge?, result}',
+    );
+  });
+
+  it('requires merge() for a session window aggregate', () => {
+    const p = pipeline('session');
+    const windowed = timed(p)
+      .keyBy((e) => e.user)
+      .window(session({ gap: minutes(5) }));
+    const { merge: _unused, ...noMerge } = count<Ev>();
+    definitionError(
+      () => windowed.aggregate(noMerge),
+      'session windows merge, so their aggregate needs a merge(a, b) function',
+      'use reduce()',
+    );
+    // reduce() supplies a merge.
+    expect(() => windowed.reduce((a) => a).sink('out')).not.toThrow();
+    // Aligned windows do not need one.
+    expect(() =>
+      timed(pipeline('tumbling'))
+        .keyBy((e) => e.user)
+        .window(tumbling({ size: 10 }))
+        .aggregate(noMerge),
+    ).not.toThrow();
+  });
+
+  it.each([
+    [
+      'tumbling size -1',
+      () => tumbling({ size: -1 }),
+      'tumbling window size must be a positive whole number of milliseconds; received -1',
+    ],
+    ['tumbling size 0', () => tumbling({ size: 0 }), 'tumbling window size must be a positive whole number'],
+    ['tumbling size 1.5', () => tumbling({ size: 1.5 }), 'received 1.5. Use e.g. minutes(1).'],
+    ['tumbling size NaN', () => tumbling({ size: Number.NaN }), 'received NaN'],
+    [
+      'tumbling offset >= size',
+      () => tumbling({ size: 10, offset: 10 }),
+      'tumbling window offset must be a whole number of milliseconds with |offset| < 10; received 10',
+    ],
+    ['tumbling offset 0.5', () => tumbling({ size: 10, offset: 0.5 }), 'received 0.5'],
+    [
+      'sliding size -5',
+      () => sliding({ size: -5, slide: 1 }),
+      'sliding window size must be a positive whole number',
+    ],
+    [
+      'sliding slide 2.5',
+      () => sliding({ size: 10, slide: 2.5 }),
+      'sliding window slide must be a positive whole number of milliseconds; received 2.5',
+    ],
+    [
+      'sliding offset >= slide',
+      () => sliding({ size: 10, slide: 5, offset: -5 }),
+      '|offset| < 5; received -5',
+    ],
+    [
+      'session gap 0',
+      () => session({ gap: 0 }),
+      'session gap must be a positive whole number of milliseconds; received 0',
+    ],
+    ['session gap 0.1', () => session({ gap: 0.1 }), 'session gap must be a positive whole number'],
+    [
+      'boundedOutOfOrderness -1',
+      () => boundedOutOfOrderness(-1),
+      'boundedOutOfOrderness needs a whole number of milliseconds >= 0; received -1',
+    ],
+    ['boundedOutOfOrderness 0.5', () => boundedOutOfOrderness(0.5), 'received 0.5'],
+    [
+      'withIdleness 0',
+      () => withIdleness(monotonic(), 0),
+      'withIdleness needs a positive whole number of milliseconds; received 0',
+    ],
+    ['withIdleness -10', () => withIdleness(monotonic(), -10), 'received -10'],
+    [
+      'state ttl -1',
+      () => valueState({ ttl: -1 }),
+      'state ttl must be a positive whole number of milliseconds; received -1',
+    ],
+    ['state ttl 1.5', () => valueState({ ttl: 1.5 }), 'received 1.5'],
+  ])('rejects a bad duration: %s', (_name, build, message) => {
+    definitionError(build, message);
+  });
+
+  it('rejects a bad allowed lateness', () => {
+    const windowed = () =>
+      timed(pipeline('lateness'))
+        .keyBy((e) => e.user)
+        .window(tumbling({ size: 10 }));
+    definitionError(
+      () => windowed().allowedLateness(-1),
+      'allowedLateness needs a whole number of milliseconds >= 0; received -1',
+    );
+    definitionError(() => windowed().allowedLateness(2.5), 'received 2.5');
+    expect(() => windowed().allowedLateness(0)).not.toThrow();
+  });
+
+  it.each([
+    ['', 'received ""'],
+    ['has space', 'received "has space"'],
+    ['-leading-dash', 'received "-leading-dash"'],
+    ['x'.repeat(101), 'pipeline name must be 1-100 letters'],
+    ['slash/name', 'received "slash/name"'],
+  ])('rejects the pipeline name %j', (name, fragment) => {
+    definitionError(() => pipeline(name), 'pipeline name must be 1-100 letters, digits', fragment);
+  });
+
+  it('rejects a non-string pipeline name', () => {
+    definitionError(() => pipeline(undefined as unknown as string), 'received undefined');
+  });
+
+  it('accepts names with letters, digits, dots, underscores and dashes', () => {
+    expect(pipeline('Page_views.v2-eu').name).toBe('Page_views.v2-eu');
+    expect(pipeline('x'.repeat(100)).name).toHaveLength(100);
+    expect(pipeline('7').version).toBe('1');
+    expect(pipeline('v', { version: '2024-06' }).version).toBe('2024-06');
+  });
+});
+
+describe('compiled plan', () => {
+  it('derives default uids per operator kind, in definition order, next to explicit ones', () => {
+    const p = pipeline('uids');
+    const keyed = timed(p).keyBy((e) => e.user);
+    keyed
+      .window(tumbling({ size: 10 }))
+      .aggregate(count())
+      .sink('w0');
+    keyed.process(passThrough).sink('p0');
+    keyed.process(passThrough, { uid: 'custom' }).sink('custom');
+    keyed
+      .window(sliding({ size: 20, slide: 10 }))
+      .aggregate(count())
+      .sink('w1');
+    keyed.process(passThrough).sink('p1');
+    const plan = compile(p);
+    expect(plan.operators.map((o) => [o.index, o.uid, o.kind])).toEqual([
+      [0, 'window-0', 'window'],
+      [1, 'process-0', 'process'],
+      [2, 'custom', 'process'],
+      [3, 'window-1', 'window'],
+      [4, 'process-1', 'process'],
+    ]);
+  });
+
+  it('lists every sink, including the dead-letter sink and unconsumed late outputs', () => {
+    const p = pipeline('sinks', { version: '7' });
+    const keyed = timed(p).keyBy((e) => e.user);
+    keyed
+      .window(tumbling({ size: 10 }))
+      .aggregate(count())
+      .sink('counts');
+    const consumed = keyed
+      .window(tumbling({ size: 20 }))
+      .sideOutputLateData('late-20')
+      .aggregate(count());
+    consumed.sink('counts-20');
+    consumed.lateData().sink('late-archive');
+    keyed
+      .window(session({ gap: 5 }))
+      .sideOutputLateData('late-sessions')
+      .reduce((a) => a)
+      .sink('sessions');
+    keyed.process(passThrough).sink('counts');
+    const plan = compile(p);
+    expect(plan.name).toBe('sinks');
+    expect(plan.version).toBe('7');
+    expect(plan.strategy).toEqual({ bound: 1_000, idleTimeout: undefined });
+    expect(plan.sinks).toEqual([
+      'counts',
+      'counts-20',
+      'late-archive',
+      'sessions',
+      DEAD_LETTER_SINK,
+      DEFAULT_LATE_SINK,
+      'late-sessions',
+    ]);
+    expect(plan.operators.map((o) => [...o.sideOutputs.keys()])).toEqual([[], ['late-20'], [], []]);
+  });
+
+  it('a minimal pipeline writes its sink and the dead-letter sink', () => {
+    const p = pipeline('minimal');
+    p.source().sink('copy');
+    const plan = compile(p);
+    expect(plan.sinks).toEqual(['copy', 'floe.dead-letter']);
+    expect(plan.operators).toEqual([]);
+    expect(plan.strategy).toBeUndefined();
+  });
+});

@@ -1,0 +1,295 @@
+/** TimerQueue ordering and bookkeeping, and the per-record undo Journal. */
+import { describe, expect, it } from 'vitest';
+import { Journal } from './journal.ts';
+import { compareScalars, compareTimers, type QueuedTimer, TimerQueue } from './timers.ts';
+
+const t = (
+  operator: number,
+  time: number,
+  key: string | number,
+  namespace: string | number = '',
+): QueuedTimer => ({
+  operator,
+  time,
+  key,
+  namespace,
+});
+
+/** Drains the queue up to `limit`, returning each popped batch. */
+function drain(queue: TimerQueue, limit: number): QueuedTimer[][] {
+  const batches: QueuedTimer[][] = [];
+  for (;;) {
+    const due = queue.popDue(limit);
+    if (due === undefined) return batches;
+    batches.push(due);
+  }
+}
+
+describe('compareScalars', () => {
+  it('orders numbers before strings, each naturally', () => {
+    const values: Array<string | number> = ['b', 10, 'a', -1, '10', 2, '', 'B', 1.5];
+    expect([...values].sort(compareScalars)).toEqual([-1, 1.5, 2, 10, '', '10', 'B', 'a', 'b']);
+    expect(compareScalars(1, '1')).toBeLessThan(0);
+    expect(compareScalars('1', 1)).toBeGreaterThan(0);
+    expect(compareScalars('x', 'x')).toBe(0);
+    expect(compareScalars(3, 3)).toBe(0);
+  });
+});
+
+describe('compareTimers', () => {
+  it('orders by time, then key, then namespace, then operator', () => {
+    const timers = [
+      t(1, 100, 'a', 'x'),
+      t(0, 100, 'a', 'x'),
+      t(0, 100, 'a', 5),
+      t(0, 100, 'b', ''),
+      t(0, 100, 7, 'z'),
+      t(2, 50, 'z', 'z'),
+      t(0, 100, 'a', ''),
+    ];
+    expect([...timers].sort(compareTimers)).toEqual([
+      t(2, 50, 'z', 'z'),
+      t(0, 100, 7, 'z'),
+      t(0, 100, 'a', 5),
+      t(0, 100, 'a', ''),
+      t(0, 100, 'a', 'x'),
+      t(1, 100, 'a', 'x'),
+      t(0, 100, 'b', ''),
+    ]);
+  });
+});
+
+describe('TimerQueue', () => {
+  it('pops the earliest time first, each batch sorted by (key, namespace, operator)', () => {
+    const q = new TimerQueue();
+    q.add(0, 300, 'a', '');
+    q.add(1, 100, 'b', '');
+    q.add(0, 100, 'b', '');
+    q.add(0, 100, 2, 'n');
+    q.add(0, 100, 'a', 'y');
+    q.add(0, 100, 'a', 1);
+    q.add(0, 200, 'c', '');
+    q.add(0, -50, 'neg', '');
+    expect(q.size).toBe(8);
+    expect(q.peekTime()).toBe(-50);
+    expect(drain(q, 250)).toEqual([
+      [t(0, -50, 'neg')],
+      [t(0, 100, 2, 'n'), t(0, 100, 'a', 1), t(0, 100, 'a', 'y'), t(0, 100, 'b'), t(1, 100, 'b')],
+      [t(0, 200, 'c')],
+    ]);
+    expect(q.size).toBe(1);
+    expect(q.peekTime()).toBe(300);
+    expect(q.all()).toEqual([t(0, 300, 'a')]);
+  });
+
+  it('popDue returns undefined when nothing is due, and includes the limit itself', () => {
+    const q = new TimerQueue();
+    expect(q.popDue(Number.POSITIVE_INFINITY)).toBeUndefined();
+    expect(q.peekTime()).toBe(Number.POSITIVE_INFINITY);
+    q.add(0, 10, 'k', '');
+    expect(q.popDue(9)).toBeUndefined();
+    expect(q.size).toBe(1);
+    expect(q.popDue(10)).toEqual([t(0, 10, 'k')]);
+    expect(q.size).toBe(0);
+    expect(q.popDue(10)).toBeUndefined();
+  });
+
+  it('adds idempotently per (operator, time, key, namespace), distinguishing 1 from "1"', () => {
+    const q = new TimerQueue();
+    expect(q.add(0, 10, 'k', '')).toBe(true);
+    expect(q.add(0, 10, 'k', '')).toBe(false);
+    expect(q.add(1, 10, 'k', '')).toBe(true);
+    expect(q.add(0, 10, 'k', 'n')).toBe(true);
+    expect(q.add(0, 11, 'k', '')).toBe(true);
+    expect(q.add(0, 10, 1, '')).toBe(true);
+    expect(q.add(0, 10, '1', '')).toBe(true);
+    expect(q.add(0, 10, 'k', 1)).toBe(true);
+    expect(q.add(0, 10, 'k', '1')).toBe(true);
+    expect(q.add(0, 10, '1', '')).toBe(false);
+    expect(q.size).toBe(8);
+    expect(q.has(0, 10, 1, '')).toBe(true);
+    expect(q.has(0, 10, 2, '')).toBe(false);
+    expect(q.all()).toEqual([
+      t(0, 10, 1),
+      t(0, 10, '1'),
+      t(0, 10, 'k', 1),
+      t(0, 10, 'k'),
+      t(1, 10, 'k'),
+      t(0, 10, 'k', '1'),
+      t(0, 10, 'k', 'n'),
+      t(0, 11, 'k'),
+    ]);
+  });
+
+  it('deletes timers; deleting a missing timer returns false', () => {
+    const q = new TimerQueue();
+    q.add(0, 10, 'a', '');
+    q.add(0, 10, 'b', '');
+    q.add(0, 20, 'a', '');
+    expect(q.delete(0, 10, 'a', '')).toBe(true);
+    expect(q.delete(0, 10, 'a', '')).toBe(false);
+    expect(q.delete(0, 30, 'a', '')).toBe(false);
+    expect(q.delete(1, 10, 'b', '')).toBe(false);
+    expect(q.size).toBe(2);
+    expect(q.has(0, 10, 'a', '')).toBe(false);
+    expect(drain(q, 100)).toEqual([[t(0, 10, 'b')], [t(0, 20, 'a')]]);
+  });
+
+  it('skips a time whose timers were all deleted, and accepts the time again afterwards', () => {
+    const q = new TimerQueue();
+    q.add(0, 10, 'a', '');
+    q.add(0, 20, 'b', '');
+    q.delete(0, 10, 'a', '');
+    expect(q.peekTime()).toBe(20);
+    q.add(0, 10, 'c', '');
+    expect(q.peekTime()).toBe(10);
+    q.delete(0, 10, 'c', '');
+    q.add(0, 10, 'd', '');
+    expect(drain(q, 100)).toEqual([[t(0, 10, 'd')], [t(0, 20, 'b')]]);
+    expect(q.size).toBe(0);
+  });
+
+  it('a time re-added after its batch was popped is popped again (timers set while firing)', () => {
+    const q = new TimerQueue();
+    q.add(0, 10, 'a', '');
+    q.add(0, 30, 'a', '');
+    expect(q.popDue(100)).toEqual([t(0, 10, 'a')]);
+    q.add(0, 10, 'a', 'again');
+    q.add(0, 5, 'a', '');
+    expect(drain(q, 100)).toEqual([[t(0, 5, 'a')], [t(0, 10, 'a', 'again')], [t(0, 30, 'a')]]);
+  });
+
+  it('keeps the heap ordered under many random operations', () => {
+    const q = new TimerQueue();
+    const model = new Map<string, QueuedTimer>();
+    let seed = 12345;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed % n;
+    };
+    for (let i = 0; i < 2_000; i++) {
+      const timer = t(
+        rand(2),
+        rand(60) - 10,
+        rand(2) === 0 ? rand(5) : `k${rand(5)}`,
+        rand(3) === 0 ? 1 : '',
+      );
+      const id = JSON.stringify(timer);
+      if (rand(3) === 0) {
+        expect(q.delete(timer.operator, timer.time, timer.key, timer.namespace)).toBe(model.delete(id));
+      } else {
+        expect(q.add(timer.operator, timer.time, timer.key, timer.namespace)).toBe(!model.has(id));
+        model.set(id, timer);
+      }
+      if (rand(50) === 0) {
+        const limit = rand(60) - 10;
+        for (const batch of drain(q, limit)) {
+          for (const popped of batch) model.delete(JSON.stringify(popped));
+        }
+        expect([...model.values()].every((m) => m.time > limit)).toBe(true);
+      }
+      expect(q.size).toBe(model.size);
+    }
+    const rest = drain(q, Number.POSITIVE_INFINITY).flat();
+    expect(rest).toEqual([...model.values()].sort(compareTimers));
+  });
+
+  it('forEachDue visits every timer up to the limit', () => {
+    const q = new TimerQueue();
+    q.add(0, 10, 'a', '');
+    q.add(0, 20, 'b', '');
+    q.add(1, 20, 'c', '');
+    q.add(0, 30, 'd', '');
+    const seen: QueuedTimer[] = [];
+    q.forEachDue(20, (timer) => seen.push(timer));
+    expect(seen.sort(compareTimers)).toEqual([t(0, 10, 'a'), t(0, 20, 'b'), t(1, 20, 'c')]);
+    expect(q.size).toBe(4);
+  });
+
+  it('exports timer specs with operator uids, sorted', () => {
+    const q = new TimerQueue();
+    q.add(1, 20, 'k', 5);
+    q.add(0, 20, 'k', 5);
+    q.add(0, 10, 'z', '');
+    expect(q.toSpecs('event', ['window-0', 'process-0'])).toEqual([
+      { operator: 'window-0', domain: 'event', time: 10, key: 'z', namespace: '' },
+      { operator: 'window-0', domain: 'event', time: 20, key: 'k', namespace: 5 },
+      { operator: 'process-0', domain: 'event', time: 20, key: 'k', namespace: 5 },
+    ]);
+  });
+});
+
+describe('Journal', () => {
+  it('rolls back closures and map changes in reverse order of recording', () => {
+    const journal = new Journal();
+    const log: string[] = [];
+    const map = new Map<unknown, unknown>([
+      ['kept', 1],
+      ['changed', 'old'],
+    ]);
+    journal.record(() => log.push('undo first'));
+    journal.recordMap(map, 'changed');
+    map.set('changed', 'new');
+    journal.record(() => log.push(`undo second sees changed=${String(map.get('changed'))}`));
+    journal.recordMap(map, 'added');
+    map.set('added', true);
+    journal.recordMap(map, 'kept');
+    map.delete('kept');
+    journal.record(() => log.push(`undo third sees kept=${String(map.has('kept'))}`));
+
+    journal.rollback();
+    expect(log).toEqual(['undo third sees kept=false', 'undo second sees changed=new', 'undo first']);
+    expect([...map]).toEqual([
+      ['changed', 'old'],
+      ['kept', 1],
+    ]);
+  });
+
+  it('restores the value before the first change when a key changes several times', () => {
+    const journal = new Journal();
+    const map = new Map<unknown, unknown>();
+    journal.recordMap(map, 'k');
+    map.set('k', 1);
+    journal.recordMap(map, 'k');
+    map.set('k', 2);
+    journal.recordMap(map, 'k');
+    map.delete('k');
+    journal.recordMap(map, 'k');
+    map.set('k', 3);
+    journal.rollback();
+    expect(map.has('k')).toBe(false);
+
+    const existing = new Map<unknown, unknown>([['k', undefined]]);
+    journal.recordMap(existing, 'k');
+    existing.set('k', 'v');
+    journal.rollback();
+    expect(existing.has('k')).toBe(true);
+    expect(existing.get('k')).toBeUndefined();
+  });
+
+  it('reset forgets the undo log; rollback empties it', () => {
+    const journal = new Journal();
+    const log: number[] = [];
+    journal.record(() => log.push(1));
+    journal.reset();
+    journal.record(() => log.push(2));
+    journal.rollback();
+    journal.rollback();
+    expect(log).toEqual([2]);
+  });
+
+  it('records nothing while disabled', () => {
+    const journal = new Journal();
+    const map = new Map<unknown, unknown>();
+    const log: number[] = [];
+    journal.enabled = false;
+    journal.record(() => log.push(1));
+    journal.recordMap(map, 'k');
+    map.set('k', 1);
+    journal.enabled = true;
+    journal.record(() => log.push(2));
+    journal.rollback();
+    expect(log).toEqual([2]);
+    expect(map.get('k')).toBe(1);
+  });
+});
