@@ -75,7 +75,9 @@ export function deserializeCheckpoint(text: string): ShardCheckpoint {
   try {
     raw = JSON.parse(text);
   } catch (error) {
-    throw new StateFormatError(`checkpoint is not valid JSON (${String(error)}); received ${text.slice(0, 80)}`);
+    throw new StateFormatError(
+      `checkpoint is not valid JSON (${String(error)}); received ${text.slice(0, 80)}`,
+    );
   }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return fail('not a JSON object');
   const o = raw as Record<string, unknown>;
