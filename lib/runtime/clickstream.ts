@@ -63,7 +63,10 @@ export function* clickstream(options: ClickstreamOptions = {}): Generator<Click>
   // Zipf-like page weights (1/rank), sampled through the cumulative distribution.
   const cumulative: number[] = [];
   let total = 0;
-  for (let i = 0; i < pages; i++) cumulative.push((total += 1 / (i + 1)));
+  for (let i = 0; i < pages; i++) {
+    total += 1 / (i + 1);
+    cumulative.push(total);
+  }
   const pickPage = (): string => {
     const x = rnd() * total;
     let lo = 0;

@@ -1,0 +1,666 @@
+/**
+ * DynamoDB + S3 backend: keyed state, leases with fencing, checkpoints and the outbox, with
+ * the commit protocol of docs/protocol.md.
+ *
+ * Tables (see createBackendTables):
+ *   state   pk = `${job}#${generation}#${address}`      v (JSON) | tombstone, sh/f/c version
+ *   control pk = `${job}#${generation}`, sk = `shard#${shardId}`   lease + checkpoint
+ *           pk = `${job}#${generation}`, sk = `out#${shardId}#${commit}`  outbox of one commit
+ * Bucket:   `${prefix}${job}/${generation}/deltas/${shardId}/${commit}.json` (large commits)
+ *           `${prefix}${job}/${generation}/checkpoints/${shardId}/${commit}.json` (large checkpoints)
+ *
+ * Small commits (<= 100 actions, < 4 MB) are one TransactWriteItems whose lease update is
+ * conditional on the fence and the previous commit number. Larger commits write one immutable
+ * S3 delta, then commit by a conditional update of the lease item pointing at it (the commit
+ * point), then apply the delta with version-conditioned writes and clear the pointer. A new
+ * lease holder re-applies a pending delta before it reads anything (redo).
+ */
+import {
+  ConditionalCheckFailedException,
+  type DynamoDBClient,
+  TransactionCanceledException,
+} from '@aws-sdk/client-dynamodb';
+import { GetObjectCommand, NoSuchKey, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import {
+  BatchGetCommand,
+  BatchWriteCommand,
+  DeleteCommand,
+  DynamoDBDocumentClient,
+  GetCommand,
+  PutCommand,
+  QueryCommand,
+  TransactWriteCommand,
+  type TransactWriteCommandInput,
+  UpdateCommand,
+} from '@aws-sdk/lib-dynamodb';
+import {
+  type CheckpointStore,
+  type Commit,
+  deserializeCheckpoint,
+  FencedError,
+  type Lease,
+  LeaseUnavailableError,
+  type Output,
+  type ShardCheckpoint,
+  type StateAddress,
+  StateFormatError,
+  type StateMutation,
+  type StateStore,
+  serializeCheckpoint,
+  TransientBackendError,
+} from '../core/index.ts';
+
+export interface DynamoBackendOptions {
+  readonly dynamodb: DynamoDBClient;
+  readonly s3: S3Client;
+  readonly stateTable: string;
+  readonly controlTable: string;
+  readonly bucket: string;
+  /** Key prefix inside the bucket. @default '' */
+  readonly bucketPrefix?: string;
+  readonly job: string;
+  /** State generation (a replay restores into a new one). @default 0 */
+  readonly generation?: number;
+  /** Tombstones of deleted state expire after this long (DynamoDB TTL attribute `ttl`). @default 7 days */
+  readonly tombstoneTtlSeconds?: number;
+  /** Called at named protocol steps; fault-injection tests throw from it. */
+  readonly onStep?: (step: DynamoCommitStep) => void | Promise<void>;
+}
+
+/** Protocol steps, in order, where tests can inject crashes. */
+export type DynamoCommitStep =
+  | 'before-transaction'
+  | 'after-delta-upload'
+  | 'after-commit-point'
+  | 'mid-apply'
+  | 'after-apply';
+
+/** DynamoDB TransactWriteItems limits (actions per transaction, bytes per transaction). */
+export const TRANSACTION_MAX_ACTIONS = 100;
+export const TRANSACTION_MAX_BYTES = 4_000_000;
+/** Keep items comfortably below DynamoDB's 400 KB item limit. */
+const ITEM_SOFT_LIMIT = 350_000;
+const CHECKPOINT_INLINE_LIMIT = 200_000;
+
+interface LeaseItem {
+  pk: string;
+  sk: string;
+  owner?: string;
+  leaseExpiresAt?: number;
+  fence?: number;
+  commitNumber?: number;
+  cp?: string;
+  cpRef?: string;
+  pendingDelta?: string;
+}
+
+interface Delta {
+  readonly checkpoint: string;
+  readonly mutations: readonly StateMutation[];
+  readonly outputs: readonly Output[];
+  readonly fence: number;
+}
+
+const pad = (n: number): string => String(n).padStart(12, '0');
+
+/** Parses the commit number out of an output id (`job/shard/commit/index`). */
+function commitOf(id: string): number {
+  const parts = id.split('/');
+  const commit = Number(parts[parts.length - 2]);
+  if (!Number.isInteger(commit))
+    throw new StateFormatError(`output id ${id} does not contain a commit number`);
+  return commit;
+}
+
+function isConditionFailure(error: unknown): boolean {
+  if (error instanceof ConditionalCheckFailedException) return true;
+  if (error instanceof TransactionCanceledException) {
+    return (error.CancellationReasons ?? []).some((r) => r.Code === 'ConditionalCheckFailed');
+  }
+  return (error as { name?: string })?.name === 'ConditionalCheckFailedException';
+}
+
+function isTransient(error: unknown): boolean {
+  const name = (error as { name?: string })?.name ?? '';
+  if (error instanceof TransactionCanceledException) {
+    return (error.CancellationReasons ?? []).some((r) =>
+      ['TransactionConflict', 'ThrottlingError', 'ProvisionedThroughputExceeded'].includes(r.Code ?? ''),
+    );
+  }
+  return /Throttl|ProvisionedThroughputExceeded|RequestLimitExceeded|InternalServerError|ServiceUnavailable|TransactionInProgress|TimeoutError|ECONNRESET/.test(
+    name,
+  );
+}
+
+function transient(what: string, error: unknown): TransientBackendError {
+  return new TransientBackendError(
+    `${what} failed transiently: ${(error as Error).message ?? String(error)}`,
+    {
+      cause: error,
+    },
+  );
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class DynamoBackend implements StateStore, CheckpointStore {
+  private readonly ddb: DynamoDBDocumentClient;
+  private readonly s3: S3Client;
+  private readonly scope: string;
+  private readonly prefix: string;
+  /** Write-request counters, for benchmarks (requests and items written). */
+  readonly metrics = { writeRequests: 0, itemsWritten: 0, readRequests: 0, transactions: 0, deltaCommits: 0 };
+
+  constructor(private readonly options: DynamoBackendOptions) {
+    this.ddb = DynamoDBDocumentClient.from(options.dynamodb, {
+      marshallOptions: { removeUndefinedValues: true },
+    });
+    this.s3 = options.s3;
+    this.scope = `${options.job}#${options.generation ?? 0}`;
+    this.prefix = `${options.bucketPrefix ?? ''}${options.job}/${options.generation ?? 0}/`;
+  }
+
+  // ---- StateStore ----
+
+  async getMany(addresses: readonly StateAddress[]): Promise<Map<StateAddress, string>> {
+    const out = new Map<StateAddress, string>();
+    const unique = [...new Set(addresses)];
+    const chunks: string[][] = [];
+    for (let i = 0; i < unique.length; i += 100) chunks.push(unique.slice(i, i + 100));
+    await mapLimit(chunks, 8, async (chunk) => {
+      let keys: Array<Record<string, unknown>> = chunk.map((a) => ({ pk: `${this.scope}#${a}` }));
+      for (let attempt = 0; keys.length > 0; attempt++) {
+        if (attempt > 0) await sleep(Math.min(1000, 25 * 2 ** attempt));
+        this.metrics.readRequests++;
+        const res = await this.ddb.send(
+          new BatchGetCommand({
+            RequestItems: {
+              [this.options.stateTable]: { Keys: keys, ConsistentRead: true, ProjectionExpression: 'pk, v' },
+            },
+          }),
+        );
+        for (const item of res.Responses?.[this.options.stateTable] ?? []) {
+          if (typeof item.v === 'string') out.set((item.pk as string).slice(this.scope.length + 1), item.v);
+        }
+        keys = (res.UnprocessedKeys?.[this.options.stateTable]?.Keys ?? []) as Array<Record<string, unknown>>;
+        if (attempt > 12 && keys.length > 0)
+          throw new TransientBackendError('BatchGetItem kept returning unprocessed keys');
+      }
+    });
+    return out;
+  }
+
+  // ---- Leases ----
+
+  async acquireLease(shardId: string, owner: string, now: number, ttlMs: number): Promise<Lease> {
+    let item: LeaseItem;
+    try {
+      const res = await this.ddb.send(
+        new UpdateCommand({
+          TableName: this.options.controlTable,
+          Key: this.leaseKey(shardId),
+          UpdateExpression:
+            'SET #owner = :owner, leaseExpiresAt = :exp, fence = if_not_exists(fence, :zero) + :one',
+          ConditionExpression: 'attribute_not_exists(pk) OR leaseExpiresAt <= :now OR #owner = :owner',
+          ExpressionAttributeNames: { '#owner': 'owner' },
+          ExpressionAttributeValues: {
+            ':owner': owner,
+            ':exp': now + ttlMs,
+            ':now': now,
+            ':zero': 0,
+            ':one': 1,
+          },
+          ReturnValues: 'ALL_NEW',
+        }),
+      );
+      item = res.Attributes as LeaseItem;
+    } catch (error) {
+      if (isConditionFailure(error)) {
+        const current = await this.readLeaseItem(shardId);
+        throw new LeaseUnavailableError(
+          `shard ${shardId} is leased by ${current?.owner ?? 'another owner'} until ${new Date(current?.leaseExpiresAt ?? 0).toISOString()}; retry after it expires`,
+        );
+      }
+      throw isTransient(error) ? transient('acquiring the lease', error) : error;
+    }
+    const lease: Lease = { shardId, owner, fence: item.fence!, expiresAt: item.leaseExpiresAt! };
+    if (item.pendingDelta !== undefined) await this.redo(lease, item.pendingDelta);
+    return lease;
+  }
+
+  async renewLease(lease: Lease, now: number, ttlMs: number): Promise<Lease> {
+    try {
+      await this.ddb.send(
+        new UpdateCommand({
+          TableName: this.options.controlTable,
+          Key: this.leaseKey(lease.shardId),
+          UpdateExpression: 'SET leaseExpiresAt = :exp',
+          ConditionExpression: 'fence = :fence',
+          ExpressionAttributeValues: { ':exp': now + ttlMs, ':fence': lease.fence },
+        }),
+      );
+    } catch (error) {
+      if (isConditionFailure(error)) throw this.fenced(lease);
+      throw isTransient(error) ? transient('renewing the lease', error) : error;
+    }
+    return { ...lease, expiresAt: now + ttlMs };
+  }
+
+  async releaseLease(lease: Lease): Promise<void> {
+    try {
+      await this.ddb.send(
+        new UpdateCommand({
+          TableName: this.options.controlTable,
+          Key: this.leaseKey(lease.shardId),
+          UpdateExpression: 'SET leaseExpiresAt = :zero',
+          ConditionExpression: 'fence = :fence',
+          ExpressionAttributeValues: { ':zero': 0, ':fence': lease.fence },
+        }),
+      );
+    } catch (error) {
+      if (!isConditionFailure(error)) throw error;
+    }
+  }
+
+  // ---- Checkpoints ----
+
+  async readCheckpoint(shardId: string): Promise<ShardCheckpoint | undefined> {
+    const item = await this.readLeaseItem(shardId);
+    return item === undefined ? undefined : this.checkpointOf(item);
+  }
+
+  async listCheckpoints(): Promise<ShardCheckpoint[]> {
+    const out: ShardCheckpoint[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const res = await this.ddb.send(
+        new QueryCommand({
+          TableName: this.options.controlTable,
+          KeyConditionExpression: 'pk = :pk AND begins_with(sk, :shard)',
+          ExpressionAttributeValues: { ':pk': this.scope, ':shard': 'shard#' },
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+        }),
+      );
+      for (const item of (res.Items ?? []) as LeaseItem[]) {
+        const cp = await this.checkpointOf(item);
+        if (cp !== undefined) out.push(cp);
+      }
+      start = res.LastEvaluatedKey;
+    } while (start !== undefined);
+    return out;
+  }
+
+  // ---- Commit ----
+
+  async commit(lease: Lease, commit: Commit): Promise<void> {
+    const checkpointText = serializeCheckpoint(commit.checkpoint);
+    const commitNumber = commit.checkpoint.commitNumber;
+    const outputsText = commit.outputs.length > 0 ? JSON.stringify(commit.outputs) : undefined;
+    const cpInline = checkpointText.length <= CHECKPOINT_INLINE_LIMIT;
+    const actions = 1 + (outputsText ? 1 : 0) + commit.mutations.length;
+    let bytes = (cpInline ? checkpointText.length : 0) + (outputsText?.length ?? 0);
+    let oversizedItem = (outputsText?.length ?? 0) > ITEM_SOFT_LIMIT;
+    for (const m of commit.mutations) {
+      const size = m.address.length + (m.value?.length ?? 0) + 64;
+      bytes += size;
+      if (size > ITEM_SOFT_LIMIT) {
+        throw new StateFormatError(
+          `state entry ${m.address} is ${size} bytes; DynamoDB items hold at most 400 KB. Keep per-key state smaller (TTL, timers that clean up, or aggregate instead of collecting).`,
+        );
+      }
+    }
+    if (bytes >= TRANSACTION_MAX_BYTES - 100_000) oversizedItem = true;
+    const cpRef = cpInline
+      ? undefined
+      : await this.putCheckpointObject(lease.shardId, commitNumber, checkpointText);
+    if (actions <= TRANSACTION_MAX_ACTIONS && !oversizedItem) {
+      await this.commitTransaction(lease, commit, checkpointText, cpRef, outputsText);
+    } else {
+      await this.commitDelta(lease, commit, checkpointText, cpRef);
+    }
+  }
+
+  private async commitTransaction(
+    lease: Lease,
+    commit: Commit,
+    checkpointText: string,
+    cpRef: string | undefined,
+    outputsText: string | undefined,
+  ): Promise<void> {
+    const shardId = lease.shardId;
+    const commitNumber = commit.checkpoint.commitNumber;
+    const items: NonNullable<TransactWriteCommandInput['TransactItems']> = [
+      { Update: this.commitPointUpdate(lease, commitNumber, checkpointText, cpRef, undefined) },
+    ];
+    if (outputsText !== undefined) {
+      items.push({
+        Put: {
+          TableName: this.options.controlTable,
+          Item: { pk: this.scope, sk: this.outboxSk(shardId, commitNumber), outputs: outputsText },
+        },
+      });
+    }
+    for (const m of commit.mutations) {
+      items.push({
+        Put: { TableName: this.options.stateTable, Item: this.stateItem(m, lease, commitNumber) },
+      });
+    }
+    await this.options.onStep?.('before-transaction');
+    try {
+      this.metrics.transactions++;
+      this.metrics.writeRequests++;
+      this.metrics.itemsWritten += items.length;
+      await this.ddb.send(
+        new TransactWriteCommand({
+          TransactItems: items,
+          ClientRequestToken: `${this.scope}#${shardId}#${commitNumber}#${lease.fence}`.slice(-36),
+        }),
+      );
+    } catch (error) {
+      if (isConditionFailure(error)) {
+        if (await this.alreadyCommitted(lease, commitNumber)) return; // an ambiguous earlier attempt succeeded
+        throw this.fenced(lease, commitNumber);
+      }
+      throw isTransient(error) ? transient('the commit transaction', error) : error;
+    }
+  }
+
+  private async commitDelta(
+    lease: Lease,
+    commit: Commit,
+    checkpointText: string,
+    cpRef: string | undefined,
+  ): Promise<void> {
+    const shardId = lease.shardId;
+    const commitNumber = commit.checkpoint.commitNumber;
+    const key = `${this.prefix}deltas/${shardId}/${pad(commitNumber)}-${lease.fence}.json`;
+    const delta: Delta = {
+      checkpoint: checkpointText,
+      mutations: commit.mutations,
+      outputs: commit.outputs,
+      fence: lease.fence,
+    };
+    try {
+      await this.s3.send(
+        new PutObjectCommand({
+          Bucket: this.options.bucket,
+          Key: key,
+          Body: JSON.stringify(delta),
+          ContentType: 'application/json',
+          IfNoneMatch: '*',
+        }),
+      );
+    } catch (error) {
+      // 412: an earlier attempt of this same (deterministic) commit already wrote it.
+      if ((error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode !== 412)
+        throw error;
+    }
+    await this.options.onStep?.('after-delta-upload');
+    try {
+      this.metrics.deltaCommits++;
+      this.metrics.writeRequests++;
+      await this.ddb.send(
+        new UpdateCommand(this.commitPointUpdate(lease, commitNumber, checkpointText, cpRef, key)),
+      );
+    } catch (error) {
+      if (isConditionFailure(error)) {
+        if (!(await this.alreadyCommitted(lease, commitNumber))) throw this.fenced(lease, commitNumber);
+      } else throw isTransient(error) ? transient('the commit point update', error) : error;
+    }
+    await this.options.onStep?.('after-commit-point');
+    await this.apply(lease, key, delta, commitNumber);
+  }
+
+  /** Applies a committed delta: idempotent, version-conditioned writes; then clears the pointer. */
+  private async apply(lease: Lease, key: string, delta: Delta, commitNumber: number): Promise<void> {
+    const writerLease = { ...lease, fence: delta.fence };
+    let applied = 0;
+    await mapLimit(delta.mutations, 16, async (m) => {
+      const item = this.stateItem(m, writerLease, commitNumber);
+      try {
+        this.metrics.writeRequests++;
+        this.metrics.itemsWritten++;
+        await this.ddb.send(
+          new PutCommand({
+            TableName: this.options.stateTable,
+            Item: item,
+            // A stale writer (a zombie applying an old delta) never overwrites newer state.
+            ConditionExpression: 'attribute_not_exists(pk) OR sh <> :sh OR f < :f OR (f = :f AND c <= :c)',
+            ExpressionAttributeValues: { ':sh': lease.shardId, ':f': delta.fence, ':c': commitNumber },
+          }),
+        );
+      } catch (error) {
+        if (!isConditionFailure(error))
+          throw isTransient(error) ? transient('applying a delta', error) : error;
+      }
+      if (++applied === Math.ceil(delta.mutations.length / 2)) await this.options.onStep?.('mid-apply');
+    });
+    if (delta.outputs.length > 0) {
+      const text = JSON.stringify(delta.outputs);
+      this.metrics.writeRequests++;
+      await this.ddb
+        .send(
+          new PutCommand({
+            TableName: this.options.controlTable,
+            Item: {
+              pk: this.scope,
+              sk: this.outboxSk(lease.shardId, commitNumber),
+              ...(text.length > ITEM_SOFT_LIMIT ? { delta: key } : { outputs: text }),
+            },
+            // Do not resurrect an outbox entry that a newer holder already published and deleted.
+            ConditionExpression: 'attribute_not_exists(pk)',
+          }),
+        )
+        .catch((error: unknown) => {
+          if (!isConditionFailure(error)) throw error;
+        });
+    }
+    await this.options.onStep?.('after-apply');
+    try {
+      await this.ddb.send(
+        new UpdateCommand({
+          TableName: this.options.controlTable,
+          Key: this.leaseKey(lease.shardId),
+          UpdateExpression: 'REMOVE pendingDelta',
+          ConditionExpression: 'pendingDelta = :key',
+          ExpressionAttributeValues: { ':key': key },
+        }),
+      );
+    } catch (error) {
+      if (!isConditionFailure(error)) throw error;
+    }
+  }
+
+  private async redo(lease: Lease, key: string): Promise<void> {
+    const delta = JSON.parse(await this.getObject(key)) as Delta;
+    const commitNumber = deserializeCheckpoint(delta.checkpoint).commitNumber;
+    await this.apply(lease, key, delta, commitNumber);
+  }
+
+  // ---- Outbox ----
+
+  async unpublishedOutputs(shardId: string): Promise<Output[]> {
+    const out: Output[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const res = await this.ddb.send(
+        new QueryCommand({
+          TableName: this.options.controlTable,
+          KeyConditionExpression: 'pk = :pk AND begins_with(sk, :out)',
+          ExpressionAttributeValues: { ':pk': this.scope, ':out': `out#${shardId}#` },
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+        }),
+      );
+      for (const item of res.Items ?? []) out.push(...(await this.outboxOutputs(item)));
+      start = res.LastEvaluatedKey;
+    } while (start !== undefined);
+    return out;
+  }
+
+  async markPublished(shardId: string, ids: readonly string[]): Promise<void> {
+    const byCommit = new Map<number, Set<string>>();
+    for (const id of ids) {
+      const c = commitOf(id);
+      const set = byCommit.get(c) ?? new Set<string>();
+      set.add(id);
+      byCommit.set(c, set);
+    }
+    for (const [commitNumber, published] of byCommit) {
+      const key = { pk: this.scope, sk: this.outboxSk(shardId, commitNumber) };
+      const res = await this.ddb.send(
+        new GetCommand({ TableName: this.options.controlTable, Key: key, ConsistentRead: true }),
+      );
+      if (res.Item === undefined) continue;
+      const remaining = (await this.outboxOutputs(res.Item)).filter((o) => !published.has(o.id));
+      if (remaining.length === 0) {
+        await this.ddb.send(new DeleteCommand({ TableName: this.options.controlTable, Key: key }));
+      } else {
+        await this.ddb.send(
+          new PutCommand({
+            TableName: this.options.controlTable,
+            Item: { ...key, outputs: JSON.stringify(remaining) },
+          }),
+        );
+      }
+    }
+  }
+
+  // ---- helpers ----
+
+  private leaseKey(shardId: string): { pk: string; sk: string } {
+    return { pk: this.scope, sk: `shard#${shardId}` };
+  }
+
+  private outboxSk(shardId: string, commitNumber: number): string {
+    return `out#${shardId}#${pad(commitNumber)}`;
+  }
+
+  private stateItem(m: StateMutation, lease: Lease, commitNumber: number): Record<string, unknown> {
+    const version = { sh: lease.shardId, f: lease.fence, c: commitNumber };
+    if (m.value !== null) return { pk: `${this.scope}#${m.address}`, v: m.value, ...version };
+    // Deletes are tombstones so a stale writer cannot resurrect the entry; TTL removes them.
+    const ttl = Math.floor(Date.now() / 1000) + (this.options.tombstoneTtlSeconds ?? 7 * 86_400);
+    return { pk: `${this.scope}#${m.address}`, ttl, ...version };
+  }
+
+  private commitPointUpdate(
+    lease: Lease,
+    commitNumber: number,
+    checkpointText: string,
+    cpRef: string | undefined,
+    pendingDelta: string | undefined,
+  ) {
+    const sets = ['commitNumber = :c', cpRef === undefined ? 'cp = :cp' : 'cpRef = :cpRef'];
+    const removes = [cpRef === undefined ? 'cpRef' : 'cp'];
+    if (pendingDelta !== undefined) sets.push('pendingDelta = :delta');
+    return {
+      TableName: this.options.controlTable,
+      Key: this.leaseKey(lease.shardId),
+      UpdateExpression: `SET ${sets.join(', ')} REMOVE ${removes.join(', ')}`,
+      ConditionExpression: 'fence = :fence AND (attribute_not_exists(commitNumber) OR commitNumber = :prev)',
+      ExpressionAttributeValues: {
+        ':fence': lease.fence,
+        ':c': commitNumber,
+        ':prev': commitNumber - 1,
+        ...(cpRef === undefined ? { ':cp': checkpointText } : { ':cpRef': cpRef }),
+        ...(pendingDelta !== undefined ? { ':delta': pendingDelta } : {}),
+      },
+    };
+  }
+
+  private async alreadyCommitted(lease: Lease, commitNumber: number): Promise<boolean> {
+    const item = await this.readLeaseItem(lease.shardId);
+    return item?.fence === lease.fence && item.commitNumber === commitNumber;
+  }
+
+  private fenced(lease: Lease, commitNumber?: number): FencedError {
+    return new FencedError(
+      `${commitNumber === undefined ? 'lease renewal' : `commit ${commitNumber}`} of shard ${lease.shardId} was rejected: the lease with fence ${lease.fence} was taken over or another invocation committed first. Stop this invocation; the new lease holder resumes from the last commit.`,
+    );
+  }
+
+  private async readLeaseItem(shardId: string): Promise<LeaseItem | undefined> {
+    const res = await this.ddb.send(
+      new GetCommand({
+        TableName: this.options.controlTable,
+        Key: this.leaseKey(shardId),
+        ConsistentRead: true,
+      }),
+    );
+    return res.Item as LeaseItem | undefined;
+  }
+
+  private async checkpointOf(item: LeaseItem): Promise<ShardCheckpoint | undefined> {
+    if (item.cp !== undefined) return deserializeCheckpoint(item.cp);
+    if (item.cpRef !== undefined) return deserializeCheckpoint(await this.getObject(item.cpRef));
+    return undefined;
+  }
+
+  private async putCheckpointObject(shardId: string, commitNumber: number, text: string): Promise<string> {
+    const key = `${this.prefix}checkpoints/${shardId}/${pad(commitNumber)}.json`;
+    await this.s3.send(new PutObjectCommand({ Bucket: this.options.bucket, Key: key, Body: text }));
+    return key;
+  }
+
+  private async outboxOutputs(item: Record<string, unknown>): Promise<Output[]> {
+    if (typeof item.outputs === 'string') return JSON.parse(item.outputs) as Output[];
+    if (typeof item.delta === 'string') {
+      const delta = JSON.parse(await this.getObject(item.delta)) as Delta;
+      return [...delta.outputs];
+    }
+    return [];
+  }
+
+  private async getObject(key: string): Promise<string> {
+    try {
+      const res = await this.s3.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: key }));
+      return await res.Body!.transformToString();
+    } catch (error) {
+      if (error instanceof NoSuchKey || (error as { name?: string }).name === 'NoSuchKey') {
+        throw new StateFormatError(
+          `s3://${this.options.bucket}/${key} is missing; the commit it belongs to cannot be read. Restore the job from a savepoint.`,
+        );
+      }
+      throw error;
+    }
+  }
+
+  /** Deletes every item of this job generation (tests and `floe` cleanup). */
+  async dropScope(): Promise<void> {
+    const res = await this.ddb.send(
+      new QueryCommand({
+        TableName: this.options.controlTable,
+        KeyConditionExpression: 'pk = :pk',
+        ExpressionAttributeValues: { ':pk': this.scope },
+      }),
+    );
+    const keys = (res.Items ?? []).map((i) => ({ pk: i.pk, sk: i.sk }));
+    for (let i = 0; i < keys.length; i += 25) {
+      await this.ddb.send(
+        new BatchWriteCommand({
+          RequestItems: {
+            [this.options.controlTable]: keys.slice(i, i + 25).map((Key) => ({ DeleteRequest: { Key } })),
+          },
+        }),
+      );
+    }
+  }
+}
+
+/** Runs fn over items with at most `limit` in flight; preserves nothing but completion. */
+export async function mapLimit<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const item = items[next++]!;
+      await fn(item);
+    }
+  });
+  await Promise.all(workers);
+}
