@@ -294,6 +294,11 @@ export class DynamoBackend implements StateStore, CheckpointStore {
   // ---- Commit ----
 
   async commit(lease: Lease, commit: Commit): Promise<void> {
+    if (commit.checkpoint.shardId !== lease.shardId) {
+      throw new StateFormatError(
+        `a commit for shard ${commit.checkpoint.shardId} was made under the lease of shard ${lease.shardId}`,
+      );
+    }
     const checkpointText = serializeCheckpoint(commit.checkpoint);
     const commitNumber = commit.checkpoint.commitNumber;
     const outputsText = commit.outputs.length > 0 ? JSON.stringify(commit.outputs) : undefined;
@@ -359,7 +364,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       );
     } catch (error) {
       if (isConditionFailure(error)) {
-        if (await this.alreadyCommitted(lease, commitNumber)) return; // an ambiguous earlier attempt succeeded
+        if (await this.alreadyCommitted(lease, commitNumber, checkpointText)) return; // an earlier attempt succeeded
         throw this.fenced(lease, commitNumber);
       }
       throw isTransient(error) ? transient('the commit transaction', error) : error;
@@ -405,7 +410,8 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       );
     } catch (error) {
       if (isConditionFailure(error)) {
-        if (!(await this.alreadyCommitted(lease, commitNumber))) throw this.fenced(lease, commitNumber);
+        if (!(await this.alreadyCommitted(lease, commitNumber, checkpointText)))
+          throw this.fenced(lease, commitNumber);
       } else throw isTransient(error) ? transient('the commit point update', error) : error;
     }
     await this.options.onStep?.('after-commit-point');
@@ -570,9 +576,16 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     };
   }
 
-  private async alreadyCommitted(lease: Lease, commitNumber: number): Promise<boolean> {
+  /** After a condition failure: did an earlier, ambiguous attempt of this same commit succeed? */
+  private async alreadyCommitted(
+    lease: Lease,
+    commitNumber: number,
+    checkpointText: string,
+  ): Promise<boolean> {
     const item = await this.readLeaseItem(lease.shardId);
-    return item?.fence === lease.fence && item.commitNumber === commitNumber;
+    if (item?.fence !== lease.fence || item.commitNumber !== commitNumber) return false;
+    const stored = item.cp ?? (item.cpRef === undefined ? undefined : await this.getObject(item.cpRef));
+    return stored === checkpointText;
   }
 
   private fenced(lease: Lease, commitNumber?: number): FencedError {
