@@ -67,10 +67,17 @@ export function childCheckpoint(
     );
     return !ownedBySibling && siblings[0]!.shardId === child.shardId;
   };
+  // Event time continues from the parents that saw elements: one that never did (a cold shard
+  // merged away) has nothing on time to protect, and its -Infinity would stop idleness.
+  const timed = parents.filter((p) => p.maxTimestamp !== Number.NEGATIVE_INFINITY);
+  const from = timed.length > 0 ? timed : parents;
+  // Idleness needs a last record time: continue from the parents' latest.
+  const recordTimes = parents.flatMap((p) => (p.lastRecordAt === undefined ? [] : [p.lastRecordAt]));
   return {
     ...base,
-    watermark: Math.min(...parents.map((p) => p.watermark)),
-    maxTimestamp: Math.min(...parents.map((p) => p.maxTimestamp)),
+    watermark: Math.min(...from.map((p) => p.watermark)),
+    maxTimestamp: Math.min(...from.map((p) => p.maxTimestamp)),
+    lastRecordAt: recordTimes.length > 0 ? Math.max(...recordTimes) : undefined,
     timers: parents.flatMap((p) => p.timers).filter(owns),
   };
 }

@@ -6,7 +6,7 @@
 import type { ShardCheckpoint } from '../core/index.ts';
 import { runnableShards } from './coordinator.ts';
 import type { JobRuntime, WorkerOptions } from './job.ts';
-import { runShardWorker, type WorkerResult } from './worker.ts';
+import { publishPending, runShardWorker, type WorkerResult } from './worker.ts';
 
 export interface RunOptions extends Omit<WorkerOptions, 'owner' | 'untilIdle'> {
   /** Lease owner prefix. @default `local-<pid>` */
@@ -32,12 +32,20 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
   let commits = 0;
   let rounds = 0;
   const seen = new Set<string>();
+  const flushed = new Set<string>();
   while (!options.signal?.aborted) {
     rounds++;
     const shards = await job.source.listShards();
     const checkpoints = new Map<string, ShardCheckpoint>(
       (await job.backend.listCheckpoints()).map((c) => [c.shardId, c]),
     );
+    // A finished shard never runs again: publish what its last invocation committed but did
+    // not publish. Once per runJob is enough (a later crash ends this runJob).
+    for (const c of checkpoints.values()) {
+      if (!c.finished || flushed.has(c.shardId)) continue;
+      await publishPending(job.backend, job.sink, c.shardId);
+      flushed.add(c.shardId);
+    }
     const plans = runnableShards(shards, checkpoints);
     if (plans.length === 0) {
       if (options.untilIdle) break;

@@ -1,0 +1,194 @@
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ConfigurationError, StateFormatError, StateSerializationError } from '../core/errors.ts';
+import type { Output, Sink } from '../core/ports.ts';
+import { NdjsonFileSink, RoutingSink, SqliteTableSink, StdoutSink } from './sinks.ts';
+import { openSqlite } from './sqlite.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'floe-sinks-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+let n = 0;
+const file = (ext: string) => join(dir, `sink-${++n}.${ext}`);
+
+const out = (commit: number, index: number, value: unknown, sink = 'counts'): Output => ({
+  id: `job/shardId-000000000000/${commit}/${index}`,
+  sink,
+  value,
+});
+
+async function rejection(promise: Promise<unknown>): Promise<Error> {
+  try {
+    await promise;
+  } catch (error) {
+    return error as Error;
+  }
+  throw new Error('expected a rejection');
+}
+
+describe('SqliteTableSink', () => {
+  it('stores each output once by id (INSERT OR IGNORE), in first-publish order, across reopen', async () => {
+    const path = file('db');
+    let sink = SqliteTableSink.open(path, { clock: () => 42 });
+    const batch1 = [out(1, 0, { key: 'a', n: 1 }), out(1, 1, 'text 😀'), out(1, 2, null, 'floe.late')];
+    await sink.publish(batch1);
+    // A retry republishes the same outputs (and the same id with another value is ignored).
+    await sink.publish([...batch1, { ...out(1, 0, 'CHANGED') }, out(2, 0, [1, 2])]);
+    expect(sink.count()).toBe(4);
+    expect(sink.count('counts')).toBe(3);
+    expect(sink.rows('floe.late')).toEqual([
+      { id: batch1[2]!.id, sink: 'floe.late', value: null, publishedAt: 42 },
+    ]);
+    await sink.close();
+
+    sink = SqliteTableSink.open(path);
+    await sink.publish(batch1);
+    expect(sink.rows().map((r) => [r.id, r.value])).toEqual([
+      [batch1[0]!.id, { key: 'a', n: 1 }],
+      [batch1[1]!.id, 'text 😀'],
+      [batch1[2]!.id, null],
+      [out(2, 0, 0).id, [1, 2]],
+    ]);
+    await sink.close();
+    await expect(sink.publish(batch1)).rejects.toBeInstanceOf(ConfigurationError);
+  });
+
+  it('shares a database, uses a custom table, and refuses bad table names and non-JSON values', async () => {
+    const db = openSqlite(file('db'));
+    try {
+      const a = new SqliteTableSink(db, { table: 'results_a' });
+      const b = new SqliteTableSink(db, { table: 'results_b' });
+      await a.publish([out(1, 0, 1)]);
+      await b.publish([out(1, 0, 2), out(1, 1, undefined)]);
+      expect(a.rows().map((r) => r.value)).toEqual([1]);
+      expect(b.rows().map((r) => r.value)).toEqual([2, undefined]);
+      await a.close();
+      expect(db.open).toBe(true);
+      expect(() => new SqliteTableSink(db, { table: 'bad name; DROP' })).toThrow(ConfigurationError);
+      expect(() => new SqliteTableSink(db, { table: '1abc' })).toThrow(ConfigurationError);
+      const error = await rejection(b.publish([out(5, 0, 'ok'), out(5, 1, { big: 1n })]));
+      expect(error).toBeInstanceOf(StateSerializationError);
+      expect(b.count()).toBe(2); // nothing of the failed batch
+    } finally {
+      db.close();
+    }
+  });
+});
+
+describe('NdjsonFileSink', () => {
+  it('appends one JSON line per new output and skips ids already in the file, after reopening too', async () => {
+    const path = file('ndjson');
+    let sink = await NdjsonFileSink.open(path);
+    const batch = [out(1, 0, { a: 1 }), out(1, 1, 'x'), out(1, 1, 'x')];
+    await sink.publish(batch);
+    await sink.publish(batch);
+    expect(sink.size).toBe(2);
+    await sink.close();
+    expect(readFileSync(path, 'utf8')).toBe(
+      `{"id":"${batch[0]!.id}","sink":"counts","value":{"a":1}}\n{"id":"${batch[1]!.id}","sink":"counts","value":"x"}\n`,
+    );
+
+    sink = await NdjsonFileSink.open(path, { fsync: true });
+    expect(sink.has(batch[0]!.id)).toBe(true);
+    await sink.publish([...batch, out(2, 0, [true]), out(2, 1, undefined, 'other')]);
+    await sink.close();
+    const lines = readFileSync(path, 'utf8').trimEnd().split('\n');
+    expect(lines).toHaveLength(4);
+    expect(JSON.parse(lines[2]!)).toEqual({ id: out(2, 0, 0).id, sink: 'counts', value: [true] });
+    expect(JSON.parse(lines[3]!)).toEqual({ id: out(2, 1, 0).id, sink: 'other' });
+  });
+
+  it('concurrent publishes of the same outputs write each once', async () => {
+    const path = file('ndjson');
+    const sink = await NdjsonFileSink.open(path);
+    const batch = Array.from({ length: 50 }, (_, i) => out(1, i, i));
+    await Promise.all([sink.publish(batch), sink.publish(batch), sink.publish(batch.slice(10))]);
+    await sink.close();
+    expect(readFileSync(path, 'utf8').trimEnd().split('\n')).toHaveLength(50);
+  });
+
+  it('cuts off a torn last line left by a crash, so the output is written again whole', async () => {
+    const path = file('ndjson');
+    const first = out(1, 0, 'complete');
+    const torn = out(1, 1, 'torn');
+    writeFileSync(path, `${JSON.stringify(first)}\n`);
+    appendFileSync(path, JSON.stringify(torn).slice(0, 20));
+    const sink = await NdjsonFileSink.open(path);
+    expect(sink.has(first.id)).toBe(true);
+    expect(sink.has(torn.id)).toBe(false);
+    await sink.publish([first, torn]);
+    await sink.close();
+    const lines = readFileSync(path, 'utf8').trimEnd().split('\n');
+    expect(lines.map((l) => JSON.parse(l).value)).toEqual(['complete', 'torn']);
+  });
+
+  it('refuses a file with a corrupted line (StateFormatError), and starts a missing file in a new directory', async () => {
+    const path = file('ndjson');
+    writeFileSync(path, `${JSON.stringify(out(1, 0, 1))}\nnot json\n${JSON.stringify(out(1, 1, 1))}\n`);
+    const error = await rejection(NdjsonFileSink.open(path));
+    expect(error).toBeInstanceOf(StateFormatError);
+    expect(error.message).toContain('line 2');
+    writeFileSync(path, '{"no":"id"}\n');
+    expect(await rejection(NdjsonFileSink.open(path))).toBeInstanceOf(StateFormatError);
+
+    const nested = join(dir, `nested-${n}`, 'deeper', 'out.ndjson');
+    const sink = await NdjsonFileSink.open(nested);
+    await sink.publish([out(1, 0, 'x')]);
+    await sink.close();
+    expect(readFileSync(nested, 'utf8').split('\n')).toHaveLength(2);
+  });
+});
+
+describe('StdoutSink', () => {
+  it('prints each output once per process, as JSON lines or text', async () => {
+    let printed = '';
+    const stream = { write: (t: string) => (printed += t) };
+    const json = new StdoutSink({ stream });
+    await json.publish([out(1, 0, { a: 1 }), out(1, 1, 'b')]);
+    await json.publish([out(1, 0, { a: 1 }), out(1, 2, 3)]);
+    expect(
+      printed
+        .trimEnd()
+        .split('\n')
+        .map((l) => JSON.parse(l).id),
+    ).toEqual([out(1, 0, 0).id, out(1, 1, 0).id, out(1, 2, 0).id]);
+
+    printed = '';
+    const textSink = new StdoutSink({ stream, format: 'text', rememberIds: 2 });
+    await textSink.publish([out(1, 0, { a: 1 }), out(1, 1, 'b', 'other'), out(1, 2, 3)]);
+    expect(printed).toBe('counts: {"a":1}\nother: "b"\ncounts: 3\n');
+    // Only the 2 most recent ids are remembered.
+    printed = '';
+    await textSink.publish([out(1, 0, { a: 1 }), out(1, 2, 3)]);
+    expect(printed).toBe('counts: {"a":1}\n');
+  });
+});
+
+describe('RoutingSink', () => {
+  class Collect implements Sink {
+    readonly got: Output[] = [];
+    async publish(outputs: readonly Output[]): Promise<void> {
+      this.got.push(...outputs);
+    }
+  }
+
+  it('sends each sink name to its route or the fallback, keeping order within a route', async () => {
+    const counts = new Collect();
+    const rest = new Collect();
+    const router = new RoutingSink({ counts }, rest);
+    const outputs = [out(1, 0, 1), out(1, 1, 2, 'floe.late'), out(1, 2, 3), out(1, 3, 4, 'floe.dead-letter')];
+    await router.publish(outputs);
+    expect(counts.got.map((o) => o.value)).toEqual([1, 3]);
+    expect(rest.got.map((o) => o.value)).toEqual([2, 4]);
+  });
+
+  it('rejects outputs without a route before publishing anything', async () => {
+    const counts = new Collect();
+    const router = new RoutingSink(new Map([['counts', counts]]));
+    const error = await rejection(router.publish([out(1, 0, 1), out(1, 1, 2, 'unrouted')]));
+    expect(error).toBeInstanceOf(ConfigurationError);
+    expect(error.message).toContain('"unrouted"');
+    expect(counts.got).toEqual([]);
+  });
+});

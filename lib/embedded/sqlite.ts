@@ -1,0 +1,44 @@
+/**
+ * Opening the embedded SQLite database: one file (WAL mode) that the state/checkpoint store,
+ * the local log and the table sink can share, also across processes.
+ */
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import { ConfigurationError, errorMessage } from '../core/errors.ts';
+
+export type SqliteDatabase = Database.Database;
+
+export interface SqliteOpenOptions {
+  /**
+   * `NORMAL` (default) keeps every commit atomic and durable against a process crash; after a
+   * power loss the newest commits may roll back (together: state, outputs and checkpoint), and
+   * the records are reprocessed with the same output ids. `FULL` also survives a power loss.
+   */
+  readonly synchronous?: 'NORMAL' | 'FULL';
+  /** How long a writer waits for another process's write lock. @default 5000 */
+  readonly busyTimeoutMs?: number;
+}
+
+/** Opens (creating the file and its directory if needed) a SQLite database in WAL mode. */
+export function openSqlite(path: string, options: SqliteOpenOptions = {}): SqliteDatabase {
+  if (typeof path !== 'string' || path.length === 0) {
+    throw new ConfigurationError(
+      `the SQLite database path must be a file path or ":memory:"; received ${JSON.stringify(path)}`,
+    );
+  }
+  let db: SqliteDatabase;
+  try {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    db = new Database(path);
+  } catch (error) {
+    throw new ConfigurationError(`cannot open the SQLite database ${path}: ${errorMessage(error)}`, {
+      cause: error,
+    });
+  }
+  db.pragma(`busy_timeout = ${Math.max(0, Math.floor(options.busyTimeoutMs ?? 5000))}`);
+  // ':memory:' databases answer "memory"; files switch to WAL (persistent for the file).
+  db.pragma('journal_mode = WAL');
+  db.pragma(`synchronous = ${options.synchronous ?? 'NORMAL'}`);
+  return db;
+}
