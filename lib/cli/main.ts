@@ -4,11 +4,16 @@ import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { ConfigurationError, FloeError } from '../core/index.ts';
 import { simulate } from '../runtime/simulate.ts';
+import { positiveInt, UsageError } from './args.ts';
 import { loadPipeline } from './load-pipeline.ts';
 
 const USAGE = `floe — stateful stream processing with Flink semantics
 
 Usage:
+  floe demo                                  generate a clickstream and run the examples (npm start)
+  floe produce --stream <name> (--file <f> | --generate clickstream) [options]
+  floe run <pipeline.ts> [--backend embedded|aws] [--stream <name>] [--job <id>] [--until-idle]
+  floe status --job <id> [--stream <name>]
   floe simulate <pipeline.ts> --input <events.ndjson|-> [--output <file>] [--shards N] [--end-of-input]
   floe help
 
@@ -32,16 +37,6 @@ Options:
   --shards <N>         hash records over N shards by partition key, like Kinesis (default 1)
   --end-of-input       at the end, advance watermarks to +Infinity so every window fires
 Special sinks: floe.dead-letter (records that could not be processed), floe.late (late data).`;
-
-class UsageError extends ConfigurationError {}
-
-function positiveInt(flag: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1)
-    throw new UsageError(`${flag} must be a whole number >= 1; received "${value}"`);
-  return n;
-}
 
 async function* readLines(path: string): AsyncIterable<string> {
   const input = path === '-' ? process.stdin : createReadStream(path);
@@ -110,6 +105,14 @@ export async function main(argv: string[]): Promise<number> {
     switch (command) {
       case 'simulate':
         return await runSimulate(rest);
+      case 'produce':
+        return await (await import('./produce.ts')).runProduce(rest);
+      case 'run':
+        return await (await import('./run.ts')).runRun(rest);
+      case 'status':
+        return await (await import('./status.ts')).runStatus(rest);
+      case 'demo':
+        return await (await import('./demo.ts')).runDemo(rest);
       case undefined:
       case 'help':
       case '--help':
@@ -117,7 +120,9 @@ export async function main(argv: string[]): Promise<number> {
         console.log(USAGE);
         return command === undefined ? 1 : 0;
       default:
-        throw new UsageError(`unknown command "${command}". Commands: simulate. See 'floe help'.`);
+        throw new UsageError(
+          `unknown command "${command}". Commands: demo, produce, run, status, simulate. See 'floe help'.`,
+        );
     }
   } catch (error) {
     if (error instanceof FloeError) {

@@ -79,14 +79,14 @@ export function* clickstream(options: ClickstreamOptions = {}): Generator<Click>
     return pageName(lo);
   };
   // Each user is active in bursts: after each click, with small probability the user goes idle
-  // for 30-90 minutes of event time (which ends a 30-minute session).
+  // for 31-60 minutes of event time (which ends a 30-minute session).
   const idleUntil = new Float64Array(users);
   let t = start;
   for (let n = 0; n < events; n++) {
     t += (-Math.log(1 - rnd()) * 1000) / rate; // Poisson arrivals
     let u = Math.floor(rnd() * users);
-    for (let tries = 0; tries < 5 && idleUntil[u]! > t; tries++) u = Math.floor(rnd() * users);
-    if (rnd() < 0.02) idleUntil[u] = t + (30 + rnd() * 60) * 60_000;
+    for (let tries = 0; tries < 50 && idleUntil[u]! > t; tries++) u = Math.floor(rnd() * users);
+    if (rnd() < 0.015) idleUntil[u] = t + (31 + rnd() * 29) * 60_000;
     let ts = Math.floor(t);
     const r = rnd();
     if (r < late) ts -= 10_000 + Math.floor(rnd() * 110_000);

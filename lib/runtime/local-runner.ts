@@ -3,7 +3,7 @@
  * backend (embedded SQLite, emulators or AWS). It is what `floe run` and the integration
  * tests drive.
  */
-import type { ShardCheckpoint } from '../core/index.ts';
+import { LeaseUnavailableError, type ShardCheckpoint } from '../core/index.ts';
 import { runnableShards } from './coordinator.ts';
 import type { JobRuntime, WorkerOptions } from './job.ts';
 import { publishPending, runShardWorker, type WorkerResult } from './worker.ts';
@@ -13,8 +13,10 @@ export interface RunOptions extends Omit<WorkerOptions, 'owner' | 'untilIdle'> {
   readonly owner?: string;
   /** Stop when every shard is caught up (or finished). @default false: run until aborted */
   readonly untilIdle?: boolean;
-  /** Pause between coordinator rounds when nothing is runnable. @default 500 */
+  /** Pause between coordinator rounds when nothing is runnable or a lease is busy. @default 500 */
   readonly roundPauseMs?: number;
+  /** Called when a shard's lease is held by another owner (it is retried next round). */
+  readonly onLeaseBusy?: (shardId: string, error: LeaseUnavailableError) => void;
 }
 
 export interface RunSummary {
@@ -52,24 +54,43 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
       await sleep(options.roundPauseMs ?? 500);
       continue;
     }
+    let leaseBusy = false;
     const results: WorkerResult[] = await Promise.all(
-      plans.map((plan) => {
+      plans.map(async (plan) => {
         seen.add(plan.shard.shardId);
-        return runShardWorker(
-          job,
-          plan.shard.shardId,
-          { ...options, owner: `${owner}-${plan.shard.shardId}`, untilIdle: options.untilIdle },
-          plan.initial,
-        );
+        try {
+          return await runShardWorker(
+            job,
+            plan.shard.shardId,
+            { ...options, owner: `${owner}-${plan.shard.shardId}`, untilIdle: options.untilIdle },
+            plan.initial,
+          );
+        } catch (error) {
+          // Another owner (or a crashed predecessor whose lease has not expired) holds the
+          // shard: try again next round.
+          if (!(error instanceof LeaseUnavailableError)) throw error;
+          leaseBusy = true;
+          options.onLeaseBusy?.(plan.shard.shardId, error);
+          return {
+            shardId: plan.shard.shardId,
+            records: 0,
+            commits: 0,
+            finished: false,
+            childShardIds: [],
+            caughtUp: false,
+          };
+        }
       }),
     );
+    if (leaseBusy) await sleep(options.roundPauseMs ?? 500);
     let progressed = false;
     for (const r of results) {
       records += r.records;
       commits += r.commits;
       if (r.records > 0 || r.finished) progressed = true;
     }
-    if (options.untilIdle && !progressed && results.every((r) => r.caughtUp || r.finished)) break;
+    if (options.untilIdle && !leaseBusy && !progressed && results.every((r) => r.caughtUp || r.finished))
+      break;
   }
   return { records, commits, rounds, shards: [...seen] };
 }

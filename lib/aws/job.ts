@@ -1,0 +1,131 @@
+/**
+ * Wiring a job to AWS (or to emulators): clients, the Kinesis source, the DynamoDB + S3
+ * backend and the sink bindings, from explicit options or from the environment of a Lambda.
+ */
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { KinesisClient } from '@aws-sdk/client-kinesis';
+import { S3Client } from '@aws-sdk/client-s3';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { ConfigurationError, describeValue, type PipelinePlan } from '../core/index.ts';
+import type { JobRuntime } from '../runtime/job.ts';
+import { DynamoBackend } from './dynamodb-backend.ts';
+import { KinesisSource } from './kinesis-source.ts';
+import { S3ObjectSink } from './sinks.ts';
+import { routingSinkFromSpecs } from './sinks-config.ts';
+
+export interface AwsJobConfig {
+  readonly job: string;
+  readonly stream: string;
+  readonly stateTable: string;
+  readonly controlTable: string;
+  readonly bucket: string;
+  /** Sink bindings `name=destination` (see docs/operations.md); unbound sinks go to S3 `outputs/`. */
+  readonly sinks: readonly string[];
+  /** State generation. @default 0 */
+  readonly generation?: number;
+}
+
+export interface AwsClientsBundle {
+  readonly kinesis: KinesisClient;
+  readonly dynamodb: DynamoDBClient;
+  readonly s3: S3Client;
+  destroy(): void;
+}
+
+/**
+ * Clients for the configured region and endpoints. With a custom endpoint (an emulator or
+ * LocalStack, via AWS_ENDPOINT_URL[_SERVICE]) Kinesis uses HTTP/1.1 and S3 path-style URLs.
+ */
+export function awsClients(env: NodeJS.ProcessEnv = process.env): AwsClientsBundle {
+  const custom = (service: string): boolean =>
+    env.AWS_ENDPOINT_URL !== undefined || env[`AWS_ENDPOINT_URL_${service}`] !== undefined;
+  const handler = (): NodeHttpHandler =>
+    new NodeHttpHandler({ connectionTimeout: 5_000, requestTimeout: 30_000 });
+  const kinesis = new KinesisClient(custom('KINESIS') ? { requestHandler: handler() } : {});
+  const dynamodb = new DynamoDBClient({});
+  const s3 = new S3Client(custom('S3') ? { forcePathStyle: true, requestHandler: handler() } : {});
+  return {
+    kinesis,
+    dynamodb,
+    s3,
+    destroy() {
+      kinesis.destroy();
+      dynamodb.destroy();
+      s3.destroy();
+    },
+  };
+}
+
+/** Default resource names for a job (what `floe run --create-resources` creates). */
+export function defaultResourceNames(job: string): Omit<AwsJobConfig, 'job' | 'sinks'> {
+  const base = `floe-${job.toLowerCase().replace(/[^a-z0-9-]/g, '-')}`;
+  return {
+    stream: job,
+    stateTable: `${base}-state`,
+    controlTable: `${base}-control`,
+    bucket: base.slice(0, 63),
+  };
+}
+
+/** Reads the job configuration a Lambda function receives in its environment. */
+export function awsJobConfigFromEnv(env: NodeJS.ProcessEnv = process.env): AwsJobConfig {
+  const need = (name: string): string => {
+    const value = env[name];
+    if (value === undefined || value === '') {
+      throw new ConfigurationError(
+        `environment variable ${name} is not set; the StreamProcessor construct sets it`,
+      );
+    }
+    return value;
+  };
+  let sinks: string[] = [];
+  if (env.FLOE_SINKS !== undefined && env.FLOE_SINKS !== '') {
+    try {
+      sinks = JSON.parse(env.FLOE_SINKS) as string[];
+    } catch {
+      throw new ConfigurationError(
+        `FLOE_SINKS must be a JSON array of "name=destination" strings; received ${describeValue(env.FLOE_SINKS)}`,
+      );
+    }
+  }
+  return {
+    job: need('FLOE_JOB'),
+    stream: need('FLOE_STREAM'),
+    stateTable: need('FLOE_STATE_TABLE'),
+    controlTable: need('FLOE_CONTROL_TABLE'),
+    bucket: need('FLOE_BUCKET'),
+    sinks,
+    generation: env.FLOE_GENERATION === undefined ? 0 : Number(env.FLOE_GENERATION),
+  };
+}
+
+export function openAwsJob(
+  plan: PipelinePlan,
+  config: AwsJobConfig,
+  clients: AwsClientsBundle,
+): JobRuntime & {
+  readonly backend: DynamoBackend;
+} {
+  const backend = new DynamoBackend({
+    dynamodb: clients.dynamodb,
+    s3: clients.s3,
+    stateTable: config.stateTable,
+    controlTable: config.controlTable,
+    bucket: config.bucket,
+    job: config.job,
+    generation: config.generation ?? 0,
+  });
+  const fallback = new S3ObjectSink({
+    client: clients.s3,
+    bucket: config.bucket,
+    prefix: `outputs/${config.job}/`,
+  });
+  const sink = routingSinkFromSpecs(config.sinks, clients, { fallback, requiredSinks: plan.sinks });
+  return {
+    job: config.job,
+    plan,
+    source: new KinesisSource({ client: clients.kinesis, stream: config.stream }),
+    backend,
+    sink,
+  };
+}

@@ -1,0 +1,198 @@
+/** Unit tests of the AWS sinks with fake clients (the emulator tests are infra-tests/aws/sinks.test.ts). */
+import type { BatchWriteItemCommandInput, DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import type { KinesisClient, PutRecordsCommandInput } from '@aws-sdk/client-kinesis';
+import { describe, expect, it } from 'vitest';
+import { ConfigurationError, StateSerializationError, TransientBackendError } from '../core/errors.ts';
+import type { Output } from '../core/ports.ts';
+import {
+  DynamoDbUpsertSink,
+  defaultS3ObjectKey,
+  KINESIS_MAX_REQUEST_BYTES,
+  KinesisStreamSink,
+  outputRecordJson,
+  parseOutputId,
+  SinkOutputError,
+  toAttributeValue,
+} from './sinks.ts';
+
+const outputs = (n: number, value: (i: number) => unknown, sink = 'events'): Output[] =>
+  Array.from({ length: n }, (_, i) => ({ id: `job/shardId-000000000000/5/${i}`, sink, value: value(i) }));
+
+function fakeKinesis(respond?: (input: PutRecordsCommandInput, call: number) => unknown) {
+  const inputs: PutRecordsCommandInput[] = [];
+  const client = {
+    send: async (command: { input: PutRecordsCommandInput }) => {
+      inputs.push(command.input);
+      return (
+        respond?.(command.input, inputs.length - 1) ?? {
+          FailedRecordCount: 0,
+          Records: command.input.Records?.map(() => ({ SequenceNumber: '1', ShardId: 's' })),
+        }
+      );
+    },
+  } as unknown as KinesisClient;
+  return { client, inputs };
+}
+
+describe('KinesisStreamSink', () => {
+  it('splits requests at 5 MiB including partition keys, in order', async () => {
+    const { client, inputs } = fakeKinesis();
+    const sink = new KinesisStreamSink({ client, stream: 's' });
+    const big = 'x'.repeat(450_000);
+    const out = outputs(13, (i) => ({ i, big }));
+    await sink.publish(out);
+    expect(inputs.map((i) => i.Records?.length)).toEqual([11, 2]);
+    for (const input of inputs) {
+      const bytes = (input.Records ?? []).reduce(
+        (n, r) => n + (r.Data?.length ?? 0) + Buffer.byteLength(r.PartitionKey ?? ''),
+        0,
+      );
+      expect(bytes).toBeLessThanOrEqual(KINESIS_MAX_REQUEST_BYTES);
+    }
+    const ids = inputs.flatMap((i) =>
+      (i.Records ?? []).map((r) => JSON.parse(Buffer.from(r.Data!).toString()).id),
+    );
+    expect(ids).toEqual(out.map((o) => o.id));
+    expect(inputs[0]).toMatchObject({ StreamName: 's' });
+  });
+
+  it('uses the id as the default partition key (MD5 when over 256 characters), a StreamARN for ARNs', async () => {
+    const { client, inputs } = fakeKinesis();
+    const long: Output = { id: `${'j'.repeat(300)}/s/1/0`, sink: 'x', value: 1 };
+    await new KinesisStreamSink({ client, stream: 'arn:aws:kinesis:us-east-1:1:stream/s' }).publish([
+      ...outputs(1, () => 1),
+      long,
+    ]);
+    expect(inputs[0]?.StreamARN).toBe('arn:aws:kinesis:us-east-1:1:stream/s');
+    expect(inputs[0]?.Records?.[0]?.PartitionKey).toBe('job/shardId-000000000000/5/0');
+    expect(inputs[0]?.Records?.[1]?.PartitionKey).toMatch(/^[0-9a-f]{32}$/);
+  });
+
+  it('rejects bad partition keys, oversized and non-JSON values before sending', async () => {
+    const { client, inputs } = fakeKinesis();
+    const badKey = new KinesisStreamSink({ client, stream: 's', partitionKey: () => '' });
+    await expect(badKey.publish(outputs(1, () => 1))).rejects.toThrow(/1-256 characters.*returned ""/);
+    const sink = new KinesisStreamSink({ client, stream: 's' });
+    await expect(sink.publish(outputs(2, (i) => (i === 1 ? 'y'.repeat(1_048_576) : 1)))).rejects.toThrow(
+      SinkOutputError,
+    );
+    await expect(sink.publish(outputs(1, () => 10n))).rejects.toThrow(StateSerializationError);
+    expect(inputs).toHaveLength(0);
+  });
+
+  it('retries thrown transient errors, and maps a missing stream to a ConfigurationError', async () => {
+    const throttled = Object.assign(new Error('slow down'), {
+      name: 'ProvisionedThroughputExceededException',
+    });
+    const { client, inputs } = fakeKinesis((_input, call) => {
+      if (call < 2) throw throttled;
+      return undefined;
+    });
+    const sink = new KinesisStreamSink({ client, stream: 's', retry: { baseDelayMs: 1 } });
+    await sink.publish(outputs(3, (i) => i));
+    expect(inputs).toHaveLength(3);
+
+    const always = fakeKinesis(() => {
+      throw throttled;
+    });
+    await expect(
+      new KinesisStreamSink({
+        client: always.client,
+        stream: 's',
+        retry: { baseDelayMs: 1, maxAttempts: 3 },
+      }).publish(outputs(1, () => 1)),
+    ).rejects.toThrow(TransientBackendError);
+    expect(always.inputs).toHaveLength(3);
+
+    const missing = fakeKinesis(() => {
+      throw Object.assign(new Error('Stream s not found'), { name: 'ResourceNotFoundException' });
+    });
+    await expect(
+      new KinesisStreamSink({ client: missing.client, stream: 's' }).publish(outputs(1, () => 1)),
+    ).rejects.toThrow(ConfigurationError);
+  });
+});
+
+describe('DynamoDbUpsertSink', () => {
+  it('writes the last output per key, 25 per BatchWriteItem', async () => {
+    const inputs: BatchWriteItemCommandInput[] = [];
+    const client = {
+      send: async (command: { input: BatchWriteItemCommandInput }) => {
+        inputs.push(command.input);
+        return {};
+      },
+    } as unknown as DynamoDBClient;
+    const sink = new DynamoDbUpsertSink({
+      client,
+      table: 'Counts',
+      key: (v) => ({ page: (v as { page: string }).page }),
+      concurrency: 1,
+    });
+    // 60 outputs over 30 pages: each page written twice; the second write wins.
+    await sink.publish(outputs(60, (i) => ({ page: `p${i % 30}`, n: i })));
+    expect(inputs.map((i) => i.RequestItems?.Counts?.length)).toEqual([25, 5]);
+    const items = inputs.flatMap((i) => i.RequestItems?.Counts ?? []).map((r) => r.PutRequest?.Item);
+    expect(items).toHaveLength(30);
+    expect(items[0]).toEqual({
+      page: { S: 'p0' },
+      n: { N: '30' },
+      floeOutputId: { S: 'job/shardId-000000000000/5/30' },
+    });
+  });
+
+  it('rejects invalid keys', async () => {
+    const client = { send: async () => ({}) } as unknown as DynamoDBClient;
+    const sink = (key: (v: unknown) => Record<string, string | number>) =>
+      new DynamoDbUpsertSink({ client, table: 'Counts', key });
+    await expect(sink(() => ({})).publish(outputs(1, () => 1))).rejects.toThrow(/1 or 2 attributes/);
+    await expect(sink(() => ({ a: 1, b: 2, c: 3 })).publish(outputs(1, () => 1))).rejects.toThrow(
+      SinkOutputError,
+    );
+    await expect(sink(() => ({ a: Number.NaN })).publish(outputs(1, () => 1))).rejects.toThrow(
+      SinkOutputError,
+    );
+    await expect(
+      sink((v) => ({ a: (v as { x: { y: string } }).x.y })).publish(outputs(1, () => 1)),
+    ).rejects.toThrow(/key function .* threw for output job\/shardId-000000000000\/5\/0/);
+    await expect(sink(() => ({ a: 'k' })).publish(outputs(1, () => 'z'.repeat(500_000)))).rejects.toThrow(
+      /limit is 409600/,
+    );
+  });
+});
+
+describe('helpers', () => {
+  it('parses output ids from the right (jobs may contain /)', () => {
+    expect(parseOutputId('a/b/shardId-1/12/3')).toEqual({
+      job: 'a/b',
+      shard: 'shardId-1',
+      commit: 12,
+      index: 3,
+    });
+    for (const bad of ['x', 'j/s/1', 'j/s/x/1', 'j/s/1/-1', '/s/1/2']) {
+      expect(() => parseOutputId(bad)).toThrow(SinkOutputError);
+    }
+  });
+
+  it('formats records and keys', () => {
+    expect(outputRecordJson({ id: 'j/s/1/0', sink: 'x', value: { b: 1 } })).toBe(
+      '{"id":"j/s/1/0","value":{"b":1}}',
+    );
+    expect(outputRecordJson({ id: 'j/s/1/0', sink: 'x', value: undefined })).toBe('{"id":"j/s/1/0"}');
+    expect(
+      defaultS3ObjectKey({
+        prefix: 'p/',
+        sink: 'floe.dead-letter',
+        job: 'a/b',
+        shard: 's-1',
+        commit: 42,
+        index: 0,
+      }),
+    ).toBe('p/floe.dead-letter/a%2Fb/s-1/000000000042.ndjson');
+    expect(toAttributeValue({ a: [1, 'x', true, null], b: { c: 1.5 } })).toEqual({
+      M: {
+        a: { L: [{ N: '1' }, { S: 'x' }, { BOOL: true }, { NULL: true }] },
+        b: { M: { c: { N: '1.5' } } },
+      },
+    });
+  });
+});

@@ -1,0 +1,808 @@
+/**
+ * AWS sinks: publish committed outputs to Kinesis, DynamoDB and S3. Each is idempotent by
+ * output id (`job/shard/commit/index`, identical on every retry of a commit), so the worker's
+ * at-least-once publish after commit gives each output exactly one effect:
+ *
+ * - KinesisStreamSink: Kinesis cannot deduplicate, so every record is `{"id","value"}` JSON and
+ *   consumers deduplicate by `id` (a republished output arrives again with the same id).
+ * - DynamoDbUpsertSink: one item per key derived from the value; republishing overwrites the item
+ *   with the same content. Last write wins per key (outputs are published in commit order).
+ * - S3ObjectSink: one NDJSON object per (sink, job, shard, commit); a retry rewrites the same key
+ *   with the same lines (merged by id with what is already there, so nothing is lost either).
+ *   It also serves the dead-letter output (`floe.dead-letter`).
+ * - RoutingSink: sends each named sink's outputs to its own Sink.
+ *
+ * Limits (AWS): PutRecords <= 500 records and <= 5 MiB per request including partition keys,
+ * <= 1 MiB per record (data + partition key); BatchWriteItem <= 25 puts, no two for one key,
+ * items <= 400 KB. Partial failures (FailedRecordCount, UnprocessedItems) are retried with
+ * exponential backoff and full jitter; what still fails becomes a TransientBackendError.
+ */
+import { createHash } from 'node:crypto';
+import {
+  type AttributeValue,
+  BatchWriteItemCommand,
+  type DynamoDBClient,
+  type WriteRequest,
+} from '@aws-sdk/client-dynamodb';
+import {
+  type KinesisClient,
+  PutRecordsCommand,
+  type PutRecordsCommandOutput,
+  type PutRecordsRequestEntry,
+} from '@aws-sdk/client-kinesis';
+import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import {
+  ConfigurationError,
+  describeValue,
+  StateFormatError,
+  StateSerializationError,
+  TerminalError,
+  TransientBackendError,
+} from '../core/errors.ts';
+import type { Output, Sink } from '../core/ports.ts';
+
+/** An output that no retry can publish: too large, without a valid key, or with a malformed id. */
+export class SinkOutputError extends TerminalError {
+  readonly code = 'SINK_OUTPUT';
+}
+
+// ---- shared helpers ----
+
+export interface RetryOptions {
+  /** Attempts per request, the first included. @default 10 */
+  readonly maxAttempts?: number;
+  /** Backoff base: attempt n waits a random time in [0, min(max, base * 2^n)). @default 50 */
+  readonly baseDelayMs?: number;
+  /** @default 5000 */
+  readonly maxDelayMs?: number;
+}
+
+interface ResolvedRetry {
+  readonly maxAttempts: number;
+  readonly baseDelayMs: number;
+  readonly maxDelayMs: number;
+}
+
+function resolveRetry(retry: RetryOptions | undefined): ResolvedRetry {
+  const maxAttempts = Math.floor(retry?.maxAttempts ?? 10);
+  if (!(maxAttempts >= 1)) {
+    throw new ConfigurationError(`retry.maxAttempts must be >= 1; received ${describeValue(maxAttempts)}`);
+  }
+  return {
+    maxAttempts,
+    baseDelayMs: Math.max(0, retry?.baseDelayMs ?? 50),
+    maxDelayMs: Math.max(0, retry?.maxDelayMs ?? 5_000),
+  };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Full-jitter exponential backoff before retry number `attempt` (1 = first retry). */
+function backoff(retry: ResolvedRetry, attempt: number): Promise<void> {
+  const cap = Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** Math.min(attempt - 1, 30));
+  return sleep(Math.random() * cap);
+}
+
+const TRANSIENT_ERROR =
+  /Throttl|ProvisionedThroughputExceeded|RequestLimitExceeded|LimitExceeded|InternalServerError|InternalFailure|ServiceUnavailable|SlowDown|RequestTimeout|TimeoutError|ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|socket hang up/;
+
+function errorName(error: unknown): string {
+  return (error as { name?: string } | undefined)?.name ?? '';
+}
+
+function isTransient(error: unknown): boolean {
+  const status = (error as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata
+    ?.httpStatusCode;
+  if (status !== undefined && status >= 500) return true;
+  const code = (error as { code?: string } | undefined)?.code ?? '';
+  return TRANSIENT_ERROR.test(errorName(error)) || TRANSIENT_ERROR.test(code);
+}
+
+/** Maps an SDK error: transient ones to TransientBackendError, missing resources to ConfigurationError. */
+function mapError(what: string, error: unknown, missingHint: string): unknown {
+  if (error instanceof TerminalError || error instanceof TransientBackendError) return error;
+  const message = (error as Error | undefined)?.message ?? String(error);
+  const name = errorName(error);
+  if (name === 'ResourceNotFoundException' || name === 'NoSuchBucket') {
+    return new ConfigurationError(`${what} failed: ${name}: ${message}; ${missingHint}`, { cause: error });
+  }
+  if (isTransient(error)) {
+    return new TransientBackendError(`${what} failed transiently: ${name}: ${message}`, { cause: error });
+  }
+  return error;
+}
+
+/** The parts of an output id `${job}/${shard}/${commit}/${index}` (the job may contain '/'). */
+export interface OutputIdParts {
+  readonly job: string;
+  readonly shard: string;
+  readonly commit: number;
+  readonly index: number;
+}
+
+export function parseOutputId(id: string): OutputIdParts {
+  const parts = id.split('/');
+  const index = Number(parts[parts.length - 1]);
+  const commit = Number(parts[parts.length - 2]);
+  const shard = parts[parts.length - 3];
+  const job = parts.slice(0, -3).join('/');
+  if (
+    parts.length < 4 ||
+    job.length === 0 ||
+    !shard ||
+    !/^\d+$/.test(parts[parts.length - 1] ?? '') ||
+    !/^\d+$/.test(parts[parts.length - 2] ?? '') ||
+    !Number.isSafeInteger(index) ||
+    !Number.isSafeInteger(commit)
+  ) {
+    throw new SinkOutputError(
+      `output id ${describeValue(id)} is not of the form job/shard/commitNumber/index; outputs must come from a ShardTask`,
+    );
+  }
+  return { job, shard, commit, index };
+}
+
+/** The value as JSON text, or undefined for an undefined value. */
+function valueJson(output: Output): string | undefined {
+  if (output.value === undefined) return undefined;
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(output.value);
+  } catch (error) {
+    throw new StateSerializationError(
+      `output ${output.id} to sink "${output.sink}" is not JSON-serializable (${String(error)})`,
+      { cause: error },
+    );
+  }
+  if (text === undefined) {
+    throw new StateSerializationError(
+      `output ${output.id} to sink "${output.sink}" is not JSON-serializable (received ${describeValue(output.value)})`,
+    );
+  }
+  return text;
+}
+
+/** `{"id":...,"value":...}` with the keys in this order; no "value" key for an undefined value. */
+export function outputRecordJson(output: Output): string {
+  const value = valueJson(output);
+  const id = JSON.stringify(output.id);
+  return value === undefined ? `{"id":${id}}` : `{"id":${id},"value":${value}}`;
+}
+
+async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>) {
+  let next = 0;
+  let failed = false;
+  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (!failed && next < items.length) {
+      const item = items[next++]!;
+      try {
+        await fn(item);
+      } catch (error) {
+        failed = true;
+        throw error;
+      }
+    }
+  });
+  const results = await Promise.allSettled(workers);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
+
+const utf8Length = (text: string): number => Buffer.byteLength(text, 'utf8');
+
+// ---- Kinesis ----
+
+/** PutRecords limits. */
+export const KINESIS_MAX_RECORDS_PER_REQUEST = 500;
+export const KINESIS_MAX_REQUEST_BYTES = 5 * 1024 * 1024;
+export const KINESIS_MAX_RECORD_BYTES = 1024 * 1024;
+const KINESIS_MAX_PARTITION_KEY_LENGTH = 256;
+
+export interface KinesisStreamSinkOptions {
+  readonly client: KinesisClient;
+  /** Stream name, or a stream ARN (`arn:...:stream/name`, sent as StreamARN). */
+  readonly stream: string;
+  /**
+   * The record's partition key (1-256 characters). Default: the output id (spreads records
+   * evenly; hashed with MD5 when longer than 256 characters). Give one to keep a key's records
+   * on one shard, e.g. `(v) => v.page`.
+   */
+  readonly partitionKey?: (value: unknown, output: Output) => string;
+  readonly retry?: RetryOptions;
+}
+
+/**
+ * Writes each output as one Kinesis record whose data is `{"id": <output id>, "value": <value>}`
+ * (UTF-8 JSON). Kinesis keeps every put, so a republished output appears again: consumers
+ * deduplicate by `id` (ids are unique per output and identical on every retry). Records are
+ * sent in order in PutRecords requests of at most 500 records / 5 MiB; records that fail
+ * (throttling, internal failure) are resent with backoff, so under retries the order of
+ * records of one partition key is not guaranteed: order by the id's (commit, index) if needed.
+ */
+export class KinesisStreamSink implements Sink {
+  readonly stream: string;
+  private readonly client: KinesisClient;
+  private readonly target: { StreamName: string } | { StreamARN: string };
+  private readonly partitionKey: ((value: unknown, output: Output) => string) | undefined;
+  private readonly retry: ResolvedRetry;
+
+  constructor(options: KinesisStreamSinkOptions) {
+    if (typeof options.stream !== 'string' || options.stream.length === 0) {
+      throw new ConfigurationError(
+        `KinesisStreamSink needs a stream name or ARN; received ${describeValue(options.stream)}`,
+      );
+    }
+    this.client = options.client;
+    this.stream = options.stream;
+    this.target = options.stream.startsWith('arn:')
+      ? { StreamARN: options.stream }
+      : { StreamName: options.stream };
+    this.partitionKey = options.partitionKey;
+    this.retry = resolveRetry(options.retry);
+  }
+
+  async publish(outputs: readonly Output[]): Promise<void> {
+    if (outputs.length === 0) return;
+    // Build and check every record before anything is sent.
+    const entries: { entry: PutRecordsRequestEntry; bytes: number }[] = outputs.map((o) => this.entry(o));
+    let batch: PutRecordsRequestEntry[] = [];
+    let batchBytes = 0;
+    for (const { entry, bytes } of entries) {
+      if (
+        batch.length > 0 &&
+        (batch.length >= KINESIS_MAX_RECORDS_PER_REQUEST || batchBytes + bytes > KINESIS_MAX_REQUEST_BYTES)
+      ) {
+        await this.put(batch);
+        batch = [];
+        batchBytes = 0;
+      }
+      batch.push(entry);
+      batchBytes += bytes;
+    }
+    if (batch.length > 0) await this.put(batch);
+  }
+
+  private entry(output: Output): { entry: PutRecordsRequestEntry; bytes: number } {
+    const data = Buffer.from(outputRecordJson(output), 'utf8');
+    const key = this.keyOf(output);
+    const bytes = data.length + utf8Length(key);
+    if (bytes > KINESIS_MAX_RECORD_BYTES) {
+      throw new SinkOutputError(
+        `output ${output.id} to sink "${output.sink}" is ${bytes} bytes as a Kinesis record (data + partition key); ` +
+          `the limit is ${KINESIS_MAX_RECORD_BYTES} bytes: emit smaller values or use an S3 sink for large ones`,
+      );
+    }
+    return { entry: { Data: data, PartitionKey: key }, bytes };
+  }
+
+  private keyOf(output: Output): string {
+    if (this.partitionKey === undefined) {
+      return output.id.length <= KINESIS_MAX_PARTITION_KEY_LENGTH
+        ? output.id
+        : createHash('md5').update(output.id).digest('hex');
+    }
+    let key: unknown;
+    try {
+      key = this.partitionKey(output.value, output);
+    } catch (error) {
+      throw new SinkOutputError(
+        `the partitionKey function of the Kinesis sink for stream "${this.stream}" threw for output ${output.id}: ${(error as Error)?.message ?? String(error)}`,
+        { cause: error },
+      );
+    }
+    if (typeof key !== 'string' || key.length === 0 || key.length > KINESIS_MAX_PARTITION_KEY_LENGTH) {
+      throw new SinkOutputError(
+        `the partitionKey function of the Kinesis sink for stream "${this.stream}" must return a string of 1-256 characters; ` +
+          `for output ${output.id} it returned ${describeValue(key)}`,
+      );
+    }
+    return key;
+  }
+
+  /** One PutRecords request, resending failed records with backoff. */
+  private async put(records: PutRecordsRequestEntry[]): Promise<void> {
+    let pending = records;
+    let lastErrors = '';
+    for (let attempt = 1; attempt <= this.retry.maxAttempts; attempt++) {
+      if (attempt > 1) await backoff(this.retry, attempt - 1);
+      let result: PutRecordsCommandOutput;
+      try {
+        result = await this.client.send(new PutRecordsCommand({ ...this.target, Records: pending }));
+      } catch (error) {
+        const mapped = mapError(
+          `PutRecords to Kinesis stream "${this.stream}"`,
+          error,
+          'create the stream or fix the sink configuration',
+        );
+        if (mapped instanceof TransientBackendError && attempt < this.retry.maxAttempts) {
+          lastErrors = mapped.message;
+          continue;
+        }
+        throw mapped;
+      }
+      if (!result.FailedRecordCount) return;
+      const failed: PutRecordsRequestEntry[] = [];
+      const codes = new Map<string, number>();
+      const results = result.Records ?? [];
+      pending.forEach((entry, i) => {
+        const r = results[i];
+        // A missing result entry counts as failed: resending is safe (consumers deduplicate).
+        if (r === undefined || r.ErrorCode !== undefined) {
+          failed.push(entry);
+          const code = r?.ErrorCode ?? 'Missing';
+          codes.set(code, (codes.get(code) ?? 0) + 1);
+        }
+      });
+      if (failed.length === 0) return;
+      lastErrors = [...codes].map(([code, n]) => `${n} x ${code}`).join(', ');
+      pending = failed;
+    }
+    throw new TransientBackendError(
+      `PutRecords to Kinesis stream "${this.stream}": ${pending.length} record(s) still failed after ${this.retry.maxAttempts} attempts (${lastErrors}); the outputs stay unpublished and are retried by the next publish`,
+    );
+  }
+}
+
+// ---- DynamoDB ----
+
+export const DYNAMODB_MAX_BATCH_WRITE = 25;
+export const DYNAMODB_MAX_ITEM_BYTES = 400 * 1024;
+/** The attribute holding the id of the output that wrote the item. */
+export const OUTPUT_ID_ATTRIBUTE = 'floeOutputId';
+
+export type DynamoKey = Record<string, string | number>;
+
+export interface DynamoDbUpsertSinkOptions {
+  readonly client: DynamoDBClient;
+  /** Table name or ARN. */
+  readonly table: string;
+  /**
+   * The item's primary key, derived from the value: the table's partition key attribute and, for
+   * a composite key, its sort key attribute, e.g. `(v) => ({ page: v.page, windowStart: v.windowStart })`.
+   */
+  readonly key: (value: unknown, output: Output) => DynamoKey;
+  /**
+   * Store the whole value under this attribute. Default: an object value's fields become the
+   * item's attributes; any other value is stored under `value`.
+   */
+  readonly valueAttribute?: string;
+  readonly retry?: RetryOptions;
+  /** Concurrent BatchWriteItem requests. @default 4 */
+  readonly concurrency?: number;
+}
+
+/**
+ * Upserts one item per key: `{...value fields, ...key, floeOutputId}`. Republishing writes the
+ * same items again (same content), so the table ends the same. Within one publish, only the
+ * last output per key is written (an earlier one would be overwritten anyway, and
+ * BatchWriteItem rejects two writes of one key); across publishes the last write wins, which
+ * is right for re-fired windows because outputs are published in commit order.
+ * Values are stored as their JSON form (numbers as N, strings as S, objects as M, ...).
+ */
+export class DynamoDbUpsertSink implements Sink {
+  readonly table: string;
+  private readonly client: DynamoDBClient;
+  private readonly key: (value: unknown, output: Output) => DynamoKey;
+  private readonly valueAttribute: string | undefined;
+  private readonly retry: ResolvedRetry;
+  private readonly concurrency: number;
+
+  constructor(options: DynamoDbUpsertSinkOptions) {
+    if (typeof options.table !== 'string' || options.table.length === 0) {
+      throw new ConfigurationError(
+        `DynamoDbUpsertSink needs a table name or ARN; received ${describeValue(options.table)}`,
+      );
+    }
+    if (typeof options.key !== 'function') {
+      throw new ConfigurationError(
+        `DynamoDbUpsertSink for table "${options.table}" needs a key function (value) => {attribute: string | number}; received ${describeValue(options.key)}`,
+      );
+    }
+    if (options.valueAttribute !== undefined && options.valueAttribute.length === 0) {
+      throw new ConfigurationError('DynamoDbUpsertSink valueAttribute must not be empty');
+    }
+    this.client = options.client;
+    this.table = options.table;
+    this.key = options.key;
+    this.valueAttribute = options.valueAttribute;
+    this.retry = resolveRetry(options.retry);
+    this.concurrency = Math.max(1, Math.floor(options.concurrency ?? 4));
+  }
+
+  async publish(outputs: readonly Output[]): Promise<void> {
+    if (outputs.length === 0) return;
+    // Last output per key, in order of each key's last write.
+    const byKey = new Map<string, WriteRequest>();
+    for (const o of outputs) {
+      const { id, item } = this.item(o);
+      byKey.delete(id);
+      byKey.set(id, { PutRequest: { Item: item } });
+    }
+    const requests = [...byKey.values()];
+    const batches: WriteRequest[][] = [];
+    for (let i = 0; i < requests.length; i += DYNAMODB_MAX_BATCH_WRITE) {
+      batches.push(requests.slice(i, i + DYNAMODB_MAX_BATCH_WRITE));
+    }
+    await forEachLimit(batches, this.concurrency, (batch) => this.write(batch));
+  }
+
+  private item(output: Output): { id: string; item: Record<string, AttributeValue> } {
+    const json = valueJson(output);
+    const value: unknown = json === undefined ? undefined : JSON.parse(json);
+    let key: unknown;
+    try {
+      key = this.key(value, output);
+    } catch (error) {
+      throw new SinkOutputError(
+        `the key function of the DynamoDB sink for table "${this.table}" threw for output ${output.id}: ${(error as Error)?.message ?? String(error)}`,
+        { cause: error },
+      );
+    }
+    const entries = validKey(key);
+    if (entries === undefined) {
+      throw new SinkOutputError(
+        `the key function of the DynamoDB sink for table "${this.table}" must return 1 or 2 attributes with a non-empty string or finite number each; ` +
+          `for output ${output.id} it returned ${describeValue(key)} (value ${describeValue(value)})`,
+      );
+    }
+    // Null prototype: a value field named __proto__ stays an ordinary attribute.
+    const fields: Record<string, unknown> = Object.create(null);
+    if (this.valueAttribute !== undefined) {
+      if (value !== undefined) fields[this.valueAttribute] = value;
+    } else if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+      Object.assign(fields, value);
+    } else if (value !== undefined) {
+      fields.value = value;
+    }
+    for (const [name, v] of entries) fields[name] = v;
+    fields[OUTPUT_ID_ATTRIBUTE] = output.id;
+    const item: Record<string, AttributeValue> = Object.create(null);
+    for (const [name, v] of Object.entries(fields)) {
+      if (name.length === 0) continue; // DynamoDB rejects empty attribute names
+      item[name] = toAttributeValue(v);
+    }
+    const size = itemSize(item);
+    if (size > DYNAMODB_MAX_ITEM_BYTES) {
+      throw new SinkOutputError(
+        `output ${output.id} to sink "${output.sink}" makes a DynamoDB item of about ${size} bytes; the limit is ${DYNAMODB_MAX_ITEM_BYTES}: emit smaller values or use an S3 sink`,
+      );
+    }
+    const id = JSON.stringify(entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+    return { id, item };
+  }
+
+  private async write(batch: WriteRequest[]): Promise<void> {
+    let pending = batch;
+    let lastError = '';
+    for (let attempt = 1; attempt <= this.retry.maxAttempts; attempt++) {
+      if (attempt > 1) await backoff(this.retry, attempt - 1);
+      let unprocessed: WriteRequest[] | undefined;
+      try {
+        const res = await this.client.send(
+          new BatchWriteItemCommand({ RequestItems: { [this.table]: pending } }),
+        );
+        unprocessed = res.UnprocessedItems?.[this.table];
+      } catch (error) {
+        const mapped = mapError(
+          `BatchWriteItem to DynamoDB table "${this.table}"`,
+          error,
+          'create the table or fix the sink configuration',
+        );
+        if (mapped instanceof TransientBackendError && attempt < this.retry.maxAttempts) {
+          lastError = mapped.message;
+          continue;
+        }
+        if (errorName(error) === 'ValidationException') {
+          throw new ConfigurationError(
+            `DynamoDB rejected a BatchWriteItem to table "${this.table}": ${(error as Error).message}; check that the key function returns exactly the table's key attributes with their types (S or N)`,
+            { cause: error },
+          );
+        }
+        throw mapped;
+      }
+      if (unprocessed === undefined || unprocessed.length === 0) return;
+      lastError = `${unprocessed.length} unprocessed item(s)`;
+      pending = unprocessed;
+    }
+    throw new TransientBackendError(
+      `BatchWriteItem to DynamoDB table "${this.table}" did not complete after ${this.retry.maxAttempts} attempts (${lastError}); the outputs stay unpublished and are retried by the next publish`,
+    );
+  }
+}
+
+function validKey(key: unknown): [string, string | number][] | undefined {
+  if (key === null || typeof key !== 'object' || Array.isArray(key)) return undefined;
+  const entries = Object.entries(key as Record<string, unknown>);
+  if (entries.length < 1 || entries.length > 2) return undefined;
+  for (const [name, v] of entries) {
+    if (name.length === 0) return undefined;
+    if (typeof v === 'string' ? v.length === 0 : typeof v !== 'number' || !Number.isFinite(v)) {
+      return undefined;
+    }
+  }
+  return entries as [string, string | number][];
+}
+
+/** Marshals a JSON value (as JSON.parse returns it) to a DynamoDB AttributeValue. */
+export function toAttributeValue(value: unknown): AttributeValue {
+  if (value === null || value === undefined) return { NULL: true };
+  switch (typeof value) {
+    case 'string':
+      return { S: value };
+    case 'number':
+      return { N: String(value) };
+    case 'boolean':
+      return { BOOL: value };
+    case 'object': {
+      if (Array.isArray(value)) return { L: value.map(toAttributeValue) };
+      const map: Record<string, AttributeValue> = Object.create(null);
+      for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+        if (v !== undefined) map[k] = toAttributeValue(v);
+      }
+      return { M: map };
+    }
+    default:
+      throw new StateSerializationError(`cannot store ${describeValue(value)} in DynamoDB`);
+  }
+}
+
+/** Approximate stored size of an item (attribute names + values, DynamoDB's rules). */
+function itemSize(item: Record<string, AttributeValue>): number {
+  let size = 0;
+  for (const [name, v] of Object.entries(item)) size += utf8Length(name) + attributeSize(v);
+  return size;
+}
+
+function attributeSize(v: AttributeValue): number {
+  if (v.S !== undefined) return utf8Length(v.S);
+  if (v.N !== undefined) return Math.ceil(v.N.replace(/[^0-9]/g, '').length / 2) + 1;
+  if (v.BOOL !== undefined || v.NULL !== undefined) return 1;
+  if (v.L !== undefined) return 3 + v.L.reduce((n, x) => n + 1 + attributeSize(x), 0);
+  if (v.M !== undefined) {
+    return 3 + Object.entries(v.M).reduce((n, [k, x]) => n + 1 + utf8Length(k) + attributeSize(x), 0);
+  }
+  return 0;
+}
+
+// ---- S3 ----
+
+export interface S3ObjectKeyParts extends OutputIdParts {
+  readonly sink: string;
+  readonly prefix: string;
+}
+
+export interface S3ObjectSinkOptions {
+  readonly client: S3Client;
+  readonly bucket: string;
+  /** Prepended verbatim to every key: end it with '/' for a folder. @default '' */
+  readonly prefix?: string;
+  /**
+   * The object key of one (sink, job, shard, commit). Must be a function of those parts only.
+   * @default `${prefix}${sink}/${job}/${shard}/${commit padded to 12 digits}.ndjson`
+   * (each segment URI-encoded), so keys sort in commit order.
+   */
+  readonly objectKey?: (parts: S3ObjectKeyParts) => string;
+  /**
+   * Read the existing object and merge its lines by id before writing (a retry that carries only
+   * part of a commit's outputs then loses nothing). Off: one PUT per object, no GET. @default true
+   */
+  readonly merge?: boolean;
+  /** Concurrent objects. @default 8 */
+  readonly concurrency?: number;
+}
+
+const padCommit = (n: number): string => String(n).padStart(12, '0');
+
+/** The default object key (see S3ObjectSinkOptions.objectKey). */
+export function defaultS3ObjectKey(parts: S3ObjectKeyParts): string {
+  const seg = encodeURIComponent;
+  return `${parts.prefix}${seg(parts.sink)}/${seg(parts.job)}/${seg(parts.shard)}/${padCommit(parts.commit)}.ndjson`;
+}
+
+/**
+ * Writes the outputs of each (sink, job, shard, commit) as one NDJSON object, one
+ * `{"id","value"}` line per output in emission order. The key is derived from the output ids,
+ * so a retry writes the same key with the same content; with `merge` (default) lines already in
+ * the object are kept, so a partial republish loses nothing, and an unchanged object is not
+ * rewritten. Works for any sink, including the dead-letter output (`floe.dead-letter`).
+ */
+export class S3ObjectSink implements Sink {
+  readonly bucket: string;
+  readonly prefix: string;
+  private readonly client: S3Client;
+  private readonly objectKey: (parts: S3ObjectKeyParts) => string;
+  private readonly merge: boolean;
+  private readonly concurrency: number;
+
+  constructor(options: S3ObjectSinkOptions) {
+    if (typeof options.bucket !== 'string' || options.bucket.length === 0) {
+      throw new ConfigurationError(
+        `S3ObjectSink needs a bucket name; received ${describeValue(options.bucket)}`,
+      );
+    }
+    this.client = options.client;
+    this.bucket = options.bucket;
+    this.prefix = options.prefix ?? '';
+    this.objectKey = options.objectKey ?? defaultS3ObjectKey;
+    this.merge = options.merge ?? true;
+    this.concurrency = Math.max(1, Math.floor(options.concurrency ?? 8));
+  }
+
+  /** The key of the object an output goes to. */
+  keyOf(output: Output): string {
+    return this.objectKey({ ...parseOutputId(output.id), sink: output.sink, prefix: this.prefix });
+  }
+
+  async publish(outputs: readonly Output[]): Promise<void> {
+    if (outputs.length === 0) return;
+    const objects = new Map<string, Line[]>();
+    for (const o of outputs) {
+      const parts = parseOutputId(o.id);
+      const key = this.objectKey({ ...parts, sink: o.sink, prefix: this.prefix });
+      let lines = objects.get(key);
+      if (lines === undefined) {
+        lines = [];
+        objects.set(key, lines);
+      }
+      lines.push({ id: o.id, order: [parts.commit, parts.index], text: outputRecordJson(o) });
+    }
+    await forEachLimit([...objects], this.concurrency, ([key, lines]) => this.write(key, lines));
+  }
+
+  private async write(key: string, lines: Line[]): Promise<void> {
+    const existing = this.merge ? await this.read(key) : undefined;
+    const byId = new Map<string, Line>();
+    if (existing !== undefined)
+      for (const line of parseLines(existing, this.bucket, key)) byId.set(line.id, line);
+    for (const line of lines) byId.set(line.id, line);
+    const sorted = [...byId.values()].sort(compareLines);
+    const body = `${sorted.map((l) => l.text).join('\n')}\n`;
+    if (body === existing) return;
+    try {
+      await this.client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          Body: body,
+          ContentType: 'application/x-ndjson',
+        }),
+      );
+    } catch (error) {
+      throw mapError(
+        `PutObject s3://${this.bucket}/${key}`,
+        error,
+        'create the bucket or fix the sink configuration',
+      );
+    }
+  }
+
+  private async read(key: string): Promise<string | undefined> {
+    try {
+      const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+      return (await res.Body?.transformToString('utf8')) ?? '';
+    } catch (error) {
+      const name = errorName(error);
+      if (name === 'NoSuchKey' || name === 'NotFound') return undefined;
+      throw mapError(
+        `GetObject s3://${this.bucket}/${key}`,
+        error,
+        'create the bucket or fix the sink configuration',
+      );
+    }
+  }
+}
+
+interface Line {
+  readonly id: string;
+  /** (commit, index) from the id; lines are written in this order. */
+  readonly order: readonly [number, number];
+  readonly text: string;
+}
+
+function compareLines(a: Line, b: Line): number {
+  return a.order[0] - b.order[0] || a.order[1] - b.order[1] || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
+function parseLines(text: string, bucket: string, key: string): Line[] {
+  const lines: Line[] = [];
+  let n = 0;
+  for (const raw of text.split('\n')) {
+    n++;
+    if (raw.trim().length === 0) continue;
+    let id: unknown;
+    try {
+      id = (JSON.parse(raw) as { id?: unknown }).id;
+    } catch (error) {
+      throw new StateFormatError(
+        `line ${n} of s3://${bucket}/${key} is not JSON (${String(error)}); fix or delete the object so the sink can rewrite it`,
+      );
+    }
+    if (typeof id !== 'string') {
+      throw new StateFormatError(
+        `line ${n} of s3://${bucket}/${key} has no string "id"; fix or delete the object so the sink can rewrite it`,
+      );
+    }
+    let order: [number, number];
+    try {
+      const parts = parseOutputId(id);
+      order = [parts.commit, parts.index];
+    } catch {
+      order = [Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER];
+    }
+    lines.push({ id, order, text: raw });
+  }
+  return lines;
+}
+
+// ---- routing ----
+
+/**
+ * Sends each named sink's outputs (in their order) to the Sink routed for that name, or to
+ * `fallback`. An output for a sink with no route and no fallback is rejected with a
+ * ConfigurationError before anything is published. Groups go to their sinks concurrently.
+ */
+export class RoutingSink implements Sink {
+  private readonly routes: ReadonlyMap<string, Sink>;
+
+  constructor(
+    routes: Readonly<Record<string, Sink>> | ReadonlyMap<string, Sink>,
+    readonly fallback?: Sink,
+  ) {
+    this.routes = routes instanceof Map ? new Map(routes) : new Map(Object.entries(routes));
+    for (const [name, sink] of this.routes) {
+      if (sink === undefined || sink === null || typeof (sink as Sink).publish !== 'function') {
+        throw new ConfigurationError(
+          `the route for sink "${name}" is not a Sink; received ${describeValue(sink)}`,
+        );
+      }
+    }
+  }
+
+  /** The routed sink names. */
+  get sinkNames(): string[] {
+    return [...this.routes.keys()];
+  }
+
+  route(sink: string): Sink | undefined {
+    return this.routes.get(sink) ?? this.fallback;
+  }
+
+  /**
+   * Throws a ConfigurationError naming the sinks a pipeline writes (e.g. `plan.sinks`) that have
+   * no route, unless there is a fallback. Call it at start-up to fail before the first output.
+   */
+  assertRoutes(sinkNames: Iterable<string>): void {
+    if (this.fallback !== undefined) return;
+    const missing = [...sinkNames].filter((name) => !this.routes.has(name));
+    if (missing.length > 0) {
+      throw new ConfigurationError(
+        `no destination is configured for sink(s) ${missing.map((n) => `"${n}"`).join(', ')} (configured: ${this.describeRoutes()}); bind each sink the pipeline writes, or give a fallback sink`,
+      );
+    }
+  }
+
+  async publish(outputs: readonly Output[]): Promise<void> {
+    if (outputs.length === 0) return;
+    const groups = new Map<string, Output[]>();
+    for (const o of outputs) {
+      let group = groups.get(o.sink);
+      if (group === undefined) {
+        if (this.route(o.sink) === undefined) {
+          throw new ConfigurationError(
+            `no destination is configured for outputs to sink "${o.sink}" (configured: ${this.describeRoutes()}); add a route for it or a fallback sink`,
+          );
+        }
+        group = [];
+        groups.set(o.sink, group);
+      }
+      group.push(o);
+    }
+    const results = await Promise.allSettled(
+      [...groups].map(([name, group]) => (this.route(name) as Sink).publish(group)),
+    );
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  private describeRoutes(): string {
+    return [...this.routes.keys()].map((k) => `"${k}"`).join(', ') || 'none';
+  }
+}

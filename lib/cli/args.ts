@@ -1,0 +1,51 @@
+/** Shared argument helpers for the floe commands. */
+import { ConfigurationError } from '../core/index.ts';
+
+/** A bad command line: exit code 2. */
+export class UsageError extends ConfigurationError {}
+
+export function positiveInt(flag: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1)
+    throw new UsageError(`${flag} must be a whole number >= 1; received "${value}"`);
+  return n;
+}
+
+export function fraction(flag: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0 || n > 1)
+    throw new UsageError(`${flag} must be a number from 0 to 1; received "${value}"`);
+  return n;
+}
+
+export function oneOf<T extends string>(
+  flag: string,
+  value: string | undefined,
+  allowed: readonly T[],
+  fallback: T,
+): T {
+  if (value === undefined) return fallback;
+  if (!(allowed as readonly string[]).includes(value)) {
+    throw new UsageError(`${flag} must be one of ${allowed.join(', ')}; received "${value}"`);
+  }
+  return value as T;
+}
+
+export function formatTime(t: number): string {
+  if (t === Number.NEGATIVE_INFINITY) return '-inf';
+  if (t === Number.POSITIVE_INFINITY) return '+inf';
+  return new Date(t).toISOString().replace('.000Z', 'Z');
+}
+
+export function formatCount(n: number): string {
+  return n.toLocaleString('en-US');
+}
+
+/** A text progress bar of `width` cells. */
+export function bar(fraction: number, width = 30): string {
+  const f = Math.max(0, Math.min(1, fraction));
+  const full = Math.round(f * width);
+  return `[${'#'.repeat(full)}${'.'.repeat(width - full)}] ${(f * 100).toFixed(0).padStart(3)}%`;
+}

@@ -1,0 +1,220 @@
+/** `floe produce`: append events to a stream of the embedded local log. */
+import { createReadStream } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { parseArgs } from 'node:util';
+import { ConfigurationError, describeValue } from '../core/index.ts';
+import { DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
+import { type AppendRecord, LocalLog } from '../embedded/local-log.ts';
+import { clickstream } from '../runtime/clickstream.ts';
+import { bar, formatCount, fraction, oneOf, positiveInt, UsageError } from './args.ts';
+
+export const PRODUCE_HELP = `floe produce --stream <name> (--file <events.ndjson|-> | --generate clickstream) [options]
+
+Appends events to a stream of the embedded local log (created if missing).
+
+Input:
+  --file, -f <file|->     NDJSON: {"partitionKey": "...", "data": <JSON>} lines, or plain JSON
+                          events with --partition-key naming the field to partition by
+  --generate clickstream  synthetic clicks {user, page, ts}: sessions, Zipf-popular pages,
+                          out-of-order and late events; arrival times follow event time
+Options:
+  --stream, -s <name>     stream name (required)
+  --shards <N>            shards when the stream is created (default 4)
+  --partition-key <field> field of each event used as partition key (clickstream: user)
+  --events <N>            generated events (default 200000)
+  --rate <N>              generated events per second of event time (default 200)
+  --users <N>, --pages <N>  generated key counts (default 2000 users, 50 pages)
+  --out-of-order <f>      fraction of events out of order (default 0.05)
+  --late <f>              fraction of events behind the watermark (default 0.005)
+  --poison <N>            add N records that are not valid JSON (default 0)
+  --seed <N>              generator seed (default 42)
+  --data-dir <dir>        embedded data directory (default .floe)`;
+
+export interface ProduceOptions {
+  readonly dataDir: string;
+  readonly stream: string;
+  readonly shards: number;
+  readonly retentionMs?: number;
+  readonly onProgress?: (written: number, total: number | undefined) => void;
+}
+
+/** Appends records in chunks; returns the number written. */
+export async function produceRecords(
+  options: ProduceOptions,
+  records: AsyncIterable<AppendRecord> | Iterable<AppendRecord>,
+  total?: number,
+): Promise<number> {
+  const log = LocalLog.open(databasePath(options.dataDir));
+  try {
+    await log.ensureStream(options.stream, {
+      shards: options.shards,
+      ...(options.retentionMs === undefined ? {} : { retentionMs: options.retentionMs }),
+    });
+    let chunk: AppendRecord[] = [];
+    let written = 0;
+    for await (const record of records) {
+      chunk.push(record);
+      if (chunk.length >= 5000) {
+        await log.append(options.stream, chunk);
+        written += chunk.length;
+        chunk = [];
+        options.onProgress?.(written, total);
+      }
+    }
+    if (chunk.length > 0) await log.append(options.stream, chunk);
+    written += chunk.length;
+    options.onProgress?.(written, total);
+    return written;
+  } finally {
+    await log.close();
+  }
+}
+
+/** Generated clicks as log records; arrival follows event time (a replay of recent history). */
+export function* clickRecords(options: {
+  events: number;
+  rate: number;
+  users: number;
+  pages: number;
+  outOfOrder: number;
+  late: number;
+  seed: number;
+  partitionKey: 'user' | 'page';
+  poison: number;
+  start: number;
+}): Generator<AppendRecord> {
+  let arrival = options.start;
+  let n = 0;
+  const poisonEvery = options.poison > 0 ? Math.max(1, Math.floor(options.events / options.poison)) : 0;
+  for (const click of clickstream(options)) {
+    arrival = Math.max(arrival, click.ts);
+    n++;
+    yield { partitionKey: click[options.partitionKey], data: JSON.stringify(click), arrivalTime: arrival };
+    if (poisonEvery > 0 && n % poisonEvery === 0) {
+      yield {
+        partitionKey: click[options.partitionKey],
+        data: `{"user": "${click.user}", "ts": oops}`,
+        arrivalTime: arrival,
+      };
+    }
+  }
+}
+
+async function* fileRecords(path: string, partitionField: string | undefined): AsyncIterable<AppendRecord> {
+  const input = path === '-' ? process.stdin : createReadStream(path);
+  if (path !== '-') {
+    await new Promise<void>((resolve, reject) => {
+      input.once('open', () => resolve());
+      input.once('error', (error: NodeJS.ErrnoException) =>
+        reject(
+          new ConfigurationError(error.code === 'ENOENT' ? `input file not found: ${path}` : error.message),
+        ),
+      );
+    });
+  }
+  let line = 0;
+  for await (const text of createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY })) {
+    line++;
+    if (text.trim() === '') continue;
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      throw new ConfigurationError(`line ${line}: not valid JSON: ${text.slice(0, 80)}`);
+    }
+    const obj = value as Record<string, unknown>;
+    if (partitionField === undefined) {
+      if (typeof obj?.partitionKey !== 'string' || !('data' in obj)) {
+        throw new ConfigurationError(
+          `line ${line}: expected {"partitionKey": "...", "data": ...}, or pass --partition-key <field> for plain events; received ${text.slice(0, 80)}`,
+        );
+      }
+      yield {
+        partitionKey: obj.partitionKey,
+        data: JSON.stringify(obj.data),
+        ...(typeof obj.arrival === 'number' ? { arrivalTime: obj.arrival } : {}),
+      };
+    } else {
+      const key = obj?.[partitionField];
+      if (typeof key !== 'string' && typeof key !== 'number') {
+        throw new ConfigurationError(
+          `line ${line}: field "${partitionField}" must be a string or number to partition by; received ${describeValue(key)}`,
+        );
+      }
+      yield { partitionKey: String(key), data: text };
+    }
+  }
+}
+
+export async function runProduce(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      stream: { type: 'string', short: 's' },
+      shards: { type: 'string' },
+      file: { type: 'string', short: 'f' },
+      generate: { type: 'string' },
+      'partition-key': { type: 'string' },
+      events: { type: 'string' },
+      rate: { type: 'string' },
+      users: { type: 'string' },
+      pages: { type: 'string' },
+      'out-of-order': { type: 'string' },
+      late: { type: 'string' },
+      poison: { type: 'string' },
+      seed: { type: 'string' },
+      'data-dir': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    console.log(PRODUCE_HELP);
+    return 0;
+  }
+  if (positionals.length > 0)
+    throw new UsageError(`produce takes no positional arguments; received "${positionals[0]}"`);
+  if (values.stream === undefined) throw new UsageError('produce needs --stream <name>');
+  if ((values.file === undefined) === (values.generate === undefined)) {
+    throw new UsageError('produce needs exactly one of --file <events.ndjson|-> or --generate clickstream');
+  }
+  const options: ProduceOptions = {
+    dataDir: values['data-dir'] ?? DEFAULT_DATA_DIR,
+    stream: values.stream,
+    shards: positiveInt('--shards', values.shards, 4),
+    onProgress: (written, total) => {
+      if (!process.stderr.isTTY) return;
+      process.stderr.write(
+        `\r${total === undefined ? '' : `${bar(written / total)} `}${formatCount(written)} records`,
+      );
+    },
+  };
+  let written: number;
+  if (values.generate !== undefined) {
+    oneOf('--generate', values.generate, ['clickstream'], 'clickstream');
+    const events = positiveInt('--events', values.events, 200_000);
+    const rate = positiveInt('--rate', values.rate, 200);
+    written = await produceRecords(
+      options,
+      clickRecords({
+        events,
+        rate,
+        users: positiveInt('--users', values.users, 2_000),
+        pages: positiveInt('--pages', values.pages, 50),
+        outOfOrder: fraction('--out-of-order', values['out-of-order'], 0.05),
+        late: fraction('--late', values.late, 0.005),
+        seed: positiveInt('--seed', values.seed, 42),
+        partitionKey: oneOf('--partition-key', values['partition-key'], ['user', 'page'], 'user'),
+        poison: values.poison === undefined ? 0 : Number(positiveInt('--poison', values.poison, 1)),
+        // The generated history ends about now.
+        start: Date.now() - Math.ceil((events / rate) * 1000),
+      }),
+      events,
+    );
+  } else {
+    written = await produceRecords(options, fileRecords(values.file!, values['partition-key']));
+  }
+  if (process.stderr.isTTY) process.stderr.write('\n');
+  console.error(`floe produce: ${formatCount(written)} records appended to stream "${options.stream}"`);
+  return 0;
+}

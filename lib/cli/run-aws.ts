@@ -1,0 +1,100 @@
+/** `floe run --backend aws`: the local runner against the endpoints the AWS SDK is configured for. */
+
+import { type AwsJobConfig, awsClients, defaultResourceNames, openAwsJob } from '../aws/job.ts';
+import { checkResources, createBucket, createStream, createTables } from '../aws/resources.ts';
+import { ConfigurationError, type PipelinePlan } from '../core/index.ts';
+import { runJob } from '../runtime/local-runner.ts';
+import { formatCount, formatTime } from './args.ts';
+
+export interface RunAwsOptions {
+  readonly plan: PipelinePlan;
+  readonly job: string;
+  readonly stream: string | undefined;
+  readonly stateTable: string | undefined;
+  readonly controlTable: string | undefined;
+  readonly bucket: string | undefined;
+  readonly sinks: readonly string[];
+  readonly createResources: boolean;
+  readonly shards: number;
+  readonly untilIdle: boolean;
+  readonly batchSize: number;
+  readonly leaseTtlMs: number;
+  readonly quiet: boolean;
+}
+
+/** Turns the SDK's configuration failures into one clear line. */
+export function explainAwsError(error: unknown): unknown {
+  const name = (error as { name?: string })?.name ?? '';
+  const message = (error as Error)?.message ?? String(error);
+  if (name === 'CredentialsProviderError' || /Could not load credentials/.test(message)) {
+    return new ConfigurationError(
+      'no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (any values for an emulator)',
+    );
+  }
+  if (/Region is missing/i.test(message)) {
+    return new ConfigurationError('no AWS region configured: set AWS_REGION (e.g. us-east-1)');
+  }
+  if (['UnrecognizedClientException', 'InvalidSignatureException', 'InvalidClientTokenId'].includes(name)) {
+    return new ConfigurationError(
+      `AWS rejected the credentials (${name}): check AWS_PROFILE / the access keys and AWS_REGION`,
+    );
+  }
+  if (name === 'ECONNREFUSED' || /ECONNREFUSED/.test(message)) {
+    return new ConfigurationError(
+      `cannot reach the AWS endpoint (${message}); is the emulator running and AWS_ENDPOINT_URL right?`,
+    );
+  }
+  return error;
+}
+
+export async function runAws(options: RunAwsOptions): Promise<number> {
+  const defaults = defaultResourceNames(options.job);
+  const config: AwsJobConfig = {
+    job: options.job,
+    stream: options.stream ?? defaults.stream,
+    stateTable: options.stateTable ?? defaults.stateTable,
+    controlTable: options.controlTable ?? defaults.controlTable,
+    bucket: options.bucket ?? defaults.bucket,
+    sinks: options.sinks,
+  };
+  const clients = awsClients();
+  const controller = new AbortController();
+  const stop = (): void => controller.abort();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  const started = Date.now();
+  try {
+    if (options.createResources) {
+      await createStream(clients.kinesis, config.stream, options.shards);
+      await createTables(clients.dynamodb, config.stateTable, config.controlTable);
+      await createBucket(clients.s3, config.bucket);
+    }
+    await checkResources(clients, config);
+    const runtime = openAwsJob(options.plan, config, clients);
+    const summary = await runJob(runtime, {
+      untilIdle: options.untilIdle,
+      batchSize: options.batchSize,
+      leaseTtlMs: options.leaseTtlMs,
+      signal: controller.signal,
+      onCommit: (p) => {
+        if (!options.quiet && process.stderr.isTTY) {
+          process.stderr.write(
+            `\r\x1b[2K${p.shardId} commit ${p.commitNumber} watermark ${formatTime(p.watermark)} behind ${p.millisBehindLatest} ms`,
+          );
+        }
+      },
+    });
+    if (!options.quiet && process.stderr.isTTY) process.stderr.write('\n');
+    const seconds = (Date.now() - started) / 1000;
+    console.error(
+      `floe run: job "${config.job}" processed ${formatCount(summary.records)} records from ${config.stream} in ${seconds.toFixed(1)} s, ${summary.commits} commits`,
+    );
+    return 0;
+  } catch (error) {
+    throw explainAwsError(error);
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    clients.destroy();
+  }
+}

@@ -1,0 +1,158 @@
+/** `floe run`: runs a pipeline with the local runner (embedded backend by default). */
+import { parseArgs } from 'node:util';
+import { compile } from '../core/index.ts';
+import { DEFAULT_DATA_DIR, openEmbeddedJob } from '../embedded/job.ts';
+import { jobStatus } from '../embedded/status.ts';
+import { runJob } from '../runtime/local-runner.ts';
+import { bar, formatCount, formatTime, oneOf, positiveInt, UsageError } from './args.ts';
+import { loadPipeline } from './load-pipeline.ts';
+
+export const RUN_HELP = `floe run <pipeline.ts> [options]
+
+Runs the pipeline (the module's default export) with the local runner: the coordinator and one
+worker per shard in this process, committing state, outputs and checkpoints exactly once.
+
+Options:
+  --backend <embedded|aws>  embedded: SQLite + local log in --data-dir (default);
+                            aws: the endpoints the AWS SDK is configured for
+  --stream, -s <name>       input stream (default: the pipeline name)
+  --job <id>                job id: scopes state, checkpoints and outputs (default: the pipeline name)
+  --until-idle              stop once every shard is caught up (default: run until Ctrl-C)
+  --batch-size <N>          records per read and commit (default 1000)
+  --lease-ttl <ms>          shard lease time to live; a crashed worker's shards are taken over
+                            after it (default 10000)
+  --data-dir <dir>          embedded data directory (default .floe)
+AWS backend (endpoints from AWS_ENDPOINT_URL[_SERVICE], region and credentials as the SDK finds them):
+  --stream <name>           Kinesis stream (default: the pipeline name)
+  --state-table, --control-table <name>  DynamoDB tables (default floe-<job>-state / -control)
+  --bucket <name>           S3 bucket for deltas, large checkpoints and default outputs (default floe-<job>)
+  --sink <name=destination> bind a sink, repeatable: name=dynamodb:Table?key=a,b | kinesis:Stream |
+                            s3:bucket/prefix/ (unbound sinks go to s3://<bucket>/outputs/<job>/)
+  --create-resources        create the stream, tables and bucket if missing (for emulators)
+  --shards <N>              shards of a created stream (default 4)
+  --progress <auto|lines|none>  live progress on a terminal, periodic lines otherwise (default auto)`;
+
+export async function runRun(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      backend: { type: 'string' },
+      stream: { type: 'string', short: 's' },
+      job: { type: 'string' },
+      'until-idle': { type: 'boolean', default: false },
+      'batch-size': { type: 'string' },
+      'lease-ttl': { type: 'string' },
+      'state-table': { type: 'string' },
+      'control-table': { type: 'string' },
+      bucket: { type: 'string' },
+      sink: { type: 'string', multiple: true },
+      'create-resources': { type: 'boolean', default: false },
+      shards: { type: 'string' },
+      'data-dir': { type: 'string' },
+      progress: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    console.log(RUN_HELP);
+    return 0;
+  }
+  if (positionals.length !== 1) {
+    throw new UsageError(
+      `run takes exactly one pipeline module; received ${positionals.length}. See 'floe run --help'.`,
+    );
+  }
+  const backend = oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
+  const batchSize = positiveInt('--batch-size', values['batch-size'], 1000);
+  const progressMode = oneOf('--progress', values.progress, ['auto', 'lines', 'none'], 'auto');
+  const pipeline = await loadPipeline(positionals[0]);
+  const plan = compile(pipeline);
+  const stream = values.stream ?? pipeline.name;
+  const jobId = values.job ?? pipeline.name;
+  const leaseTtlMs = positiveInt('--lease-ttl', values['lease-ttl'], 10_000);
+  if (backend === 'aws') {
+    const { runAws } = await import('./run-aws.ts');
+    return runAws({
+      plan,
+      job: jobId,
+      stream: values.stream,
+      stateTable: values['state-table'],
+      controlTable: values['control-table'],
+      bucket: values.bucket,
+      sinks: values.sink ?? [],
+      createResources: values['create-resources'],
+      shards: positiveInt('--shards', values.shards, 4),
+      untilIdle: values['until-idle'],
+      batchSize,
+      leaseTtlMs,
+      quiet: progressMode === 'none',
+    });
+  }
+  const dataDir = values['data-dir'] ?? DEFAULT_DATA_DIR;
+  const job = await openEmbeddedJob({ dataDir, stream, job: jobId, plan });
+  const controller = new AbortController();
+  const stop = (): void => controller.abort();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  const started = Date.now();
+  let records = 0;
+  const live = progressMode === 'auto' ? Boolean(process.stderr.isTTY) : false;
+  let lastLines = 0;
+  const render = (final = false): void => {
+    if (progressMode === 'none') return;
+    const status = jobStatus(job.db, jobId, stream);
+    const total = status.shards.reduce((n, s) => n + s.records, 0);
+    const lag = status.shards.reduce((n, s) => n + s.lag, 0);
+    const seconds = (Date.now() - started) / 1000;
+    const lines = [
+      `${bar(total === 0 ? 1 : (total - lag) / total)} ${formatCount(total - lag)}/${formatCount(total)} records, ${formatCount(Math.round(records / Math.max(seconds, 0.001)))} records/s`,
+      ...status.shards.map(
+        (s) =>
+          `  ${s.shardId}${s.closed ? ' (closed)' : ''}  lag ${formatCount(s.lag).padStart(8)}  watermark ${formatTime(s.checkpoint?.watermark ?? Number.NEGATIVE_INFINITY)}  commits ${s.checkpoint?.commitNumber ?? 0}`,
+      ),
+    ];
+    if (live && !final) {
+      if (lastLines > 0) process.stderr.write(`\x1b[${lastLines}A`);
+      process.stderr.write(lines.map((l) => `\x1b[2K${l}\n`).join(''));
+      lastLines = lines.length;
+    } else {
+      if (live && lastLines > 0) process.stderr.write(`\x1b[${lastLines}A\x1b[J`);
+      process.stderr.write(`${lines.join('\n')}\n`);
+      lastLines = 0;
+    }
+  };
+  const timer = setInterval(() => render(), live ? 250 : 5000);
+  try {
+    const summary = await runJob(job.runtime, {
+      untilIdle: values['until-idle'],
+      batchSize,
+      signal: controller.signal,
+      idlePollMs: 200,
+      leaseTtlMs,
+      onLeaseBusy: (shardId) => {
+        if (progressMode !== 'none' && !live)
+          console.error(`  ${shardId}: lease held by another worker; waiting`);
+      },
+      onCommit: (p) => {
+        records += p.records;
+      },
+    });
+    clearInterval(timer);
+    render(true);
+    const status = jobStatus(job.db, jobId, stream);
+    const seconds = (Date.now() - started) / 1000;
+    console.error(
+      `floe run: job "${jobId}" processed ${formatCount(summary.records)} records in ${seconds.toFixed(1)} s (${formatCount(Math.round(summary.records / Math.max(seconds, 0.001)))} records/s), ${summary.commits} commits`,
+    );
+    for (const [sink, n] of Object.entries(status.outputs))
+      console.error(`  ${sink}: ${formatCount(n)} outputs`);
+    console.error(`  results: table ${job.sink.table} in ${dataDir}/floe.db`);
+    return 0;
+  } finally {
+    clearInterval(timer);
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    await job.close();
+  }
+}

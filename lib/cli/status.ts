@@ -1,0 +1,78 @@
+/** `floe status`: per shard position, lag, watermark and last commit of a job. */
+import { existsSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { ConfigurationError } from '../core/index.ts';
+import { checkJobId, DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
+import { openSqlite } from '../embedded/sqlite.ts';
+import { jobStatus } from '../embedded/status.ts';
+import { formatCount, formatTime, UsageError } from './args.ts';
+
+export const STATUS_HELP = `floe status --job <id> [--stream <name>] [--data-dir <dir>] [--json]
+
+Shows, per shard of the job's stream: position, lag (records not yet processed), watermark
+and last commit; and the job's published outputs per sink, including dead letters.
+
+Options:
+  --job <id>          the job (required)
+  --stream <name>     its input stream (default: the job id)
+  --data-dir <dir>    embedded data directory (default .floe)
+  --json              print JSON`;
+
+export async function runStatus(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      job: { type: 'string' },
+      stream: { type: 'string', short: 's' },
+      'data-dir': { type: 'string' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    console.log(STATUS_HELP);
+    return 0;
+  }
+  if (positionals.length > 0)
+    throw new UsageError(`status takes no positional arguments; received "${positionals[0]}"`);
+  if (values.job === undefined) throw new UsageError('status needs --job <id>');
+  const job = checkJobId(values.job);
+  const stream = values.stream ?? job;
+  const path = databasePath(values['data-dir'] ?? DEFAULT_DATA_DIR);
+  if (!existsSync(path))
+    throw new ConfigurationError(`no embedded data at ${path}; run 'floe produce' and 'floe run' first`);
+  const db = openSqlite(path);
+  try {
+    const known =
+      db.prepare('SELECT 1 FROM sqlite_master WHERE name = ?').get('floe_log_stream') !== undefined;
+    if (!known || db.prepare('SELECT 1 FROM floe_log_stream WHERE name = ?').get(stream) === undefined) {
+      throw new ConfigurationError(`unknown stream "${stream}" in ${path}; pass --stream <name>`);
+    }
+    const status = jobStatus(db, job, stream);
+    if (values.json) {
+      console.log(
+        JSON.stringify(status, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v), 2),
+      );
+      return 0;
+    }
+    console.log(`job ${job} on stream ${stream}`);
+    console.log(
+      'shard                 state   position              lag        watermark             commits',
+    );
+    for (const s of status.shards) {
+      const cp = s.checkpoint;
+      const state = cp?.finished ? 'done' : s.closed ? 'closed' : 'open';
+      console.log(
+        `${s.shardId}  ${state.padEnd(6)}  ${(cp?.position ?? '-').padEnd(20)}  ${formatCount(s.lag).padStart(9)}  ${formatTime(cp?.watermark ?? Number.NEGATIVE_INFINITY).padEnd(20)}  ${cp?.commitNumber ?? 0}`,
+      );
+    }
+    console.log('outputs:');
+    for (const [sink, n] of Object.entries(status.outputs))
+      console.log(`  ${sink.padEnd(24)} ${formatCount(n)}`);
+    console.log(`dead letters: ${formatCount(status.deadLetters)}`);
+    return 0;
+  } finally {
+    db.close();
+  }
+}

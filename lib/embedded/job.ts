@@ -1,0 +1,79 @@
+/**
+ * The embedded backend for one job: one SQLite file (`<dataDir>/floe.db`) holds the local log,
+ * the job's state, checkpoints and outbox, and a table per job with its published outputs.
+ */
+import { join } from 'node:path';
+import { ConfigurationError, describeValue, type PipelinePlan } from '../core/index.ts';
+import type { JobRuntime } from '../runtime/job.ts';
+import { LocalLog } from './local-log.ts';
+import { SqliteTableSink } from './sinks.ts';
+import { openSqlite, type SqliteDatabase } from './sqlite.ts';
+import { SqliteBackend } from './sqlite-backend.ts';
+
+/** Default data directory of the embedded backend (relative to the working directory). */
+export const DEFAULT_DATA_DIR = '.floe';
+
+export function databasePath(dataDir: string): string {
+  return join(dataDir, 'floe.db');
+}
+
+/** The table holding a job's published outputs. */
+export function outputTable(job: string): string {
+  return `floe_out_${job.replace(/[^A-Za-z0-9_]/g, '_')}`;
+}
+
+export function checkJobId(job: unknown): string {
+  if (typeof job !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/.test(job)) {
+    throw new ConfigurationError(
+      `a job id is 1-100 letters, digits, '.', '_' or '-' starting with a letter or digit; received ${describeValue(job)}`,
+    );
+  }
+  return job;
+}
+
+export interface EmbeddedJob {
+  readonly runtime: JobRuntime;
+  readonly log: LocalLog;
+  readonly backend: SqliteBackend;
+  readonly sink: SqliteTableSink;
+  readonly db: SqliteDatabase;
+  close(): Promise<void>;
+}
+
+export async function openEmbeddedJob(options: {
+  readonly dataDir: string;
+  readonly stream: string;
+  readonly job: string;
+  readonly plan: PipelinePlan;
+  readonly clock?: () => number;
+}): Promise<EmbeddedJob> {
+  const job = checkJobId(options.job);
+  const db = openSqlite(databasePath(options.dataDir));
+  const log = new LocalLog(db, options.clock === undefined ? {} : { clock: options.clock });
+  const streams = await log.listStreams();
+  if (!streams.includes(options.stream)) {
+    db.close();
+    throw new ConfigurationError(
+      `unknown stream "${options.stream}" in ${databasePath(options.dataDir)}; streams: ${streams.join(', ') || 'none'}. Create it with 'floe produce --stream ${options.stream} ...'`,
+    );
+  }
+  const backend = new SqliteBackend(db, { job });
+  const sink = new SqliteTableSink(db, { table: outputTable(job) });
+  return {
+    runtime: {
+      job,
+      plan: options.plan,
+      source: log.source(options.stream),
+      backend,
+      sink,
+      ...(options.clock === undefined ? {} : { clock: options.clock }),
+    },
+    log,
+    backend,
+    sink,
+    db,
+    async close() {
+      db.close();
+    },
+  };
+}

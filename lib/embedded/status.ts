@@ -1,0 +1,76 @@
+/** Job status on the embedded backend: per shard position, lag, watermark and last commit. */
+import { DEAD_LETTER_SINK, deserializeCheckpoint, type ShardCheckpoint } from '../core/index.ts';
+import { outputTable } from './job.ts';
+import type { SqliteDatabase } from './sqlite.ts';
+
+export interface ShardStatus {
+  readonly shardId: string;
+  readonly closed: boolean;
+  /** Records stored in the shard (not trimmed). */
+  readonly records: number;
+  /** Records after the job's checkpoint position. */
+  readonly lag: number;
+  readonly checkpoint: ShardCheckpoint | undefined;
+}
+
+export interface JobStatus {
+  readonly job: string;
+  readonly stream: string;
+  readonly shards: readonly ShardStatus[];
+  /** Published outputs per sink. */
+  readonly outputs: Readonly<Record<string, number>>;
+  readonly deadLetters: number;
+}
+
+function tableExists(db: SqliteDatabase, name: string): boolean {
+  return (
+    db.prepare('SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?').get('table', name) !== undefined
+  );
+}
+
+export function jobStatus(db: SqliteDatabase, job: string, stream: string, generation = 0): JobStatus {
+  const shards = db
+    .prepare<[string], { shard_id: string; closed_at: number | null }>(
+      'SELECT shard_id, closed_at FROM floe_log_shard WHERE stream = ? AND deleted = 0 ORDER BY idx',
+    )
+    .all(stream);
+  const countAfter = db.prepare<[string, string, number], { n: number }>(
+    'SELECT count(*) AS n FROM floe_log_record WHERE stream = ? AND shard_id = ? AND seq > ?',
+  );
+  const checkpoints = new Map<string, ShardCheckpoint>();
+  if (tableExists(db, 'floe_checkpoint')) {
+    for (const row of db
+      .prepare<[string, number], { shard_id: string; body: string }>(
+        'SELECT shard_id, body FROM floe_checkpoint WHERE job = ? AND generation = ?',
+      )
+      .all(job, generation)) {
+      checkpoints.set(row.shard_id, deserializeCheckpoint(row.body));
+    }
+  }
+  const outputs: Record<string, number> = {};
+  const table = outputTable(job);
+  if (tableExists(db, table)) {
+    for (const row of db
+      .prepare<[], { sink: string; n: number }>(`SELECT sink, count(*) AS n FROM "${table}" GROUP BY sink`)
+      .all()) {
+      outputs[row.sink] = row.n;
+    }
+  }
+  return {
+    job,
+    stream,
+    shards: shards.map((s) => {
+      const checkpoint = checkpoints.get(s.shard_id);
+      const position = checkpoint?.position === undefined ? 0 : Number(checkpoint.position);
+      return {
+        shardId: s.shard_id,
+        closed: s.closed_at !== null,
+        records: countAfter.get(stream, s.shard_id, 0)!.n,
+        lag: countAfter.get(stream, s.shard_id, position)!.n,
+        checkpoint,
+      };
+    }),
+    outputs,
+    deadLetters: outputs[DEAD_LETTER_SINK] ?? 0,
+  };
+}
