@@ -262,6 +262,13 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     }
   }
 
+  /** The current lease of a shard, if any (for the coordinator: is a worker running?). */
+  async leaseInfo(shardId: string): Promise<{ owner: string; expiresAt: number; fence: number } | undefined> {
+    const item = await this.readLeaseItem(shardId);
+    if (item?.owner === undefined) return undefined;
+    return { owner: item.owner, expiresAt: item.leaseExpiresAt ?? 0, fence: item.fence ?? 0 };
+  }
+
   // ---- Checkpoints ----
 
   async readCheckpoint(shardId: string): Promise<ShardCheckpoint | undefined> {

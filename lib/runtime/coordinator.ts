@@ -81,3 +81,46 @@ export function childCheckpoint(
     timers: parents.flatMap((p) => p.timers).filter(owns),
   };
 }
+
+export interface CoordinatorDeps {
+  /** True while some worker holds a live lease on the shard. */
+  readonly isLeaseLive: (shardId: string) => Promise<boolean>;
+  /** Starts a worker for the shard (e.g. an asynchronous Lambda invocation). */
+  readonly startWorker: (shardId: string, initial: ShardCheckpoint | undefined) => Promise<void>;
+}
+
+/**
+ * One coordinator round: publish what finished shards left in their outbox, then start a
+ * worker for every runnable shard (parents before children) that no worker holds.
+ */
+export async function coordinateRound(
+  job: Pick<import('./job.ts').JobRuntime, 'source' | 'backend' | 'sink'>,
+  deps: CoordinatorDeps,
+): Promise<{ started: string[]; running: string[]; finished: string[] }> {
+  const shards = await job.source.listShards();
+  const checkpoints = new Map((await job.backend.listCheckpoints()).map((c) => [c.shardId, c]));
+  const finished: string[] = [];
+  for (const c of checkpoints.values()) {
+    if (!c.finished) continue;
+    finished.push(c.shardId);
+    const pending = await job.backend.unpublishedOutputs(c.shardId);
+    if (pending.length > 0) {
+      await job.sink.publish(pending);
+      await job.backend.markPublished(
+        c.shardId,
+        pending.map((o) => o.id),
+      );
+    }
+  }
+  const started: string[] = [];
+  const running: string[] = [];
+  for (const plan of runnableShards(shards, checkpoints)) {
+    if (await deps.isLeaseLive(plan.shard.shardId)) {
+      running.push(plan.shard.shardId);
+      continue;
+    }
+    await deps.startWorker(plan.shard.shardId, plan.initial);
+    started.push(plan.shard.shardId);
+  }
+  return { started, running, finished };
+}

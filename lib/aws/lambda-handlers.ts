@@ -1,0 +1,140 @@
+/**
+ * Lambda handlers over lib/runtime: a worker per shard, a scheduled coordinator that starts
+ * workers, both with structured logs (Powertools Logger). functions/*.ts are thin entry points.
+ */
+
+import { Logger } from '@aws-lambda-powertools/logger';
+import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
+import type { Context } from 'aws-lambda';
+import {
+  ConfigurationError,
+  compile,
+  deserializeCheckpoint,
+  type Pipeline,
+  type ShardCheckpoint,
+  serializeCheckpoint,
+} from '../core/index.ts';
+import { coordinateRound } from '../runtime/coordinator.ts';
+import { runShardWorker, type WorkerResult } from '../runtime/worker.ts';
+import {
+  type AwsClientsBundle,
+  type AwsJobConfig,
+  awsClients,
+  awsJobConfigFromEnv,
+  openAwsJob,
+} from './job.ts';
+
+export interface WorkerEvent {
+  readonly shardId: string;
+  /** A child shard's first checkpoint, inherited from its parents (serialized). */
+  readonly initialCheckpoint?: string;
+}
+
+export interface HandlerDeps {
+  readonly loadPipeline: () => Promise<Pipeline>;
+  readonly config?: () => AwsJobConfig;
+  readonly clients?: () => AwsClientsBundle;
+  readonly logger?: Logger;
+}
+
+/** Time kept back from the Lambda timeout to commit the last batch and release the lease. */
+export const SAFETY_MARGIN_MS = 10_000;
+
+export function createWorkerHandler(deps: HandlerDeps) {
+  const logger = deps.logger ?? new Logger({ serviceName: 'floe-worker' });
+  return async (
+    event: WorkerEvent,
+    context: Pick<Context, 'awsRequestId' | 'getRemainingTimeInMillis'>,
+  ): Promise<WorkerResult> => {
+    if (typeof event?.shardId !== 'string') {
+      throw new ConfigurationError(
+        `the worker expects {"shardId": "..."}; received ${JSON.stringify(event)}`,
+      );
+    }
+    const config = (deps.config ?? awsJobConfigFromEnv)();
+    const plan = compile(await deps.loadPipeline());
+    const clients = (deps.clients ?? awsClients)();
+    logger.appendKeys({ job: config.job, shardId: event.shardId });
+    try {
+      const job = openAwsJob(plan, config, clients);
+      const initial =
+        event.initialCheckpoint === undefined ? undefined : deserializeCheckpoint(event.initialCheckpoint);
+      const result = await runShardWorker(
+        job,
+        event.shardId,
+        {
+          owner: context.awsRequestId,
+          timeBudgetMs: Math.max(1_000, context.getRemainingTimeInMillis() - SAFETY_MARGIN_MS),
+          onCommit: (p) =>
+            logger.debug('commit', {
+              commitNumber: p.commitNumber,
+              records: p.records,
+              outputs: p.outputs,
+              deadLetters: p.deadLetters,
+              watermark: Number.isFinite(p.watermark) ? p.watermark : String(p.watermark),
+              millisBehindLatest: p.millisBehindLatest,
+            }),
+        },
+        initial,
+      );
+      logger.info('worker finished', { ...result });
+      return result;
+    } catch (error) {
+      logger.error('worker failed', error as Error);
+      throw error;
+    } finally {
+      clients.destroy();
+    }
+  };
+}
+
+export interface CoordinatorDepsAws extends HandlerDeps {
+  /** Starts a worker; default: asynchronous invocation of FLOE_WORKER_FUNCTION. */
+  readonly startWorker?: (event: WorkerEvent) => Promise<void>;
+}
+
+export function createCoordinatorHandler(deps: CoordinatorDepsAws) {
+  const logger = deps.logger ?? new Logger({ serviceName: 'floe-coordinator' });
+  return async (): Promise<{ started: string[]; running: string[]; finished: string[] }> => {
+    const config = (deps.config ?? awsJobConfigFromEnv)();
+    const plan = compile(await deps.loadPipeline());
+    const clients = (deps.clients ?? awsClients)();
+    logger.appendKeys({ job: config.job });
+    const lambda = deps.startWorker === undefined ? new LambdaClient({}) : undefined;
+    const startWorker =
+      deps.startWorker ??
+      (async (event: WorkerEvent): Promise<void> => {
+        const fn = process.env.FLOE_WORKER_FUNCTION;
+        if (fn === undefined) throw new ConfigurationError('FLOE_WORKER_FUNCTION is not set');
+        await lambda!.send(
+          new InvokeCommand({ FunctionName: fn, InvocationType: 'Event', Payload: JSON.stringify(event) }),
+        );
+      });
+    try {
+      const job = openAwsJob(plan, config, clients);
+      const now = Date.now();
+      const result = await coordinateRound(job, {
+        isLeaseLive: async (shardId) => ((await job.backend.leaseInfo(shardId))?.expiresAt ?? 0) > now,
+        startWorker: (shardId, initial: ShardCheckpoint | undefined) =>
+          startWorker({
+            shardId,
+            ...(initial === undefined ? {} : { initialCheckpoint: serializeCheckpoint(initial) }),
+          }),
+      });
+      logger.info('coordinator round', result);
+      return result;
+    } finally {
+      clients.destroy();
+      lambda?.destroy();
+    }
+  };
+}
+
+/** Loads the pipeline module named by FLOE_PIPELINE_MODULE (a path or a bundled module id). */
+export async function pipelineFromEnv(): Promise<Pipeline> {
+  const module = process.env.FLOE_PIPELINE_MODULE;
+  if (module === undefined) throw new ConfigurationError('FLOE_PIPELINE_MODULE is not set');
+  const loaded = (await import(module)) as { default?: Pipeline };
+  if (loaded.default === undefined) throw new ConfigurationError(`${module} has no default export`);
+  return loaded.default;
+}
