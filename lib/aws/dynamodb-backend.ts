@@ -49,6 +49,7 @@ import {
   serializeCheckpoint,
   TransientBackendError,
 } from '../core/index.ts';
+import { type BackoffOptions, isTransientAwsError, withBackoff } from './retry.ts';
 
 export interface DynamoBackendOptions {
   readonly dynamodb: DynamoDBClient;
@@ -63,6 +64,8 @@ export interface DynamoBackendOptions {
   readonly generation?: number;
   /** Tombstones of deleted state expire after this long (DynamoDB TTL attribute `ttl`). @default 7 days */
   readonly tombstoneTtlSeconds?: number;
+  /** Backoff of throttled and failed calls. */
+  readonly retry?: BackoffOptions;
   /** Called at named protocol steps; fault-injection tests throw from it. */
   readonly onStep?: (step: DynamoCommitStep) => void | Promise<void>;
 }
@@ -127,9 +130,7 @@ function isTransient(error: unknown): boolean {
       ['TransactionConflict', 'ThrottlingError', 'ProvisionedThroughputExceeded'].includes(r.Code ?? ''),
     );
   }
-  return /Throttl|ProvisionedThroughputExceeded|RequestLimitExceeded|InternalServerError|ServiceUnavailable|TransactionInProgress|TimeoutError|ECONNRESET/.test(
-    name,
-  );
+  return isTransientAwsError(error) || /TransactionInProgress/.test(name);
 }
 
 function transient(what: string, error: unknown): TransientBackendError {
@@ -152,10 +153,11 @@ export class DynamoBackend implements StateStore, CheckpointStore {
   readonly metrics = { writeRequests: 0, itemsWritten: 0, readRequests: 0, transactions: 0, deltaCommits: 0 };
 
   constructor(private readonly options: DynamoBackendOptions) {
-    this.ddb = DynamoDBDocumentClient.from(options.dynamodb, {
-      marshallOptions: { removeUndefinedValues: true },
-    });
-    this.s3 = options.s3;
+    this.ddb = retrying(
+      DynamoDBDocumentClient.from(options.dynamodb, { marshallOptions: { removeUndefinedValues: true } }),
+      options.retry,
+    );
+    this.s3 = retrying(options.s3, options.retry);
     this.scope = `${options.job}#${options.generation ?? 0}`;
     this.prefix = `${options.bucketPrefix ?? ''}${options.job}/${options.generation ?? 0}/`;
   }
@@ -667,6 +669,22 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       );
     }
   }
+}
+
+/**
+ * A view of a client whose send() retries throttling, 5xx and network errors with backoff
+ * (condition failures and other errors pass through). Retried writes are safe: every write of
+ * the protocol is conditional or idempotent, and ambiguous commits are resolved by re-reading.
+ */
+function retrying<C extends { send: (...args: never[]) => Promise<unknown> }>(
+  client: C,
+  retry?: BackoffOptions,
+): C {
+  const view = Object.create(client) as C;
+  const send = client.send.bind(client) as (...args: unknown[]) => Promise<unknown>;
+  (view as { send: unknown }).send = (...args: unknown[]) =>
+    withBackoff((args[0] as object).constructor.name, () => send(...args), retry);
+  return view;
 }
 
 /** Runs fn over items with at most `limit` in flight; preserves nothing but completion. */

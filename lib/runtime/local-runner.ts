@@ -3,7 +3,7 @@
  * backend (embedded SQLite, emulators or AWS). It is what `floe run` and the integration
  * tests drive.
  */
-import { LeaseUnavailableError, type ShardCheckpoint } from '../core/index.ts';
+import { FencedError, FloeError, type ShardCheckpoint } from '../core/index.ts';
 import { runnableShards } from './coordinator.ts';
 import type { JobRuntime, WorkerOptions } from './job.ts';
 import { publishPending, runShardWorker, type WorkerResult } from './worker.ts';
@@ -15,8 +15,8 @@ export interface RunOptions extends Omit<WorkerOptions, 'owner' | 'untilIdle'> {
   readonly untilIdle?: boolean;
   /** Pause between coordinator rounds when nothing is runnable or a lease is busy. @default 500 */
   readonly roundPauseMs?: number;
-  /** Called when a shard's lease is held by another owner (it is retried next round). */
-  readonly onLeaseBusy?: (shardId: string, error: LeaseUnavailableError) => void;
+  /** Called when a shard's worker stopped on a retryable error or a lost lease (it is retried next round). */
+  readonly onLeaseBusy?: (shardId: string, error: FloeError) => void;
 }
 
 export interface RunSummary {
@@ -67,10 +67,13 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
           );
         } catch (error) {
           // Another owner (or a crashed predecessor whose lease has not expired) holds the
-          // shard: try again next round.
-          if (!(error instanceof LeaseUnavailableError)) throw error;
+          // shard, our lease was taken over, or the backend failed transiently after its own
+          // retries: this invocation's work is abandoned and the shard resumes from its last
+          // commit next round.
+          const retry = error instanceof FloeError && (error.retryable || error instanceof FencedError);
+          if (!retry) throw error;
           leaseBusy = true;
-          options.onLeaseBusy?.(plan.shard.shardId, error);
+          options.onLeaseBusy?.(plan.shard.shardId, error as FloeError);
           return {
             shardId: plan.shard.shardId,
             records: 0,
