@@ -153,7 +153,7 @@ export async function runDemo(args: string[]): Promise<number> {
         killed = true;
         job.child.kill('SIGKILL');
         lines.push(
-          `  ** killed the ${job.job} worker (SIGKILL) at ${formatCount(done)} records; resuming **`,
+          `  ** killed the ${job.job} worker (SIGKILL) at ${formatCount(done)} records; a new worker takes over once its 2 s leases expire **`,
         );
         const exited = job.exit!;
         job.exit = exited.then(() => {
