@@ -109,8 +109,9 @@ export async function checkResources(
     else throw error;
   }
   if (missing.length > 0) {
+    const region = await clients.kinesis.config.region();
     throw new ConfigurationError(
-      `missing ${missing.join(', ')}; deploy the stack (cdk deploy) or, for an emulator, pass --create-resources`,
+      `missing ${missing.join(', ')} in region ${region}; check AWS_REGION, deploy the stack (cdk deploy), or for an emulator pass --create-resources`,
     );
   }
 }

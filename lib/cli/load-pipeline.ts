@@ -18,13 +18,22 @@ export async function loadPipeline(modulePath: string | undefined): Promise<Pipe
   try {
     module = (await import(pathToFileURL(absolute).href)) as { default?: unknown };
   } catch (error) {
-    const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
+    const lines = (error instanceof Error ? error.message : String(error))
+      .split('\n')
+      .map((line) => line.trim())
+      .filter((line) => line !== '');
+    // esbuild's "Transform failed with 1 error:" is followed by the location and the reason.
+    const message = /^Transform failed/.test(lines[0] ?? '') && lines[1] !== undefined ? lines[1] : lines[0];
     throw new ConfigurationError(`could not load pipeline module ${modulePath}: ${message}`);
   }
-  if (!isPipeline(module.default)) {
+  // A CommonJS module (outside an ESM package) arrives as { default: module.exports }.
+  const exported = isPipeline(module.default)
+    ? module.default
+    : (module.default as { default?: unknown } | undefined)?.default;
+  if (!isPipeline(exported)) {
     throw new ConfigurationError(
       `pipeline module ${modulePath} must export a pipeline as its default export (export default pipeline('name')...; received ${typeof module.default})`,
     );
   }
-  return module.default;
+  return exported;
 }

@@ -126,11 +126,11 @@ export async function main(argv: string[]): Promise<number> {
     }
   } catch (error) {
     if (error instanceof FloeError) {
-      console.error(`floe: ${error.message}`);
+      console.error(`floe: ${error.message.replace(/\s*\n\s*/g, ' ')}`);
       return error instanceof UsageError ? 2 : 1;
     }
     if (error instanceof TypeError && (error as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS')) {
-      console.error(`floe: ${error.message}`);
+      console.error(`floe: ${error.message.replace(/\s*\n\s*/g, ' ')}`);
       return 2;
     }
     console.error(`floe: unexpected error: ${error instanceof Error ? error.message : String(error)}`);

@@ -13,13 +13,17 @@ export const PRODUCE_HELP = `floe produce --stream <name> (--file <events.ndjson
 Appends events to a stream of the embedded local log (created if missing).
 
 Input:
-  --file, -f <file|->     NDJSON: {"partitionKey": "...", "data": <JSON>} lines, or plain JSON
+  --file, -f <file|->     NDJSON: {"partitionKey": "...", "data": <JSON>, "arrival"?: <epoch ms>} lines, or plain JSON
                           events with --partition-key naming the field to partition by
   --generate clickstream  synthetic clicks {user, page, ts}: sessions, Zipf-popular pages,
-                          out-of-order and late events; arrival times follow event time
+                          out-of-order and late events; arrival times follow event time and
+                          end about now, so windows closed only by idleness (e.g. the last
+                          minute) fire once the job has been idle for its idle timeout
 Options:
   --stream, -s <name>     stream name (required)
   --shards <N>            shards when the stream is created (default 4)
+  --retention-hours <N|infinite>  retention when the stream is created (default 24, as Kinesis);
+                          records whose arrival time is older are trimmed
   --partition-key <field> field of each event used as partition key (clickstream: user)
   --events <N>            generated events (default 200000)
   --rate <N>              generated events per second of event time (default 200)
@@ -153,6 +157,7 @@ export async function runProduce(args: string[]): Promise<number> {
     options: {
       stream: { type: 'string', short: 's' },
       shards: { type: 'string' },
+      'retention-hours': { type: 'string' },
       file: { type: 'string', short: 'f' },
       generate: { type: 'string' },
       'partition-key': { type: 'string' },
@@ -182,6 +187,14 @@ export async function runProduce(args: string[]): Promise<number> {
     dataDir: values['data-dir'] ?? DEFAULT_DATA_DIR,
     stream: values.stream,
     shards: positiveInt('--shards', values.shards, 4),
+    ...(values['retention-hours'] === undefined
+      ? {}
+      : {
+          retentionMs:
+            values['retention-hours'] === 'infinite'
+              ? Number.POSITIVE_INFINITY
+              : positiveInt('--retention-hours', values['retention-hours'], 24) * 3_600_000,
+        }),
     onProgress: (written, total) => {
       if (!process.stderr.isTTY) return;
       process.stderr.write(

@@ -1,0 +1,114 @@
+/** `floe run --backend aws` as a real child process against the emulators. */
+import { spawnSync } from 'node:child_process';
+import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { afterAll, describe, expect, it } from 'vitest';
+import { putRecords } from '../../lib/aws/kinesis-source.ts';
+import { createStream } from '../../lib/aws/resources.ts';
+import { awsClients, awsProcessEnv, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
+
+const env = await setupAwsTestEnv();
+const clients = awsClients(env);
+afterAll(() => clients.destroy());
+
+function floe(args: string[], extraEnv: Record<string, string | undefined> = {}) {
+  const childEnv: Record<string, string | undefined> = { ...process.env, ...awsProcessEnv(env), ...extraEnv };
+  for (const [k, v] of Object.entries(childEnv)) if (v === undefined) delete childEnv[k];
+  const result = spawnSync(process.execPath, ['bin/floe.js', ...args], {
+    encoding: 'utf8',
+    env: childEnv as NodeJS.ProcessEnv,
+    timeout: 120_000,
+  });
+  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+describe('floe run --backend aws', () => {
+  it('names every missing resource and the region, in one line, without a stack trace', () => {
+    const r = floe([
+      'run',
+      'examples/page-views.ts',
+      '--backend',
+      'aws',
+      '--stream',
+      uniqueName('nope'),
+      '--until-idle',
+    ]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(
+      /^floe: missing Kinesis stream "nope-[^"]+", DynamoDB table "floe-page-views-state"/m,
+    );
+    expect(r.stderr).toMatch(/in region us-east-1/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it('says when no credentials are configured', () => {
+    const r = floe(['run', 'examples/page-views.ts', '--backend', 'aws', '--until-idle'], {
+      AWS_ACCESS_KEY_ID: undefined,
+      AWS_SECRET_ACCESS_KEY: undefined,
+      AWS_PROFILE: 'floe-test-profile-that-does-not-exist',
+      AWS_CONFIG_FILE: '/nonexistent',
+      AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/^floe: no AWS credentials found/);
+  });
+
+  it('says when no region is configured', () => {
+    const r = floe(['run', 'examples/page-views.ts', '--backend', 'aws', '--until-idle'], {
+      AWS_REGION: undefined,
+      AWS_DEFAULT_REGION: undefined,
+      AWS_CONFIG_FILE: '/nonexistent',
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^floe: no AWS region configured/);
+  });
+
+  it('creates resources only with --create-resources, then runs the job to idle and publishes its outputs', async () => {
+    const job = uniqueName('pv');
+    const stream = uniqueName('clicks');
+    await createStream(clients.kinesis, stream, 2);
+    const start = Date.UTC(2026, 0, 1);
+    const events = Array.from({ length: 300 }, (_, i) => ({
+      page: `/p${i % 3}`,
+      user: `u${i}`,
+      ts: start + i * 1000,
+    }));
+    await putRecords(
+      clients.kinesis,
+      stream,
+      events.map((e) => ({ partitionKey: e.page, data: new TextEncoder().encode(JSON.stringify(e)) })),
+    );
+    const r = floe([
+      'run',
+      'examples/page-views.ts',
+      '--backend',
+      'aws',
+      '--job',
+      job,
+      '--stream',
+      stream,
+      '--create-resources',
+      '--until-idle',
+      '--progress',
+      'none',
+    ]);
+    expect(r.stderr).toMatch(/processed 300 records/);
+    expect(r.code).toBe(0);
+    // Unbound sinks go to s3://floe-<job>/outputs/<job>/: the kinesis-local arrival times are
+    // now, so only the windows closed by event time (not idleness) have fired yet.
+    const bucket = `floe-${job}`;
+    const listed = await clients.s3.send(
+      new ListObjectsV2Command({ Bucket: bucket, Prefix: `outputs/${job}/` }),
+    );
+    const lines: Array<{ id: string; value: { page: string; windowStart: number; views: number } }> = [];
+    for (const o of listed.Contents ?? []) {
+      if (!o.Key?.includes('page-view-counts')) continue;
+      const body = await clients.s3.send(new GetObjectCommand({ Bucket: bucket, Key: o.Key }));
+      for (const l of (await body.Body!.transformToString()).split('\n')) if (l) lines.push(JSON.parse(l));
+    }
+    // Event time spans 5 minutes; the watermark (max ts - 5 s - 1) closes the first 4 windows.
+    const counts = new Map(lines.map((l) => [`${l.value.page}@${l.value.windowStart}`, l.value.views]));
+    expect(counts.size).toBe(12);
+    expect([...counts.values()].reduce((a, b) => a + b, 0)).toBe(240);
+  });
+});
