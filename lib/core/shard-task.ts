@@ -22,7 +22,13 @@ import { describeValue, errorMessage, PipelineDefinitionError, StateFormatError 
 import { Journal } from './journal.ts';
 import type { Output, SourceRecord, StateAddress, StateMutation, StateStore } from './ports.ts';
 import type { KeyedProcessFunction, ProcessContext, Timer, TimerService } from './processor.ts';
-import { KeyedStateBackend, type StateHandles, type StateKey, type StateSpec } from './state.ts';
+import {
+  type KeyEntry,
+  KeyedStateBackend,
+  type StateHandles,
+  type StateKey,
+  type StateSpec,
+} from './state.ts';
 import { type QueuedTimer, TimerQueue } from './timers.ts';
 import { generatedWatermark, idleWatermark } from './watermarks.ts';
 
@@ -148,20 +154,23 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
     this.task.deleteTimer('processing', this.plan.index, time, this.key, namespace);
   }
 
-  processElement(key: StateKey, value: unknown, timestamp: number): void {
-    this.backend.setCurrentKey(key);
+  /** `entry`: the key's cached state entry when the caller already looked it up. */
+  processElement(key: StateKey, value: unknown, timestamp: number, entry?: KeyEntry): void {
+    if (entry === undefined) this.backend.setCurrentKey(key);
+    else this.backend.current = entry;
     this.key = key;
     this.timestamp = timestamp;
     this.fn.processElement(value, this);
   }
 
   onTimer(timer: QueuedTimer, domain: TimeDomain): void {
-    if (!this.backend.isCached(timer.key)) {
+    const entry = this.backend.cache.get(timer.key);
+    if (entry === undefined) {
       throw new Error(
         `internal: state of key ${describeValue(timer.key)} was not prefetched before its timer fired`,
       );
     }
-    this.backend.setCurrentKey(timer.key);
+    this.backend.current = entry;
     this.key = timer.key;
     this.timestamp = timer.time;
     const t: Timer = { time: timer.time, domain, namespace: timer.namespace };
@@ -194,20 +203,35 @@ export class ShardTask {
   private readonly sinkNames: string[] = [];
   private readonly sinkIndex = new Map<string, number>();
   private readonly sinkEmitters = new Map<string, Emit>();
-  private outputs: Array<{ sink: string; value: unknown }> = [];
+  /** The batch's outputs, created with their final ids (see outputPrefix). */
+  private outputs: Output[] = [];
+  /**
+   * Id prefix of this batch's outputs. A batch with outputs always commits, as commit number
+   * `commitNumber + 1`, so ids can be assigned when an output is emitted; a rolled-back record
+   * truncates the list, so ids stay dense.
+   */
+  private outputPrefix = '';
   private deadLetters = 0;
   private timersFired = 0;
   /** Bumped on every timer change, so an otherwise empty batch that moved timers is committed. */
   private timerVersion = 0;
   private committed = { position: '', watermark: 0, maxTimestamp: 0, finished: false, timerVersion: 0 };
 
-  // Phase A buffers (reused across batches): one row per routed element.
-  private aKind: number[] = []; // 0: keyed element, 1: sink output
-  private aTarget: number[] = [];
-  private aKey: StateKey[] = [];
-  private aValue: unknown[] = [];
-  private aTs: number[] = [];
+  // Phase A buffers, reused across batches (filled up to aLen, never shrunk, so a batch does
+  // not reallocate them): one row per routed element.
+  private aLen = 0;
+  private readonly aKind: number[] = []; // 0: keyed element, 1: sink output
+  private readonly aTarget: number[] = [];
+  private readonly aKey: StateKey[] = [];
+  private readonly aValue: unknown[] = [];
+  private readonly aTs: number[] = [];
+  /** The element's cached state entry, found by prefetch (undefined: look it up when applying). */
+  private readonly aEntry: Array<KeyEntry | undefined> = [];
   private recordMaxTs = Number.NEGATIVE_INFINITY;
+  // Per-record results of phase A (valid up to the batch's record count).
+  private readonly rStart: number[] = [];
+  private readonly rMaxTs: number[] = [];
+  private readonly rError: Array<RecordError | undefined> = [];
 
   constructor(
     readonly plan: PipelinePlan,
@@ -223,6 +247,7 @@ export class ShardTask {
     this.position = cp.position;
     this.commitNumber = cp.commitNumber;
     this.finished = cp.finished;
+    this.outputPrefix = this.nextOutputPrefix();
     this.operators = plan.operators.map((op) => new OperatorRuntime(this, op, this.journal));
     this.operatorUids = this.operators.map((o) => o.plan.uid);
     for (const op of this.operators) {
@@ -270,51 +295,52 @@ export class ShardTask {
     } = {},
   ): Promise<BatchResult> {
     this.setProcessingTime(now);
-    const fresh =
-      this.position === undefined
-        ? records
-        : records.filter((r) => compareSequenceNumbers(r.sequenceNumber, this.position!) > 0);
+    const fresh = this.freshRecords(records);
 
     // Phase A: route every record through the stateless prefix.
-    const starts: number[] = [];
-    const maxTs: number[] = [];
-    const errors: Array<RecordError | undefined> = [];
-    this.aKind.length = this.aTarget.length = this.aKey.length = this.aValue.length = this.aTs.length = 0;
-    const deserialize = this.plan.deserializer;
-    for (const record of fresh) {
-      const start = this.aKind.length;
-      starts.push(start);
-      this.recordMaxTs = Number.NEGATIVE_INFINITY;
-      let value: unknown;
-      try {
-        value = deserialize(record.data, record);
-      } catch (error) {
-        errors.push(new RecordError('deserialize', errorMessage(error)));
-        maxTs.push(Number.NEGATIVE_INFINITY);
-        continue;
-      }
-      try {
-        this.route(value, record.arrivalTime);
-        errors.push(undefined);
-      } catch (error) {
-        this.truncateRouted(start);
-        errors.push(
-          error instanceof RecordError ? error : new RecordError('user-function', errorMessage(error)),
-        );
-      }
-      maxTs.push(this.recordMaxTs);
-    }
-    starts.push(this.aKind.length);
+    this.routeBatch(fresh);
 
     // Idleness is judged by record arrival times, and by `now` only when the reader is caught
     // up with no records, so the watermark never depends on when a batch happened to be read.
     const strategy = this.plan.strategy;
     const caughtUp = fresh.length === 0 && options.caughtUp !== false;
 
-    // Prefetch the state of every key the batch may touch, including due timers' keys: replay
-    // the batch's watermark progression to bound the highest watermark it can reach.
+    // Prefetch the state of every key the batch may touch, including due timers' keys.
+    await this.prefetch(store, this.reachableWatermark(fresh, caughtUp));
+
+    // Phase B: apply.
+    if (strategy !== undefined && caughtUp) {
+      this.advanceWatermark(idleWatermark(strategy, this.maxTimestamp, this.lastRecordAt, this.now));
+    }
+    this.fireProcessingTimers();
+    this.applyBatch(fresh);
+    this.fireProcessingTimers();
+    if (fresh.length > 0) this.position = fresh[fresh.length - 1]!.sequenceNumber;
+    if (options.shardEnded) this.finished = true;
+    // Drop the batch's values (the buffers keep their capacity).
+    this.aValue.fill(undefined, 0, this.aLen);
+    this.aEntry.fill(undefined, 0, this.aLen);
+    this.rError.fill(undefined, 0, fresh.length);
+    this.aLen = 0;
+    return this.finish(fresh.length, records.length - fresh.length);
+  }
+
+  /** Replays the batch's watermark progression to bound the highest watermark it can reach. */
+  private reachableWatermark(fresh: readonly SourceRecord[], caughtUp: boolean): number {
+    const strategy = this.plan.strategy;
     let reachable = this.watermark;
-    if (strategy !== undefined) {
+    if (strategy !== undefined && strategy.idleTimeout === undefined) {
+      // Without idleness only the highest timestamp moves the watermark.
+      const maxTs = this.rMaxTs;
+      const errors = this.rError;
+      let m = this.maxTimestamp;
+      for (let r = 0; r < fresh.length; r++) {
+        if (errors[r] === undefined && maxTs[r]! > m) m = maxTs[r]!;
+      }
+      if (fresh.length > 0) reachable = Math.max(reachable, generatedWatermark(strategy, m));
+    } else if (strategy !== undefined) {
+      const maxTs = this.rMaxTs;
+      const errors = this.rError;
       let m = this.maxTimestamp;
       let last = this.lastRecordAt;
       for (let r = 0; r < fresh.length; r++) {
@@ -326,16 +352,64 @@ export class ShardTask {
       }
       if (caughtUp) reachable = Math.max(reachable, idleWatermark(strategy, m, last, this.now));
     }
-    await this.prefetch(store, reachable);
+    return reachable;
+  }
 
-    // Phase B: apply.
-    if (strategy !== undefined && caughtUp) {
-      this.advanceWatermark(idleWatermark(strategy, this.maxTimestamp, this.lastRecordAt, this.now));
+  /** Records after the checkpoint position (all of them, without copying, in the usual case). */
+  private freshRecords(records: readonly SourceRecord[]): readonly SourceRecord[] {
+    const position = this.position;
+    if (position === undefined) return records;
+    for (let i = 0; i < records.length; i++) {
+      if (compareSequenceNumbers(records[i]!.sequenceNumber, position) <= 0) {
+        return records.filter((r) => compareSequenceNumbers(r.sequenceNumber, position) > 0);
+      }
     }
-    this.fireProcessingTimers();
+    return records;
+  }
+
+  /** Phase A: fills the routed-element buffers and, per record, rStart / rMaxTs / rError. */
+  private routeBatch(fresh: readonly SourceRecord[]): void {
+    const starts = this.rStart;
+    const maxTs = this.rMaxTs;
+    const errors = this.rError;
+    this.aLen = 0;
+    const deserialize = this.plan.deserializer;
     for (let r = 0; r < fresh.length; r++) {
       const record = fresh[r]!;
-      if (strategy !== undefined) {
+      const start = this.aLen;
+      starts[r] = start;
+      this.recordMaxTs = Number.NEGATIVE_INFINITY;
+      let value: unknown;
+      try {
+        value = deserialize(record.data, record);
+      } catch (error) {
+        errors[r] = new RecordError('deserialize', errorMessage(error));
+        maxTs[r] = Number.NEGATIVE_INFINITY;
+        continue;
+      }
+      try {
+        this.route(value, record.arrivalTime);
+        errors[r] = undefined;
+      } catch (error) {
+        this.truncateRouted(start);
+        errors[r] =
+          error instanceof RecordError ? error : new RecordError('user-function', errorMessage(error));
+      }
+      maxTs[r] = this.recordMaxTs;
+    }
+    starts[fresh.length] = this.aLen;
+  }
+
+  /** Phase B: applies each record, advancing the watermark after it. */
+  private applyBatch(fresh: readonly SourceRecord[]): void {
+    const strategy = this.plan.strategy;
+    const idleness = strategy?.idleTimeout !== undefined; // else idleWatermark is -Infinity
+    const starts = this.rStart;
+    const maxTs = this.rMaxTs;
+    const errors = this.rError;
+    for (let r = 0; r < fresh.length; r++) {
+      const record = fresh[r]!;
+      if (idleness) {
         this.advanceWatermark(
           idleWatermark(strategy, this.maxTimestamp, this.lastRecordAt, record.arrivalTime),
         );
@@ -363,10 +437,6 @@ export class ShardTask {
         this.advanceWatermark(generatedWatermark(strategy, t));
       }
     }
-    this.fireProcessingTimers();
-    if (fresh.length > 0) this.position = fresh[fresh.length - 1]!.sequenceNumber;
-    if (options.shardEnded) this.finished = true;
-    return this.finish(fresh.length, records.length - fresh.length);
   }
 
   /** Advances the watermark to at least `watermark` (Flink's test-harness processWatermark). */
@@ -427,7 +497,7 @@ export class ShardTask {
     let emit = this.sinkEmitters.get(name);
     if (emit === undefined) {
       emit = (value) => {
-        this.outputs.push({ sink: name, value });
+        this.outputs.push({ id: this.outputPrefix + this.outputs.length, sink: name, value });
       };
       this.sinkEmitters.set(name, emit);
     }
@@ -441,9 +511,18 @@ export class ShardTask {
     try {
       for (let i = start; i < end; i++) {
         if (this.aKind[i] === 0) {
-          this.operators[this.aTarget[i]!]!.processElement(this.aKey[i]!, this.aValue[i], this.aTs[i]!);
+          this.operators[this.aTarget[i]!]!.processElement(
+            this.aKey[i]!,
+            this.aValue[i],
+            this.aTs[i]!,
+            this.aEntry[i],
+          );
         } else {
-          this.outputs.push({ sink: this.sinkNames[this.aTarget[i]!]!, value: this.aValue[i] });
+          this.outputs.push({
+            id: this.outputPrefix + this.outputs.length,
+            sink: this.sinkNames[this.aTarget[i]!]!,
+            value: this.aValue[i],
+          });
         }
       }
       this.journal.reset();
@@ -505,7 +584,7 @@ export class ShardTask {
 
   private deadLetter(letter: DeadLetter): void {
     this.deadLetters++;
-    this.outputs.push({ sink: DEAD_LETTER_SINK, value: letter });
+    this.outputs.push({ id: this.outputPrefix + this.outputs.length, sink: DEAD_LETTER_SINK, value: letter });
   }
 
   private async prefetch(store: StateStore, watermarkLimit: number): Promise<void> {
@@ -513,8 +592,14 @@ export class ShardTask {
     const want = (op: OperatorRuntime, key: StateKey): void => {
       if (!op.backend.isCached(key)) wanted.set(op.backend.address(key), { op, key });
     };
-    for (let i = 0; i < this.aKind.length; i++) {
-      if (this.aKind[i] === 0) want(this.operators[this.aTarget[i]!]!, this.aKey[i]!);
+    for (let i = 0; i < this.aLen; i++) {
+      if (this.aKind[i] !== 0) continue;
+      // Remember the cached entry, so applying the element needs no second lookup.
+      const op = this.operators[this.aTarget[i]!]!;
+      const key = this.aKey[i]!;
+      const entry = op.backend.cache.get(key);
+      this.aEntry[i] = entry;
+      if (entry === undefined) wanted.set(op.backend.address(key), { op, key });
     }
     this.eventTimers.forEachDue(watermarkLimit, (t) => want(this.operators[t.operator]!, t.key));
     this.processingTimers.forEachDue(this.now, (t) => want(this.operators[t.operator]!, t.key));
@@ -547,22 +632,23 @@ export class ShardTask {
       timerVersion: this.timerVersion,
     };
     if (changed) this.commitNumber++;
-    const prefix = `${this.job}/${this.shardId}/${this.commitNumber}/`;
-    const outputs = this.outputs.map((o, i) => ({ id: prefix + i, sink: o.sink, value: o.value }));
+    const outputs = this.outputs;
     this.outputs = [];
+    this.outputPrefix = this.nextOutputPrefix();
     const stats = { records, duplicates, deadLetters: this.deadLetters, timersFired: this.timersFired };
     this.deadLetters = 0;
     this.timersFired = 0;
     return { changed, outputs, mutations, checkpoint: this.checkpoint(), stats };
   }
 
+  private nextOutputPrefix(): string {
+    return `${this.job}/${this.shardId}/${this.commitNumber + 1}/`;
+  }
+
   private truncateRouted(length: number): void {
-    this.aKind.length =
-      this.aTarget.length =
-      this.aKey.length =
-      this.aValue.length =
-      this.aTs.length =
-        length;
+    this.aValue.fill(undefined, length, this.aLen);
+    this.aEntry.fill(undefined, length, this.aLen);
+    this.aLen = length;
   }
 
   private sinkId(name: string): number {
@@ -634,11 +720,12 @@ export class ShardTask {
               `key selector returned ${describeValue(key)}; keys must be strings or finite numbers`,
             );
           }
-          this.aKind.push(0);
-          this.aTarget.push(index);
-          this.aKey.push(key);
-          this.aValue.push(v);
-          this.aTs.push(ts);
+          const i = this.aLen++;
+          this.aKind[i] = 0;
+          this.aTarget[i] = index;
+          this.aKey[i] = key;
+          this.aValue[i] = v;
+          this.aTs[i] = ts;
         };
       }
       case 'sink': {
@@ -646,11 +733,12 @@ export class ShardTask {
         if (phase === 'direct') return this.sinkEmitter(name);
         const id = this.sinkId(name);
         return (v, ts) => {
-          this.aKind.push(1);
-          this.aTarget.push(id);
-          this.aKey.push('');
-          this.aValue.push(v);
-          this.aTs.push(ts);
+          const i = this.aLen++;
+          this.aKind[i] = 1;
+          this.aTarget[i] = id;
+          this.aKey[i] = '';
+          this.aValue[i] = v;
+          this.aTs[i] = ts;
         };
       }
       default:

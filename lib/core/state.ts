@@ -96,10 +96,14 @@ interface ValueCell {
   v: unknown;
   t: number;
 }
-interface MapCell {
-  m: Map<StateKey, unknown>;
-  /** Write times per map key, only when a TTL is set. */
-  t: Map<StateKey, number> | undefined;
+/** A map state cell is the map itself (one indirection less on the hot path). */
+class MapCell extends Map<StateKey, unknown> {
+  constructor(
+    /** Write times per map key, only when a TTL is set. */
+    readonly t: Map<StateKey, number> | undefined,
+  ) {
+    super();
+  }
 }
 interface ListCell {
   items: unknown[];
@@ -221,7 +225,7 @@ export class KeyedStateBackend {
         if (cell === undefined) continue;
         let json: string | undefined;
         if (d.kind === 'map' && d.ttl === undefined) {
-          json = mapCellJson((cell as MapCell).m);
+          json = mapCellJson(cell as MapCell);
         } else {
           const encoded = encodeCell(d, cell, this.now);
           if (encoded !== undefined) json = JSON.stringify(encoded);
@@ -262,19 +266,43 @@ export class KeyedStateBackend {
 const expired = (t: number, ttl: number | undefined, now: number): boolean =>
   ttl !== undefined && now >= t + ttl;
 
+// A small direct-mapped cache of number -> JSON text: map keys such as window starts repeat
+// across keys and batches, and formatting a 13-digit number is not free.
+const numberCacheKeys = new Float64Array(512).fill(Number.NaN);
+const numberCacheText: string[] = new Array(512).fill('');
+
 /** JSON of one value inside an array (where undefined and functions become null). */
 function itemJson(v: unknown): string {
-  if (typeof v === 'number') return Number.isFinite(v) ? String(v) : 'null';
+  if (typeof v === 'number') {
+    if (!Number.isFinite(v)) return 'null';
+    const slot = Math.imul(v | 0, 0x9e3779b1) >>> 23;
+    if (numberCacheKeys[slot] === v) return numberCacheText[slot]!; // -0 and 0 both print as "0"
+    const text = String(v);
+    numberCacheKeys[slot] = v;
+    numberCacheText[slot] = text;
+    return text;
+  }
   if (typeof v === 'string') return JSON.stringify(v);
   return JSON.stringify(v) ?? 'null';
+}
+
+// mapCellJson's accumulator: Map.forEach with a shared callback allocates no entry arrays.
+let mapJson = '';
+function appendMapEntry(v: unknown, k: StateKey): void {
+  mapJson += `${mapJson === '' ? '[[' : ',['}${itemJson(k)},${itemJson(v)}]`;
 }
 
 /** JSON.stringify(encodeCell(mapDescriptorWithoutTtl, cell)), without the intermediate arrays. */
 function mapCellJson(m: Map<StateKey, unknown>): string | undefined {
   if (m.size === 0) return undefined;
-  let out = '';
-  for (const [k, v] of m) out += `${out === '' ? '[[' : ',['}${itemJson(k)},${itemJson(v)}]`;
-  return `${out}]`;
+  const outer = mapJson; // re-entrant if a value's toJSON serializes state (it should not)
+  mapJson = '';
+  try {
+    m.forEach(appendMapEntry);
+    return `${mapJson}]`;
+  } finally {
+    mapJson = outer;
+  }
 }
 
 function encodeCell(d: StateDescriptor, cell: Cell, now: number): unknown {
@@ -287,7 +315,7 @@ function encodeCell(d: StateDescriptor, cell: Cell, now: number): unknown {
   if (d.kind === 'map') {
     const c = cell as MapCell;
     const out: unknown[] = [];
-    for (const [k, v] of c.m) {
+    for (const [k, v] of c) {
       if (d.ttl === undefined) out.push([k, v]);
       else {
         const t = c.t?.get(k) ?? 0;
@@ -315,13 +343,13 @@ function decodeCell(d: StateDescriptor, json: unknown): Cell {
   }
   if (d.kind === 'map') {
     const rows = json as Array<[StateKey, unknown, number?]>;
-    const m = new Map<StateKey, unknown>();
     const t = d.ttl === undefined ? undefined : new Map<StateKey, number>();
+    const m = new MapCell(t);
     for (const row of rows) {
       m.set(row[0], row[1]);
       t?.set(row[0], row[2] ?? 0);
     }
-    return { m, t };
+    return m;
   }
   const rows = json as unknown[];
   if (d.ttl === undefined) return { items: [...rows], t: undefined };
@@ -362,7 +390,7 @@ class MapStateHandle<K extends StateKey, V> implements MapState<K, V> {
     const entry = this.rt.current;
     let c = entry.cells[this.i] as MapCell | undefined;
     if (c === undefined && create) {
-      c = { m: new Map(), t: this.ttl === undefined ? undefined : new Map() };
+      c = new MapCell(this.ttl === undefined ? undefined : new Map());
       this.rt.setCell(entry, this.i, c);
     }
     return c;
@@ -373,7 +401,7 @@ class MapStateHandle<K extends StateKey, V> implements MapState<K, V> {
   get(key: K): V | undefined {
     const c = this.rt.current.cells[this.i] as MapCell | undefined;
     if (c === undefined) return undefined;
-    const v = c.m.get(key);
+    const v = c.get(key);
     if (v === undefined || this.ttl === undefined) return v as V | undefined;
     return this.live(c, key) ? (v as V) : undefined;
   }
@@ -388,8 +416,8 @@ class MapStateHandle<K extends StateKey, V> implements MapState<K, V> {
     }
     const c = this.cell(true)!;
     const journal = this.rt.journal;
-    journal.recordMap(c.m as Map<unknown, unknown>, key);
-    c.m.set(key, value);
+    journal.recordMap(c as Map<unknown, unknown>, key);
+    c.set(key, value);
     if (c.t !== undefined) {
       journal.recordMap(c.t as Map<unknown, unknown>, key);
       c.t.set(key, this.rt.now);
@@ -398,9 +426,9 @@ class MapStateHandle<K extends StateKey, V> implements MapState<K, V> {
   }
   remove(key: K): void {
     const c = this.cell(false);
-    if (c === undefined || !c.m.has(key)) return;
-    this.rt.journal.recordMap(c.m as Map<unknown, unknown>, key);
-    c.m.delete(key);
+    if (c === undefined || !c.has(key)) return;
+    this.rt.journal.recordMap(c as Map<unknown, unknown>, key);
+    c.delete(key);
     if (c.t !== undefined) {
       this.rt.journal.recordMap(c.t as Map<unknown, unknown>, key);
       c.t.delete(key);
@@ -411,7 +439,7 @@ class MapStateHandle<K extends StateKey, V> implements MapState<K, V> {
     const c = this.cell(false);
     if (c === undefined) return [];
     const out: Array<[K, V]> = [];
-    for (const [k, v] of c.m) if (this.live(c, k)) out.push([k as K, v as V]);
+    for (const [k, v] of c) if (this.live(c, k)) out.push([k as K, v as V]);
     return out;
   }
   keys(): K[] {

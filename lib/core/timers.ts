@@ -34,9 +34,14 @@ type Slot = QueuedTimer | QueuedTimer[];
 const sameNamespace = (a: TimerNamespace, b: TimerNamespace): boolean =>
   a === b || (Number.isNaN(a) && Number.isNaN(b));
 
-/** The timers of one time, by key; a key with timers of several (operator, namespace) has an array. */
+/**
+ * The timers of one time, by key; a key with timers of several (operator, namespace) has an
+ * array. A bucket of a single timer (common when timer times are spread out, as with session
+ * windows) holds it in `one` and has no map.
+ */
 class Bucket {
-  readonly byKey = new Map<string | number, Slot>();
+  private byKey: Map<string | number, Slot> | undefined = undefined;
+  private one: QueuedTimer | undefined = undefined;
   size = 0;
   /**
    * The timers sorted by (key, namespace, operator), except those added since (`pending`), or
@@ -44,44 +49,71 @@ class Bucket {
    * does not re-sort a growing bucket.
    */
   private sorted: QueuedTimer[] | undefined = undefined;
-  private pending: QueuedTimer[] = [];
+  private pending: QueuedTimer[] | undefined = undefined;
   /** Checkpoint specs parallel to `sorted`, for one domain and uid list. */
   private specs: TimerSpec[] | undefined = undefined;
   private specsDomain: TimeDomain | undefined = undefined;
   private specsUids: readonly string[] | undefined = undefined;
 
   find(operator: number, key: string | number, namespace: TimerNamespace): QueuedTimer | undefined {
-    const slot = this.byKey.get(key);
+    const slot = this.byKey === undefined ? this.one : this.byKey.get(key);
     if (slot === undefined) return undefined;
     if (!Array.isArray(slot)) {
-      return slot.operator === operator && sameNamespace(slot.namespace, namespace) ? slot : undefined;
+      return slot.operator === operator &&
+        sameNamespace(slot.namespace, namespace) &&
+        (this.byKey !== undefined || slot.key === key)
+        ? slot
+        : undefined;
     }
     for (const t of slot) if (t.operator === operator && sameNamespace(t.namespace, namespace)) return t;
     return undefined;
   }
 
   insert(timer: QueuedTimer): void {
-    const slot = this.byKey.get(timer.key);
-    if (slot === undefined) this.byKey.set(timer.key, timer);
+    let byKey = this.byKey;
+    if (byKey === undefined) {
+      if (this.one === undefined) {
+        this.one = timer;
+        this.inserted(timer);
+        return;
+      }
+      byKey = new Map([[this.one.key, this.one]]);
+      this.byKey = byKey;
+      this.one = undefined;
+    }
+    const slot = byKey.get(timer.key);
+    if (slot === undefined) byKey.set(timer.key, timer);
     else if (Array.isArray(slot)) slot.push(timer);
-    else this.byKey.set(timer.key, [slot, timer]);
-    this.size++;
-    if (this.sorted !== undefined) this.pending.push(timer);
+    else byKey.set(timer.key, [slot, timer]);
+    this.inserted(timer);
   }
 
+  private inserted(timer: QueuedTimer): void {
+    this.size++;
+    if (this.sorted === undefined) return;
+    if (this.pending === undefined) this.pending = [timer];
+    else this.pending.push(timer);
+  }
+
+  /** Removes `timer`, which is in the bucket. */
   remove(timer: QueuedTimer): void {
-    const slot = this.byKey.get(timer.key);
-    if (slot === timer) this.byKey.delete(timer.key);
-    else if (Array.isArray(slot)) {
-      slot.splice(slot.indexOf(timer), 1);
-      if (slot.length === 0) this.byKey.delete(timer.key);
+    const byKey = this.byKey;
+    if (byKey === undefined) {
+      if (this.one === timer) this.one = undefined;
+    } else {
+      const slot = byKey.get(timer.key);
+      if (slot === timer) byKey.delete(timer.key);
+      else if (Array.isArray(slot)) {
+        slot.splice(slot.indexOf(timer), 1);
+        if (slot.length === 0) byKey.delete(timer.key);
+      }
     }
     this.size--;
     const sorted = this.sorted;
     if (sorted === undefined) return;
-    const p = this.pending.indexOf(timer);
+    const p = this.pending === undefined ? -1 : this.pending.indexOf(timer);
     if (p >= 0) {
-      this.pending.splice(p, 1);
+      this.pending!.splice(p, 1);
       return;
     }
     // Binary search: (key, namespace, operator) is unique within a bucket.
@@ -103,7 +135,7 @@ class Bucket {
     } else {
       this.sorted = undefined;
       this.specs = undefined;
-      this.pending = [];
+      this.pending = undefined;
     }
   }
 
@@ -112,19 +144,18 @@ class Bucket {
     const sorted = this.sorted;
     if (sorted === undefined) {
       const out: QueuedTimer[] = [];
-      for (const slot of this.byKey.values()) {
-        if (Array.isArray(slot)) for (const t of slot) out.push(t);
-        else out.push(slot);
-      }
+      this.forEach((t) => {
+        out.push(t);
+      });
       this.sorted = out.sort(compareSameTime);
-      this.pending = [];
+      this.pending = undefined;
       this.specs = undefined;
       return this.sorted;
     }
     const added = this.pending;
-    if (added.length === 0) return sorted;
+    if (added === undefined || added.length === 0) return sorted;
     added.sort(compareSameTime);
-    this.pending = [];
+    this.pending = undefined;
     const specs = this.specs;
     const merged: QueuedTimer[] = new Array(sorted.length + added.length);
     const mergedSpecs: TimerSpec[] | undefined = specs === undefined ? undefined : new Array(merged.length);
@@ -158,6 +189,10 @@ class Bucket {
   }
 
   forEach(fn: (timer: QueuedTimer) => void): void {
+    if (this.byKey === undefined) {
+      if (this.one !== undefined) fn(this.one);
+      return;
+    }
     for (const slot of this.byKey.values()) {
       if (Array.isArray(slot)) for (const t of slot) fn(t);
       else fn(slot);

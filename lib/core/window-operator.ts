@@ -109,10 +109,11 @@ export function sessionWindowOperator<In, Acc, R, Out>(
       let end = ctx.timestamp + assigner.gap;
       // Existing sessions are pairwise disjoint and non-touching, so only those that
       // intersect the new window take part in the merge (Flink's TimeWindow.intersects).
-      const merged = windows
-        .entries()
-        .filter(([s, [e]]) => s <= end && e >= start)
-        .sort((a, b) => a[0] - b[0]);
+      const merged: Array<[number, [number, Acc]]> = [];
+      for (const entry of windows.entries()) {
+        if (entry[0] <= end && entry[1][0] >= start) merged.push(entry);
+      }
+      if (merged.length > 1) merged.sort((a, b) => a[0] - b[0]);
       for (const [s, [e]] of merged) {
         start = Math.min(start, s);
         end = Math.max(end, e);
@@ -126,13 +127,13 @@ export function sessionWindowOperator<In, Acc, R, Out>(
       let acc: Acc | undefined;
       for (const [s, [e, a]] of merged) {
         ctx.timers.deleteEventTimeTimer(e - 1, s);
-        ctx.timers.deleteEventTimeTimer(e - 1 + lateness, s);
+        if (lateness > 0) ctx.timers.deleteEventTimeTimer(e - 1 + lateness, s); // else the same timer
         windows.remove(s);
         acc = acc === undefined ? a : merge!(acc, a);
       }
       acc = aggregate.add(value, acc === undefined ? aggregate.create() : acc);
       windows.put(start, [end, acc]);
-      if (maxTs > wm) ctx.timers.registerEventTimeTimer(maxTs, start);
+      if (maxTs > wm && lateness > 0) ctx.timers.registerEventTimeTimer(maxTs, start);
       ctx.timers.registerEventTimeTimer(maxTs + lateness, start);
       if (maxTs <= wm) fire(ctx, start, end, acc);
     },

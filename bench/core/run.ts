@@ -1,0 +1,478 @@
+/**
+ * Core engine benchmark: floe's ShardTask against a hand-written single-purpose loop, measured
+ * in the same run.
+ *
+ *   npm run bench:core            (or: npx tsx bench/core/run.ts)
+ *
+ * Environment: BENCH_EVENTS (default 1,000,000), BENCH_RUNS (timed runs per scenario, default 3,
+ * the median is reported), BENCH_WARMUP (untimed runs per scenario first, default 1),
+ * BENCH_BATCH (records per processBatch call, default 10,000), BENCH_ONLY (a regular expression:
+ * run only the floe scenarios whose name matches, e.g. "tumbling.*no commit").
+ *
+ * Every scenario feeds the same pre-generated events (objects, so JSON parsing is excluded:
+ * passthroughDeserializer) through ShardTask.processBatch with a MemoryBackend, then advances
+ * the watermark to +inf so every window fires. "commit" rows also commit each batch's result to
+ * the MemoryBackend under a lease and mark its outputs published, as a worker does. The
+ * hand-written loop computes the same tumbling counts with the same watermark and firing
+ * semantics; the bench fails if its results differ from floe's.
+ */
+import os from 'node:os';
+import {
+  type AggregateFunction,
+  boundedOutOfOrderness,
+  compile,
+  count,
+  MAX_WATERMARK,
+  MemoryBackend,
+  minutes,
+  type Output,
+  type PipelinePlan,
+  passthroughDeserializer,
+  pipeline,
+  ShardTask,
+  type SourceRecord,
+  seconds,
+  serializeCheckpoint,
+  session,
+  sliding,
+  tumbling,
+  type WindowAssigner,
+  type WindowResult,
+} from '../../lib/core/index.ts';
+
+interface Ev {
+  readonly key: string;
+  readonly ts: number;
+  readonly v: number;
+}
+
+const EVENTS = envInt('BENCH_EVENTS', 1_000_000);
+const RUNS = envInt('BENCH_RUNS', 3);
+const WARMUP = envInt('BENCH_WARMUP', 1, 0);
+const BATCH = envInt('BENCH_BATCH', 10_000);
+const KEYS = 10_000;
+const BOUND = seconds(5);
+/** Event time advances 1 ms per event (1,000 events/s); timestamps jitter back by up to 2 s. */
+const JITTER = 2_000;
+/** A few events are 3 minutes late: dropped to the late side output by every window kind. */
+const LATE_EVERY = 5_000;
+const LATE_BY = minutes(3);
+const BASE = Date.UTC(2024, 0, 1);
+const SHARD = 'shardId-000000000000';
+const TUMBLE = minutes(1);
+
+function envInt(name: string, fallback: number, min = 1): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw.replaceAll('_', ''));
+  if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer >= ${min}; got ${raw}`);
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data (generated before any timing)
+
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function generate(n: number): { events: Ev[]; batches: SourceRecord[][] } {
+  const rand = mulberry32(42);
+  const keys = Array.from({ length: KEYS }, (_, i) => `user-${i}`);
+  const events: Ev[] = new Array(n);
+  const batches: SourceRecord[][] = [];
+  let batch: SourceRecord[] = [];
+  for (let i = 0; i < n; i++) {
+    const key = keys[Math.floor(rand() * KEYS)]!;
+    let ts = BASE + i - Math.floor(rand() * JITTER);
+    if (i % LATE_EVERY === LATE_EVERY - 1) ts -= LATE_BY;
+    const e: Ev = { key, ts, v: i };
+    events[i] = e;
+    batch.push({
+      data: e,
+      partitionKey: key,
+      sequenceNumber: String(i + 1).padStart(21, '0'),
+      arrivalTime: BASE + i,
+    });
+    if (batch.length === BATCH) {
+      batches.push(batch);
+      batch = [];
+    }
+  }
+  if (batch.length > 0) batches.push(batch);
+  return { events, batches };
+}
+
+// ---------------------------------------------------------------------------------------------
+// floe
+
+function plan(name: string, assigner: WindowAssigner): PipelinePlan {
+  const p = pipeline(name);
+  p.source<Ev>({ deserializer: passthroughDeserializer() })
+    .withTimestamps((e) => e.ts, boundedOutOfOrderness(BOUND))
+    .keyBy((e) => e.key)
+    .window(assigner)
+    .aggregate(count<Ev>() as AggregateFunction<Ev, number, number>)
+    .sink('out');
+  return compile(p);
+}
+
+interface RunResult {
+  /** Wall-clock seconds. */
+  readonly seconds: number;
+  /** Process CPU seconds (user + system, all threads: includes V8's parallel GC helpers). */
+  readonly cpu: number;
+  readonly results: WindowResult<string, number>[];
+  readonly late: number;
+}
+
+/** Largest checkpoint (serialized) seen by an untimed probe run, per pipeline. */
+const checkpointBytes = new Map<PipelinePlan, number>();
+
+async function runFloe(
+  p: PipelinePlan,
+  batches: SourceRecord[][],
+  commit: boolean,
+  probe = false,
+): Promise<RunResult> {
+  const backend = new MemoryBackend();
+  const task = new ShardTask(p, SHARD);
+  const lease = commit ? await backend.acquireLease(SHARD, 'bench', 0, 2 ** 40) : undefined;
+  // Keep only the results (as the hand-written loop does); output envelopes die with the batch.
+  const results: WindowResult<string, number>[] = [];
+  let late = 0;
+  const collect = (outputs: readonly Output[]): void => {
+    for (const o of outputs) {
+      if (o.sink === 'out') results.push(o.value as WindowResult<string, number>);
+      else if (o.sink === 'floe.late') late++;
+      else throw new Error(`unexpected output to sink ${o.sink}: ${JSON.stringify(o.value)}`);
+    }
+  };
+  let now = 0;
+  const cpu0 = process.cpuUsage();
+  const start = performance.now();
+  for (const batch of batches) {
+    now = batch[batch.length - 1]!.arrivalTime;
+    const r = await task.processBatch(batch, backend, now);
+    collect(r.outputs);
+    if (probe) {
+      const bytes = serializeCheckpoint(r.checkpoint).length;
+      checkpointBytes.set(p, Math.max(checkpointBytes.get(p) ?? 0, bytes));
+    }
+    if (lease !== undefined && r.changed) {
+      await backend.commit(lease, r);
+      if (r.outputs.length > 0) await backend.markPublished(SHARD, r.outputs.map(idOf));
+    }
+  }
+  const r = await task.processWatermark(MAX_WATERMARK, backend, now);
+  collect(r.outputs);
+  if (lease !== undefined && r.changed) {
+    await backend.commit(lease, r);
+    if (r.outputs.length > 0) await backend.markPublished(SHARD, r.outputs.map(idOf));
+  }
+  const elapsed = (performance.now() - start) / 1000;
+  const cpu = cpuSeconds(cpu0);
+  return { seconds: elapsed, cpu, results, late };
+}
+
+function cpuSeconds(since: NodeJS.CpuUsage): number {
+  const d = process.cpuUsage(since);
+  return (d.user + d.system) / 1e6;
+}
+
+const idOf = (o: Output): string => o.id;
+
+// ---------------------------------------------------------------------------------------------
+// Hand-written tumbling count: same semantics as floe's tumbling window with allowed lateness 0.
+// WM = max ts - bound - 1, advanced after each element; an element whose window's last
+// millisecond is <= WM is late; a window fires when WM >= end - 1.
+
+function handTumbling(events: readonly Ev[], size: number, bound: number): RunResult {
+  const cpu0 = process.cpuUsage();
+  const start0 = performance.now();
+  const open = new Map<number, Map<string, number>>();
+  const results: WindowResult<string, number>[] = [];
+  let late = 0;
+  let maxTs = Number.NEGATIVE_INFINITY;
+  let wm = Number.NEGATIVE_INFINITY;
+  let nextFire = Number.POSITIVE_INFINITY; // smallest end - 1 of an open window
+
+  const fireUpTo = (limit: number): number => {
+    const due: number[] = [];
+    let next = Number.POSITIVE_INFINITY;
+    for (const start of open.keys()) {
+      const last = start + size - 1;
+      if (last <= limit) due.push(start);
+      else if (last < next) next = last;
+    }
+    due.sort((a, b) => a - b);
+    for (const start of due) {
+      const window = { start, end: start + size };
+      for (const [key, n] of open.get(start)!) results.push({ key, window, result: n });
+      open.delete(start);
+    }
+    return next;
+  };
+
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i]!;
+    const ts = e.ts;
+    const rem = ts % size;
+    const start = rem < 0 ? ts - (rem + size) : ts - rem;
+    if (start + size - 1 <= wm) {
+      late++;
+    } else {
+      let counts = open.get(start);
+      if (counts === undefined) {
+        counts = new Map();
+        open.set(start, counts);
+        if (start + size - 1 < nextFire) nextFire = start + size - 1;
+      }
+      counts.set(e.key, (counts.get(e.key) ?? 0) + 1);
+    }
+    if (ts > maxTs) {
+      maxTs = ts;
+      const w = ts - bound - 1;
+      if (w > wm) {
+        wm = w;
+        if (nextFire <= wm) nextFire = fireUpTo(wm);
+      }
+    }
+  }
+  fireUpTo(Number.POSITIVE_INFINITY);
+  return { seconds: (performance.now() - start0) / 1000, cpu: cpuSeconds(cpu0), results, late };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verification
+
+function fnv1a(s: string, h = 0x811c9dc5): number {
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
+interface Digest {
+  readonly windows: number;
+  readonly total: number;
+  readonly late: number;
+  /** Order-independent: sum and xor of a hash of every (key, start, end, count) tuple. */
+  readonly sum: number;
+  readonly xor: number;
+}
+
+function digest(r: RunResult): Digest {
+  let total = 0;
+  let sum = 0;
+  let xor = 0;
+  for (const { key, window, result } of r.results) {
+    total += result;
+    const h = fnv1a(`${key}|${window.start}|${window.end}|${result}`);
+    sum = (sum + h) % 2 ** 48;
+    xor = (xor ^ h) >>> 0;
+  }
+  return { windows: r.results.length, total, late: r.late, sum, xor };
+}
+
+const sameDigest = (a: Digest, b: Digest): boolean =>
+  a.windows === b.windows && a.total === b.total && a.late === b.late && a.sum === b.sum && a.xor === b.xor;
+
+const show = (d: Digest): string =>
+  `windows=${d.windows} counted=${d.total} late=${d.late} checksum=${d.sum.toString(16)}/${d.xor.toString(16)}`;
+
+// ---------------------------------------------------------------------------------------------
+
+interface Scenario {
+  readonly name: string;
+  readonly group: string;
+  readonly run: (probe: boolean) => Promise<RunResult>;
+  readonly plan?: PipelinePlan;
+  readonly times: number[];
+  readonly cpu: number[];
+  digest?: Digest;
+}
+
+function kb(bytes: number | undefined): string {
+  return bytes === undefined ? '-' : `${(bytes / 1024).toFixed(0)} KB`;
+}
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+function fail(message: string): never {
+  console.error(`\nBENCH FAILED: ${message}`);
+  process.exit(1);
+}
+
+async function main(): Promise<void> {
+  console.log(
+    `floe core benchmark — ${EVENTS.toLocaleString('en-US')} events, ${KEYS} keys, batches of ${BATCH}`,
+  );
+  console.log(
+    `Node ${process.version} (${process.arch}), ${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.cpus().length} cores, load avg ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ')}`,
+  );
+  const t0 = performance.now();
+  const { events, batches } = generate(EVENTS);
+  console.log(`generated in ${((performance.now() - t0) / 1000).toFixed(2)} s (not timed)\n`);
+
+  const tumblingPlan = plan('bench-tumbling', tumbling({ size: TUMBLE }));
+  const slidingPlan = plan('bench-sliding', sliding({ size: minutes(1), slide: seconds(10) }));
+  const sessionPlan = plan('bench-session', session({ gap: seconds(30) }));
+
+  const scenarios: Scenario[] = [
+    {
+      name: 'hand-written loop, tumbling 1 min count',
+      group: 'tumbling',
+      run: async () => handTumbling(events, TUMBLE, BOUND),
+      times: [],
+      cpu: [],
+    },
+    {
+      name: 'floe tumbling 1 min count, with commit',
+      group: 'tumbling',
+      run: (probe) => runFloe(tumblingPlan, batches, true, probe),
+      plan: tumblingPlan,
+      times: [],
+      cpu: [],
+    },
+    {
+      name: 'floe tumbling 1 min count, no commit',
+      group: 'tumbling',
+      run: (probe) => runFloe(tumblingPlan, batches, false, probe),
+      plan: tumblingPlan,
+      times: [],
+      cpu: [],
+    },
+    {
+      name: 'floe sliding 1 min / 10 s count, with commit',
+      group: 'sliding',
+      run: (probe) => runFloe(slidingPlan, batches, true, probe),
+      plan: slidingPlan,
+      times: [],
+      cpu: [],
+    },
+    {
+      name: 'floe sliding 1 min / 10 s count, no commit',
+      group: 'sliding',
+      run: (probe) => runFloe(slidingPlan, batches, false, probe),
+      plan: slidingPlan,
+      times: [],
+      cpu: [],
+    },
+    {
+      name: 'floe session gap 30 s count, with commit',
+      group: 'session',
+      run: (probe) => runFloe(sessionPlan, batches, true, probe),
+      plan: sessionPlan,
+      times: [],
+      cpu: [],
+    },
+    {
+      name: 'floe session gap 30 s count, no commit',
+      group: 'session',
+      run: (probe) => runFloe(sessionPlan, batches, false, probe),
+      plan: sessionPlan,
+      times: [],
+      cpu: [],
+    },
+  ];
+
+  const only = process.env.BENCH_ONLY;
+  if (only !== undefined && only !== '') {
+    const re = new RegExp(only);
+    // The hand-written loop always runs: it is the reference the results are checked against.
+    for (let i = scenarios.length - 1; i > 0; i--) if (!re.test(scenarios[i]!.name)) scenarios.splice(i, 1);
+  }
+
+  // Rounds interleave the scenarios, so background load affects all of them alike.
+  for (let round = 0; round < WARMUP + RUNS; round++) {
+    const warm = round < WARMUP;
+    process.stdout.write(warm ? `warm-up ${round + 1}/${WARMUP}:` : `run ${round - WARMUP + 1}/${RUNS}:`);
+    for (const s of scenarios) {
+      // The warm-up rounds (untimed) also measure checkpoint sizes.
+      const r = await s.run(warm);
+      const d = digest(r);
+      // Every run of a group must give identical results (commit or not, any round).
+      const ref = scenarios.find((o) => o.group === s.group && o.digest !== undefined)?.digest;
+      if (ref !== undefined && !sameDigest(ref, d)) {
+        fail(`"${s.name}" produced different results:\n  expected ${show(ref)}\n  got      ${show(d)}`);
+      }
+      s.digest = d;
+      if (!warm) {
+        s.times.push(r.seconds);
+        s.cpu.push(r.cpu);
+      }
+      process.stdout.write(` ${r.seconds.toFixed(2)}s`);
+    }
+    process.stdout.write('\n');
+  }
+
+  const hand = scenarios[0]!;
+  const handRate = EVENTS / median(hand.times);
+  const rows = scenarios.map((s) => {
+    const secs = median(s.times);
+    const rate = EVENTS / secs;
+    return {
+      scenario: s.name,
+      events: EVENTS.toLocaleString('en-US'),
+      seconds: secs.toFixed(3),
+      best: Math.min(...s.times).toFixed(3),
+      cpu: median(s.cpu).toFixed(3),
+      rate: Math.round(rate).toLocaleString('en-US'),
+      ratio: s.group === 'tumbling' ? (rate / handRate).toFixed(2) : '-',
+      windows: s.digest!.windows.toLocaleString('en-US'),
+      checkpoint: kb(s.plan === undefined ? undefined : checkpointBytes.get(s.plan)),
+    };
+  });
+  const header = {
+    scenario: 'scenario',
+    events: 'events',
+    seconds: 'median s',
+    best: 'best s',
+    cpu: 'cpu s',
+    rate: 'events/s',
+    ratio: 'ratio',
+    windows: 'windows fired',
+    checkpoint: 'max checkpoint',
+  };
+  const cols = Object.keys(header) as Array<keyof typeof header>;
+  const width = Object.fromEntries(
+    cols.map((c) => [c, Math.max(header[c].length, ...rows.map((r) => r[c].length))]),
+  ) as Record<keyof typeof header, number>;
+  const line = (r: typeof header): string =>
+    cols.map((c, i) => (i === 0 ? r[c].padEnd(width[c]) : r[c].padStart(width[c]))).join('  ');
+  console.log(`\n${line(header)}`);
+  console.log(cols.map((c) => '-'.repeat(width[c])).join('  '));
+  for (const r of rows) console.log(line(r));
+
+  console.log(
+    `\nMedian of ${RUNS} runs after ${WARMUP} warm-up round(s); events/s and ratio use the median wall time.\n` +
+      `ratio = floe events/s ÷ hand-written events/s (tumbling). cpu s = process CPU time (median), all threads.\n` +
+      `max checkpoint = largest serialized shard checkpoint (it carries every pending timer), from the warm-up round.`,
+  );
+  console.log(`verified: floe tumbling = hand-written (${show(hand.digest!)})`);
+  const commitRow = scenarios.find((s) => s.name === 'floe tumbling 1 min count, with commit');
+  if (commitRow === undefined) return;
+  const tumblingCommit = EVENTS / median(commitRow.times);
+  const check = (ok: boolean, what: string): string => `${ok ? 'met' : 'MISSED'}: ${what}`;
+  console.log(
+    `targets: ${check(tumblingCommit / handRate >= 0.5, 'floe tumbling (with commit) >= 0.5 x hand-written')}; ${check(
+      tumblingCommit >= 1_000_000,
+      'floe tumbling (with commit) >= 1M events/s',
+    )}`,
+  );
+}
+
+await main();
