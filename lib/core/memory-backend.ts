@@ -19,7 +19,8 @@ interface LeaseRecord {
 
 export class MemoryBackend implements StateStore, CheckpointStore {
   private readonly state = new Map<StateAddress, string>();
-  private readonly checkpoints = new Map<string, string>();
+  /** Checkpoints are kept as (immutable) objects; serialize() writes their JSON form. */
+  private readonly checkpoints = new Map<string, ShardCheckpoint>();
   private readonly leases = new Map<string, LeaseRecord>();
   private readonly outbox = new Map<string, Array<Output & { published: boolean }>>();
   /** Number of getMany calls and entries read, for tests of the bulk-load behaviour. */
@@ -61,12 +62,11 @@ export class MemoryBackend implements StateStore, CheckpointStore {
   }
 
   async readCheckpoint(shardId: string): Promise<ShardCheckpoint | undefined> {
-    const text = this.checkpoints.get(shardId);
-    return text === undefined ? undefined : deserializeCheckpoint(text);
+    return this.checkpoints.get(shardId);
   }
 
   async listCheckpoints(): Promise<ShardCheckpoint[]> {
-    return [...this.checkpoints.values()].map(deserializeCheckpoint);
+    return [...this.checkpoints.values()];
   }
 
   async commit(lease: Lease, commit: Commit): Promise<void> {
@@ -77,9 +77,8 @@ export class MemoryBackend implements StateStore, CheckpointStore {
         `commit for shard ${commit.checkpoint.shardId} under the lease of shard ${lease.shardId}`,
       );
     }
-    const previous = this.checkpoints.get(lease.shardId);
-    if (previous !== undefined) {
-      const prev = deserializeCheckpoint(previous);
+    const prev = this.checkpoints.get(lease.shardId);
+    if (prev !== undefined) {
       if (commit.checkpoint.commitNumber !== prev.commitNumber + 1) {
         throw new FencedError(
           `commit ${commit.checkpoint.commitNumber} of shard ${lease.shardId} does not follow the stored commit ${prev.commitNumber}; another invocation committed in between`,
@@ -93,7 +92,6 @@ export class MemoryBackend implements StateStore, CheckpointStore {
         throw new StateFormatError(`checkpoint position of shard ${lease.shardId} would move backwards`);
       }
     }
-    const checkpointText = serializeCheckpoint(commit.checkpoint);
     for (const m of commit.mutations) {
       if (m.value === null) this.state.delete(m.address);
       else this.state.set(m.address, m.value);
@@ -101,7 +99,7 @@ export class MemoryBackend implements StateStore, CheckpointStore {
     const box = this.outbox.get(lease.shardId) ?? [];
     for (const o of commit.outputs) box.push({ ...o, published: false });
     this.outbox.set(lease.shardId, box);
-    this.checkpoints.set(lease.shardId, checkpointText);
+    this.checkpoints.set(lease.shardId, commit.checkpoint);
   }
 
   async unpublishedOutputs(shardId: string): Promise<Output[]> {
@@ -131,7 +129,7 @@ export class MemoryBackend implements StateStore, CheckpointStore {
     return JSON.stringify({
       v: 1,
       state: [...this.state],
-      checkpoints: [...this.checkpoints],
+      checkpoints: [...this.checkpoints].map(([k, v]) => [k, serializeCheckpoint(v)]),
       leases: [...this.leases],
       outbox: [...this.outbox],
     });
@@ -148,7 +146,7 @@ export class MemoryBackend implements StateStore, CheckpointStore {
     if (raw.v !== 1) throw new StateFormatError(`memory backend snapshot format ${raw.v} is not supported`);
     const backend = new MemoryBackend();
     for (const [k, v] of raw.state) backend.state.set(k, v);
-    for (const [k, v] of raw.checkpoints) backend.checkpoints.set(k, v);
+    for (const [k, v] of raw.checkpoints) backend.checkpoints.set(k, deserializeCheckpoint(v));
     for (const [k, v] of raw.leases) backend.leases.set(k, v);
     for (const [k, v] of raw.outbox) backend.outbox.set(k, v);
     return backend;
