@@ -9,7 +9,7 @@ export default defineConfig({
     projects: [
       {
         extends: true,
-        test: { name: 'unit', include: ['lib/**/*.test.ts'] },
+        test: { name: 'unit', include: ['lib/**/*.test.ts', 'cdk/**/*.test.ts'] },
       },
       {
         extends: true,

@@ -1,4 +1,5 @@
 /** Lambda entry point (scheduled): starts a worker for every runnable shard nobody holds. */
-import { createCoordinatorHandler, pipelineFromEnv } from '../lib/aws/lambda-handlers.ts';
+import pipeline from '@floe/pipeline';
+import { createCoordinatorHandler } from '../lib/aws/lambda-handlers.ts';
 
-export const handler = createCoordinatorHandler({ loadPipeline: pipelineFromEnv });
+export const handler = createCoordinatorHandler({ loadPipeline: async () => pipeline });

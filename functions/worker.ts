@@ -1,4 +1,5 @@
 /** Lambda entry point: one invocation works one shard until its time budget ends. */
-import { createWorkerHandler, pipelineFromEnv } from '../lib/aws/lambda-handlers.ts';
+import pipeline from '@floe/pipeline';
+import { createWorkerHandler } from '../lib/aws/lambda-handlers.ts';
 
-export const handler = createWorkerHandler({ loadPipeline: pipelineFromEnv });
+export const handler = createWorkerHandler({ loadPipeline: async () => pipeline });

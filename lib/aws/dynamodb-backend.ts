@@ -29,6 +29,7 @@ import {
   GetCommand,
   PutCommand,
   QueryCommand,
+  ScanCommand,
   TransactWriteCommand,
   type TransactWriteCommandInput,
   UpdateCommand,
@@ -646,6 +647,106 @@ export class DynamoBackend implements StateStore, CheckpointStore {
         );
       }
       throw error;
+    }
+  }
+
+  // ---- Savepoints (export and restore; see lib/runtime/savepoints.ts) ----
+
+  /**
+   * Every live state entry of this job generation: a parallel Scan of the state table filtered
+   * by this scope's key prefix (tombstones skipped). Consistent while no worker commits (the
+   * savepoint holds every lease).
+   */
+  async *entries(options: { segments?: number } = {}): AsyncGenerator<[StateAddress, string]> {
+    const segments = Math.max(1, options.segments ?? 4);
+    const prefix = `${this.scope}#`;
+    const cursors: Array<Record<string, unknown> | undefined | null> = new Array(segments).fill(undefined);
+    // Round-robin over the segments, one page each, so memory stays at one page per segment.
+    while (cursors.some((c) => c !== null)) {
+      const pages = await Promise.all(
+        cursors.map(async (cursor, segment) => {
+          if (cursor === null) return undefined;
+          this.metrics.readRequests++;
+          return this.ddb.send(
+            new ScanCommand({
+              TableName: this.options.stateTable,
+              Segment: segment,
+              TotalSegments: segments,
+              FilterExpression: 'begins_with(pk, :prefix) AND attribute_exists(v)',
+              ExpressionAttributeValues: { ':prefix': prefix },
+              ProjectionExpression: 'pk, v',
+              ConsistentRead: true,
+              ...(cursor === undefined ? {} : { ExclusiveStartKey: cursor }),
+            }),
+          );
+        }),
+      );
+      for (const [segment, page] of pages.entries()) {
+        if (page === undefined) continue;
+        cursors[segment] = page.LastEvaluatedKey ?? null;
+        for (const item of page.Items ?? []) {
+          if (typeof item.v === 'string') yield [(item.pk as string).slice(prefix.length), item.v];
+        }
+      }
+    }
+  }
+
+  /**
+   * Writes state entries directly (restoring a savepoint into a generation no worker runs yet):
+   * idempotent puts, 25 per BatchWriteItem, with a restore version that any later commit
+   * overwrites.
+   */
+  async importEntries(entries: ReadonlyArray<readonly [StateAddress, string]>): Promise<void> {
+    const chunks: Array<ReadonlyArray<readonly [StateAddress, string]>> = [];
+    for (let i = 0; i < entries.length; i += 25) chunks.push(entries.slice(i, i + 25));
+    await mapLimit(chunks, 8, async (chunk) => {
+      let requests: Array<Record<string, unknown>> = chunk.map(([address, value]) => ({
+        PutRequest: { Item: { pk: `${this.scope}#${address}`, v: value, sh: '~restore', f: 0, c: 0 } },
+      }));
+      for (let attempt = 0; requests.length > 0; attempt++) {
+        if (attempt > 0) await sleep(Math.min(1000, 25 * 2 ** attempt));
+        if (attempt > 12) throw new TransientBackendError('BatchWriteItem kept returning unprocessed items');
+        this.metrics.writeRequests++;
+        this.metrics.itemsWritten += requests.length;
+        const res = await this.ddb.send(
+          new BatchWriteCommand({ RequestItems: { [this.options.stateTable]: requests as never } }),
+        );
+        requests = (res.UnprocessedItems?.[this.options.stateTable] ?? []) as Array<Record<string, unknown>>;
+      }
+    });
+  }
+
+  /**
+   * Sets the checkpoint of a shard that has none in this generation (restoring a savepoint).
+   * An identical existing checkpoint is accepted (a rerun); a different one is an error.
+   */
+  async importCheckpoint(checkpoint: ShardCheckpoint): Promise<void> {
+    const text = serializeCheckpoint(checkpoint);
+    const inline = text.length <= CHECKPOINT_INLINE_LIMIT;
+    const cpRef = inline
+      ? undefined
+      : await this.putCheckpointObject(checkpoint.shardId, checkpoint.commitNumber, text);
+    try {
+      await this.ddb.send(
+        new PutCommand({
+          TableName: this.options.controlTable,
+          Item: {
+            ...this.leaseKey(checkpoint.shardId),
+            leaseExpiresAt: 0, // free: the first worker takes the lease
+            commitNumber: checkpoint.commitNumber,
+            ...(inline ? { cp: text } : { cpRef }),
+          },
+          ConditionExpression: 'attribute_not_exists(pk)',
+        }),
+      );
+    } catch (error) {
+      if (!isConditionFailure(error)) throw error;
+      const existing = await this.readCheckpoint(checkpoint.shardId);
+      if (existing === undefined || serializeCheckpoint(existing) !== text) {
+        throw new StateFormatError(
+          `shard ${checkpoint.shardId} already has another checkpoint in ${this.scope}; restore into a new generation or job`,
+        );
+      }
     }
   }
 

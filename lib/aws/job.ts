@@ -8,6 +8,7 @@ import { S3Client } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { ConfigurationError, describeValue, type PipelinePlan } from '../core/index.ts';
 import type { JobRuntime } from '../runtime/job.ts';
+import { outputJobId } from '../runtime/job-control.ts';
 import { DynamoBackend } from './dynamodb-backend.ts';
 import { KinesisSource } from './kinesis-source.ts';
 import { S3ObjectSink } from './sinks.ts';
@@ -122,7 +123,7 @@ export function openAwsJob(
   });
   const sink = routingSinkFromSpecs(config.sinks, clients, { fallback, requiredSinks: plan.sinks });
   return {
-    job: config.job,
+    job: outputJobId(config.job, config.generation ?? 0),
     plan,
     source: new KinesisSource({ client: clients.kinesis, stream: config.stream }),
     backend,

@@ -1,9 +1,11 @@
 /**
  * Lambda handlers over lib/runtime: a worker per shard, a scheduled coordinator that starts
- * workers, both with structured logs (Powertools Logger). functions/*.ts are thin entry points.
+ * workers, both with structured logs (Powertools Logger); the worker also emits CloudWatch
+ * embedded metrics (Powertools Metrics, see worker-metrics.ts). functions/*.ts are thin entry points.
  */
 
 import { Logger } from '@aws-lambda-powertools/logger';
+import type { Metrics } from '@aws-lambda-powertools/metrics';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import type { Context } from 'aws-lambda';
 import {
@@ -16,13 +18,9 @@ import {
 } from '../core/index.ts';
 import { coordinateRound } from '../runtime/coordinator.ts';
 import { runShardWorker, type WorkerResult } from '../runtime/worker.ts';
-import {
-  type AwsClientsBundle,
-  type AwsJobConfig,
-  awsClients,
-  awsJobConfigFromEnv,
-  openAwsJob,
-} from './job.ts';
+import { type AwsClientsBundle, type AwsJobConfig, awsClients, awsJobConfigFromEnv } from './job.ts';
+import { openAwsJobFromRecord } from './run-job.ts';
+import { WorkerMetrics } from './worker-metrics.ts';
 
 export interface WorkerEvent {
   readonly shardId: string;
@@ -35,6 +33,8 @@ export interface HandlerDeps {
   readonly config?: () => AwsJobConfig;
   readonly clients?: () => AwsClientsBundle;
   readonly logger?: Logger;
+  /** Worker metrics sink. @default - Powertools Metrics in namespace POWERTOOLS_METRICS_NAMESPACE (else 'Floe') */
+  readonly metrics?: Metrics;
 }
 
 /** Time kept back from the Lambda timeout to commit the last batch and release the lease. */
@@ -55,17 +55,39 @@ export function createWorkerHandler(deps: HandlerDeps) {
     const plan = compile(await deps.loadPipeline());
     const clients = (deps.clients ?? awsClients)();
     logger.appendKeys({ job: config.job, shardId: event.shardId });
+    const metrics = new WorkerMetrics({
+      job: config.job,
+      plan,
+      ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }),
+    });
+    let result: WorkerResult | undefined;
     try {
-      const job = openAwsJob(plan, config, clients);
+      // The job record names the generation to run; a stopped or pausing job does not run.
+      const opened = await openAwsJobFromRecord(plan, config, clients);
+      if (opened.runtime === undefined) {
+        logger.info('worker not started', { reason: opened.reason });
+        result = {
+          shardId: event.shardId,
+          records: 0,
+          commits: 0,
+          finished: false,
+          childShardIds: [],
+          caughtUp: false,
+          paused: true,
+        };
+        return result;
+      }
+      const job = metrics.instrument(opened.runtime);
       const initial =
         event.initialCheckpoint === undefined ? undefined : deserializeCheckpoint(event.initialCheckpoint);
-      const result = await runShardWorker(
+      result = await runShardWorker(
         job,
         event.shardId,
         {
           owner: context.awsRequestId,
           timeBudgetMs: Math.max(1_000, context.getRemainingTimeInMillis() - SAFETY_MARGIN_MS),
-          onCommit: (p) =>
+          onCommit: (p) => {
+            metrics.onCommit(p);
             logger.debug('commit', {
               commitNumber: p.commitNumber,
               records: p.records,
@@ -73,7 +95,8 @@ export function createWorkerHandler(deps: HandlerDeps) {
               deadLetters: p.deadLetters,
               watermark: Number.isFinite(p.watermark) ? p.watermark : String(p.watermark),
               millisBehindLatest: p.millisBehindLatest,
-            }),
+            });
+          },
         },
         initial,
       );
@@ -83,6 +106,7 @@ export function createWorkerHandler(deps: HandlerDeps) {
       logger.error('worker failed', error as Error);
       throw error;
     } finally {
+      metrics.finish(result);
       clients.destroy();
     }
   };
@@ -111,7 +135,12 @@ export function createCoordinatorHandler(deps: CoordinatorDepsAws) {
         );
       });
     try {
-      const job = openAwsJob(plan, config, clients);
+      const opened = await openAwsJobFromRecord(plan, config, clients);
+      if (opened.runtime === undefined) {
+        logger.info('coordinator round skipped', { reason: opened.reason });
+        return { started: [], running: [], finished: [] };
+      }
+      const job = opened.runtime;
       const now = Date.now();
       const result = await coordinateRound(job, {
         isLeaseLive: async (shardId) => ((await job.backend.leaseInfo(shardId))?.expiresAt ?? 0) > now,

@@ -14,6 +14,9 @@ Usage:
   floe produce --stream <name> (--file <f> | --generate clickstream) [options]
   floe run <pipeline.ts> [--backend embedded|aws] [--stream <name>] [--job <id>] [--until-idle]
   floe status --job <id> [--stream <name>]
+  floe savepoint create --job <id> [--stop] | list | inspect <id> | delete <id>
+  floe replay --from-savepoint <id> [--as-job <new-id>] [--pipeline <pipeline.ts>]
+  floe replay --from-timestamp <time> --pipeline <pipeline.ts> [--as-job <id>]
   floe simulate <pipeline.ts> --input <events.ndjson|-> [--output <file>] [--shards N] [--end-of-input]
   floe help
 
@@ -113,6 +116,10 @@ export async function main(argv: string[]): Promise<number> {
         return await (await import('./status.ts')).runStatus(rest);
       case 'demo':
         return await (await import('./demo.ts')).runDemo(rest);
+      case 'savepoint':
+        return await (await import('./savepoint.ts')).runSavepoint(rest);
+      case 'replay':
+        return await (await import('./replay.ts')).runReplay(rest);
       case undefined:
       case 'help':
       case '--help':
@@ -121,7 +128,7 @@ export async function main(argv: string[]): Promise<number> {
         return command === undefined ? 1 : 0;
       default:
         throw new UsageError(
-          `unknown command "${command}". Commands: demo, produce, run, status, simulate. See 'floe help'.`,
+          `unknown command "${command}". Commands: demo, produce, run, status, savepoint, replay, simulate. See 'floe help'.`,
         );
     }
   } catch (error) {

@@ -1,7 +1,8 @@
 /** `floe run --backend aws`: the local runner against the endpoints the AWS SDK is configured for. */
 
-import { type AwsJobConfig, awsClients, defaultResourceNames, openAwsJob } from '../aws/job.ts';
+import { type AwsJobConfig, awsClients, defaultResourceNames } from '../aws/job.ts';
 import { checkResources, createBucket, createStream, createTables } from '../aws/resources.ts';
+import { openAwsJobForRun } from '../aws/run-job.ts';
 import { ConfigurationError, type PipelinePlan } from '../core/index.ts';
 import { runJob } from '../runtime/local-runner.ts';
 import { formatCount, formatTime } from './args.ts';
@@ -20,6 +21,8 @@ export interface RunAwsOptions {
   readonly batchSize: number;
   readonly leaseTtlMs: number;
   readonly quiet: boolean;
+  /** The pipeline module's path (recorded in the job record; savepoints name it). */
+  readonly pipelineModule?: string;
 }
 
 /** Turns the SDK's configuration failures into one clear line. */
@@ -70,7 +73,13 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
       await createBucket(clients.s3, config.bucket);
     }
     await checkResources(clients, config);
-    const runtime = openAwsJob(options.plan, config, clients);
+    const { runtime } = await openAwsJobForRun(options.plan, config, clients, {
+      pipeline: {
+        name: options.plan.name,
+        version: options.plan.version,
+        ...(options.pipelineModule === undefined ? {} : { module: options.pipelineModule }),
+      },
+    });
     const summary = await runJob(runtime, {
       untilIdle: options.untilIdle,
       batchSize: options.batchSize,
@@ -89,6 +98,7 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
     console.error(
       `floe run: job "${config.job}" processed ${formatCount(summary.records)} records from ${config.stream} in ${seconds.toFixed(1)} s, ${summary.commits} commits`,
     );
+    if (summary.stopped !== undefined) console.error(`  stopped: ${summary.stopped}`);
     return 0;
   } catch (error) {
     throw explainAwsError(error);

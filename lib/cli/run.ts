@@ -1,7 +1,10 @@
 /** `floe run`: runs a pipeline with the local runner (embedded backend by default). */
+
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { compile } from '../core/index.ts';
-import { DEFAULT_DATA_DIR, openEmbeddedJob } from '../embedded/job.ts';
+import { DEFAULT_DATA_DIR } from '../embedded/job.ts';
+import { openEmbeddedJobForRun } from '../embedded/run-job.ts';
 import { jobStatus } from '../embedded/status.ts';
 import { runJob } from '../runtime/local-runner.ts';
 import { bar, formatCount, formatTime, oneOf, positiveInt, UsageError } from './args.ts';
@@ -15,7 +18,7 @@ worker per shard in this process, committing state, outputs and checkpoints exac
 Options:
   --backend <embedded|aws>  embedded: SQLite + local log in --data-dir (default);
                             aws: the endpoints the AWS SDK is configured for
-  --stream, -s <name>       input stream (default: the pipeline name)
+  --stream, -s <name>       input stream (default: the job's stream, else the pipeline name)
   --job <id>                job id: scopes state, checkpoints and outputs (default: the pipeline name)
   --until-idle              stop once every shard is caught up (default: run until Ctrl-C)
   --batch-size <N>          records per read and commit (default 1000)
@@ -68,7 +71,6 @@ export async function runRun(args: string[]): Promise<number> {
   const progressMode = oneOf('--progress', values.progress, ['auto', 'lines', 'none'], 'auto');
   const pipeline = await loadPipeline(positionals[0]);
   const plan = compile(pipeline);
-  const stream = values.stream ?? pipeline.name;
   const jobId = values.job ?? pipeline.name;
   const leaseTtlMs = positiveInt('--lease-ttl', values['lease-ttl'], 10_000);
   if (backend === 'aws') {
@@ -87,10 +89,19 @@ export async function runRun(args: string[]): Promise<number> {
       batchSize,
       leaseTtlMs,
       quiet: progressMode === 'none',
+      pipelineModule: resolve(positionals[0]!),
     });
   }
   const dataDir = values['data-dir'] ?? DEFAULT_DATA_DIR;
-  const job = await openEmbeddedJob({ dataDir, stream, job: jobId, plan });
+  const job = await openEmbeddedJobForRun({
+    dataDir,
+    stream: values.stream,
+    job: jobId,
+    plan,
+    pipeline: { name: plan.name, version: plan.version, module: resolve(positionals[0]!) },
+  });
+  const { generation, stream: jobStream } = job;
+  let pausedFor = '';
   const controller = new AbortController();
   const stop = (): void => controller.abort();
   process.once('SIGINT', stop);
@@ -101,7 +112,7 @@ export async function runRun(args: string[]): Promise<number> {
   let lastLines = 0;
   const render = (final = false): void => {
     if (progressMode === 'none') return;
-    const status = jobStatus(job.db, jobId, stream);
+    const status = jobStatus(job.db, jobId, jobStream, generation);
     const total = status.shards.reduce((n, s) => n + s.records, 0);
     const lag = status.shards.reduce((n, s) => n + s.lag, 0);
     const seconds = (Date.now() - started) / 1000;
@@ -130,6 +141,10 @@ export async function runRun(args: string[]): Promise<number> {
       signal: controller.signal,
       idlePollMs: 200,
       leaseTtlMs,
+      onPaused: (reason) => {
+        if (progressMode !== 'none' && !live && reason !== pausedFor) console.error(`  paused: ${reason}`);
+        pausedFor = reason;
+      },
       onLeaseBusy: (shardId) => {
         if (progressMode !== 'none' && !live)
           console.error(`  ${shardId}: lease held by another worker; waiting`);
@@ -140,11 +155,12 @@ export async function runRun(args: string[]): Promise<number> {
     });
     clearInterval(timer);
     render(true);
-    const status = jobStatus(job.db, jobId, stream);
+    const status = jobStatus(job.db, jobId, jobStream, generation);
     const seconds = (Date.now() - started) / 1000;
     console.error(
       `floe run: job "${jobId}" processed ${formatCount(summary.records)} records in ${seconds.toFixed(1)} s (${formatCount(Math.round(summary.records / Math.max(seconds, 0.001)))} records/s), ${summary.commits} commits`,
     );
+    if (summary.stopped !== undefined) console.error(`  stopped: ${summary.stopped}`);
     for (const [sink, n] of Object.entries(status.outputs))
       console.error(`  ${sink}: ${formatCount(n)} outputs`);
     console.error(`  results: table ${job.sink.table} in ${dataDir}/floe.db`);

@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigurationError } from '../core/index.ts';
 import { checkJobId, DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
+import { SqliteJobStore } from '../embedded/job-store.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import { jobStatus } from '../embedded/status.ts';
 import { formatCount, formatTime, UsageError } from './args.ts';
@@ -14,7 +15,7 @@ and last commit; and the job's published outputs per sink, including dead letter
 
 Options:
   --job <id>          the job (required)
-  --stream <name>     its input stream (default: the job id)
+  --stream <name>     its input stream (default: the job's, else the job id)
   --data-dir <dir>    embedded data directory (default .floe)
   --json              print JSON`;
 
@@ -38,25 +39,29 @@ export async function runStatus(args: string[]): Promise<number> {
     throw new UsageError(`status takes no positional arguments; received "${positionals[0]}"`);
   if (values.job === undefined) throw new UsageError('status needs --job <id>');
   const job = checkJobId(values.job);
-  const stream = values.stream ?? job;
   const path = databasePath(values['data-dir'] ?? DEFAULT_DATA_DIR);
   if (!existsSync(path))
     throw new ConfigurationError(`no embedded data at ${path}; run 'floe produce' and 'floe run' first`);
   const db = openSqlite(path);
   try {
+    // The job record (written by floe run, savepoints and replays) names the stream and generation.
+    const record = await new SqliteJobStore(db).get(job);
+    const stream = values.stream ?? record?.stream ?? job;
     const known =
       db.prepare('SELECT 1 FROM sqlite_master WHERE name = ?').get('floe_log_stream') !== undefined;
     if (!known || db.prepare('SELECT 1 FROM floe_log_stream WHERE name = ?').get(stream) === undefined) {
       throw new ConfigurationError(`unknown stream "${stream}" in ${path}; pass --stream <name>`);
     }
-    const status = jobStatus(db, job, stream);
+    const status = jobStatus(db, job, stream, record?.generation ?? 0);
     if (values.json) {
       console.log(
         JSON.stringify(status, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v), 2),
       );
       return 0;
     }
-    console.log(`job ${job} on stream ${stream}`);
+    console.log(
+      `job ${job} on stream ${stream}${record === undefined ? '' : ` (generation ${record.generation}, ${record.state}${record.restoredFrom ? `, restored from savepoint ${record.restoredFrom.savepointId}` : ''}${record.stoppedBy ? `, stopped with savepoint ${record.stoppedBy.savepointId}` : ''})`}`,
+    );
     console.log(
       'shard                 state   position              lag        watermark             commits',
     );

@@ -68,6 +68,8 @@ export interface GraphNode {
   readonly operatorKind?: 'window' | 'process';
   /** Window operators: name of the late-data side output. */
   readonly lateOutput?: string;
+  /** Window operators: the assigner kind (its state layout; recorded in savepoints). */
+  readonly windowKind?: WindowAssigner['kind'];
 }
 
 export interface PipelineOptions {
@@ -228,6 +230,7 @@ export class KeyedStream<T, K extends StateKey> {
     process: KeyedProcessFunction<unknown, unknown, StateSpec>,
     uid: string | undefined,
     lateOutput?: string,
+    windowKind?: WindowAssigner['kind'],
   ): ProcessedStream<Out> {
     const pipeline = this.stream.pipeline;
     const node = pipeline.add({
@@ -238,6 +241,7 @@ export class KeyedStream<T, K extends StateKey> {
       operatorKind,
       uid,
       lateOutput,
+      windowKind,
     });
     return new ProcessedStream<Out>(pipeline, node);
   }
@@ -315,6 +319,7 @@ export class WindowedStream<T, K extends StateKey> {
       fn as unknown as KeyedProcessFunction<unknown, unknown, StateSpec>,
       this.uidValue,
       this.lateName,
+      this.assigner.kind,
     );
     stream.lateOutputName = this.lateName;
     return stream;

@@ -9,6 +9,7 @@ export * from './partitioning.ts';
 export type * from './ports.ts';
 export type * from './processor.ts';
 export { processFunction } from './processor.ts';
+export * from './savepoint.ts';
 export * from './shard-task.ts';
 export {
   type ListState,

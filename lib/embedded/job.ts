@@ -3,8 +3,9 @@
  * the job's state, checkpoints and outbox, and a table per job with its published outputs.
  */
 import { join } from 'node:path';
-import { ConfigurationError, describeValue, type PipelinePlan } from '../core/index.ts';
+import { ConfigurationError, describeValue, type PipelinePlan, type StartPosition } from '../core/index.ts';
 import type { JobRuntime } from '../runtime/job.ts';
+import { type JobControl, outputJobId } from '../runtime/job-control.ts';
 import { LocalLog } from './local-log.ts';
 import { SqliteTableSink } from './sinks.ts';
 import { openSqlite, type SqliteDatabase } from './sqlite.ts';
@@ -46,6 +47,12 @@ export async function openEmbeddedJob(options: {
   readonly job: string;
   readonly plan: PipelinePlan;
   readonly clock?: () => number;
+  /** State generation (from the job record). @default 0 */
+  readonly generation?: number;
+  /** Where shards without a checkpoint start. @default TRIM_HORIZON */
+  readonly startPosition?: StartPosition;
+  /** The job record's control (savepoint pause, stop). */
+  readonly control?: JobControl;
 }): Promise<EmbeddedJob> {
   const job = checkJobId(options.job);
   const db = openSqlite(databasePath(options.dataDir));
@@ -57,16 +64,19 @@ export async function openEmbeddedJob(options: {
       `unknown stream "${options.stream}" in ${databasePath(options.dataDir)}; streams: ${streams.join(', ') || 'none'}. Create it with 'floe produce --stream ${options.stream} ...'`,
     );
   }
-  const backend = new SqliteBackend(db, { job });
+  const generation = options.generation ?? 0;
+  const backend = new SqliteBackend(db, { job, generation });
   const sink = new SqliteTableSink(db, { table: outputTable(job) });
   return {
     runtime: {
-      job,
+      job: outputJobId(job, generation),
       plan: options.plan,
       source: log.source(options.stream),
       backend,
       sink,
       ...(options.clock === undefined ? {} : { clock: options.clock }),
+      ...(options.startPosition === undefined ? {} : { startPosition: options.startPosition }),
+      ...(options.control === undefined ? {} : { control: options.control }),
     },
     log,
     backend,

@@ -20,6 +20,8 @@ export interface JobRuntime {
   readonly startPosition?: StartPosition;
   /** Processing-time clock. @default Date.now */
   readonly clock?: () => number;
+  /** The job record's say (savepoint pause, stop, newer generation), read between batches. */
+  readonly control?: import('./job-control.ts').JobControl;
 }
 
 export interface WorkerOptions {
@@ -39,6 +41,8 @@ export interface WorkerOptions {
   readonly onCommit?: (progress: ShardProgress) => void;
   /** Stops the loop at the next batch boundary. */
   readonly signal?: AbortSignal;
+  /** How often a worker reads the job control between batches (wall ms). @default 500 */
+  readonly controlPollMs?: number;
 }
 
 export interface ShardProgress {

@@ -17,6 +17,8 @@ export interface RunOptions extends Omit<WorkerOptions, 'owner' | 'untilIdle'> {
   readonly roundPauseMs?: number;
   /** Called when a shard's worker stopped on a retryable error or a lost lease (it is retried next round). */
   readonly onLeaseBusy?: (shardId: string, error: FloeError) => void;
+  /** Called while the job control pauses the job (a savepoint is being taken). */
+  readonly onPaused?: (reason: string) => void;
 }
 
 export interface RunSummary {
@@ -24,6 +26,8 @@ export interface RunSummary {
   readonly commits: number;
   readonly rounds: number;
   readonly shards: readonly string[];
+  /** Set when the job control stopped the run (job stopped, or restored into another generation). */
+  readonly stopped?: string;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -35,7 +39,18 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
   let rounds = 0;
   const seen = new Set<string>();
   const flushed = new Set<string>();
+  let stopped: string | undefined;
   while (!options.signal?.aborted) {
+    const decision = await job.control?.check();
+    if (decision?.action === 'stop') {
+      stopped = decision.reason;
+      break;
+    }
+    if (decision?.action === 'pause') {
+      options.onPaused?.(decision.reason);
+      await sleep(options.roundPauseMs ?? 500);
+      continue;
+    }
     rounds++;
     const shards = await job.source.listShards();
     const checkpoints = new Map<string, ShardCheckpoint>(
@@ -87,13 +102,21 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
     );
     if (leaseBusy) await sleep(options.roundPauseMs ?? 500);
     let progressed = false;
+    let paused = false;
     for (const r of results) {
+      if (r.paused) paused = true;
       records += r.records;
       commits += r.commits;
       if (r.records > 0 || r.finished) progressed = true;
     }
-    if (options.untilIdle && !leaseBusy && !progressed && results.every((r) => r.caughtUp || r.finished))
+    if (
+      options.untilIdle &&
+      !leaseBusy &&
+      !paused &&
+      !progressed &&
+      results.every((r) => r.caughtUp || r.finished)
+    )
       break;
   }
-  return { records, commits, rounds, shards: [...seen] };
+  return { records, commits, rounds, shards: [...seen], ...(stopped === undefined ? {} : { stopped }) };
 }

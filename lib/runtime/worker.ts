@@ -21,6 +21,8 @@ export interface WorkerResult {
   readonly finished: boolean;
   readonly childShardIds: readonly string[];
   readonly caughtUp: boolean;
+  /** Stopped at a commit boundary because the job control said so (savepoint, stop). */
+  readonly paused?: boolean;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -57,7 +59,18 @@ export async function runShardWorker(
   let commits = 0;
   let caughtUp = false;
   let childShardIds: readonly string[] = [];
+  // The job control is read at start and then at most every controlPollMs, between batches.
+  const pollMs = options.controlPollMs ?? 500;
+  let nextControlCheck = 0;
+  const mustPause = async (): Promise<boolean> => {
+    if (job.control === undefined || Date.now() < nextControlCheck) return false;
+    nextControlCheck = Date.now() + pollMs;
+    return (await job.control.check()).action !== 'run';
+  };
   try {
+    if (await mustPause()) {
+      return { shardId, records, commits, finished: false, childShardIds, caughtUp: false, paused: true };
+    }
     await publishPending(job.backend, job.sink, shardId);
     const checkpoint = (await job.backend.readCheckpoint(shardId)) ?? initial;
     if (checkpoint?.finished) {
@@ -70,8 +83,13 @@ export async function runShardWorker(
         : (job.startPosition ?? { type: 'TRIM_HORIZON' });
     const reader = await job.source.openReader(shardId, position);
     let finished = false;
+    let paused = false;
     try {
       while (!options.signal?.aborted && clock() - started < budget) {
+        if (await mustPause()) {
+          paused = true;
+          break;
+        }
         if (clock() - started > 0 && lease.expiresAt - clock() < ttl / 2) {
           lease = await job.backend.renewLease(lease, clock(), ttl);
         }
@@ -102,7 +120,7 @@ export async function runShardWorker(
     } finally {
       await reader.close?.();
     }
-    return { shardId, records, commits, finished, childShardIds, caughtUp };
+    return { shardId, records, commits, finished, childShardIds, caughtUp, ...(paused ? { paused } : {}) };
   } finally {
     await job.backend.releaseLease(lease).catch(() => {});
   }

@@ -1,0 +1,300 @@
+/**
+ * Where a pipeline's named sink goes when the StreamProcessor construct deploys it: a DynamoDB
+ * table (upsert by key; a new one defined by the construct or an existing one), an existing
+ * Kinesis stream, or S3 (the processor's bucket or another). Rendered into FLOE_SINKS with the
+ * grammar of lib/aws/sinks-config.ts, and granted to the worker with the actions the sink uses.
+ */
+import { type RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import type { IGrantable } from 'aws-cdk-lib/aws-iam';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import type * as kinesis from 'aws-cdk-lib/aws-kinesis';
+import type * as s3 from 'aws-cdk-lib/aws-s3';
+import { Construct } from 'constructs';
+
+/** What a sink target needs from the processor it is bound to. */
+export interface SinkTargetBindOptions {
+  /** Scope for resources the target defines (one per sink). */
+  readonly scope: Construct;
+  /** The DSL sink name. */
+  readonly sinkName: string;
+  /** The job id. */
+  readonly job: string;
+  /** The processor's bucket. */
+  readonly bucket: s3.IBucket;
+  /** Removal policy and point-in-time recovery of tables the target defines. */
+  readonly removalPolicy: RemovalPolicy;
+}
+
+/** The result of binding a sink target. */
+export interface SinkTargetConfig {
+  /** `TYPE:DESTINATION[?PARAMS]` (lib/aws/sinks-config.ts); may contain tokens. */
+  readonly destination: string;
+  /** Grants the worker what the sink needs. */
+  readonly grant: (grantee: IGrantable) => void;
+  /** A table the target defined, if any. */
+  readonly table?: dynamodb.Table;
+}
+
+/** Options of a DynamoDB table sink defined by the construct. */
+export interface NewTableSinkOptions {
+  /** The table's partition key; the attribute is taken from the field of the same name of each value. */
+  readonly partitionKey: dynamodb.Attribute;
+  /**
+   * The table's sort key, taken from the field of the same name of each value.
+   * @default - no sort key: one item per partition key
+   */
+  readonly sortKey?: dynamodb.Attribute;
+  /**
+   * Store the whole value as JSON in this attribute instead of one attribute per top-level field.
+   * @default - each top-level field of the value becomes an attribute
+   */
+  readonly valueAttribute?: string;
+}
+
+/** Options of a sink into an existing DynamoDB table. */
+export interface TableSinkOptions {
+  /** Name of the table's partition key attribute, taken from the field of the same name of each value. */
+  readonly partitionKey: string;
+  /**
+   * Name of the table's sort key attribute, if the table has one.
+   * @default - the table has no sort key
+   */
+  readonly sortKey?: string;
+  /**
+   * Store the whole value as JSON in this attribute.
+   * @default - each top-level field of the value becomes an attribute
+   */
+  readonly valueAttribute?: string;
+}
+
+/** Options of a sink into a Kinesis stream. */
+export interface StreamSinkOptions {
+  /**
+   * Top-level field of each value used as the partition key (a string or number).
+   * @default - the output id (`job/shard/commit/index`), which spreads records over shards
+   */
+  readonly partitionKey?: string;
+}
+
+/** Options of a sink into S3 objects (one NDJSON object per sink, job, shard and commit). */
+export interface BucketSinkOptions {
+  /**
+   * Key prefix of the objects.
+   * @default 'outputs/<job>/'
+   */
+  readonly prefix?: string;
+  /**
+   * Merge lines with an existing object of the same key (a GET before each PUT) so a partial
+   * republish after a crash loses nothing.
+   * @default true
+   */
+  readonly merge?: boolean;
+}
+
+const FIELD = /^[^\s,&?=]{1,255}$/;
+
+function checkField(what: string, value: string): void {
+  if (typeof value !== 'string' || !FIELD.test(value)) {
+    throw new Error(
+      `${what} must be a field name of 1-255 characters without spaces , & ? =, got ${JSON.stringify(value)}`,
+    );
+  }
+}
+
+function checkPrefix(prefix: string): string {
+  if (typeof prefix !== 'string' || prefix.startsWith('/') || /[?&=\s]/.test(prefix)) {
+    throw new Error(
+      `an S3 sink prefix must not start with '/' nor contain spaces ? & =, got ${JSON.stringify(prefix)}`,
+    );
+  }
+  return prefix === '' || prefix.endsWith('/') ? prefix : `${prefix}/`;
+}
+
+function objectStatements(bucket: s3.IBucket, prefix: string, grantee: IGrantable, merge: boolean): void {
+  if (merge) {
+    grantObjects(bucket, [prefix], grantee);
+  } else {
+    allowObjects(grantee, bucket, [prefix], ['s3:PutObject']);
+  }
+  bucket.encryptionKey?.grantEncryptDecrypt(grantee);
+}
+
+/**
+ * The destination of one sink of a StreamProcessor: use the static factory methods.
+ *
+ * @example
+ * sinks: {
+ *   'page-view-counts': SinkTarget.newTable({
+ *     partitionKey: { name: 'page', type: AttributeType.STRING },
+ *     sortKey: { name: 'windowStart', type: AttributeType.NUMBER },
+ *   }),
+ *   alerts: SinkTarget.stream(alertsStream, { partitionKey: 'user' }),
+ * }
+ */
+export abstract class SinkTarget {
+  /** A DynamoDB table defined by the construct (on-demand, point-in-time recovery), upserted by key. */
+  static newTable(options: NewTableSinkOptions): SinkTarget {
+    checkField('partitionKey.name', options.partitionKey?.name);
+    if (options.sortKey !== undefined) checkField('sortKey.name', options.sortKey.name);
+    if (options.valueAttribute !== undefined) checkField('valueAttribute', options.valueAttribute);
+    if (options.sortKey !== undefined && options.sortKey.name === options.partitionKey.name) {
+      throw new Error(
+        `the sort key and the partition key of a table sink must differ, both are ${JSON.stringify(options.sortKey.name)}`,
+      );
+    }
+    return new (class extends SinkTarget {
+      bind(o: SinkTargetBindOptions): SinkTargetConfig {
+        const table = new dynamodb.Table(o.scope, 'Table', {
+          partitionKey: options.partitionKey,
+          ...(options.sortKey !== undefined ? { sortKey: options.sortKey } : {}),
+          billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+          pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+          encryption: dynamodb.TableEncryption.AWS_MANAGED,
+          removalPolicy: o.removalPolicy,
+        });
+        const key = [options.partitionKey.name, ...(options.sortKey ? [options.sortKey.name] : [])];
+        return {
+          destination: tableDestination(table.tableName, key, options.valueAttribute),
+          grant: (grantee) => grantUpsert(table, grantee),
+          table,
+        };
+      }
+    })();
+  }
+
+  /** An existing DynamoDB table, upserted by key. */
+  static table(table: dynamodb.ITable, options: TableSinkOptions): SinkTarget {
+    checkField('partitionKey', options.partitionKey);
+    if (options.sortKey !== undefined) checkField('sortKey', options.sortKey);
+    if (options.valueAttribute !== undefined) checkField('valueAttribute', options.valueAttribute);
+    if (options.sortKey !== undefined && options.sortKey === options.partitionKey) {
+      throw new Error(
+        `the sort key and the partition key of a table sink must differ, both are ${JSON.stringify(options.sortKey)}`,
+      );
+    }
+    return new (class extends SinkTarget {
+      bind(): SinkTargetConfig {
+        const key = [options.partitionKey, ...(options.sortKey !== undefined ? [options.sortKey] : [])];
+        return {
+          destination: tableDestination(table.tableName, key, options.valueAttribute),
+          grant: (grantee) => grantUpsert(table, grantee),
+        };
+      }
+    })();
+  }
+
+  /** An existing Kinesis stream (PutRecords). */
+  static stream(stream: kinesis.IStream, options: StreamSinkOptions = {}): SinkTarget {
+    if (options.partitionKey !== undefined) checkField('partitionKey', options.partitionKey);
+    return new (class extends SinkTarget {
+      bind(): SinkTargetConfig {
+        const params = options.partitionKey !== undefined ? `?partitionKey=${options.partitionKey}` : '';
+        return {
+          destination: `kinesis:${stream.streamName}${params}`,
+          grant: (grantee) => {
+            stream.grant(grantee, 'kinesis:PutRecords', 'kinesis:PutRecord');
+            stream.encryptionKey?.grantEncrypt(grantee);
+          },
+        };
+      }
+    })();
+  }
+
+  /** NDJSON objects in the processor's own bucket. */
+  static bucket(options: BucketSinkOptions = {}): SinkTarget {
+    const prefix = options.prefix === undefined ? undefined : checkPrefix(options.prefix);
+    return new (class extends SinkTarget {
+      bind(o: SinkTargetBindOptions): SinkTargetConfig {
+        return bucketConfig(o.bucket, prefix ?? `outputs/${o.job}/`, options.merge);
+      }
+    })();
+  }
+
+  /** NDJSON objects in another bucket. */
+  static externalBucket(bucket: s3.IBucket, options: BucketSinkOptions = {}): SinkTarget {
+    const prefix = options.prefix === undefined ? undefined : checkPrefix(options.prefix);
+    return new (class extends SinkTarget {
+      bind(o: SinkTargetBindOptions): SinkTargetConfig {
+        return bucketConfig(bucket, prefix ?? `outputs/${o.job}/`, options.merge);
+      }
+    })();
+  }
+
+  /** Defines what the target needs and renders its destination; called once by the processor. */
+  abstract bind(options: SinkTargetBindOptions): SinkTargetConfig;
+}
+
+function tableDestination(tableName: string, key: readonly string[], valueAttribute?: string): string {
+  return `dynamodb:${tableName}?key=${key.join(',')}${valueAttribute !== undefined ? `&value=${valueAttribute}` : ''}`;
+}
+
+function grantUpsert(table: dynamodb.ITable, grantee: IGrantable): void {
+  // DynamoDbUpsertSink writes with BatchWriteItem put requests.
+  table.grant(grantee, 'dynamodb:BatchWriteItem', 'dynamodb:PutItem');
+  table.encryptionKey?.grantEncrypt(grantee);
+}
+
+function bucketConfig(bucket: s3.IBucket, prefix: string, merge: boolean | undefined): SinkTargetConfig {
+  const params = merge === undefined ? '' : `?merge=${merge}`;
+  return {
+    destination: `s3:${bucket.bucketName}/${prefix}${params}`,
+    grant: (grantee) => objectStatements(bucket, prefix, grantee, merge ?? true),
+  };
+}
+
+/**
+ * Grants GetObject/PutObject under key prefixes of a bucket, and ListBucket (without it a GET of a
+ * missing key is AccessDenied instead of NoSuchKey).
+ */
+export function grantObjects(bucket: s3.IBucket, prefixes: readonly string[], grantee: IGrantable): void {
+  allowObjects(grantee, bucket, prefixes, ['s3:GetObject', 's3:PutObject']);
+  grantee.grantPrincipal.addToPrincipalPolicy(
+    new iam.PolicyStatement({ actions: ['s3:ListBucket'], resources: [bucket.bucketArn] }),
+  );
+}
+
+/**
+ * Allows object actions under key prefixes, and acknowledges the cdk-nag AwsSolutions-IAM5
+ * finding of each `prefix*` resource: object keys under a prefix can only be named with a
+ * wildcard, and each prefix belongs to this job alone.
+ */
+export function allowObjects(
+  grantee: IGrantable,
+  bucket: s3.IBucket,
+  prefixes: readonly string[],
+  actions: readonly string[],
+): void {
+  const resources = prefixes.map((p) => bucket.arnForObjects(`${p}*`));
+  grantee.grantPrincipal.addToPrincipalPolicy(new iam.PolicyStatement({ actions: [...actions], resources }));
+  const principal = grantee.grantPrincipal;
+  if (!(principal instanceof Construct)) return;
+  const stack = Stack.of(principal);
+  for (const [i, resource] of resources.entries()) {
+    Validations.of(principal).acknowledge({
+      id: `AwsSolutions-IAM5[Resource::${flattenCfnReference(stack.resolve(resource))}]`,
+      reason: `${actions.join(', ')} on the objects under the key prefix "${prefixes[i]}", which this job alone writes; the keys under a prefix can only be named with a wildcard.`,
+    });
+  }
+}
+
+/** How cdk-nag names a resource in a finding id (its flattenCfnReference): `<Logical.Arn>/prefix*`. */
+export function flattenCfnReference(node: unknown): string {
+  if (node === undefined) return '';
+  if (typeof node === 'string') return node.replace(/\$\{/g, '<').replace(/}/g, '>');
+  if (node !== null && typeof node === 'object') {
+    const o = node as Record<string, unknown>;
+    if (Array.isArray(o['Fn::Join'])) {
+      const [delimiter, items] = o['Fn::Join'] as [string, unknown[]];
+      return items.map(flattenCfnReference).join(delimiter);
+    }
+    if (o['Fn::Sub'] !== undefined) return flattenCfnReference(o['Fn::Sub']);
+    if (Array.isArray(o['Fn::GetAtt'])) {
+      const [resource, attribute] = o['Fn::GetAtt'] as [unknown, unknown];
+      return `<${flattenCfnReference(resource)}.${flattenCfnReference(attribute)}>`;
+    }
+    if (o['Fn::ImportValue'] !== undefined) return flattenCfnReference(o['Fn::ImportValue']);
+    if (o.Ref !== undefined) return `<${flattenCfnReference(o.Ref)}>`;
+  }
+  return JSON.stringify(node);
+}

@@ -1,0 +1,778 @@
+/**
+ * StreamProcessor template tests: resources, grants, alarms and dashboard, prop validation, the
+ * cdk-nag AwsSolutions pack (no unacknowledged finding, every acknowledgment justified), and one
+ * synthesis with real esbuild bundling whose output is loaded and checked.
+ */
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { Match, Template } from 'aws-cdk-lib/assertions';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as kinesis from 'aws-cdk-lib/aws-kinesis';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import type { IConstruct } from 'constructs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { WorkerMetric } from '../lib/aws/metric-names.ts';
+import { parseSinkBindings } from '../lib/aws/sinks-config.ts';
+import { PageViewsStack } from './page-views-stack.ts';
+import { SinkTarget } from './sink-target.ts';
+import { StreamProcessor, type StreamProcessorProps } from './stream-processor.ts';
+import { testApp } from './test-support.ts';
+
+type Json = Record<string, unknown>;
+
+const tmpDirs: string[] = [];
+afterAll(() => {
+  for (const dir of tmpDirs) rmSync(dir, { recursive: true, force: true });
+});
+function tmp(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'floe-cdk-test-'));
+  tmpDirs.push(dir);
+  return dir;
+}
+
+function exampleTemplate(): { stack: PageViewsStack; template: Template } {
+  const app = testApp();
+  const stack = new PageViewsStack(app, 'Example');
+  return { stack, template: Template.fromStack(stack) };
+}
+
+function processorStack(props: Partial<StreamProcessorProps> = {}): {
+  stack: Stack;
+  processor: StreamProcessor;
+} {
+  const app = testApp();
+  const stack = new Stack(app, 'Test');
+  const processor = new StreamProcessor(stack, 'Job', { pipeline: 'examples/page-views.ts', ...props });
+  return { stack, processor };
+}
+
+/** The statements of the IAM policy attached to a role, by the role's logical id prefix. */
+function policyStatements(template: Template, roleIdPrefix: string): Json[] {
+  const policies = template.findResources('AWS::IAM::Policy');
+  const entry = Object.entries(policies).find(([id]) => id.startsWith(`${roleIdPrefix}DefaultPolicy`));
+  if (entry === undefined) throw new Error(`no policy for role ${roleIdPrefix}`);
+  return (entry[1] as { Properties: { PolicyDocument: { Statement: Json[] } } }).Properties.PolicyDocument
+    .Statement;
+}
+
+const actionsOf = (statements: Json[]): string[] =>
+  statements.flatMap((s) => (Array.isArray(s.Action) ? (s.Action as string[]) : [s.Action as string])).sort();
+
+function functionEnv(template: Template, idPrefix: string): Json {
+  const fns = template.findResources('AWS::Lambda::Function');
+  const entry = Object.entries(fns).find(([id]) => id.startsWith(idPrefix));
+  if (entry === undefined) throw new Error(`no function ${idPrefix}`);
+  return (entry[1] as { Properties: { Environment: { Variables: Json } } }).Properties.Environment.Variables;
+}
+
+describe('StreamProcessor resources (example stack)', () => {
+  const { stack, template } = exampleTemplate();
+
+  it('defines the source stream: 2 shards, provisioned, encrypted with the AWS managed key, 24 h', () => {
+    template.resourceCountIs('AWS::Kinesis::Stream', 1);
+    template.hasResourceProperties('AWS::Kinesis::Stream', {
+      ShardCount: 2,
+      StreamModeDetails: { StreamMode: 'PROVISIONED' },
+      RetentionPeriodHours: 24,
+      StreamEncryption: { EncryptionType: 'KMS', KeyId: 'alias/aws/kinesis' },
+    });
+    template.hasResource('AWS::Kinesis::Stream', { DeletionPolicy: 'Retain', UpdateReplacePolicy: 'Retain' });
+  });
+
+  it('defines state and control tables: on demand, point-in-time recovery, the backend key layout', () => {
+    const common = {
+      BillingMode: 'PAY_PER_REQUEST',
+      PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
+      SSESpecification: { SSEEnabled: true },
+      DeletionProtectionEnabled: true,
+    };
+    template.hasResourceProperties('AWS::DynamoDB::Table', {
+      ...common,
+      KeySchema: [{ AttributeName: 'pk', KeyType: 'HASH' }],
+      AttributeDefinitions: [{ AttributeName: 'pk', AttributeType: 'S' }],
+      TimeToLiveSpecification: { AttributeName: 'ttl', Enabled: true },
+    });
+    template.hasResourceProperties('AWS::DynamoDB::Table', {
+      ...common,
+      KeySchema: [
+        { AttributeName: 'pk', KeyType: 'HASH' },
+        { AttributeName: 'sk', KeyType: 'RANGE' },
+      ],
+    });
+    // The sink table of page-view-counts: (page, windowStart).
+    template.hasResourceProperties('AWS::DynamoDB::Table', {
+      BillingMode: 'PAY_PER_REQUEST',
+      PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
+      KeySchema: [
+        { AttributeName: 'page', KeyType: 'HASH' },
+        { AttributeName: 'windowStart', KeyType: 'RANGE' },
+      ],
+      AttributeDefinitions: Match.arrayWith([
+        { AttributeName: 'page', AttributeType: 'S' },
+        { AttributeName: 'windowStart', AttributeType: 'N' },
+      ]),
+    });
+    template.resourceCountIs('AWS::DynamoDB::Table', 3);
+    for (const table of Object.values(template.findResources('AWS::DynamoDB::Table'))) {
+      expect(table).toMatchObject({ DeletionPolicy: 'Retain' });
+    }
+  });
+
+  it('defines the bucket: encrypted, versioned, public access blocked, access-logged, lifecycle on deltas', () => {
+    const bucketId = stack.getLogicalId(stack.processor.bucket.node.defaultChild as s3.CfnBucket);
+    const bucket = template.findResources('AWS::S3::Bucket')[bucketId] as { Properties: Json };
+    expect(bucket.Properties).toMatchObject({
+      BucketEncryption: {
+        ServerSideEncryptionConfiguration: [{ ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }],
+      },
+      PublicAccessBlockConfiguration: {
+        BlockPublicAcls: true,
+        BlockPublicPolicy: true,
+        IgnorePublicAcls: true,
+        RestrictPublicBuckets: true,
+      },
+      VersioningConfiguration: { Status: 'Enabled' },
+      OwnershipControls: { Rules: [{ ObjectOwnership: 'BucketOwnerEnforced' }] },
+      LoggingConfiguration: { LogFilePrefix: 'processor-bucket/' },
+    });
+    const rules = (bucket.Properties.LifecycleConfiguration as { Rules: Json[] }).Rules;
+    // Deltas of generation 0 and of the generations replays may switch to.
+    const deltaRules = rules.filter((r) => String(r.Id).startsWith('expire-deltas'));
+    expect(deltaRules).toHaveLength(10);
+    expect(deltaRules[0]).toMatchObject({
+      Id: 'expire-deltas-g0',
+      Prefix: 'page-views/0/deltas/',
+      ExpirationInDays: 7,
+    });
+    expect(deltaRules[9]).toMatchObject({ Prefix: 'page-views/9/deltas/', ExpirationInDays: 7 });
+    expect(rules).toContainEqual(
+      expect.objectContaining({
+        NoncurrentVersionExpiration: { NoncurrentDays: 30 },
+        AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 },
+      }),
+    );
+    template.resourceCountIs('AWS::S3::Bucket', 2); // the bucket and its access log bucket
+  });
+
+  it('enforces TLS on both buckets', () => {
+    const policies = Object.values(template.findResources('AWS::S3::BucketPolicy'));
+    expect(policies).toHaveLength(2);
+    for (const policy of policies) {
+      expect(
+        (policy as { Properties: { PolicyDocument: { Statement: Json[] } } }).Properties.PolicyDocument
+          .Statement,
+      ).toEqual(
+        expect.arrayContaining([
+          expect.objectContaining({
+            Effect: 'Deny',
+            Action: 's3:*',
+            Condition: { Bool: { 'aws:SecureTransport': 'false' } },
+          }),
+          expect.objectContaining({
+            Effect: 'Deny',
+            Action: 's3:*',
+            Condition: { NumericLessThan: { 's3:TlsVersion': 1.2 } },
+          }),
+        ]),
+      );
+    }
+  });
+
+  it('defines worker and coordinator as nodejs22.x arm64 functions with the job environment', () => {
+    template.resourceCountIs('AWS::Lambda::Function', 2);
+    template.allResourcesProperties('AWS::Lambda::Function', {
+      Runtime: 'nodejs22.x',
+      Architectures: ['arm64'],
+      Handler: 'index.handler',
+    });
+    template.hasResourceProperties('AWS::Lambda::Function', { Timeout: 300, MemorySize: 1024 });
+    template.hasResourceProperties('AWS::Lambda::Function', { Timeout: 60, MemorySize: 512 });
+    const worker = functionEnv(template, 'PageViewsWorker');
+    expect(worker).toMatchObject({
+      FLOE_JOB: 'page-views',
+      FLOE_STREAM: { Ref: expect.stringMatching(/^PageViewsStream/) },
+      FLOE_STATE_TABLE: { Ref: expect.stringMatching(/^PageViewsStateTable/) },
+      FLOE_CONTROL_TABLE: { Ref: expect.stringMatching(/^PageViewsControlTable/) },
+      FLOE_BUCKET: { Ref: expect.stringMatching(/^PageViewsBucket/) },
+      FLOE_GENERATION: '0',
+      POWERTOOLS_METRICS_NAMESPACE: 'Floe',
+      POWERTOOLS_SERVICE_NAME: 'floe-worker',
+    });
+    expect(worker).not.toHaveProperty('FLOE_PIPELINE_MODULE');
+    expect(worker).not.toHaveProperty('FLOE_WORKER_FUNCTION');
+    const coordinator = functionEnv(template, 'PageViewsCoordinator');
+    expect(coordinator).toMatchObject({
+      FLOE_JOB: 'page-views',
+      FLOE_WORKER_FUNCTION: { Ref: expect.stringMatching(/^PageViewsWorker/) },
+    });
+    // Each function logs to its own log group with a retention.
+    template.resourceCountIs('AWS::Logs::LogGroup', 2);
+    template.allResourcesProperties('AWS::Logs::LogGroup', { RetentionInDays: 30 });
+  });
+
+  it('renders the sink bindings into FLOE_SINKS in the grammar of lib/aws/sinks-config.ts', () => {
+    const env = functionEnv(template, 'PageViewsWorker');
+    // Replace each CloudFormation reference by a plausible physical name, then parse.
+    const joined = env.FLOE_SINKS as { 'Fn::Join': [string, Array<string | { Ref: string }>] };
+    const text = joined['Fn::Join'][1]
+      .map((part) => (typeof part === 'string' ? part : part.Ref.toLowerCase().slice(0, 40)))
+      .join('');
+    const bindings = parseSinkBindings(JSON.parse(text) as string[]);
+    expect(bindings.map((b) => [b.sink, b.type])).toEqual([
+      ['page-view-counts', 'dynamodb'],
+      ['late-page-views', 's3'],
+      ['floe.dead-letter', 's3'],
+    ]);
+    expect(bindings[0]).toMatchObject({ key: ['page', 'windowStart'] });
+    expect(bindings[1]).toMatchObject({ prefix: 'late/page-views/' });
+    expect(bindings[2]).toMatchObject({ prefix: 'dead-letters/page-views/' });
+  });
+
+  it('invokes the worker asynchronously without Lambda retries (the coordinator restarts it)', () => {
+    template.hasResourceProperties('AWS::Lambda::EventInvokeConfig', {
+      FunctionName: { Ref: Match.stringLikeRegexp('PageViewsWorker') },
+      MaximumRetryAttempts: 0,
+    });
+  });
+
+  it('runs the coordinator every minute', () => {
+    template.hasResourceProperties('AWS::Events::Rule', {
+      ScheduleExpression: 'rate(1 minute)',
+      State: 'ENABLED',
+      Targets: [
+        Match.objectLike({
+          Arn: { 'Fn::GetAtt': [Match.stringLikeRegexp('PageViewsCoordinator'), 'Arn'] },
+          RetryPolicy: { MaximumRetryAttempts: 0 },
+        }),
+      ],
+    });
+    template.hasResourceProperties('AWS::Lambda::Permission', {
+      Action: 'lambda:InvokeFunction',
+      Principal: 'events.amazonaws.com',
+      FunctionName: { 'Fn::GetAtt': [Match.stringLikeRegexp('PageViewsCoordinator'), 'Arn'] },
+    });
+  });
+
+  it('outputs what an operator needs', () => {
+    for (const name of [
+      'Job',
+      'StreamName',
+      'StateTableName',
+      'ControlTableName',
+      'BucketName',
+      'WorkerFunctionName',
+      'CoordinatorFunctionName',
+      'PageViewCountsTableName',
+      'DashboardName',
+    ]) {
+      template.hasOutput(name, {});
+    }
+  });
+});
+
+describe('StreamProcessor grants (least privilege)', () => {
+  const { template } = exampleTemplate();
+  const worker = policyStatements(template, 'PageViewsWorkerRole');
+  const coordinator = policyStatements(template, 'PageViewsCoordinatorRole');
+
+  it('uses no managed policy and no wildcard action or "*" resource', () => {
+    for (const role of Object.values(template.findResources('AWS::IAM::Role'))) {
+      expect((role as { Properties: Json }).Properties.ManagedPolicyArns).toBeUndefined();
+    }
+    for (const s of [...worker, ...coordinator]) {
+      expect(actionsOf([s]).every((a) => !a.includes('*'))).toBe(true);
+      expect(s.Resource).not.toBe('*');
+      expect(s.Effect).toBe('Allow');
+    }
+  });
+
+  it('gives the worker exactly the calls of the Kinesis source, the DynamoDB + S3 backend and its sinks', () => {
+    const by = (resourceLike: RegExp): string[] =>
+      actionsOf(worker.filter((s) => resourceLike.test(JSON.stringify(s.Resource))));
+    expect(by(/PageViewsWorkerLogs/)).toEqual(['logs:CreateLogStream', 'logs:PutLogEvents']);
+    expect(by(/PageViewsStream/)).toEqual([
+      'kinesis:GetRecords',
+      'kinesis:GetShardIterator',
+      'kinesis:ListShards',
+    ]);
+    expect(by(/PageViewsStateTable/)).toEqual(['dynamodb:BatchGetItem', 'dynamodb:PutItem']);
+    expect(by(/PageViewsControlTable/)).toEqual([
+      'dynamodb:BatchWriteItem',
+      'dynamodb:DeleteItem',
+      'dynamodb:GetItem',
+      'dynamodb:PutItem',
+      'dynamodb:Query',
+      'dynamodb:UpdateItem',
+    ]);
+    expect(by(/PageViewsSinkspageviewcountsTable/)).toEqual(['dynamodb:BatchWriteItem', 'dynamodb:PutItem']);
+    const objects = worker.find(
+      (s) => JSON.stringify(s.Action) === JSON.stringify(['s3:GetObject', 's3:PutObject']),
+    );
+    const prefixes = ((objects?.Resource ?? []) as Json[]).map(
+      (r) => JSON.stringify(r).match(/"\/([^"]*)\*"/)?.[1],
+    );
+    expect(prefixes.sort()).toEqual([
+      'dead-letters/page-views/',
+      'late/page-views/',
+      'outputs/page-views/',
+      'page-views/',
+    ]);
+    expect(worker).toContainEqual(
+      expect.objectContaining({
+        Action: 's3:ListBucket',
+        Resource: { 'Fn::GetAtt': [expect.any(String), 'Arn'] },
+      }),
+    );
+    expect(actionsOf(worker)).not.toContain('lambda:InvokeFunction');
+  });
+
+  it('gives the coordinator listing, checkpoint reads and invoking the worker only', () => {
+    expect(actionsOf(coordinator)).toEqual([
+      'dynamodb:GetItem',
+      'dynamodb:Query',
+      'kinesis:ListShards',
+      'lambda:InvokeFunction',
+      'logs:CreateLogStream',
+      'logs:PutLogEvents',
+      's3:GetObject',
+      's3:ListBucket',
+    ]);
+    expect(coordinator).toContainEqual(
+      expect.objectContaining({
+        Action: 'lambda:InvokeFunction',
+        Resource: { 'Fn::GetAtt': [expect.stringMatching(/^PageViewsWorker/), 'Arn'] },
+      }),
+    );
+  });
+});
+
+describe('StreamProcessor alarms and dashboard', () => {
+  const { template } = exampleTemplate();
+
+  it('defines lag, watermark lag, dead-letter and error alarms', () => {
+    template.resourceCountIs('AWS::CloudWatch::Alarm', 5);
+    template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      Namespace: 'AWS/Kinesis',
+      MetricName: 'GetRecords.IteratorAgeMilliseconds',
+      Statistic: 'Maximum',
+      Threshold: 300_000,
+      EvaluationPeriods: 2,
+      ComparisonOperator: 'GreaterThanOrEqualToThreshold',
+      TreatMissingData: 'notBreaching',
+    });
+    template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      Namespace: 'Floe',
+      MetricName: WorkerMetric.watermarkLag,
+      Dimensions: [{ Name: 'Job', Value: 'page-views' }],
+      Statistic: 'Maximum',
+      Threshold: 1_800_000,
+    });
+    template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      Namespace: 'Floe',
+      MetricName: WorkerMetric.deadLetters,
+      Dimensions: [{ Name: 'Job', Value: 'page-views' }],
+      Statistic: 'Sum',
+      Threshold: 1,
+      EvaluationPeriods: 1,
+    });
+    for (const fn of ['PageViewsWorker', 'PageViewsCoordinator']) {
+      template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+        Namespace: 'AWS/Lambda',
+        MetricName: 'Errors',
+        Dimensions: [{ Name: 'FunctionName', Value: { Ref: Match.stringLikeRegexp(fn) } }],
+        Statistic: 'Sum',
+        Threshold: 1,
+        EvaluationPeriods: 3,
+      });
+    }
+  });
+
+  it('names the alarms, and lists them on the dashboard by ARN without depending on them', () => {
+    for (const name of ['Lag', 'WatermarkLag', 'DeadLetters', 'WorkerErrors', 'CoordinatorErrors']) {
+      template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+        AlarmName: Match.stringLikeRegexp(`^Example-PageViews-[0-9A-F]{8}-page-views-${name}$`),
+      });
+    }
+    const dashboard = Object.values(template.findResources('AWS::CloudWatch::Dashboard'))[0] as Json;
+    const body = JSON.stringify(dashboard);
+    expect(body).toContain(':alarm:Example-');
+    expect(body).not.toMatch(/"Fn::GetAtt":\["[A-Za-z0-9]*Alarm/);
+    expect(dashboard.DependsOn).toBeUndefined();
+  });
+
+  it('graphs every worker metric, the iterator age and the functions', () => {
+    const dashboards = Object.values(template.findResources('AWS::CloudWatch::Dashboard'));
+    expect(dashboards).toHaveLength(1);
+    const body = JSON.stringify((dashboards[0] as { Properties: Json }).Properties.DashboardBody);
+    for (const metric of Object.values(WorkerMetric)) expect(body).toContain(`\\"${metric}\\"`);
+    expect(body).toContain('GetRecords.IteratorAgeMilliseconds');
+    expect(body).toContain('p99');
+    expect(body).toContain('\\"Errors\\"');
+    expect(body).toContain('alarm'); // the alarm status widget
+  });
+
+  it('sends alarms to the given actions and uses the given thresholds', () => {
+    const { stack } = processorStack({
+      alarmActions: [{ bind: () => ({ alarmActionArn: 'arn:aws:sns:us-east-1:111111111111:ops' }) }],
+      lagAlarmThreshold: Duration.minutes(1),
+      watermarkLagAlarmThreshold: Duration.hours(2),
+      deadLetterAlarmThreshold: 10,
+      metricsNamespace: 'Team/Floe',
+    });
+    const t = Template.fromStack(stack);
+    t.allResourcesProperties('AWS::CloudWatch::Alarm', {
+      AlarmActions: ['arn:aws:sns:us-east-1:111111111111:ops'],
+    });
+    t.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      MetricName: 'GetRecords.IteratorAgeMilliseconds',
+      Threshold: 60_000,
+    });
+    t.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      MetricName: 'WatermarkLag',
+      Namespace: 'Team/Floe',
+      Threshold: 7_200_000,
+    });
+    t.hasResourceProperties('AWS::CloudWatch::Alarm', { MetricName: 'DeadLetters', Threshold: 10 });
+    t.hasResourceProperties('AWS::Lambda::Function', {
+      Environment: { Variables: Match.objectLike({ POWERTOOLS_METRICS_NAMESPACE: 'Team/Floe' }) },
+    });
+  });
+
+  it('exposes metric methods in the namespace with the Job dimension', () => {
+    const { stack, processor } = processorStack({ job: 'clicks', metricsNamespace: 'Acme' });
+    expect(stack.resolve(processor.metricRecordsIn().toMetricConfig().metricStat)).toMatchObject({
+      namespace: 'Acme',
+      metricName: 'RecordsIn',
+      dimensions: [{ name: 'Job', value: 'clicks' }],
+      statistic: 'Sum',
+    });
+    expect(processor.metricCommitLatency().toMetricConfig().metricStat?.statistic).toBe('p99');
+    expect(processor.metricMillisBehindLatest().toMetricConfig().metricStat?.statistic).toBe('Maximum');
+  });
+});
+
+describe('StreamProcessor options', () => {
+  it('reads an existing stream instead of defining one', () => {
+    const app = testApp();
+    const stack = new Stack(app, 'Imported', { env: { account: '111111111111', region: 'eu-west-1' } });
+    const stream = kinesis.Stream.fromStreamArn(
+      stack,
+      'S',
+      'arn:aws:kinesis:eu-west-1:111111111111:stream/clicks',
+    );
+    new StreamProcessor(stack, 'Job', { pipeline: 'examples/page-views.ts', stream });
+    const t = Template.fromStack(stack);
+    t.resourceCountIs('AWS::Kinesis::Stream', 0);
+    t.hasResourceProperties('AWS::Lambda::Function', {
+      Environment: { Variables: Match.objectLike({ FLOE_STREAM: 'clicks' }) },
+    });
+    t.hasResourceProperties('AWS::IAM::Policy', {
+      PolicyDocument: {
+        Statement: Match.arrayWith([
+          Match.objectLike({
+            Action: ['kinesis:GetRecords', 'kinesis:GetShardIterator', 'kinesis:ListShards'],
+            Resource: 'arn:aws:kinesis:eu-west-1:111111111111:stream/clicks',
+          }),
+        ]),
+      },
+    });
+  });
+
+  it('applies job, generation, timeouts, memory, schedule, retention and removal policy', () => {
+    const { stack } = processorStack({
+      job: 'pv2',
+      generation: 3,
+      shardCount: 4,
+      streamRetention: Duration.days(7),
+      workerTimeout: Duration.minutes(15),
+      workerMemorySize: 2048,
+      coordinatorSchedule: events.Schedule.rate(Duration.minutes(2)),
+      deltaRetention: Duration.days(2),
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+    const t = Template.fromStack(stack);
+    t.hasResourceProperties('AWS::Kinesis::Stream', { ShardCount: 4, RetentionPeriodHours: 168 });
+    t.hasResourceProperties('AWS::Lambda::Function', {
+      Timeout: 900,
+      MemorySize: 2048,
+      Environment: { Variables: Match.objectLike({ FLOE_JOB: 'pv2', FLOE_GENERATION: '3' }) },
+    });
+    t.hasResourceProperties('AWS::Events::Rule', { ScheduleExpression: 'rate(2 minutes)' });
+    t.hasResourceProperties('AWS::S3::Bucket', {
+      LifecycleConfiguration: {
+        Rules: Match.arrayWith([
+          Match.objectLike({ Prefix: 'pv2/3/deltas/', ExpirationInDays: 2 }),
+          Match.objectLike({ Prefix: 'pv2/12/deltas/', ExpirationInDays: 2 }),
+        ]),
+      },
+    });
+    for (const type of [
+      'AWS::DynamoDB::Table',
+      'AWS::S3::Bucket',
+      'AWS::Kinesis::Stream',
+      'AWS::Logs::LogGroup',
+    ]) {
+      for (const r of Object.values(t.findResources(type)))
+        expect(r).toMatchObject({ DeletionPolicy: 'Delete' });
+    }
+    t.allResourcesProperties('AWS::DynamoDB::Table', { DeletionProtectionEnabled: false });
+  });
+
+  it('binds Kinesis, existing-table and external-bucket sinks with their grants', () => {
+    const app = testApp();
+    const stack = new Stack(app, 'Sinks');
+    const alerts = new kinesis.Stream(stack, 'Alerts', { encryption: kinesis.StreamEncryption.MANAGED });
+    const table = new dynamodb.Table(stack, 'Existing', {
+      partitionKey: { name: 'card', type: dynamodb.AttributeType.STRING },
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+    });
+    const archive = s3.Bucket.fromBucketName(stack, 'Archive', 'archive-bucket');
+    const processor = new StreamProcessor(stack, 'Job', {
+      pipeline: 'examples/card-fraud.ts',
+      sinks: {
+        'fraud-alerts': SinkTarget.stream(alerts, { partitionKey: 'card' }),
+        cards: SinkTarget.table(table, { partitionKey: 'card', valueAttribute: 'doc' }),
+        '*': SinkTarget.externalBucket(archive, { prefix: 'floe/other', merge: false }),
+        'floe.dead-letter': SinkTarget.bucket({ prefix: 'bad/' }),
+      },
+    });
+    const t = Template.fromStack(stack);
+    const text = JSON.stringify(functionEnv(t, 'JobWorker').FLOE_SINKS);
+    expect(text).toContain('fraud-alerts=kinesis:');
+    expect(text).toContain('?partitionKey=card');
+    expect(text).toContain('?key=card&value=doc');
+    expect(text).toContain('*=s3:archive-bucket/floe/other/?merge=false');
+    expect(text).toContain('floe.dead-letter=s3:');
+    expect(text).toContain('/bad/');
+    const statements = policyStatements(t, 'JobWorkerRole');
+    // The user's dead-letter binding replaces the default one, and its grant.
+    expect(text).not.toContain('dead-letters/');
+    expect(JSON.stringify(statements)).not.toContain('dead-letters/');
+    expect(statements).toContainEqual(
+      expect.objectContaining({
+        Action: ['kinesis:PutRecord', 'kinesis:PutRecords'],
+        Resource: { 'Fn::GetAtt': [expect.stringMatching(/^Alerts/), 'Arn'] },
+      }),
+    );
+    expect(statements).toContainEqual(
+      expect.objectContaining({
+        Action: ['dynamodb:BatchWriteItem', 'dynamodb:PutItem'],
+        Resource: { 'Fn::GetAtt': [expect.stringMatching(/^Existing/), 'Arn'] },
+      }),
+    );
+    expect(JSON.stringify(statements)).toContain(':s3:::archive-bucket/floe/other/*');
+    expect(processor.job).toBe('card-fraud');
+  });
+
+  it('grants producers PutRecord(s) on the stream', () => {
+    const { stack, processor } = processorStack();
+    const producer = new iam.Role(stack, 'Producer', { assumedBy: new iam.AccountRootPrincipal() });
+    processor.grantProduce(producer);
+    const statements = policyStatements(Template.fromStack(stack), 'Producer');
+    expect(actionsOf(statements)).toEqual(
+      expect.arrayContaining(['kinesis:PutRecord', 'kinesis:PutRecords', 'kinesis:ListShards']),
+    );
+  });
+
+  it('is recognised by isStreamProcessor', () => {
+    const { stack, processor } = processorStack();
+    expect(StreamProcessor.isStreamProcessor(processor)).toBe(true);
+    expect(StreamProcessor.isStreamProcessor(stack)).toBe(false);
+  });
+});
+
+describe('StreamProcessor rejects invalid props in the constructor', () => {
+  const existing = (stack: Stack) =>
+    kinesis.Stream.fromStreamArn(stack, 'S', 'arn:aws:kinesis:us-east-1:1:stream/s');
+  const cases: Array<[string, (stack: Stack) => Partial<StreamProcessorProps>, RegExp]> = [
+    ['a missing pipeline', () => ({ pipeline: '' }), /pipeline must be the path of a pipeline module/],
+    [
+      'a pipeline that does not exist',
+      () => ({ pipeline: 'examples/nope.ts' }),
+      /does not exist \(resolved to /,
+    ],
+    [
+      'a pipeline outside the repository',
+      () => ({ pipeline: '/etc/hosts.ts' }),
+      /must be inside the floe repository/,
+    ],
+    [
+      'a pipeline that is not a module',
+      () => ({ pipeline: 'README.md' }),
+      /must be a \.ts, \.mts, \.js or \.mjs module/,
+    ],
+    ['a job with a slash', () => ({ job: 'a/b' }), /job must be 1-64 characters.*got "a\/b"/],
+    ['a reserved job name', () => ({ job: 'outputs' }), /not one of outputs, dead-letters, savepoints/],
+    [
+      'shardCount with an existing stream',
+      (s) => ({ stream: existing(s), shardCount: 2 }),
+      /shardCount configures the stream the construct defines/,
+    ],
+    [
+      'streamRetention with an existing stream',
+      (s) => ({ stream: existing(s), streamRetention: Duration.days(2) }),
+      /streamRetention configures/,
+    ],
+    ['zero shards', () => ({ shardCount: 0 }), /shardCount must be a whole number from 1 to 10000, got 0/],
+    ['fractional shards', () => ({ shardCount: 1.5 }), /shardCount must be a whole number/],
+    [
+      'a short retention',
+      () => ({ streamRetention: Duration.hours(12) }),
+      /streamRetention must be between 24 hours and 365 days/,
+    ],
+    ['a negative generation', () => ({ generation: -1 }), /generation must be a whole number from 0/],
+    [
+      'an AWS/ namespace',
+      () => ({ metricsNamespace: 'AWS/Floe' }),
+      /metricsNamespace must .* not start with 'AWS\/'/,
+    ],
+    [
+      'a too short worker timeout',
+      () => ({ workerTimeout: Duration.seconds(10) }),
+      /workerTimeout must be between 30 seconds and 15 minutes/,
+    ],
+    [
+      'a too long worker timeout',
+      () => ({ workerTimeout: Duration.minutes(16) }),
+      /workerTimeout must be between/,
+    ],
+    [
+      'too little worker memory',
+      () => ({ workerMemorySize: 64 }),
+      /workerMemorySize must be a whole number from 128 to 10240, got 64/,
+    ],
+    [
+      'a zero dead-letter threshold',
+      () => ({ deadLetterAlarmThreshold: 0 }),
+      /deadLetterAlarmThreshold must be a whole number from 1/,
+    ],
+    [
+      'a zero lag threshold',
+      () => ({ lagAlarmThreshold: Duration.seconds(0) }),
+      /lagAlarmThreshold must be a positive duration/,
+    ],
+    [
+      'a sink name with =',
+      () => ({ sinks: { 'a=b': SinkTarget.bucket() } }),
+      /sink names must be non-empty, without surrounding spaces, '=' or '\/', got "a=b"/,
+    ],
+    [
+      'a sink that is not a SinkTarget',
+      () => ({ sinks: { counts: 'dynamodb:T' as unknown as SinkTarget } }),
+      /sink "counts" must be bound with SinkTarget\.newTable/,
+    ],
+  ];
+  for (const [what, props, message] of cases) {
+    it(`rejects ${what}`, () => {
+      const app = testApp();
+      const stack = new Stack(app, 'Bad');
+      expect(
+        () => new StreamProcessor(stack, 'Job', { pipeline: 'examples/page-views.ts', ...props(stack) }),
+      ).toThrow(message);
+    });
+  }
+
+  it('rejects invalid sink target options when they are built', () => {
+    expect(() =>
+      SinkTarget.newTable({ partitionKey: { name: 'a b', type: dynamodb.AttributeType.STRING } }),
+    ).toThrow(/partitionKey\.name must be a field name .* got "a b"/);
+    expect(() =>
+      SinkTarget.newTable({
+        partitionKey: { name: 'k', type: dynamodb.AttributeType.STRING },
+        sortKey: { name: 'k', type: dynamodb.AttributeType.NUMBER },
+      }),
+    ).toThrow(/must differ, both are "k"/);
+    expect(() => SinkTarget.bucket({ prefix: '/abs' })).toThrow(/must not start with '\/'/);
+    const stack = new Stack(testApp(), 'S');
+    const stream = kinesis.Stream.fromStreamArn(stack, 'S', 'arn:aws:kinesis:us-east-1:1:stream/s');
+    expect(() => SinkTarget.stream(stream, { partitionKey: 'a,b' })).toThrow(
+      /partitionKey must be a field name/,
+    );
+  });
+});
+
+/** Every Validations.of(...).acknowledge(...) recorded in the tree. */
+function acknowledgments(root: IConstruct): Array<{ path: string; id: string; reason: string }> {
+  const found: Array<{ path: string; id: string; reason: string }> = [];
+  for (const c of root.node.findAll()) {
+    for (const entry of c.node.metadata) {
+      if (entry.type !== Validations.ACKNOWLEDGED_RULES_METADATA_KEY) continue;
+      // { 'Annotation::<rule id>': reason } (cdk-nag strips the prefix when it matches).
+      for (const [key, reason] of Object.entries(entry.data as Record<string, string>)) {
+        found.push({ path: c.node.path, id: key.replace(/^annotation::/i, ''), reason: String(reason) });
+      }
+    }
+  }
+  return found;
+}
+
+describe('cdk-nag AwsSolutions', () => {
+  it('finds nothing unacknowledged in the example app, and every acknowledgment says why', () => {
+    const outdir = tmp();
+    const app = testApp({ outdir });
+    const stack = new PageViewsStack(app, 'FloePageViews');
+    Validations.of(app).addPlugins(new AwsSolutionsChecks(app, { verbose: true }));
+    expect(() => app.synth()).not.toThrow();
+    const report = JSON.parse(readFileSync(join(outdir, 'validation-report.json'), 'utf8')) as {
+      pluginReports: Array<{ violations?: unknown[] }>;
+    };
+    for (const plugin of report.pluginReports) expect(plugin.violations ?? []).toEqual([]);
+
+    const acks = acknowledgments(stack);
+    // Exactly these rules are acknowledged, each with a reason of substance.
+    expect([...new Set(acks.map((a) => a.id.replace(/\[.*$/, '')))].sort()).toEqual([
+      'AwsSolutions-IAM5',
+      'AwsSolutions-L1',
+      'AwsSolutions-S1',
+    ]);
+    for (const a of acks) expect(a.reason.length, `${a.path} ${a.id}`).toBeGreaterThan(60);
+    // IAM5 is acknowledged only for object keys under a prefix, never for a bare "*".
+    for (const a of acks.filter((x) => x.id.startsWith('AwsSolutions-IAM5'))) {
+      expect(a.id).toMatch(/^AwsSolutions-IAM5\[Resource::<[A-Za-z0-9]+\.Arn>\/[a-z0-9./-]+\/\*\]$/);
+    }
+    // S1 only on the access log bucket (it cannot log into itself).
+    expect(acks.filter((a) => a.id === 'AwsSolutions-S1').map((a) => a.path)).toEqual([
+      'FloePageViews/PageViews/AccessLogsBucket',
+    ]);
+  });
+
+  it('reports a violation when there is one (the pack really runs)', () => {
+    const app = testApp({ outdir: tmp() });
+    const stack = new PageViewsStack(app, 'WithInsecureBucket');
+    new s3.Bucket(stack, 'Insecure');
+    Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+    expect(() => app.synth()).toThrow(/AwsSolutions-S1[\s\S]*AwsSolutions-S10/);
+  });
+});
+
+describe('bundling (local esbuild, no Docker)', () => {
+  it('bundles the pipeline into both functions as ES modules that load', { timeout: 120_000 }, async () => {
+    const outdir = tmp();
+    const app = testApp({ outdir, bundle: true, context: { 'aws:cdk:enable-asset-metadata': true } });
+    const stack = new PageViewsStack(app, 'Bundled');
+    const assembly = app.synth();
+    const template = assembly.getStackArtifact(stack.artifactId).template as {
+      Resources: Record<string, { Type: string; Metadata?: Record<string, string> }>;
+    };
+    const assetDirs = Object.values(template.Resources)
+      .filter((r) => r.Type === 'AWS::Lambda::Function')
+      .map((r) => join(outdir, r.Metadata?.['aws:asset:path'] ?? 'missing'));
+    expect(assetDirs).toHaveLength(2);
+    for (const dir of assetDirs) {
+      const file = join(dir, 'index.mjs');
+      expect(existsSync(file)).toBe(true);
+      const code = readFileSync(file, 'utf8');
+      expect(code).toContain('page-view-counts'); // the pipeline is in the bundle
+      expect(code).not.toContain('FLOE_PIPELINE_MODULE');
+      expect(code).not.toContain('better-sqlite3');
+      const module = (await import(pathToFileURL(file).href)) as { handler?: unknown };
+      expect(typeof module.handler).toBe('function');
+    }
+  });
+});

@@ -1,0 +1,784 @@
+/**
+ * StreamProcessor: one floe job on AWS. Defines the source stream (or imports one), the state and
+ * control tables, the bucket (deltas, large checkpoints, savepoints, dead letters, S3 outputs),
+ * the worker and coordinator functions (the job's pipeline bundled in by local esbuild), the
+ * coordinator's schedule, least-privilege grants, sink destinations, a dashboard and alarms.
+ *
+ *   new StreamProcessor(stack, 'PageViews', { pipeline: 'examples/page-views.ts', shardCount: 2 });
+ *
+ * Layout of the tables and the bucket: lib/aws/dynamodb-backend.ts and docs/protocol.md.
+ */
+import { existsSync, statSync } from 'node:fs';
+import { extname, isAbsolute, relative, resolve, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ArnFormat, Duration, Names, RemovalPolicy, Stack, Token, Validations } from 'aws-cdk-lib';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as kinesis from 'aws-cdk-lib/aws-kinesis';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import { Construct } from 'constructs';
+import { DEFAULT_METRICS_NAMESPACE, JOB_DIMENSION, WorkerMetric } from '../lib/aws/metric-names.ts';
+import { allowObjects, grantObjects, type SinkTarget } from './sink-target.ts';
+
+/** The floe repository root: functions/ and package-lock.json live here. */
+export const FLOE_ROOT = fileURLToPath(new URL('..', import.meta.url));
+
+/** The module id functions/*.ts import the pipeline from; esbuild aliases it to the `pipeline` prop. */
+export const PIPELINE_MODULE_ALIAS = '@floe/pipeline';
+
+/** Generations (from `generation` on) whose S3 deltas a lifecycle rule expires. */
+export const DELTA_RULE_GENERATIONS = 10;
+
+/** The sink that receives records that could not be processed (lib/core DEAD_LETTER_SINK). */
+const DEAD_LETTER_SINK = 'floe.dead-letter';
+
+const IS_STREAM_PROCESSOR = Symbol.for('floe.StreamProcessor');
+
+export interface StreamProcessorProps {
+  /**
+   * The pipeline module: a .ts or .js file whose default export is a pipeline built with the DSL
+   * (e.g. 'examples/page-views.ts'). A relative path is resolved against the floe repository
+   * root (the directory of cdk.json); the file must be inside it. It is bundled into both
+   * functions.
+   */
+  readonly pipeline: string;
+
+  /**
+   * Job id: scopes state, checkpoints, output ids, bucket prefixes and metrics. 1-64 characters
+   * of a-z A-Z 0-9 . _ - starting with a letter or digit.
+   * @default - the pipeline file's name without its extension ('page-views' for 'examples/page-views.ts')
+   */
+  readonly job?: string;
+
+  /**
+   * An existing Kinesis stream to read instead of defining one. Partition it by the pipeline's
+   * key (see docs/dsl.md, keys and shards).
+   * @default - a stream is defined with `shardCount` shards
+   */
+  readonly stream?: kinesis.IStream;
+
+  /**
+   * Shards of the stream the construct defines (provisioned mode). Only without `stream`.
+   * @default 1
+   */
+  readonly shardCount?: number;
+
+  /**
+   * How long the defined stream keeps records (24 hours to 365 days). A replay from a savepoint
+   * needs the records after the savepoint to still be in the stream. Only without `stream`.
+   * @default Duration.hours(24)
+   */
+  readonly streamRetention?: Duration;
+
+  /**
+   * Where each of the pipeline's sinks goes, by DSL sink name ('*' binds every sink without a
+   * binding of its own).
+   * @default - every sink writes NDJSON objects to the bucket under 'outputs/<job>/', and
+   * 'floe.dead-letter' under 'dead-letters/<job>/'
+   */
+  readonly sinks?: Record<string, SinkTarget>;
+
+  /**
+   * State generation of a job that has no job record yet. Once the job has one (the first run,
+   * a savepoint, a replay into a new generation), the functions run the generation the record
+   * names.
+   * @default 0
+   */
+  readonly generation?: number;
+
+  /**
+   * CloudWatch namespace of the worker's metrics (and of the dashboard and alarms).
+   * @default 'Floe'
+   */
+  readonly metricsNamespace?: string;
+
+  /**
+   * Worker timeout: one invocation works one shard this long (minus 10 seconds to commit and
+   * release its lease), then the coordinator starts the next. 30 seconds to 15 minutes.
+   * @default Duration.minutes(5)
+   */
+  readonly workerTimeout?: Duration;
+
+  /**
+   * Worker memory (MiB, 128 to 10240). CPU is proportional to memory.
+   * @default 1024
+   */
+  readonly workerMemorySize?: number;
+
+  /**
+   * How often the coordinator runs: it starts a worker for every runnable shard nobody holds.
+   * @default events.Schedule.rate(Duration.minutes(1))
+   */
+  readonly coordinatorSchedule?: events.Schedule;
+
+  /**
+   * How long S3 deltas of large commits are kept. A delta is needed only until it is applied
+   * (seconds), so this is a safety margin. Applies to the deltas of `generation` and the 9
+   * generations after it (replays); deploy with the current generation after more replays.
+   * @default Duration.days(7)
+   */
+  readonly deltaRetention?: Duration;
+
+  /**
+   * Retention of the functions' log groups.
+   * @default logs.RetentionDays.ONE_MONTH
+   */
+  readonly logRetention?: logs.RetentionDays;
+
+  /**
+   * Bucket receiving the S3 server access logs of the processor's bucket.
+   * @default - a bucket is defined; its objects expire after 90 days
+   */
+  readonly serverAccessLogsBucket?: s3.IBucket;
+
+  /**
+   * What happens to the stream, tables, buckets and log groups when they leave the stack.
+   * With DESTROY the buckets must be empty for the deletion to succeed.
+   * @default RemovalPolicy.RETAIN
+   */
+  readonly removalPolicy?: RemovalPolicy;
+
+  /**
+   * Alarm when the workers are this far behind the newest record of a shard (Kinesis iterator
+   * age) for 10 minutes.
+   * @default Duration.minutes(5)
+   */
+  readonly lagAlarmThreshold?: Duration;
+
+  /**
+   * Alarm when a shard's watermark trails processing time by more than this for 15 minutes.
+   * @default Duration.minutes(30)
+   */
+  readonly watermarkLagAlarmThreshold?: Duration;
+
+  /**
+   * Alarm when at least this many records go to the dead-letter output within 5 minutes.
+   * @default 1
+   */
+  readonly deadLetterAlarmThreshold?: number;
+
+  /**
+   * Actions of every alarm (e.g. an SNS topic action).
+   * @default - no actions: alarms show on the dashboard and in the CloudWatch console
+   */
+  readonly alarmActions?: cloudwatch.IAlarmAction[];
+}
+
+/**
+ * One floe job deployed on AWS Lambda, Kinesis, DynamoDB and S3.
+ */
+export class StreamProcessor extends Construct {
+  /** Whether `x` is a StreamProcessor. */
+  static isStreamProcessor(x: unknown): x is StreamProcessor {
+    return typeof x === 'object' && x !== null && IS_STREAM_PROCESSOR in x;
+  }
+
+  /** The job id. */
+  readonly job: string;
+  /** The state generation of a job without a job record (see the `generation` prop). */
+  readonly generation: number;
+  /** The source stream (defined or imported). */
+  readonly stream: kinesis.IStream;
+  /** Keyed state: pk = `job#generation#address`. */
+  readonly stateTable: dynamodb.Table;
+  /** Leases, checkpoints and the outbox: pk = `job#generation`, sk = `shard#…` / `out#…`. */
+  readonly controlTable: dynamodb.Table;
+  /** Deltas and large checkpoints (`<job>/`), savepoints, dead letters and S3 outputs. */
+  readonly bucket: s3.Bucket;
+  /** Works one shard per invocation. */
+  readonly worker: nodejs.NodejsFunction;
+  /** Runs on `coordinatorSchedule` and starts workers. */
+  readonly coordinator: nodejs.NodejsFunction;
+  /** The coordinator's schedule. */
+  readonly schedule: events.Rule;
+  /** Tables defined by `SinkTarget.newTable`, by sink name. */
+  readonly sinkTables: Readonly<Record<string, dynamodb.Table>>;
+  /** The job's dashboard. */
+  readonly dashboard: cloudwatch.Dashboard;
+  /** Lag, watermark lag, dead letters, worker errors, coordinator errors. */
+  readonly alarms: readonly cloudwatch.Alarm[];
+  /** The metrics namespace. */
+  readonly metricsNamespace: string;
+
+  constructor(scope: Construct, id: string, props: StreamProcessorProps) {
+    super(scope, id);
+    Object.defineProperty(this, IS_STREAM_PROCESSOR, { value: true });
+    const v = validate(props);
+    this.job = v.job;
+    this.generation = v.generation;
+    this.metricsNamespace = v.namespace;
+    const removalPolicy = props.removalPolicy ?? RemovalPolicy.RETAIN;
+
+    // --- Source stream.
+    if (props.stream !== undefined) {
+      this.stream = props.stream;
+    } else {
+      const stream = new kinesis.Stream(this, 'Stream', {
+        shardCount: props.shardCount ?? 1,
+        streamMode: kinesis.StreamMode.PROVISIONED,
+        retentionPeriod: props.streamRetention ?? Duration.hours(24),
+        encryption: kinesis.StreamEncryption.MANAGED,
+      });
+      stream.applyRemovalPolicy(removalPolicy);
+      this.stream = stream;
+    }
+
+    // --- Tables (layout: lib/aws/dynamodb-backend.ts).
+    const tableDefaults = {
+      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+      encryption: dynamodb.TableEncryption.AWS_MANAGED,
+      deletionProtection: removalPolicy !== RemovalPolicy.DESTROY,
+      removalPolicy,
+    } as const;
+    this.stateTable = new dynamodb.Table(this, 'StateTable', {
+      ...tableDefaults,
+      partitionKey: { name: 'pk', type: dynamodb.AttributeType.STRING },
+      // Tombstones of deleted state expire (DynamoBackendOptions.tombstoneTtlSeconds).
+      timeToLiveAttribute: 'ttl',
+    });
+    this.controlTable = new dynamodb.Table(this, 'ControlTable', {
+      ...tableDefaults,
+      partitionKey: { name: 'pk', type: dynamodb.AttributeType.STRING },
+      sortKey: { name: 'sk', type: dynamodb.AttributeType.STRING },
+    });
+
+    // --- Bucket.
+    const accessLogs =
+      props.serverAccessLogsBucket ??
+      new s3.Bucket(this, 'AccessLogsBucket', {
+        encryption: s3.BucketEncryption.S3_MANAGED,
+        enforceSSL: true,
+        minimumTLSVersion: 1.2,
+        blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+        objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+        lifecycleRules: [{ id: 'expire-access-logs', expiration: Duration.days(90) }],
+        removalPolicy,
+      });
+    if (props.serverAccessLogsBucket === undefined) {
+      Validations.of(accessLogs).acknowledge({
+        id: 'AwsSolutions-S1',
+        reason:
+          'This is the server access log bucket of the processor bucket; logging its own accesses into itself would loop.',
+      });
+    }
+    this.bucket = new s3.Bucket(this, 'Bucket', {
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      enforceSSL: true,
+      minimumTLSVersion: 1.2,
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+      versioned: true,
+      serverAccessLogsBucket: accessLogs,
+      serverAccessLogsPrefix: 'processor-bucket/',
+      lifecycleRules: [
+        // Large commits write `<job>/<generation>/deltas/<shard>/<commit>.json`; a prefix filter
+        // has no wildcard, so one rule per generation: this one and the next ones a replay may
+        // switch the job to (the functions follow the job record's generation without a deploy).
+        ...Array.from({ length: DELTA_RULE_GENERATIONS }, (_, i) => ({
+          id: `expire-deltas-g${this.generation + i}`,
+          prefix: `${this.job}/${this.generation + i}/deltas/`,
+          expiration: props.deltaRetention ?? Duration.days(7),
+        })),
+        {
+          id: 'noncurrent-versions-and-uploads',
+          noncurrentVersionExpiration: Duration.days(30),
+          abortIncompleteMultipartUploadAfter: Duration.days(1),
+          expiredObjectDeleteMarker: true,
+        },
+      ],
+      removalPolicy,
+    });
+
+    // --- Sinks.
+    const sinksScope = new Construct(this, 'Sinks');
+    const bound = Object.entries(props.sinks ?? {}).map(([sinkName, target]) => ({
+      sinkName,
+      config: target.bind({
+        scope: new Construct(sinksScope, sinkName),
+        sinkName,
+        job: this.job,
+        bucket: this.bucket,
+        removalPolicy,
+      }),
+    }));
+    const deadLetterPrefix = `dead-letters/${this.job}/`;
+    const outputsPrefix = `outputs/${this.job}/`;
+    const sinkSpecs = bound.map((b) => `${b.sinkName}=${b.config.destination}`);
+    const defaultDeadLetters = !(props.sinks !== undefined && DEAD_LETTER_SINK in props.sinks);
+    if (defaultDeadLetters) {
+      sinkSpecs.push(`${DEAD_LETTER_SINK}=s3:${this.bucket.bucketName}/${deadLetterPrefix}`);
+    }
+    const tables: Record<string, dynamodb.Table> = {};
+    for (const b of bound) if (b.config.table !== undefined) tables[b.sinkName] = b.config.table;
+    this.sinkTables = tables;
+
+    // --- Functions.
+    const environment: Record<string, string> = {
+      FLOE_JOB: this.job,
+      FLOE_STREAM: this.stream.streamName,
+      FLOE_STATE_TABLE: this.stateTable.tableName,
+      FLOE_CONTROL_TABLE: this.controlTable.tableName,
+      FLOE_BUCKET: this.bucket.bucketName,
+      FLOE_SINKS: Stack.of(this).toJsonString(sinkSpecs),
+      FLOE_GENERATION: String(this.generation),
+      POWERTOOLS_METRICS_NAMESPACE: this.metricsNamespace,
+      POWERTOOLS_LOG_LEVEL: 'INFO',
+      NODE_OPTIONS: '--enable-source-maps',
+    };
+    const logRetention = props.logRetention ?? logs.RetentionDays.ONE_MONTH;
+    const makeFunction = (
+      name: 'Worker' | 'Coordinator',
+      entry: string,
+      options: {
+        timeout: Duration;
+        memorySize: number;
+        serviceName: string;
+        extraEnv?: Record<string, string>;
+      },
+    ): nodejs.NodejsFunction => {
+      const logGroup = new logs.LogGroup(this, `${name}Logs`, { retention: logRetention, removalPolicy });
+      // Own role instead of the AWSLambdaBasicExecutionRole managed policy: logs only to its group.
+      const role = new iam.Role(this, `${name}Role`, {
+        assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+        description: `floe ${this.job} ${name.toLowerCase()}`,
+      });
+      logGroup.grantWrite(role);
+      const fn = new nodejs.NodejsFunction(this, name, {
+        entry: resolve(FLOE_ROOT, entry),
+        projectRoot: FLOE_ROOT,
+        depsLockFilePath: resolve(FLOE_ROOT, 'package-lock.json'),
+        handler: 'handler',
+        runtime: lambda.Runtime.NODEJS_22_X,
+        architecture: lambda.Architecture.ARM_64,
+        timeout: options.timeout,
+        memorySize: options.memorySize,
+        role,
+        logGroup,
+        environment: { ...environment, POWERTOOLS_SERVICE_NAME: options.serviceName, ...options.extraEnv },
+        bundling: {
+          format: nodejs.OutputFormat.ESM,
+          target: 'node22',
+          minify: true,
+          sourceMap: true,
+          sourcesContent: false,
+          mainFields: ['module', 'main'],
+          // Some bundled CommonJS dependencies call require(): give the ES module one.
+          banner:
+            "import { createRequire } from 'node:module';const require = createRequire(import.meta.url);",
+          // Bundle the SDK versions the project pins and tests instead of the runtime's.
+          bundleAwsSDK: true,
+          forceDockerBundling: false,
+          esbuildArgs: { '--alias': `${PIPELINE_MODULE_ALIAS}=./${v.pipelineRelative}` },
+        },
+      });
+      Validations.of(fn).acknowledge({
+        id: 'AwsSolutions-L1',
+        reason:
+          'floe targets the nodejs22.x runtime on purpose (the Node 22 line it is built and tested for); a newer runtime is adopted deliberately, not by default.',
+      });
+      return fn;
+    };
+
+    this.worker = makeFunction('Worker', 'functions/worker.ts', {
+      timeout: v.workerTimeout,
+      memorySize: v.workerMemorySize,
+      serviceName: 'floe-worker',
+    });
+    // One invocation per shard; the coordinator restarts a failed worker at its next round, so
+    // Lambda's own retries would only compete for the lease.
+    this.worker.configureAsyncInvoke({ retryAttempts: 0, maxEventAge: Duration.hours(1) });
+    this.coordinator = makeFunction('Coordinator', 'functions/coordinator.ts', {
+      timeout: Duration.minutes(1),
+      memorySize: 512,
+      serviceName: 'floe-coordinator',
+      extraEnv: { FLOE_WORKER_FUNCTION: this.worker.functionName },
+    });
+
+    // --- Grants (the calls lib/aws makes; nothing more).
+    const jobPrefix = `${this.job}/`; // deltas and large checkpoints of every generation
+    const streamRead = (grantee: iam.IGrantable, actions: string[]): void => {
+      this.stream.grant(grantee, ...actions);
+      this.stream.encryptionKey?.grantDecrypt(grantee);
+    };
+    streamRead(this.worker, ['kinesis:ListShards', 'kinesis:GetShardIterator', 'kinesis:GetRecords']);
+    this.stateTable.grant(this.worker, 'dynamodb:BatchGetItem', 'dynamodb:PutItem');
+    this.controlTable.grant(
+      this.worker,
+      'dynamodb:GetItem',
+      'dynamodb:PutItem',
+      'dynamodb:UpdateItem',
+      'dynamodb:DeleteItem',
+      'dynamodb:Query',
+      'dynamodb:BatchWriteItem',
+    );
+    grantObjects(
+      this.bucket,
+      [jobPrefix, outputsPrefix, ...(defaultDeadLetters ? [deadLetterPrefix] : [])],
+      this.worker,
+    );
+    for (const b of bound) b.config.grant(this.worker);
+
+    streamRead(this.coordinator, ['kinesis:ListShards']);
+    this.controlTable.grant(this.coordinator, 'dynamodb:GetItem', 'dynamodb:Query');
+    allowObjects(this.coordinator, this.bucket, [jobPrefix], ['s3:GetObject']);
+    this.coordinator.addToRolePolicy(
+      new iam.PolicyStatement({ actions: ['s3:ListBucket'], resources: [this.bucket.bucketArn] }),
+    );
+    this.coordinator.addToRolePolicy(
+      new iam.PolicyStatement({ actions: ['lambda:InvokeFunction'], resources: [this.worker.functionArn] }),
+    );
+    // --- Schedule.
+    this.schedule = new events.Rule(this, 'Schedule', {
+      description: `Starts the workers of floe job ${this.job}`,
+      schedule: props.coordinatorSchedule ?? events.Schedule.rate(Duration.minutes(1)),
+      targets: [new targets.LambdaFunction(this.coordinator, { retryAttempts: 0 })],
+    });
+
+    // --- Alarms and dashboard.
+    const actions = props.alarmActions ?? [];
+    const alarmNames: string[] = [];
+    const alarm = (
+      name: string,
+      description: string,
+      metric: cloudwatch.IMetric,
+      threshold: number,
+      evaluationPeriods: number,
+    ): cloudwatch.Alarm => {
+      // Named, so the dashboard can list the alarms by ARN without referencing their resources.
+      const alarmName = `${Names.uniqueResourceName(this, { maxLength: 120, separator: '-', allowedSpecialCharacters: '_.-' })}-${this.job}-${name}`;
+      alarmNames.push(alarmName);
+      const a = new cloudwatch.Alarm(this, `${name}Alarm`, {
+        alarmName,
+        alarmDescription: `floe ${this.job}: ${description}`,
+        metric,
+        threshold,
+        evaluationPeriods,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      });
+      for (const action of actions) a.addAlarmAction(action);
+      return a;
+    };
+    const five = Duration.minutes(5);
+    const iteratorAge = this.stream.metricGetRecordsIteratorAgeMilliseconds({
+      statistic: cloudwatch.Stats.MAXIMUM,
+      period: five,
+    });
+    const lagThreshold = (props.lagAlarmThreshold ?? Duration.minutes(5)).toMilliseconds();
+    const watermarkThreshold = (props.watermarkLagAlarmThreshold ?? Duration.minutes(30)).toMilliseconds();
+    this.alarms = [
+      alarm(
+        'Lag',
+        `the workers are ${lagThreshold} ms or more behind the stream`,
+        iteratorAge,
+        lagThreshold,
+        2,
+      ),
+      alarm(
+        'WatermarkLag',
+        `a watermark trails processing time by ${watermarkThreshold} ms or more`,
+        this.metricWatermarkLag({ period: five }),
+        watermarkThreshold,
+        3,
+      ),
+      alarm(
+        'DeadLetters',
+        `${v.deadLetterThreshold} or more records went to the dead-letter output${defaultDeadLetters ? ` (see ${deadLetterPrefix} in the bucket)` : ''}`,
+        this.metricDeadLetters({ period: five }),
+        v.deadLetterThreshold,
+        1,
+      ),
+      alarm(
+        'WorkerErrors',
+        'worker invocations keep failing (see the worker log group)',
+        this.worker.metricErrors({ period: five, statistic: cloudwatch.Stats.SUM }),
+        1,
+        3,
+      ),
+      alarm(
+        'CoordinatorErrors',
+        'coordinator invocations keep failing (see the coordinator log group)',
+        this.coordinator.metricErrors({ period: five, statistic: cloudwatch.Stats.SUM }),
+        1,
+        3,
+      ),
+    ];
+
+    const minute = Duration.minutes(1);
+    const graph = (title: string, left: cloudwatch.IMetric[], right: cloudwatch.IMetric[] = []) =>
+      new cloudwatch.GraphWidget({ title, left, right, width: 8, height: 6 });
+    this.dashboard = new cloudwatch.Dashboard(this, 'Dashboard', {
+      defaultInterval: Duration.hours(3),
+      widgets: [
+        [
+          new cloudwatch.TextWidget({
+            markdown: `# floe job \`${this.job}\` (generation ${this.generation})\nMetrics: namespace \`${this.metricsNamespace}\`, dimension \`${JOB_DIMENSION}\`. Operations: docs/operations.md.`,
+            width: 16,
+            height: 2,
+          }),
+          new cloudwatch.AlarmStatusWidget({
+            // By ARN rather than by reference: the dashboard does not depend on the alarm resources.
+            alarms: alarmNames.map((alarmName, i) =>
+              cloudwatch.Alarm.fromAlarmArn(
+                this,
+                `DashboardAlarm${i}`,
+                Stack.of(this).formatArn({
+                  service: 'cloudwatch',
+                  resource: 'alarm',
+                  resourceName: alarmName,
+                  arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+                }),
+              ),
+            ),
+            width: 8,
+            height: 2,
+          }),
+        ],
+        [
+          graph('Records in / out (per minute)', [
+            this.metricRecordsIn({ period: minute, label: 'records in' }),
+            this.metric(WorkerMetric.recordsOut, { period: minute, label: 'records out' }),
+          ]),
+          graph('Lag behind the stream (ms)', [
+            this.metricMillisBehindLatest({ period: minute, label: 'MillisBehindLatest (max)' }),
+            this.stream.metricGetRecordsIteratorAgeMilliseconds({
+              statistic: cloudwatch.Stats.MAXIMUM,
+              period: minute,
+              label: 'Kinesis iterator age (max)',
+            }),
+          ]),
+          graph('Watermark lag (ms)', [
+            this.metricWatermarkLag({ period: minute, label: 'watermark lag (max)' }),
+          ]),
+        ],
+        [
+          graph('Late and dead-letter records', [
+            this.metricLateRecords({ period: minute, label: 'late' }),
+            this.metricDeadLetters({ period: minute, label: 'dead letters' }),
+          ]),
+          graph('Commit latency (ms)', [
+            this.metricCommitLatency({ period: minute, statistic: cloudwatch.Stats.p(50), label: 'p50' }),
+            this.metricCommitLatency({ period: minute, statistic: cloudwatch.Stats.p(99), label: 'p99' }),
+          ]),
+          graph(
+            'State writes and commits',
+            [this.metricStateWrites({ period: minute, label: 'state writes' })],
+            [this.metric(WorkerMetric.commits, { period: minute, label: 'commits' })],
+          ),
+        ],
+        [
+          graph(
+            'Worker invocations',
+            [
+              this.worker.metricInvocations({ period: minute }),
+              this.worker.metricErrors({ period: minute }),
+              this.worker.metricThrottles({ period: minute }),
+            ],
+            [this.worker.metricDuration({ period: minute, statistic: cloudwatch.Stats.MAXIMUM })],
+          ),
+          graph('Coordinator invocations', [
+            this.coordinator.metricInvocations({ period: minute }),
+            this.coordinator.metricErrors({ period: minute }),
+          ]),
+        ],
+      ],
+    });
+  }
+
+  /** A worker metric of this job (namespace `metricsNamespace`, dimension Job). @default sum over 5 minutes */
+  metric(metricName: string, options: cloudwatch.MetricOptions = {}): cloudwatch.Metric {
+    return new cloudwatch.Metric({
+      namespace: this.metricsNamespace,
+      metricName,
+      dimensionsMap: { [JOB_DIMENSION]: this.job },
+      statistic: cloudwatch.Stats.SUM,
+      ...options,
+    });
+  }
+
+  /** Input records processed. @default sum over 5 minutes */
+  metricRecordsIn(options?: cloudwatch.MetricOptions): cloudwatch.Metric {
+    return this.metric(WorkerMetric.recordsIn, options);
+  }
+
+  /** Elements later than the allowed lateness, emitted to a late-data sink. @default sum over 5 minutes */
+  metricLateRecords(options?: cloudwatch.MetricOptions): cloudwatch.Metric {
+    return this.metric(WorkerMetric.lateRecords, options);
+  }
+
+  /** Records sent to the dead-letter output. @default sum over 5 minutes */
+  metricDeadLetters(options?: cloudwatch.MetricOptions): cloudwatch.Metric {
+    return this.metric(WorkerMetric.deadLetters, options);
+  }
+
+  /** State items written. @default sum over 5 minutes */
+  metricStateWrites(options?: cloudwatch.MetricOptions): cloudwatch.Metric {
+    return this.metric(WorkerMetric.stateWrites, options);
+  }
+
+  /** Time of one commit in milliseconds. @default p99 over 5 minutes */
+  metricCommitLatency(options?: cloudwatch.MetricOptions): cloudwatch.Metric {
+    return this.metric(WorkerMetric.commitLatency, { statistic: cloudwatch.Stats.p(99), ...options });
+  }
+
+  /** Processing time minus the watermark, in milliseconds. @default maximum over 5 minutes */
+  metricWatermarkLag(options?: cloudwatch.MetricOptions): cloudwatch.Metric {
+    return this.metric(WorkerMetric.watermarkLag, { statistic: cloudwatch.Stats.MAXIMUM, ...options });
+  }
+
+  /** How far readers are behind the newest record of their shard, in milliseconds. @default maximum over 5 minutes */
+  metricMillisBehindLatest(options?: cloudwatch.MetricOptions): cloudwatch.Metric {
+    return this.metric(WorkerMetric.millisBehindLatest, { statistic: cloudwatch.Stats.MAXIMUM, ...options });
+  }
+
+  /** Lets `grantee` put records into the source stream (a producer). */
+  grantProduce(grantee: iam.IGrantable): iam.Grant {
+    return this.stream.grantWrite(grantee);
+  }
+}
+
+interface Validated {
+  readonly job: string;
+  readonly generation: number;
+  readonly namespace: string;
+  readonly pipelineRelative: string;
+  readonly workerTimeout: Duration;
+  readonly workerMemorySize: number;
+  readonly deadLetterThreshold: number;
+}
+
+const JOB = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const RESERVED_JOBS = new Set(['outputs', 'dead-letters', 'savepoints']);
+
+/** Rejects invalid props with a message saying what to change. */
+function validate(props: StreamProcessorProps): Validated {
+  if (props === undefined || props === null || typeof props !== 'object') {
+    throw new Error(
+      `StreamProcessor needs props with at least { pipeline: 'examples/page-views.ts' }, got ${props}`,
+    );
+  }
+  const { pipeline } = props;
+  if (typeof pipeline !== 'string' || pipeline.trim() === '') {
+    throw new Error(
+      `pipeline must be the path of a pipeline module, e.g. 'examples/page-views.ts', got ${JSON.stringify(pipeline)}`,
+    );
+  }
+  const absolute = resolve(FLOE_ROOT, pipeline);
+  const rel = relative(FLOE_ROOT, absolute);
+  if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) {
+    throw new Error(
+      `pipeline must be inside the floe repository ${FLOE_ROOT}, got ${JSON.stringify(pipeline)}`,
+    );
+  }
+  if (!['.ts', '.mts', '.js', '.mjs'].includes(extname(absolute))) {
+    throw new Error(`pipeline must be a .ts, .mts, .js or .mjs module, got ${JSON.stringify(pipeline)}`);
+  }
+  if (!existsSync(absolute) || !statSync(absolute).isFile()) {
+    throw new Error(`pipeline module ${JSON.stringify(pipeline)} does not exist (resolved to ${absolute})`);
+  }
+
+  const job = props.job ?? fileStem(absolute);
+  if (!JOB.test(job) || RESERVED_JOBS.has(job)) {
+    throw new Error(
+      `job must be 1-64 characters of a-z A-Z 0-9 . _ - starting with a letter or digit, and not one of ${[...RESERVED_JOBS].join(', ')}; got ${JSON.stringify(job)}${props.job === undefined ? ' (from the pipeline file name: set job explicitly)' : ''}`,
+    );
+  }
+
+  if (props.stream !== undefined) {
+    for (const name of ['shardCount', 'streamRetention'] as const) {
+      if (props[name] !== undefined) {
+        throw new Error(
+          `${name} configures the stream the construct defines; remove it or remove stream (an existing stream keeps its own settings)`,
+        );
+      }
+    }
+  }
+  if (props.shardCount !== undefined && !Token.isUnresolved(props.shardCount)) {
+    checkInteger('shardCount', props.shardCount, 1, 10_000);
+  }
+  if (props.streamRetention !== undefined && !props.streamRetention.isUnresolved()) {
+    const hours = props.streamRetention.toHours({ integral: false });
+    if (hours < 24 || hours > 8760) {
+      throw new Error(`streamRetention must be between 24 hours and 365 days, got ${props.streamRetention}`);
+    }
+  }
+
+  const generation = props.generation ?? 0;
+  checkInteger('generation', generation, 0, Number.MAX_SAFE_INTEGER);
+
+  const namespace = props.metricsNamespace ?? DEFAULT_METRICS_NAMESPACE;
+  if (!/^[A-Za-z0-9._\-/#:]{1,255}$/.test(namespace) || namespace.startsWith('AWS/')) {
+    throw new Error(
+      `metricsNamespace must be 1-255 characters of a-z A-Z 0-9 . _ - / # : and not start with 'AWS/', got ${JSON.stringify(namespace)}`,
+    );
+  }
+
+  const workerTimeout = props.workerTimeout ?? Duration.minutes(5);
+  if (!workerTimeout.isUnresolved()) {
+    const seconds = workerTimeout.toSeconds({ integral: false });
+    if (seconds < 30 || seconds > 900) {
+      throw new Error(
+        `workerTimeout must be between 30 seconds and 15 minutes (10 seconds of it are kept to commit and release the lease), got ${workerTimeout}`,
+      );
+    }
+  }
+  const workerMemorySize = props.workerMemorySize ?? 1024;
+  if (!Token.isUnresolved(workerMemorySize)) checkInteger('workerMemorySize', workerMemorySize, 128, 10_240);
+
+  const deadLetterThreshold = props.deadLetterAlarmThreshold ?? 1;
+  checkInteger('deadLetterAlarmThreshold', deadLetterThreshold, 1, Number.MAX_SAFE_INTEGER);
+  for (const name of ['lagAlarmThreshold', 'watermarkLagAlarmThreshold'] as const) {
+    const d = props[name];
+    if (d !== undefined && !d.isUnresolved() && d.toMilliseconds() <= 0) {
+      throw new Error(`${name} must be a positive duration, got ${d}`);
+    }
+  }
+
+  if (props.sinks !== undefined) {
+    if (props.sinks === null || typeof props.sinks !== 'object' || Array.isArray(props.sinks)) {
+      throw new Error(
+        `sinks must map sink names to SinkTarget.newTable(...) / .table(...) / .stream(...) / .bucket(...), got ${JSON.stringify(props.sinks)}`,
+      );
+    }
+    for (const [name, target] of Object.entries(props.sinks)) {
+      if (name.trim() === '' || name !== name.trim() || name.includes('=') || name.includes('/')) {
+        throw new Error(
+          `sink names must be non-empty, without surrounding spaces, '=' or '/', got ${JSON.stringify(name)}`,
+        );
+      }
+      if (target === null || typeof target !== 'object' || typeof target.bind !== 'function') {
+        throw new Error(
+          `sink ${JSON.stringify(name)} must be bound with SinkTarget.newTable(...), .table(...), .stream(...), .bucket(...) or .externalBucket(...), got ${JSON.stringify(target)}`,
+        );
+      }
+    }
+  }
+
+  return {
+    job,
+    generation,
+    namespace,
+    pipelineRelative: rel.split(sep).join('/'),
+    workerTimeout,
+    workerMemorySize,
+    deadLetterThreshold,
+  };
+}
+
+function checkInteger(name: string, value: number, min: number, max: number): void {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new Error(`${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(value)}`);
+  }
+}
+
+function fileStem(path: string): string {
+  const base = path.split(/[\\/]/).pop() ?? path;
+  return base.slice(0, base.length - extname(base).length);
+}

@@ -1,0 +1,72 @@
+/**
+ * Job records (see lib/runtime/job-control.ts) in the job's DynamoDB control table: one item
+ * `pk = "@job/<job>"`, `sk = "job"` (a job id never starts with "@", so it cannot collide with
+ * the `<job>#<generation>` partitions of leases and outboxes), written with compare-and-set on
+ * `version`.
+ */
+import { ConditionalCheckFailedException, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand } from '@aws-sdk/lib-dynamodb';
+import { StateFormatError } from '../core/index.ts';
+import type { JobRecord, JobStore } from '../runtime/job-control.ts';
+import { withBackoff } from './retry.ts';
+
+export class DynamoJobStore implements JobStore {
+  private readonly ddb: DynamoDBDocumentClient;
+
+  constructor(
+    dynamodb: DynamoDBClient,
+    readonly controlTable: string,
+  ) {
+    this.ddb = DynamoDBDocumentClient.from(dynamodb);
+  }
+
+  private key(job: string): { pk: string; sk: string } {
+    return { pk: `@job/${job}`, sk: 'job' };
+  }
+
+  async get(job: string): Promise<JobRecord | undefined> {
+    const res = await withBackoff('GetItem', () =>
+      this.ddb.send(
+        new GetCommand({ TableName: this.controlTable, Key: this.key(job), ConsistentRead: true }),
+      ),
+    );
+    const body = res.Item?.body;
+    if (typeof body !== 'string') return undefined;
+    try {
+      return JSON.parse(body) as JobRecord;
+    } catch (error) {
+      throw new StateFormatError(
+        `the record of job ${job} in ${this.controlTable} is not valid JSON: ${String(error)}`,
+      );
+    }
+  }
+
+  async put(record: JobRecord, expectedVersion: number | undefined): Promise<boolean> {
+    try {
+      await withBackoff('PutItem', () =>
+        this.ddb.send(
+          new PutCommand({
+            TableName: this.controlTable,
+            Item: { ...this.key(record.job), version: record.version, body: JSON.stringify(record) },
+            ConditionExpression: expectedVersion === undefined ? 'attribute_not_exists(pk)' : 'version = :v',
+            ...(expectedVersion === undefined
+              ? {}
+              : { ExpressionAttributeValues: { ':v': expectedVersion } }),
+          }),
+        ),
+      );
+      return true;
+    } catch (error) {
+      if (
+        error instanceof ConditionalCheckFailedException ||
+        (error as { name?: string }).name === 'ConditionalCheckFailedException'
+      )
+        return false;
+      throw error;
+    }
+  }
+
+  async delete(job: string): Promise<void> {
+    await this.ddb.send(new DeleteCommand({ TableName: this.controlTable, Key: this.key(job) }));
+  }
+}

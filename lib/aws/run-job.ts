@@ -1,0 +1,65 @@
+/**
+ * Opening an AWS job through its job record (in the control table): the state generation to
+ * run, where new shards start, and the control (savepoint pause, stop, newer generation) that
+ * workers follow. Used by `floe run --backend aws` and the Lambda handlers.
+ */
+import { operatorSchemas, type PipelinePlan, type SavepointPipeline } from '../core/index.ts';
+import type { JobRuntime } from '../runtime/job.ts';
+import { decide, type JobRecord, jobControl, resolveJobForRun } from '../runtime/job-control.ts';
+import type { DynamoBackend } from './dynamodb-backend.ts';
+import { type AwsClientsBundle, type AwsJobConfig, openAwsJob } from './job.ts';
+import { DynamoJobStore } from './job-store.ts';
+
+export type AwsJobRuntime = JobRuntime & { readonly backend: DynamoBackend };
+
+/** `floe run`: finds or creates the job record (refusing a stopped job, saying why) and opens the job. */
+export async function openAwsJobForRun(
+  plan: PipelinePlan,
+  config: AwsJobConfig,
+  clients: AwsClientsBundle,
+  options: { readonly pipeline?: SavepointPipeline } = {},
+): Promise<{ runtime: AwsJobRuntime; record: JobRecord; generation: number }> {
+  const jobs = new DynamoJobStore(clients.dynamodb, config.controlTable);
+  const toRun = await resolveJobForRun(jobs, {
+    job: config.job,
+    stream: config.stream,
+    pipeline: options.pipeline ?? { name: plan.name, version: plan.version },
+    operators: operatorSchemas(plan),
+  });
+  const runtime = openAwsJob(plan, { ...config, generation: toRun.generation }, clients);
+  return {
+    runtime: {
+      ...runtime,
+      control: toRun.control,
+      ...(toRun.startPosition === undefined ? {} : { startPosition: toRun.startPosition }),
+    },
+    record: toRun.record,
+    generation: toRun.generation,
+  };
+}
+
+/**
+ * For the Lambda handlers: the job as its record says (generation, start position, control),
+ * without writing the record. A job with no record runs generation `config.generation`.
+ * Returns undefined when the job must not run now (stopped, restoring, paused for a savepoint),
+ * with the reason.
+ */
+export async function openAwsJobFromRecord(
+  plan: PipelinePlan,
+  config: AwsJobConfig,
+  clients: AwsClientsBundle,
+): Promise<{ runtime: AwsJobRuntime; reason?: undefined } | { runtime?: undefined; reason: string }> {
+  const jobs = new DynamoJobStore(clients.dynamodb, config.controlTable);
+  const record = await jobs.get(config.job);
+  const generation = record?.generation ?? config.generation ?? 0;
+  const decision = decide(record, generation, Date.now());
+  if (decision.action !== 'run') return { reason: decision.reason };
+  const runtime = openAwsJob(plan, { ...config, generation }, clients);
+  return {
+    runtime: {
+      ...runtime,
+      control: jobControl(jobs, config.job, generation),
+      ...(record?.startPosition === undefined ? {} : { startPosition: record.startPosition }),
+    },
+  };
+}

@@ -1,0 +1,137 @@
+/**
+ * Savepoints on AWS: state and checkpoints in DynamoDB (+ S3 for large checkpoints), the
+ * Kinesis stream as the source, job records in the control table, savepoint files in S3
+ * (`s3://<bucket>/savepoints/` by default).
+ */
+import {
+  ConfigurationError,
+  compareSequenceNumbers,
+  errorMessage,
+  type SnapshotStore,
+  trimmedReason,
+} from '../core/index.ts';
+import type { ResumePoint, SavepointBackend, StateScope } from '../runtime/savepoints.ts';
+import { DynamoBackend } from './dynamodb-backend.ts';
+import { type AwsClientsBundle, awsClients, defaultResourceNames } from './job.ts';
+import { DynamoJobStore } from './job-store.ts';
+import { KinesisSource } from './kinesis-source.ts';
+import { parseS3Url, S3SnapshotStore } from './snapshot-s3.ts';
+
+export interface AwsSavepointOptions {
+  readonly clients: Pick<AwsClientsBundle, 'kinesis' | 'dynamodb' | 's3'>;
+  readonly stateTable: string;
+  readonly controlTable: string;
+  /** The bucket of deltas and large checkpoints. */
+  readonly bucket: string;
+  /** Where savepoints are. @default s3://<bucket>/savepoints/ */
+  readonly savepoints?: SnapshotStore;
+}
+
+export function dynamoStateScope(options: AwsSavepointOptions, job: string, generation: number): StateScope {
+  const backend = new DynamoBackend({
+    dynamodb: options.clients.dynamodb,
+    s3: options.clients.s3,
+    stateTable: options.stateTable,
+    controlTable: options.controlTable,
+    bucket: options.bucket,
+    job,
+    generation,
+  });
+  return {
+    backend,
+    entries: () => backend.entries(),
+    countEntries: async () => undefined,
+    importEntries: (entries) => backend.importEntries(entries),
+    importCheckpoint: (checkpoint) => backend.importCheckpoint(checkpoint),
+    // Every commit writes a checkpoint with its state, so a scope without checkpoints is empty.
+    isEmpty: async () => (await backend.listCheckpoints()).length === 0,
+  };
+}
+
+export function awsSavepointBackend(options: AwsSavepointOptions): SavepointBackend {
+  const source = (stream: string) => new KinesisSource({ client: options.clients.kinesis, stream });
+  return {
+    kind: 'aws',
+    jobs: new DynamoJobStore(options.clients.dynamodb, options.controlTable),
+    snapshots: options.savepoints ?? new S3SnapshotStore(options.clients.s3, options.bucket),
+    scope: (job, generation) => dynamoStateScope(options, job, generation),
+    source,
+    checkResumable: (stream, shard) => kinesisResumable(source(stream), shard),
+  };
+}
+
+/**
+ * Compares the savepoint position with the oldest record Kinesis still holds for the shard
+ * (TRIM_HORIZON). Kinesis sequence numbers are not dense, so when the saved position itself
+ * was trimmed, the records after it are known to be intact only if the savepoint recorded the
+ * next record and that one is still there; otherwise the replay is refused.
+ */
+async function kinesisResumable(source: KinesisSource, shard: ResumePoint): Promise<string | undefined> {
+  if (shard.finished) return undefined;
+  let listed: boolean;
+  try {
+    listed = (await source.listShards()).some((s) => s.shardId === shard.shardId);
+  } catch (error) {
+    return `the stream cannot be read (${errorMessage(error)})`;
+  }
+  let oldest: string | undefined;
+  if (listed && shard.position !== undefined) {
+    const reader = await source.openReader(shard.shardId, { type: 'TRIM_HORIZON' });
+    try {
+      for (let attempt = 0; attempt < 10; attempt++) {
+        const read = await reader.read(1);
+        oldest = read.records[0]?.sequenceNumber;
+        if (oldest !== undefined || read.millisBehindLatest === 0 || read.shardEnded) break;
+      }
+    } finally {
+      await reader.close?.();
+    }
+  }
+  return trimmedReason(shard, { listed, oldest }, compareSequenceNumbers);
+}
+
+interface AwsValues {
+  readonly 'savepoint-dir'?: string | undefined;
+  readonly 'state-table'?: string | undefined;
+  readonly 'control-table'?: string | undefined;
+  readonly bucket?: string | undefined;
+}
+
+/** For the CLI: resources from flags, defaulting to the names `floe run --backend aws` uses for `job`. */
+export async function openAwsSavepointBackend(values: AwsValues, job: string | undefined) {
+  const defaults = job === undefined ? undefined : defaultResourceNames(job);
+  const stateTable = values['state-table'] ?? defaults?.stateTable;
+  const controlTable = values['control-table'] ?? defaults?.controlTable;
+  const bucket = values.bucket ?? defaults?.bucket;
+  if (stateTable === undefined || controlTable === undefined || bucket === undefined) {
+    throw new ConfigurationError(
+      'on the aws backend, pass --job <id> (its default resources: floe-<job>-state, floe-<job>-control, bucket floe-<job>) or --state-table, --control-table and --bucket',
+    );
+  }
+  const clients = awsClients();
+  const savepointDir = values['savepoint-dir'];
+  const savepoints =
+    savepointDir === undefined
+      ? new S3SnapshotStore(clients.s3, bucket)
+      : (() => {
+          const { bucket: b, prefix } = parseS3Url(savepointDir);
+          return new S3SnapshotStore(clients.s3, b, prefix);
+        })();
+  return {
+    kind: 'aws' as const,
+    backend: awsSavepointBackend({ clients, stateTable, controlTable, bucket, savepoints }),
+    runArgs: [
+      '--backend',
+      'aws',
+      '--state-table',
+      stateTable,
+      '--control-table',
+      controlTable,
+      '--bucket',
+      bucket,
+    ],
+    async close() {
+      clients.destroy();
+    },
+  };
+}

@@ -1,0 +1,184 @@
+/** `floe replay`: restore a savepoint (or start from a timestamp) into a new generation or job, then run it. */
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { asStateMigration, ConfigurationError, compile, type StateMigration } from '../core/index.ts';
+import { checkJobId } from '../embedded/job.ts';
+import { prepareTimestampReplay, readManifest, restoreSavepoint } from '../runtime/savepoints.ts';
+import { formatCount, formatTime, UsageError } from './args.ts';
+import { loadPipeline } from './load-pipeline.ts';
+import { runRun } from './run.ts';
+import {
+  BACKEND_HELP,
+  BACKEND_OPTIONS,
+  describeManifest,
+  faultHook,
+  openSavepointBackend,
+  progressPrinter,
+} from './savepoint-backend.ts';
+
+export const REPLAY_HELP = `floe replay --from-savepoint <id> [--as-job <new-id>] [--pipeline <module.ts>] [options]
+floe replay --from-timestamp <time> --pipeline <module.ts> [--as-job <id>] [options]
+
+--from-savepoint restores a savepoint and runs the job from it: each shard resumes right after
+its savepoint position, with its watermark and timers. Without --as-job the savepoint's job is
+restored into a new state generation (the old one is kept; its workers stop); with --as-job the
+copy is a new job that runs beside the original. A changed pipeline restores when its state is
+compatible (same operator uids, state kinds); an incompatible one is refused unless a migration
+is supplied. Records after a savepoint position that were trimmed by the stream's retention
+are reported and nothing is restored. Everything is checked before anything is written; a
+crash is safe: rerun the same command.
+
+--from-timestamp starts a job (new, or a new generation of --as-job) with empty state, reading
+every shard from the first record that arrived at or after <time> (ISO 8601 or epoch ms).
+
+Options:
+  --as-job <id>                  restore into / start this job id (default: the savepoint's job)
+  --pipeline <module.ts>         the pipeline to run (default: the module the savepoint's job ran)
+  --migration <module.ts>        a module whose default export migrates saved state (docs/savepoints.md)
+  --allow-non-restored-state     drop the state of operators the pipeline no longer has
+  --stream <name>                (--from-timestamp) the stream (default: the job's, else the pipeline name)
+  --restore-only                 restore, but do not run; start it later with 'floe run'
+  --job <id>                     (aws) the job whose resources hold the savepoint (default names)
+Run options (as for 'floe run'): --until-idle, --batch-size <N>, --lease-ttl <ms>, --progress <mode>,
+  --sink <name=destination> (aws)
+${BACKEND_HELP}`;
+
+export async function runReplay(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      ...BACKEND_OPTIONS,
+      'from-savepoint': { type: 'string' },
+      'from-timestamp': { type: 'string' },
+      'as-job': { type: 'string' },
+      job: { type: 'string' },
+      pipeline: { type: 'string' },
+      migration: { type: 'string' },
+      'allow-non-restored-state': { type: 'boolean', default: false },
+      stream: { type: 'string', short: 's' },
+      'restore-only': { type: 'boolean', default: false },
+      'until-idle': { type: 'boolean', default: false },
+      'batch-size': { type: 'string' },
+      'lease-ttl': { type: 'string' },
+      progress: { type: 'string' },
+      sink: { type: 'string', multiple: true },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    console.log(REPLAY_HELP);
+    return 0;
+  }
+  if (positionals.length > 0) {
+    throw new UsageError(
+      `replay takes no positional arguments (use --pipeline <module.ts>); received "${positionals[0]}"`,
+    );
+  }
+  const fromSavepoint = values['from-savepoint'];
+  const fromTimestamp = values['from-timestamp'];
+  if ((fromSavepoint === undefined) === (fromTimestamp === undefined)) {
+    throw new UsageError('replay needs exactly one of --from-savepoint <id> or --from-timestamp <time>');
+  }
+  const asJob = values['as-job'] === undefined ? undefined : checkJobId(values['as-job']);
+  const quiet = values.progress === 'none';
+  const runOptions = [
+    ...(values['until-idle'] ? ['--until-idle'] : []),
+    ...(values['batch-size'] === undefined ? [] : ['--batch-size', values['batch-size']]),
+    ...(values['lease-ttl'] === undefined ? [] : ['--lease-ttl', values['lease-ttl']]),
+    ...(values.progress === undefined ? [] : ['--progress', values.progress]),
+    ...(values.sink ?? []).flatMap((s) => ['--sink', s]),
+  ];
+
+  let job: string;
+  let stream: string;
+  let module: string;
+  let runArgs: readonly string[];
+  if (fromSavepoint !== undefined) {
+    const opened = await openSavepointBackend(values, values.job ?? asJob);
+    const progress = progressPrinter(quiet);
+    try {
+      const manifest = await readManifest(opened.backend.snapshots, fromSavepoint);
+      const modulePath = values.pipeline ?? manifest.pipeline.module;
+      if (modulePath === undefined || !existsSync(modulePath)) {
+        throw new UsageError(
+          `replay needs --pipeline <module.ts>: the savepoint does not name an existing pipeline module${manifest.pipeline.module ? ` (${manifest.pipeline.module} is gone)` : ''}`,
+        );
+      }
+      const plan = compile(await loadPipeline(modulePath));
+      const migration = values.migration === undefined ? undefined : await loadMigration(values.migration);
+      const onStep = faultHook('restore');
+      const result = await restoreSavepoint(opened.backend, {
+        savepointId: manifest.id,
+        plan,
+        ...(asJob === undefined ? {} : { asJob }),
+        ...(migration === undefined ? {} : { migration }),
+        allowNonRestoredState: values['allow-non-restored-state'],
+        pipeline: { name: plan.name, version: plan.version, module: resolve(modulePath) },
+        onProgress: progress.onProgress,
+        ...(onStep === undefined ? {} : { onStep }),
+      });
+      progress.done();
+      for (const w of result.warnings) console.error(`floe replay: warning: ${w}`);
+      console.error(
+        `floe replay: restored ${describeManifest(manifest)} into job ${result.job}, generation ${result.generation}: ${formatCount(result.entries)} entries, ${result.shards} shard checkpoint(s)`,
+      );
+      job = result.job;
+      stream = manifest.stream;
+      module = modulePath;
+      runArgs = opened.runArgs;
+    } finally {
+      progress.done();
+      await opened.close();
+    }
+  } else {
+    if (values.pipeline === undefined)
+      throw new UsageError('replay --from-timestamp needs --pipeline <module.ts>');
+    const timestamp = parseTime(fromTimestamp!);
+    const pipeline = await loadPipeline(values.pipeline);
+    const plan = compile(pipeline);
+    job = asJob ?? (values.job === undefined ? pipeline.name : checkJobId(values.job));
+    const opened = await openSavepointBackend(values, job);
+    try {
+      stream = values.stream ?? (await opened.backend.jobs.get(job))?.stream ?? pipeline.name;
+      const record = await prepareTimestampReplay(opened.backend, {
+        job,
+        stream,
+        timestamp,
+        plan,
+        pipeline: { name: plan.name, version: plan.version, module: resolve(values.pipeline) },
+      });
+      console.error(
+        `floe replay: job ${job} (generation ${record.generation}) reads stream "${stream}" from ${formatTime(timestamp)} (AT_TIMESTAMP) with empty state`,
+      );
+      module = values.pipeline;
+      runArgs = opened.runArgs;
+    } finally {
+      await opened.close();
+    }
+  }
+  if (values['restore-only']) {
+    console.error(`  run it with: floe run ${module} --job ${job} ${runArgs.join(' ')}`.trimEnd());
+    return 0;
+  }
+  return runRun([module, '--job', job, '--stream', stream, ...runArgs, ...runOptions]);
+}
+
+function parseTime(text: string): number {
+  const n = /^\d+$/.test(text) ? Number(text) : Date.parse(text);
+  if (!Number.isFinite(n)) {
+    throw new UsageError(
+      `--from-timestamp must be ISO 8601 (2026-01-01T10:00:00Z) or epoch ms; received "${text}"`,
+    );
+  }
+  return n;
+}
+
+async function loadMigration(path: string): Promise<StateMigration> {
+  const absolute = resolve(path);
+  if (!existsSync(absolute)) throw new ConfigurationError(`migration module not found: ${path}`);
+  const loaded = (await import(pathToFileURL(absolute).href)) as { default?: unknown; migrate?: unknown };
+  return asStateMigration(loaded.default ?? loaded.migrate);
+}

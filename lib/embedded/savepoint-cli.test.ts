@@ -1,0 +1,211 @@
+/**
+ * `floe savepoint` and `floe replay` on the embedded backend, run for real as child processes
+ * of `node bin/floe.js`: a real crash (SIGKILL, injected with FLOE_FAULT) during the export and
+ * during the restore, reruns, list / inspect / delete, stop-with-savepoint and the refusals.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { deserializeCheckpoint, type SavepointManifest } from '../core/index.ts';
+import { SqliteJobStore } from './job-store.ts';
+import { dataDir, outputsOf, produce, STREAM, tmpRoot, valuesByShard } from './testing/savepoint-harness.ts';
+import { generateClicks } from './testing/savepoint-pipelines.ts';
+
+const ROOT_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const BIN = join(ROOT_DIR, 'bin/floe.js');
+const V1 = join(ROOT_DIR, 'lib/embedded/testing/clicks-v1.ts');
+const SESSION = join(ROOT_DIR, 'lib/embedded/testing/clicks-session.ts');
+const TMP = tmpRoot();
+const running = new Set<ChildProcess>();
+afterAll(() => {
+  for (const child of running) child.kill('SIGKILL');
+  rmSync(TMP, { recursive: true, force: true });
+});
+
+interface Exit {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+function floe(args: readonly string[], env: Record<string, string> = {}): Promise<Exit> {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    cwd: ROOT_DIR,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, FLOE_DEBUG: '', FLOE_FAULT: '', ...env },
+  });
+  running.add(child);
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+    stdout += chunk;
+  });
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+    stderr += chunk;
+  });
+  return new Promise<Exit>((resolveExit, reject) => {
+    child.once('error', reject);
+    child.once('close', (code, signal) => {
+      running.delete(child);
+      resolveExit({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+const CLICKS = generateClicks(3000, { seed: 11 });
+
+describe('floe savepoint and floe replay (embedded, as processes)', () => {
+  it('survive real crashes during export and restore; list, inspect, delete; stop and resume', async () => {
+    const data = await dataDir(TMP);
+    const D = ['--data-dir', data.dir];
+    const run = (job: string, ...more: string[]) =>
+      floe([
+        'run',
+        V1,
+        '--job',
+        job,
+        '--stream',
+        STREAM,
+        ...D,
+        '--until-idle',
+        '--progress',
+        'none',
+        ...more,
+      ]);
+    await produce(data.log, CLICKS.slice(0, 1500));
+    expect((await run('cli')).code).toBe(0);
+
+    // A real crash (SIGKILL) after the second state file of the export.
+    const crashed = await floe(
+      ['savepoint', 'create', '--job', 'cli', ...D, '--chunk-entries', '2', '--lease-ttl', '1000'],
+      { FLOE_FAULT: 'savepoint:file-written:1' },
+    );
+    expect(crashed.signal).toBe('SIGKILL');
+    const [id] = readdirSync(join(data.dir, 'savepoints'));
+    expect(id).toMatch(/^cli-\d{8}T\d{6}Z-[0-9a-f]{4}$/);
+    expect(existsSync(join(data.dir, 'savepoints', id!, 'manifest.json'))).toBe(false);
+    const listed = await floe(['savepoint', 'list', ...D]);
+    expect(listed.stdout).toMatch(new RegExp(`${id}\\s.*incomplete`));
+    const early = await floe(['replay', '--from-savepoint', id!, '--as-job', 'early', ...D]);
+    expect(early.code).toBe(1);
+    expect(early.stderr).toMatch(/^floe: savepoint .* is incomplete: it has no manifest\.json/);
+
+    // The rerun completes the same savepoint.
+    await new Promise((r) => setTimeout(r, 1100));
+    const created = await floe(['savepoint', 'create', '--job', 'cli', ...D, '--chunk-entries', '2']);
+    expect(created.code).toBe(0);
+    expect(created.stdout.trim()).toBe(id);
+    expect(created.stderr).toMatch(
+      /floe savepoint: savepoint cli-.* of job cli \(generation 0, pipeline sp-clicks version v1\)/,
+    );
+    const inspected = await floe(['savepoint', 'inspect', id!, '--verify', ...D]);
+    expect(inspected.code).toBe(0);
+    expect(inspected.stdout).toMatch(/shardId-000000000000 {2}position \d+/);
+    expect(inspected.stdout).toMatch(/counts {2}window \(tumbling windows\) {2}state: w: map/);
+    expect(inspected.stdout).toMatch(/verified: every file matches its sha256/);
+    const manifest = JSON.parse(
+      (await floe(['savepoint', 'inspect', id!, '--json', ...D])).stdout,
+    ) as SavepointManifest;
+    expect(manifest.pipeline.module).toBe(V1);
+
+    await produce(data.log, CLICKS.slice(1500));
+    // A real crash during the restore; the half-restored job refuses to run; a rerun completes it.
+    const restoreCrash = await floe(
+      ['replay', '--from-savepoint', id!, '--as-job', 'copy', ...D, '--until-idle'],
+      {
+        FLOE_FAULT: 'restore:entries-written:0',
+      },
+    );
+    expect(restoreCrash.signal).toBe('SIGKILL');
+    const notYet = await run('copy');
+    expect(notYet.code).toBe(1);
+    expect(notYet.stderr).toMatch(
+      /^floe: job copy is being restored from savepoint .* has not completed; rerun the 'floe replay'/,
+    );
+    const replayed = await floe([
+      'replay',
+      '--from-savepoint',
+      id!,
+      '--as-job',
+      'copy',
+      ...D,
+      '--until-idle',
+      '--progress',
+      'none',
+    ]);
+    expect(replayed.code).toBe(0);
+    expect(replayed.stderr).toMatch(/floe replay: restored savepoint .* into job copy, generation 0/);
+    expect((await run('cli')).code).toBe(0);
+    const cut = new Map(
+      manifest.shards.map((s) => {
+        const cp = deserializeCheckpoint(JSON.stringify(s.checkpoint));
+        return [cp.shardId, cp.commitNumber];
+      }),
+    );
+    expect(valuesByShard(outputsOf(data.db, 'copy'))).toEqual(valuesByShard(outputsOf(data.db, 'cli'), cut));
+
+    // An incompatible pipeline is refused with one clear line.
+    const incompatible = await floe([
+      'replay',
+      '--from-savepoint',
+      id!,
+      '--as-job',
+      'sess',
+      '--pipeline',
+      SESSION,
+      ...D,
+    ]);
+    expect(incompatible.code).toBe(1);
+    const errorLines = incompatible.stderr.split('\n').filter((l) => l.startsWith('floe:'));
+    expect(errorLines, incompatible.stderr).toHaveLength(1);
+    expect(incompatible.stderr).toMatch(
+      /changed from tumbling to session windows.*nothing was restored|nothing was restored.*tumbling to session/,
+    );
+
+    // Stop with a savepoint: floe run refuses; replay resumes it in a new generation.
+    const stop = await floe(['savepoint', 'create', '--job', 'cli', '--stop', ...D]);
+    expect(stop.code).toBe(0);
+    const stopId = stop.stdout.trim();
+    expect(stop.stderr).toMatch(/job cli is stopped; resume it with 'floe replay --from-savepoint/);
+    const refused = await run('cli');
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(
+      /^floe: job cli was stopped with savepoint .*; resume it with 'floe replay --from-savepoint/,
+    );
+    const resumed = await floe(['replay', '--from-savepoint', stopId, ...D, '--restore-only']);
+    expect(resumed.code).toBe(0);
+    expect(resumed.stderr).toMatch(/into job cli, generation 1/);
+    expect((await run('cli')).code).toBe(0);
+    expect(await new SqliteJobStore(data.db).get('cli')).toMatchObject({ generation: 1, state: 'running' });
+
+    // From a timestamp: a new job reading from the middle of the stream.
+    const fromTs = await floe([
+      'replay',
+      '--from-timestamp',
+      String(1_767_261_600_000 + 1000),
+      '--pipeline',
+      V1,
+      '--as-job',
+      'late-start',
+      '--stream',
+      STREAM,
+      ...D,
+      '--until-idle',
+      '--progress',
+      'none',
+    ]);
+    expect(fromTs.code).toBe(0);
+    expect(fromTs.stderr).toMatch(/processed 2,000 records/);
+
+    const deleted = await floe(['savepoint', 'delete', id!, ...D]);
+    expect(deleted.code).toBe(0);
+    const after = JSON.parse((await floe(['savepoint', 'list', '--json', ...D])).stdout) as Array<{
+      id: string;
+    }>;
+    expect(after.map((s) => s.id)).toEqual([stopId]);
+    data.close();
+  }, 120_000);
+});

@@ -1,0 +1,457 @@
+/**
+ * Savepoints and replay on the embedded backend (SQLite + local log + a savepoint directory),
+ * in process: the acceptance scenarios of the savepoint issue.
+ */
+import { readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import {
+  ConfigurationError,
+  compile,
+  deserializeCheckpoint,
+  MANIFEST_FILE,
+  type SavepointManifest,
+  StateFormatError,
+  type StateMigration,
+} from '../core/index.ts';
+import {
+  createSavepoint,
+  IncompatibleStateError,
+  listSavepoints,
+  prepareTimestampReplay,
+  restoreSavepoint,
+  SavepointTrimmedError,
+  SimulatedCrash,
+} from '../runtime/savepoints.ts';
+import { SqliteJobStore } from './job-store.ts';
+import { openEmbeddedJobForRun } from './run-job.ts';
+import {
+  backendOf,
+  countRows,
+  type DataDir,
+  dataDir,
+  outputsOf,
+  produce,
+  runUntilIdle,
+  STREAM,
+  tmpRoot,
+  valuesByShard,
+} from './testing/savepoint-harness.ts';
+import { type Click, clicksPipeline, generateClicks, WINDOW_MS } from './testing/savepoint-pipelines.ts';
+
+const ROOT = tmpRoot();
+afterAll(() => rmSync(ROOT, { recursive: true, force: true }));
+
+const CLICKS = generateClicks(4000);
+const FIRST = CLICKS.slice(0, 2000);
+const SECOND = CLICKS.slice(2000);
+const v1 = clicksPipeline('v1');
+const v2 = clicksPipeline('v2');
+
+/** The commit number of each shard at the savepoint (outputs after it were emitted after the cut). */
+function cut(manifest: SavepointManifest): Map<string, number> {
+  return new Map(
+    manifest.shards.map((s) => {
+      const cp = deserializeCheckpoint(JSON.stringify(s.checkpoint));
+      return [cp.shardId, cp.commitNumber];
+    }),
+  );
+}
+
+/** The window counts of the clicks: the ground truth of a correct pipeline. */
+function truth(clicks: readonly Click[]): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const c of clicks) {
+    const key = `${c.user}@${Math.floor(c.ts / WINDOW_MS) * WINDOW_MS}`;
+    out.set(key, (out.get(key) ?? 0) + 1);
+  }
+  return out;
+}
+
+function windowCounts(data: DataDir, job: string): Array<{ key: string; clicks: number }> {
+  return outputsOf(data.db, job)
+    .filter((o) => o.sink === 'counts')
+    .map((o) => ({ key: `${o.value.user}@${o.value.start}`, clicks: o.value.clicks as number }));
+}
+
+async function nothingRestored(data: DataDir, job: string): Promise<void> {
+  expect(await new SqliteJobStore(data.db).get(job)).toBeUndefined();
+  expect(countRows(data.db, 'SELECT count(*) AS n FROM floe_state WHERE job = ?', job)).toBe(0);
+  expect(countRows(data.db, 'SELECT count(*) AS n FROM floe_checkpoint WHERE job = ?', job)).toBe(0);
+}
+
+describe('savepoints on the embedded backend', () => {
+  it('takes a savepoint while the job runs; a replay into a new job id reproduces the rest of the run exactly', async () => {
+    const data = await dataDir(ROOT);
+    await produce(data.log, CLICKS);
+    const backend = backendOf(data);
+    // Reference: one uninterrupted run.
+    await runUntilIdle(data, 'ref', v1);
+    // Job A runs slowly; the savepoint is taken while it processes (it pauses, then resumes).
+    const running = runUntilIdle(data, 'a', v1, { batchSize: 25, readDelayMs: 5 });
+    while (outputsOf(data.db, 'a').length < 100) await new Promise((r) => setTimeout(r, 20));
+    const phases: string[] = [];
+    const manifest = await createSavepoint(backend, {
+      job: 'a',
+      chunkEntries: 7,
+      onProgress: (p) => {
+        if (!phases.includes(p.phase)) phases.push(p.phase);
+      },
+    });
+    await running;
+    expect(phases).toContain('export');
+    expect(manifest.files.length).toBeGreaterThan(1);
+    expect(manifest.entries).toBeGreaterThan(0);
+    const positions = manifest.shards.map((s) => deserializeCheckpoint(JSON.stringify(s.checkpoint)));
+    expect(positions).toHaveLength(3);
+    // The cut is in the middle of the input: some records before, some after.
+    const processedAtCut = positions.reduce((n, cp) => n + Number(cp.position !== undefined), 0);
+    expect(processedAtCut).toBeGreaterThan(0);
+    expect(positions.some((cp) => cp.timers.length > 0)).toBe(true);
+    expect((await new SqliteJobStore(data.db).get('a'))?.state).toBe('running');
+
+    const r1 = outputsOf(data.db, 'a');
+    // Exactly once across the pause: A equals the uninterrupted run.
+    expect(valuesByShard(r1)).toEqual(valuesByShard(outputsOf(data.db, 'ref')));
+    const afterCut = valuesByShard(r1, cut(manifest));
+    expect(Object.values(afterCut).flat().length).toBeGreaterThan(0);
+
+    const restored = await restoreSavepoint(backend, {
+      savepointId: manifest.id,
+      plan: compile(v1),
+      asJob: 'b',
+    });
+    expect(restored).toMatchObject({ job: 'b', generation: 0, entries: manifest.entries, shards: 3 });
+    await runUntilIdle(data, 'b', v1);
+    // B's sinks hold exactly what A emitted after the savepoint, shard by shard, in order.
+    expect(valuesByShard(outputsOf(data.db, 'b'))).toEqual(afterCut);
+    data.close();
+  });
+
+  it('a changed pipeline (a fixed aggregation) replayed as a new job beside the original: both exact', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST);
+    await runUntilIdle(data, 'orig', v1);
+    const manifest = await createSavepoint(backend, { job: 'orig' });
+    await produce(data.log, SECOND);
+    const restored = await restoreSavepoint(backend, {
+      savepointId: manifest.id,
+      plan: compile(v2),
+      asJob: 'fixed',
+    });
+    expect(restored.warnings).toEqual([]);
+    // Both run at the same time, on the same stream.
+    await Promise.all([runUntilIdle(data, 'orig', v1), runUntilIdle(data, 'fixed', v2)]);
+
+    const expected = truth(CLICKS);
+    const orig = windowCounts(data, 'orig');
+    const fixed = windowCounts(data, 'fixed');
+    expect(orig.length).toBeGreaterThan(100);
+    // v1 reports every window with its bug (+1), each window once.
+    for (const w of orig) expect(w.clicks).toBe((expected.get(w.key) ?? 0) + 1);
+    expect(new Set(orig.map((w) => w.key)).size).toBe(orig.length);
+    // v2 reports exactly the windows fired after the savepoint, with correct counts.
+    expect(fixed.length).toBeGreaterThan(0);
+    for (const w of fixed) expect(w.clicks).toBe(expected.get(w.key));
+    const after = valuesByShard(outputsOf(data.db, 'orig'), cut(manifest));
+    const afterKeys = Object.values(after)
+      .flat()
+      .filter((o) => o.sink === 'counts')
+      .map((o) => {
+        const v = o.value as { user: string; start: number };
+        return `${v.user}@${v.start}`;
+      });
+    expect(fixed.map((w) => w.key).sort()).toEqual(afterKeys.sort());
+    // The process function (unchanged) continues with its restored state and timers.
+    const bursts = (job: string) =>
+      Object.values(valuesByShard(outputsOf(data.db, job), job === 'orig' ? cut(manifest) : undefined))
+        .flat()
+        .filter((o) => o.sink === 'bursts');
+    expect(bursts('fixed')).toEqual(bursts('orig'));
+    expect(bursts('fixed').length).toBeGreaterThan(0);
+    data.close();
+  });
+
+  it('stop-with-savepoint, then a replay into the same job, gives the results of an uninterrupted run', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST);
+    // A live runner (not until idle): the stop ends it.
+    const controller = new AbortController();
+    const running = runUntilIdle(data, 'stop', v1, { untilIdle: false, signal: controller.signal });
+    const checkpoints = (): number => {
+      try {
+        return countRows(data.db, "SELECT count(*) AS n FROM floe_checkpoint WHERE job = 'stop'");
+      } catch {
+        return 0; // the runner has not created its tables yet
+      }
+    };
+    while (checkpoints() < 3) await new Promise((r) => setTimeout(r, 20));
+    const manifest = await createSavepoint(backend, { job: 'stop', stop: true });
+    const ended = await Promise.race([running, new Promise((r) => setTimeout(() => r('timeout'), 10_000))]);
+    controller.abort();
+    expect(ended).toMatchObject({ stopped: expect.stringMatching(/stopped with savepoint/) });
+    expect(manifest.stopped).toBe(true);
+    const record = await new SqliteJobStore(data.db).get('stop');
+    expect(record).toMatchObject({ state: 'stopped', stoppedBy: { savepointId: manifest.id } });
+    // floe run refuses a stopped job, saying how to resume it.
+    await expect(
+      openEmbeddedJobForRun({ dataDir: data.dir, stream: STREAM, job: 'stop', plan: compile(v1) }),
+    ).rejects.toThrow(/was stopped with savepoint .*floe replay --from-savepoint/);
+
+    await produce(data.log, SECOND);
+    const restored = await restoreSavepoint(backend, { savepointId: manifest.id, plan: compile(v1) });
+    expect(restored).toMatchObject({ job: 'stop', generation: 1 });
+    expect(await new SqliteJobStore(data.db).get('stop')).toMatchObject({
+      state: 'running',
+      generation: 1,
+      restoredFrom: { savepointId: manifest.id },
+    });
+    await runUntilIdle(data, 'stop', v1);
+    await runUntilIdle(data, 'ref', v1);
+    const all = outputsOf(data.db, 'stop');
+    expect(new Set(all.map((o) => o.job))).toEqual(new Set(['stop', 'stop@1']));
+    expect(valuesByShard(all)).toEqual(valuesByShard(outputsOf(data.db, 'ref')));
+    data.close();
+  });
+
+  it('a crash during the export is safe: a rerun completes a consistent savepoint (same id)', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST);
+    await runUntilIdle(data, 'crash', v1);
+    const crash = (at: number) => (step: string, index?: number) => {
+      if (step === 'file-written' && index === at) throw new SimulatedCrash('crash');
+    };
+    await expect(
+      createSavepoint(backend, { job: 'crash', chunkEntries: 5, leaseTtlMs: 300, onStep: crash(1) }),
+    ).rejects.toBeInstanceOf(SimulatedCrash);
+    const interrupted = (await new SqliteJobStore(data.db).get('crash'))!;
+    expect(interrupted.state).toBe('pausing');
+    const id = interrupted.savepoint!.id;
+    expect(await listSavepoints(backend.snapshots)).toEqual([{ id, status: 'incomplete' }]);
+    await expect(
+      restoreSavepoint(backend, { savepointId: id, plan: compile(v1), asJob: 'x' }),
+    ).rejects.toThrow(/is incomplete: it has no manifest.json/);
+    // Once the crashed savepoint's hold expires, the job runs again by itself.
+    await new Promise((r) => setTimeout(r, 400));
+    await produce(data.log, SECOND.slice(0, 300));
+    await runUntilIdle(data, 'crash', v1);
+    // The rerun reuses the id and writes a complete savepoint.
+    const manifest = await createSavepoint(backend, { job: 'crash', chunkEntries: 5 });
+    expect(manifest.id).toBe(id);
+    expect((await listSavepoints(backend.snapshots)).map((s) => s.status)).toEqual(['complete']);
+    await produce(data.log, SECOND.slice(300));
+    await restoreSavepoint(backend, { savepointId: id, plan: compile(v1), asJob: 'crash-copy' });
+    await Promise.all([runUntilIdle(data, 'crash', v1), runUntilIdle(data, 'crash-copy', v1)]);
+    expect(valuesByShard(outputsOf(data.db, 'crash-copy'))).toEqual(
+      valuesByShard(outputsOf(data.db, 'crash'), cut(manifest)),
+    );
+    data.close();
+  });
+
+  it('a crash during the restore is safe: a rerun completes it, and nothing runs before it completes', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, CLICKS);
+    await runUntilIdle(data, 'r', v1);
+    const manifest = await createSavepoint(backend, { job: 'r', chunkEntries: 3 });
+    expect(manifest.files.length).toBeGreaterThan(2);
+    await expect(
+      restoreSavepoint(backend, {
+        savepointId: manifest.id,
+        plan: compile(v1),
+        asJob: 'r2',
+        onStep: (step, index) => {
+          if (step === 'entries-written' && index === 2) throw new SimulatedCrash('crash');
+        },
+      }),
+    ).rejects.toBeInstanceOf(SimulatedCrash);
+    expect(await new SqliteJobStore(data.db).get('r2')).toMatchObject({ state: 'restoring' });
+    await expect(
+      openEmbeddedJobForRun({ dataDir: data.dir, stream: STREAM, job: 'r2', plan: compile(v1) }),
+    ).rejects.toThrow(/being restored .* has not completed; rerun/);
+    const done = await restoreSavepoint(backend, {
+      savepointId: manifest.id,
+      plan: compile(v1),
+      asJob: 'r2',
+    });
+    expect(done.generation).toBe(0);
+    expect(countRows(data.db, "SELECT count(*) AS n FROM floe_state WHERE job = 'r2'")).toBe(
+      manifest.entries,
+    );
+    expect(countRows(data.db, "SELECT count(*) AS n FROM floe_state WHERE job = 'r'")).toBe(manifest.entries);
+    data.close();
+  });
+
+  it('refuses a corrupted or missing savepoint file and restores nothing', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST);
+    await runUntilIdle(data, 'c', v1);
+    const plan = compile(v1);
+    const take = () => createSavepoint(backend, { job: 'c', chunkEntries: 3 });
+    const path = (id: string, name: string) => join(data.dir, 'savepoints', id, name);
+
+    const flipped = await take();
+    expect(flipped.files.length).toBeGreaterThan(2);
+    const file = path(flipped.id, flipped.files[1]!.name);
+    const bytes = readFileSync(file);
+    bytes[bytes.length >> 1]! ^= 0xff;
+    writeFileSync(file, bytes);
+    await expect(restoreSavepoint(backend, { savepointId: flipped.id, plan, asJob: 'c1' })).rejects.toThrow(
+      /state-00001\.ndjson\.gz is corrupted: its sha256 or size does not match the manifest/,
+    );
+    await nothingRestored(data, 'c1');
+
+    const missing = await take();
+    unlinkSync(path(missing.id, missing.files[0]!.name));
+    await expect(restoreSavepoint(backend, { savepointId: missing.id, plan, asJob: 'c2' })).rejects.toThrow(
+      /state-00000\.ndjson\.gz is missing/,
+    );
+    await nothingRestored(data, 'c2');
+
+    const edited = await take();
+    const manifestPath = path(edited.id, MANIFEST_FILE);
+    writeFileSync(manifestPath, readFileSync(manifestPath, 'utf8').replace('"entries": ', '"entries": 1'));
+    await expect(restoreSavepoint(backend, { savepointId: edited.id, plan, asJob: 'c3' })).rejects.toThrow(
+      /manifest\.json is corrupted: its checksum does not match its content/,
+    );
+    await nothingRestored(data, 'c3');
+
+    const truncated = await take();
+    writeFileSync(path(truncated.id, MANIFEST_FILE), '{"format": 1, "id": ');
+    await expect(restoreSavepoint(backend, { savepointId: truncated.id, plan, asJob: 'c4' })).rejects.toThrow(
+      StateFormatError,
+    );
+    await nothingRestored(data, 'c4');
+
+    await expect(
+      restoreSavepoint(backend, { savepointId: 'no-such-savepoint', plan, asJob: 'c5' }),
+    ).rejects.toThrow(ConfigurationError);
+    await nothingRestored(data, 'c5');
+    // The original job is untouched and runs on.
+    expect((await new SqliteJobStore(data.db).get('c'))?.state).toBe('running');
+    data.close();
+  });
+
+  it('refuses an incompatible state schema unless a migration is supplied', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST);
+    await runUntilIdle(data, 'm', v1);
+    const manifest = await createSavepoint(backend, { job: 'm' });
+    const sessions = compile(clicksPipeline('session'));
+    const refused = restoreSavepoint(backend, { savepointId: manifest.id, plan: sessions, asJob: 'm1' });
+    await expect(refused).rejects.toBeInstanceOf(IncompatibleStateError);
+    await expect(refused).rejects.toThrow(
+      /window operator "counts" changed from tumbling to session windows, which keep state in another layout/,
+    );
+    await nothingRestored(data, 'm1');
+
+    // A removed operator: refused, or its state dropped on request.
+    const noBursts = compile(clicksPipeline('no-bursts'));
+    await expect(
+      restoreSavepoint(backend, { savepointId: manifest.id, plan: noBursts, asJob: 'm2' }),
+    ).rejects.toThrow(
+      /operator "bursts" has state in the savepoint but pipeline "sp-clicks" has no operator with that uid.*--allow-non-restored-state/s,
+    );
+    await nothingRestored(data, 'm2');
+    const dropped = await restoreSavepoint(backend, {
+      savepointId: manifest.id,
+      plan: noBursts,
+      asJob: 'm2',
+      allowNonRestoredState: true,
+    });
+    expect(dropped.warnings.join()).toMatch(/"bursts".*dropped/);
+    expect(
+      countRows(data.db, "SELECT count(*) AS n FROM floe_state WHERE job = 'm2' AND address LIKE 'bursts/%'"),
+    ).toBe(0);
+    await runUntilIdle(data, 'm2', clicksPipeline('no-bursts'));
+
+    // A migration turns each open tumbling window into a session of the same extent.
+    const migration: StateMigration = {
+      state(entry) {
+        if (entry.operator !== 'counts') return entry;
+        const windows = entry.state.w as Array<[number, number]>;
+        return { ...entry, state: { w: windows.map(([start, n]) => [start, [start + WINDOW_MS, n]]) } };
+      },
+    };
+    const migrated = await restoreSavepoint(backend, {
+      savepointId: manifest.id,
+      plan: sessions,
+      asJob: 'm3',
+      migration,
+    });
+    expect(migrated.warnings.join()).toMatch(/tumbling to session/);
+    const row = data.db
+      .prepare("SELECT value FROM floe_state WHERE job = 'm3' AND address LIKE 'counts/%' LIMIT 1")
+      .get() as { value: string };
+    const [start, [end]] = (JSON.parse(row.value) as { s: { w: Array<[number, [number, number]]> } }).s.w[0]!;
+    expect(end - start).toBe(WINDOW_MS);
+    await produce(data.log, SECOND);
+    await runUntilIdle(data, 'm3', clicksPipeline('session'));
+    expect(outputsOf(data.db, 'm3').some((o) => o.sink === 'counts')).toBe(true);
+    data.close();
+  });
+
+  it('refuses, restoring nothing, when records after the savepoint were trimmed by retention', async () => {
+    let now = 1_767_261_600_000;
+    const data = await dataDir(ROOT, { retentionMs: 3_600_000, clock: () => now });
+    const backend = backendOf(data, { clock: () => now });
+    await produce(data.log, FIRST, now);
+    await runUntilIdle(data, 't', v1, { clock: () => now });
+    const manifest = await createSavepoint(backend, { job: 't', now: () => now });
+    await produce(data.log, SECOND.slice(0, 1000), now + 5_000);
+    // The savepoint's shards resume fine while the records are there.
+    await restoreSavepoint(backend, {
+      savepointId: manifest.id,
+      plan: compile(v1),
+      asJob: 'fine',
+      now: () => now,
+    });
+    // Two hours later, everything the savepoint did not process yet has expired.
+    now += 2 * 3_600_000;
+    await produce(data.log, SECOND.slice(1000), now);
+    const refused = restoreSavepoint(backend, {
+      savepointId: manifest.id,
+      plan: compile(v1),
+      asJob: 't2',
+      now: () => now,
+    });
+    await expect(refused).rejects.toBeInstanceOf(SavepointTrimmedError);
+    await expect(refused).rejects.toThrow(
+      /records of shard shardId-\d+ after position \d+ were trimmed by the retention of stream "clicks".*Nothing was restored/,
+    );
+    await nothingRestored(data, 't2');
+    data.close();
+  });
+
+  it('replays a new job from a timestamp (AT_TIMESTAMP) with empty state', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    const arrival0 = 1_767_261_600_000;
+    await produce(data.log, CLICKS, arrival0);
+    const from = arrival0 + 2500;
+    const record = await prepareTimestampReplay(backend, {
+      job: 'ts',
+      stream: STREAM,
+      timestamp: from,
+      plan: compile(v1),
+    });
+    expect(record).toMatchObject({ generation: 0, startPosition: { type: 'AT_TIMESTAMP', timestamp: from } });
+    const { records } = await runUntilIdle(data, 'ts', v1);
+    expect(records).toBe(CLICKS.length - 2500);
+    // The same job again from a later time: a new generation, the old one kept.
+    const again = await prepareTimestampReplay(backend, {
+      job: 'ts',
+      stream: STREAM,
+      timestamp: from + 1000,
+      plan: compile(v1),
+    });
+    expect(again.generation).toBe(1);
+    expect((await runUntilIdle(data, 'ts', v1)).records).toBe(CLICKS.length - 3500);
+    data.close();
+  });
+});

@@ -1,0 +1,62 @@
+/** The job record's say over workers, and `floe run`'s view of it. */
+import { describe, expect, it } from 'vitest';
+import { decide, type JobRecord, MemoryJobStore, resolveJobForRun, updateJob } from './job-control.ts';
+
+const record = (over: Partial<JobRecord>): JobRecord => ({
+  job: 'j',
+  generation: 0,
+  nextGeneration: 1,
+  state: 'running',
+  stream: 's',
+  version: 1,
+  updatedAt: 0,
+  ...over,
+});
+
+describe('job control', () => {
+  it('tells workers to run, pause for a live savepoint, or stop', () => {
+    expect(decide(undefined, 0, 0)).toEqual({ action: 'run' });
+    expect(decide(record({}), 0, 0)).toEqual({ action: 'run' });
+    const pausing = record({
+      state: 'pausing',
+      savepoint: { id: 'sp', owner: 'o', startedAt: 0, expiresAt: 100, stop: false },
+    });
+    expect(decide(pausing, 0, 50)).toEqual({ action: 'pause', reason: 'savepoint sp is being taken' });
+    // An interrupted savepoint (its hold expired) does not stall the job.
+    expect(decide(pausing, 0, 100)).toEqual({ action: 'run' });
+    expect(decide(record({ state: 'stopped', stoppedBy: { savepointId: 'sp', at: 0 } }), 0, 0)).toEqual({
+      action: 'stop',
+      reason: 'job j was stopped with savepoint sp',
+    });
+    expect(decide(record({ generation: 2 }), 1, 0)).toMatchObject({
+      action: 'stop',
+      reason: expect.stringMatching(/now runs state generation 2; this worker ran generation 1/),
+    });
+  });
+
+  it('creates the record on first run and refuses a stopped job or another stream', async () => {
+    const store = new MemoryJobStore();
+    const options = { job: 'j', stream: 's', pipeline: { name: 'p', version: '1' }, operators: [] };
+    const first = await resolveJobForRun(store, options);
+    expect(first).toMatchObject({ generation: 0, record: { state: 'running', version: 1 } });
+    await expect(resolveJobForRun(store, { ...options, stream: 'other' })).rejects.toThrow(
+      /job j reads stream "s", not "other"/,
+    );
+    await updateJob(store, 'j', (c) => ({
+      ...c!,
+      state: 'stopped',
+      stoppedBy: { savepointId: 'sp', at: 0 },
+    }));
+    await expect(resolveJobForRun(store, options)).rejects.toThrow(
+      /job j was stopped with savepoint sp .*resume it with 'floe replay --from-savepoint sp'/,
+    );
+  });
+
+  it('writes with compare-and-set', async () => {
+    const store = new MemoryJobStore();
+    expect(await store.put(record({ version: 1 }), undefined)).toBe(true);
+    expect(await store.put(record({ version: 2 }), undefined)).toBe(false);
+    expect(await store.put(record({ version: 2 }), 5)).toBe(false);
+    expect(await store.put(record({ version: 2 }), 1)).toBe(true);
+  });
+});

@@ -1,0 +1,244 @@
+/**
+ * The job record: one per job, in the backend's control store (a SQLite table, a DynamoDB
+ * control item). It says which state generation is current, where shards without a checkpoint
+ * start, and whether the job runs, is pausing for a savepoint, is stopped, or is being restored.
+ * Workers read it between batches (JobControl) and stop at a commit boundary when they should
+ * not run; `floe run` reads it to find the generation to run. Writes are compare-and-set on
+ * `version`.
+ */
+import {
+  ConfigurationError,
+  type OperatorSchema,
+  type SavepointPipeline,
+  type StartPosition,
+  TerminalError,
+} from '../core/index.ts';
+
+export type JobState = 'running' | 'pausing' | 'stopped' | 'restoring';
+
+/** A savepoint in progress: workers pause while `expiresAt` is in the future. */
+export interface SavepointInProgress {
+  readonly id: string;
+  readonly owner: string;
+  readonly startedAt: number;
+  /** The savepoint process renews it; once past, workers resume (the savepoint was interrupted). */
+  readonly expiresAt: number;
+  readonly stop: boolean;
+}
+
+/** A restore in progress into `generation` (of this job). A rerun continues it. */
+export interface RestoreInProgress {
+  readonly savepointId: string;
+  readonly generation: number;
+  readonly startedAt: number;
+}
+
+export interface JobRecord {
+  readonly job: string;
+  /** The current state generation. */
+  readonly generation: number;
+  /** The smallest generation never used by this job (a restore takes it). */
+  readonly nextGeneration: number;
+  readonly state: JobState;
+  readonly stream: string;
+  readonly pipeline?: SavepointPipeline;
+  /** The state layout of the pipeline last run (copied into savepoints). */
+  readonly operators?: readonly OperatorSchema[];
+  /** Where shards without a checkpoint in the current generation start. @default TRIM_HORIZON */
+  readonly startPosition?: StartPosition;
+  readonly savepoint?: SavepointInProgress;
+  readonly restore?: RestoreInProgress;
+  readonly stoppedBy?: { readonly savepointId: string; readonly at: number };
+  readonly restoredFrom?: { readonly savepointId: string; readonly at: number };
+  /** Incremented on every write (compare-and-set). */
+  readonly version: number;
+  readonly updatedAt: number;
+}
+
+/** Where job records live. */
+export interface JobStore {
+  get(job: string): Promise<JobRecord | undefined>;
+  /**
+   * Writes the record if the stored version is `expectedVersion` (undefined: no record yet).
+   * Returns false (and writes nothing) when another writer got there first.
+   */
+  put(record: JobRecord, expectedVersion: number | undefined): Promise<boolean>;
+  delete?(job: string): Promise<void>;
+}
+
+/** Another process changed the job record in between, repeatedly. */
+export class JobRecordConflictError extends TerminalError {
+  readonly code = 'JOB_RECORD_CONFLICT';
+}
+
+/**
+ * Reads the record, applies `change` and writes it back with compare-and-set, retrying when
+ * another writer changed it in between. `change` returns the new record (without version),
+ * or undefined to write nothing. Returns the stored record.
+ */
+export async function updateJob(
+  store: JobStore,
+  job: string,
+  change: (
+    current: JobRecord | undefined,
+  ) =>
+    | Omit<JobRecord, 'version' | 'updatedAt'>
+    | undefined
+    | Promise<Omit<JobRecord, 'version' | 'updatedAt'> | undefined>,
+  now: () => number = Date.now,
+): Promise<JobRecord | undefined> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const current = await store.get(job);
+    const next = await change(current);
+    if (next === undefined) return current;
+    const record: JobRecord = { ...next, version: (current?.version ?? 0) + 1, updatedAt: now() };
+    if (await store.put(record, current?.version)) return record;
+    await new Promise((resolve) => setTimeout(resolve, 5 + Math.random() * 20 * (attempt + 1)));
+  }
+  throw new JobRecordConflictError(
+    `the record of job ${job} kept changing while it was being updated; retry the command`,
+  );
+}
+
+/** The job id in output ids: generation 0 keeps the plain job id (`job/shard/commit/index`). */
+export function outputJobId(job: string, generation: number): string {
+  return generation === 0 ? job : `${job}@${generation}`;
+}
+
+// ---- what workers do ----------------------------------------------------------------------------
+
+export type ControlDecision =
+  | { readonly action: 'run' }
+  /** Stop at the commit boundary and wait: a savepoint is being taken. */
+  | { readonly action: 'pause'; readonly reason: string }
+  /** Stop for good: the job was stopped, or restored into another generation. */
+  | { readonly action: 'stop'; readonly reason: string };
+
+/** Read by workers between batches and by the runner between rounds. */
+export interface JobControl {
+  check(): Promise<ControlDecision>;
+}
+
+/** What a worker of `generation` should do, given the job record. */
+export function decide(record: JobRecord | undefined, generation: number, now: number): ControlDecision {
+  if (record === undefined) return { action: 'run' };
+  if (record.generation !== generation) {
+    return {
+      action: 'stop',
+      reason: `job ${record.job} now runs state generation ${record.generation}${record.restoredFrom ? ` (restored from savepoint ${record.restoredFrom.savepointId})` : ''}; this worker ran generation ${generation}`,
+    };
+  }
+  switch (record.state) {
+    case 'stopped':
+      return {
+        action: 'stop',
+        reason: `job ${record.job} was stopped${record.stoppedBy ? ` with savepoint ${record.stoppedBy.savepointId}` : ''}`,
+      };
+    case 'restoring':
+      return { action: 'stop', reason: `job ${record.job} is being restored from a savepoint` };
+    case 'pausing':
+      if (record.savepoint !== undefined && record.savepoint.expiresAt > now) {
+        return { action: 'pause', reason: `savepoint ${record.savepoint.id} is being taken` };
+      }
+      return { action: 'run' }; // the savepoint was interrupted: keep processing
+    default:
+      return { action: 'run' };
+  }
+}
+
+export function jobControl(
+  store: JobStore,
+  job: string,
+  generation: number,
+  now: () => number = Date.now,
+): JobControl {
+  return { check: async () => decide(await store.get(job), generation, now()) };
+}
+
+// ---- floe run -----------------------------------------------------------------------------------
+
+export interface JobToRun {
+  readonly record: JobRecord;
+  readonly generation: number;
+  readonly startPosition: StartPosition | undefined;
+  readonly control: JobControl;
+}
+
+/**
+ * Finds (or creates) the job record before `floe run`: the generation to run and where new
+ * shards start. Refuses, saying why and what to do, a stopped job, a job whose restore has not
+ * completed, and a job of another stream. Records the pipeline being run (module and state
+ * layout) so savepoints can describe it.
+ */
+export async function resolveJobForRun(
+  store: JobStore,
+  options: {
+    readonly job: string;
+    readonly stream: string;
+    readonly pipeline: SavepointPipeline;
+    readonly operators: readonly OperatorSchema[];
+    readonly now?: () => number;
+  },
+): Promise<JobToRun> {
+  const now = options.now ?? Date.now;
+  const record = await updateJob(
+    store,
+    options.job,
+    (current) => {
+      if (current === undefined) {
+        return {
+          job: options.job,
+          generation: 0,
+          nextGeneration: 1,
+          state: 'running',
+          stream: options.stream,
+          pipeline: options.pipeline,
+          operators: options.operators,
+        };
+      }
+      if (current.stream !== options.stream) {
+        throw new ConfigurationError(
+          `job ${options.job} reads stream "${current.stream}", not "${options.stream}"; its checkpoints are positions in "${current.stream}". Run it with --stream ${current.stream}, or give this run another --job id`,
+        );
+      }
+      if (current.state === 'stopped') {
+        throw new ConfigurationError(
+          `job ${options.job} was stopped${current.stoppedBy ? ` with savepoint ${current.stoppedBy.savepointId} at ${new Date(current.stoppedBy.at).toISOString()}` : ''}; resume it with 'floe replay --from-savepoint ${current.stoppedBy?.savepointId ?? '<id>'}'`,
+        );
+      }
+      if (current.state === 'restoring') {
+        throw new ConfigurationError(
+          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'} and the restore has not completed; rerun the 'floe replay' command that started it (it continues where it stopped)`,
+        );
+      }
+      const { version: _v, updatedAt: _u, ...rest } = current;
+      return { ...rest, pipeline: options.pipeline, operators: options.operators };
+    },
+    now,
+  );
+  const stored = record!;
+  return {
+    record: stored,
+    generation: stored.generation,
+    startPosition: stored.startPosition,
+    control: jobControl(store, options.job, stored.generation, now),
+  };
+}
+
+/** In-memory JobStore (tests, simulate). */
+export class MemoryJobStore implements JobStore {
+  private readonly records = new Map<string, string>();
+  async get(job: string): Promise<JobRecord | undefined> {
+    const text = this.records.get(job);
+    return text === undefined ? undefined : (JSON.parse(text) as JobRecord);
+  }
+  async put(record: JobRecord, expectedVersion: number | undefined): Promise<boolean> {
+    const current = await this.get(record.job);
+    if (current?.version !== expectedVersion) return false;
+    this.records.set(record.job, JSON.stringify(record));
+    return true;
+  }
+  async delete(job: string): Promise<void> {
+    this.records.delete(job);
+  }
+}

@@ -1,0 +1,915 @@
+/**
+ * Savepoints and replay over any backend (embedded SQLite + local log + directory, or DynamoDB +
+ * Kinesis + S3), through the ports below.
+ *
+ * Taking a savepoint (a consistent cut of a job generation):
+ *   1. the job record is set to `pausing` with a savepoint marker (id, owner, expiry the
+ *      savepoint keeps renewing); workers see it between batches, stop at a commit boundary
+ *      and release their leases;
+ *   2. the savepoint takes the lease of every shard (fencing out any straggler: its next commit
+ *      fails), so nothing can commit while it reads;
+ *   3. it reads every checkpoint, then writes the state as gzip NDJSON files with sha256
+ *      checksums, renewing the marker and the leases as it goes;
+ *   4. it checks it still holds every lease (else the cut may be inconsistent: it fails),
+ *      writes the manifest LAST, then resumes the job (or, with stop, leaves it `stopped`) and
+ *      releases the leases.
+ * A crash leaves files without a manifest (an incomplete savepoint) and an expired marker, so
+ * workers resume by themselves; rerunning the command reuses the id and starts the export over.
+ *
+ * Restoring (replay): verify the manifest and every file's checksum, check the state layout
+ * against the new pipeline (or run the migration), check that the records after each saved
+ * position are still in the stream — all before writing anything — then write the state and
+ * checkpoints into a fresh generation (of the same job, or of a new job id), and finally switch
+ * the job record to it (the completion marker). A crash before the switch leaves the old
+ * generation current; rerunning the same replay continues into the same generation with
+ * idempotent writes.
+ */
+import {
+  asStateMigration,
+  CHECKPOINT_FORMAT,
+  type CheckpointStore,
+  type CompatibilityIssue,
+  ConfigurationError,
+  checkCompatibility,
+  checkpointJson,
+  checkSavepointId,
+  decodeSavedEntry,
+  decodeStateFile,
+  encodeMigratedEntry,
+  encodeStateFile,
+  FencedError,
+  type Lease,
+  LeaseUnavailableError,
+  MANIFEST_FILE,
+  manifestCheckpoints,
+  newSavepointId,
+  type OperatorSchema,
+  operatorOfAddress,
+  operatorSchemas,
+  type PipelinePlan,
+  parseManifest,
+  SAVEPOINT_FORMAT,
+  type SavepointFile,
+  type SavepointManifest,
+  type SavepointPipeline,
+  type SavepointShard,
+  type ShardCheckpoint,
+  type ShardSource,
+  type SnapshotStore,
+  STATE_FORMAT_VERSION,
+  type StartPosition,
+  type StateAddress,
+  StateFormatError,
+  type StateMigration,
+  type StateStore,
+  sealManifest,
+  serializeCheckpoint,
+  serializeManifest,
+  stateFileName,
+  TerminalError,
+} from '../core/index.ts';
+import { type JobRecord, type JobStore, updateJob } from './job-control.ts';
+
+// ---- ports --------------------------------------------------------------------------------------
+
+/** Direct access to one (job, generation) of a backend, for export and restore. */
+export interface StateScope {
+  readonly backend: StateStore & CheckpointStore;
+  /** Every live state entry (any order). */
+  entries(): AsyncIterable<readonly [StateAddress, string]>;
+  /** Number of live entries, for progress (undefined if costly to know). */
+  countEntries(): Promise<number | undefined>;
+  /** Idempotent upserts, not fenced: only for a generation no worker runs yet. */
+  importEntries(entries: ReadonlyArray<readonly [StateAddress, string]>): Promise<void>;
+  /** Sets a shard's checkpoint; an identical existing one is fine, a different one is an error. */
+  importCheckpoint(checkpoint: ShardCheckpoint): Promise<void>;
+  /** True when the scope holds no state and no checkpoints. */
+  isEmpty(): Promise<boolean>;
+}
+
+/** What savepoints and replay need from a backend. */
+export interface SavepointBackend {
+  /** 'embedded' or 'aws' (recorded in manifests). */
+  readonly kind: string;
+  readonly jobs: JobStore;
+  readonly snapshots: SnapshotStore;
+  scope(job: string, generation: number): StateScope;
+  source(stream: string): ShardSource;
+  /**
+   * Why the records after a saved position can no longer be read (trimmed by the stream's
+   * retention, shard gone), or undefined when they can.
+   */
+  checkResumable(stream: string, shard: ResumePoint): Promise<string | undefined>;
+}
+
+export interface ResumePoint {
+  readonly shardId: string;
+  readonly position: string | undefined;
+  readonly next?: string;
+  readonly finished: boolean;
+}
+
+/** Records after a savepoint's positions are gone from the stream: nothing was restored. */
+export class SavepointTrimmedError extends TerminalError {
+  readonly code = 'SAVEPOINT_TRIMMED';
+}
+
+/** The savepoint's state does not fit the pipeline: nothing was restored. */
+export class IncompatibleStateError extends TerminalError {
+  readonly code = 'INCOMPATIBLE_STATE';
+}
+
+/** Thrown by fault-injection hooks to simulate a crash: no cleanup runs. */
+export class SimulatedCrash extends Error {}
+
+// ---- progress and hooks -------------------------------------------------------------------------
+
+export type SavepointProgress =
+  | { readonly phase: 'pausing'; readonly waitingFor: readonly string[] }
+  | {
+      readonly phase: 'export' | 'verify' | 'restore';
+      readonly entries: number;
+      /** Total entries when known. */
+      readonly total: number | undefined;
+      readonly files: number;
+    };
+
+export type SavepointStep =
+  | 'paused'
+  | 'file-written'
+  | 'before-manifest'
+  | 'manifest-written'
+  | 'entries-written'
+  | 'checkpoints-written'
+  | 'before-activate';
+
+interface Hooks {
+  readonly onProgress?: (progress: SavepointProgress) => void;
+  /** Fault injection: called at each step (with the file index for file steps). */
+  readonly onStep?: (step: SavepointStep, index?: number) => void | Promise<void>;
+  readonly now?: () => number;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+// ---- create -------------------------------------------------------------------------------------
+
+export interface CreateSavepointOptions extends Hooks {
+  readonly job: string;
+  /** Stop the job after the savepoint (stop-with-savepoint). */
+  readonly stop?: boolean;
+  /** Savepoint id. @default `<job>-<UTC time>-<4 hex>`, or the id of an interrupted savepoint */
+  readonly id?: string;
+  /** The job's stream, when the job has no record yet. @default the job id */
+  readonly stream?: string;
+  /** Describe the pipeline (default: what the job record says `floe run` last ran). */
+  readonly pipeline?: SavepointPipeline;
+  readonly operators?: readonly OperatorSchema[];
+  /** Lease and marker time to live; both are renewed at a third of it. @default 30000 */
+  readonly leaseTtlMs?: number;
+  /** How long to wait for workers to pause. @default 120000 */
+  readonly timeoutMs?: number;
+  /** State entries per file. @default 50000 */
+  readonly chunkEntries?: number;
+  /** Lease owner. @default savepoint:<id> */
+  readonly owner?: string;
+}
+
+export async function createSavepoint(
+  backend: SavepointBackend,
+  options: CreateSavepointOptions,
+): Promise<SavepointManifest> {
+  const now = options.now ?? Date.now;
+  const ttl = options.leaseTtlMs ?? 30_000;
+  const job = options.job;
+  let id = options.id === undefined ? undefined : checkSavepointId(options.id);
+  let owner = options.owner;
+  let wasStopped = false;
+  let resumed = false;
+  // 1. Request the pause (or take over an interrupted savepoint's marker).
+  const begun = await updateJob(
+    backend.jobs,
+    job,
+    async (current) => {
+      if (current === undefined && (await backend.scope(job, 0).isEmpty())) {
+        throw new ConfigurationError(
+          `job ${job} is unknown: it has no job record and no checkpoints; run it first ('floe run ... --job ${job}'), or check the job id and the backend options`,
+        );
+      }
+      const base: Omit<JobRecord, 'version' | 'updatedAt'> = current ?? {
+        job,
+        generation: 0,
+        nextGeneration: 1,
+        state: 'running',
+        stream: options.stream ?? job,
+      };
+      if (base.state === 'restoring') {
+        throw new ConfigurationError(
+          `job ${job} is being restored from savepoint ${base.restore?.savepointId ?? '?'}; finish the restore (rerun the 'floe replay' command) before taking a savepoint`,
+        );
+      }
+      const marker = base.savepoint;
+      if (marker !== undefined && marker.expiresAt > now() && marker.owner !== owner) {
+        throw new ConfigurationError(
+          `savepoint ${marker.id} of job ${job} is being taken (by ${marker.owner}, started ${new Date(marker.startedAt).toISOString()}); wait for it to finish, or if it was interrupted, rerun after its hold expires at ${new Date(marker.expiresAt).toISOString()}`,
+        );
+      }
+      id ??= marker?.id ?? newSavepointId(job, now());
+      owner ??= `savepoint:${id}`;
+      resumed = marker?.id === id;
+      wasStopped = base.state === 'stopped';
+      const { savepoint: _s, ...rest } = base;
+      return {
+        ...rest,
+        state: wasStopped ? 'stopped' : 'pausing',
+        savepoint: {
+          id,
+          owner,
+          startedAt: marker?.id === id ? marker.startedAt : now(),
+          expiresAt: now() + ttl,
+          stop: options.stop === true,
+        },
+      };
+    },
+    now,
+  );
+  const record = begun!;
+  const savepointId = id!;
+  const leaseOwner = owner!;
+  const snapshots = backend.snapshots;
+  const scope = backend.scope(job, record.generation);
+  const leases = new Map<string, Lease>();
+  let lastBeat = now();
+
+  const renewMarker = async (): Promise<void> => {
+    await updateJob(
+      backend.jobs,
+      job,
+      (current) => {
+        if (current?.savepoint?.id !== savepointId || current.savepoint.owner !== leaseOwner) {
+          throw new StateFormatError(
+            `savepoint ${savepointId} of job ${job} lost its pause marker (another savepoint or a replay took over); it was not completed`,
+          );
+        }
+        const { version: _v, updatedAt: _u, ...rest } = current;
+        return { ...rest, savepoint: { ...current.savepoint, expiresAt: now() + ttl } };
+      },
+      now,
+    );
+  };
+  const renewLeases = async (): Promise<void> => {
+    for (const [shardId, lease] of leases) {
+      try {
+        leases.set(shardId, await scope.backend.renewLease(lease, now(), ttl));
+      } catch (error) {
+        if (error instanceof FencedError) {
+          throw new StateFormatError(
+            `savepoint ${savepointId} lost the lease of shard ${shardId} (a worker took it over after it expired); the state may have changed during the export, so the savepoint was not completed. Retry, with a longer --lease-ttl if the export is slow`,
+            { cause: error },
+          );
+        }
+        throw error;
+      }
+    }
+  };
+  const heartbeat = async (force = false): Promise<void> => {
+    if (!force && now() - lastBeat < ttl / 3) return;
+    lastBeat = now();
+    await renewMarker();
+    await renewLeases();
+  };
+  const releaseAll = async (): Promise<void> => {
+    for (const lease of leases.values()) await scope.backend.releaseLease(lease).catch(() => {});
+    leases.clear();
+  };
+
+  try {
+    // A manifest already there: an earlier run of this savepoint crashed after writing it.
+    const existing = await readManifestIfAny(snapshots, savepointId);
+    let manifest: SavepointManifest;
+    if (existing !== undefined) {
+      if (existing.job !== job || !resumed) {
+        throw new ConfigurationError(
+          `savepoint ${savepointId} already exists at ${snapshots.describe(savepointId)} for job ${existing.job}; choose another --id`,
+        );
+      }
+      manifest = existing;
+    } else {
+      // 2. Take every shard's lease: workers release theirs at their next batch boundary.
+      await acquireAllLeases(backend, scope.backend, record.stream, leases, leaseOwner, {
+        ttl,
+        timeoutMs: options.timeoutMs ?? 120_000,
+        now,
+        heartbeat,
+        onProgress: options.onProgress,
+        savepointId,
+      });
+      await options.onStep?.('paused');
+      // 3. Read the cut: checkpoints, then state.
+      const checkpoints = await scope.backend.listCheckpoints();
+      checkpoints.sort((a, b) => (a.shardId < b.shardId ? -1 : a.shardId > b.shardId ? 1 : 0));
+      const source = backend.source(record.stream);
+      const shards: SavepointShard[] = [];
+      for (const cp of checkpoints) {
+        const next = cp.finished ? undefined : await peekNext(source, cp);
+        shards.push({ checkpoint: checkpointJson(cp), ...(next === undefined ? {} : { next }) });
+      }
+      await snapshots.remove(savepointId); // files of an interrupted attempt
+      const operators = [...(options.operators ?? record.operators ?? [])];
+      const known = operators.map((o) => o.uid);
+      const total = await scope.countEntries();
+      const chunk = Math.max(1, options.chunkEntries ?? 50_000);
+      const files: SavepointFile[] = [];
+      let entries = 0;
+      let bytes = 0;
+      let batch: Array<readonly [StateAddress, string]> = [];
+      const flush = async (): Promise<void> => {
+        const name = stateFileName(files.length);
+        const encoded = encodeStateFile(name, batch);
+        await snapshots.write(savepointId, name, encoded.data);
+        files.push(encoded.file);
+        entries += batch.length;
+        bytes += encoded.file.bytes;
+        batch = [];
+        options.onProgress?.({ phase: 'export', entries, total, files: files.length });
+        await options.onStep?.('file-written', files.length - 1);
+        await heartbeat();
+      };
+      options.onProgress?.({ phase: 'export', entries: 0, total, files: 0 });
+      for await (const entry of scope.entries()) {
+        if (!known.some((uid) => entry[0].startsWith(`${uid}/`))) {
+          const uid = operatorOfAddress(entry[0], (JSON.parse(entry[1]) as { k: string | number }).k);
+          if (!known.includes(uid)) {
+            known.push(uid);
+            operators.push({ uid, kind: 'unknown', state: {} });
+          }
+        }
+        batch.push(entry);
+        if (batch.length >= chunk) await flush();
+      }
+      if (batch.length > 0 || files.length === 0) await flush();
+      // 4. Still holding every lease: nothing committed during the export.
+      await heartbeat(true);
+      await options.onStep?.('before-manifest');
+      manifest = sealManifest({
+        format: SAVEPOINT_FORMAT,
+        id: savepointId,
+        createdAt: now(),
+        job,
+        generation: record.generation,
+        stream: record.stream,
+        backend: backend.kind,
+        pipeline: options.pipeline ?? record.pipeline ?? { name: job, version: 'unknown' },
+        stopped: options.stop === true,
+        ...(record.startPosition === undefined ? {} : { startPosition: record.startPosition }),
+        stateFormat: STATE_FORMAT_VERSION,
+        checkpointFormat: CHECKPOINT_FORMAT,
+        operators,
+        shards,
+        files,
+        entries,
+        bytes,
+      });
+      await snapshots.write(
+        savepointId,
+        MANIFEST_FILE,
+        new TextEncoder().encode(serializeManifest(manifest)),
+      );
+      await options.onStep?.('manifest-written');
+    }
+    // 5. Resume (or stop) the job and clear the marker.
+    await updateJob(
+      backend.jobs,
+      job,
+      (current) => {
+        if (current === undefined) return undefined;
+        const { version: _v, updatedAt: _u, savepoint, ...rest } = current;
+        if (savepoint?.id !== savepointId) return undefined;
+        const stop = manifest.stopped || savepoint.stop;
+        return {
+          ...rest,
+          state: stop || wasStopped ? 'stopped' : 'running',
+          ...(stop ? { stoppedBy: { savepointId, at: manifest.createdAt } } : {}),
+        };
+      },
+      now,
+    );
+    await releaseAll();
+    return manifest;
+  } catch (error) {
+    if (error instanceof SimulatedCrash) throw error;
+    // Give the job back: clear our marker (if still ours) and release the leases.
+    await releaseAll();
+    await updateJob(
+      backend.jobs,
+      job,
+      (current) => {
+        if (current?.savepoint?.id !== savepointId || current.savepoint.owner !== leaseOwner)
+          return undefined;
+        const { version: _v, updatedAt: _u, savepoint: _s, ...rest } = current;
+        return { ...rest, state: wasStopped ? 'stopped' : 'running' };
+      },
+      now,
+    ).catch(() => {});
+    throw error;
+  }
+}
+
+async function acquireAllLeases(
+  backend: SavepointBackend,
+  store: CheckpointStore,
+  stream: string,
+  leases: Map<string, Lease>,
+  owner: string,
+  o: {
+    ttl: number;
+    timeoutMs: number;
+    now: () => number;
+    heartbeat: () => Promise<void>;
+    onProgress: ((p: SavepointProgress) => void) | undefined;
+    savepointId: string;
+  },
+): Promise<void> {
+  const source = backend.source(stream);
+  const deadline = o.now() + o.timeoutMs;
+  const busy = new Map<string, string>();
+  for (;;) {
+    const ids = new Set<string>([
+      ...(await source.listShards()).map((s) => s.shardId),
+      ...(await store.listCheckpoints()).map((c) => c.shardId),
+    ]);
+    const missing = [...ids].filter((shardId) => !leases.has(shardId));
+    if (missing.length === 0) return;
+    for (const shardId of missing) {
+      try {
+        leases.set(shardId, await store.acquireLease(shardId, owner, o.now(), o.ttl));
+        busy.delete(shardId);
+      } catch (error) {
+        if (!(error instanceof LeaseUnavailableError)) throw error;
+        busy.set(shardId, error.message);
+      }
+    }
+    if (busy.size === 0) continue; // list again: a reshard may have added shards
+    o.onProgress?.({ phase: 'pausing', waitingFor: [...busy.keys()] });
+    if (o.now() > deadline) {
+      throw new ConfigurationError(
+        `savepoint ${o.savepointId}: after ${Math.round(o.timeoutMs / 1000)} s, ${busy.size} shard(s) are still leased by workers that did not pause (${[...busy.values()][0]}). Workers pause between batches; a crashed worker's lease expires after its TTL. Retry, or raise --timeout`,
+      );
+    }
+    await o.heartbeat();
+    await sleep(200);
+  }
+}
+
+/** The position of the first record after a checkpoint, if the stream has one now. */
+async function peekNext(source: ShardSource, cp: ShardCheckpoint): Promise<string | undefined> {
+  if (cp.position === undefined) return undefined;
+  try {
+    const reader = await source.openReader(cp.shardId, {
+      type: 'AFTER_SEQUENCE_NUMBER',
+      sequenceNumber: cp.position,
+    });
+    try {
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const read = await reader.read(1);
+        const first = read.records[0];
+        if (first !== undefined) return first.sequenceNumber;
+        if (read.millisBehindLatest === 0 || read.shardEnded) return undefined;
+      }
+      return undefined;
+    } finally {
+      await reader.close?.();
+    }
+  } catch {
+    return undefined; // informative only
+  }
+}
+
+async function readManifestIfAny(
+  snapshots: SnapshotStore,
+  id: string,
+): Promise<SavepointManifest | undefined> {
+  const data = await snapshots.read(id, MANIFEST_FILE);
+  if (data === undefined) return undefined;
+  const manifest = parseManifest(new TextDecoder().decode(data), snapshots.describe(id, MANIFEST_FILE));
+  if (manifest.id !== id) {
+    throw new StateFormatError(
+      `${snapshots.describe(id, MANIFEST_FILE)} belongs to savepoint ${manifest.id}; a savepoint must stay under its own id (rename the directory back to ${manifest.id})`,
+    );
+  }
+  return manifest;
+}
+
+/** Reads and validates a savepoint's manifest, with a clear error when it is missing or incomplete. */
+export async function readManifest(snapshots: SnapshotStore, id: string): Promise<SavepointManifest> {
+  checkSavepointId(id);
+  const manifest = await readManifestIfAny(snapshots, id);
+  if (manifest !== undefined) return manifest;
+  const files = await snapshots.listFiles(id);
+  if (files.length === 0) {
+    throw new ConfigurationError(
+      `savepoint ${id} not found at ${snapshots.describe(id)}; 'floe savepoint list' shows the savepoints there`,
+    );
+  }
+  throw new StateFormatError(
+    `savepoint ${id} at ${snapshots.describe(id)} is incomplete: it has no ${MANIFEST_FILE} (its export was interrupted, or the manifest was deleted). Rerun 'floe savepoint create' for the job to complete it, or delete it`,
+  );
+}
+
+// ---- list, inspect, delete ----------------------------------------------------------------------
+
+export interface SavepointSummary {
+  readonly id: string;
+  readonly status: 'complete' | 'incomplete' | 'damaged';
+  readonly manifest?: SavepointManifest;
+  readonly problem?: string;
+}
+
+export async function listSavepoints(snapshots: SnapshotStore): Promise<SavepointSummary[]> {
+  const out: SavepointSummary[] = [];
+  for (const id of (await snapshots.listSavepoints()).sort()) {
+    try {
+      const manifest = await readManifestIfAny(snapshots, id);
+      out.push(manifest === undefined ? { id, status: 'incomplete' } : { id, status: 'complete', manifest });
+    } catch (error) {
+      out.push({ id, status: 'damaged', problem: (error as Error).message });
+    }
+  }
+  return out.sort(
+    (a, b) => (a.manifest?.createdAt ?? 0) - (b.manifest?.createdAt ?? 0) || (a.id < b.id ? -1 : 1),
+  );
+}
+
+/** Verifies every file of a savepoint (sha256, size, decompression, entry counts). */
+export async function verifySavepoint(
+  snapshots: SnapshotStore,
+  manifest: SavepointManifest,
+  onProgress?: (p: SavepointProgress) => void,
+): Promise<void> {
+  let entries = 0;
+  for (const [i, file] of manifest.files.entries()) {
+    const rows = decodeStateFile(
+      await snapshots.read(manifest.id, file.name),
+      file,
+      `state file ${snapshots.describe(manifest.id, file.name)}`,
+    );
+    entries += rows.length;
+    onProgress?.({ phase: 'verify', entries, total: manifest.entries, files: i + 1 });
+  }
+  if (entries !== manifest.entries) {
+    throw new StateFormatError(
+      `savepoint ${manifest.id} holds ${entries} entries; its manifest says ${manifest.entries}`,
+    );
+  }
+}
+
+/**
+ * Deletes a savepoint's files. An interrupted savepoint's marker is cleared from its job
+ * record; a savepoint being taken right now cannot be deleted.
+ */
+export async function deleteSavepoint(
+  backend: Pick<SavepointBackend, 'snapshots' | 'jobs'>,
+  id: string,
+  options: { readonly job?: string; readonly now?: () => number } = {},
+): Promise<void> {
+  const now = options.now ?? Date.now;
+  checkSavepointId(id);
+  const files = await backend.snapshots.listFiles(id);
+  let job = options.job;
+  if (job === undefined) {
+    try {
+      job = (await readManifestIfAny(backend.snapshots, id))?.job;
+    } catch {
+      job = undefined;
+    }
+  }
+  if (job !== undefined) {
+    await updateJob(
+      backend.jobs,
+      job,
+      (current) => {
+        if (current?.savepoint?.id !== id) return undefined;
+        if (current.savepoint.expiresAt > now()) {
+          throw new ConfigurationError(`savepoint ${id} is being taken right now; wait for it to finish`);
+        }
+        const { version: _v, updatedAt: _u, savepoint: _s, ...rest } = current;
+        return { ...rest, state: current.state === 'pausing' ? 'running' : current.state };
+      },
+      now,
+    );
+  }
+  if (files.length === 0) {
+    throw new ConfigurationError(`savepoint ${id} not found at ${backend.snapshots.describe(id)}`);
+  }
+  await backend.snapshots.remove(id);
+}
+
+// ---- restore ------------------------------------------------------------------------------------
+
+export interface RestoreOptions extends Hooks {
+  readonly savepointId: string;
+  /** The pipeline that will run the restored job. */
+  readonly plan: PipelinePlan;
+  /** Restore into this job id (a copy beside the original). @default the savepoint's job, in a new generation */
+  readonly asJob?: string;
+  readonly migration?: StateMigration;
+  /** Drop the state of operators the pipeline no longer has. @default false */
+  readonly allowNonRestoredState?: boolean;
+  /** Recorded in the job record (e.g. the pipeline module path). */
+  readonly pipeline?: SavepointPipeline;
+  /** Entries per import batch. @default 2000 */
+  readonly batchEntries?: number;
+}
+
+export interface RestoreResult {
+  readonly manifest: SavepointManifest;
+  readonly job: string;
+  readonly generation: number;
+  readonly entries: number;
+  readonly shards: number;
+  readonly warnings: readonly string[];
+}
+
+export async function restoreSavepoint(
+  backend: SavepointBackend,
+  options: RestoreOptions,
+): Promise<RestoreResult> {
+  const now = options.now ?? Date.now;
+  const snapshots = backend.snapshots;
+  const manifest = await readManifest(snapshots, options.savepointId);
+  const target = options.asJob ?? manifest.job;
+  const migration = options.migration === undefined ? undefined : asStateMigration(options.migration);
+
+  // Everything that can refuse the restore runs before anything is written.
+  await verifySavepoint(snapshots, manifest, options.onProgress);
+  const report = checkCompatibility(manifest.operators, options.plan, {
+    allowNonRestoredState: options.allowNonRestoredState === true,
+  });
+  // A state migration takes responsibility for the layout; a timer-only one does not.
+  const migratesState = migration?.state !== undefined;
+  if (!report.compatible && !migratesState) throw incompatible(manifest, options.plan, report.issues);
+  const warnings = report.issues.filter((i) => !i.fatal || migratesState).map((i) => i.message);
+  const trimmed: string[] = [];
+  const checkpoints = manifestCheckpoints(manifest);
+  for (const [i, cp] of checkpoints.entries()) {
+    const next = manifest.shards[i]?.next;
+    const reason = await backend.checkResumable(manifest.stream, {
+      shardId: cp.shardId,
+      position: cp.position,
+      ...(next === undefined ? {} : { next }),
+      finished: cp.finished,
+    });
+    if (reason !== undefined) trimmed.push(reason);
+  }
+  if (trimmed.length > 0) {
+    throw new SavepointTrimmedError(
+      `cannot replay savepoint ${manifest.id} of job ${manifest.job} (taken ${new Date(manifest.createdAt).toISOString()}): ${trimmed.join('; ')}. Nothing was restored. Replay from a newer savepoint, or start a new job from a timestamp with 'floe replay --from-timestamp'`,
+    );
+  }
+  const targetSchemas = new Map(operatorSchemas(options.plan).map((o) => [o.uid, o]));
+  const savedSchemas = new Map(manifest.operators.map((o) => [o.uid, o]));
+  const dropped = new Set(report.dropped);
+  const restoredAt = now();
+  const transformTimers = (cp: ShardCheckpoint): ShardCheckpoint => {
+    const timers = cp.timers.flatMap((t) => {
+      if (migration?.timer !== undefined) {
+        const mapped = migration.timer(t);
+        return mapped === undefined || mapped === null ? [] : [mapped];
+      }
+      return targetSchemas.has(t.operator) ? [t] : [];
+    });
+    for (const t of timers) {
+      if (!targetSchemas.has(t.operator)) {
+        throw new StateFormatError(
+          `the migration keeps a timer of operator "${t.operator}", which pipeline "${options.plan.name}" does not have`,
+        );
+      }
+    }
+    return { ...cp, timers };
+  };
+  // Run the timer mapping before writing anything too (it can throw).
+  const restoredCheckpoints = checkpoints.map(transformTimers);
+
+  // Claim the target generation.
+  let generation = -1;
+  await updateJob(
+    backend.jobs,
+    target,
+    async (current) => {
+      const base = {
+        stream: manifest.stream,
+        pipeline: options.pipeline ?? { name: options.plan.name, version: options.plan.version },
+        operators: [...targetSchemas.values()],
+      };
+      if (current?.restore !== undefined && current.restore.savepointId === manifest.id) {
+        generation = current.restore.generation; // a rerun of a crashed restore
+        return undefined;
+      }
+      if (current === undefined) {
+        if (!(await backend.scope(target, 0).isEmpty())) {
+          throw new ConfigurationError(
+            `job ${target} has state but no job record (it was run by an older floe); restore into another --as-job id`,
+          );
+        }
+        generation = 0;
+        return {
+          job: target,
+          generation: 0,
+          nextGeneration: 1,
+          state: 'restoring',
+          ...base,
+          restore: { savepointId: manifest.id, generation: 0, startedAt: restoredAt },
+        };
+      }
+      if (current.state === 'restoring') {
+        throw new ConfigurationError(
+          `job ${target} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; rerun that replay to complete it, or choose another --as-job id`,
+        );
+      }
+      if (target !== manifest.job) {
+        throw new ConfigurationError(
+          `job ${target} already exists (generation ${current.generation}); choose a new --as-job id, or omit --as-job to restore job ${manifest.job} into a new generation`,
+        );
+      }
+      if (current.stream !== manifest.stream) {
+        throw new ConfigurationError(
+          `job ${target} now reads stream "${current.stream}", but the savepoint holds positions in "${manifest.stream}"`,
+        );
+      }
+      generation = current.nextGeneration;
+      const { version: _v, updatedAt: _u, ...rest } = current;
+      return {
+        ...rest,
+        nextGeneration: generation + 1,
+        restore: { savepointId: manifest.id, generation, startedAt: restoredAt },
+      };
+    },
+    now,
+  );
+  const scope = backend.scope(target, generation);
+
+  // State, file by file (each verified again as it is read), in idempotent batches.
+  const batchSize = Math.max(1, options.batchEntries ?? 2000);
+  let written = 0;
+  options.onProgress?.({ phase: 'restore', entries: 0, total: manifest.entries, files: 0 });
+  for (const [i, file] of manifest.files.entries()) {
+    const rows = decodeStateFile(
+      await snapshots.read(manifest.id, file.name),
+      file,
+      `state file ${snapshots.describe(manifest.id, file.name)}`,
+    );
+    let out: Array<readonly [StateAddress, string]> = [];
+    for (const [address, value] of rows) {
+      if (migration?.state !== undefined) {
+        const entry = decodeSavedEntry(address, value, savedSchemas);
+        const mapped = migration.state(entry, { from: savedSchemas.get(entry.operator), to: targetSchemas });
+        const list = mapped === undefined || mapped === null ? [] : Array.isArray(mapped) ? mapped : [mapped];
+        for (const m of list as (typeof entry)[]) {
+          const encoded = encodeMigratedEntry(m, targetSchemas, restoredAt);
+          if (encoded !== undefined) out.push(encoded);
+        }
+      } else if (dropped.size === 0 || !isDropped(address, value, dropped)) {
+        out.push([address, value]);
+      }
+      if (out.length >= batchSize) {
+        await scope.importEntries(out);
+        out = [];
+      }
+    }
+    if (out.length > 0) await scope.importEntries(out);
+    written += rows.length;
+    options.onProgress?.({ phase: 'restore', entries: written, total: manifest.entries, files: i + 1 });
+    await options.onStep?.('entries-written', i);
+  }
+  for (const cp of restoredCheckpoints) await scope.importCheckpoint(cp);
+  await options.onStep?.('checkpoints-written');
+  await options.onStep?.('before-activate');
+
+  // The completion marker: the job record now points at the restored generation.
+  await updateJob(
+    backend.jobs,
+    target,
+    (current) => {
+      if (current?.restore?.savepointId !== manifest.id || current.restore.generation !== generation) {
+        throw new ConfigurationError(
+          `the restore of savepoint ${manifest.id} into job ${target} was superseded by another replay; nothing was switched`,
+        );
+      }
+      const {
+        version: _v,
+        updatedAt: _u,
+        restore: _r,
+        savepoint: _s,
+        stoppedBy: _b,
+        startPosition: _p,
+        ...rest
+      } = current;
+      return {
+        ...rest,
+        generation,
+        state: 'running',
+        stream: manifest.stream,
+        pipeline: options.pipeline ?? { name: options.plan.name, version: options.plan.version },
+        operators: [...targetSchemas.values()],
+        ...(manifest.startPosition === undefined ? {} : { startPosition: manifest.startPosition }),
+        restoredFrom: { savepointId: manifest.id, at: now() },
+      };
+    },
+    now,
+  );
+  return {
+    manifest,
+    job: target,
+    generation,
+    entries: written,
+    shards: restoredCheckpoints.length,
+    warnings,
+  };
+}
+
+function isDropped(address: string, value: string, dropped: ReadonlySet<string>): boolean {
+  // An address is `${uid}/${JSON key}`: only a dropped uid's prefix can match.
+  if (![...dropped].some((uid) => address.startsWith(`${uid}/`))) return false;
+  const key = (JSON.parse(value) as { k: string | number }).k;
+  return dropped.has(operatorOfAddress(address, key));
+}
+
+function incompatible(
+  manifest: SavepointManifest,
+  plan: PipelinePlan,
+  issues: readonly CompatibilityIssue[],
+): IncompatibleStateError {
+  const fatal = issues.filter((i) => i.fatal).map((i) => i.message);
+  return new IncompatibleStateError(
+    `the state in savepoint ${manifest.id} (pipeline ${manifest.pipeline.name} version ${manifest.pipeline.version}) does not fit pipeline ${plan.name} version ${plan.version}, so nothing was restored: ${fatal.join('; ')}. Keep operator uids and state declarations compatible, pass --allow-non-restored-state to drop the state of removed operators, or supply a migration (--migration <module.ts>, see docs/savepoints.md)`,
+  );
+}
+
+// ---- replay from a timestamp ----------------------------------------------------------------------
+
+/**
+ * Prepares a job to read its stream from a timestamp (AT_TIMESTAMP) with empty state: a new
+ * job, or a new generation of an existing one. Run it afterwards as usual.
+ */
+export async function prepareTimestampReplay(
+  backend: Pick<SavepointBackend, 'jobs' | 'scope'>,
+  options: {
+    readonly job: string;
+    readonly stream: string;
+    readonly timestamp: number;
+    readonly plan: PipelinePlan;
+    readonly pipeline?: SavepointPipeline;
+    readonly now?: () => number;
+  },
+): Promise<JobRecord> {
+  const now = options.now ?? Date.now;
+  if (!Number.isFinite(options.timestamp)) {
+    throw new ConfigurationError(`a replay timestamp is epoch milliseconds; received ${options.timestamp}`);
+  }
+  const startPosition: StartPosition = { type: 'AT_TIMESTAMP', timestamp: options.timestamp };
+  const base = {
+    stream: options.stream,
+    pipeline: options.pipeline ?? { name: options.plan.name, version: options.plan.version },
+    operators: operatorSchemas(options.plan),
+    startPosition,
+  };
+  const record = await updateJob(
+    backend.jobs,
+    options.job,
+    async (current) => {
+      if (current === undefined) {
+        if (!(await backend.scope(options.job, 0).isEmpty())) {
+          throw new ConfigurationError(
+            `job ${options.job} has state but no job record (it was run by an older floe); replay as another job id`,
+          );
+        }
+        return { job: options.job, generation: 0, nextGeneration: 1, state: 'running', ...base };
+      }
+      if (current.state === 'restoring') {
+        throw new ConfigurationError(
+          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; complete that replay first`,
+        );
+      }
+      if (current.stream !== options.stream) {
+        throw new ConfigurationError(
+          `job ${options.job} reads stream "${current.stream}", not "${options.stream}"; choose another job id`,
+        );
+      }
+      const { version: _v, updatedAt: _u, stoppedBy: _b, restoredFrom: _f, savepoint: _s, ...rest } = current;
+      return {
+        ...rest,
+        ...base,
+        state: 'running',
+        generation: current.nextGeneration,
+        nextGeneration: current.nextGeneration + 1,
+      };
+    },
+    now,
+  );
+  return record!;
+}
+
+/** Checkpoint serialization equality (for idempotent checkpoint imports). */
+export function sameCheckpoint(a: ShardCheckpoint, b: ShardCheckpoint): boolean {
+  return serializeCheckpoint(a) === serializeCheckpoint(b);
+}
