@@ -292,6 +292,12 @@ export class ShardTask {
       shardEnded?: boolean;
       /** An empty batch means the reader is caught up (idleness may advance by `now`). @default true */
       caughtUp?: boolean;
+      /**
+       * Whether a batch whose only change is an idleness advance of the watermark is worth a
+       * commit. Such an advance is recomputed from the committed checkpoint after a restart, so a
+       * caught-up worker polling every few hundred ms need not commit each one. @default true
+       */
+      commitIdleWatermark?: boolean;
     } = {},
   ): Promise<BatchResult> {
     this.setProcessingTime(now);
@@ -322,7 +328,7 @@ export class ShardTask {
     this.aEntry.fill(undefined, 0, this.aLen);
     this.rError.fill(undefined, 0, fresh.length);
     this.aLen = 0;
-    return this.finish(fresh.length, records.length - fresh.length);
+    return this.finish(fresh.length, records.length - fresh.length, options.commitIdleWatermark !== false);
   }
 
   /** Replays the batch's watermark progression to bound the highest watermark it can reach. */
@@ -608,22 +614,31 @@ export class ShardTask {
     for (const [address, { op, key }] of wanted) op.backend.load(key, loaded.get(address));
   }
 
-  private finish(records: number, duplicates: number): BatchResult {
+  private finish(records: number, duplicates: number, commitWatermarkOnly = true): BatchResult {
     const mutations: StateMutation[] = [];
     for (const op of this.operators) {
       op.backend.now = this.now;
       for (const m of op.backend.takeMutations()) mutations.push(m);
     }
     const last = this.committed;
-    const changed =
+    const changedBeyondWatermark =
       records > 0 ||
       this.outputs.length > 0 ||
       mutations.length > 0 ||
       (this.position ?? '') !== last.position ||
-      this.watermark !== last.watermark ||
       this.maxTimestamp !== last.maxTimestamp ||
       this.finished !== last.finished ||
       this.timerVersion !== last.timerVersion;
+    const changed = changedBeyondWatermark || (commitWatermarkOnly && this.watermark !== last.watermark);
+    if (!changed) {
+      return {
+        changed,
+        outputs: [],
+        mutations,
+        checkpoint: this.checkpoint(),
+        stats: { records, duplicates, deadLetters: 0, timersFired: 0 },
+      };
+    }
     this.committed = {
       position: this.position ?? '',
       watermark: this.watermark,
@@ -631,7 +646,7 @@ export class ShardTask {
       finished: this.finished,
       timerVersion: this.timerVersion,
     };
-    if (changed) this.commitNumber++;
+    this.commitNumber++;
     const outputs = this.outputs;
     this.outputs = [];
     this.outputPrefix = this.nextOutputPrefix();

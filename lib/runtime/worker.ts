@@ -25,6 +25,9 @@ export interface WorkerResult {
   readonly paused?: boolean;
 }
 
+/** Minimum processing time between commits that only advance an idle shard's watermark. */
+export const IDLE_COMMIT_INTERVAL_MS = 5_000;
+
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Publishes the outbox of a shard and marks it published (recovery after a crash). */
@@ -55,6 +58,7 @@ export async function runShardWorker(
   const batchSize = options.batchSize ?? 1000;
   const started = clock();
   let lease: Lease = await job.backend.acquireLease(shardId, options.owner, started, ttl);
+  let lastCommitAt = Number.NEGATIVE_INFINITY;
   let records = 0;
   let commits = 0;
   let caughtUp = false;
@@ -96,9 +100,15 @@ export async function runShardWorker(
         const read = await reader.read(batchSize);
         const result = await task.processBatch(read.records, job.backend, clock(), {
           shardEnded: read.shardEnded,
+          // An empty read is "caught up" only when nothing is left behind it.
+          caughtUp: read.millisBehindLatest === 0,
+          // While idle, commit a watermark that only idleness moved at most every few seconds
+          // (it is recomputed from the last commit after a restart).
+          commitIdleWatermark: clock() - lastCommitAt >= IDLE_COMMIT_INTERVAL_MS,
         });
         if (result.changed) {
           await job.backend.commit(lease, result);
+          lastCommitAt = clock();
           commits++;
           records += result.stats.records;
           await publish(job, shardId, result.outputs);
