@@ -26,6 +26,11 @@
  * end of the simulate script. Nothing is idle earlier: arrival times come from Kinesis and every
  * record is put before the job starts.
  *
+ * Emulator workarounds: the job's DynamoDB client runs moto's TransactWriteItems alone
+ * (./moto-transactions.ts: moto's transactions are not isolated from concurrent requests), and the
+ * fault run destroys the S3 response bodies the fault injector drops unread (see trackBodies and
+ * faults-ambiguous.test.ts).
+ *
  * Fencing (a stalled worker past its lease expiry is rejected with FencedError and changes nothing;
  * the new owner's results are exact) is covered on this same stack, on both commit paths, by
  * exactly-once.test.ts ("fencing: a stalled worker whose lease was taken over cannot commit ...").

@@ -136,7 +136,8 @@ export function injectTransientFaults(client: AwsClientLike, options: TransientF
       op.injected++;
       stats.byError[error.name] = (stats.byError[error.name] ?? 0) + 1;
       if (afterEffect) {
-        await next(args);
+        const result = (await next(args)) as { output?: { Body?: { destroy?: () => void } } };
+        result?.output?.Body?.destroy?.(); // the caller never sees it: free the connection
         stats.ambiguous++;
       }
       throw error;
