@@ -39,6 +39,7 @@ import {
   TerminalError,
   TransientBackendError,
 } from '../core/errors.ts';
+import { outputValueJson } from '../core/outputs.ts';
 import type { Output, Sink } from '../core/ports.ts';
 
 /** An output that no retry can publish: too large, without a valid key, or with a malformed id. */
@@ -142,29 +143,9 @@ export function parseOutputId(id: string): OutputIdParts {
   return { job, shard, commit, index };
 }
 
-/** The value as JSON text, or undefined for an undefined value. */
-function valueJson(output: Output): string | undefined {
-  if (output.value === undefined) return undefined;
-  let text: string | undefined;
-  try {
-    text = JSON.stringify(output.value);
-  } catch (error) {
-    throw new StateSerializationError(
-      `output ${output.id} to sink "${output.sink}" is not JSON-serializable (${String(error)})`,
-      { cause: error },
-    );
-  }
-  if (text === undefined) {
-    throw new StateSerializationError(
-      `output ${output.id} to sink "${output.sink}" is not JSON-serializable (received ${describeValue(output.value)})`,
-    );
-  }
-  return text;
-}
-
 /** `{"id":...,"value":...}` with the keys in this order; no "value" key for an undefined value. */
 export function outputRecordJson(output: Output): string {
-  const value = valueJson(output);
+  const value = outputValueJson(output);
   const id = JSON.stringify(output.id);
   return value === undefined ? `{"id":${id}}` : `{"id":${id},"value":${value}}`;
 }
@@ -426,7 +407,7 @@ export class DynamoDbUpsertSink implements Sink {
   }
 
   private item(output: Output): { id: string; item: Record<string, AttributeValue> } {
-    const json = valueJson(output);
+    const json = outputValueJson(output);
     const value: unknown = json === undefined ? undefined : JSON.parse(json);
     let key: unknown;
     try {

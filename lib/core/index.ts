@@ -5,6 +5,7 @@ export { compile, isPipeline, type KeyedOperatorPlan, type PipelinePlan } from '
 export * from './dsl.ts';
 export * from './errors.ts';
 export { MemoryBackend } from './memory-backend.ts';
+export { outputValueJson } from './outputs.ts';
 export * from './partitioning.ts';
 export type * from './ports.ts';
 export type * from './processor.ts';

@@ -13,6 +13,7 @@ import {
   StateFormatError,
   StateSerializationError,
 } from '../core/errors.ts';
+import { outputValueJson } from '../core/outputs.ts';
 import type { Output, Sink } from '../core/ports.ts';
 import { ensureSchema } from './schema.ts';
 import { openSqlite, type SqliteDatabase, type SqliteOpenOptions } from './sqlite.ts';
@@ -81,7 +82,7 @@ export class SqliteTableSink implements Sink {
   async publish(outputs: readonly Output[]): Promise<void> {
     this.assertOpen();
     if (outputs.length === 0) return;
-    const values = outputs.map(encodeValue);
+    const values = outputs.map((o) => outputValueJson(o) ?? null);
     const now = this.clock();
     this.db
       .transaction(() => {
@@ -225,7 +226,8 @@ export class StdoutSink implements Sink {
     for (const o of outputs) {
       if (this.seen.has(o.id)) continue;
       this.rememberId(o.id);
-      text += this.format === 'json' ? `${outputLine(o)}\n` : `${o.sink}: ${encodeValue(o) ?? 'undefined'}\n`;
+      text +=
+        this.format === 'json' ? `${outputLine(o)}\n` : `${o.sink}: ${outputValueJson(o) ?? 'undefined'}\n`;
     }
     if (text.length > 0) this.stream.write(text);
   }
@@ -290,27 +292,8 @@ function prepareSinkStatements(db: SqliteDatabase, table: string) {
   };
 }
 
-function encodeValue(output: Output): string | null {
-  if (output.value === undefined) return null;
-  let text: string | undefined;
-  try {
-    text = JSON.stringify(output.value);
-  } catch (error) {
-    throw new StateSerializationError(
-      `output ${output.id} to sink "${output.sink}" is not JSON-serializable (${String(error)})`,
-      { cause: error },
-    );
-  }
-  if (text === undefined) {
-    throw new StateSerializationError(
-      `output ${output.id} to sink "${output.sink}" is not JSON-serializable (received ${describeValue(output.value)})`,
-    );
-  }
-  return text;
-}
-
 function outputLine(output: Output): string {
-  const value = encodeValue(output);
+  const value = outputValueJson(output) ?? null;
   // Keys in a fixed order; an undefined value is written without the "value" key.
   return value === null
     ? `{"id":${JSON.stringify(output.id)},"sink":${JSON.stringify(output.sink)}}`
