@@ -379,10 +379,11 @@ describe('dead letters from keyed operators roll back the record', () => {
     await driver.send([click({ user: 'a', ts: 5 })]);
     const stateBefore = await driver.state('window-0', 'a');
     const timersBefore = await driver.timers();
+    // Window accumulators are listed by window start.
     expect(stateBefore).toEqual({
       w: [
-        [0, 1],
         [-10, 1],
+        [0, 1],
       ],
     });
     expect(timersBefore.map((t) => [t.time, t.key, t.namespace])).toEqual([
@@ -398,8 +399,8 @@ describe('dead letters from keyed operators roll back the record', () => {
     expect((await driver.timers()).filter((t) => t.key === 'a')).toEqual(timersBefore);
     expect(await driver.state('window-0', 'b')).toEqual({
       w: [
-        [0, 1],
         [-10, 1],
+        [0, 1],
       ],
     });
     expect(await driver.checkpoint()).toMatchObject({ position: '3', watermark: 5 });

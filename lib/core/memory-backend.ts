@@ -22,7 +22,8 @@ export class MemoryBackend implements StateStore, CheckpointStore {
   /** Checkpoints are kept as (immutable) objects; serialize() writes their JSON form. */
   private readonly checkpoints = new Map<string, ShardCheckpoint>();
   private readonly leases = new Map<string, LeaseRecord>();
-  private readonly outbox = new Map<string, Array<Output & { published: boolean }>>();
+  /** Unpublished outputs per shard, in commit order (published ones are dropped). */
+  private readonly outbox = new Map<string, Output[]>();
   /** Number of getMany calls and entries read, for tests of the bulk-load behaviour. */
   readonly reads = { calls: 0, entries: 0 };
 
@@ -96,27 +97,35 @@ export class MemoryBackend implements StateStore, CheckpointStore {
       if (m.value === null) this.state.delete(m.address);
       else this.state.set(m.address, m.value);
     }
-    const box = this.outbox.get(lease.shardId) ?? [];
-    for (const o of commit.outputs) box.push({ ...o, published: false });
-    this.outbox.set(lease.shardId, box);
+    if (commit.outputs.length > 0) {
+      const box = this.outbox.get(lease.shardId);
+      // Outputs are immutable values: the outbox keeps the committed objects themselves.
+      if (box === undefined) this.outbox.set(lease.shardId, [...commit.outputs]);
+      else for (const o of commit.outputs) box.push(o);
+    }
     this.checkpoints.set(lease.shardId, commit.checkpoint);
   }
 
   async unpublishedOutputs(shardId: string): Promise<Output[]> {
-    return (this.outbox.get(shardId) ?? [])
-      .filter((o) => !o.published)
-      .map(({ id, sink, value }) => ({ id, sink, value }));
+    return [...(this.outbox.get(shardId) ?? [])];
   }
 
   async markPublished(shardId: string, ids: readonly string[]): Promise<void> {
-    const set = new Set(ids);
-    const box = this.outbox.get(shardId) ?? [];
-    for (const o of box) if (set.has(o.id)) o.published = true;
-    // Published outputs are not needed for recovery any more.
-    this.outbox.set(
-      shardId,
-      box.filter((o) => !o.published),
-    );
+    const box = this.outbox.get(shardId);
+    if (box === undefined || ids.length === 0) return;
+    // Usual case: a worker marks the oldest outputs, in commit order. Published outputs are not
+    // needed for recovery any more.
+    let n = 0;
+    while (n < ids.length && n < box.length && box[n]!.id === ids[n]) n++;
+    if (n === ids.length) {
+      if (n === box.length) this.outbox.delete(shardId);
+      else box.splice(0, n);
+      return;
+    }
+    const published = new Set(ids);
+    const rest = box.filter((o) => !published.has(o.id));
+    if (rest.length === 0) this.outbox.delete(shardId);
+    else this.outbox.set(shardId, rest);
   }
 
   /** Every live state entry (for savepoints, inspection and tests). */
@@ -131,7 +140,7 @@ export class MemoryBackend implements StateStore, CheckpointStore {
       state: [...this.state],
       checkpoints: [...this.checkpoints].map(([k, v]) => [k, serializeCheckpoint(v)]),
       leases: [...this.leases],
-      outbox: [...this.outbox],
+      outbox: [...this.outbox].map(([shard, box]) => [shard, box.map((o) => ({ ...o, published: false }))]),
     });
   }
 
@@ -148,7 +157,10 @@ export class MemoryBackend implements StateStore, CheckpointStore {
     for (const [k, v] of raw.state) backend.state.set(k, v);
     for (const [k, v] of raw.checkpoints) backend.checkpoints.set(k, deserializeCheckpoint(v));
     for (const [k, v] of raw.leases) backend.leases.set(k, v);
-    for (const [k, v] of raw.outbox) backend.outbox.set(k, v);
+    for (const [k, v] of raw.outbox) {
+      const box = v.filter((o) => !o.published).map(({ id, sink, value }) => ({ id, sink, value }));
+      if (box.length > 0) backend.outbox.set(k, box);
+    }
     return backend;
   }
 

@@ -157,7 +157,10 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
   /** `entry`: the key's cached state entry when the caller already looked it up. */
   processElement(key: StateKey, value: unknown, timestamp: number, entry?: KeyEntry): void {
     if (entry === undefined) this.backend.setCurrentKey(key);
-    else this.backend.current = entry;
+    else {
+      this.backend.current = entry;
+      this.backend.currentKey = key;
+    }
     this.key = key;
     this.timestamp = timestamp;
     this.fn.processElement(value, this);
@@ -171,6 +174,7 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
       );
     }
     this.backend.current = entry;
+    this.backend.currentKey = timer.key;
     this.key = timer.key;
     this.timestamp = timer.time;
     const t: Timer = { time: timer.time, domain, namespace: timer.namespace };
@@ -618,7 +622,7 @@ export class ShardTask {
     const mutations: StateMutation[] = [];
     for (const op of this.operators) {
       op.backend.now = this.now;
-      for (const m of op.backend.takeMutations()) mutations.push(m);
+      op.backend.takeMutations(mutations);
     }
     const last = this.committed;
     const changedBeyondWatermark =

@@ -25,8 +25,19 @@ export interface ValueStateDescriptor<T> extends DescriptorBase {
 }
 export interface MapStateDescriptor<K extends StateKey, V> extends DescriptorBase {
   readonly kind: 'map';
+  /** In-memory layout; the stored form is the same for both. @default 'per-key' */
+  readonly layout: MapStateLayout;
   readonly __type?: [K, V];
 }
+
+/**
+ * How a map state is held in memory. 'per-key': one map per stream key (any number of map
+ * keys). 'by-map-key': one table per map key, shared by all stream keys, for map keys that
+ * many stream keys use at once and that are few at any time, such as window starts: a read is
+ * one lookup in a table that stays in the CPU cache, but listing one stream key's entries
+ * visits every live map key.
+ */
+export type MapStateLayout = 'per-key' | 'by-map-key';
 export interface ListStateDescriptor<T> extends DescriptorBase {
   readonly kind: 'list';
   readonly __type?: T;
@@ -51,8 +62,24 @@ function ttlOption(options: { ttl?: Millis } | undefined): Millis | undefined {
 export function valueState<T>(options?: { ttl?: Millis }): ValueStateDescriptor<T> {
   return { kind: 'value', ttl: ttlOption(options) };
 }
-export function mapState<K extends StateKey, V>(options?: { ttl?: Millis }): MapStateDescriptor<K, V> {
-  return { kind: 'map', ttl: ttlOption(options) };
+export function mapState<K extends StateKey, V>(options?: {
+  ttl?: Millis;
+  /** @default 'per-key' */
+  layout?: MapStateLayout;
+}): MapStateDescriptor<K, V> {
+  const layout = options?.layout ?? 'per-key';
+  if (layout !== 'per-key' && layout !== 'by-map-key') {
+    throw new PipelineDefinitionError(
+      `map state layout must be 'per-key' or 'by-map-key'; received ${describeValue(layout)}`,
+    );
+  }
+  const ttl = ttlOption(options);
+  if (layout === 'by-map-key' && ttl !== undefined) {
+    throw new PipelineDefinitionError(
+      "map state with layout 'by-map-key' does not support a ttl; use the default 'per-key' layout for expiring entries",
+    );
+  }
+  return { kind: 'map', ttl, layout };
 }
 export function listState<T>(options?: { ttl?: Millis }): ListStateDescriptor<T> {
   return { kind: 'list', ttl: ttlOption(options) };
@@ -117,6 +144,8 @@ export class KeyEntry {
   /** The state address and the key as JSON, computed once. */
   address: StateAddress | undefined = undefined;
   json: string | undefined = undefined;
+  /** `{"k":<key>,"s":{"<name>":` for operators with a single shared map state. */
+  head: string | undefined = undefined;
   constructor(
     readonly key: StateKey,
     readonly cells: Cell[],
@@ -128,10 +157,14 @@ export class KeyedStateBackend {
   readonly cache = new Map<StateKey, KeyEntry>();
   readonly dirty: KeyEntry[] = [];
   current!: KeyEntry;
+  /** current.key, kept here so a read needs no load of the entry. */
+  currentKey: StateKey = '';
   now = 0;
   private readonly names: string[];
   private readonly quotedNames: string[];
   private readonly descriptors: StateDescriptor[];
+  /** Per state: the shared table of a 'by-map-key' map state (its cells stay undefined). */
+  private readonly tables: Array<SharedMapTable | undefined>;
 
   constructor(
     readonly uid: string,
@@ -141,6 +174,9 @@ export class KeyedStateBackend {
     this.names = Object.keys(spec);
     this.quotedNames = this.names.map((n) => JSON.stringify(n));
     this.descriptors = this.names.map((n) => spec[n]!);
+    this.tables = this.descriptors.map((d) =>
+      d.kind === 'map' && d.layout === 'by-map-key' ? new SharedMapTable() : undefined,
+    );
   }
 
   static address(uid: string, key: StateKey): StateAddress {
@@ -155,12 +191,15 @@ export class KeyedStateBackend {
     const out: Record<string, unknown> = {};
     this.names.forEach((name, i) => {
       const d = this.descriptors[i]!;
+      const table = this.tables[i];
       out[name] =
         d.kind === 'value'
           ? new ValueStateHandle(this, i, d.ttl)
-          : d.kind === 'map'
-            ? new MapStateHandle(this, i, d.ttl)
-            : new ListStateHandle(this, i, d.ttl);
+          : table !== undefined
+            ? new SharedMapStateHandle(this, table)
+            : d.kind === 'map'
+              ? new MapStateHandle(this, i, d.ttl)
+              : new ListStateHandle(this, i, d.ttl);
     });
     return out as StateHandles<S>;
   }
@@ -173,6 +212,7 @@ export class KeyedStateBackend {
       this.cache.set(key, entry);
     }
     this.current = entry;
+    this.currentKey = key;
     return entry;
   }
 
@@ -205,7 +245,10 @@ export class KeyedStateBackend {
       }
       this.names.forEach((name, i) => {
         const json = raw.s[name];
-        if (json !== undefined) cells[i] = decodeCell(this.descriptors[i]!, json);
+        if (json === undefined) return;
+        const table = this.tables[i];
+        if (table === undefined) cells[i] = decodeCell(this.descriptors[i]!, json);
+        else table.load(key, json as Array<[StateKey, unknown]>);
       });
     }
     this.cache.set(key, new KeyEntry(key, cells));
@@ -219,12 +262,26 @@ export class KeyedStateBackend {
   serialize(entry: KeyEntry): string | null {
     let text = '';
     try {
+      const only = this.tables.length === 1 ? this.tables[0] : undefined;
+      if (only !== undefined) {
+        // The window operators' state, one shared map table: the entry's constant head is
+        // built once, so a commit adds few string pieces per changed key.
+        const json = only.json(entry.key);
+        if (json === undefined) return null;
+        entry.head ??= `{"k":${JSON.stringify(entry.key)},"s":{${this.quotedNames[0]!}:`;
+        return `${entry.head}${json}}}`;
+      }
       for (let i = 0; i < this.names.length; i++) {
         const d = this.descriptors[i]!;
-        const cell = entry.cells[i];
-        if (cell === undefined) continue;
+        const table = this.tables[i];
         let json: string | undefined;
-        if (d.kind === 'map' && d.ttl === undefined) {
+        // A shared table's cell is always empty: do not load it (a cache miss per key).
+        const cell = table === undefined ? entry.cells[i] : undefined;
+        if (table !== undefined) {
+          json = table.json(entry.key);
+        } else if (cell === undefined) {
+          continue;
+        } else if (d.kind === 'map' && d.ttl === undefined) {
           json = mapCellJson(cell as MapCell);
         } else {
           const encoded = encodeCell(d, cell, this.now);
@@ -243,14 +300,19 @@ export class KeyedStateBackend {
     }
   }
 
-  /** Drains the dirty list: one mutation per changed key. */
-  takeMutations(): Array<{ address: StateAddress; value: string | null }> {
-    const out = this.dirty.map((entry) => {
+  /** Drains the dirty list into `out`: one mutation per changed key. */
+  takeMutations(out: Array<{ address: StateAddress; value: string | null }> = []): Array<{
+    address: StateAddress;
+    value: string | null;
+  }> {
+    const dirty = this.dirty;
+    for (let i = 0; i < dirty.length; i++) {
+      const entry = dirty[i]!;
       entry.dirty = false;
       entry.address ??= this.address(entry.key);
-      return { address: entry.address, value: this.serialize(entry) };
-    });
-    this.dirty.length = 0;
+      out.push({ address: entry.address, value: this.serialize(entry) });
+    }
+    dirty.length = 0;
     return out;
   }
 
@@ -456,6 +518,133 @@ class MapStateHandle<K extends StateKey, V> implements MapState<K, V> {
   }
   clear(): void {
     if (this.rt.current.cells[this.i] !== undefined) this.rt.setCell(this.rt.current, this.i, undefined);
+  }
+}
+
+/**
+ * A 'by-map-key' map state of one operator: map key -> (stream key -> value). The window
+ * operators keep their accumulators here, by window start: the few live windows' tables are
+ * what a batch touches, as in a hand-written loop.
+ */
+class SharedMapTable extends Map<StateKey, Map<StateKey, unknown>> {
+  /** One stream key's entries, ordered by map key (a deterministic order across restarts). */
+  entriesOf(key: StateKey): Array<[StateKey, unknown]> {
+    const out: Array<[StateKey, unknown]> = [];
+    let sorted = true;
+    for (const [mk, inner] of this) {
+      const v = inner.get(key);
+      if (v === undefined) continue;
+      if (sorted && out.length > 0 && compareMapKeys(out[out.length - 1]![0], mk) > 0) sorted = false;
+      out.push([mk, v]);
+    }
+    if (!sorted) out.sort((a, b) => compareMapKeys(a[0], b[0]));
+    return out;
+  }
+
+  /** The stored JSON of one stream key's entries (as mapCellJson), or undefined if none. */
+  json(key: StateKey): string | undefined {
+    // Hot at every commit (once per changed key): one pass, no arrays unless out of order.
+    let text: string | undefined;
+    let last: StateKey | undefined;
+    for (const [mk, inner] of this) {
+      const v = inner.get(key);
+      if (v === undefined) continue;
+      if (last !== undefined && compareMapKeys(last, mk) > 0) {
+        return mapRowsJson(this.entriesOf(key));
+      }
+      last = mk;
+      text = `${text === undefined ? '[[' : `${text},[`}${itemJson(mk)},${itemJson(v)}]`;
+    }
+    return text === undefined ? undefined : `${text}]`;
+  }
+
+  load(key: StateKey, rows: ReadonlyArray<readonly [StateKey, unknown]>): void {
+    for (const [mk, v] of rows) {
+      let inner = this.get(mk);
+      if (inner === undefined) {
+        inner = new Map();
+        this.set(mk, inner);
+      }
+      inner.set(key, v);
+    }
+  }
+}
+
+function mapRowsJson(rows: ReadonlyArray<readonly [StateKey, unknown]>): string {
+  let text = '';
+  for (const [mk, v] of rows) text += `${text === '' ? '[[' : ',['}${itemJson(mk)},${itemJson(v)}]`;
+  return `${text}]`;
+}
+
+/** Numbers before strings, each in natural order. */
+function compareMapKeys(a: StateKey, b: StateKey): number {
+  if (typeof a === 'number') return typeof b === 'number' ? a - b : -1;
+  if (typeof b === 'number') return 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+class SharedMapStateHandle<K extends StateKey, V> implements MapState<K, V> {
+  constructor(
+    private readonly rt: KeyedStateBackend,
+    private readonly table: SharedMapTable,
+  ) {}
+  get(key: K): V | undefined {
+    const inner = this.table.get(key);
+    return inner === undefined ? undefined : (inner.get(this.rt.currentKey) as V | undefined);
+  }
+  has(key: K): boolean {
+    return this.get(key) !== undefined;
+  }
+  put(key: K, value: V): void {
+    if (typeof key !== 'string' && typeof key !== 'number') {
+      throw new StateSerializationError(
+        `map state keys must be strings or numbers; received ${describeValue(key)}`,
+      );
+    }
+    const table = this.table;
+    const journal = this.rt.journal;
+    let inner = table.get(key);
+    if (inner === undefined) {
+      journal.recordMap(table as Map<unknown, unknown>, key);
+      inner = new Map();
+      table.set(key, inner);
+    }
+    const streamKey = this.rt.currentKey;
+    journal.recordMap(inner as Map<unknown, unknown>, streamKey);
+    inner.set(streamKey, value);
+    this.rt.touch(this.rt.current);
+  }
+  remove(key: K): void {
+    const table = this.table;
+    const inner = table.get(key);
+    const streamKey = this.rt.currentKey;
+    if (inner === undefined || !inner.has(streamKey)) return;
+    const journal = this.rt.journal;
+    journal.recordMap(inner as Map<unknown, unknown>, streamKey);
+    inner.delete(streamKey);
+    if (inner.size === 0) {
+      journal.recordMap(table as Map<unknown, unknown>, key);
+      table.delete(key);
+    }
+    this.rt.touch(this.rt.current);
+  }
+  entries(): Array<[K, V]> {
+    return this.table.entriesOf(this.rt.currentKey) as Array<[K, V]>;
+  }
+  keys(): K[] {
+    return this.entries().map((e) => e[0]);
+  }
+  values(): V[] {
+    return this.entries().map((e) => e[1]);
+  }
+  get size(): number {
+    return this.entries().length;
+  }
+  isEmpty(): boolean {
+    return this.size === 0;
+  }
+  clear(): void {
+    for (const [k] of this.entries()) this.remove(k);
   }
 }
 

@@ -206,16 +206,47 @@ describe('TimerQueue', () => {
     expect(q.size).toBe(4);
   });
 
-  it('exports timer specs with operator uids, sorted', () => {
+  it('exports timer specs with operator uids, by time, then in registration order per key', () => {
     const q = new TimerQueue();
     q.add(1, 20, 'k', 5);
+    q.add(0, 20, 'j', 5);
     q.add(0, 20, 'k', 5);
     q.add(0, 10, 'z', '');
-    expect(q.toSpecs('event', ['window-0', 'process-0'])).toEqual([
+    const uids = ['window-0', 'process-0'];
+    expect(q.toSpecs('event', uids)).toEqual([
       { operator: 'window-0', domain: 'event', time: 10, key: 'z', namespace: '' },
-      { operator: 'window-0', domain: 'event', time: 20, key: 'k', namespace: 5 },
       { operator: 'process-0', domain: 'event', time: 20, key: 'k', namespace: 5 },
+      { operator: 'window-0', domain: 'event', time: 20, key: 'k', namespace: 5 },
+      { operator: 'window-0', domain: 'event', time: 20, key: 'j', namespace: 5 },
     ]);
+    // The cached specs follow later changes.
+    q.add(0, 20, 'a', '');
+    q.delete(0, 20, 'j', 5);
+    expect(q.toSpecs('event', uids).map((t) => [t.time, t.key, t.operator])).toEqual([
+      [10, 'z', 'window-0'],
+      [20, 'k', 'process-0'],
+      [20, 'k', 'window-0'],
+      [20, 'a', 'window-0'],
+    ]);
+    // Firing order is sorted whatever the registration order.
+    expect(q.popDue(10)).toEqual([t(0, 10, 'z')]);
+    expect(q.popDue(20)?.map((x) => [x.key, x.operator])).toEqual([
+      ['a', 0],
+      ['k', 0],
+      ['k', 1],
+    ]);
+  });
+
+  it('restores the same checkpoint order from its own specs', () => {
+    const q = new TimerQueue();
+    q.add(0, 20, 'k', 1);
+    q.add(0, 20, 'j', 1);
+    q.add(0, 20, 'k', 2);
+    const uids = ['w'];
+    const specs = q.toSpecs('event', uids);
+    const restored = new TimerQueue();
+    for (const s of specs) restored.add(0, s.time, s.key, s.namespace);
+    expect(restored.toSpecs('event', uids)).toEqual(specs);
   });
 });
 

@@ -37,20 +37,14 @@ const sameNamespace = (a: TimerNamespace, b: TimerNamespace): boolean =>
 /**
  * The timers of one time, by key; a key with timers of several (operator, namespace) has an
  * array. A bucket of a single timer (common when timer times are spread out, as with session
- * windows) holds it in `one` and has no map.
+ * windows) holds it in `one` and has no map. The bucket is sorted only when it fires: a
+ * checkpoint lists its timers in bucket order, from a spec list kept up to date on insert.
  */
 class Bucket {
   private byKey: Map<string | number, Slot> | undefined = undefined;
   private one: QueuedTimer | undefined = undefined;
   size = 0;
-  /**
-   * The timers sorted by (key, namespace, operator), except those added since (`pending`), or
-   * undefined until first needed. Kept up to date by merging, so a checkpoint after every batch
-   * does not re-sort a growing bucket.
-   */
-  private sorted: QueuedTimer[] | undefined = undefined;
-  private pending: QueuedTimer[] | undefined = undefined;
-  /** Checkpoint specs parallel to `sorted`, for one domain and uid list. */
+  /** Checkpoint specs in bucket order, for one domain and uid list (undefined: rebuild). */
   private specs: TimerSpec[] | undefined = undefined;
   private specsDomain: TimeDomain | undefined = undefined;
   private specsUids: readonly string[] | undefined = undefined;
@@ -70,11 +64,12 @@ class Bucket {
   }
 
   insert(timer: QueuedTimer): void {
+    this.size++;
     let byKey = this.byKey;
     if (byKey === undefined) {
       if (this.one === undefined) {
         this.one = timer;
-        this.inserted(timer);
+        this.specs?.push(spec(timer, this.specsDomain!, this.specsUids!));
         return;
       }
       byKey = new Map([[this.one.key, this.one]]);
@@ -82,17 +77,15 @@ class Bucket {
       this.one = undefined;
     }
     const slot = byKey.get(timer.key);
-    if (slot === undefined) byKey.set(timer.key, timer);
-    else if (Array.isArray(slot)) slot.push(timer);
+    if (slot === undefined) {
+      byKey.set(timer.key, timer);
+      this.specs?.push(spec(timer, this.specsDomain!, this.specsUids!));
+      return;
+    }
+    if (Array.isArray(slot)) slot.push(timer);
     else byKey.set(timer.key, [slot, timer]);
-    this.inserted(timer);
-  }
-
-  private inserted(timer: QueuedTimer): void {
-    this.size++;
-    if (this.sorted === undefined) return;
-    if (this.pending === undefined) this.pending = [timer];
-    else this.pending.push(timer);
+    // The key's timers are listed together: the order changed, rebuild the specs when needed.
+    this.specs = undefined;
   }
 
   /** Removes `timer`, which is in the bucket. */
@@ -109,79 +102,26 @@ class Bucket {
       }
     }
     this.size--;
-    const sorted = this.sorted;
-    if (sorted === undefined) return;
-    const p = this.pending === undefined ? -1 : this.pending.indexOf(timer);
-    if (p >= 0) {
-      this.pending!.splice(p, 1);
-      return;
-    }
-    // Binary search: (key, namespace, operator) is unique within a bucket.
-    let lo = 0;
-    let hi = sorted.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      const c = compareSameTime(sorted[mid]!, timer);
-      if (c < 0) lo = mid + 1;
-      else if (c > 0) hi = mid - 1;
-      else {
-        lo = mid;
-        break;
-      }
-    }
-    if (sorted[lo] === timer) {
-      sorted.splice(lo, 1);
-      this.specs?.splice(lo, 1);
-    } else {
-      this.sorted = undefined;
-      this.specs = undefined;
-      this.pending = undefined;
-    }
+    this.specs = undefined;
   }
 
-  /** The timers, sorted. */
+  /** The timers, sorted by (key, namespace, operator). */
   timers(): QueuedTimer[] {
-    const sorted = this.sorted;
-    if (sorted === undefined) {
-      const out: QueuedTimer[] = [];
-      this.forEach((t) => {
-        out.push(t);
-      });
-      this.sorted = out.sort(compareSameTime);
-      this.pending = undefined;
-      this.specs = undefined;
-      return this.sorted;
-    }
-    const added = this.pending;
-    if (added === undefined || added.length === 0) return sorted;
-    added.sort(compareSameTime);
-    this.pending = undefined;
-    const specs = this.specs;
-    const merged: QueuedTimer[] = new Array(sorted.length + added.length);
-    const mergedSpecs: TimerSpec[] | undefined = specs === undefined ? undefined : new Array(merged.length);
-    let i = 0;
-    let j = 0;
-    for (let k = 0; k < merged.length; k++) {
-      if (j >= added.length || (i < sorted.length && compareSameTime(sorted[i]!, added[j]!) < 0)) {
-        merged[k] = sorted[i]!;
-        if (mergedSpecs !== undefined) mergedSpecs[k] = specs![i]!;
-        i++;
-      } else {
-        merged[k] = added[j]!;
-        if (mergedSpecs !== undefined) mergedSpecs[k] = spec(added[j]!, this.specsDomain!, this.specsUids!);
-        j++;
-      }
-    }
-    this.sorted = merged;
-    this.specs = mergedSpecs;
-    return merged;
+    const out: QueuedTimer[] = [];
+    this.forEach((t) => {
+      out.push(t);
+    });
+    return out.sort(compareSameTime);
   }
 
-  /** Checkpoint specs of the sorted timers. */
+  /** Checkpoint specs of the timers, in bucket order. */
   timerSpecs(domain: TimeDomain, operatorUids: readonly string[]): TimerSpec[] {
-    const timers = this.timers();
     if (this.specs === undefined || this.specsDomain !== domain || this.specsUids !== operatorUids) {
-      this.specs = timers.map((t) => spec(t, domain, operatorUids));
+      const specs: TimerSpec[] = [];
+      this.forEach((t) => {
+        specs.push(spec(t, domain, operatorUids));
+      });
+      this.specs = specs;
       this.specsDomain = domain;
       this.specsUids = operatorUids;
     }
@@ -318,6 +258,7 @@ export class TimerQueue implements Undoable {
     return out;
   }
 
+  /** Checkpoint specs: by time, then in bucket order (registration order, grouped by key). */
   toSpecs(domain: TimeDomain, operatorUids: readonly string[]): TimerSpec[] {
     const out: TimerSpec[] = [];
     for (const time of this.sortedTimes()) {

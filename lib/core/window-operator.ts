@@ -50,7 +50,7 @@ export function alignedWindowOperator<In, Acc, R, Out>(
     ctx.emit(windowFunction === undefined ? (r as Out) : windowFunction(r), start + size - 1);
   };
   return {
-    state: { w: mapState<number, Acc>() },
+    state: { w: mapState<number, Acc>({ layout: 'by-map-key' }) },
     processElement(value, ctx) {
       const wm = ctx.currentWatermark;
       const windows = ctx.state.w;

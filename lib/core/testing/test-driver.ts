@@ -12,6 +12,7 @@ import { shardIndexFor, shardName } from '../partitioning.ts';
 import type { Lease, Output, SourceRecord } from '../ports.ts';
 import { type BatchResult, ShardTask } from '../shard-task.ts';
 import type { StateKey } from '../state.ts';
+import { compareScalars } from '../timers.ts';
 
 export interface DriverRecord {
   readonly partitionKey: string;
@@ -126,8 +127,17 @@ export class TestDriver {
     return this.backend.readCheckpoint(this.checkShard(shard));
   }
 
+  /** Pending timers, in firing order: (time, key, namespace), then operator and domain. */
   async timers(shard: string = this.shardIds[0]!): Promise<readonly TimerSpec[]> {
-    return (await this.checkpoint(shard))?.timers ?? [];
+    const timers = [...((await this.checkpoint(shard))?.timers ?? [])];
+    return timers.sort(
+      (a, b) =>
+        a.time - b.time ||
+        compareScalars(a.key, b.key) ||
+        compareScalars(a.namespace, b.namespace) ||
+        (a.operator < b.operator ? -1 : a.operator > b.operator ? 1 : 0) ||
+        (a.domain < b.domain ? -1 : a.domain > b.domain ? 1 : 0),
+    );
   }
 
   async watermark(shard: string = this.shardIds[0]!): Promise<number> {
