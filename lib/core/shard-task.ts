@@ -236,6 +236,8 @@ export class ShardTask {
   private readonly rStart: number[] = [];
   private readonly rMaxTs: number[] = [];
   private readonly rError: Array<RecordError | undefined> = [];
+  /** Arrival times, copied in phase A so phase B does not reload every record object. */
+  private readonly rArrival: number[] = [];
 
   constructor(
     readonly plan: PipelinePlan,
@@ -388,6 +390,7 @@ export class ShardTask {
       const record = fresh[r]!;
       const start = this.aLen;
       starts[r] = start;
+      this.rArrival[r] = record.arrivalTime;
       this.recordMaxTs = Number.NEGATIVE_INFINITY;
       let value: unknown;
       try {
@@ -417,19 +420,17 @@ export class ShardTask {
     const starts = this.rStart;
     const maxTs = this.rMaxTs;
     const errors = this.rError;
+    const arrivals = this.rArrival;
     for (let r = 0; r < fresh.length; r++) {
-      const record = fresh[r]!;
+      const arrival = arrivals[r]!;
       if (idleness) {
-        this.advanceWatermark(
-          idleWatermark(strategy, this.maxTimestamp, this.lastRecordAt, record.arrivalTime),
-        );
+        this.advanceWatermark(idleWatermark(strategy, this.maxTimestamp, this.lastRecordAt, arrival));
       }
-      this.lastRecordAt =
-        this.lastRecordAt === undefined
-          ? record.arrivalTime
-          : Math.max(this.lastRecordAt, record.arrivalTime);
+      const last = this.lastRecordAt;
+      if (last === undefined || arrival > last) this.lastRecordAt = arrival;
       const error = errors[r] ?? this.applyRecord(starts[r]!, starts[r + 1]!);
       if (error !== undefined) {
+        const record = fresh[r]!;
         this.deadLetter({
           reason: error.reason,
           message: error.message,

@@ -237,6 +237,25 @@ describe('TimerQueue', () => {
     ]);
   });
 
+  it('fires one-timer-per-key buckets in key order (strings, numbers, mixed)', () => {
+    const q = new TimerQueue();
+    for (const k of ['b', 'a10', 'a9', 'C']) q.add(0, 1, k, '');
+    for (const k of [10, 9, -1, 100]) q.add(0, 2, k, '');
+    for (const k of ['x', 3, 'a', 1]) q.add(0, 3, k, '');
+    // A key with two timers, then one again: its slot is a single timer once more.
+    q.add(0, 4, 'b', 1);
+    q.add(0, 4, 'b', 2);
+    q.add(0, 4, 'a', 1);
+    q.delete(0, 4, 'b', 1);
+    expect(q.popDue(4)?.map((x) => x.key)).toEqual(['C', 'a10', 'a9', 'b']);
+    expect(q.popDue(4)?.map((x) => x.key)).toEqual([-1, 9, 10, 100]);
+    expect(q.popDue(4)?.map((x) => x.key)).toEqual([1, 3, 'a', 'x']);
+    expect(q.popDue(4)?.map((x) => [x.key, x.namespace])).toEqual([
+      ['a', 1],
+      ['b', 2],
+    ]);
+  });
+
   it('restores the same checkpoint order from its own specs', () => {
     const q = new TimerQueue();
     q.add(0, 20, 'k', 1);
