@@ -367,16 +367,16 @@ export class ShardTask {
     return reachable;
   }
 
-  /** Records after the checkpoint position (all of them, without copying, in the usual case). */
+  /**
+   * Records after the checkpoint position (all of them, without copying, in the usual case).
+   * A batch is in shard order, as every reader returns it, so when its first record is new,
+   * all are.
+   */
   private freshRecords(records: readonly SourceRecord[]): readonly SourceRecord[] {
     const position = this.position;
-    if (position === undefined) return records;
-    for (let i = 0; i < records.length; i++) {
-      if (compareSequenceNumbers(records[i]!.sequenceNumber, position) <= 0) {
-        return records.filter((r) => compareSequenceNumbers(r.sequenceNumber, position) > 0);
-      }
-    }
-    return records;
+    if (position === undefined || records.length === 0) return records;
+    if (compareSequenceNumbers(records[0]!.sequenceNumber, position) > 0) return records;
+    return records.filter((r) => compareSequenceNumbers(r.sequenceNumber, position) > 0);
   }
 
   /** Phase A: fills the routed-element buffers and, per record, rStart / rMaxTs / rError. */

@@ -41,10 +41,13 @@ export function alignedWindowOperator<In, Acc, R, Out>(
   // from windowStart(ts, offset, step) down by `step` while start > ts - size.
   const step = assigner.kind === 'tumbling' ? assigner.size : assigner.slide;
   const offset = assigner.offset;
+  // Results of one window share its (read-only) TimeWindow object.
+  let window: TimeWindow = { start: Number.NaN, end: Number.NaN };
   const fire = (ctx: ProcessContext<Out, AlignedSpec<Acc>>, start: number, acc: Acc): void => {
+    if (window.start !== start) window = { start, end: start + size };
     const r: WindowResult<StateKey, R> = {
       key: ctx.key,
-      window: { start, end: start + size },
+      window,
       result: aggregate.result(acc),
     };
     ctx.emit(windowFunction === undefined ? (r as Out) : windowFunction(r), start + size - 1);
