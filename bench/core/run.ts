@@ -32,6 +32,7 @@ import {
   ShardTask,
   type SourceRecord,
   seconds,
+  seededRandom,
   serializeCheckpoint,
   session,
   sliding,
@@ -72,19 +73,8 @@ function envInt(name: string, fallback: number, min = 1): number {
 // ---------------------------------------------------------------------------------------------
 // Data (generated before any timing)
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function generate(n: number): { events: Ev[]; batches: SourceRecord[][] } {
-  const rand = mulberry32(42);
+  const rand = seededRandom(42);
   const keys = Array.from({ length: KEYS }, (_, i) => `user-${i}`);
   const events: Ev[] = new Array(n);
   const batches: SourceRecord[][] = [];

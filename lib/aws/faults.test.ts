@@ -7,8 +7,8 @@ import {
 } from '@aws-sdk/client-kinesis';
 import { ListBucketsCommand, S3Client } from '@aws-sdk/client-s3';
 import { describe, expect, it } from 'vitest';
-import { ConfigurationError, TransientBackendError } from '../core/index.ts';
-import { injectTransientFaults, seededRandom } from './faults.ts';
+import { ConfigurationError, seededRandom, TransientBackendError } from '../core/index.ts';
+import { injectTransientFaults } from './faults.ts';
 import { isTransientAwsError, withBackoff } from './retry.ts';
 
 /** A request handler that answers every request with `body` and counts the requests that reached it. */

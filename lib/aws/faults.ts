@@ -28,7 +28,7 @@ import {
   ProvisionedThroughputExceededException,
 } from '@aws-sdk/client-kinesis';
 import { S3ServiceException } from '@aws-sdk/client-s3';
-import { ConfigurationError, describeValue } from '../core/index.ts';
+import { ConfigurationError, describeValue, seededRandom } from '../core/index.ts';
 
 export interface TransientFaultOptions {
   /** Fraction of the matching calls that fail, in [0, 1]. */
@@ -78,18 +78,6 @@ interface MinimalStack {
     options: { step: 'initialize'; name: string; priority: 'high' },
   ): void;
   remove(name: string): boolean;
-}
-
-/** A small, fast, seedable PRNG (mulberry32). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 let injectorCount = 0;

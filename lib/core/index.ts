@@ -10,12 +10,14 @@ export * from './partitioning.ts';
 export type * from './ports.ts';
 export type * from './processor.ts';
 export { processFunction } from './processor.ts';
+export { seededRandom } from './random.ts';
 export * from './savepoint.ts';
 export * from './shard-task.ts';
 export {
   type ListState,
   listState,
   type MapState,
+  type MapStateLayout,
   mapState,
   type StateHandles,
   type StateKey,

@@ -3,6 +3,7 @@
  * gaps), pages follow a Zipf-like popularity, a fraction of events arrive out of order
  * (within the watermark bound) and a smaller fraction arrive late (behind the watermark).
  */
+import { seededRandom } from '../core/index.ts';
 
 export interface Click {
   readonly user: string;
@@ -32,18 +33,6 @@ export interface ClickstreamOptions {
   readonly seed?: number;
 }
 
-/** mulberry32: small, fast, deterministic. */
-export function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const PAGE_NAMES = ['/', '/search', '/cart', '/checkout', '/login', '/account', '/help', '/deals'];
 
 function pageName(i: number): string {
@@ -59,7 +48,7 @@ export function* clickstream(options: ClickstreamOptions = {}): Generator<Click>
   const late = options.late ?? 0.005;
   const outOfOrderMs = options.outOfOrderMs ?? 4_000;
   const start = options.start ?? Date.UTC(2026, 0, 1);
-  const rnd = random(options.seed ?? 42);
+  const rnd = seededRandom(options.seed ?? 42);
   // Zipf-like page weights (1/rank), sampled through the cumulative distribution.
   const cumulative: number[] = [];
   let total = 0;

@@ -39,6 +39,7 @@ import {
   type SourceRecord,
   type StateAddress,
   type StateStore,
+  seededRandom,
   shardName,
 } from '../../core/index.ts';
 import type { JobRuntime } from '../job.ts';
@@ -138,17 +139,6 @@ interface Scenario {
   readonly data: (mode: 'faults' | 'reshard', events: number) => GeneratedRecord[];
 }
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 interface GenOptions {
   readonly events: number;
   readonly seed: number;
@@ -176,7 +166,7 @@ const poisonCount = (events: number): number =>
 
 /** Deterministic events over KEYS keys, with a poison record (bad JSON / no timestamp / no key) every 97. */
 function generate(o: GenOptions): GeneratedRecord[] {
-  const rnd = mulberry32(o.seed);
+  const rnd = seededRandom(o.seed);
   const out: GeneratedRecord[] = [];
   let t = EPOCH;
   const step = o.spanMs / o.events;

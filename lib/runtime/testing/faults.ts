@@ -12,6 +12,7 @@
  * `injector.hook(point, detail)` (a `FaultHook`) from inside their implementation; the
  * injector treats those points like the built-in ones.
  */
+
 import type {
   CheckpointStore,
   Commit,
@@ -25,6 +26,7 @@ import type {
   StateAddress,
   StateStore,
 } from '../../core/index.ts';
+import { seededRandom } from '../../core/index.ts';
 
 /** The built-in protocol steps where the wrappers can inject a fault. */
 export const FAULT_POINTS = {
@@ -233,16 +235,10 @@ export function spreadOccurrences(count: number): number[] {
   return out;
 }
 
-/** A deterministic pseudo-random predicate for `FaultRule.at` (mulberry32). */
+/** A deterministic pseudo-random predicate for `FaultRule.at`. */
 export function randomOccurrences(seed: number, probability: number): () => boolean {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 < probability;
-  };
+  const random = seededRandom(seed);
+  return () => random() < probability;
 }
 
 /** A StateStore + CheckpointStore whose steps go through the injector. */
