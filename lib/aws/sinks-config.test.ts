@@ -3,8 +3,7 @@ import { KinesisClient } from '@aws-sdk/client-kinesis';
 import { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigurationError } from '../core/errors.ts';
-import type { Output, Sink } from '../core/ports.ts';
-import { DynamoDbUpsertSink, KinesisStreamSink, RoutingSink, S3ObjectSink } from './sinks.ts';
+import { DynamoDbUpsertSink, KinesisStreamSink, S3ObjectSink } from './sinks.ts';
 import { parseSinkBindings, parseSinkSpec, routingSinkFromSpecs } from './sinks-config.ts';
 
 // Never used for requests: building sinks only.
@@ -150,39 +149,5 @@ describe('routingSinkFromSpecs', () => {
     expect(() =>
       routingSinkFromSpecs(['a=kinesis:s1'], clients, { requiredSinks: ['a', 'b', 'floe.dead-letter'] }),
     ).toThrow(/no destination is configured for sink\(s\) "b", "floe.dead-letter" \(configured: "a"\)/);
-  });
-});
-
-class MemorySink implements Sink {
-  readonly calls: Output[][] = [];
-  async publish(outputs: readonly Output[]): Promise<void> {
-    this.calls.push([...outputs]);
-  }
-}
-
-describe('RoutingSink', () => {
-  const out = (sink: string, i: number): Output => ({ id: `j/s/1/${i}`, sink, value: i });
-
-  it('forwards each sink group in order and uses the fallback for others', async () => {
-    const a = new MemorySink();
-    const b = new MemorySink();
-    const rest = new MemorySink();
-    const routing = new RoutingSink({ a, b }, rest);
-    await routing.publish([out('a', 0), out('b', 1), out('a', 2), out('c', 3), out('a', 4)]);
-    expect(a.calls).toEqual([[out('a', 0), out('a', 2), out('a', 4)]]);
-    expect(b.calls).toEqual([[out('b', 1)]]);
-    expect(rest.calls).toEqual([[out('c', 3)]]);
-    await routing.publish([]);
-    expect(a.calls).toHaveLength(1);
-  });
-
-  it('rejects an unrouted sink before publishing anything', async () => {
-    const a = new MemorySink();
-    const routing = new RoutingSink(new Map([['a', a]]));
-    await expect(routing.publish([out('a', 0), out('zzz', 1)])).rejects.toThrow(
-      /no destination is configured for outputs to sink "zzz" \(configured: "a"\)/,
-    );
-    expect(a.calls).toHaveLength(0);
-    expect(() => new RoutingSink({ a: {} as Sink })).toThrow(/route for sink "a" is not a Sink/);
   });
 });

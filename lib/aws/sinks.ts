@@ -10,7 +10,8 @@
  * - S3ObjectSink: one NDJSON object per (sink, job, shard, commit); a retry rewrites the same key
  *   with the same lines (merged by id with what is already there, so nothing is lost either).
  *   It also serves the dead-letter output (`floe.dead-letter`).
- * - RoutingSink: sends each named sink's outputs to its own Sink.
+ * - RoutingSink (lib/runtime/routing-sink.ts, re-exported): sends each named sink's outputs to
+ *   its own Sink.
  *
  * Limits (AWS): PutRecords <= 500 records and <= 5 MiB per request including partition keys,
  * <= 1 MiB per record (data + partition key); BatchWriteItem <= 25 puts, no two for one key,
@@ -41,6 +42,8 @@ import {
 } from '../core/errors.ts';
 import { outputValueJson } from '../core/outputs.ts';
 import type { Output, Sink } from '../core/ports.ts';
+
+export { RoutingSink } from '../runtime/routing-sink.ts';
 
 /** An output that no retry can publish: too large, without a valid key, or with a malformed id. */
 export class SinkOutputError extends TerminalError {
@@ -715,75 +718,3 @@ function parseLines(text: string, bucket: string, key: string): Line[] {
 }
 
 // ---- routing ----
-
-/**
- * Sends each named sink's outputs (in their order) to the Sink routed for that name, or to
- * `fallback`. An output for a sink with no route and no fallback is rejected with a
- * ConfigurationError before anything is published. Groups go to their sinks concurrently.
- */
-export class RoutingSink implements Sink {
-  private readonly routes: ReadonlyMap<string, Sink>;
-
-  constructor(
-    routes: Readonly<Record<string, Sink>> | ReadonlyMap<string, Sink>,
-    readonly fallback?: Sink,
-  ) {
-    this.routes = routes instanceof Map ? new Map(routes) : new Map(Object.entries(routes));
-    for (const [name, sink] of this.routes) {
-      if (sink === undefined || sink === null || typeof (sink as Sink).publish !== 'function') {
-        throw new ConfigurationError(
-          `the route for sink "${name}" is not a Sink; received ${describeValue(sink)}`,
-        );
-      }
-    }
-  }
-
-  /** The routed sink names. */
-  get sinkNames(): string[] {
-    return [...this.routes.keys()];
-  }
-
-  route(sink: string): Sink | undefined {
-    return this.routes.get(sink) ?? this.fallback;
-  }
-
-  /**
-   * Throws a ConfigurationError naming the sinks a pipeline writes (e.g. `plan.sinks`) that have
-   * no route, unless there is a fallback. Call it at start-up to fail before the first output.
-   */
-  assertRoutes(sinkNames: Iterable<string>): void {
-    if (this.fallback !== undefined) return;
-    const missing = [...sinkNames].filter((name) => !this.routes.has(name));
-    if (missing.length > 0) {
-      throw new ConfigurationError(
-        `no destination is configured for sink(s) ${missing.map((n) => `"${n}"`).join(', ')} (configured: ${this.describeRoutes()}); bind each sink the pipeline writes, or give a fallback sink`,
-      );
-    }
-  }
-
-  async publish(outputs: readonly Output[]): Promise<void> {
-    if (outputs.length === 0) return;
-    const groups = new Map<string, Output[]>();
-    for (const o of outputs) {
-      let group = groups.get(o.sink);
-      if (group === undefined) {
-        if (this.route(o.sink) === undefined) {
-          throw new ConfigurationError(
-            `no destination is configured for outputs to sink "${o.sink}" (configured: ${this.describeRoutes()}); add a route for it or a fallback sink`,
-          );
-        }
-        group = [];
-        groups.set(o.sink, group);
-      }
-      group.push(o);
-    }
-    const results = await Promise.allSettled(
-      [...groups].map(([name, group]) => (this.route(name) as Sink).publish(group)),
-    );
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
-  }
-
-  private describeRoutes(): string {
-    return [...this.routes.keys()].map((k) => `"${k}"`).join(', ') || 'none';
-  }
-}

@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigurationError, StateFormatError, StateSerializationError } from '../core/errors.ts';
-import type { Output, Sink } from '../core/ports.ts';
-import { NdjsonFileSink, RoutingSink, SqliteTableSink, StdoutSink } from './sinks.ts';
+import type { Output } from '../core/ports.ts';
+import { NdjsonFileSink, SqliteTableSink, StdoutSink } from './sinks.ts';
 import { openSqlite } from './sqlite.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'floe-sinks-'));
@@ -162,33 +162,5 @@ describe('StdoutSink', () => {
     printed = '';
     await textSink.publish([out(1, 0, { a: 1 }), out(1, 2, 3)]);
     expect(printed).toBe('counts: {"a":1}\n');
-  });
-});
-
-describe('RoutingSink', () => {
-  class Collect implements Sink {
-    readonly got: Output[] = [];
-    async publish(outputs: readonly Output[]): Promise<void> {
-      this.got.push(...outputs);
-    }
-  }
-
-  it('sends each sink name to its route or the fallback, keeping order within a route', async () => {
-    const counts = new Collect();
-    const rest = new Collect();
-    const router = new RoutingSink({ counts }, rest);
-    const outputs = [out(1, 0, 1), out(1, 1, 2, 'floe.late'), out(1, 2, 3), out(1, 3, 4, 'floe.dead-letter')];
-    await router.publish(outputs);
-    expect(counts.got.map((o) => o.value)).toEqual([1, 3]);
-    expect(rest.got.map((o) => o.value)).toEqual([2, 4]);
-  });
-
-  it('rejects outputs without a route before publishing anything', async () => {
-    const counts = new Collect();
-    const router = new RoutingSink(new Map([['counts', counts]]));
-    const error = await rejection(router.publish([out(1, 0, 1), out(1, 1, 2, 'unrouted')]));
-    expect(error).toBeInstanceOf(ConfigurationError);
-    expect(error.message).toContain('"unrouted"');
-    expect(counts.got).toEqual([]);
   });
 });

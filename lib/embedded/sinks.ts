@@ -2,19 +2,18 @@
  * Local sinks. Each is idempotent by output id, so republishing after a crash between commit
  * and markPublished writes nothing twice: a SQLite table (output id as primary key), an NDJSON
  * file (the ids already in the file are read on open), and stdout (ids remembered in-process).
- * RoutingSink sends each named sink's outputs to its own Sink.
+ * RoutingSink (lib/runtime/routing-sink.ts, re-exported) sends each named sink's outputs to its
+ * own Sink.
  */
 import { createReadStream } from 'node:fs';
 import { type FileHandle, mkdir, open, truncate } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import {
-  ConfigurationError,
-  describeValue,
-  StateFormatError,
-  StateSerializationError,
-} from '../core/errors.ts';
+import { ConfigurationError, describeValue, StateFormatError } from '../core/errors.ts';
 import { outputValueJson } from '../core/outputs.ts';
 import type { Output, Sink } from '../core/ports.ts';
+
+export { RoutingSink } from '../runtime/routing-sink.ts';
+
 import { ensureSchema } from './schema.ts';
 import { openSqlite, type SqliteDatabase, type SqliteOpenOptions } from './sqlite.ts';
 
@@ -240,40 +239,6 @@ export class StdoutSink implements Sink {
       const oldest = this.seen.values().next().value;
       if (oldest !== undefined) this.seen.delete(oldest);
     }
-  }
-}
-
-/**
- * Sends each output to the Sink registered for its sink name (or to `fallback`). Outputs of
- * a sink with no route and no fallback are rejected before anything is published.
- */
-export class RoutingSink implements Sink {
-  private readonly routes: ReadonlyMap<string, Sink>;
-
-  constructor(
-    routes: Readonly<Record<string, Sink>> | ReadonlyMap<string, Sink>,
-    private readonly fallback?: Sink,
-  ) {
-    this.routes = routes instanceof Map ? routes : new Map(Object.entries(routes));
-  }
-
-  async publish(outputs: readonly Output[]): Promise<void> {
-    const groups = new Map<Sink, Output[]>();
-    for (const o of outputs) {
-      const target = this.routes.get(o.sink) ?? this.fallback;
-      if (target === undefined) {
-        throw new ConfigurationError(
-          `no sink is configured for outputs to "${o.sink}" (configured: ${[...this.routes.keys()].map((k) => `"${k}"`).join(', ') || 'none'}); add a route or a fallback sink`,
-        );
-      }
-      let group = groups.get(target);
-      if (group === undefined) {
-        group = [];
-        groups.set(target, group);
-      }
-      group.push(o);
-    }
-    for (const [sink, group] of groups) await sink.publish(group);
   }
 }
 
