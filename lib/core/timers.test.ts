@@ -183,6 +183,10 @@ describe('TimerQueue', () => {
       }
       if (rand(50) === 0) {
         const limit = rand(60) - 10;
+        const due: string[] = [];
+        q.forEachDue(limit, (timer) => due.push(JSON.stringify(timer)));
+        const expected = [...model].filter(([, m]) => m.time <= limit).map(([id]) => id);
+        expect(due.sort()).toEqual(expected.sort());
         for (const batch of drain(q, limit)) {
           for (const popped of batch) model.delete(JSON.stringify(popped));
         }
@@ -206,7 +210,7 @@ describe('TimerQueue', () => {
     expect(q.size).toBe(4);
   });
 
-  it('exports timer specs with operator uids, by time, then in registration order per key', () => {
+  it('exports timer specs with operator uids, by bucket (time) in creation order, keys grouped', () => {
     const q = new TimerQueue();
     q.add(1, 20, 'k', 5);
     q.add(0, 20, 'j', 5);
@@ -214,19 +218,19 @@ describe('TimerQueue', () => {
     q.add(0, 10, 'z', '');
     const uids = ['window-0', 'process-0'];
     expect(q.toSpecs('event', uids)).toEqual([
-      { operator: 'window-0', domain: 'event', time: 10, key: 'z', namespace: '' },
       { operator: 'process-0', domain: 'event', time: 20, key: 'k', namespace: 5 },
       { operator: 'window-0', domain: 'event', time: 20, key: 'k', namespace: 5 },
       { operator: 'window-0', domain: 'event', time: 20, key: 'j', namespace: 5 },
+      { operator: 'window-0', domain: 'event', time: 10, key: 'z', namespace: '' },
     ]);
     // The cached specs follow later changes.
     q.add(0, 20, 'a', '');
     q.delete(0, 20, 'j', 5);
     expect(q.toSpecs('event', uids).map((t) => [t.time, t.key, t.operator])).toEqual([
-      [10, 'z', 'window-0'],
       [20, 'k', 'process-0'],
       [20, 'k', 'window-0'],
       [20, 'a', 'window-0'],
+      [10, 'z', 'window-0'],
     ]);
     // Firing order is sorted whatever the registration order.
     expect(q.popDue(10)).toEqual([t(0, 10, 'z')]);

@@ -259,8 +259,23 @@ export class TimerQueue implements Undoable {
 
   /** Calls fn for every timer with time <= limit, in no particular order. */
   forEachDue(limit: number, fn: (timer: QueuedTimer) => void): void {
-    for (const [time, bucket] of this.buckets) {
-      if (time <= limit) bucket.forEach(fn);
+    // Walk the heap from its root: a node later than `limit` has no due descendants, so this
+    // visits the due times (and their boundary) instead of every pending time.
+    const heap = this.heap;
+    if (heap.length === 0 || heap[0]! > limit) return;
+    const stack = [0];
+    const seen = new Set<number>(); // a time may sit in the heap twice (re-added after emptying)
+    while (stack.length > 0) {
+      const i = stack.pop()!;
+      const time = heap[i]!;
+      if (time > limit) continue;
+      if (!seen.has(time)) {
+        seen.add(time);
+        this.buckets.get(time)?.forEach(fn);
+      }
+      const l = 2 * i + 1;
+      if (l < heap.length) stack.push(l);
+      if (l + 1 < heap.length) stack.push(l + 1);
     }
   }
 
@@ -271,11 +286,15 @@ export class TimerQueue implements Undoable {
     return out;
   }
 
-  /** Checkpoint specs: by time, then in bucket order (registration order, grouped by key). */
+  /**
+   * Checkpoint specs, bucket by bucket in the order the buckets were created (not sorted: a
+   * checkpoint after every batch would sort every pending time), each in bucket order.
+   */
   toSpecs(domain: TimeDomain, operatorUids: readonly string[]): TimerSpec[] {
     const out: TimerSpec[] = [];
-    for (const time of this.sortedTimes()) {
-      for (const t of this.buckets.get(time)!.timerSpecs(domain, operatorUids)) out.push(t);
+    for (const bucket of this.buckets.values()) {
+      if (bucket.size === 0) continue;
+      for (const t of bucket.timerSpecs(domain, operatorUids)) out.push(t);
     }
     return out;
   }
