@@ -37,6 +37,13 @@ export interface ShardTaskOptions {
   readonly job?: string;
 }
 
+export interface ProcessOptions {
+  /** The reader reached the end of a closed shard. */
+  readonly shardEnded?: boolean;
+  /** An empty batch means the reader is caught up (idleness may advance by `now`). @default true */
+  readonly caughtUp?: boolean;
+}
+
 export interface BatchStats {
   readonly records: number;
   /** Records at or before the checkpoint position (redelivered), ignored. */
@@ -217,6 +224,9 @@ export class ShardTask {
   private outputPrefix = '';
   private deadLetters = 0;
   private timersFired = 0;
+  /** Fresh and redelivered records processed since the last commit. */
+  private pendingRecords = 0;
+  private pendingDuplicates = 0;
   /** Bumped on every timer change, so an otherwise empty batch that moved timers is committed. */
   private timerVersion = 0;
   private committed = { position: '', watermark: 0, maxTimestamp: 0, finished: false, timerVersion: 0 };
@@ -288,16 +298,16 @@ export class ShardTask {
 
   readonly shardId: string;
 
-  /** Processes one batch. Records at or before the checkpoint position are skipped. */
+  /**
+   * Processes one batch and ends the commit: the result holds everything processed since the
+   * last commit (this batch, and any batches given to `process` before it). Records at or
+   * before the checkpoint position are skipped.
+   */
   async processBatch(
     records: readonly SourceRecord[],
     store: StateStore,
     now: number,
-    options: {
-      /** The reader reached the end of a closed shard. */
-      shardEnded?: boolean;
-      /** An empty batch means the reader is caught up (idleness may advance by `now`). @default true */
-      caughtUp?: boolean;
+    options: ProcessOptions & {
       /**
        * Whether a batch whose only change is an idleness advance of the watermark is worth a
        * commit. Such an advance is recomputed from the committed checkpoint after a restart, so a
@@ -306,8 +316,26 @@ export class ShardTask {
       commitIdleWatermark?: boolean;
     } = {},
   ): Promise<BatchResult> {
+    await this.process(records, store, now, options);
+    return this.takeCommit(options);
+  }
+
+  /**
+   * Processes one batch without ending the commit, so several reads can share one commit (a
+   * commit interval, as Flink's checkpoint interval): outputs, state changes and the position
+   * accumulate until `takeCommit`. Nothing of it is durable before that commit; after a crash
+   * the batches are read and processed again from the last checkpoint.
+   */
+  async process(
+    records: readonly SourceRecord[],
+    store: StateStore,
+    now: number,
+    options: ProcessOptions = {},
+  ): Promise<void> {
     this.setProcessingTime(now);
     const fresh = this.freshRecords(records);
+    this.pendingRecords += fresh.length;
+    this.pendingDuplicates += records.length - fresh.length;
 
     // Phase A: route every record through the stateless prefix.
     this.routeBatch(fresh);
@@ -334,7 +362,23 @@ export class ShardTask {
     this.aEntry.fill(undefined, 0, this.aLen);
     this.rError.fill(undefined, 0, fresh.length);
     this.aLen = 0;
-    return this.finish(fresh.length, records.length - fresh.length, options.commitIdleWatermark !== false);
+  }
+
+  /** Records processed since the last commit (0 right after `takeCommit`). */
+  get uncommittedRecords(): number {
+    return this.pendingRecords;
+  }
+
+  /**
+   * Ends the commit: the outputs, mutations and checkpoint of everything processed since the
+   * last one. `changed` is false (and nothing needs committing) when nothing changed.
+   */
+  takeCommit(options: { commitIdleWatermark?: boolean } = {}): BatchResult {
+    const records = this.pendingRecords;
+    const duplicates = this.pendingDuplicates;
+    this.pendingRecords = 0;
+    this.pendingDuplicates = 0;
+    return this.finish(records, duplicates, options.commitIdleWatermark !== false);
   }
 
   /** Replays the batch's watermark progression to bound the highest watermark it can reach. */
@@ -456,7 +500,7 @@ export class ShardTask {
     await this.prefetch(store, Math.max(this.watermark, watermark));
     this.advanceWatermark(watermark);
     this.fireProcessingTimers();
-    return this.finish(0, 0);
+    return this.takeCommit();
   }
 
   checkpoint(): ShardCheckpoint {
