@@ -21,7 +21,7 @@ import { WorkerMetric } from '../lib/aws/metric-names.ts';
 import { parseSinkBindings } from '../lib/aws/sinks-config.ts';
 import { PageViewsStack } from './page-views-stack.ts';
 import { SinkTarget } from './sink-target.ts';
-import { StreamProcessor, type StreamProcessorProps } from './stream-processor.ts';
+import { nodeOptions, StreamProcessor, type StreamProcessorProps } from './stream-processor.ts';
 import { testApp } from './test-support.ts';
 
 type Json = Record<string, unknown>;
@@ -203,6 +203,8 @@ describe('StreamProcessor resources (example stack)', () => {
       FLOE_GENERATION: '0',
       POWERTOOLS_METRICS_NAMESPACE: 'Floe',
       POWERTOOLS_SERVICE_NAME: 'floe-worker',
+      // 1024 MiB: 64 MiB semi-spaces (bench/core); the coordinator's 512 MiB: 32.
+      NODE_OPTIONS: '--enable-source-maps --max-semi-space-size=64',
     });
     expect(worker).not.toHaveProperty('FLOE_PIPELINE_MODULE');
     expect(worker).not.toHaveProperty('FLOE_WORKER_FUNCTION');
@@ -210,6 +212,7 @@ describe('StreamProcessor resources (example stack)', () => {
     expect(coordinator).toMatchObject({
       FLOE_JOB: 'page-views',
       FLOE_WORKER_FUNCTION: { Ref: expect.stringMatching(/^PageViewsWorker/) },
+      NODE_OPTIONS: '--enable-source-maps --max-semi-space-size=32',
     });
     // Each function logs to its own log group with a retention.
     template.resourceCountIs('AWS::Logs::LogGroup', 2);
@@ -482,6 +485,14 @@ describe('StreamProcessor options', () => {
         ]),
       },
     });
+  });
+
+  it('sizes the young generation from the function memory', () => {
+    expect(nodeOptions(128)).toBe('--enable-source-maps');
+    expect(nodeOptions(256)).toBe('--enable-source-maps');
+    expect(nodeOptions(512)).toBe('--enable-source-maps --max-semi-space-size=32');
+    expect(nodeOptions(1024)).toBe('--enable-source-maps --max-semi-space-size=64');
+    expect(nodeOptions(10_240)).toBe('--enable-source-maps --max-semi-space-size=64');
   });
 
   it('applies job, generation, timeouts, memory, schedule, retention and removal policy', () => {

@@ -330,7 +330,6 @@ export class StreamProcessor extends Construct {
       FLOE_GENERATION: String(this.generation),
       POWERTOOLS_METRICS_NAMESPACE: this.metricsNamespace,
       POWERTOOLS_LOG_LEVEL: 'INFO',
-      NODE_OPTIONS: '--enable-source-maps',
     };
     const logRetention = props.logRetention ?? logs.RetentionDays.ONE_MONTH;
     const makeFunction = (
@@ -361,7 +360,12 @@ export class StreamProcessor extends Construct {
         memorySize: options.memorySize,
         role,
         logGroup,
-        environment: { ...environment, POWERTOOLS_SERVICE_NAME: options.serviceName, ...options.extraEnv },
+        environment: {
+          ...environment,
+          NODE_OPTIONS: nodeOptions(options.memorySize),
+          POWERTOOLS_SERVICE_NAME: options.serviceName,
+          ...options.extraEnv,
+        },
         bundling: {
           format: nodejs.OutputFormat.ESM,
           target: 'node22',
@@ -781,4 +785,19 @@ function checkInteger(name: string, value: number, min: number, max: number): vo
 function fileStem(path: string): string {
   const base = path.split(/[\\/]/).pop() ?? path;
   return base.slice(0, base.length - extname(base).length);
+}
+
+/**
+ * NODE_OPTIONS of a floe function. A larger young generation than V8's default (16 MiB
+ * semi-spaces) lets a batch's short-lived state (accumulators, serialized entries, outputs) die
+ * before a scavenge instead of being copied and promoted: bench/core measures about 1.5x the
+ * events/s at 64 MiB. It scales with the function's memory (1/16 of it, 16 to 64 MiB).
+ */
+export function nodeOptions(memorySize: number): string {
+  const flags = ['--enable-source-maps'];
+  if (!Token.isUnresolved(memorySize)) {
+    const semiSpace = Math.min(64, Math.max(16, Math.floor(memorySize / 16)));
+    if (semiSpace > 16) flags.push(`--max-semi-space-size=${semiSpace}`);
+  }
+  return flags.join(' ');
 }

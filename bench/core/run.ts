@@ -2,7 +2,10 @@
  * Core engine benchmark: floe's ShardTask against a hand-written single-purpose loop, measured
  * in the same run.
  *
- *   npm run bench:core            (or: npx tsx bench/core/run.ts)
+ *   npm run bench:core   (= node --max-semi-space-size=64 --import tsx bench/core/run.ts)
+ *
+ * 64 MiB semi-spaces are what floe's Lambda worker runs with at its default 1 GiB (see
+ * nodeOptions in cdk/stream-processor.ts); `npx tsx bench/core/run.ts` measures V8's defaults.
  *
  * Environment: BENCH_EVENTS (default 1,000,000), BENCH_RUNS (timed runs per scenario, default 3,
  * the median is reported), BENCH_WARMUP (untimed runs per scenario first, default 1),
@@ -313,6 +316,12 @@ async function main(): Promise<void> {
       .map((l) => l.toFixed(2))
       .join(' ')}`,
   );
+  // V8 flags change the results (the young generation's size sets how much survives a
+  // scavenge), so print them: both floe and the hand-written loop run under the same ones.
+  const flags = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(' ')].filter((f) =>
+    f.startsWith('--max-'),
+  );
+  console.log(`V8 heap flags: ${flags.join(' ') || 'none (defaults)'}`);
   const t0 = performance.now();
   const { events, batches } = generate(EVENTS);
   console.log(`generated in ${((performance.now() - t0) / 1000).toFixed(2)} s (not timed)\n`);
