@@ -29,8 +29,12 @@
  * one request and one ~60-byte item per event), floe's falls as batches get more events per key.
  *
  * Environment: BENCH_EVENTS (default 100,000), BENCH_NAIVE_EVENTS (default 20,000),
- * BENCH_KEYS (default 1,000), BENCH_BATCH (records per floe batch, default 10,000).
+ * BENCH_KEYS (default 1,000), BENCH_BATCH (records per floe batch, default 10,000),
+ * BENCH_DELTA_APPLY (DynamoBackendOptions.deltaApply, `items` or `transactions`; default: the
+ * backend's default). The load average (os.loadavg) is printed before and after floe's run: the
+ * figures are only comparable on an otherwise idle machine.
  */
+import { availableParallelism, loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import {
   CreateTableCommand,
@@ -50,7 +54,7 @@ import pageViews from '../../examples/page-views.ts';
 import { isolateMotoTransactions } from '../../infra-tests/aws/moto-transactions.ts';
 import { startAwsTestEnv } from '../../infra-tests/env/environment.ts';
 import type { AwsTestEnv } from '../../infra-tests/env/types.ts';
-import { mapLimit } from '../../lib/aws/dynamodb-backend.ts';
+import { DELTA_APPLY_MODES, type DeltaApplyMode, mapLimit } from '../../lib/aws/dynamodb-backend.ts';
 import { type AwsClientsBundle, openAwsJob } from '../../lib/aws/job.ts';
 import { KinesisSource, type PutRecordInput, putRecords } from '../../lib/aws/kinesis-source.ts';
 import { aggregate, deaggregate } from '../../lib/aws/kpl.ts';
@@ -63,6 +67,7 @@ const EVENTS = envInt('BENCH_EVENTS', 100_000);
 const NAIVE_EVENTS = Math.min(EVENTS, envInt('BENCH_NAIVE_EVENTS', 20_000));
 const KEYS = envInt('BENCH_KEYS', 1_000);
 const BATCH = envInt('BENCH_BATCH', 10_000);
+const DELTA_APPLY = deltaApplyFromEnv();
 const SHARDS = 4;
 const AGGREGATE = 100;
 
@@ -73,6 +78,20 @@ function envInt(name: string, fallback: number): number {
   if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a positive integer; got ${raw}`);
   return n;
 }
+
+function deltaApplyFromEnv(): DeltaApplyMode | undefined {
+  const raw = process.env.BENCH_DELTA_APPLY;
+  if (raw === undefined || raw === '') return undefined;
+  if (!DELTA_APPLY_MODES.includes(raw as DeltaApplyMode)) {
+    throw new Error(`BENCH_DELTA_APPLY must be one of ${DELTA_APPLY_MODES.join(', ')}; got ${raw}`);
+  }
+  return raw as DeltaApplyMode;
+}
+
+const load = (): string =>
+  loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ');
 
 // ---------------------------------------------------------------------------------------------
 // Clients
@@ -442,11 +461,13 @@ async function main(): Promise<void> {
           `${DEAD_LETTER_SINK}=s3:${names.bucket}/dead-letters/`,
           `late-page-views=s3:${names.bucket}/late/`,
         ],
+        ...(DELTA_APPLY === undefined ? {} : { deltaApply: DELTA_APPLY }),
       },
       clients,
     );
     // Final windows fire when a caught-up shard is idle past the timeout: run "a day later".
     const lastArrival = Date.now();
+    const loadBefore = load();
     t0 = performance.now();
     const summary = await runJob(
       { ...runtime, clock: () => lastArrival + 86_400_000 },
@@ -460,6 +481,7 @@ async function main(): Promise<void> {
       },
     );
     const floeSeconds = (performance.now() - t0) / 1000;
+    const loadAfter = load();
     const floeWrites = meter.total((c) => c.startsWith('floe'));
     const byCategory = [
       ['floe state', 'state (keyed state items)'],
@@ -582,6 +604,9 @@ async function main(): Promise<void> {
     console.log('');
     console.log(
       `floe: ${fmt(summary.records)} records, ${summary.commits} commits, ${summary.rounds} runner rounds; DynamoBackend.metrics ${JSON.stringify(runtime.backend.metrics)}`,
+    );
+    console.log(
+      `delta apply: ${DELTA_APPLY ?? 'default (items)'}; load average (1, 5, 15 min) before floe's run ${loadBefore}, after ${loadAfter} (${availableParallelism()} CPUs)`,
     );
     console.log(
       `raw loop: ${fmt(raw1.events)} events in ${raw1.seconds.toFixed(2)} s and ${raw2.seconds.toFixed(2)} s (${raw1.calls} GetRecords calls)`,

@@ -37,6 +37,8 @@ import {
 import {
   type CheckpointStore,
   type Commit,
+  ConfigurationError,
+  describeValue,
   deserializeCheckpoint,
   FencedError,
   type Lease,
@@ -51,6 +53,12 @@ import {
   TransientBackendError,
 } from '../core/index.ts';
 import { type BackoffOptions, isTransientAwsError, withBackoff } from './retry.ts';
+import {
+  planChunks,
+  TRANSIENT_CANCELLATION_CODES,
+  type WriteChunkOptions,
+  writeChunk,
+} from './transact-chunks.ts';
 
 export interface DynamoBackendOptions {
   readonly dynamodb: DynamoDBClient;
@@ -69,7 +77,30 @@ export interface DynamoBackendOptions {
   readonly retry?: BackoffOptions;
   /** Called at named protocol steps; fault-injection tests throw from it. */
   readonly onStep?: (step: DynamoCommitStep) => void | Promise<void>;
+  /**
+   * How a committed S3 delta (the large-commit path) is applied to the state table. Both write
+   * every item under the same version condition, so a stale writer never overwrites newer state,
+   * and both skip exactly the items whose stored version is newer.
+   *
+   * - `'items'`: one conditional PutItem per mutation, 16 in flight. 1 WCU per KB written, one
+   *   request per item.
+   * - `'transactions'`: TransactWriteItems of up to 100 conditional puts (under 4 MB), 4 chunks in
+   *   flight; a chunk cancelled because some items' conditions failed is sent again without them.
+   *   One request per 100 items, but transactional writes consume 2 WCU per KB (twice the
+   *   `'items'` cost for the same items), and concurrent writers of an item can cancel each other
+   *   (TransactionConflict; retried with backoff).
+   *
+   * The default is `'items'`: it costs half the write units. On moto (the emulator of the tests
+   * and of bench/commit) `'transactions'` is much slower, not faster: moto deep-copies the whole
+   * table once per action of a transaction (see infra-tests/aws/moto-transactions.ts).
+   * @default 'items'
+   */
+  readonly deltaApply?: DeltaApplyMode;
 }
+
+/** See DynamoBackendOptions.deltaApply. */
+export type DeltaApplyMode = 'transactions' | 'items';
+export const DELTA_APPLY_MODES: readonly DeltaApplyMode[] = ['items', 'transactions'];
 
 /** Protocol steps, in order, where tests can inject crashes. */
 export type DynamoCommitStep =
@@ -127,9 +158,7 @@ function isConditionFailure(error: unknown): boolean {
 function isTransient(error: unknown): boolean {
   const name = (error as { name?: string })?.name ?? '';
   if (error instanceof TransactionCanceledException) {
-    return (error.CancellationReasons ?? []).some((r) =>
-      ['TransactionConflict', 'ThrottlingError', 'ProvisionedThroughputExceeded'].includes(r.Code ?? ''),
-    );
+    return (error.CancellationReasons ?? []).some((r) => TRANSIENT_CANCELLATION_CODES.has(r.Code ?? ''));
   }
   return isTransientAwsError(error) || /TransactionInProgress/.test(name);
 }
@@ -145,13 +174,44 @@ function transient(what: string, error: unknown): TransientBackendError {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+interface ApplyCondition {
+  readonly ConditionExpression: string;
+  readonly ExpressionAttributeValues: Record<string, unknown>;
+}
+
+/** Approximate stored size of a state item (UTF-8 of its names and values) for the 4 MB limit. */
+function itemBytes(item: Record<string, unknown>): number {
+  let bytes = 0;
+  for (const [name, value] of Object.entries(item)) {
+    bytes += name.length + (typeof value === 'string' ? Buffer.byteLength(value) : 21);
+  }
+  return bytes;
+}
+
 export class DynamoBackend implements StateStore, CheckpointStore {
   private readonly ddb: DynamoDBDocumentClient;
   private readonly s3: S3Client;
   private readonly scope: string;
   private readonly prefix: string;
-  /** Write-request counters, for benchmarks (requests and items written). */
-  readonly metrics = { writeRequests: 0, itemsWritten: 0, readRequests: 0, transactions: 0, deltaCommits: 0 };
+  private readonly chunkRetry: WriteChunkOptions;
+  /** Outbox items committed by this object and not yet marked published: sk -> output ids. */
+  private readonly outboxWritten = new Map<string, readonly string[]>();
+  /**
+   * Counters, for benchmarks and tests. writeRequests: commit, apply and outbox write requests
+   * sent (including conditional writes that failed and cancelled transactions); itemsWritten: the
+   * items those requests carried; transactions: TransactWriteItems requests sent, of which
+   * applyTransactions applied delta chunks; skippedNewer: delta items not written because the
+   * stored item was newer; deltaCommits: commits that took the S3 delta path.
+   */
+  readonly metrics = {
+    writeRequests: 0,
+    itemsWritten: 0,
+    readRequests: 0,
+    transactions: 0,
+    applyTransactions: 0,
+    skippedNewer: 0,
+    deltaCommits: 0,
+  };
 
   constructor(private readonly options: DynamoBackendOptions) {
     this.ddb = retrying(
@@ -159,6 +219,16 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       options.retry,
     );
     this.s3 = retrying(options.s3, options.retry);
+    if (options.deltaApply !== undefined && !DELTA_APPLY_MODES.includes(options.deltaApply)) {
+      throw new ConfigurationError(
+        `deltaApply must be one of ${DELTA_APPLY_MODES.join(', ')}; received ${describeValue(options.deltaApply)}`,
+      );
+    }
+    this.chunkRetry = {
+      ...(options.retry?.baseDelayMs !== undefined ? { baseDelayMs: options.retry.baseDelayMs } : {}),
+      ...(options.retry?.sleep !== undefined ? { sleep: options.retry.sleep } : {}),
+      ...(options.retry?.random !== undefined ? { random: options.retry.random } : {}),
+    };
     this.scope = `${options.job}#${options.generation ?? 0}`;
     this.prefix = `${options.bucketPrefix ?? ''}${options.job}/${options.generation ?? 0}/`;
   }
@@ -334,6 +404,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     } else {
       await this.commitDelta(lease, commit, checkpointText, cpRef);
     }
+    if (commit.outputs.length > 0) this.rememberOutbox(lease.shardId, commitNumber, commit.outputs);
   }
 
   private async commitTransaction(
@@ -431,27 +502,17 @@ export class DynamoBackend implements StateStore, CheckpointStore {
   /** Applies a committed delta: idempotent, version-conditioned writes; then clears the pointer. */
   private async apply(lease: Lease, key: string, delta: Delta, commitNumber: number): Promise<void> {
     const writerLease = { ...lease, fence: delta.fence };
-    let applied = 0;
-    await mapLimit(delta.mutations, 16, async (m) => {
-      const item = this.stateItem(m, writerLease, commitNumber);
-      try {
-        this.metrics.writeRequests++;
-        this.metrics.itemsWritten++;
-        await this.ddb.send(
-          new PutCommand({
-            TableName: this.options.stateTable,
-            Item: item,
-            // A stale writer (a zombie applying an old delta) never overwrites newer state.
-            ConditionExpression: 'attribute_not_exists(pk) OR sh <> :sh OR f < :f OR (f = :f AND c <= :c)',
-            ExpressionAttributeValues: { ':sh': lease.shardId, ':f': delta.fence, ':c': commitNumber },
-          }),
-        );
-      } catch (error) {
-        if (!isConditionFailure(error))
-          throw isTransient(error) ? transient('applying a delta', error) : error;
-      }
-      if (++applied === Math.ceil(delta.mutations.length / 2)) await this.options.onStep?.('mid-apply');
-    });
+    const items = delta.mutations.map((m) => this.stateItem(m, writerLease, commitNumber));
+    // A stale writer (a zombie applying an old delta) never overwrites newer state.
+    const condition = {
+      ConditionExpression: 'attribute_not_exists(pk) OR sh <> :sh OR f < :f OR (f = :f AND c <= :c)',
+      ExpressionAttributeValues: { ':sh': lease.shardId, ':f': delta.fence, ':c': commitNumber },
+    };
+    if ((this.options.deltaApply ?? 'items') === 'transactions') {
+      await this.applyTransactions(items, condition);
+    } else {
+      await this.applyItems(items, condition);
+    }
     if (delta.outputs.length > 0) {
       const text = JSON.stringify(delta.outputs);
       this.metrics.writeRequests++;
@@ -486,6 +547,68 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     } catch (error) {
       if (!isConditionFailure(error)) throw error;
     }
+  }
+
+  /** deltaApply 'items': one conditional PutItem per item; 'mid-apply' after half of them. */
+  private async applyItems(
+    items: readonly Record<string, unknown>[],
+    condition: ApplyCondition,
+  ): Promise<void> {
+    let applied = 0;
+    await mapLimit(items, 16, async (item) => {
+      try {
+        this.metrics.writeRequests++;
+        this.metrics.itemsWritten++;
+        await this.ddb.send(new PutCommand({ TableName: this.options.stateTable, Item: item, ...condition }));
+      } catch (error) {
+        if (!isConditionFailure(error))
+          throw isTransient(error) ? transient('applying a delta', error) : error;
+        this.metrics.skippedNewer++;
+      }
+      if (++applied === Math.ceil(items.length / 2)) await this.options.onStep?.('mid-apply');
+    });
+  }
+
+  /**
+   * deltaApply 'transactions': chunks of at most 100 conditional puts and under 4 MB, at least
+   * two chunks when there are two items or more, 4 in flight; a chunk cancelled because some of
+   * its items are newer is sent again without them (./transact-chunks.ts). 'mid-apply' after
+   * half of the chunks.
+   */
+  private async applyTransactions(
+    items: readonly Record<string, unknown>[],
+    condition: ApplyCondition,
+  ): Promise<void> {
+    const table = this.options.stateTable;
+    const chunks = planChunks(items, itemBytes, {
+      maxActions: TRANSACTION_MAX_ACTIONS,
+      maxBytes: TRANSACTION_MAX_BYTES - 100_000,
+      minChunks: 2,
+    });
+    let applied = 0;
+    await mapLimit(chunks, 4, async (chunk) => {
+      try {
+        const outcome = await writeChunk(
+          chunk,
+          (pending) => {
+            this.metrics.writeRequests++;
+            this.metrics.transactions++;
+            this.metrics.applyTransactions++;
+            this.metrics.itemsWritten += pending.length;
+            return this.ddb.send(
+              new TransactWriteCommand({
+                TransactItems: pending.map((Item) => ({ Put: { TableName: table, Item, ...condition } })),
+              }),
+            );
+          },
+          this.chunkRetry,
+        );
+        this.metrics.skippedNewer += outcome.skipped;
+      } catch (error) {
+        throw isTransient(error) ? transient('applying a delta', error) : error;
+      }
+      if (++applied === Math.ceil(chunks.length / 2)) await this.options.onStep?.('mid-apply');
+    });
   }
 
   private async redo(lease: Lease, key: string): Promise<void> {
@@ -525,6 +648,14 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     }
     for (const [commitNumber, published] of byCommit) {
       const key = { pk: this.scope, sk: this.outboxSk(shardId, commitNumber) };
+      const written = this.outboxWritten.get(key.sk);
+      if (written?.every((id) => published.has(id))) {
+        // Every output this backend committed in that outbox item is published: whatever the item
+        // holds now (all of them, or what a partial markPublished left) can go, without reading it.
+        this.outboxWritten.delete(key.sk);
+        await this.ddb.send(new DeleteCommand({ TableName: this.options.controlTable, Key: key }));
+        continue;
+      }
       const res = await this.ddb.send(
         new GetCommand({ TableName: this.options.controlTable, Key: key, ConsistentRead: true }),
       );
@@ -544,6 +675,16 @@ export class DynamoBackend implements StateStore, CheckpointStore {
   }
 
   // ---- helpers ----
+
+  /** The output ids of an outbox item this backend committed (markPublished then skips reading it). */
+  private rememberOutbox(shardId: string, commitNumber: number, outputs: readonly Output[]): void {
+    // Entries are dropped when published; a worker that died before publishing leaves a few.
+    if (this.outboxWritten.size >= 1024) this.outboxWritten.clear();
+    this.outboxWritten.set(
+      this.outboxSk(shardId, commitNumber),
+      outputs.map((o) => o.id),
+    );
+  }
 
   private leaseKey(shardId: string): { pk: string; sk: string } {
     return { pk: this.scope, sk: `shard#${shardId}` };

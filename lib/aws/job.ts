@@ -9,7 +9,7 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { ConfigurationError, describeValue, type PipelinePlan } from '../core/index.ts';
 import type { JobRuntime } from '../runtime/job.ts';
 import { outputJobId } from '../runtime/job-control.ts';
-import { DynamoBackend } from './dynamodb-backend.ts';
+import { DELTA_APPLY_MODES, type DeltaApplyMode, DynamoBackend } from './dynamodb-backend.ts';
 import { KinesisSource } from './kinesis-source.ts';
 import { S3ObjectSink } from './sinks.ts';
 import { routingSinkFromSpecs } from './sinks-config.ts';
@@ -24,6 +24,11 @@ export interface AwsJobConfig {
   readonly sinks: readonly string[];
   /** State generation. @default 0 */
   readonly generation?: number;
+  /**
+   * How large commits' deltas are applied (DynamoBackendOptions.deltaApply; `FLOE_DELTA_APPLY` in
+   * a Lambda's environment). @default 'items'
+   */
+  readonly deltaApply?: DeltaApplyMode;
 }
 
 export interface AwsClientsBundle {
@@ -97,7 +102,19 @@ export function awsJobConfigFromEnv(env: NodeJS.ProcessEnv = process.env): AwsJo
     bucket: need('FLOE_BUCKET'),
     sinks,
     generation: env.FLOE_GENERATION === undefined ? 0 : Number(env.FLOE_GENERATION),
+    ...(env.FLOE_DELTA_APPLY === undefined || env.FLOE_DELTA_APPLY === ''
+      ? {}
+      : { deltaApply: deltaApplyMode(env.FLOE_DELTA_APPLY) }),
   };
+}
+
+function deltaApplyMode(value: string): DeltaApplyMode {
+  if (!DELTA_APPLY_MODES.includes(value as DeltaApplyMode)) {
+    throw new ConfigurationError(
+      `FLOE_DELTA_APPLY must be one of ${DELTA_APPLY_MODES.join(', ')} (DynamoBackendOptions.deltaApply); received ${describeValue(value)}`,
+    );
+  }
+  return value as DeltaApplyMode;
 }
 
 export function openAwsJob(
@@ -115,6 +132,7 @@ export function openAwsJob(
     bucket: config.bucket,
     job: config.job,
     generation: config.generation ?? 0,
+    ...(config.deltaApply === undefined ? {} : { deltaApply: config.deltaApply }),
   });
   const fallback = new S3ObjectSink({
     client: clients.s3,

@@ -3,11 +3,22 @@
  * crashed predecessor committed but did not publish, resume after the checkpoint, then loop
  * read -> process -> commit -> publish until the time budget ends, the shard ends, or (with
  * untilIdle) the shard is caught up. Every commit is conditional on the lease's fence.
+ *
+ * Pipelined: while batch n is processed and committed, batch n+1 is already being read (one read
+ * ahead at most; none after a read that ended the shard or found it caught up), and batch n's
+ * outputs are published while batch n+1 is read and processed; batch n+1 commits only after they
+ * are published and marked, so per shard the outputs are published in commit order and the
+ * outbox holds at most the last commit's outputs, as without pipelining. A read ahead is only
+ * used when the loop goes on: after a failed commit or publish, a pause, an abort or the end of
+ * the budget it is discarded (nothing was committed from it; the next invocation reads again
+ * from the checkpoint). Errors propagate as without pipelining; the reader is closed after
+ * whatever is in flight has settled.
  */
 import {
   type CheckpointStore,
   type Lease,
   type Output,
+  type ReadResult,
   type ShardCheckpoint,
   ShardTask,
   type StartPosition,
@@ -88,8 +99,19 @@ export async function runShardWorker(
     const reader = await job.source.openReader(shardId, position);
     let finished = false;
     let paused = false;
+    // Pipelining (see the file comment): at most one read ahead and one publish in flight.
+    let readAhead: Promise<Settled<ReadResult>> | undefined;
+    let publishing: Promise<Settled<void>> | undefined;
+    let publishFailed = false;
+    const published = async (): Promise<void> => {
+      const previous = publishing;
+      publishing = undefined;
+      if (previous !== undefined) unwrap(await previous);
+    };
     try {
       while (!options.signal?.aborted && clock() - started < budget) {
+        // A failed publish stops the loop at the next batch boundary, as it would unpipelined.
+        if (publishFailed) await published();
         if (await mustPause()) {
           paused = true;
           break;
@@ -97,7 +119,15 @@ export async function runShardWorker(
         if (clock() - started > 0 && lease.expiresAt - clock() < ttl / 2) {
           lease = await job.backend.renewLease(lease, clock(), ttl);
         }
-        const read = await reader.read(batchSize);
+        const ahead = readAhead;
+        readAhead = undefined;
+        const read = ahead !== undefined ? unwrap(await ahead) : await reader.read(batchSize);
+        const idle = read.records.length === 0 && read.millisBehindLatest === 0;
+        // Read the next batch while this one is processed, committed and published, unless this
+        // read ended the shard or found it caught up (the loop stops or polls after a pause).
+        if (!read.shardEnded && !idle && !options.signal?.aborted && clock() - started < budget) {
+          readAhead = settle(reader.read(batchSize));
+        }
         const result = await task.processBatch(read.records, job.backend, clock(), {
           shardEnded: read.shardEnded,
           // An empty read is "caught up" only when nothing is left behind it.
@@ -107,19 +137,26 @@ export async function runShardWorker(
           commitIdleWatermark: clock() - lastCommitAt >= IDLE_COMMIT_INTERVAL_MS,
         });
         if (result.changed) {
+          // The previous batch's outputs are published before this batch commits.
+          await published();
           await job.backend.commit(lease, result);
           lastCommitAt = clock();
           commits++;
           records += result.stats.records;
-          await publish(job, shardId, result.outputs);
-          options.onCommit?.(progress(shardId, result.checkpoint, read.millisBehindLatest, result));
+          const progressed = progress(shardId, result.checkpoint, read.millisBehindLatest, result);
+          publishing = settle(
+            publish(job, shardId, result.outputs).then(() => options.onCommit?.(progressed)),
+          );
+          void publishing.then((outcome) => {
+            if (!outcome.ok) publishFailed = true;
+          });
         }
         if (read.shardEnded) {
           finished = true;
           childShardIds = read.childShardIds ?? [];
           break;
         }
-        if (read.records.length === 0 && read.millisBehindLatest === 0) {
+        if (idle) {
           caughtUp = true;
           if (options.untilIdle) break;
           await sleep(options.idlePollMs ?? 200);
@@ -127,13 +164,32 @@ export async function runShardWorker(
           caughtUp = false;
         }
       }
+      await published();
     } finally {
+      // On an error: let what is in flight settle (a publish's outcome is in the outbox; a read
+      // ahead is discarded, the next invocation reads again from the committed checkpoint).
+      await Promise.all([publishing, readAhead]);
       await reader.close?.();
     }
     return { shardId, records, commits, finished, childShardIds, caughtUp, ...(paused ? { paused } : {}) };
   } finally {
     await job.backend.releaseLease(lease).catch(() => {});
   }
+}
+
+type Settled<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: unknown };
+
+/** A promise that never rejects (so one left in flight is never an unhandled rejection). */
+function settle<T>(promise: Promise<T>): Promise<Settled<T>> {
+  return promise.then(
+    (value) => ({ ok: true, value }),
+    (error: unknown) => ({ ok: false, error }),
+  );
+}
+
+function unwrap<T>(settled: Settled<T>): T {
+  if (!settled.ok) throw settled.error;
+  return settled.value;
 }
 
 async function publish(job: JobRuntime, shardId: string, outputs: readonly Output[]): Promise<void> {

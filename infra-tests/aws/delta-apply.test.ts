@@ -1,0 +1,288 @@
+/**
+ * The apply step of large (S3 delta) commits on the emulators, for both variants of
+ * DynamoBackendOptions.deltaApply ('items': one conditional PutItem per item; 'transactions':
+ * TransactWriteItems chunks of at most 100 conditional puts):
+ *
+ * - partial redo: some items of the pending delta are already newer in the table (mixed into
+ *   every chunk, puts and deletes alike): the redo writes the others and leaves the newer ones
+ *   untouched; a transaction cancelled by those items is sent again without them;
+ * - zombie: a writer that passed its commit point stalls before applying; the next lease holder
+ *   redoes the delta and commits newer state over it (a delta commit and a small transaction
+ *   commit, writes and deletes); the stale writer then applies its old delta and changes nothing.
+ *
+ * Every test has its own tables: moto's TransactWriteItems deep-copies the table once per action,
+ * and its transactions are not isolated from concurrent requests (./moto-transactions.ts, which
+ * the client here goes through).
+ */
+import { DeleteTableCommand, GetItemCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  type DeltaApplyMode,
+  DynamoBackend,
+  type DynamoBackendOptions,
+  type DynamoCommitStep,
+} from '../../lib/aws/dynamodb-backend.ts';
+import { createBucket, createTables } from '../../lib/aws/resources.ts';
+import {
+  type Commit,
+  initialCheckpoint,
+  type Output,
+  type ShardCheckpoint,
+  type StateMutation,
+} from '../../lib/core/index.ts';
+import { type AwsClients, awsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
+import { isolateMotoTransactions } from './moto-transactions.ts';
+
+const env = await setupAwsTestEnv();
+let clients: AwsClients;
+const bucket = uniqueName('floe-apply');
+const SHARD = 'shardId-000000000000';
+const TTL = 1_000;
+
+beforeAll(async () => {
+  clients = awsClients(env);
+  if (env.engines.dynamodb === 'moto') isolateMotoTransactions(clients.dynamodb);
+  await createBucket(clients.s3, bucket);
+});
+afterAll(() => clients?.destroy());
+
+class Crash extends Error {}
+
+interface Fixture {
+  readonly job: string;
+  readonly stateTable: string;
+  readonly controlTable: string;
+  open(overrides?: Partial<DynamoBackendOptions>): DynamoBackend;
+  close(): Promise<void>;
+}
+
+let fixtures = 0;
+async function fixture(mode: DeltaApplyMode): Promise<Fixture> {
+  const n = ++fixtures;
+  const stateTable = uniqueName(`apply-state-${n}`);
+  const controlTable = uniqueName(`apply-control-${n}`);
+  const job = `apply-${n}-${Date.now().toString(36)}`;
+  await createTables(clients.dynamodb, stateTable, controlTable);
+  return {
+    job,
+    stateTable,
+    controlTable,
+    open: (overrides = {}) =>
+      new DynamoBackend({
+        dynamodb: clients.dynamodb,
+        s3: clients.s3,
+        stateTable,
+        controlTable,
+        bucket,
+        job,
+        deltaApply: mode,
+        retry: { baseDelayMs: 2, maxDelayMs: 50 },
+        ...overrides,
+      }),
+    async close() {
+      await Promise.all(
+        [stateTable, controlTable].map((TableName) =>
+          clients.dynamodb.send(new DeleteTableCommand({ TableName })).catch(() => {}),
+        ),
+      );
+    },
+  };
+}
+
+const checkpoint = (commitNumber: number): ShardCheckpoint => ({
+  ...initialCheckpoint(SHARD),
+  commitNumber,
+  position: String(1000 + commitNumber),
+});
+
+const outputs = (commitNumber: number, n: number): Output[] =>
+  Array.from({ length: n }, (_, i) => ({
+    id: `job/${SHARD}/${commitNumber}/${i}`,
+    sink: 'out',
+    value: { commitNumber, i },
+  }));
+
+const key = (i: number): string => `op/key-${String(i).padStart(4, '0')}`;
+
+/** Commit 1: 150 keys, keys 0..139 written `v1-i`, keys 140..149 deleted. */
+function deltaCommit(): Commit {
+  const mutations: StateMutation[] = Array.from({ length: 150 }, (_, i) => ({
+    address: key(i),
+    value: i < 140 ? `v1-${i}` : null,
+  }));
+  return { checkpoint: checkpoint(1), mutations, outputs: outputs(1, 3) };
+}
+
+const allKeys = Array.from({ length: 150 }, (_, i) => key(i));
+
+async function stateOf(backend: DynamoBackend): Promise<Record<string, string>> {
+  return Object.fromEntries([...(await backend.getMany(allKeys))].sort());
+}
+
+/** The raw item of a state key (tombstones included), or undefined. */
+async function rawItem(f: Fixture, address: string): Promise<Record<string, unknown> | undefined> {
+  const res = await clients.dynamodb.send(
+    new GetItemCommand({
+      TableName: f.stateTable,
+      Key: { pk: { S: `${f.job}#0#${address}` } },
+      ConsistentRead: true,
+    }),
+  );
+  if (res.Item === undefined) return undefined;
+  return Object.fromEntries(Object.entries(res.Item).map(([k, v]) => [k, v.S ?? v.N]));
+}
+
+for (const mode of ['transactions', 'items'] as const) {
+  describe(`delta apply: ${mode}`, () => {
+    it('partial redo: items already newer are left untouched, the others are applied', async () => {
+      const f = await fixture(mode);
+      try {
+        // The writer commits (the commit point) and dies before applying anything.
+        const writer = f.open({
+          onStep: (step: DynamoCommitStep) => {
+            if (step === 'after-commit-point') throw new Crash('after the commit point');
+          },
+        });
+        const lease = await writer.acquireLease(SHARD, 'A', 0, TTL);
+        await expect(writer.commit(lease, deltaCommit())).rejects.toBeInstanceOf(Crash);
+
+        // Some items are newer than the delta (a later fence of the same shard), spread over every
+        // chunk: every 7th key, puts and deletes; some keys hold an older restore version.
+        const newer = allKeys.filter((_, i) => i % 7 === 3);
+        for (const address of newer) {
+          await clients.dynamodb.send(
+            new PutItemCommand({
+              TableName: f.stateTable,
+              Item: {
+                pk: { S: `${f.job}#0#${address}` },
+                v: { S: `newer-${address}` },
+                sh: { S: SHARD },
+                f: { N: '5' },
+                c: { N: '1' },
+              },
+            }),
+          );
+        }
+        const restored = allKeys.filter((_, i) => i % 7 === 5);
+        for (const address of restored) {
+          await clients.dynamodb.send(
+            new PutItemCommand({
+              TableName: f.stateTable,
+              Item: {
+                pk: { S: `${f.job}#0#${address}` },
+                v: { S: `restored-${address}` },
+                sh: { S: '~restore' },
+                f: { N: '0' },
+                c: { N: '0' },
+              },
+            }),
+          );
+        }
+
+        // The next lease holder redoes the pending delta.
+        const next = f.open();
+        await next.acquireLease(SHARD, 'B', TTL + 1, TTL);
+        const expected: Record<string, string> = {};
+        for (const [i, address] of allKeys.entries()) {
+          if (newer.includes(address)) expected[address] = `newer-${address}`;
+          else if (i < 140) expected[address] = `v1-${i}`;
+        }
+        expect(await stateOf(next)).toEqual(Object.fromEntries(Object.entries(expected).sort()));
+        expect(next.metrics.skippedNewer).toBe(newer.length);
+        if (mode === 'transactions') {
+          // 150 items in two chunks, each cancelled once by its newer items and sent again.
+          expect(next.metrics.applyTransactions).toBe(4);
+          expect(next.metrics.itemsWritten).toBe(150 + 150 - newer.length);
+        } else {
+          expect(next.metrics.applyTransactions).toBe(0);
+          expect(next.metrics.itemsWritten).toBe(150);
+        }
+        // A delete that was not newer is a tombstone with the delta's version; a newer one is untouched.
+        const deleted = key(141);
+        expect(await rawItem(f, deleted)).toMatchObject({ sh: SHARD, f: '1', c: '1' });
+        expect((await rawItem(f, deleted))?.v).toBeUndefined();
+        expect((await rawItem(f, deleted))?.ttl).toBeDefined();
+        expect(await rawItem(f, key(143))).toMatchObject({ v: `newer-${key(143)}`, f: '5' });
+        // The commit is complete: checkpoint, outbox, no pending delta left to redo.
+        expect((await next.readCheckpoint(SHARD))?.commitNumber).toBe(1);
+        expect((await next.unpublishedOutputs(SHARD)).map((o) => o.id)).toEqual(
+          outputs(1, 3).map((o) => o.id),
+        );
+        const again = f.open();
+        await again.acquireLease(SHARD, 'C', 3 * TTL, TTL);
+        expect(again.metrics.writeRequests).toBe(0);
+      } finally {
+        await f.close();
+      }
+    });
+
+    it('zombie: a stale writer applying an old delta never overwrites newer state', async () => {
+      const f = await fixture(mode);
+      try {
+        // Writer A passes its commit point, then stalls before applying its delta.
+        let stalled!: () => void;
+        const reached = new Promise<void>((resolve) => {
+          stalled = resolve;
+        });
+        let wake!: () => void;
+        const woken = new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+        const zombie = f.open({
+          onStep: async (step: DynamoCommitStep) => {
+            if (step !== 'after-commit-point') return;
+            stalled();
+            await woken;
+          },
+        });
+        const leaseA = await zombie.acquireLease(SHARD, 'A', 0, TTL);
+        const zombieCommit = zombie.commit(leaseA, deltaCommit());
+        zombieCommit.catch(() => {});
+        await reached;
+
+        // A's lease expires; B takes over (redoing A's delta), then commits newer state over it:
+        // commit 2, a delta (120 keys rewritten, 5 deleted), and commit 3, a small transaction.
+        const b = f.open();
+        const leaseB = await b.acquireLease(SHARD, 'B', TTL + 1, TTL);
+        expect(leaseB.fence).toBeGreaterThan(leaseA.fence);
+        const commit2: StateMutation[] = [
+          ...Array.from({ length: 120 }, (_, i) => ({ address: key(i * 1 + 10), value: `v2-${i + 10}` })),
+          ...[0, 1, 2, 3, 4].map((i) => ({ address: key(i), value: null })),
+        ];
+        await b.commit(leaseB, { checkpoint: checkpoint(2), mutations: commit2, outputs: outputs(2, 2) });
+        await b.commit(leaseB, {
+          checkpoint: checkpoint(3),
+          mutations: [
+            { address: key(5), value: 'v3-5' },
+            { address: key(145), value: 'v3-145' },
+            { address: key(20), value: null },
+          ],
+          outputs: [],
+        });
+        expect(b.metrics.deltaCommits).toBe(1);
+        const before = {
+          state: await stateOf(b),
+          checkpoint: await b.readCheckpoint(SHARD),
+        };
+        expect(before.state[key(5)]).toBe('v3-5');
+        expect(before.state[key(20)]).toBeUndefined();
+        expect(before.state[key(0)]).toBeUndefined();
+        expect(before.state[key(50)]).toBe('v2-50');
+        expect(before.state[key(7)]).toBe('v1-7');
+
+        // The zombie wakes up and applies its old delta: nothing B wrote changes.
+        wake();
+        await zombieCommit;
+        expect({ state: await stateOf(b), checkpoint: await b.readCheckpoint(SHARD) }).toEqual(before);
+        // Every key B wrote or deleted after the redo was skipped by the zombie's apply.
+        const touchedByB = new Set([...commit2.map((m) => m.address), key(5), key(145), key(20)]);
+        expect(zombie.metrics.skippedNewer).toBe(allKeys.filter((k) => touchedByB.has(k)).length);
+        if (mode === 'transactions') expect(zombie.metrics.applyTransactions).toBeGreaterThan(2);
+        // B's fence still rules.
+        await expect(zombie.renewLease(leaseA, 2 * TTL, TTL)).rejects.toThrow(/rejected/);
+      } finally {
+        await f.close();
+      }
+    });
+  });
+}

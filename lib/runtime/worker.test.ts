@@ -1,0 +1,226 @@
+/**
+ * The shard worker's pipelining: a read ahead while a batch is processed and committed, the
+ * previous batch's publish overlapping the next batch's read and processing, and what happens
+ * to the read ahead when the loop stops (failed commit, abort).
+ */
+import { describe, expect, it } from 'vitest';
+import pageViews from '../../examples/page-views.ts';
+import {
+  type Commit,
+  compile,
+  type Lease,
+  MemoryBackend,
+  type Output,
+  type ReadResult,
+  type ShardSource,
+} from '../core/index.ts';
+import { clickstream } from './clickstream.ts';
+import type { JobRuntime } from './job.ts';
+import { MemoryStream } from './testing/memory-stream.ts';
+import { runShardWorker } from './worker.ts';
+
+const T0 = Date.UTC(2026, 0, 2);
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Everything that happened, in order. */
+type Event =
+  | { kind: 'read-start' | 'read-end'; n: number }
+  | { kind: 'commit-start' | 'commit-end'; n: number }
+  | { kind: 'publish-start' | 'publish-end'; n: number }
+  | { kind: 'close'; readsInFlight: number };
+
+interface Harness {
+  readonly events: Event[];
+  readonly published: Output[];
+  readonly backend: MemoryBackend;
+  readonly shardId: string;
+  job(options?: {
+    failCommit?: number;
+    failPublish?: number;
+    readMs?: number;
+    commitMs?: number;
+  }): JobRuntime;
+  readsInFlight(): number;
+}
+
+/** One shard of page views, through slow-ish reads, commits and publishes that record what they do. */
+async function harness(events = 1500): Promise<Harness> {
+  const stream = new MemoryStream(1, () => T0);
+  const encoder = new TextEncoder();
+  for (const view of clickstream({ events, pages: 40, users: 300, seed: 3 })) {
+    stream.put(view.page, encoder.encode(JSON.stringify(view)), T0);
+  }
+  const shardId = (await stream.listShards())[0]!.shardId;
+  const log: Event[] = [];
+  const published: Output[] = [];
+  const backend = new MemoryBackend();
+  let reads = 0;
+  let inFlight = 0;
+  let commitCount = 0;
+  let publishCount = 0;
+  return {
+    events: log,
+    published,
+    backend,
+    shardId,
+    readsInFlight: () => inFlight,
+    job({ failCommit, failPublish, readMs = 3, commitMs = 5 } = {}) {
+      const source: ShardSource = {
+        listShards: () => stream.listShards(),
+        async openReader(id, position) {
+          const inner = await stream.openReader(id, position);
+          return {
+            async read(limit: number): Promise<ReadResult> {
+              const n = ++reads;
+              inFlight++;
+              log.push({ kind: 'read-start', n });
+              try {
+                await sleep(readMs);
+                return await inner.read(limit);
+              } finally {
+                inFlight--;
+                log.push({ kind: 'read-end', n });
+              }
+            },
+            async close() {
+              log.push({ kind: 'close', readsInFlight: inFlight });
+              await inner.close?.();
+            },
+          };
+        },
+      };
+      const store = Object.create(backend) as MemoryBackend;
+      store.commit = async (lease: Lease, commit: Commit) => {
+        const n = ++commitCount;
+        log.push({ kind: 'commit-start', n });
+        await sleep(commitMs);
+        if (n === failCommit) throw new Error(`commit ${n} failed`);
+        await backend.commit(lease, commit);
+        log.push({ kind: 'commit-end', n });
+      };
+      return {
+        job: 'worker-test',
+        plan: compile(pageViews),
+        source,
+        backend: store,
+        sink: {
+          async publish(outputs) {
+            const n = ++publishCount;
+            log.push({ kind: 'publish-start', n });
+            await sleep(2);
+            if (n === failPublish) throw new Error(`publish ${n} failed`);
+            published.push(...outputs);
+            log.push({ kind: 'publish-end', n });
+          },
+        },
+        clock: () => T0 + 86_400_000,
+      };
+    },
+  };
+}
+
+const options = { owner: 'w', batchSize: 100, untilIdle: true, idlePollMs: 1, leaseTtlMs: 60_000 };
+
+/** Output ids and values, by id (an idempotent sink's view). */
+function byId(outputs: readonly Output[]): Map<string, unknown> {
+  return new Map(outputs.map((o) => [o.id, JSON.stringify(o.value)]));
+}
+
+/** Outputs of a run without any interference. */
+async function reference(): Promise<Map<string, unknown>> {
+  const h = await harness();
+  await runShardWorker(h.job({ readMs: 0, commitMs: 0 }), h.shardId, options);
+  return byId(h.published);
+}
+
+describe('runShardWorker pipelining', () => {
+  it('reads the next batch while a batch commits, one read at a time, and commits only after the previous publish', async () => {
+    const h = await harness();
+    const result = await runShardWorker(h.job(), h.shardId, options);
+    expect(result.records).toBe(1500);
+    expect(result.caughtUp).toBe(true);
+
+    let reading = 0;
+    let maxReading = 0;
+    let overlapped = 0;
+    let publishing = 0;
+    let publishingAtCommit = 0;
+    for (const e of h.events) {
+      if (e.kind === 'read-start') {
+        reading++;
+        maxReading = Math.max(maxReading, reading);
+      } else if (e.kind === 'read-end') reading--;
+      else if (e.kind === 'commit-start') {
+        // The next batch is being read while this one commits.
+        if (reading > 0) overlapped++;
+        // A commit starts only once the previous commit's outputs are published.
+        publishingAtCommit += publishing;
+      } else if (e.kind === 'publish-start') publishing++;
+      else if (e.kind === 'publish-end') publishing--;
+    }
+    expect(publishingAtCommit, 'publishes in flight when a commit started').toBe(0);
+    expect(maxReading, 'at most one read in flight').toBe(1);
+    expect(overlapped, 'reads overlapped commits').toBeGreaterThan(5);
+    const close = h.events.find((e) => e.kind === 'close');
+    expect(close).toEqual({ kind: 'close', readsInFlight: 0 });
+
+    // Outputs are published in commit order and equal those of a run without delays.
+    const commitsOf = h.published.map((o) => Number(o.id.split('/').at(-2)));
+    expect(commitsOf).toEqual([...commitsOf].sort((a, b) => a - b));
+    expect(byId(h.published)).toEqual(await reference());
+    expect(await h.backend.unpublishedOutputs(h.shardId)).toEqual([]);
+  });
+
+  it('discards the read ahead when a commit fails, propagates the error, closes the reader after the read settled', async () => {
+    const h = await harness();
+    // Slow reads: the read ahead is still in flight when commit 3 fails.
+    await expect(runShardWorker(h.job({ failCommit: 3, readMs: 30 }), h.shardId, options)).rejects.toThrow(
+      'commit 3 failed',
+    );
+    const close = h.events.findLast((e) => e.kind === 'close');
+    expect(close).toEqual({ kind: 'close', readsInFlight: 0 });
+    expect(h.readsInFlight()).toBe(0);
+    const checkpoint = await h.backend.readCheckpoint(h.shardId);
+    expect(checkpoint?.commitNumber).toBe(2);
+
+    // The next invocation resumes from commit 2 and loses nothing.
+    const resumed = await runShardWorker(h.job(), h.shardId, { ...options, owner: 'w2' });
+    expect(resumed.caughtUp).toBe(true);
+    expect(byId(h.published)).toEqual(await reference());
+    expect(await h.backend.unpublishedOutputs(h.shardId)).toEqual([]);
+  });
+
+  it('a failed publish stops the worker before another commit; the next invocation publishes the outbox', async () => {
+    const h = await harness();
+    await expect(runShardWorker(h.job({ failPublish: 2 }), h.shardId, options)).rejects.toThrow(
+      'publish 2 failed',
+    );
+    const failedAt = h.events.findIndex((e) => e.kind === 'publish-start' && e.n === 2);
+    const commitsAfter = h.events.slice(failedAt).filter((e) => e.kind === 'commit-start');
+    expect(commitsAfter, 'no commit starts after the failed publish').toEqual([]);
+    expect(h.events.findLast((e) => e.kind === 'close')).toEqual({ kind: 'close', readsInFlight: 0 });
+    expect((await h.backend.unpublishedOutputs(h.shardId)).length).toBeGreaterThan(0);
+    await runShardWorker(h.job(), h.shardId, { ...options, owner: 'w2' });
+    expect(byId(h.published)).toEqual(await reference());
+    expect(await h.backend.unpublishedOutputs(h.shardId)).toEqual([]);
+  });
+
+  it('an abort with a read ahead in flight loses no record', async () => {
+    const h = await harness();
+    const controller = new AbortController();
+    let commits = 0;
+    const first = await runShardWorker(h.job({ readMs: 20 }), h.shardId, {
+      ...options,
+      signal: controller.signal,
+      onCommit: () => {
+        if (++commits === 4) controller.abort();
+      },
+    });
+    expect(first.caughtUp).toBe(false);
+    expect(first.records).toBeLessThan(1500);
+    expect(h.readsInFlight()).toBe(0);
+    const second = await runShardWorker(h.job(), h.shardId, { ...options, owner: 'w2' });
+    expect(first.records + second.records).toBe(1500);
+    expect(byId(h.published)).toEqual(await reference());
+  });
+});
