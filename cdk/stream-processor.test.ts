@@ -203,6 +203,7 @@ describe('StreamProcessor resources (example stack)', () => {
       FLOE_GENERATION: '0',
       POWERTOOLS_METRICS_NAMESPACE: 'Floe',
       POWERTOOLS_SERVICE_NAME: 'floe-worker',
+      FLOE_COMMIT_INTERVAL_MS: '1000',
       // 1024 MiB: 64 MiB semi-spaces (bench/core); the coordinator's 512 MiB: 32.
       NODE_OPTIONS: '--enable-source-maps --max-semi-space-size=64',
     });
@@ -503,6 +504,7 @@ describe('StreamProcessor options', () => {
       streamRetention: Duration.days(7),
       workerTimeout: Duration.minutes(15),
       workerMemorySize: 2048,
+      commitInterval: Duration.millis(250),
       coordinatorSchedule: events.Schedule.rate(Duration.minutes(2)),
       deltaRetention: Duration.days(2),
       removalPolicy: RemovalPolicy.DESTROY,
@@ -512,7 +514,13 @@ describe('StreamProcessor options', () => {
     t.hasResourceProperties('AWS::Lambda::Function', {
       Timeout: 900,
       MemorySize: 2048,
-      Environment: { Variables: Match.objectLike({ FLOE_JOB: 'pv2', FLOE_GENERATION: '3' }) },
+      Environment: {
+        Variables: Match.objectLike({
+          FLOE_JOB: 'pv2',
+          FLOE_GENERATION: '3',
+          FLOE_COMMIT_INTERVAL_MS: '250',
+        }),
+      },
     });
     t.hasResourceProperties('AWS::Events::Rule', { ScheduleExpression: 'rate(2 minutes)' });
     t.hasResourceProperties('AWS::S3::Bucket', {
@@ -652,6 +660,11 @@ describe('StreamProcessor rejects invalid props in the constructor', () => {
       'a too long worker timeout',
       () => ({ workerTimeout: Duration.minutes(16) }),
       /workerTimeout must be between/,
+    ],
+    [
+      'a commit interval over a minute',
+      () => ({ commitInterval: Duration.minutes(2) }),
+      /commitInterval must be whole milliseconds from 0 to 60 seconds/,
     ],
     [
       'too little worker memory',

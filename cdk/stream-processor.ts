@@ -106,6 +106,16 @@ export interface StreamProcessorProps {
   readonly workerTimeout?: Duration;
 
   /**
+   * Commit interval of a worker: the reads of this long share one commit (state, outputs and
+   * checkpoint), as Flink's checkpoint interval. Longer means fewer DynamoDB writes per event
+   * (each changed key is written once per interval), but outputs are published up to this much
+   * later and a crash re-reads up to this much. A worker always commits when its shard is
+   * caught up and before its time runs out. 0 to 60 seconds; 0 commits after every read.
+   * @default Duration.seconds(1)
+   */
+  readonly commitInterval?: Duration;
+
+  /**
    * Worker memory (MiB, 128 to 10240). CPU is proportional to memory.
    * @default 1024
    */
@@ -328,6 +338,7 @@ export class StreamProcessor extends Construct {
       FLOE_BUCKET: this.bucket.bucketName,
       FLOE_SINKS: Stack.of(this).toJsonString(sinkSpecs),
       FLOE_GENERATION: String(this.generation),
+      FLOE_COMMIT_INTERVAL_MS: v.commitInterval.toMilliseconds().toString(),
       POWERTOOLS_METRICS_NAMESPACE: this.metricsNamespace,
       POWERTOOLS_LOG_LEVEL: 'INFO',
     };
@@ -654,6 +665,7 @@ interface Validated {
   readonly namespace: string;
   readonly pipelineRelative: string;
   readonly workerTimeout: Duration;
+  readonly commitInterval: Duration;
   readonly workerMemorySize: number;
   readonly deadLetterThreshold: number;
 }
@@ -733,6 +745,15 @@ function validate(props: StreamProcessorProps): Validated {
       );
     }
   }
+  const commitInterval = props.commitInterval ?? Duration.seconds(1);
+  if (!commitInterval.isUnresolved()) {
+    const ms = commitInterval.toMilliseconds({ integral: false });
+    if (!Number.isInteger(ms) || ms < 0 || ms > 60_000) {
+      throw new Error(
+        `commitInterval must be whole milliseconds from 0 to 60 seconds (outputs wait for the commit), got ${commitInterval}`,
+      );
+    }
+  }
   const workerMemorySize = props.workerMemorySize ?? 1024;
   if (!Token.isUnresolved(workerMemorySize)) checkInteger('workerMemorySize', workerMemorySize, 128, 10_240);
 
@@ -771,6 +792,7 @@ function validate(props: StreamProcessorProps): Validated {
     namespace,
     pipelineRelative: rel.split(sep).join('/'),
     workerTimeout,
+    commitInterval,
     workerMemorySize,
     deadLetterThreshold,
   };

@@ -28,3 +28,19 @@ describe('awsJobConfigFromEnv: FLOE_DELTA_APPLY', () => {
     expect(() => awsJobConfigFromEnv({ ...base, FLOE_DELTA_APPLY: 'batch' })).toThrow(/items, transactions/);
   });
 });
+
+describe('awsJobConfigFromEnv: FLOE_COMMIT_INTERVAL_MS', () => {
+  it('is absent by default and read as whole milliseconds', () => {
+    expect(awsJobConfigFromEnv(base).commitIntervalMs).toBeUndefined();
+    expect(awsJobConfigFromEnv({ ...base, FLOE_COMMIT_INTERVAL_MS: '1000' }).commitIntervalMs).toBe(1000);
+    expect(awsJobConfigFromEnv({ ...base, FLOE_COMMIT_INTERVAL_MS: '0' }).commitIntervalMs).toBe(0);
+  });
+
+  it('rejects anything else', () => {
+    for (const bad of ['-1', '1.5', 'soon']) {
+      expect(() => awsJobConfigFromEnv({ ...base, FLOE_COMMIT_INTERVAL_MS: bad })).toThrow(
+        /FLOE_COMMIT_INTERVAL_MS must be a whole number of milliseconds >= 0/,
+      );
+    }
+  });
+});

@@ -29,6 +29,11 @@ export interface AwsJobConfig {
    * a Lambda's environment). @default 'items'
    */
   readonly deltaApply?: DeltaApplyMode;
+  /**
+   * The worker's commit interval (WorkerOptions.commitIntervalMs; `FLOE_COMMIT_INTERVAL_MS` in a
+   * Lambda's environment). @default 0 (commit after every read)
+   */
+  readonly commitIntervalMs?: number;
 }
 
 export interface AwsClientsBundle {
@@ -105,7 +110,20 @@ export function awsJobConfigFromEnv(env: NodeJS.ProcessEnv = process.env): AwsJo
     ...(env.FLOE_DELTA_APPLY === undefined || env.FLOE_DELTA_APPLY === ''
       ? {}
       : { deltaApply: deltaApplyMode(env.FLOE_DELTA_APPLY) }),
+    ...(env.FLOE_COMMIT_INTERVAL_MS === undefined || env.FLOE_COMMIT_INTERVAL_MS === ''
+      ? {}
+      : { commitIntervalMs: commitInterval(env.FLOE_COMMIT_INTERVAL_MS) }),
   };
+}
+
+function commitInterval(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) {
+    throw new ConfigurationError(
+      `FLOE_COMMIT_INTERVAL_MS must be a whole number of milliseconds >= 0; received ${describeValue(value)}`,
+    );
+  }
+  return n;
 }
 
 function deltaApplyMode(value: string): DeltaApplyMode {

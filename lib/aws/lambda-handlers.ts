@@ -86,6 +86,7 @@ export function createWorkerHandler(deps: HandlerDeps) {
         {
           owner: context.awsRequestId,
           timeBudgetMs: Math.max(1_000, context.getRemainingTimeInMillis() - SAFETY_MARGIN_MS),
+          ...(config.commitIntervalMs === undefined ? {} : { commitIntervalMs: config.commitIntervalMs }),
           onCommit: (p) => {
             metrics.onCommit(p);
             logger.debug('commit', {

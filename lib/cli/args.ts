@@ -12,6 +12,14 @@ export function positiveInt(flag: string, value: string | undefined, fallback: n
   return n;
 }
 
+export function nonNegativeInt(flag: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isInteger(n) || n < 0)
+    throw new UsageError(`${flag} must be a whole number >= 0; received "${value}"`);
+  return n;
+}
+
 export function fraction(flag: string, value: string | undefined, fallback: number): number {
   if (value === undefined) return fallback;
   const n = Number(value);

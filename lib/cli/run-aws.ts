@@ -19,6 +19,7 @@ export interface RunAwsOptions {
   readonly shards: number;
   readonly untilIdle: boolean;
   readonly batchSize: number;
+  readonly commitIntervalMs: number;
   readonly leaseTtlMs: number;
   readonly quiet: boolean;
   /** The pipeline module's path (recorded in the job record; savepoints name it). */
@@ -83,6 +84,7 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
     const summary = await runJob(runtime, {
       untilIdle: options.untilIdle,
       batchSize: options.batchSize,
+      commitIntervalMs: options.commitIntervalMs,
       leaseTtlMs: options.leaseTtlMs,
       signal: controller.signal,
       onCommit: (p) => {

@@ -7,7 +7,7 @@ import { DEFAULT_DATA_DIR } from '../embedded/job.ts';
 import { openEmbeddedJobForRun } from '../embedded/run-job.ts';
 import { jobStatus } from '../embedded/status.ts';
 import { runJob } from '../runtime/local-runner.ts';
-import { bar, formatCount, formatTime, oneOf, positiveInt, UsageError } from './args.ts';
+import { bar, formatCount, formatTime, nonNegativeInt, oneOf, positiveInt, UsageError } from './args.ts';
 import { loadPipeline } from './load-pipeline.ts';
 
 export const RUN_HELP = `floe run <pipeline.ts> [options]
@@ -21,7 +21,9 @@ Options:
   --stream, -s <name>       input stream (default: the job's stream, else the pipeline name)
   --job <id>                job id: scopes state, checkpoints and outputs (default: the pipeline name)
   --until-idle              stop once every shard is caught up (default: run until Ctrl-C)
-  --batch-size <N>          records per read and commit (default 1000)
+  --batch-size <N>          records per read (default 1000)
+  --commit-interval <ms>    reads of this long share one commit: fewer state writes, outputs
+                            published up to this much later (default 0: commit every read)
   --lease-ttl <ms>          shard lease time to live; a crashed worker's shards are taken over
                             after it (default 10000)
   --data-dir <dir>          embedded data directory (default .floe)
@@ -45,6 +47,7 @@ export async function runRun(args: string[]): Promise<number> {
       job: { type: 'string' },
       'until-idle': { type: 'boolean', default: false },
       'batch-size': { type: 'string' },
+      'commit-interval': { type: 'string' },
       'lease-ttl': { type: 'string' },
       'state-table': { type: 'string' },
       'control-table': { type: 'string' },
@@ -68,6 +71,7 @@ export async function runRun(args: string[]): Promise<number> {
   }
   const backend = oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
   const batchSize = positiveInt('--batch-size', values['batch-size'], 1000);
+  const commitIntervalMs = nonNegativeInt('--commit-interval', values['commit-interval'], 0);
   const progressMode = oneOf('--progress', values.progress, ['auto', 'lines', 'none'], 'auto');
   const pipeline = await loadPipeline(positionals[0]);
   const plan = compile(pipeline);
@@ -87,6 +91,7 @@ export async function runRun(args: string[]): Promise<number> {
       shards: positiveInt('--shards', values.shards, 4),
       untilIdle: values['until-idle'],
       batchSize,
+      commitIntervalMs,
       leaseTtlMs,
       quiet: progressMode === 'none',
       pipelineModule: resolve(positionals[0]!),
@@ -138,6 +143,7 @@ export async function runRun(args: string[]): Promise<number> {
     const summary = await runJob(job.runtime, {
       untilIdle: values['until-idle'],
       batchSize,
+      commitIntervalMs,
       signal: controller.signal,
       idlePollMs: 200,
       leaseTtlMs,

@@ -31,6 +31,17 @@ export interface WorkerOptions {
   readonly timeBudgetMs?: number;
   /** Records per GetRecords call and batch. @default 1000 */
   readonly batchSize?: number;
+  /**
+   * Commit interval (wall ms): the reads of this long share one commit, as Flink's checkpoint
+   * interval. Fewer commits write each changed key once per interval instead of once per read
+   * (fewer state writes per event), but outputs are published after the commit, so they wait up
+   * to this long, and a crash makes the worker read the interval's records again. A commit
+   * always happens when the shard is caught up or ended and before the budget ends; a pause
+   * (savepoint, stop) discards the uncommitted reads. 0: commit after every read. @default 0
+   */
+  readonly commitIntervalMs?: number;
+  /** Commit once this many records are uncommitted, whatever the interval. @default 100_000 */
+  readonly maxUncommittedRecords?: number;
   /** Lease time to live; renewed at half of it. @default 30_000 */
   readonly leaseTtlMs?: number;
   /** Return once the shard is caught up (no records and 0 ms behind latest). @default false */

@@ -224,3 +224,98 @@ describe('runShardWorker pipelining', () => {
     expect(byId(h.published)).toEqual(await reference());
   });
 });
+
+/** Output values as a sorted multiset: the same results whatever the commits' grouping (ids). */
+function values(outputs: readonly Output[]): string[] {
+  return outputs.map((o) => `${o.sink} ${JSON.stringify(o.value)}`).sort();
+}
+
+describe('runShardWorker commit interval', () => {
+  const referenceValues = async (): Promise<string[]> => {
+    const h = await harness();
+    await runShardWorker(h.job({ readMs: 0, commitMs: 0 }), h.shardId, options);
+    return values(h.published);
+  };
+
+  it('shares one commit between the reads of an interval, and commits when caught up', async () => {
+    const h = await harness();
+    // The harness clock stands still: the interval never ends, only catching up commits.
+    const result = await runShardWorker(h.job({ readMs: 0, commitMs: 0 }), h.shardId, {
+      ...options,
+      commitIntervalMs: 60_000,
+    });
+    expect(result).toMatchObject({ records: 1500, commits: 1, caughtUp: true });
+    expect(h.events.filter((e) => e.kind === 'read-end').length).toBeGreaterThan(10);
+    expect(values(h.published)).toEqual(await referenceValues());
+    expect((await h.backend.readCheckpoint(h.shardId))?.commitNumber).toBe(1);
+  });
+
+  it('commits once maxUncommittedRecords are pending', async () => {
+    const h = await harness();
+    const result = await runShardWorker(h.job({ readMs: 0, commitMs: 0 }), h.shardId, {
+      ...options,
+      commitIntervalMs: 60_000,
+      maxUncommittedRecords: 500,
+    });
+    expect(result.records).toBe(1500);
+    // After 500, 1000 and 1500 records; then the caught-up read's idleness fires the last windows.
+    expect(result.commits).toBe(4);
+    expect(values(h.published)).toEqual(await referenceValues());
+  });
+
+  it('a failed commit of an interval loses nothing: the next invocation reads the interval again', async () => {
+    const h = await harness();
+    await expect(
+      runShardWorker(h.job({ failCommit: 2, readMs: 0, commitMs: 0 }), h.shardId, {
+        ...options,
+        commitIntervalMs: 60_000,
+        maxUncommittedRecords: 400,
+      }),
+    ).rejects.toThrow('commit 2 failed');
+    expect((await h.backend.readCheckpoint(h.shardId))?.commitNumber).toBe(1);
+    await runShardWorker(h.job(), h.shardId, { ...options, owner: 'w2', commitIntervalMs: 60_000 });
+    expect(values(h.published)).toEqual(await referenceValues());
+    expect(new Set(h.published.map((o) => o.id)).size).toBe(h.published.length);
+  });
+
+  it('an abort commits the reads processed so far', async () => {
+    const h = await harness();
+    const controller = new AbortController();
+    let reads = 0;
+    const job = h.job({ readMs: 0, commitMs: 0 });
+    const source = job.source;
+    const first = await runShardWorker(
+      {
+        ...job,
+        source: {
+          listShards: () => source.listShards(),
+          async openReader(id, position) {
+            const reader = await source.openReader(id, position);
+            return {
+              async read(limit) {
+                if (++reads === 4) controller.abort();
+                return reader.read(limit);
+              },
+              close: () => reader.close?.() ?? Promise.resolve(),
+            };
+          },
+        },
+      },
+      h.shardId,
+      { ...options, commitIntervalMs: 60_000, signal: controller.signal },
+    );
+    expect(first.commits).toBe(1);
+    expect(first.records).toBeGreaterThan(0);
+    expect(first.records).toBeLessThan(1500);
+    const second = await runShardWorker(h.job(), h.shardId, { ...options, owner: 'w2' });
+    expect(first.records + second.records).toBe(1500);
+    expect(values(h.published)).toEqual(await referenceValues());
+  });
+
+  it('rejects a bad interval', async () => {
+    const h = await harness();
+    await expect(runShardWorker(h.job(), h.shardId, { ...options, commitIntervalMs: -1 })).rejects.toThrow(
+      /commitIntervalMs must be a number of milliseconds >= 0; received -1/,
+    );
+  });
+});

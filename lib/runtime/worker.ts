@@ -16,6 +16,8 @@
  */
 import {
   type CheckpointStore,
+  ConfigurationError,
+  describeValue,
   type Lease,
   type Output,
   type ReadResult,
@@ -67,6 +69,20 @@ export async function runShardWorker(
   const ttl = options.leaseTtlMs ?? 30_000;
   const budget = options.timeBudgetMs ?? 60_000;
   const batchSize = options.batchSize ?? 1000;
+  const commitIntervalMs = options.commitIntervalMs ?? 0;
+  const maxUncommitted = options.maxUncommittedRecords ?? 100_000;
+  if (!(Number.isFinite(commitIntervalMs) && commitIntervalMs >= 0)) {
+    throw new ConfigurationError(
+      `commitIntervalMs must be a number of milliseconds >= 0; received ${describeValue(options.commitIntervalMs)}`,
+    );
+  }
+  if (!(Number.isInteger(maxUncommitted) && maxUncommitted >= 1)) {
+    throw new ConfigurationError(
+      `maxUncommittedRecords must be a whole number >= 1; received ${describeValue(options.maxUncommittedRecords)}`,
+    );
+  }
+  /** Wall time of the first read processed since the last commit. */
+  let uncommittedSince: number | undefined;
   const started = clock();
   let lease: Lease = await job.backend.acquireLease(shardId, options.owner, started, ttl);
   let lastCommitAt = Number.NEGATIVE_INFINITY;
@@ -108,6 +124,28 @@ export async function runShardWorker(
       publishing = undefined;
       if (previous !== undefined) unwrap(await previous);
     };
+    let lastMillisBehind = 0;
+    /** Ends the pending commit, commits it if it changed anything, and starts its publish. */
+    const commitPending = async (millisBehindLatest: number): Promise<void> => {
+      uncommittedSince = undefined;
+      const result = task.takeCommit({
+        // While idle, commit a watermark that only idleness moved at most every few seconds
+        // (it is recomputed from the last commit after a restart).
+        commitIdleWatermark: clock() - lastCommitAt >= IDLE_COMMIT_INTERVAL_MS,
+      });
+      if (!result.changed) return;
+      // The previous commit's outputs are published before this one commits.
+      await published();
+      await job.backend.commit(lease, result);
+      lastCommitAt = clock();
+      commits++;
+      records += result.stats.records;
+      const progressed = progress(shardId, result.checkpoint, millisBehindLatest, result);
+      publishing = settle(publish(job, shardId, result.outputs).then(() => options.onCommit?.(progressed)));
+      void publishing.then((outcome) => {
+        if (!outcome.ok) publishFailed = true;
+      });
+    };
     try {
       while (!options.signal?.aborted && clock() - started < budget) {
         // A failed publish stops the loop at the next batch boundary, as it would unpipelined.
@@ -128,29 +166,22 @@ export async function runShardWorker(
         if (!read.shardEnded && !idle && !options.signal?.aborted && clock() - started < budget) {
           readAhead = settle(reader.read(batchSize));
         }
-        const result = await task.processBatch(read.records, job.backend, clock(), {
+        const readAt = clock();
+        lastMillisBehind = read.millisBehindLatest;
+        await task.process(read.records, job.backend, readAt, {
           shardEnded: read.shardEnded,
           // An empty read is "caught up" only when nothing is left behind it.
           caughtUp: read.millisBehindLatest === 0,
-          // While idle, commit a watermark that only idleness moved at most every few seconds
-          // (it is recomputed from the last commit after a restart).
-          commitIdleWatermark: clock() - lastCommitAt >= IDLE_COMMIT_INTERVAL_MS,
         });
-        if (result.changed) {
-          // The previous batch's outputs are published before this batch commits.
-          await published();
-          await job.backend.commit(lease, result);
-          lastCommitAt = clock();
-          commits++;
-          records += result.stats.records;
-          const progressed = progress(shardId, result.checkpoint, read.millisBehindLatest, result);
-          publishing = settle(
-            publish(job, shardId, result.outputs).then(() => options.onCommit?.(progressed)),
-          );
-          void publishing.then((outcome) => {
-            if (!outcome.ok) publishFailed = true;
-          });
-        }
+        uncommittedSince ??= readAt;
+        const stopping =
+          read.shardEnded || idle || options.signal?.aborted === true || clock() - started >= budget;
+        const commitDue =
+          stopping ||
+          commitIntervalMs === 0 ||
+          task.uncommittedRecords >= maxUncommitted ||
+          (uncommittedSince !== undefined && clock() - uncommittedSince >= commitIntervalMs);
+        if (commitDue) await commitPending(read.millisBehindLatest);
         if (read.shardEnded) {
           finished = true;
           childShardIds = read.childShardIds ?? [];
@@ -164,6 +195,9 @@ export async function runShardWorker(
           caughtUp = false;
         }
       }
+      // The loop ended at the budget or an abort between two reads of an interval: commit what
+      // was processed (a pause instead leaves it, at the last commit boundary).
+      if (!paused && uncommittedSince !== undefined) await commitPending(lastMillisBehind);
       await published();
     } finally {
       // On an error: let what is in flight settle (a publish's outcome is in the outbox; a read
