@@ -12,6 +12,10 @@
  * BENCH_BATCH (records per processBatch call, default 10,000), BENCH_ONLY (a regular expression:
  * run only the floe scenarios whose name matches, e.g. "tumbling.*no commit").
  *
+ * Each pipeline (tumbling with the hand-written loop, sliding, session) is measured in its own
+ * child process with the same flags, as a worker runs one pipeline per process; the table is
+ * printed by the parent.
+ *
  * Every scenario feeds the same pre-generated events (objects, so JSON parsing is excluded:
  * passthroughDeserializer) through ShardTask.processBatch with a MemoryBackend, then advances
  * the watermark to +inf so every window fires. "commit" rows also commit each batch's result to
@@ -19,7 +23,9 @@
  * hand-written loop computes the same tumbling counts with the same watermark and firing
  * semantics; the bench fails if its results differ from floe's.
  */
+import { spawnSync } from 'node:child_process';
 import os from 'node:os';
+import { fileURLToPath } from 'node:url';
 import {
   type AggregateFunction,
   boundedOutOfOrderness,
@@ -289,6 +295,17 @@ interface Scenario {
   readonly times: number[];
   readonly cpu: number[];
   digest?: Digest;
+  /** Largest serialized checkpoint (bytes), from the warm-up round. */
+  checkpoint?: number;
+}
+
+/** What a group's child process reports per scenario. */
+interface Measured {
+  readonly name: string;
+  readonly times: number[];
+  readonly cpu: number[];
+  readonly digest: Digest;
+  readonly checkpoint?: number;
 }
 
 function kb(bytes: number | undefined): string {
@@ -307,24 +324,33 @@ function fail(message: string): never {
 }
 
 async function main(): Promise<void> {
-  console.log(
-    `floe core benchmark — ${EVENTS.toLocaleString('en-US')} events, ${KEYS} keys, batches of ${BATCH}`,
-  );
-  console.log(
-    `Node ${process.version} (${process.arch}), ${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.cpus().length} cores, load avg ${os
-      .loadavg()
-      .map((l) => l.toFixed(2))
-      .join(' ')}`,
-  );
-  // V8 flags change the results (the young generation's size sets how much survives a
-  // scavenge), so print them: both floe and the hand-written loop run under the same ones.
-  const flags = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(' ')].filter((f) =>
-    f.startsWith('--max-'),
-  );
-  console.log(`V8 heap flags: ${flags.join(' ') || 'none (defaults)'}`);
-  const t0 = performance.now();
-  const { events, batches } = generate(EVENTS);
-  console.log(`generated in ${((performance.now() - t0) / 1000).toFixed(2)} s (not timed)\n`);
+  const child = process.env.BENCH_CHILD_GROUP;
+  if (child === undefined) {
+    console.log(
+      `floe core benchmark — ${EVENTS.toLocaleString('en-US')} events, ${KEYS} keys, batches of ${BATCH}`,
+    );
+    console.log(
+      `Node ${process.version} (${process.arch}), ${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.cpus().length} cores, load avg ${os
+        .loadavg()
+        .map((l) => l.toFixed(2))
+        .join(' ')}`,
+    );
+    // V8 flags change the results (the young generation's size sets how much survives a
+    // scavenge), so print them: both floe and the hand-written loop run under the same ones.
+    const flags = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(' ')].filter((f) =>
+      f.startsWith('--max-'),
+    );
+    console.log(`V8 heap flags: ${flags.join(' ') || 'none (defaults)'}`);
+  }
+  // Each group (pipeline) runs in its own process, as a worker runs one pipeline: in one process
+  // the other pipelines' code would make the engine's call sites polymorphic and slow them all.
+  let events: Ev[] = [];
+  let batches: SourceRecord[][] = [];
+  if (child !== undefined) {
+    const t0 = performance.now();
+    ({ events, batches } = generate(EVENTS));
+    console.error(`[${child}] generated in ${((performance.now() - t0) / 1000).toFixed(2)} s (not timed)`);
+  }
 
   const tumblingPlan = plan('bench-tumbling', tumbling({ size: TUMBLE }));
   const slidingPlan = plan('bench-sliding', sliding({ size: minutes(1), slide: seconds(10) }));
@@ -395,27 +421,61 @@ async function main(): Promise<void> {
     for (let i = scenarios.length - 1; i > 0; i--) if (!re.test(scenarios[i]!.name)) scenarios.splice(i, 1);
   }
 
-  // Rounds interleave the scenarios, so background load affects all of them alike.
-  for (let round = 0; round < WARMUP + RUNS; round++) {
-    const warm = round < WARMUP;
-    process.stdout.write(warm ? `warm-up ${round + 1}/${WARMUP}:` : `run ${round - WARMUP + 1}/${RUNS}:`);
-    for (const s of scenarios) {
-      // The warm-up rounds (untimed) also measure checkpoint sizes.
-      const r = await s.run(warm);
-      const d = digest(r);
-      // Every run of a group must give identical results (commit or not, any round).
-      const ref = scenarios.find((o) => o.group === s.group && o.digest !== undefined)?.digest;
-      if (ref !== undefined && !sameDigest(ref, d)) {
-        fail(`"${s.name}" produced different results:\n  expected ${show(ref)}\n  got      ${show(d)}`);
+  if (child === undefined) {
+    // Parent: one child process per group, with this process's flags; results come back as JSON.
+    const groups = [...new Set(scenarios.map((s) => s.group))];
+    for (const group of groups) {
+      const run = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url)], {
+        env: { ...process.env, BENCH_CHILD_GROUP: group },
+        stdio: ['ignore', 'pipe', 'inherit'],
+        maxBuffer: 1 << 24,
+      });
+      if (run.status !== 0) fail(`the ${group} group exited with status ${run.status ?? run.signal}`);
+      const measured = JSON.parse(run.stdout.toString()) as Measured[];
+      for (const m of measured) {
+        const s = scenarios.find((x) => x.name === m.name);
+        if (s === undefined) fail(`unknown scenario "${m.name}" from the ${group} group`);
+        s.times.push(...m.times);
+        s.cpu.push(...m.cpu);
+        s.digest = m.digest;
+        s.checkpoint = m.checkpoint;
       }
-      s.digest = d;
-      if (!warm) {
-        s.times.push(r.seconds);
-        s.cpu.push(r.cpu);
-      }
-      process.stdout.write(` ${r.seconds.toFixed(2)}s`);
     }
-    process.stdout.write('\n');
+  } else {
+    const mine = scenarios.filter((s) => s.group === child);
+    // Rounds interleave the group's scenarios, so background load affects all of them alike.
+    for (let round = 0; round < WARMUP + RUNS; round++) {
+      const warm = round < WARMUP;
+      const label = warm ? `warm-up ${round + 1}/${WARMUP}` : `run ${round - WARMUP + 1}/${RUNS}`;
+      let progress = `[${child}] ${label}:`;
+      for (const s of mine) {
+        // The warm-up rounds (untimed) also measure checkpoint sizes.
+        const r = await s.run(warm);
+        const d = digest(r);
+        // Every run of a group must give identical results (commit or not, any round).
+        const ref = scenarios.find((o) => o.group === s.group && o.digest !== undefined)?.digest;
+        if (ref !== undefined && !sameDigest(ref, d)) {
+          fail(`"${s.name}" produced different results:\n  expected ${show(ref)}\n  got      ${show(d)}`);
+        }
+        s.digest = d;
+        if (!warm) {
+          s.times.push(r.seconds);
+          s.cpu.push(r.cpu);
+        }
+        if (s.plan !== undefined) s.checkpoint = checkpointBytes.get(s.plan);
+        progress += ` ${r.seconds.toFixed(2)}s`;
+      }
+      console.error(progress);
+    }
+    const measured: Measured[] = mine.map((s) => ({
+      name: s.name,
+      times: s.times,
+      cpu: s.cpu,
+      digest: s.digest!,
+      ...(s.checkpoint === undefined ? {} : { checkpoint: s.checkpoint }),
+    }));
+    process.stdout.write(JSON.stringify(measured));
+    return;
   }
 
   const hand = scenarios[0]!;
@@ -432,7 +492,7 @@ async function main(): Promise<void> {
       rate: Math.round(rate).toLocaleString('en-US'),
       ratio: s.group === 'tumbling' ? (rate / handRate).toFixed(2) : '-',
       windows: s.digest!.windows.toLocaleString('en-US'),
-      checkpoint: kb(s.plan === undefined ? undefined : checkpointBytes.get(s.plan)),
+      checkpoint: kb(s.checkpoint),
     };
   });
   const header = {
