@@ -442,12 +442,31 @@ class ValueStateHandle<T> implements ValueState<T> {
   }
 }
 
-class MapStateHandle<K extends StateKey, V> implements MapState<K, V> {
+/** keys(), values(), size and isEmpty() of a map state handle, from its entries(). */
+abstract class MapStateViews<K extends StateKey, V> {
+  abstract entries(): Array<[K, V]>;
+  keys(): K[] {
+    return this.entries().map((e) => e[0]);
+  }
+  values(): V[] {
+    return this.entries().map((e) => e[1]);
+  }
+  get size(): number {
+    return this.entries().length;
+  }
+  isEmpty(): boolean {
+    return this.size === 0;
+  }
+}
+
+class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implements MapState<K, V> {
   constructor(
     private readonly rt: KeyedStateBackend,
     private readonly i: number,
     private readonly ttl: number | undefined,
-  ) {}
+  ) {
+    super();
+  }
   private cell(create: boolean): MapCell | undefined {
     const entry = this.rt.current;
     let c = entry.cells[this.i] as MapCell | undefined;
@@ -503,18 +522,6 @@ class MapStateHandle<K extends StateKey, V> implements MapState<K, V> {
     const out: Array<[K, V]> = [];
     for (const [k, v] of c) if (this.live(c, k)) out.push([k as K, v as V]);
     return out;
-  }
-  keys(): K[] {
-    return this.entries().map((e) => e[0]);
-  }
-  values(): V[] {
-    return this.entries().map((e) => e[1]);
-  }
-  get size(): number {
-    return this.entries().length;
-  }
-  isEmpty(): boolean {
-    return this.size === 0;
   }
   clear(): void {
     if (this.rt.current.cells[this.i] !== undefined) this.rt.setCell(this.rt.current, this.i, undefined);
@@ -583,11 +590,13 @@ function compareMapKeys(a: StateKey, b: StateKey): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-class SharedMapStateHandle<K extends StateKey, V> implements MapState<K, V> {
+class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implements MapState<K, V> {
   constructor(
     private readonly rt: KeyedStateBackend,
     private readonly table: SharedMapTable,
-  ) {}
+  ) {
+    super();
+  }
   get(key: K): V | undefined {
     const inner = this.table.get(key);
     return inner === undefined ? undefined : (inner.get(this.rt.currentKey) as V | undefined);
@@ -630,18 +639,6 @@ class SharedMapStateHandle<K extends StateKey, V> implements MapState<K, V> {
   }
   entries(): Array<[K, V]> {
     return this.table.entriesOf(this.rt.currentKey) as Array<[K, V]>;
-  }
-  keys(): K[] {
-    return this.entries().map((e) => e[0]);
-  }
-  values(): V[] {
-    return this.entries().map((e) => e[1]);
-  }
-  get size(): number {
-    return this.entries().length;
-  }
-  isEmpty(): boolean {
-    return this.size === 0;
   }
   clear(): void {
     for (const [k] of this.entries()) this.remove(k);
