@@ -116,3 +116,39 @@ describe('commit interval (process + takeCommit)', () => {
     expect(restored.entries()).toEqual(reference.entries());
   });
 });
+
+describe('mutations of keys born and gone within one commit', () => {
+  const record = (user: string, ts: number, seq: number): SourceRecord => ({
+    data: { user, ts },
+    partitionKey: user,
+    sequenceNumber: String(seq).padStart(3, '0'),
+    arrivalTime: 1_000 + seq,
+  });
+
+  it('writes nothing for a key whose window opened and fired in the same commit, and deletes a stored one', async () => {
+    const backend = new MemoryBackend();
+    const task = new ShardTask(plan(), SHARD);
+    const lease = await backend.acquireLease(SHARD, 'a', 0, 1e9);
+    // Commit 1: a's window [0, 10) opens and fires (b at 100 moves the watermark to 94).
+    const first = await task.processBatch(
+      [record('a', 1, 1), record('a', 2, 2), record('b', 100, 3)],
+      backend,
+      0,
+    );
+    expect(first.outputs.map((o) => o.value)).toEqual([
+      { key: 'a', window: { start: 0, end: 10 }, result: 2 },
+    ]);
+    expect(first.mutations.map((m) => [m.address, m.value === null ? 'delete' : 'put'])).toEqual([
+      ['window-0/"b"', 'put'],
+    ]);
+    await backend.commit(lease, first);
+    // Commit 2: b's window fires; b is stored, so it is deleted.
+    const second = await task.processBatch([record('c', 200, 4)], backend, 0);
+    expect(second.mutations.map((m) => [m.address, m.value === null ? 'delete' : 'put']).sort()).toEqual([
+      ['window-0/"b"', 'delete'],
+      ['window-0/"c"', 'put'],
+    ]);
+    await backend.commit(lease, second);
+    expect([...backend.entries().keys()]).toEqual(['window-0/"c"']);
+  });
+});

@@ -149,6 +149,12 @@ export class KeyEntry {
   constructor(
     readonly key: StateKey,
     readonly cells: Cell[],
+    /**
+     * Whether the store may hold a value for this key (it was read with one, or a mutation with a
+     * value was taken since). A key without one whose state is empty again at the end of a
+     * commit (a window that opened and fired within it) needs no write at all.
+     */
+    public stored = true,
   ) {}
 }
 
@@ -251,7 +257,7 @@ export class KeyedStateBackend {
         else table.load(key, json as Array<[StateKey, unknown]>);
       });
     }
-    this.cache.set(key, new KeyEntry(key, cells));
+    this.cache.set(key, new KeyEntry(key, cells, serialized !== undefined));
   }
 
   /**
@@ -310,7 +316,11 @@ export class KeyedStateBackend {
       const entry = dirty[i]!;
       entry.dirty = false;
       entry.address ??= this.address(entry.key);
-      out.push({ address: entry.address, value: this.serialize(entry) });
+      const value = this.serialize(entry);
+      // Born and gone within this commit: the store has nothing to delete.
+      if (value === null && !entry.stored) continue;
+      entry.stored = value !== null;
+      out.push({ address: entry.address, value });
     }
     dirty.length = 0;
     return out;
