@@ -146,6 +146,9 @@ export class KeyEntry {
   json: string | undefined = undefined;
   /** `{"k":<key>,"s":{"<name>":` for operators with a single shared map state. */
   head: string | undefined = undefined;
+  /** `<head>[[<rowKey>,`: the text before the value when the entry has that one row. */
+  rowHead: string | undefined = undefined;
+  rowKey: StateKey | undefined = undefined;
   constructor(
     readonly key: StateKey,
     readonly cells: Cell[],
@@ -270,12 +273,28 @@ export class KeyedStateBackend {
     try {
       const only = this.tables.length === 1 ? this.tables[0] : undefined;
       if (only !== undefined) {
-        // The window operators' state, one shared map table: the entry's constant head is
-        // built once, so a commit adds few string pieces per changed key.
-        const json = only.json(entry.key);
-        if (json === undefined) return null;
-        entry.head ??= `{"k":${JSON.stringify(entry.key)},"s":{${this.quotedNames[0]!}:`;
-        return `${entry.head}${json}}}`;
+        // The window operators' state, one shared map table. Commits serialize most keys again
+        // and again with one live window: the text up to the window's value is built once per
+        // (key, window), so a commit adds two string pieces per changed key.
+        const key = entry.key;
+        let rows = 0;
+        let mk: StateKey | undefined;
+        let v: unknown;
+        for (const [m, inner] of only) {
+          const value = inner.get(key);
+          if (value === undefined) continue;
+          if (++rows > 1) break;
+          mk = m;
+          v = value;
+        }
+        if (rows === 0) return null;
+        entry.head ??= `{"k":${JSON.stringify(key)},"s":{${this.quotedNames[0]!}:`;
+        if (rows > 1) return `${entry.head}${only.json(key)!}}}`;
+        if (entry.rowKey !== mk || entry.rowHead === undefined) {
+          entry.rowKey = mk;
+          entry.rowHead = `${entry.head}[[${itemJson(mk)},`;
+        }
+        return `${entry.rowHead}${itemJson(v)}]]}}`;
       }
       for (let i = 0; i < this.names.length; i++) {
         const d = this.descriptors[i]!;
