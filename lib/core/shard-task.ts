@@ -512,10 +512,11 @@ export class ShardTask {
       watermark: this.watermark,
       maxTimestamp: this.maxTimestamp,
       lastRecordAt: this.lastRecordAt,
-      timers: [
-        ...this.eventTimers.toSpecs('event', uids),
-        ...this.processingTimers.toSpecs('processing', uids),
-      ],
+      timers: this.processingTimers.appendSpecs(
+        this.eventTimers.appendSpecs([], 'event', uids),
+        'processing',
+        uids,
+      ),
       finished: this.finished,
     };
   }

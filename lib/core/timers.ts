@@ -291,7 +291,11 @@ export class TimerQueue implements Undoable {
    * checkpoint after every batch would sort every pending time), each in bucket order.
    */
   toSpecs(domain: TimeDomain, operatorUids: readonly string[]): TimerSpec[] {
-    const out: TimerSpec[] = [];
+    return this.appendSpecs([], domain, operatorUids);
+  }
+
+  /** toSpecs into `out` (a checkpoint's one array for both domains). */
+  appendSpecs(out: TimerSpec[], domain: TimeDomain, operatorUids: readonly string[]): TimerSpec[] {
     for (const bucket of this.buckets.values()) {
       if (bucket.size === 0) continue;
       for (const t of bucket.timerSpecs(domain, operatorUids)) out.push(t);
