@@ -2,7 +2,8 @@
  * The shard worker: one invocation's work on one shard. Acquire the lease, publish anything a
  * crashed predecessor committed but did not publish, resume after the checkpoint, then loop
  * read -> process -> commit -> publish until the time budget ends, the shard ends, or (with
- * untilIdle) the shard is caught up. Every commit is conditional on the lease's fence.
+ * untilIdle) the shard is caught up. Every commit is conditional on the lease's fence. With a
+ * commit interval, the reads of an interval are processed and then committed together.
  *
  * Pipelined: while batch n is processed and committed, batch n+1 is already being read (one read
  * ahead at most; none after a read that ended the shard or found it caught up), and batch n's
