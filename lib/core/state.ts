@@ -471,9 +471,21 @@ class ValueStateHandle<T> implements ValueState<T> {
   }
 }
 
-/** keys(), values(), size and isEmpty() of a map state handle, from its entries(). */
+function checkMapKey(key: unknown): void {
+  if (typeof key !== 'string' && typeof key !== 'number') {
+    throw new StateSerializationError(
+      `map state keys must be strings or numbers; received ${describeValue(key)}`,
+    );
+  }
+}
+
+/** has(), keys(), values(), size and isEmpty() of a map state handle, from get() and entries(). */
 abstract class MapStateViews<K extends StateKey, V> {
+  abstract get(key: K): V | undefined;
   abstract entries(): Array<[K, V]>;
+  has(key: K): boolean {
+    return this.get(key) !== undefined;
+  }
   keys(): K[] {
     return this.entries().map((e) => e[0]);
   }
@@ -515,15 +527,8 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implemen
     if (v === undefined || this.ttl === undefined) return v as V | undefined;
     return this.live(c, key) ? (v as V) : undefined;
   }
-  has(key: K): boolean {
-    return this.get(key) !== undefined;
-  }
   put(key: K, value: V): void {
-    if (typeof key !== 'string' && typeof key !== 'number') {
-      throw new StateSerializationError(
-        `map state keys must be strings or numbers; received ${describeValue(key)}`,
-      );
-    }
+    checkMapKey(key);
     const c = this.cell(true)!;
     const journal = this.rt.journal;
     journal.recordMap(c as Map<unknown, unknown>, key);
@@ -630,15 +635,8 @@ class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> im
     const inner = this.table.get(key);
     return inner === undefined ? undefined : (inner.get(this.rt.currentKey) as V | undefined);
   }
-  has(key: K): boolean {
-    return this.get(key) !== undefined;
-  }
   put(key: K, value: V): void {
-    if (typeof key !== 'string' && typeof key !== 'number') {
-      throw new StateSerializationError(
-        `map state keys must be strings or numbers; received ${describeValue(key)}`,
-      );
-    }
+    checkMapKey(key);
     const table = this.table;
     const journal = this.rt.journal;
     let inner = table.get(key);
