@@ -64,6 +64,7 @@ import { createBucket, createStream, createTables } from '../../lib/aws/resource
 import { compile, DEAD_LETTER_SINK, hashKey, type ShardInfo } from '../../lib/core/index.ts';
 import { clickstream } from '../../lib/runtime/clickstream.ts';
 import { runJob } from '../../lib/runtime/local-runner.ts';
+import { envInt } from '../env.ts';
 
 const EVENTS = envInt('BENCH_EVENTS', 100_000);
 const NAIVE_EVENTS = Math.min(EVENTS, envInt('BENCH_NAIVE_EVENTS', 20_000));
@@ -74,14 +75,6 @@ const COMMIT_INTERVAL_MS = envInt('BENCH_COMMIT_INTERVAL_MS', 1_000, 0);
 const DELTA_APPLY = deltaApplyFromEnv();
 const SHARDS = 4;
 const AGGREGATE = 100;
-
-function envInt(name: string, fallback: number, min = 1): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw.replaceAll('_', ''));
-  if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer >= ${min}; got ${raw}`);
-  return n;
-}
 
 function deltaApplyFromEnv(): DeltaApplyMode | undefined {
   const raw = process.env.BENCH_DELTA_APPLY;

@@ -49,6 +49,7 @@ import {
   type WindowAssigner,
   type WindowResult,
 } from '../../lib/core/index.ts';
+import { envInt } from '../env.ts';
 
 interface Ev {
   readonly key: string;
@@ -70,14 +71,6 @@ const LATE_BY = minutes(3);
 const BASE = Date.UTC(2024, 0, 1);
 const SHARD = 'shardId-000000000000';
 const TUMBLE = minutes(1);
-
-function envInt(name: string, fallback: number, min = 1): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw.replaceAll('_', ''));
-  if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer >= ${min}; got ${raw}`);
-  return n;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Data (generated before any timing)
