@@ -512,7 +512,7 @@ async function main(): Promise<void> {
   console.log(
     `\nMedian of ${RUNS} runs after ${WARMUP} warm-up round(s); events/s and ratio use the median wall time.\n` +
       `ratio = floe events/s ÷ hand-written events/s (tumbling). cpu s = process CPU time (median), all threads.\n` +
-      `max checkpoint = largest serialized shard checkpoint (it carries every pending timer), from the warm-up round.`,
+      `max checkpoint = largest serialized shard checkpoint (timer chunks are state entries; the checkpoint keeps a short tail), from the warm-up round.`,
   );
   console.log(`verified: floe tumbling = hand-written (${show(hand.digest!)})`);
   const commitRow = scenarios.find((s) => s.name === 'floe tumbling 1 min count, with commit');

@@ -5,6 +5,7 @@ import {
   compile,
   deserializeCheckpoint,
   operatorSchemas,
+  pendingTimerCount,
   type SavepointManifest,
   type SavepointPipeline,
 } from '../core/index.ts';
@@ -230,7 +231,7 @@ async function inspect(args: string[]): Promise<number> {
       '  shards',
       ...manifest.shards.map((s) => {
         const cp = deserializeCheckpoint(JSON.stringify(s.checkpoint));
-        return `    ${cp.shardId}  position ${cp.position ?? '(start)'}${s.next ? `  next ${s.next}` : ''}  watermark ${formatTime(cp.watermark)}  commit ${cp.commitNumber}  timers ${cp.timers.length}${cp.finished ? '  finished' : ''}`;
+        return `    ${cp.shardId}  position ${cp.position ?? '(start)'}${s.next ? `  next ${s.next}` : ''}  watermark ${formatTime(cp.watermark)}  commit ${cp.commitNumber}  timers ${pendingTimerCount(cp)}${cp.finished ? '  finished' : ''}`;
       }),
       '  files',
       ...manifest.files.map(

@@ -5,6 +5,7 @@ import {
   compareSequenceNumbers,
   deserializeCheckpoint,
   initialCheckpoint,
+  pendingTimerCount,
   type ShardCheckpoint,
   serializeCheckpoint,
 } from './checkpoint.ts';
@@ -83,7 +84,7 @@ describe('checkpoint serialization', () => {
   it('writes a versioned, compact JSON document', () => {
     const raw = JSON.parse(serializeCheckpoint(full)) as Record<string, unknown>;
     expect(raw.v).toBe(CHECKPOINT_FORMAT);
-    expect(CHECKPOINT_FORMAT).toBe(1);
+    expect(CHECKPOINT_FORMAT).toBe(2);
     expect(raw.timers).toEqual([
       ['window-0', 'e', 1_700_000_059_999, 'page-1', 1_700_000_000_000],
       ['window-0', 'e', -5, 3, ''],
@@ -91,7 +92,7 @@ describe('checkpoint serialization', () => {
     ]);
     const initial = JSON.parse(serializeCheckpoint(initialCheckpoint('s'))) as Record<string, unknown>;
     expect(initial).toEqual({
-      v: 1,
+      v: 2,
       shardId: 's',
       position: null,
       commitNumber: 0,
@@ -101,6 +102,43 @@ describe('checkpoint serialization', () => {
       finished: false,
       timers: [],
     });
+  });
+
+  it('round-trips a timer log: chunk references, the tail and its counters', () => {
+    const withLog: ShardCheckpoint = {
+      ...full,
+      timers: [full.timers[1]!],
+      timerLog: {
+        chunks: [
+          {
+            address: 'floe.timers/"s/0"',
+            ops: 3,
+            maxEventTime: 1_700_000_059_999,
+            maxProcessingTime: MIN_WATERMARK,
+          },
+          {
+            address: 'floe.timers/"s/2"',
+            ops: 1,
+            maxEventTime: MIN_WATERMARK,
+            maxProcessingTime: MAX_WATERMARK,
+          },
+        ],
+        tail: [
+          { add: true, timer: full.timers[0]! },
+          { add: false, timer: full.timers[2]! },
+        ],
+        processingFiredThrough: 1_700_000_000_000,
+        nextChunk: 3,
+        pending: 7,
+      },
+    };
+    expect(deserializeCheckpoint(serializeCheckpoint(withLog))).toStrictEqual(withLog);
+    expect(pendingTimerCount(withLog)).toBe(7);
+    expect(pendingTimerCount(full)).toBe(3);
+    const broken = serializeCheckpoint(withLog).replace('"nextChunk":3', '"nextChunk":"3"');
+    expect(() => deserializeCheckpoint(broken)).toThrow(
+      /checkpoint is corrupted: "timerLog" counters are malformed/,
+    );
   });
 
   it('round-trips timers at the end of time (+Infinity)', () => {
@@ -128,11 +166,14 @@ describe('checkpoint format errors', () => {
   });
 
   it('rejects another format version, saying which ones are involved', () => {
-    const v2 = serializeCheckpoint(full).replace('"v":1', '"v":2');
-    expect(() => deserializeCheckpoint(v2)).toThrow(StateFormatError);
-    expect(() => deserializeCheckpoint(v2)).toThrow(
-      'checkpoint format 2 is not supported (this floe reads format 1); restore from a savepoint written by a compatible version',
+    const v3 = serializeCheckpoint(full).replace('"v":2', '"v":3');
+    expect(() => deserializeCheckpoint(v3)).toThrow(StateFormatError);
+    expect(() => deserializeCheckpoint(v3)).toThrow(
+      'checkpoint format 3 is not supported (this floe reads formats 1 and 2); restore from a savepoint written by a compatible version',
     );
+    // Format 1 (every timer inline, no timer log) is still read.
+    const v1 = serializeCheckpoint(full).replace('"v":2', '"v":1');
+    expect(deserializeCheckpoint(v1)).toStrictEqual(full);
     const unversioned = JSON.stringify({ ...JSON.parse(serializeCheckpoint(full)), v: undefined });
     expect(() => deserializeCheckpoint(unversioned)).toThrow('checkpoint format undefined is not supported');
     expect(() => deserializeCheckpoint('[]')).toThrow(StateFormatError);

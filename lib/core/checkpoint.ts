@@ -2,7 +2,9 @@
 import { StateFormatError } from './errors.ts';
 import { decodeTime, encodeTime } from './time.ts';
 
-export const CHECKPOINT_FORMAT = 1;
+/** 2 added the timer log; format 1 checkpoints (all timers inline) are still read. */
+export const CHECKPOINT_FORMAT = 2;
+export const READABLE_CHECKPOINT_FORMATS: readonly number[] = [1, 2];
 
 export type TimeDomain = 'event' | 'processing';
 export type TimerNamespace = string | number;
@@ -28,9 +30,54 @@ export interface ShardCheckpoint {
   readonly maxTimestamp: number;
   /** Highest arrival time of the records processed so far, for idleness. */
   readonly lastRecordAt: number | undefined;
+  /**
+   * Timers held in the checkpoint itself. Without a timer log, every pending timer; with one,
+   * only those at or before the time they would have fired by (registered "in the past", they
+   * fire at the next advance), which the log cannot hold.
+   */
   readonly timers: readonly TimerSpec[];
+  /** Where the other pending timers are: keyed-state chunks plus a short inline tail (timer-log.ts). */
+  readonly timerLog?: TimerLogCheckpoint;
   /** True once the shard was read to its end (closed by a reshard). */
   readonly finished: boolean;
+}
+
+/** A registration (add) or deletion of a timer, as the timer log records it. */
+export interface TimerOp {
+  readonly add: boolean;
+  readonly timer: TimerSpec;
+}
+
+/** An immutable chunk of timer ops, stored as a keyed-state entry at `address`. */
+export interface TimerChunkRef {
+  readonly address: string;
+  /** Number of ops in the chunk. */
+  readonly ops: number;
+  /** Latest event time of an op in the chunk (-Infinity if none): once fired through, it is dead. */
+  readonly maxEventTime: number;
+  /** Latest processing time of an op in the chunk (-Infinity if none). */
+  readonly maxProcessingTime: number;
+}
+
+/**
+ * The timer log of a shard: every timer later than what has fired, as the ordered ops of its
+ * chunks and then of its tail. An op whose time has been fired through is dead: the watermark
+ * for event time, `processingFiredThrough` for processing time.
+ */
+export interface TimerLogCheckpoint {
+  readonly chunks: readonly TimerChunkRef[];
+  readonly tail: readonly TimerOp[];
+  /** Processing time up to which every processing-time timer has fired. */
+  readonly processingFiredThrough: number;
+  /** Sequence number of the next chunk (chunk addresses are never reused). */
+  readonly nextChunk: number;
+  /** Number of pending timers (log and inline), for status displays. */
+  readonly pending: number;
+}
+
+/** Number of pending timers of a checkpoint (inline and in its timer log). */
+export function pendingTimerCount(c: ShardCheckpoint): number {
+  return c.timerLog === undefined ? c.timers.length : c.timerLog.pending;
 }
 
 export function initialCheckpoint(shardId: string): ShardCheckpoint {
@@ -57,14 +104,30 @@ export function serializeCheckpoint(c: ShardCheckpoint): string {
     maxTimestamp: encodeTime(c.maxTimestamp),
     lastRecordAt: c.lastRecordAt ?? null,
     finished: c.finished,
-    timers: c.timers.map((t) => [
-      t.operator,
-      t.domain === 'event' ? 'e' : 'p',
-      encodeTime(t.time),
-      t.key,
-      t.namespace,
-    ]),
+    timers: c.timers.map(timerTuple),
+    ...(c.timerLog === undefined
+      ? {}
+      : {
+          timerLog: {
+            chunks: c.timerLog.chunks.map((r) => [
+              r.address,
+              r.ops,
+              encodeTime(r.maxEventTime),
+              encodeTime(r.maxProcessingTime),
+            ]),
+            tail: c.timerLog.tail.map((o) => [o.add ? 1 : 0, ...timerTuple(o.timer)]),
+            processingFiredThrough: encodeTime(c.timerLog.processingFiredThrough),
+            nextChunk: c.timerLog.nextChunk,
+            pending: c.timerLog.pending,
+          },
+        }),
   });
+}
+
+function timerTuple(
+  t: TimerSpec,
+): [string, 'e' | 'p', number | string | null, string | number, TimerNamespace] {
+  return [t.operator, t.domain === 'event' ? 'e' : 'p', encodeTime(t.time), t.key, t.namespace];
 }
 
 export function deserializeCheckpoint(text: string): ShardCheckpoint {
@@ -81,9 +144,9 @@ export function deserializeCheckpoint(text: string): ShardCheckpoint {
   }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return fail('not a JSON object');
   const o = raw as Record<string, unknown>;
-  if (o.v !== CHECKPOINT_FORMAT) {
+  if (!READABLE_CHECKPOINT_FORMATS.includes(o.v as number)) {
     throw new StateFormatError(
-      `checkpoint format ${String(o.v)} is not supported (this floe reads format ${CHECKPOINT_FORMAT}); restore from a savepoint written by a compatible version`,
+      `checkpoint format ${String(o.v)} is not supported (this floe reads formats ${READABLE_CHECKPOINT_FORMATS.join(' and ')}); restore from a savepoint written by a compatible version`,
     );
   }
   if (typeof o.shardId !== 'string') fail('"shardId" is not a string');
@@ -100,18 +163,49 @@ export function deserializeCheckpoint(text: string): ShardCheckpoint {
       return fail(`${field} is not a time`);
     }
   };
-  const timers = (o.timers as unknown[]).map((t, i) => {
-    if (!Array.isArray(t) || t.length !== 5 || typeof t[0] !== 'string' || (t[1] !== 'e' && t[1] !== 'p')) {
-      return fail(`timer ${i} is malformed`);
+  const timer = (t: unknown[], what: string): TimerSpec => {
+    if (t.length !== 5 || typeof t[0] !== 'string' || (t[1] !== 'e' && t[1] !== 'p')) {
+      return fail(`${what} is malformed`);
     }
     return {
       operator: t[0] as string,
       domain: t[1] === 'e' ? ('event' as const) : ('processing' as const),
-      time: time(t[2], `timer ${i} time`),
+      time: time(t[2], `${what} time`),
       key: t[3] as string | number,
       namespace: t[4] as TimerNamespace,
     };
-  });
+  };
+  const timers = (o.timers as unknown[]).map((t, i) =>
+    Array.isArray(t) ? timer(t, `timer ${i}`) : fail(`timer ${i} is malformed`),
+  );
+  let timerLog: TimerLogCheckpoint | undefined;
+  if (o.timerLog !== undefined) {
+    const l = o.timerLog as Record<string, unknown>;
+    if (typeof l !== 'object' || l === null || !Array.isArray(l.chunks) || !Array.isArray(l.tail))
+      fail('"timerLog" is malformed');
+    if (typeof l.nextChunk !== 'number' || typeof l.pending !== 'number')
+      fail('"timerLog" counters are malformed');
+    timerLog = {
+      chunks: (l.chunks as unknown[]).map((c, i) => {
+        if (!Array.isArray(c) || c.length !== 4 || typeof c[0] !== 'string' || typeof c[1] !== 'number') {
+          return fail(`timer chunk ${i} is malformed`);
+        }
+        return {
+          address: c[0],
+          ops: c[1],
+          maxEventTime: time(c[2], `timer chunk ${i} event time`),
+          maxProcessingTime: time(c[3], `timer chunk ${i} processing time`),
+        };
+      }),
+      tail: (l.tail as unknown[]).map((t, i) => {
+        if (!Array.isArray(t) || (t[0] !== 0 && t[0] !== 1)) return fail(`timer op ${i} is malformed`);
+        return { add: t[0] === 1, timer: timer(t.slice(1), `timer op ${i}`) };
+      }),
+      processingFiredThrough: time(l.processingFiredThrough, '"timerLog.processingFiredThrough"'),
+      nextChunk: l.nextChunk as number,
+      pending: l.pending as number,
+    };
+  }
   return {
     shardId: o.shardId as string,
     position: (o.position as string | null) ?? undefined,
@@ -121,6 +215,7 @@ export function deserializeCheckpoint(text: string): ShardCheckpoint {
     lastRecordAt: (o.lastRecordAt as number | null) ?? undefined,
     finished: o.finished === true,
     timers,
+    ...(timerLog === undefined ? {} : { timerLog }),
   };
 }
 

@@ -146,6 +146,24 @@ describe('pipeline structure', () => {
     definitionError(() => compile(p), 'two operators have the uid "process-0"');
   });
 
+  it('reserves uids starting with "floe." (floe keeps its timer chunks under them)', () => {
+    const keyed = () =>
+      pipeline('reserved-uid')
+        .source<Ev>()
+        .keyBy((e) => e.user);
+    const message =
+      'operator uid "floe.timers" is reserved: uids starting with "floe." are floe\'s own; choose another uid';
+    definitionError(() => keyed().process(passThrough, { uid: 'floe.timers' }), message);
+    definitionError(() => keyed().process(passThrough).uid('floe.timers'), message);
+    definitionError(
+      () =>
+        keyed()
+          .window(tumbling({ size: minutes(1) }))
+          .uid('floe.timers'),
+      message,
+    );
+  });
+
   it('reserves the dead-letter sink name', () => {
     const p = pipeline('reserved');
     p.source<Ev>().sink(DEAD_LETTER_SINK);

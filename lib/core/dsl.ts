@@ -134,6 +134,17 @@ function requireName(what: string, name: unknown): string {
   return name;
 }
 
+function requireUid(uid: unknown): string {
+  const name = requireName('uid', uid);
+  // floe's own keyed entries (timer chunks) use uids in this namespace.
+  if (name.startsWith('floe.')) {
+    throw new PipelineDefinitionError(
+      `operator uid "${name}" is reserved: uids starting with "floe." are floe's own; choose another uid`,
+    );
+  }
+  return name;
+}
+
 export class DataStream<T> {
   constructor(
     readonly pipeline: Pipeline,
@@ -220,7 +231,7 @@ export class KeyedStream<T, K extends StateKey> {
     return this.addOperator(
       'process',
       fn as unknown as KeyedProcessFunction<unknown, unknown, StateSpec>,
-      options.uid,
+      options.uid === undefined ? undefined : requireUid(options.uid),
     );
   }
 
@@ -276,7 +287,7 @@ export class WindowedStream<T, K extends StateKey> {
 
   /** Stable id of this operator's state; set it before changing a pipeline that has state. */
   uid(uid: string): this {
-    this.uidValue = requireName('uid', uid);
+    this.uidValue = requireUid(uid);
     return this;
   }
 
@@ -358,7 +369,7 @@ export class ProcessedStream<T> extends DataStream<T> {
 
   /** Stable id of this operator's state (see WindowedStream.uid). */
   uid(uid: string): this {
-    this.node.uid = requireName('uid', uid);
+    this.node.uid = requireUid(uid);
     return this;
   }
 }

@@ -26,6 +26,13 @@ export {
   valueState,
 } from './state.ts';
 export * from './time.ts';
+export {
+  compareTimerSpecs,
+  isTimerChunkAddress,
+  TIMER_CHUNK_OPERATOR,
+  type TimerLogOptions,
+  withInlineTimers,
+} from './timer-log.ts';
 export * from './watermarks.ts';
 export type { WindowFunction, WindowResult } from './window-operator.ts';
 export * from './windows.ts';

@@ -13,6 +13,7 @@ import { type Pipeline, passthroughDeserializer, pipeline } from './dsl.ts';
 import { listState, mapState, valueState } from './state.ts';
 import { type DriverRecord, TestDriver } from './testing/test-driver.ts';
 import { MAX_WATERMARK } from './time.ts';
+import type { TimerLogOptions } from './timer-log.ts';
 import { boundedOutOfOrderness } from './watermarks.ts';
 import { session, sliding, tumbling, type WindowAssigner } from './windows.ts';
 
@@ -195,8 +196,13 @@ function bySink(driver: TestDriver): Record<string, unknown[]> {
   return out;
 }
 
-async function run(p: Pipeline, shards: number, steps: readonly Step[]): Promise<Record<string, unknown[]>> {
-  const driver = new TestDriver(p, { shards });
+async function run(
+  p: Pipeline,
+  shards: number,
+  steps: readonly Step[],
+  timerLog?: TimerLogOptions,
+): Promise<Record<string, unknown[]>> {
+  const driver = new TestDriver(p, { shards, ...(timerLog === undefined ? {} : { timerLog }) });
   for (const step of steps) {
     if (step.type === 'send') await driver.send(step.events.map(toRecord));
     else if (step.type === 'restart') driver.restart();
@@ -264,6 +270,11 @@ const stepsArb = eventsArb({ maxLength: 30 }).chain((events) =>
 const withoutRestarts = (steps: readonly Step[]): Step[] => steps.filter((s) => s.type !== 'restart');
 
 const shardsArb = fc.constantFrom(1, 3);
+/** Tiny timer-log limits for the restarted run: chunks, their deletion and compaction all happen. */
+const timerLogArb = fc.record({
+  tailOps: fc.integer({ min: 1, max: 4 }),
+  maxChunks: fc.integer({ min: 1, max: 4 }),
+});
 /** FLOE_PROPERTY_RUNS_SCALE=20 runs every property 20 times as often (a deeper local search). */
 const SCALE = Number(process.env.FLOE_PROPERTY_RUNS_SCALE ?? 1);
 const runs = (n: number): number => Math.max(1, Math.round(n * SCALE));
@@ -280,10 +291,11 @@ describe('(a) restarts and batch boundaries do not change results', () => {
         fc.integer({ min: 0, max: 12 }),
         shardsArb,
         eventsWithCuts(),
-        async (assigner, bound, lateness, shards, { events, cuts, restartBeforeEnd }) => {
+        timerLogArb,
+        async (assigner, bound, lateness, shards, { events, cuts, restartBeforeEnd }, timerLog) => {
           const p = windowPipeline(assigner, bound, lateness);
           const expected = await run(p, shards, [{ type: 'send', events }]);
-          const actual = await run(p, shards, chunked(events, cuts, restartBeforeEnd));
+          const actual = await run(p, shards, chunked(events, cuts, restartBeforeEnd), timerLog);
           expect(actual).toEqual(expected);
         },
       ),
@@ -297,10 +309,11 @@ describe('(a) restarts and batch boundaries do not change results', () => {
         fc.integer({ min: 0, max: 8 }),
         shardsArb,
         eventsWithCuts(),
-        async (bound, shards, { events, cuts, restartBeforeEnd }) => {
+        timerLogArb,
+        async (bound, shards, { events, cuts, restartBeforeEnd }, timerLog) => {
           const p = processPipeline(bound);
           const expected = await run(p, shards, [{ type: 'send', events }]);
-          const actual = await run(p, shards, chunked(events, cuts, restartBeforeEnd));
+          const actual = await run(p, shards, chunked(events, cuts, restartBeforeEnd), timerLog);
           expect(actual).toEqual(expected);
         },
       ),
@@ -319,10 +332,11 @@ describe('(a) restarts and batch boundaries do not change results', () => {
         fc.integer({ min: 0, max: 12 }),
         shardsArb,
         stepsArb,
-        async (kind, bound, lateness, shards, steps) => {
+        timerLogArb,
+        async (kind, bound, lateness, shards, steps, timerLog) => {
           const p = kind === 'process' ? processPipeline(bound) : windowPipeline(kind, bound, lateness);
           const expected = await run(p, shards, withoutRestarts(steps));
-          const actual = await run(p, shards, steps);
+          const actual = await run(p, shards, steps, timerLog);
           expect(actual).toEqual(expected);
         },
       ),

@@ -13,8 +13,8 @@
 import { createHash } from 'node:crypto';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import {
-  CHECKPOINT_FORMAT,
   deserializeCheckpoint,
+  READABLE_CHECKPOINT_FORMATS,
   type ShardCheckpoint,
   serializeCheckpoint,
   type TimerSpec,
@@ -535,9 +535,9 @@ export function parseManifest(text: string, where: string): SavepointManifest {
       `${where} holds state format ${describeValue(m.stateFormat)}; this floe reads state format ${STATE_FORMAT_VERSION}`,
     );
   }
-  if (m.checkpointFormat !== CHECKPOINT_FORMAT) {
+  if (!READABLE_CHECKPOINT_FORMATS.includes(m.checkpointFormat as number)) {
     throw new StateFormatError(
-      `${where} holds checkpoint format ${describeValue(m.checkpointFormat)}; this floe reads format ${CHECKPOINT_FORMAT}`,
+      `${where} holds checkpoint format ${describeValue(m.checkpointFormat)}; this floe reads formats ${READABLE_CHECKPOINT_FORMATS.join(' and ')}`,
     );
   }
   for (const field of ['id', 'job', 'stream', 'backend'] as const) {
@@ -559,11 +559,15 @@ export function parseManifest(text: string, where: string): SavepointManifest {
   if (!Array.isArray(m.shards)) fail('"shards" is not an array');
   for (const s of m.shards as unknown[]) {
     const shard = s as Record<string, unknown>;
+    let checkpoint: ShardCheckpoint | undefined;
     try {
-      deserializeCheckpoint(JSON.stringify(shard?.checkpoint));
+      checkpoint = deserializeCheckpoint(JSON.stringify(shard?.checkpoint));
     } catch (error) {
       fail(`a shard checkpoint is malformed (${(error as Error).message})`);
     }
+    // Savepoints are self-contained: timers inline, never in timer chunks (which are not exported).
+    if (checkpoint?.timerLog !== undefined)
+      fail(`the checkpoint of shard ${checkpoint.shardId} has a timer log`);
   }
   if (!Array.isArray(m.files)) fail('"files" is not an array');
   for (const f of m.files as unknown[]) {
@@ -585,8 +589,13 @@ export function manifestCheckpoints(manifest: SavepointManifest): ShardCheckpoin
   return manifest.shards.map((s) => deserializeCheckpoint(JSON.stringify(s.checkpoint)));
 }
 
-/** A checkpoint in the manifest's JSON form. */
+/** A checkpoint in the manifest's JSON form (its timers inline: see withInlineTimers). */
 export function checkpointJson(checkpoint: ShardCheckpoint): Record<string, unknown> {
+  if (checkpoint.timerLog !== undefined) {
+    throw new Error(
+      `internal: the savepoint checkpoint of shard ${checkpoint.shardId} still has a timer log`,
+    );
+  }
   return JSON.parse(serializeCheckpoint(checkpoint)) as Record<string, unknown>;
 }
 

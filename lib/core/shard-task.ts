@@ -15,6 +15,7 @@ import {
   type ShardCheckpoint,
   type TimeDomain,
   type TimerNamespace,
+  type TimerSpec,
 } from './checkpoint.ts';
 import type { KeyedOperatorPlan, PipelinePlan } from './compile.ts';
 import { DEAD_LETTER_SINK, type GraphNode } from './dsl.ts';
@@ -29,10 +30,11 @@ import {
   type StateKey,
   type StateSpec,
 } from './state.ts';
+import { loadTimerChunks, replayTimerLog, TimerLog, type TimerLogOptions } from './timer-log.ts';
 import { type QueuedTimer, TimerQueue } from './timers.ts';
 import { generatedWatermark, idleWatermark } from './watermarks.ts';
 
-export interface ShardTaskOptions {
+export interface ShardTaskOptions extends TimerLogOptions {
   /** Job id used in output ids. @default the pipeline name */
   readonly job?: string;
 }
@@ -210,6 +212,12 @@ export class ShardTask {
   private readonly processingTimers = new TimerQueue();
   private readonly operators: OperatorRuntime[];
   private readonly operatorUids: readonly string[];
+  private readonly operatorIndex: ReadonlyMap<string, number>;
+  private readonly timerLog: TimerLog;
+  /** A checkpoint whose timer log has chunks is restored by the first process call (it reads state). */
+  private pendingTimerRestore: ShardCheckpoint | undefined;
+  /** The checkpoint of the last commit (returned for batches that changed nothing). */
+  private lastCheckpoint: ShardCheckpoint;
   private readonly route: Emit;
   private readonly sinkNames: string[] = [];
   private readonly sinkIndex = new Map<string, number>();
@@ -272,21 +280,14 @@ export class ShardTask {
         op.side.set(name, this.chain(plan.children.get(node) ?? [], 'direct'));
     }
     this.route = this.chain(plan.children.get(plan.source) ?? [], 'route');
-    const byUid = new Map(this.operators.map((o) => [o.plan.uid, o.plan.index]));
-    for (const t of cp.timers) {
-      const index = byUid.get(t.operator);
-      if (index === undefined) {
-        throw new StateFormatError(
-          `checkpoint of shard ${cp.shardId} has timers of operator "${t.operator}", which pipeline "${plan.name}" no longer has (operators: ${[...byUid.keys()].join(', ') || 'none'}). Give operators stable uids, or restore into a new job.`,
-        );
-      }
-      (t.domain === 'event' ? this.eventTimers : this.processingTimers).add(
-        index,
-        t.time,
-        t.key,
-        t.namespace,
-      );
-    }
+    this.operatorIndex = new Map(this.operators.map((o) => [o.plan.uid, o.plan.index]));
+    this.timerLog = new TimerLog(cp.shardId, cp.timerLog, options);
+    // Inline timers. Without a timer log (format 1, a reshard child, a restored savepoint) they
+    // are every pending timer, and the log starts with them (ops of the first commit).
+    for (const t of cp.timers) this.restoreTimer(t, true, cp.timerLog === undefined);
+    if ((cp.timerLog?.chunks.length ?? 0) > 0) this.pendingTimerRestore = cp;
+    else replayTimerLog(cp, new Map(), (op) => this.restoreTimer(op.timer, op.add, false));
+    this.lastCheckpoint = cp;
     this.committed = {
       position: cp.position ?? '',
       watermark: cp.watermark,
@@ -297,6 +298,30 @@ export class ShardTask {
   }
 
   readonly shardId: string;
+
+  /** Adds (or deletes) a restored timer; `log` also records it as an op of the open commit. */
+  private restoreTimer(t: TimerSpec, add: boolean, log: boolean): void {
+    const index = this.operatorIndex.get(t.operator);
+    if (index === undefined) {
+      throw new StateFormatError(
+        `checkpoint of shard ${this.shardId} has timers of operator "${t.operator}", which pipeline "${this.plan.name}" no longer has (operators: ${this.operatorUids.join(', ') || 'none'}). Give operators stable uids, or restore into a new job.`,
+      );
+    }
+    const queue = t.domain === 'event' ? this.eventTimers : this.processingTimers;
+    const timer = add
+      ? queue.insert(index, t.time, t.key, t.namespace)
+      : queue.remove(index, t.time, t.key, t.namespace);
+    if (log && timer !== undefined) this.timerLog.append(timer, add, t.domain);
+  }
+
+  /** Reads the timer chunks of the checkpoint this task started from (once, before any work). */
+  private async restoreTimers(store: StateStore): Promise<void> {
+    const cp = this.pendingTimerRestore;
+    if (cp === undefined) return;
+    const chunks = await loadTimerChunks(cp, store);
+    replayTimerLog(cp, chunks, (op) => this.restoreTimer(op.timer, op.add, false));
+    this.pendingTimerRestore = undefined;
+  }
 
   /**
    * Processes one batch and ends the commit: the result holds everything processed since the
@@ -332,6 +357,7 @@ export class ShardTask {
     now: number,
     options: ProcessOptions = {},
   ): Promise<void> {
+    await this.restoreTimers(store);
     this.setProcessingTime(now);
     const fresh = this.freshRecords(records);
     this.pendingRecords += fresh.length;
@@ -496,6 +522,7 @@ export class ShardTask {
 
   /** Advances the watermark to at least `watermark` (Flink's test-harness processWatermark). */
   async processWatermark(watermark: number, store: StateStore, now: number): Promise<BatchResult> {
+    await this.restoreTimers(store);
     this.setProcessingTime(now);
     await this.prefetch(store, Math.max(this.watermark, watermark));
     this.advanceWatermark(watermark);
@@ -503,22 +530,27 @@ export class ShardTask {
     return this.takeCommit();
   }
 
-  checkpoint(): ShardCheckpoint {
-    const uids = this.operatorUids;
-    return {
+  /** The checkpoint of this commit; writes and deletes timer chunks into `mutations`. */
+  private commitCheckpoint(mutations: StateMutation[]): ShardCheckpoint {
+    const timers = this.timerLog.commit({
+      watermark: this.watermark,
+      finished: this.finished,
+      uids: this.operatorUids,
+      event: this.eventTimers,
+      processing: this.processingTimers,
+      mutations,
+    });
+    this.lastCheckpoint = {
       shardId: this.shardId,
       position: this.position,
       commitNumber: this.commitNumber,
       watermark: this.watermark,
       maxTimestamp: this.maxTimestamp,
       lastRecordAt: this.lastRecordAt,
-      timers: this.processingTimers.appendSpecs(
-        this.eventTimers.appendSpecs([], 'event', uids),
-        'processing',
-        uids,
-      ),
+      ...timers,
       finished: this.finished,
     };
+    return this.lastCheckpoint;
   }
 
   /** Cached state of one key of one operator, as JSON (for tests and the test driver). */
@@ -535,6 +567,7 @@ export class ShardTask {
     if (added !== undefined) {
       this.timerVersion++;
       this.journal.recordUndo(queue, added, 1);
+      this.timerLog.record(added, true, domain, this.journal);
     }
   }
 
@@ -545,6 +578,7 @@ export class ShardTask {
     if (removed !== undefined) {
       this.timerVersion++;
       this.journal.recordUndo(queue, removed, 0);
+      this.timerLog.record(removed, false, domain, this.journal);
     }
   }
 
@@ -612,6 +646,8 @@ export class ShardTask {
       if (due === undefined) break;
       for (const timer of due) this.fire(timer, 'processing');
     }
+    // Every processing-time timer up to now has fired (the log's ops up to it are dead).
+    this.timerLog.processingFiredThrough = Math.max(this.timerLog.processingFiredThrough, this.now);
   }
 
   private fire(timer: QueuedTimer, domain: TimeDomain): void {
@@ -685,7 +721,7 @@ export class ShardTask {
         changed,
         outputs: [],
         mutations,
-        checkpoint: this.checkpoint(),
+        checkpoint: this.lastCheckpoint,
         stats: { records, duplicates, deadLetters: 0, timersFired: 0 },
       };
     }
@@ -703,7 +739,7 @@ export class ShardTask {
     const stats = { records, duplicates, deadLetters: this.deadLetters, timersFired: this.timersFired };
     this.deadLetters = 0;
     this.timersFired = 0;
-    return { changed, outputs, mutations, checkpoint: this.checkpoint(), stats };
+    return { changed, outputs, mutations, checkpoint: this.commitCheckpoint(mutations), stats };
   }
 
   private nextOutputPrefix(): string {

@@ -73,6 +73,11 @@ export function childCheckpoint(
   const from = timed.length > 0 ? timed : parents;
   // Idleness needs a last record time: continue from the parents' latest.
   const recordTimes = parents.flatMap((p) => (p.lastRecordAt === undefined ? [] : [p.lastRecordAt]));
+  // A finished shard's last commit puts every timer inline (timer-log.ts), so they are all here.
+  const logged = parents.find((p) => p.timerLog !== undefined);
+  if (logged !== undefined) {
+    throw new Error(`internal: parent shard ${logged.shardId} finished with timers in its timer log`);
+  }
   return {
     ...base,
     watermark: Math.min(...from.map((p) => p.watermark)),

@@ -38,6 +38,7 @@ import {
   encodeMigratedEntry,
   encodeStateFile,
   FencedError,
+  isTimerChunkAddress,
   type Lease,
   LeaseUnavailableError,
   MANIFEST_FILE,
@@ -67,6 +68,7 @@ import {
   serializeManifest,
   stateFileName,
   TerminalError,
+  withInlineTimers,
 } from '../core/index.ts';
 import { type JobRecord, type JobStore, updateJob } from './job-control.ts';
 
@@ -312,7 +314,9 @@ export async function createSavepoint(
       const shards: SavepointShard[] = [];
       for (const cp of checkpoints) {
         const next = cp.finished ? undefined : await peekNext(source, cp);
-        shards.push({ checkpoint: checkpointJson(cp), ...(next === undefined ? {} : { next }) });
+        // Timers inline: a savepoint does not export timer chunks, so it does not depend on them.
+        const inline = await withInlineTimers(cp, scope.backend);
+        shards.push({ checkpoint: checkpointJson(inline), ...(next === undefined ? {} : { next }) });
       }
       await snapshots.remove(savepointId); // files of an interrupted attempt
       const operators = [...(options.operators ?? record.operators ?? [])];
@@ -337,6 +341,7 @@ export async function createSavepoint(
       };
       options.onProgress?.({ phase: 'export', entries: 0, total, files: 0 });
       for await (const entry of scope.entries()) {
+        if (isTimerChunkAddress(entry[0])) continue; // inline in the manifest's checkpoints
         if (!known.some((uid) => entry[0].startsWith(`${uid}/`))) {
           const uid = operatorOfAddress(entry[0], (JSON.parse(entry[1]) as { k: string | number }).k);
           if (!known.includes(uid)) {

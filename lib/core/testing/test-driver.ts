@@ -12,7 +12,7 @@ import { shardIndexFor, shardName } from '../partitioning.ts';
 import type { Lease, Output, SourceRecord } from '../ports.ts';
 import { type BatchResult, ShardTask } from '../shard-task.ts';
 import type { StateKey } from '../state.ts';
-import { compareScalars } from '../timers.ts';
+import { compareTimerSpecs, type TimerLogOptions, withInlineTimers } from '../timer-log.ts';
 
 export interface DriverRecord {
   readonly partitionKey: string;
@@ -28,6 +28,8 @@ export interface TestDriverOptions {
   readonly shards?: number;
   /** Job id used in output ids. @default the pipeline name */
   readonly job?: string;
+  /** Timer log limits (small ones make tests write, delete and compact timer chunks). */
+  readonly timerLog?: TimerLogOptions;
 }
 
 const LEASE_TTL = 2 ** 40;
@@ -129,15 +131,9 @@ export class TestDriver {
 
   /** Pending timers, in firing order: (time, key, namespace), then operator and domain. */
   async timers(shard: string = this.shardIds[0]!): Promise<readonly TimerSpec[]> {
-    const timers = [...((await this.checkpoint(shard))?.timers ?? [])];
-    return timers.sort(
-      (a, b) =>
-        a.time - b.time ||
-        compareScalars(a.key, b.key) ||
-        compareScalars(a.namespace, b.namespace) ||
-        (a.operator < b.operator ? -1 : a.operator > b.operator ? 1 : 0) ||
-        (a.domain < b.domain ? -1 : a.domain > b.domain ? 1 : 0),
-    );
+    const checkpoint = await this.checkpoint(shard);
+    if (checkpoint === undefined) return [];
+    return [...(await withInlineTimers(checkpoint, this.backend)).timers].sort(compareTimerSpecs);
   }
 
   async watermark(shard: string = this.shardIds[0]!): Promise<number> {
@@ -173,7 +169,10 @@ export class TestDriver {
     if (entry === undefined) {
       const lease = await this.backend.acquireLease(shard, 'test-driver', 0, LEASE_TTL);
       const checkpoint = (await this.backend.readCheckpoint(shard)) ?? shard;
-      entry = { task: new ShardTask(this.plan, checkpoint, { job: this.options.job }), lease };
+      entry = {
+        task: new ShardTask(this.plan, checkpoint, { job: this.options.job, ...this.options.timerLog }),
+        lease,
+      };
       this.tasks.set(shard, entry);
     }
     return entry;

@@ -41,6 +41,7 @@ import {
   type StateStore,
   seededRandom,
   shardName,
+  withInlineTimers,
 } from '../../core/index.ts';
 import type { JobRuntime } from '../job.ts';
 import { runJob } from '../local-runner.ts';
@@ -352,7 +353,7 @@ const drain: Step = async (ctx) => {
 };
 
 const snapshot: Step = async (ctx) => {
-  ctx.snapshot = { outputs: ctx.sink.outputs(), checkpoints: await ctx.backend.listCheckpoints() };
+  ctx.snapshot = { outputs: ctx.sink.outputs(), checkpoints: await inlineCheckpoints(ctx.backend) };
 };
 
 interface RunResult {
@@ -451,7 +452,7 @@ async function runScenario(
       outputs: ctx.sink.outputs(),
       conflicts: ctx.sink.conflicts,
       crashes: injector.crashes,
-      checkpoints: await ctx.backend.listCheckpoints(),
+      checkpoints: await inlineCheckpoints(ctx.backend),
       snapshot: ctx.snapshot,
       commits: ctx.commits,
       shards,
@@ -636,6 +637,11 @@ function comparableCheckpoint(c: ShardCheckpoint, withTime: boolean): unknown {
     timers: c.timers,
     ...(withTime ? { watermark: c.watermark, maxTimestamp: c.maxTimestamp } : {}),
   };
+}
+
+/** Every checkpoint with its pending timers inline (runs commit at different points, so their timer logs differ). */
+async function inlineCheckpoints(backend: Backend): Promise<ShardCheckpoint[]> {
+  return Promise.all((await backend.listCheckpoints()).map((c) => withInlineTimers(c, backend)));
 }
 
 function byShard(list: readonly ShardCheckpoint[], withTime: boolean): unknown[] {
