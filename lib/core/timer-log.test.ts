@@ -128,6 +128,19 @@ describe('timer log', () => {
     });
   });
 
+  it('splits a chunk that would exceed 100,000 characters (long keys), and restores from the pieces', async () => {
+    const h = await harness(tumblingCounts(), { tailOps: 10 });
+    const long = 'x'.repeat(3_000);
+    const first = await h.send(keys(100, 10, long));
+    const written = chunkWrites(first.mutations);
+    expect(written.length).toBeGreaterThanOrEqual(4); // 100 ops of ~3 KB
+    for (const m of written) expect(m.value!.length).toBeLessThanOrEqual(100_000);
+    expect(first.checkpoint.timerLog!.chunks.reduce((n, c) => n + c.ops, 0)).toBe(100);
+    h.restart();
+    await h.watermark(MAX_WATERMARK);
+    expect(h.outputs).toHaveLength(100);
+  });
+
   it('deletes a chunk once the watermark passed every timer in it', async () => {
     const h = await harness(tumblingCounts(), { tailOps: 10 });
     const first = await h.send(keys(30, 10));

@@ -131,40 +131,36 @@ export function compareTimerSpecs(a: TimerSpec, b: TimerSpec): number {
 // ---------------------------------------------------------------------------------------------
 // Chunk format: {"v":1,"operators":[uid...],"ops":[[add 0|1, operator index, "e"|"p", time, key, namespace]...]}
 
-function encodeChunks(ops: readonly TimerOp[], write: (text: string, refOf: ChunkStats) => void): void {
-  let start = 0;
-  while (start < ops.length) {
-    const operators: string[] = [];
-    const index = new Map<string, number>();
-    const parts: string[] = [];
-    let chars = 0;
-    const stats: ChunkStats = { ops: 0, maxEventTime: -Infinity, maxProcessingTime: -Infinity };
-    let i = start;
-    for (; i < ops.length && parts.length < CHUNK_MAX_OPS && chars < CHUNK_MAX_CHARS; i++) {
-      const { add, timer: t } = ops[i]!;
-      let op = index.get(t.operator);
-      if (op === undefined) {
-        op = operators.length;
-        operators.push(t.operator);
-        index.set(t.operator, op);
-      }
-      const part = JSON.stringify([
-        add ? 1 : 0,
-        op,
-        t.domain === 'event' ? 'e' : 'p',
-        encodeTime(t.time),
-        t.key,
-        t.namespace,
-      ]);
-      parts.push(part);
-      chars += part.length + 1;
-      if (t.domain === 'event') stats.maxEventTime = Math.max(stats.maxEventTime, t.time);
-      else stats.maxProcessingTime = Math.max(stats.maxProcessingTime, t.time);
-    }
-    stats.ops = i - start;
-    write(`{"v":${CHUNK_FORMAT},"operators":${JSON.stringify(operators)},"ops":[${parts.join(',')}]}`, stats);
-    start = i;
+function encodeChunks(ops: readonly TimerOp[], write: (text: string, stats: ChunkStats) => void): void {
+  for (let start = 0; start < ops.length; start += CHUNK_MAX_OPS) {
+    encodeChunk(ops.slice(start, start + CHUNK_MAX_OPS), write);
   }
+}
+
+/** One chunk, or two halves when it is over CHUNK_MAX_CHARS (long keys). One stringify per chunk. */
+function encodeChunk(ops: readonly TimerOp[], write: (text: string, stats: ChunkStats) => void): void {
+  const operators: string[] = [];
+  const index = new Map<string, number>();
+  const stats: ChunkStats = { ops: ops.length, maxEventTime: -Infinity, maxProcessingTime: -Infinity };
+  const tuples = ops.map(({ add, timer: t }) => {
+    let op = index.get(t.operator);
+    if (op === undefined) {
+      op = operators.length;
+      operators.push(t.operator);
+      index.set(t.operator, op);
+    }
+    if (t.domain === 'event') stats.maxEventTime = Math.max(stats.maxEventTime, t.time);
+    else stats.maxProcessingTime = Math.max(stats.maxProcessingTime, t.time);
+    return [add ? 1 : 0, op, t.domain === 'event' ? 'e' : 'p', encodeTime(t.time), t.key, t.namespace];
+  });
+  const text = JSON.stringify({ v: CHUNK_FORMAT, operators, ops: tuples });
+  if (text.length <= CHUNK_MAX_CHARS || ops.length === 1) {
+    write(text, stats);
+    return;
+  }
+  const half = Math.ceil(ops.length / 2);
+  encodeChunk(ops.slice(0, half), write);
+  encodeChunk(ops.slice(half), write);
 }
 
 interface ChunkStats {
