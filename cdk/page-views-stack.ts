@@ -66,6 +66,7 @@ export class PageViewsStack extends Stack {
     out('BucketName', p.bucket.bucketName, 'deltas, checkpoints, savepoints, dead letters, S3 outputs');
     out('WorkerFunctionName', p.worker.functionName, 'worker function');
     out('CoordinatorFunctionName', p.coordinator.functionName, 'coordinator function');
+    out('SavepointFunctionName', p.savepointFunction.functionName, 'takes a savepoint when invoked');
     out('PageViewCountsTableName', p.sinkTables['page-view-counts']!.tableName, 'sink page-view-counts');
     out('DashboardName', p.dashboard.dashboardName, 'CloudWatch dashboard');
   }

@@ -17,6 +17,8 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import type { IConstruct } from 'constructs';
 import { afterAll, describe, expect, it } from 'vitest';
+import { DELTA_APPLY_MODES } from '../lib/aws/dynamodb-backend.ts';
+import { awsJobConfigFromEnv } from '../lib/aws/job.ts';
 import { WorkerMetric } from '../lib/aws/metric-names.ts';
 import { parseSinkBindings } from '../lib/aws/sinks-config.ts';
 import { PageViewsStack } from './page-views-stack.ts';
@@ -184,8 +186,8 @@ describe('StreamProcessor resources (example stack)', () => {
     }
   });
 
-  it('defines worker and coordinator as nodejs22.x arm64 functions with the job environment', () => {
-    template.resourceCountIs('AWS::Lambda::Function', 2);
+  it('defines worker, coordinator and savepoint as nodejs22.x arm64 functions with the job environment', () => {
+    template.resourceCountIs('AWS::Lambda::Function', 3);
     template.allResourcesProperties('AWS::Lambda::Function', {
       Runtime: 'nodejs22.x',
       Architectures: ['arm64'],
@@ -204,6 +206,7 @@ describe('StreamProcessor resources (example stack)', () => {
       POWERTOOLS_METRICS_NAMESPACE: 'Floe',
       POWERTOOLS_SERVICE_NAME: 'floe-worker',
       FLOE_COMMIT_INTERVAL_MS: '1000',
+      FLOE_DELTA_APPLY: 'items',
       // 1024 MiB: 64 MiB semi-spaces (bench/core); the coordinator's 512 MiB: 32.
       NODE_OPTIONS: '--enable-source-maps --max-semi-space-size=64',
     });
@@ -215,8 +218,9 @@ describe('StreamProcessor resources (example stack)', () => {
       FLOE_WORKER_FUNCTION: { Ref: expect.stringMatching(/^PageViewsWorker/) },
       NODE_OPTIONS: '--enable-source-maps --max-semi-space-size=32',
     });
+    expect(coordinator).not.toHaveProperty('FLOE_DELTA_APPLY');
     // Each function logs to its own log group with a retention.
-    template.resourceCountIs('AWS::Logs::LogGroup', 2);
+    template.resourceCountIs('AWS::Logs::LogGroup', 3);
     template.allResourcesProperties('AWS::Logs::LogGroup', { RetentionInDays: 30 });
   });
 
@@ -236,6 +240,55 @@ describe('StreamProcessor resources (example stack)', () => {
     expect(bindings[0]).toMatchObject({ key: ['page', 'windowStart'] });
     expect(bindings[1]).toMatchObject({ prefix: 'late/page-views/' });
     expect(bindings[2]).toMatchObject({ prefix: 'dead-letters/page-views/' });
+  });
+
+  it('defines the savepoint function: 15 minutes, 1024 MiB, only the job resources in its environment', () => {
+    const fns = template.findResources('AWS::Lambda::Function');
+    const savepoint = Object.entries(fns).find(([id]) => id.startsWith('PageViewsSavepoint'));
+    expect(savepoint).toBeDefined();
+    expect((savepoint![1] as { Properties: Json }).Properties).toMatchObject({
+      Runtime: 'nodejs22.x',
+      Handler: 'index.handler',
+      Timeout: 900,
+      MemorySize: 1024,
+      Role: { 'Fn::GetAtt': [expect.stringMatching(/^PageViewsSavepointRole/), 'Arn'] },
+      LoggingConfig: { LogGroup: { Ref: expect.stringMatching(/^PageViewsSavepointLogs/) } },
+    });
+    // What lib/aws/savepoint-handler.ts reads (awsJobConfigFromEnv), and nothing else.
+    expect(functionEnv(template, 'PageViewsSavepoint')).toEqual({
+      FLOE_JOB: 'page-views',
+      FLOE_STREAM: { Ref: expect.stringMatching(/^PageViewsStream/) },
+      FLOE_STATE_TABLE: { Ref: expect.stringMatching(/^PageViewsStateTable/) },
+      FLOE_CONTROL_TABLE: { Ref: expect.stringMatching(/^PageViewsControlTable/) },
+      FLOE_BUCKET: { Ref: expect.stringMatching(/^PageViewsBucket/) },
+      FLOE_GENERATION: '0',
+      POWERTOOLS_LOG_LEVEL: 'INFO',
+      POWERTOOLS_SERVICE_NAME: 'floe-savepoint',
+      NODE_OPTIONS: '--enable-source-maps --max-semi-space-size=64',
+    });
+    // The handler's configuration reads it (references resolved to plausible names).
+    const env = functionEnv(template, 'PageViewsSavepoint');
+    const deployed = Object.fromEntries(
+      Object.entries(env).map(([k, v]) => [k, typeof v === 'string' ? v : `deployed-${k}`]),
+    );
+    expect(awsJobConfigFromEnv(deployed)).toEqual({
+      job: 'page-views',
+      stream: 'deployed-FLOE_STREAM',
+      stateTable: 'deployed-FLOE_STATE_TABLE',
+      controlTable: 'deployed-FLOE_CONTROL_TABLE',
+      bucket: 'deployed-FLOE_BUCKET',
+      sinks: [],
+      generation: 0,
+    });
+    // An asynchronous invocation is not retried by Lambda.
+    template.hasResourceProperties('AWS::Lambda::EventInvokeConfig', {
+      FunctionName: { Ref: Match.stringLikeRegexp('PageViewsSavepoint') },
+      MaximumRetryAttempts: 0,
+    });
+    // Nothing invokes it on its own: no schedule, no resource policy.
+    const permissions = JSON.stringify(template.findResources('AWS::Lambda::Permission'));
+    expect(permissions).not.toContain('PageViewsSavepoint');
+    expect(JSON.stringify(template.findResources('AWS::Events::Rule'))).not.toContain('PageViewsSavepoint');
   });
 
   it('invokes the worker asynchronously without Lambda retries (the coordinator restarts it)', () => {
@@ -272,6 +325,7 @@ describe('StreamProcessor resources (example stack)', () => {
       'BucketName',
       'WorkerFunctionName',
       'CoordinatorFunctionName',
+      'SavepointFunctionName',
       'PageViewCountsTableName',
       'DashboardName',
     ]) {
@@ -284,12 +338,13 @@ describe('StreamProcessor grants (least privilege)', () => {
   const { template } = exampleTemplate();
   const worker = policyStatements(template, 'PageViewsWorkerRole');
   const coordinator = policyStatements(template, 'PageViewsCoordinatorRole');
+  const savepoint = policyStatements(template, 'PageViewsSavepointRole');
 
   it('uses no managed policy and no wildcard action or "*" resource', () => {
     for (const role of Object.values(template.findResources('AWS::IAM::Role'))) {
       expect((role as { Properties: Json }).Properties.ManagedPolicyArns).toBeUndefined();
     }
-    for (const s of [...worker, ...coordinator]) {
+    for (const s of [...worker, ...coordinator, ...savepoint]) {
       expect(actionsOf([s]).every((a) => !a.includes('*'))).toBe(true);
       expect(s.Resource).not.toBe('*');
       expect(s.Effect).toBe('Allow');
@@ -353,6 +408,60 @@ describe('StreamProcessor grants (least privilege)', () => {
         Resource: { 'Fn::GetAtt': [expect.stringMatching(/^PageViewsWorker/), 'Arn'] },
       }),
     );
+  });
+
+  it('gives the savepoint function exactly the calls of a savepoint: job record, leases, checkpoints, state, savepoint files', () => {
+    const by = (resourceLike: RegExp): string[] =>
+      actionsOf(savepoint.filter((s) => resourceLike.test(JSON.stringify(s.Resource))));
+    expect(by(/PageViewsSavepointLogs/)).toEqual(['logs:CreateLogStream', 'logs:PutLogEvents']);
+    expect(by(/PageViewsStream/)).toEqual([
+      'kinesis:GetRecords',
+      'kinesis:GetShardIterator',
+      'kinesis:ListShards',
+    ]);
+    // Scan exports the state, BatchGetItem reads timer-log chunks, PutItem only redoes a pending
+    // delta when it takes a lease.
+    expect(by(/PageViewsStateTable/)).toEqual(['dynamodb:BatchGetItem', 'dynamodb:PutItem', 'dynamodb:Scan']);
+    expect(by(/PageViewsControlTable/)).toEqual([
+      'dynamodb:GetItem',
+      'dynamodb:PutItem',
+      'dynamodb:Query',
+      'dynamodb:UpdateItem',
+    ]);
+    const objectStatements = savepoint.filter((s) => actionsOf([s]).some((a) => a.endsWith('Object')));
+    const byPrefix = Object.fromEntries(
+      objectStatements.map((s) => [JSON.stringify(s.Resource).match(/"\/([^"]*)\*"/)?.[1], actionsOf([s])]),
+    );
+    expect(byPrefix).toEqual({
+      'page-views/': ['s3:GetObject'], // large checkpoints and pending deltas
+      'savepoints/': ['s3:DeleteObject', 's3:GetObject', 's3:PutObject'],
+    });
+    expect(savepoint).toContainEqual(
+      expect.objectContaining({
+        Action: 's3:ListBucket',
+        Resource: { 'Fn::GetAtt': [expect.stringMatching(/^PageViewsBucket/), 'Arn'] },
+      }),
+    );
+    // It writes no sink, publishes no output, invokes nothing.
+    expect(actionsOf(savepoint)).toEqual([
+      'dynamodb:BatchGetItem',
+      'dynamodb:GetItem',
+      'dynamodb:PutItem',
+      'dynamodb:PutItem',
+      'dynamodb:Query',
+      'dynamodb:Scan',
+      'dynamodb:UpdateItem',
+      'kinesis:GetRecords',
+      'kinesis:GetShardIterator',
+      'kinesis:ListShards',
+      'logs:CreateLogStream',
+      'logs:PutLogEvents',
+      's3:DeleteObject',
+      's3:GetObject',
+      's3:GetObject',
+      's3:ListBucket',
+      's3:PutObject',
+    ]);
   });
 });
 
@@ -589,6 +698,48 @@ describe('StreamProcessor options', () => {
     expect(processor.job).toBe('card-fraud');
   });
 
+  it("sets the worker's FLOE_DELTA_APPLY from deltaApply, and only the worker's", () => {
+    const { stack } = processorStack({ deltaApply: 'transactions' });
+    const t = Template.fromStack(stack);
+    const worker = functionEnv(t, 'JobWorker');
+    expect(worker.FLOE_DELTA_APPLY).toBe('transactions');
+    // What lib/aws/job.ts makes of it (references resolved to plausible names).
+    const deployed = Object.fromEntries(
+      Object.entries(worker).map(([k, v]) => [k, typeof v === 'string' ? v : JSON.stringify([])]),
+    );
+    expect(awsJobConfigFromEnv(deployed).deltaApply).toBe('transactions');
+    expect(functionEnv(t, 'JobCoordinator')).not.toHaveProperty('FLOE_DELTA_APPLY');
+    expect(functionEnv(t, 'JobSavepoint')).not.toHaveProperty('FLOE_DELTA_APPLY');
+    // A transaction's puts are authorized as PutItem: the worker's grants do not change.
+    const statements = policyStatements(t, 'JobWorkerRole');
+    const stateTable = statements.filter((s) => /JobStateTable/.test(JSON.stringify(s.Resource)));
+    expect(actionsOf(stateTable)).toEqual(['dynamodb:BatchGetItem', 'dynamodb:PutItem']);
+    // Every mode the backend knows is accepted (lib/aws/job.ts reads the same values).
+    for (const mode of DELTA_APPLY_MODES) {
+      const env = functionEnv(Template.fromStack(processorStack({ deltaApply: mode }).stack), 'JobWorker');
+      expect(env.FLOE_DELTA_APPLY).toBe(mode);
+    }
+  });
+
+  it('grants lambda:InvokeFunction on the savepoint function with grantTakeSavepoint', () => {
+    const { stack, processor } = processorStack();
+    const operator = new iam.Role(stack, 'Operator', { assumedBy: new iam.AccountRootPrincipal() });
+    const grant = processor.grantTakeSavepoint(operator);
+    expect(grant.success).toBe(true);
+    const statements = policyStatements(Template.fromStack(stack), 'Operator');
+    expect(statements).toEqual([
+      expect.objectContaining({
+        Effect: 'Allow',
+        Action: 'lambda:InvokeFunction',
+        // The unqualified function only (no `:*` for versions and aliases).
+        Resource: { 'Fn::GetAtt': [expect.stringMatching(/^JobSavepoint/), 'Arn'] },
+      }),
+    ]);
+    expect(() => processor.grantTakeSavepoint(new iam.ServicePrincipal('states.amazonaws.com'))).toThrow(
+      /grantTakeSavepoint needs an IAM identity that can hold a policy/,
+    );
+  });
+
   it('grants producers PutRecord(s) on the stream', () => {
     const { stack, processor } = processorStack();
     const producer = new iam.Role(stack, 'Producer', { assumedBy: new iam.AccountRootPrincipal() });
@@ -680,6 +831,11 @@ describe('StreamProcessor rejects invalid props in the constructor', () => {
       'a zero lag threshold',
       () => ({ lagAlarmThreshold: Duration.seconds(0) }),
       /lagAlarmThreshold must be a positive duration/,
+    ],
+    [
+      'an unknown deltaApply',
+      () => ({ deltaApply: 'transaction' as StreamProcessorProps['deltaApply'] }),
+      /deltaApply must be 'items' .* or 'transactions' .*, got "transaction"/,
     ],
     [
       'a sink name with =',
@@ -776,7 +932,9 @@ describe('cdk-nag AwsSolutions', () => {
 });
 
 describe('bundling (local esbuild, no Docker)', () => {
-  it('bundles the pipeline into both functions as ES modules that load', { timeout: 120_000 }, async () => {
+  it('bundles the pipeline into the three functions as ES modules that load', {
+    timeout: 120_000,
+  }, async () => {
     const outdir = tmp();
     const app = testApp({ outdir, bundle: true, context: { 'aws:cdk:enable-asset-metadata': true } });
     const stack = new PageViewsStack(app, 'Bundled');
@@ -787,7 +945,7 @@ describe('bundling (local esbuild, no Docker)', () => {
     const assetDirs = Object.values(template.Resources)
       .filter((r) => r.Type === 'AWS::Lambda::Function')
       .map((r) => join(outdir, r.Metadata?.['aws:asset:path'] ?? 'missing'));
-    expect(assetDirs).toHaveLength(2);
+    expect(assetDirs).toHaveLength(3);
     for (const dir of assetDirs) {
       const file = join(dir, 'index.mjs');
       expect(existsSync(file)).toBe(true);

@@ -1,8 +1,9 @@
 /**
  * StreamProcessor: one floe job on AWS. Defines the source stream (or imports one), the state and
  * control tables, the bucket (deltas, large checkpoints, savepoints, dead letters, S3 outputs),
- * the worker and coordinator functions (the job's pipeline bundled in by local esbuild), the
- * coordinator's schedule, least-privilege grants, sink destinations, a dashboard and alarms.
+ * the worker, coordinator and savepoint functions (the job's pipeline bundled in by local
+ * esbuild), the coordinator's schedule, least-privilege grants, sink destinations, a dashboard
+ * and alarms.
  *
  *   new StreamProcessor(stack, 'PageViews', { pipeline: 'examples/page-views.ts', shardCount: 2 });
  *
@@ -23,6 +24,7 @@ import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
+import type { DeltaApplyMode } from '../lib/aws/dynamodb-backend.ts';
 import { DEFAULT_METRICS_NAMESPACE, JOB_DIMENSION, WorkerMetric } from '../lib/aws/metric-names.ts';
 import { allowObjects, grantObjects, type SinkTarget } from './sink-target.ts';
 
@@ -35,8 +37,18 @@ export const PIPELINE_MODULE_ALIAS = '@floe/pipeline';
 /** Generations (from `generation` on) whose S3 deltas a lifecycle rule expires. */
 export const DELTA_RULE_GENERATIONS = 10;
 
+/** Values of the `deltaApply` prop (lib/aws/dynamodb-backend.ts DELTA_APPLY_MODES). */
+const DELTA_APPLY_VALUES: readonly DeltaApplyMode[] = ['items', 'transactions'];
+
+/** Savepoint function: time for a pause, the export and the manifest (the Lambda maximum). */
+const SAVEPOINT_TIMEOUT = Duration.minutes(15);
+const SAVEPOINT_MEMORY_MIB = 1024;
+
 /** The sink that receives records that could not be processed (lib/core DEAD_LETTER_SINK). */
 const DEAD_LETTER_SINK = 'floe.dead-letter';
+
+/** Where the savepoint function writes savepoints (lib/aws/snapshot-s3.ts default prefix). */
+const SAVEPOINTS_PREFIX = 'savepoints/';
 
 const IS_STREAM_PROCESSOR = Symbol.for('floe.StreamProcessor');
 
@@ -114,6 +126,27 @@ export interface StreamProcessorProps {
    * @default Duration.seconds(1)
    */
   readonly commitInterval?: Duration;
+
+  /**
+   * How a worker applies the delta of a large commit (over 100 write actions or 4 MB: the state
+   * mutations and outputs go to S3 first and are committed by one conditional update of the
+   * checkpoint) to the state table. The commit is durable and exactly once either way, and both
+   * write every item under the same version condition (a stale writer never overwrites newer state).
+   *
+   * - `'items'`: one conditional PutItem per changed key, 16 in flight; 1 WCU per KB written.
+   * - `'transactions'`: TransactWriteItems of up to 100 keys (under 4 MB), 4 in flight. Each
+   *   chunk is applied atomically and a delta takes up to 100 times fewer requests, but
+   *   transactional writes cost 2 WCU per KB (twice `'items'`), and concurrent writers of a key
+   *   can cancel each other (retried). Choose it when the number of requests or their latency, not
+   *   write units, limits how fast large deltas are applied, or when something that reads the
+   *   state table directly must never see part of a chunk (it can still see one chunk applied
+   *   before another). No other permission is needed: a transaction's puts are authorized as
+   *   dynamodb:PutItem.
+   *
+   * Sets the worker's FLOE_DELTA_APPLY (lib/aws/job.ts; DynamoBackendOptions.deltaApply).
+   * @default 'items'
+   */
+  readonly deltaApply?: DeltaApplyMode;
 
   /**
    * Worker memory (MiB, 128 to 10240). CPU is proportional to memory.
@@ -205,6 +238,12 @@ export class StreamProcessor extends Construct {
   readonly worker: nodejs.NodejsFunction;
   /** Runs on `coordinatorSchedule` and starts workers. */
   readonly coordinator: nodejs.NodejsFunction;
+  /**
+   * Takes a savepoint of the job into `s3://<bucket>/savepoints/` when invoked (functions/savepoint.ts;
+   * event `{"stop"?: boolean, "id"?: string}`, see docs/operations.md). Nothing invokes it on
+   * its own; `grantTakeSavepoint` lets a role invoke it.
+   */
+  readonly savepointFunction: nodejs.NodejsFunction;
   /** The coordinator's schedule. */
   readonly schedule: events.Rule;
   /** Tables defined by `SinkTarget.newTable`, by sink name. */
@@ -344,12 +383,14 @@ export class StreamProcessor extends Construct {
     };
     const logRetention = props.logRetention ?? logs.RetentionDays.ONE_MONTH;
     const makeFunction = (
-      name: 'Worker' | 'Coordinator',
+      name: 'Worker' | 'Coordinator' | 'Savepoint',
       entry: string,
       options: {
         timeout: Duration;
         memorySize: number;
         serviceName: string;
+        /** The function's FLOE_* environment. @default the job environment above */
+        baseEnv?: Record<string, string>;
         extraEnv?: Record<string, string>;
       },
     ): nodejs.NodejsFunction => {
@@ -372,7 +413,7 @@ export class StreamProcessor extends Construct {
         role,
         logGroup,
         environment: {
-          ...environment,
+          ...(options.baseEnv ?? environment),
           NODE_OPTIONS: nodeOptions(options.memorySize),
           POWERTOOLS_SERVICE_NAME: options.serviceName,
           ...options.extraEnv,
@@ -405,6 +446,7 @@ export class StreamProcessor extends Construct {
       timeout: v.workerTimeout,
       memorySize: v.workerMemorySize,
       serviceName: 'floe-worker',
+      extraEnv: { FLOE_DELTA_APPLY: v.deltaApply },
     });
     // One invocation per shard; the coordinator restarts a failed worker at its next round, so
     // Lambda's own retries would only compete for the lease.
@@ -415,6 +457,25 @@ export class StreamProcessor extends Construct {
       serviceName: 'floe-coordinator',
       extraEnv: { FLOE_WORKER_FUNCTION: this.worker.functionName },
     });
+    // What lib/aws/savepoint-handler.ts reads (awsJobConfigFromEnv): the job's resources. The job
+    // record names the generation; no sinks (a savepoint publishes nothing), no metrics.
+    this.savepointFunction = makeFunction('Savepoint', 'functions/savepoint.ts', {
+      timeout: SAVEPOINT_TIMEOUT,
+      memorySize: SAVEPOINT_MEMORY_MIB,
+      serviceName: 'floe-savepoint',
+      baseEnv: {
+        FLOE_JOB: environment.FLOE_JOB!,
+        FLOE_STREAM: environment.FLOE_STREAM!,
+        FLOE_STATE_TABLE: environment.FLOE_STATE_TABLE!,
+        FLOE_CONTROL_TABLE: environment.FLOE_CONTROL_TABLE!,
+        FLOE_BUCKET: environment.FLOE_BUCKET!,
+        FLOE_GENERATION: environment.FLOE_GENERATION!,
+        POWERTOOLS_LOG_LEVEL: environment.POWERTOOLS_LOG_LEVEL!,
+      },
+    });
+    // Meant to be invoked synchronously. An asynchronous invocation that fails is not retried by
+    // Lambda: each retry would pause the job again (up to the timeout) without anyone asking.
+    this.savepointFunction.configureAsyncInvoke({ retryAttempts: 0, maxEventAge: Duration.hours(1) });
 
     // --- Grants (the calls lib/aws makes; nothing more).
     const jobPrefix = `${this.job}/`; // deltas and large checkpoints of every generation
@@ -448,6 +509,33 @@ export class StreamProcessor extends Construct {
     );
     this.coordinator.addToRolePolicy(
       new iam.PolicyStatement({ actions: ['lambda:InvokeFunction'], resources: [this.worker.functionArn] }),
+    );
+
+    // The savepoint (lib/runtime/savepoints.ts createSavepoint over lib/aws/savepoints.ts): the job
+    // record (GetItem, PutItem), every shard's lease (UpdateItem; a lease holder first redoes a
+    // pending delta: PutItem on both tables), the checkpoints (Query; large ones GetObject under
+    // `<job>/`; their timer-log chunks, put inline into the manifest, BatchGetItem), the state
+    // (Scan), the shards and the record after each position (ListShards, GetShardIterator,
+    // GetRecords), and the savepoint files (Get/Put/DeleteObject, ListBucket).
+    const savepoint = this.savepointFunction;
+    streamRead(savepoint, ['kinesis:ListShards', 'kinesis:GetShardIterator', 'kinesis:GetRecords']);
+    this.stateTable.grant(savepoint, 'dynamodb:Scan', 'dynamodb:BatchGetItem', 'dynamodb:PutItem');
+    this.controlTable.grant(
+      savepoint,
+      'dynamodb:GetItem',
+      'dynamodb:PutItem',
+      'dynamodb:UpdateItem',
+      'dynamodb:Query',
+    );
+    allowObjects(savepoint, this.bucket, [jobPrefix], ['s3:GetObject']);
+    allowObjects(
+      savepoint,
+      this.bucket,
+      [SAVEPOINTS_PREFIX],
+      ['s3:GetObject', 's3:PutObject', 's3:DeleteObject'],
+    );
+    savepoint.addToRolePolicy(
+      new iam.PolicyStatement({ actions: ['s3:ListBucket'], resources: [this.bucket.bucketArn] }),
     );
     // --- Schedule.
     this.schedule = new events.Rule(this, 'Schedule', {
@@ -657,6 +745,25 @@ export class StreamProcessor extends Construct {
   grantProduce(grantee: iam.IGrantable): iam.Grant {
     return this.stream.grantWrite(grantee);
   }
+
+  /**
+   * Lets `grantee` take savepoints: `lambda:InvokeFunction` on `savepointFunction` (the
+   * unqualified function ARN only). The function itself holds the permissions a savepoint needs.
+   * @param grantee an IAM identity of this account (a role, user or group)
+   */
+  grantTakeSavepoint(grantee: iam.IGrantable): iam.Grant {
+    const grant = iam.Grant.addToPrincipal({
+      grantee,
+      actions: ['lambda:InvokeFunction'],
+      resourceArns: [this.savepointFunction.functionArn],
+    });
+    if (!grant.success) {
+      throw new Error(
+        `grantTakeSavepoint needs an IAM identity that can hold a policy (a role, user or group), got ${grantee.grantPrincipal}; for another principal, call savepointFunction.grantInvoke(...)`,
+      );
+    }
+    return grant;
+  }
 }
 
 interface Validated {
@@ -668,6 +775,7 @@ interface Validated {
   readonly commitInterval: Duration;
   readonly workerMemorySize: number;
   readonly deadLetterThreshold: number;
+  readonly deltaApply: DeltaApplyMode;
 }
 
 const JOB = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -754,6 +862,12 @@ function validate(props: StreamProcessorProps): Validated {
       );
     }
   }
+  const deltaApply = props.deltaApply ?? 'items';
+  if (!DELTA_APPLY_VALUES.includes(deltaApply)) {
+    throw new Error(
+      `deltaApply must be 'items' (one conditional PutItem per key, 1 WCU per KB) or 'transactions' (atomic chunks of up to 100 keys, 2 WCU per KB), got ${JSON.stringify(deltaApply)}`,
+    );
+  }
   const workerMemorySize = props.workerMemorySize ?? 1024;
   if (!Token.isUnresolved(workerMemorySize)) checkInteger('workerMemorySize', workerMemorySize, 128, 10_240);
 
@@ -795,6 +909,7 @@ function validate(props: StreamProcessorProps): Validated {
     commitInterval,
     workerMemorySize,
     deadLetterThreshold,
+    deltaApply,
   };
 }
 

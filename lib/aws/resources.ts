@@ -81,10 +81,18 @@ export async function createStream(
   throw new ConfigurationError(`stream ${stream} did not become ACTIVE within 30 s`);
 }
 
-/** Checks that every resource exists; throws one ConfigurationError naming what is missing. */
+/** What to do about missing resources, for `floe run`. */
+const RUN_MISSING_RESOURCES_HINT =
+  'check AWS_REGION, deploy the stack (cdk deploy), or for an emulator pass --create-resources';
+
+/**
+ * Checks that every resource exists; throws one ConfigurationError naming what is missing, in
+ * which region, and `hint` (what to do about it).
+ */
 export async function checkResources(
   clients: { kinesis: KinesisClient; dynamodb: DynamoDBClient; s3: S3Client },
   resources: JobResources,
+  hint: string = RUN_MISSING_RESOURCES_HINT,
 ): Promise<void> {
   const missing: string[] = [];
   try {
@@ -110,8 +118,6 @@ export async function checkResources(
   }
   if (missing.length > 0) {
     const region = await clients.kinesis.config.region();
-    throw new ConfigurationError(
-      `missing ${missing.join(', ')} in region ${region}; check AWS_REGION, deploy the stack (cdk deploy), or for an emulator pass --create-resources`,
-    );
+    throw new ConfigurationError(`missing ${missing.join(', ')} in region ${region}; ${hint}`);
   }
 }

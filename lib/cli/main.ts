@@ -13,7 +13,7 @@ Usage:
   floe demo                                  generate a clickstream and run the examples (npm start)
   floe produce --stream <name> (--file <f> | --generate clickstream) [options]
   floe run <pipeline.ts> [--backend embedded|aws] [--stream <name>] [--job <id>] [--until-idle]
-  floe status --job <id> [--stream <name>]
+  floe status --job <id> [--backend embedded|aws] [--stream <name>] [--json]
   floe savepoint create --job <id> [--stop] | list | inspect <id> | delete <id>
   floe replay --from-savepoint <id> [--as-job <new-id>] [--pipeline <pipeline.ts>]
   floe replay --from-timestamp <time> --pipeline <pipeline.ts> [--as-job <id>]

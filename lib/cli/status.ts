@@ -6,18 +6,26 @@ import { checkJobId, DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
 import { SqliteJobStore } from '../embedded/job-store.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import { jobStatus } from '../embedded/status.ts';
-import { formatCount, formatTime, UsageError } from './args.ts';
+import { formatCount, formatTime, nonNegativeInt, oneOf, UsageError } from './args.ts';
 
-export const STATUS_HELP = `floe status --job <id> [--stream <name>] [--data-dir <dir>] [--json]
+export const STATUS_HELP = `floe status --job <id> [--backend embedded|aws] [--stream <name>] [options] [--json]
 
-Shows, per shard of the job's stream: position, lag (records not yet processed), watermark
-and last commit; and the job's published outputs per sink, including dead letters.
+Shows, per shard of the job's stream: position, lag, watermark and last commit. Embedded: also
+the job's published outputs per sink, including dead letters. AWS: also the pending timers, the
+outputs committed but not yet published, and the shard's lease.
 
 Options:
-  --job <id>          the job (required)
-  --stream <name>     its input stream (default: the job's, else the job id)
-  --data-dir <dir>    embedded data directory (default .floe)
-  --json              print JSON`;
+  --job <id>                the job (required)
+  --backend <embedded|aws>  embedded: SQLite + local log in --data-dir (default);
+                            aws: the endpoints the AWS SDK is configured for
+  --stream, -s <name>       its input stream (default: the job's, else the job id)
+  --data-dir <dir>          embedded data directory (default .floe)
+  --json                    print JSON
+AWS backend (endpoints from AWS_ENDPOINT_URL[_SERVICE], region and credentials as the SDK finds them):
+  --state-table, --control-table <name>  DynamoDB tables (default floe-<job>-state / -control)
+  --bucket <name>           S3 bucket of deltas and large checkpoints (default floe-<job>)
+  --generation <N>          state generation of a job without a job record (default 0; the
+                            StreamProcessor's generation prop)`;
 
 export async function runStatus(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -25,8 +33,13 @@ export async function runStatus(args: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       job: { type: 'string' },
+      backend: { type: 'string' },
       stream: { type: 'string', short: 's' },
       'data-dir': { type: 'string' },
+      'state-table': { type: 'string' },
+      'control-table': { type: 'string' },
+      bucket: { type: 'string' },
+      generation: { type: 'string' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
@@ -39,6 +52,24 @@ export async function runStatus(args: string[]): Promise<number> {
     throw new UsageError(`status takes no positional arguments; received "${positionals[0]}"`);
   if (values.job === undefined) throw new UsageError('status needs --job <id>');
   const job = checkJobId(values.job);
+  const backend = oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
+  if (backend === 'aws') {
+    if (values['data-dir'] !== undefined)
+      throw new UsageError('--data-dir is for the embedded backend; on --backend aws name the resources');
+    const { runStatusAws } = await import('./status-aws.ts');
+    return runStatusAws({
+      job,
+      stream: values.stream,
+      stateTable: values['state-table'],
+      controlTable: values['control-table'],
+      bucket: values.bucket,
+      generation: nonNegativeInt('--generation', values.generation, 0),
+      json: values.json,
+    });
+  }
+  for (const flag of ['state-table', 'control-table', 'bucket', 'generation'] as const) {
+    if (values[flag] !== undefined) throw new UsageError(`--${flag} needs --backend aws`);
+  }
   const path = databasePath(values['data-dir'] ?? DEFAULT_DATA_DIR);
   if (!existsSync(path))
     throw new ConfigurationError(`no embedded data at ${path}; run 'floe produce' and 'floe run' first`);
