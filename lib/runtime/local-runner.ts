@@ -109,14 +109,12 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
       commits += r.commits;
       if (r.records > 0 || r.finished) progressed = true;
     }
-    if (
-      options.untilIdle &&
-      !leaseBusy &&
-      !paused &&
-      !progressed &&
-      results.every((r) => r.caughtUp || r.finished)
-    )
-      break;
+    if (options.untilIdle && !leaseBusy && !paused) {
+      // Idle: every shard that ran is caught up, and none finished (a finished shard makes its
+      // children runnable, so they get a round). Shards that did not run are finished already.
+      if (results.every((r) => r.caughtUp && !r.finished)) break;
+      if (!progressed && results.every((r) => r.caughtUp || r.finished)) break;
+    }
   }
   return { records, commits, rounds, shards: [...seen], ...(stopped === undefined ? {} : { stopped }) };
 }
