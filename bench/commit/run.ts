@@ -38,30 +38,24 @@
  */
 import { availableParallelism, loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import {
-  CreateTableCommand,
-  DynamoDBClient,
-  ResourceInUseException,
-  UpdateItemCommand,
-} from '@aws-sdk/client-dynamodb';
+import { type DynamoDBClient, ResourceInUseException, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import {
   GetRecordsCommand,
   GetShardIteratorCommand,
-  KinesisClient,
+  type KinesisClient,
   type _Record as KinesisRecord,
 } from '@aws-sdk/client-kinesis';
-import { S3Client } from '@aws-sdk/client-s3';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
 import pageViews from '../../examples/page-views.ts';
-import { isolateMotoTransactions } from '../../infra-tests/aws/moto-transactions.ts';
+import { jobClients } from '../../infra-tests/aws/job-clients.ts';
+import { kplEntries } from '../../infra-tests/aws/kpl-entries.ts';
+import { createUpsertTable } from '../../infra-tests/aws/upsert-tables.ts';
 import { startAwsTestEnv } from '../../infra-tests/env/environment.ts';
-import type { AwsTestEnv } from '../../infra-tests/env/types.ts';
 import { DELTA_APPLY_MODES, type DeltaApplyMode, mapLimit } from '../../lib/aws/dynamodb-backend.ts';
-import { type AwsClientsBundle, openAwsJob } from '../../lib/aws/job.ts';
-import { KinesisSource, type PutRecordInput, putRecords } from '../../lib/aws/kinesis-source.ts';
-import { aggregate, deaggregate } from '../../lib/aws/kpl.ts';
+import { openAwsJob } from '../../lib/aws/job.ts';
+import { KinesisSource, putRecords } from '../../lib/aws/kinesis-source.ts';
+import { deaggregate } from '../../lib/aws/kpl.ts';
 import { createBucket, createStream, createTables } from '../../lib/aws/resources.ts';
-import { compile, DEAD_LETTER_SINK, hashKey, type ShardInfo } from '../../lib/core/index.ts';
+import { compile, DEAD_LETTER_SINK } from '../../lib/core/index.ts';
 import { clickstream } from '../../lib/runtime/clickstream.ts';
 import { runJob } from '../../lib/runtime/local-runner.ts';
 import { envInt } from '../env.ts';
@@ -89,32 +83,6 @@ const load = (): string =>
   loadavg()
     .map((l) => l.toFixed(2))
     .join(' ');
-
-// ---------------------------------------------------------------------------------------------
-// Clients
-
-function clientsFor(env: AwsTestEnv): AwsClientsBundle {
-  const common = (endpoint: string | undefined) => ({
-    region: env.region,
-    ...(endpoint !== undefined ? { endpoint } : {}),
-    ...(env.credentials === 'dummy' ? { credentials: { accessKeyId: 'test', secretAccessKey: 'test' } } : {}),
-    requestHandler: new NodeHttpHandler({ connectionTimeout: 5_000, requestTimeout: 60_000 }),
-  });
-  const kinesis = new KinesisClient(common(env.endpoints.kinesis));
-  const dynamodb = new DynamoDBClient(common(env.endpoints.dynamodb));
-  const s3 = new S3Client({ ...common(env.endpoints.s3), forcePathStyle: env.endpoints.s3 !== undefined });
-  if (env.engines.dynamodb === 'moto') isolateMotoTransactions(dynamodb);
-  return {
-    kinesis,
-    dynamodb,
-    s3,
-    destroy() {
-      kinesis.destroy();
-      dynamodb.destroy();
-      s3.destroy();
-    },
-  };
-}
 
 // ---------------------------------------------------------------------------------------------
 // Write accounting: requests and approximate WCU of every DynamoDB write call
@@ -287,33 +255,6 @@ interface View {
   readonly ts: number;
 }
 
-function shardOf(shards: readonly ShardInfo[], partitionKey: string): string {
-  const h = hashKey(partitionKey);
-  const s = shards.find((x) => h >= BigInt(x.hashKeyRange.start) && h <= BigInt(x.hashKeyRange.end));
-  if (s === undefined) throw new Error(`no shard owns ${partitionKey}`);
-  return s.shardId;
-}
-
-/** KPL aggregates of up to AGGREGATE user records of one shard, per-shard order kept. */
-function entries(views: readonly View[], shards: readonly ShardInfo[]): PutRecordInput[] {
-  const out: PutRecordInput[] = [];
-  const pending = new Map<string, View[]>(shards.map((s) => [s.shardId, []]));
-  const flush = (id: string) => {
-    const list = pending.get(id)!;
-    if (list.length === 0) return;
-    const agg = aggregate(list.map((v) => ({ partitionKey: v.page, data: JSON.stringify(v) })));
-    out.push({ partitionKey: agg.partitionKey, data: agg.data });
-    pending.set(id, []);
-  };
-  for (const v of views) {
-    const id = shardOf(shards, v.page);
-    pending.get(id)!.push(v);
-    if (pending.get(id)!.length >= AGGREGATE) flush(id);
-  }
-  for (const s of shards) flush(s.shardId);
-  return out;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Consumers
 
@@ -360,7 +301,7 @@ async function main(): Promise<void> {
   const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
   const started = await startAwsTestEnv(repoRoot, (m) => console.error(m));
   const env = started.env;
-  const clients = clientsFor(env);
+  const clients = jobClients(env, { requestTimeoutMs: 60_000 });
   const suffix = `${Date.now().toString(36)}`;
   const names = {
     stream: `bench-commit-${suffix}`,
@@ -396,25 +337,10 @@ async function main(): Promise<void> {
     await Promise.all([
       createTables(clients.dynamodb, names.state, names.control),
       createBucket(clients.s3, names.bucket),
-      ...[names.counts, names.naive].map((TableName) =>
-        clients.dynamodb
-          .send(
-            new CreateTableCommand({
-              TableName,
-              BillingMode: 'PAY_PER_REQUEST',
-              AttributeDefinitions: [
-                { AttributeName: 'page', AttributeType: 'S' },
-                { AttributeName: 'windowStart', AttributeType: 'N' },
-              ],
-              KeySchema: [
-                { AttributeName: 'page', KeyType: 'HASH' },
-                { AttributeName: 'windowStart', KeyType: 'RANGE' },
-              ],
-            }),
-          )
-          .catch((e: unknown) => {
-            if (!(e instanceof ResourceInUseException)) throw e;
-          }),
+      ...[names.counts, names.naive].map((table) =>
+        createUpsertTable(clients.dynamodb, table, 'page', 'windowStart').catch((e: unknown) => {
+          if (!(e instanceof ResourceInUseException)) throw e;
+        }),
       ),
     ]);
     meter.enabled = true;
@@ -422,7 +348,11 @@ async function main(): Promise<void> {
     const source = new KinesisSource({ client: clients.kinesis, stream: names.stream });
     const shards = await source.listShards();
     const shardIds = shards.map((s) => s.shardId).sort();
-    const toPut = entries(views, shards);
+    const toPut = kplEntries(
+      views.map((v) => ({ partitionKey: v.page, data: JSON.stringify(v) })),
+      shards,
+      AGGREGATE,
+    );
     let t0 = performance.now();
     await putRecords(clients.kinesis, names.stream, toPut);
     const putSeconds = (performance.now() - t0) / 1000;

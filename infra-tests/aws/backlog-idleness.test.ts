@@ -28,7 +28,7 @@ import {
 import { runJob } from '../../lib/runtime/local-runner.ts';
 import { simulate } from '../../lib/runtime/simulate.ts';
 import { kinesisClient, setupAwsTestEnv } from '../env/aws-clients.ts';
-import { createTestStream, deleteTestStream } from './kinesis-harness-stream.ts';
+import { createTestStream, deleteTestStream } from '../env/kinesis-streams.ts';
 
 const env = await setupAwsTestEnv();
 const kinesis = kinesisClient(env);

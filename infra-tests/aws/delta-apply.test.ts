@@ -14,15 +14,10 @@
  * and its transactions are not isolated from concurrent requests (./moto-transactions.ts, which
  * the client here goes through).
  */
-import { DeleteTableCommand, GetItemCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
+import { GetItemCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  type DeltaApplyMode,
-  DynamoBackend,
-  type DynamoBackendOptions,
-  type DynamoCommitStep,
-} from '../../lib/aws/dynamodb-backend.ts';
-import { createBucket, createTables } from '../../lib/aws/resources.ts';
+import type { DeltaApplyMode, DynamoBackend, DynamoCommitStep } from '../../lib/aws/dynamodb-backend.ts';
+import { createBucket } from '../../lib/aws/resources.ts';
 import {
   type Commit,
   initialCheckpoint,
@@ -30,8 +25,9 @@ import {
   type ShardCheckpoint,
   type StateMutation,
 } from '../../lib/core/index.ts';
-import { type AwsClients, awsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
-import { isolateMotoTransactions } from './moto-transactions.ts';
+import { type AwsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
+import { type BackendTables, createBackendTables } from './backend-tables.ts';
+import { jobClients } from './job-clients.ts';
 
 const env = await setupAwsTestEnv();
 let clients: AwsClients;
@@ -40,53 +36,18 @@ const SHARD = 'shardId-000000000000';
 const TTL = 1_000;
 
 beforeAll(async () => {
-  clients = awsClients(env);
-  if (env.engines.dynamodb === 'moto') isolateMotoTransactions(clients.dynamodb);
+  clients = jobClients(env);
   await createBucket(clients.s3, bucket);
 });
 afterAll(() => clients?.destroy());
 
 class Crash extends Error {}
 
-interface Fixture {
-  readonly job: string;
-  readonly stateTable: string;
-  readonly controlTable: string;
-  open(overrides?: Partial<DynamoBackendOptions>): DynamoBackend;
-  close(): Promise<void>;
-}
-
 let fixtures = 0;
-async function fixture(mode: DeltaApplyMode): Promise<Fixture> {
-  const n = ++fixtures;
-  const stateTable = uniqueName(`apply-state-${n}`);
-  const controlTable = uniqueName(`apply-control-${n}`);
-  const job = `apply-${n}-${Date.now().toString(36)}`;
-  await createTables(clients.dynamodb, stateTable, controlTable);
-  return {
-    job,
-    stateTable,
-    controlTable,
-    open: (overrides = {}) =>
-      new DynamoBackend({
-        dynamodb: clients.dynamodb,
-        s3: clients.s3,
-        stateTable,
-        controlTable,
-        bucket,
-        job,
-        deltaApply: mode,
-        retry: { baseDelayMs: 2, maxDelayMs: 50 },
-        ...overrides,
-      }),
-    async close() {
-      await Promise.all(
-        [stateTable, controlTable].map((TableName) =>
-          clients.dynamodb.send(new DeleteTableCommand({ TableName })).catch(() => {}),
-        ),
-      );
-    },
-  };
+/** Fresh tables; its backends apply deltas the `mode` way. */
+async function fixture(mode: DeltaApplyMode): Promise<BackendTables> {
+  const tables = await createBackendTables(clients, bucket, 'apply', ++fixtures);
+  return { ...tables, open: (overrides = {}) => tables.open({ deltaApply: mode, ...overrides }) };
 }
 
 const checkpoint = (commitNumber: number): ShardCheckpoint => ({
@@ -120,7 +81,7 @@ async function stateOf(backend: DynamoBackend): Promise<Record<string, string>> 
 }
 
 /** The raw item of a state key (tombstones included), or undefined. */
-async function rawItem(f: Fixture, address: string): Promise<Record<string, unknown> | undefined> {
+async function rawItem(f: BackendTables, address: string): Promise<Record<string, unknown> | undefined> {
   const res = await clients.dynamodb.send(
     new GetItemCommand({
       TableName: f.stateTable,

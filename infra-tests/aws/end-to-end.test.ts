@@ -35,28 +35,24 @@
  * the new owner's results are exact) is covered on this same stack, on both commit paths, by
  * exactly-once.test.ts ("fencing: a stalled worker whose lease was taken over cannot commit ...").
  */
-import { CreateTableCommand, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { ScanCommand } from '@aws-sdk/lib-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pageViews from '../../examples/page-views.ts';
 import userSessions from '../../examples/user-sessions.ts';
 import { type FaultInjector, injectTransientFaults } from '../../lib/aws/faults.ts';
-import { type AwsClientsBundle, openAwsJob } from '../../lib/aws/job.ts';
-import { KinesisSource, type PutRecordInput, putRecords } from '../../lib/aws/kinesis-source.ts';
-import { aggregate } from '../../lib/aws/kpl.ts';
+import { openAwsJob } from '../../lib/aws/job.ts';
+import { KinesisSource, putRecords } from '../../lib/aws/kinesis-source.ts';
 import { createBucket, createTables } from '../../lib/aws/resources.ts';
 import {
   boundedOutOfOrderness,
   compile,
   count,
   DEAD_LETTER_SINK,
-  hashKey,
   minutes,
   type Output,
   type Pipeline,
   pipeline,
-  type ShardInfo,
   seconds,
   shardName,
   tumbling,
@@ -65,17 +61,12 @@ import {
 import { type Click, clickstream } from '../../lib/runtime/clickstream.ts';
 import { runJob } from '../../lib/runtime/local-runner.ts';
 import { simulate } from '../../lib/runtime/simulate.ts';
-import {
-  type AwsClients,
-  awsClients,
-  dynamoDbClient,
-  kinesisClient,
-  s3Client,
-  setupAwsTestEnv,
-  uniqueName,
-} from '../env/aws-clients.ts';
-import { createTestStream, deleteTestStream } from './kinesis-harness-stream.ts';
-import { isolateMotoTransactions } from './moto-transactions.ts';
+import { type AwsClients, awsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
+import { createTestStream, deleteTestStream } from '../env/kinesis-streams.ts';
+import { jobClients } from './job-clients.ts';
+import { kplEntries } from './kpl-entries.ts';
+import { readObjects } from './s3-objects.ts';
+import { createUpsertTable } from './upsert-tables.ts';
 
 const env = await setupAwsTestEnv();
 let admin: AwsClients;
@@ -177,38 +168,6 @@ function withPoison(clicks: readonly Click[], key: (c: Click) => string): Produc
   return out;
 }
 
-function shardOf(shards: readonly ShardInfo[], partitionKey: string): string {
-  const h = hashKey(partitionKey);
-  const shard = shards.find((s) => h >= BigInt(s.hashKeyRange.start) && h <= BigInt(s.hashKeyRange.end));
-  if (shard === undefined) throw new Error(`no shard owns ${partitionKey}`);
-  return shard.shardId;
-}
-
-/** Kinesis records in put order: plain records and per-shard aggregates, per-shard order kept. */
-function kinesisEntries(produced: readonly Produced[], shards: readonly ShardInfo[]): PutRecordInput[] {
-  const out: PutRecordInput[] = [];
-  const pending = new Map<string, Produced[]>(shards.map((s) => [s.shardId, []]));
-  const flush = (shardId: string): void => {
-    const list = pending.get(shardId)!;
-    if (list.length === 0) return;
-    const agg = aggregate(list.map((r) => ({ partitionKey: r.partitionKey, data: r.text })));
-    out.push({ partitionKey: agg.partitionKey, data: agg.data });
-    pending.set(shardId, []);
-  };
-  for (const r of produced) {
-    const shardId = shardOf(shards, r.partitionKey);
-    if (r.plain) {
-      flush(shardId);
-      out.push({ partitionKey: r.partitionKey, data: r.text });
-      continue;
-    }
-    pending.get(shardId)!.push(r);
-    if (pending.get(shardId)!.length >= AGGREGATE) flush(shardId);
-  }
-  for (const s of shards) flush(s.shardId);
-  return out;
-}
-
 async function readBack(stream: string): Promise<{ shardIds: string[]; records: ReadRecord[][] }> {
   const source = new KinesisSource({ client: admin.kinesis, stream });
   const shardIds = (await source.listShards()).map((s) => s.shardId).sort();
@@ -239,7 +198,11 @@ async function produce(prefix: string, produced: Produced[], validKeys: Set<stri
   const stream = await createTestStream(admin.kinesis, prefix, SHARDS);
   streams.push(stream);
   const shards = await new KinesisSource({ client: admin.kinesis, stream }).listShards();
-  const entries = kinesisEntries(produced, shards);
+  const entries = kplEntries(
+    produced.map((r) => ({ partitionKey: r.partitionKey, data: r.text, plain: r.plain })),
+    shards,
+    AGGREGATE,
+  );
   await putRecords(admin.kinesis, stream, entries);
   const { shardIds, records } = await readBack(stream);
   const all = records.flat();
@@ -344,23 +307,6 @@ function normalizeDeadLetter(
 // ---------------------------------------------------------------------------------------------
 // Actual results: the sinks' contents
 
-async function createSinkTable(dynamodb: DynamoDBClient, table: string, hash: string, range: string) {
-  await dynamodb.send(
-    new CreateTableCommand({
-      TableName: table,
-      BillingMode: 'PAY_PER_REQUEST',
-      AttributeDefinitions: [
-        { AttributeName: hash, AttributeType: 'S' },
-        { AttributeName: range, AttributeType: 'N' },
-      ],
-      KeySchema: [
-        { AttributeName: hash, KeyType: 'HASH' },
-        { AttributeName: range, KeyType: 'RANGE' },
-      ],
-    }),
-  );
-}
-
 async function scanTable(table: string, key: readonly string[]): Promise<Map<string, unknown>> {
   const out = new Map<string, unknown>();
   let start: Record<string, unknown> | undefined;
@@ -380,27 +326,17 @@ async function scanTable(table: string, key: readonly string[]): Promise<Map<str
 /** Every `{"id","value"}` line of the NDJSON objects under a prefix; fails on an id with two values. */
 async function s3Lines(s3: S3Client, prefix: string): Promise<Map<string, unknown>> {
   const byId = new Map<string, string>();
-  let token: string | undefined;
-  do {
-    const res = await s3.send(
-      new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }),
-    );
-    for (const o of res.Contents ?? []) {
-      const body = await (
-        await s3.send(new GetObjectCommand({ Bucket: bucket, Key: o.Key }))
-      ).Body!.transformToString();
-      for (const line of body.split('\n')) {
-        if (line.trim() === '') continue;
-        const { id, value } = JSON.parse(line) as { id: string; value: unknown };
-        const text = JSON.stringify(value);
-        const before = byId.get(id);
-        if (before !== undefined && before !== text)
-          throw new Error(`output ${id} has two values: ${before} / ${text}`);
-        byId.set(id, text);
-      }
+  for (const body of (await readObjects(s3, bucket, prefix)).values()) {
+    for (const line of body.split('\n')) {
+      if (line.trim() === '') continue;
+      const { id, value } = JSON.parse(line) as { id: string; value: unknown };
+      const text = JSON.stringify(value);
+      const before = byId.get(id);
+      if (before !== undefined && before !== text)
+        throw new Error(`output ${id} has two values: ${before} / ${text}`);
+      byId.set(id, text);
     }
-    token = res.NextContinuationToken;
-  } while (token !== undefined);
+  }
   return new Map([...byId].map(([id, text]) => [id, JSON.parse(text) as unknown]));
 }
 
@@ -495,7 +431,7 @@ async function runPipeline(p: Pipeline, data: StreamData, sinks: Sinks, options:
   const upsertTable = uniqueName(`e2e-${sinks.upsert.sink}`);
   await Promise.all([
     createTables(admin.dynamodb, stateTable, controlTable),
-    createSinkTable(admin.dynamodb, upsertTable, sinks.upsert.hash, sinks.upsert.range),
+    createUpsertTable(admin.dynamodb, upsertTable, sinks.upsert.hash, sinks.upsert.range),
   ]);
   const prefixes = {
     dead: `dead-letters/${job}/`,
@@ -508,20 +444,8 @@ async function runPipeline(p: Pipeline, data: StreamData, sinks: Sinks, options:
     ...(sinks.late !== undefined ? [`${sinks.late}=s3:${bucket}/${prefixes.late}`] : []),
   ];
   // The job's own clients (the faults go on these only).
-  const kinesis = kinesisClient(env);
-  const dynamodb = dynamoDbClient(env);
-  const s3 = s3Client(env);
-  const bundle: AwsClientsBundle = {
-    kinesis,
-    dynamodb,
-    s3,
-    destroy() {
-      kinesis.destroy();
-      dynamodb.destroy();
-      s3.destroy();
-    },
-  };
-  if (env.engines.dynamodb === 'moto') isolateMotoTransactions(dynamodb);
+  const bundle = jobClients(env);
+  const { kinesis, dynamodb, s3 } = bundle;
   const s3Bodies = trackBodies(s3);
   const injectors: Record<string, FaultInjector> = {};
   if (options.faults) {

@@ -41,32 +41,32 @@
  * random-crash tests, the other resharding tests, and each fault point on the other scenario. FLOE_EO_FULL=1 runs every test of the harness on every configuration (except those
  * a configuration cannot run, `never`).
  */
-import { DeleteTableCommand } from '@aws-sdk/client-dynamodb';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
   type DeltaApplyMode,
-  DynamoBackend,
+  type DynamoBackend,
   type DynamoCommitStep,
   TRANSACTION_MAX_ACTIONS,
 } from '../../lib/aws/dynamodb-backend.ts';
-import { createBucket, createTables } from '../../lib/aws/resources.ts';
+import { createBucket } from '../../lib/aws/resources.ts';
 import type { Commit, Lease, StateMutation } from '../../lib/core/index.ts';
 import {
   type Backend,
   describeExactlyOnce,
   type ExactlyOnceFactory,
 } from '../../lib/runtime/testing/exactly-once.ts';
-import { type AwsClients, awsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
-import { createTestStream, deleteTestStream, KinesisHarnessStream } from './kinesis-harness-stream.ts';
-import { isolateMotoTransactions } from './moto-transactions.ts';
+import { type AwsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
+import { createTestStream, deleteTestStream } from '../env/kinesis-streams.ts';
+import { createBackendTables } from './backend-tables.ts';
+import { jobClients } from './job-clients.ts';
+import { KinesisHarnessStream } from './kinesis-harness-stream.ts';
 
 const env = await setupAwsTestEnv();
 let clients: AwsClients;
 const bucket = uniqueName('floe-eo');
 
 beforeAll(async () => {
-  clients = awsClients(env);
-  if (env.engines.dynamodb === 'moto') isolateMotoTransactions(clients.dynamodb);
+  clients = jobClients(env);
   await createBucket(clients.s3, bucket);
 });
 afterAll(() => clients?.destroy());
@@ -141,23 +141,13 @@ function dynamoKinesisFactory(
   return async ({ shards, faultHook }) => {
     const n = ++fixtureCount;
     stats.fixtures++;
-    const stateTable = uniqueName(`eo-state-${n}`);
-    const controlTable = uniqueName(`eo-control-${n}`);
-    const job = `eo-${n}-${Date.now().toString(36)}`;
-    const [stream] = await Promise.all([
+    const [stream, tables] = await Promise.all([
       createTestStream(clients.kinesis, `eo-${n}`, shards),
-      createTables(clients.dynamodb, stateTable, controlTable),
+      createBackendTables(clients, bucket, 'eo', n),
     ]);
     const open = (): Backend => {
-      const backend = new DynamoBackend({
-        dynamodb: clients.dynamodb,
-        s3: clients.s3,
-        stateTable,
-        controlTable,
-        bucket,
-        job,
+      const backend = tables.open({
         ...(deltaApply === undefined ? {} : { deltaApply }),
-        retry: { baseDelayMs: 2, maxDelayMs: 50 },
         onStep: (step) => faultHook(point(step), { step }),
       });
       stats.backends.push(backend);
@@ -171,12 +161,7 @@ function dynamoKinesisFactory(
       reopen: () => open(),
       stream: new KinesisHarnessStream({ kinesis: clients.kinesis, stream }),
       async close() {
-        await Promise.all([
-          deleteTestStream(clients.kinesis, stream),
-          ...[stateTable, controlTable].map((TableName) =>
-            clients.dynamodb.send(new DeleteTableCommand({ TableName })).catch(() => {}),
-          ),
-        ]);
+        await Promise.all([deleteTestStream(clients.kinesis, stream), tables.close()]);
       },
     };
   };

@@ -1,6 +1,6 @@
 /**
  * A Kinesis stream (kinesis-local here) as the `HarnessStream` of the exactly-once harness
- * (lib/runtime/testing/exactly-once.ts), and the helpers the other infra tests share with it.
+ * (lib/runtime/testing/exactly-once.ts).
  *
  * Arrival times. Kinesis stamps every record with its own ApproximateArrivalTimestamp, but the
  * harness decides arrival times (they drive idleness, and `simulate` must see the same ones). So
@@ -25,9 +25,6 @@
  * after a partial failure, which kinesis-local never produces.
  */
 import {
-  CreateStreamCommand,
-  DeleteStreamCommand,
-  DescribeStreamSummaryCommand,
   type KinesisClient,
   ListShardsCommand,
   MergeShardsCommand,
@@ -43,49 +40,8 @@ import type {
   StartPosition,
 } from '../../lib/core/index.ts';
 import type { HarnessStream } from '../../lib/runtime/testing/exactly-once.ts';
-import { uniqueName } from '../env/aws-clients.ts';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls until `probe` returns a value (not undefined). */
-export async function eventually<T>(
-  what: string,
-  probe: () => Promise<T | undefined>,
-  timeoutMs = 30_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
-
-export async function waitStreamActive(kinesis: KinesisClient, stream: string): Promise<void> {
-  await eventually(`stream ${stream} ACTIVE`, async () => {
-    const out = await kinesis.send(new DescribeStreamSummaryCommand({ StreamName: stream }));
-    return out.StreamDescriptionSummary?.StreamStatus === 'ACTIVE' ? true : undefined;
-  });
-}
-
-/** Creates a stream with a unique name and `shards` shards; resolves when it is ACTIVE. */
-export async function createTestStream(
-  kinesis: KinesisClient,
-  prefix: string,
-  shards: number,
-): Promise<string> {
-  const stream = uniqueName(prefix);
-  await kinesis.send(new CreateStreamCommand({ StreamName: stream, ShardCount: shards }));
-  await waitStreamActive(kinesis, stream);
-  return stream;
-}
-
-export async function deleteTestStream(kinesis: KinesisClient, stream: string): Promise<void> {
-  await kinesis
-    .send(new DeleteStreamCommand({ StreamName: stream, EnforceConsumerDeletion: true }))
-    .catch(() => {});
-}
+import { eventually } from '../env/eventually.ts';
+import { waitStreamActive } from '../env/kinesis-streams.ts';
 
 interface PendingPut {
   readonly partitionKey: string;

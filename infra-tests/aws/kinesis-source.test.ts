@@ -4,8 +4,6 @@
  * iterator expiry and throttling (injected with lib/aws/faults.ts, since the emulator never throttles).
  */
 import {
-  CreateStreamCommand,
-  DescribeStreamSummaryCommand,
   ExpiredIteratorException,
   ExpiredNextTokenException,
   type KinesisClient,
@@ -31,7 +29,8 @@ import {
   type ShardInfo,
   TransientBackendError,
 } from '../../lib/core/index.ts';
-import { kinesisClient, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
+import { kinesisClient, setupAwsTestEnv } from '../env/aws-clients.ts';
+import { createTestStream, waitStreamActive } from '../env/kinesis-streams.ts';
 
 const env = await setupAwsTestEnv();
 const clients: KinesisClient[] = [];
@@ -50,34 +49,6 @@ const FAST_RETRY = { baseDelayMs: 2, maxDelayMs: 20 } as const;
 const text = new TextDecoder();
 const str = (r: KinesisSourceRecord) => text.decode(r.data);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function eventually<T>(
-  what: string,
-  probe: () => Promise<T | undefined>,
-  timeoutMs = 30_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
-
-async function waitActive(stream: string): Promise<void> {
-  await eventually(`stream ${stream} ACTIVE`, async () => {
-    const out = await kinesis.send(new DescribeStreamSummaryCommand({ StreamName: stream }));
-    return out.StreamDescriptionSummary?.StreamStatus === 'ACTIVE' ? true : undefined;
-  });
-}
-
-async function createStream(prefix: string, shards: number): Promise<string> {
-  const stream = uniqueName(prefix);
-  await kinesis.send(new CreateStreamCommand({ StreamName: stream, ShardCount: shards }));
-  await waitActive(stream);
-  return stream;
-}
 
 interface Drained {
   records: KinesisSourceRecord[];
@@ -121,7 +92,7 @@ function keysIn(range: { start: string; end: string }, count: number, prefix: st
 
 describe(`KinesisSource (${env.engines.kinesis})`, () => {
   it('reads from every start position', async () => {
-    const stream = await createStream('positions', 1);
+    const stream = await createTestStream(kinesis, 'positions', 1);
     const source = new KinesisSource({ client: kinesis, stream, retry: FAST_RETRY });
     const [shard] = await source.listShards();
     const shardId = shard!.shardId;
@@ -194,7 +165,7 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
   });
 
   it('reads ~2,000 records of a 2-shard stream completely and in order per shard, and resumes after any position', async () => {
-    const stream = await createStream('bulk', 2);
+    const stream = await createTestStream(kinesis, 'bulk', 2);
     const source = new KinesisSource({ client: kinesis, stream, retry: FAST_RETRY });
     const shards = await source.listShards();
     expect(shards).toHaveLength(2);
@@ -262,7 +233,7 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
   });
 
   it('follows a split and a merge: lineage, shard end with child shard ids, nothing lost', async () => {
-    const stream = await createStream('reshard', 2);
+    const stream = await createTestStream(kinesis, 'reshard', 2);
     const source = new KinesisSource({ client: kinesis, stream, retry: FAST_RETRY });
     const [s0, s1] = (await source.listShards()) as [ShardInfo, ShardInfo];
     const keys = Array.from({ length: 40 }, (_, i) => `key-${i}`);
@@ -285,7 +256,7 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
         NewStartingHashKey: mid.toString(),
       }),
     );
-    await waitActive(stream);
+    await waitStreamActive(kinesis, stream);
     await putWave();
     const afterSplit = await source.listShards();
     const children = afterSplit.filter((s) => s.parentShardIds.includes(s0.shardId));
@@ -303,7 +274,7 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
         AdjacentShardToMerge: s1.shardId,
       }),
     );
-    await waitActive(stream);
+    await waitStreamActive(kinesis, stream);
     await putWave();
 
     const shards = await source.listShards();
@@ -380,7 +351,7 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
   });
 
   it('de-aggregates KPL records with their own partition keys and positions that resume inside an aggregate', async () => {
-    const stream = await createStream('kpl', 2);
+    const stream = await createTestStream(kinesis, 'kpl', 2);
     const events: KinesisSourceEvent[] = [];
     const source = new KinesisSource({
       client: kinesis,
@@ -488,7 +459,7 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
   });
 
   it('recovers from an expired iterator after the last record fetched, or at the original position', async () => {
-    const stream = await createStream('expiry', 1);
+    const stream = await createTestStream(kinesis, 'expiry', 1);
     const setup = new KinesisSource({ client: kinesis, stream });
     const [shard] = await setup.listShards();
     const shardId = shard!.shardId;
@@ -560,7 +531,7 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
   });
 
   it('gives complete, exact reads with 10% of Kinesis calls throttled or failing', async () => {
-    const stream = await createStream('throttle', 2);
+    const stream = await createTestStream(kinesis, 'throttle', 2);
     const faulty = newClient();
     const faults = injectTransientFaults(faulty, { rate: 0.1, seed: 20260101 });
     const inputs = Array.from({ length: 1200 }, (_, i) => ({ partitionKey: `k${i % 97}`, data: `v${i}` }));
@@ -619,7 +590,7 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
   });
 
   it('putRecords batches by count and by bytes', async () => {
-    const stream = await createStream('batches', 1);
+    const stream = await createTestStream(kinesis, 'batches', 1);
     const calls: number[] = [];
     const client = newClient();
     client.middlewareStack.add(

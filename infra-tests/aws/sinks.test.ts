@@ -5,7 +5,7 @@
  * request limits, partial-failure retries (injected through client middleware, since the
  * emulators never throttle), routing and spec-built routing sinks.
  */
-import { CreateTableCommand, type DynamoDBClient, waitUntilTableExists } from '@aws-sdk/client-dynamodb';
+import { type DynamoDBClient, waitUntilTableExists } from '@aws-sdk/client-dynamodb';
 import {
   GetRecordsCommand,
   GetShardIteratorCommand,
@@ -14,7 +14,7 @@ import {
   type PutRecordsCommandInput,
   type PutRecordsCommandOutput,
 } from '@aws-sdk/client-kinesis';
-import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { ScanCommand } from '@aws-sdk/lib-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBucket, createStream } from '../../lib/aws/resources.ts';
@@ -37,6 +37,8 @@ import {
   setupAwsTestEnv,
   uniqueName,
 } from '../env/aws-clients.ts';
+import { readObjects } from './s3-objects.ts';
+import { createUpsertTable } from './upsert-tables.ts';
 
 const env = await setupAwsTestEnv();
 let clients: AwsClients;
@@ -164,20 +166,7 @@ function instrumentKinesis(
 
 async function createResultsTable(dynamodb: DynamoDBClient): Promise<string> {
   const table = uniqueName('page-view-counts');
-  await dynamodb.send(
-    new CreateTableCommand({
-      TableName: table,
-      BillingMode: 'PAY_PER_REQUEST',
-      AttributeDefinitions: [
-        { AttributeName: 'page', AttributeType: 'S' },
-        { AttributeName: 'windowStart', AttributeType: 'N' },
-      ],
-      KeySchema: [
-        { AttributeName: 'page', KeyType: 'HASH' },
-        { AttributeName: 'windowStart', KeyType: 'RANGE' },
-      ],
-    }),
-  );
+  await createUpsertTable(dynamodb, table, 'page', 'windowStart');
   await waitUntilTableExists({ client: dynamodb, maxWaitTime: 60 }, { TableName: table });
   return table;
 }
@@ -222,22 +211,6 @@ function instrumentDynamo(client: DynamoDBClient, unprocess = 0): { calls: numbe
 }
 
 // ---- S3 helpers ----
-
-async function readObjects(s3: S3Client, bucket: string, prefix = ''): Promise<Map<string, string>> {
-  const objects = new Map<string, string>();
-  let token: string | undefined;
-  do {
-    const res = await s3.send(
-      new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }),
-    );
-    for (const o of res.Contents ?? []) {
-      const body = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: o.Key }));
-      objects.set(o.Key!, (await body.Body?.transformToString('utf8')) ?? '');
-    }
-    token = res.NextContinuationToken;
-  } while (token);
-  return objects;
-}
 
 function countPuts(client: S3Client): { puts: string[]; gets: string[] } {
   const seen = { puts: [] as string[], gets: [] as string[] };

@@ -1,5 +1,6 @@
 /**
- * AWS SDK v3 clients for infra tests, built from the environment that the global setup provides:
+ * AWS SDK v3 clients for infra tests, built from the environment that the global setup provides
+ * (the clients themselves are made in ./sdk-clients.ts, which bench/ uses without Vitest):
  *
  *   const env = awsTestEnv();            // inject('floeAwsEnv')
  *   const kinesis = kinesisClient(env);  // or awsClients(env) for all of them
@@ -9,17 +10,21 @@
  * credentials are dummies and the region is us-east-1.
  */
 import { randomBytes } from 'node:crypto';
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { KinesisClient } from '@aws-sdk/client-kinesis';
-import { S3Client } from '@aws-sdk/client-s3';
-import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { afterAll, inject } from 'vitest';
+import { DUMMY_CREDENTIALS } from './sdk-clients.ts';
 import type { AwsTestEnv } from './types.ts';
 
+export {
+  type AwsClients,
+  awsClients,
+  type ClientOptions,
+  DUMMY_CREDENTIALS,
+  dynamoDbClient,
+  dynamoDbDocumentClient,
+  kinesisClient,
+  s3Client,
+} from './sdk-clients.ts';
 export type { AwsTestEnv } from './types.ts';
-
-export const DUMMY_CREDENTIALS = { accessKeyId: 'test', secretAccessKey: 'test' } as const;
 
 /** The environment provided by infra-tests/env/global-setup.ts (throws if there is none). */
 export function awsTestEnv(): AwsTestEnv {
@@ -49,70 +54,6 @@ export async function setupAwsTestEnv(): Promise<AwsTestEnv> {
   );
   afterAll(() => started.stop());
   return started.env;
-}
-
-type Service = keyof AwsTestEnv['endpoints'];
-
-function baseConfig(env: AwsTestEnv, service: Service) {
-  const endpoint = env.endpoints[service];
-  return {
-    region: env.region,
-    ...(endpoint !== undefined ? { endpoint } : {}),
-    ...(env.credentials === 'dummy' ? { credentials: { ...DUMMY_CREDENTIALS } } : {}),
-  };
-}
-
-function httpHandler(): NodeHttpHandler {
-  return new NodeHttpHandler({ connectionTimeout: 5_000, requestTimeout: 30_000 });
-}
-
-export function kinesisClient(env: AwsTestEnv = awsTestEnv()): KinesisClient {
-  return new KinesisClient({ ...baseConfig(env, 'kinesis'), requestHandler: httpHandler() });
-}
-
-export function dynamoDbClient(env: AwsTestEnv = awsTestEnv()): DynamoDBClient {
-  return new DynamoDBClient({ ...baseConfig(env, 'dynamodb'), requestHandler: httpHandler() });
-}
-
-export function dynamoDbDocumentClient(env: AwsTestEnv = awsTestEnv()): DynamoDBDocumentClient {
-  return DynamoDBDocumentClient.from(dynamoDbClient(env), {
-    marshallOptions: { removeUndefinedValues: true },
-  });
-}
-
-export function s3Client(env: AwsTestEnv = awsTestEnv()): S3Client {
-  return new S3Client({
-    ...baseConfig(env, 's3'),
-    forcePathStyle: env.endpoints.s3 !== undefined,
-    requestHandler: httpHandler(),
-  });
-}
-
-export interface AwsClients {
-  kinesis: KinesisClient;
-  dynamodb: DynamoDBClient;
-  /** Document client over `dynamodb` (destroyed with it). */
-  ddb: DynamoDBDocumentClient;
-  s3: S3Client;
-  destroy(): void;
-}
-
-export function awsClients(env: AwsTestEnv = awsTestEnv()): AwsClients {
-  const kinesis = kinesisClient(env);
-  const dynamodb = dynamoDbClient(env);
-  const ddb = DynamoDBDocumentClient.from(dynamodb, { marshallOptions: { removeUndefinedValues: true } });
-  const s3 = s3Client(env);
-  return {
-    kinesis,
-    dynamodb,
-    ddb,
-    s3,
-    destroy() {
-      kinesis.destroy();
-      dynamodb.destroy();
-      s3.destroy();
-    },
-  };
 }
 
 /**

@@ -4,8 +4,6 @@
  */
 import { CreateTableCommand, DescribeTableCommand } from '@aws-sdk/client-dynamodb';
 import {
-  CreateStreamCommand,
-  DescribeStreamSummaryCommand,
   GetRecordsCommand,
   type GetRecordsCommandOutput,
   GetShardIteratorCommand,
@@ -21,33 +19,12 @@ import { CreateBucketCommand, GetObjectCommand, PutObjectCommand } from '@aws-sd
 import { GetCommand, TransactWriteCommand } from '@aws-sdk/lib-dynamodb';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type AwsClients, awsClients, setupAwsTestEnv, uniqueName } from './aws-clients.ts';
+import { eventually } from './eventually.ts';
+import { createTestStream, waitStreamActive } from './kinesis-streams.ts';
 
 const env = await setupAwsTestEnv();
 const clients: AwsClients = awsClients(env);
 afterAll(() => clients.destroy());
-
-async function eventually<T>(
-  what: string,
-  probe: () => Promise<T | undefined>,
-  timeoutMs = 30_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-async function waitForStreamActive(kinesis: KinesisClient, name: string): Promise<void> {
-  await eventually(`stream ${name} ACTIVE`, async () => {
-    const { StreamDescriptionSummary: s } = await kinesis.send(
-      new DescribeStreamSummaryCommand({ StreamName: name }),
-    );
-    return s?.StreamStatus === 'ACTIVE' ? true : undefined;
-  });
-}
 
 async function listShards(kinesis: KinesisClient, name: string): Promise<Shard[]> {
   const shards: Shard[] = [];
@@ -98,9 +75,7 @@ describe(`AWS test environment (${env.kind})`, () => {
   describe('Kinesis', () => {
     it('creates a 2-shard stream, puts records and reads them back per shard', async () => {
       const { kinesis } = clients;
-      const stream = uniqueName('smoke');
-      await kinesis.send(new CreateStreamCommand({ StreamName: stream, ShardCount: 2 }));
-      await waitForStreamActive(kinesis, stream);
+      const stream = await createTestStream(kinesis, 'smoke', 2);
 
       const shards = await listShards(kinesis, stream);
       expect(shards).toHaveLength(2);
@@ -147,9 +122,7 @@ describe(`AWS test environment (${env.kind})`, () => {
       'splits and merges shards with parent/child lineage (kinesis-mock)',
       async () => {
         const { kinesis } = clients;
-        const stream = uniqueName('reshard');
-        await kinesis.send(new CreateStreamCommand({ StreamName: stream, ShardCount: 2 }));
-        await waitForStreamActive(kinesis, stream);
+        const stream = await createTestStream(kinesis, 'reshard', 2);
         const [s0, s1] = (await listShards(kinesis, stream)) as [Shard, Shard];
         await kinesis.send(
           new PutRecordCommand({ StreamName: stream, Data: Buffer.from('before'), PartitionKey: 'p' }),
@@ -166,7 +139,7 @@ describe(`AWS test environment (${env.kind})`, () => {
             NewStartingHashKey: mid.toString(),
           }),
         );
-        await waitForStreamActive(kinesis, stream);
+        await waitStreamActive(kinesis, stream);
         const afterSplit = await listShards(kinesis, stream);
         expect(afterSplit).toHaveLength(4);
         const parent = afterSplit.find((s) => s.ShardId === s0.ShardId)!;
@@ -198,7 +171,7 @@ describe(`AWS test environment (${env.kind})`, () => {
             AdjacentShardToMerge: c2.ShardId!,
           }),
         );
-        await waitForStreamActive(kinesis, stream);
+        await waitStreamActive(kinesis, stream);
         const afterMerge = await listShards(kinesis, stream);
         expect(afterMerge).toHaveLength(5);
         const merged = afterMerge.find((s) => s.ParentShardId === c1.ShardId)!;

@@ -6,11 +6,9 @@
  *   exactly what `simulate` produces in memory on the same records (same shards, same arrival
  *   times, processing time advanced at the end so every window fires).
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import pageViews, { type PageView, type PageViewCount } from '../../examples/page-views.ts';
 import { DEAD_LETTER_SINK, DEFAULT_LATE_SINK, type Output, shardIndexFor, shardName } from '../core/index.ts';
@@ -20,55 +18,15 @@ import { openSqlite, type SqliteDatabase } from '../embedded/sqlite.ts';
 import { jobStatus } from '../embedded/status.ts';
 import { simulate } from '../runtime/simulate.ts';
 import { clickRecords } from './produce.ts';
+import { type Child, type Exit, killRunningCli, ROOT, runCli, startCli } from './testing/run-cli.ts';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const BIN = join(ROOT, 'bin/floe.js');
 const TMP = mkdtempSync(join(tmpdir(), 'floe-cli-test-'));
-/** Children still running (a failed assertion may leave one behind). */
-const running = new Set<ChildProcess>();
 afterAll(() => {
-  for (const child of running) child.kill('SIGKILL');
+  killRunningCli();
   rmSync(TMP, { recursive: true, force: true });
 });
 
-interface Exit {
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-interface Child {
-  readonly process: ChildProcess;
-  readonly exit: Promise<Exit>;
-}
-
-function start(args: readonly string[]): Child {
-  const child = spawn(process.execPath, [BIN, ...args], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, FLOE_DEBUG: '' },
-  });
-  running.add(child);
-  let stdout = '';
-  let stderr = '';
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-    stdout += chunk;
-  });
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr += chunk;
-  });
-  const exit = new Promise<Exit>((resolveExit, reject) => {
-    child.once('error', reject);
-    child.once('close', (code, signal) => {
-      running.delete(child);
-      resolveExit({ code, signal, stdout, stderr });
-    });
-  });
-  return { process: child, exit };
-}
-
-const floe = (...args: string[]): Promise<Exit> => start(args).exit;
+const floe = (...args: string[]): Promise<Exit> => runCli(args);
 
 /** A scratch directory (an ESM package, like this repo, so .ts modules load as ES modules). */
 function scratch(name: string, files: Record<string, string> = {}): string {
@@ -284,7 +242,7 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
   // Bug: when stdout is closed early (`floe simulate ... | head -1`), the EPIPE is an unhandled
   // 'error' event: Node prints a stack trace.
   it('a closed stdout is not a crash with a stack trace', async () => {
-    const child = start(['simulate', 'examples/page-views.ts', '--input', input]);
+    const child = startCli(['simulate', 'examples/page-views.ts', '--input', input]);
     child.process.stdout?.destroy();
     const result = await child.exit;
     expect(result.stderr).not.toContain('    at ');
@@ -453,7 +411,7 @@ describe('floe run: exactly once across SIGKILLs', () => {
 
     // --- Run, SIGKILL mid-run several times, restart, let the last run finish.
     const run = (): Child =>
-      start([
+      startCli([
         'run',
         'examples/page-views.ts',
         '--data-dir',

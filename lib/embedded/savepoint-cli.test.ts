@@ -3,57 +3,26 @@
  * of `node bin/floe.js`: a real crash (SIGKILL, injected with FLOE_FAULT) during the export and
  * during the restore, reruns, list / inspect / delete, stop-with-savepoint and the refusals.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { type Exit, killRunningCli, ROOT, runCli } from '../cli/testing/run-cli.ts';
 import { deserializeCheckpoint, type SavepointManifest } from '../core/index.ts';
 import { SqliteJobStore } from './job-store.ts';
 import { dataDir, outputsOf, produce, STREAM, tmpRoot, valuesByShard } from './testing/savepoint-harness.ts';
 import { generateClicks } from './testing/savepoint-pipelines.ts';
 
-const ROOT_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const BIN = join(ROOT_DIR, 'bin/floe.js');
-const V1 = join(ROOT_DIR, 'lib/embedded/testing/clicks-v1.ts');
-const SESSION = join(ROOT_DIR, 'lib/embedded/testing/clicks-session.ts');
+const V1 = join(ROOT, 'lib/embedded/testing/clicks-v1.ts');
+const SESSION = join(ROOT, 'lib/embedded/testing/clicks-session.ts');
 const TMP = tmpRoot();
-const running = new Set<ChildProcess>();
 afterAll(() => {
-  for (const child of running) child.kill('SIGKILL');
+  killRunningCli();
   rmSync(TMP, { recursive: true, force: true });
 });
 
-interface Exit {
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-function floe(args: readonly string[], env: Record<string, string> = {}): Promise<Exit> {
-  const child = spawn(process.execPath, [BIN, ...args], {
-    cwd: ROOT_DIR,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, FLOE_DEBUG: '', FLOE_FAULT: '', ...env },
-  });
-  running.add(child);
-  let stdout = '';
-  let stderr = '';
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-    stdout += chunk;
-  });
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr += chunk;
-  });
-  return new Promise<Exit>((resolveExit, reject) => {
-    child.once('error', reject);
-    child.once('close', (code, signal) => {
-      running.delete(child);
-      resolveExit({ code, signal, stdout, stderr });
-    });
-  });
-}
+/** `floe ...args`, FLOE_FAULT cleared unless `env` sets it. */
+const floe = (args: readonly string[], env: Record<string, string> = {}): Promise<Exit> =>
+  runCli(args, { FLOE_FAULT: '', ...env });
 
 const CLICKS = generateClicks(3000, { seed: 11 });
 
