@@ -27,6 +27,7 @@ import type {
 import { StateFormatError } from './errors.ts';
 import type { Journal, Undoable } from './journal.ts';
 import type { StateAddress, StateMutation, StateStore } from './ports.ts';
+import type { StateKey } from './state.ts';
 import { decodeTime, encodeTime } from './time.ts';
 import { compareScalars, type QueuedTimer, type TimerQueue } from './timers.ts';
 
@@ -129,44 +130,141 @@ export function compareTimerSpecs(a: TimerSpec, b: TimerSpec): number {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Chunk format: {"v":1,"operators":[uid...],"ops":[[add 0|1, operator index, "e"|"p", time, key, namespace]...]}
+// Chunk format: {"v":1,"operators":[uid...],"groups":[[add 0|1, operator index, "e"|"p", time,
+// namespace, [key...]]...]}: runs of consecutive ops that differ only by key form one group (a
+// window's timers share their time and namespace), so a chunk is mostly a list of keys.
 
-function encodeChunks(ops: readonly TimerOp[], write: (text: string, stats: ChunkStats) => void): void {
-  for (let start = 0; start < ops.length; start += CHUNK_MAX_OPS) {
-    encodeChunk(ops.slice(start, start + CHUNK_MAX_OPS), write);
+/** Timer ops in columns (no object per op): the tail, and what a flush writes. */
+class OpColumns {
+  readonly add: boolean[] = [];
+  readonly operator: string[] = [];
+  readonly processing: boolean[] = [];
+  readonly time: number[] = [];
+  readonly key: StateKey[] = [];
+  readonly namespace: TimerNamespace[] = [];
+
+  get length(): number {
+    return this.add.length;
   }
-}
 
-/** One chunk, or two halves when it is over CHUNK_MAX_CHARS (long keys). One stringify per chunk. */
-function encodeChunk(ops: readonly TimerOp[], write: (text: string, stats: ChunkStats) => void): void {
-  const operators: string[] = [];
-  const index = new Map<string, number>();
-  const stats: ChunkStats = { ops: ops.length, maxEventTime: -Infinity, maxProcessingTime: -Infinity };
-  const tuples = ops.map(({ add, timer: t }) => {
-    let op = index.get(t.operator);
-    if (op === undefined) {
-      op = operators.length;
-      operators.push(t.operator);
-      index.set(t.operator, op);
+  push(add: boolean, operator: string, processing: boolean, time: number, key: StateKey, ns: TimerNamespace) {
+    this.add.push(add);
+    this.operator.push(operator);
+    this.processing.push(processing);
+    this.time.push(time);
+    this.key.push(key);
+    this.namespace.push(ns);
+  }
+
+  pushOp(op: TimerOp): void {
+    const t = op.timer;
+    this.push(op.add, t.operator, t.domain === 'processing', t.time, t.key, t.namespace);
+  }
+
+  /** Keeps the ops for which `keep(i)` is true, in order. */
+  retain(keep: (i: number) => boolean): void {
+    let n = 0;
+    for (let i = 0; i < this.length; i++) {
+      if (!keep(i)) continue;
+      this.add[n] = this.add[i]!;
+      this.operator[n] = this.operator[i]!;
+      this.processing[n] = this.processing[i]!;
+      this.time[n] = this.time[i]!;
+      this.key[n] = this.key[i]!;
+      this.namespace[n] = this.namespace[i]!;
+      n++;
     }
-    if (t.domain === 'event') stats.maxEventTime = Math.max(stats.maxEventTime, t.time);
-    else stats.maxProcessingTime = Math.max(stats.maxProcessingTime, t.time);
-    return [add ? 1 : 0, op, t.domain === 'event' ? 'e' : 'p', encodeTime(t.time), t.key, t.namespace];
-  });
-  const text = JSON.stringify({ v: CHUNK_FORMAT, operators, ops: tuples });
-  if (text.length <= CHUNK_MAX_CHARS || ops.length === 1) {
-    write(text, stats);
-    return;
+    this.truncate(n);
   }
-  const half = Math.ceil(ops.length / 2);
-  encodeChunk(ops.slice(0, half), write);
-  encodeChunk(ops.slice(half), write);
+
+  truncate(n: number): void {
+    this.add.length = n;
+    this.operator.length = n;
+    this.processing.length = n;
+    this.time.length = n;
+    this.key.length = n;
+    this.namespace.length = n;
+  }
+
+  toOps(): TimerOp[] {
+    const ops: TimerOp[] = [];
+    for (let i = 0; i < this.length; i++) {
+      ops.push({
+        add: this.add[i]!,
+        timer: {
+          operator: this.operator[i]!,
+          domain: this.processing[i] ? 'processing' : 'event',
+          time: this.time[i]!,
+          key: this.key[i]!,
+          namespace: this.namespace[i]!,
+        },
+      });
+    }
+    return ops;
+  }
 }
 
 interface ChunkStats {
   ops: number;
   maxEventTime: number;
   maxProcessingTime: number;
+}
+
+/** Chunks of ops [start, end): at most CHUNK_MAX_OPS each, halved while over CHUNK_MAX_CHARS. */
+function encodeChunks(
+  c: OpColumns,
+  start: number,
+  end: number,
+  write: (text: string, stats: ChunkStats) => void,
+): void {
+  for (let from = start; from < end; from += CHUNK_MAX_OPS)
+    encodeChunk(c, from, Math.min(end, from + CHUNK_MAX_OPS), write);
+}
+
+function encodeChunk(
+  c: OpColumns,
+  start: number,
+  end: number,
+  write: (text: string, stats: ChunkStats) => void,
+) {
+  const operators: string[] = [];
+  const index = new Map<string, number>();
+  const groups: unknown[] = [];
+  const stats: ChunkStats = { ops: end - start, maxEventTime: -Infinity, maxProcessingTime: -Infinity };
+  let keys: StateKey[] | undefined;
+  for (let i = start; i < end; i++) {
+    const time = c.time[i]!;
+    const processing = c.processing[i]!;
+    if (
+      keys === undefined ||
+      c.add[i] !== c.add[i - 1] ||
+      c.operator[i] !== c.operator[i - 1] ||
+      processing !== c.processing[i - 1] ||
+      time !== c.time[i - 1] ||
+      c.namespace[i] !== c.namespace[i - 1]
+    ) {
+      const uid = c.operator[i]!;
+      let op = index.get(uid);
+      if (op === undefined) {
+        op = operators.length;
+        operators.push(uid);
+        index.set(uid, op);
+      }
+      keys = [];
+      groups.push([c.add[i] ? 1 : 0, op, processing ? 'p' : 'e', encodeTime(time), c.namespace[i], keys]);
+    }
+    keys.push(c.key[i]!);
+    if (processing) stats.maxProcessingTime = Math.max(stats.maxProcessingTime, time);
+    else stats.maxEventTime = Math.max(stats.maxEventTime, time);
+  }
+  const text = JSON.stringify({ v: CHUNK_FORMAT, operators, groups });
+  if (text.length <= CHUNK_MAX_CHARS || end - start === 1) {
+    write(text, stats);
+    return;
+  }
+  const half = start + Math.ceil((end - start) / 2);
+  encodeChunk(c, start, half, write);
+  encodeChunk(c, half, end, write);
 }
 
 function decodeChunk(address: StateAddress, text: string): TimerOp[] {
@@ -179,41 +277,43 @@ function decodeChunk(address: StateAddress, text: string): TimerOp[] {
   } catch (error) {
     return fail(`not valid JSON (${String(error)})`);
   }
-  const o = raw as { v?: unknown; operators?: unknown; ops?: unknown };
+  const o = raw as { v?: unknown; operators?: unknown; groups?: unknown };
   if (typeof o !== 'object' || o === null) return fail('not a JSON object');
   if (o.v !== CHUNK_FORMAT)
     return fail(`format ${String(o.v)} is not supported (this floe reads ${CHUNK_FORMAT})`);
-  if (!Array.isArray(o.operators) || !Array.isArray(o.ops))
-    return fail('"operators" or "ops" is not an array');
+  if (!Array.isArray(o.operators) || !Array.isArray(o.groups))
+    return fail('"operators" or "groups" is not an array');
   const operators = o.operators as unknown[];
-  return (o.ops as unknown[]).map((op, i) => {
+  const ops: TimerOp[] = [];
+  (o.groups as unknown[]).forEach((g, i) => {
     if (
-      !Array.isArray(op) ||
-      op.length !== 6 ||
-      (op[0] !== 0 && op[0] !== 1) ||
-      (op[2] !== 'e' && op[2] !== 'p')
+      !Array.isArray(g) ||
+      g.length !== 6 ||
+      (g[0] !== 0 && g[0] !== 1) ||
+      (g[2] !== 'e' && g[2] !== 'p') ||
+      !Array.isArray(g[5])
     ) {
-      return fail(`op ${i} is malformed`);
+      return fail(`group ${i} is malformed`);
     }
-    const operator = operators[op[1] as number];
-    if (typeof operator !== 'string') return fail(`op ${i} names no operator`);
+    const operator = operators[g[1] as number];
+    if (typeof operator !== 'string') return fail(`group ${i} names no operator`);
     let time: number;
     try {
-      time = decodeTime(op[3]);
+      time = decodeTime(g[3]);
     } catch {
-      return fail(`op ${i} has no time`);
+      return fail(`group ${i} has no time`);
     }
-    return {
-      add: op[0] === 1,
-      timer: {
-        operator,
-        domain: op[2] === 'e' ? ('event' as const) : ('processing' as const),
-        time,
-        key: op[4] as string | number,
-        namespace: op[5] as TimerNamespace,
-      },
-    };
+    const domain = g[2] === 'e' ? ('event' as const) : ('processing' as const);
+    for (const key of g[5] as unknown[]) {
+      if (typeof key !== 'string' && typeof key !== 'number')
+        return fail(`group ${i} has a key that is not a string or number`);
+      ops.push({
+        add: g[0] === 1,
+        timer: { operator, domain, time, key, namespace: g[4] as TimerNamespace },
+      });
+    }
   });
+  return ops;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -224,7 +324,7 @@ const PROCESSING = 2;
 /** The timer log of one ShardTask: the committed log plus the ops of the open commit. */
 export class TimerLog implements Undoable {
   private chunks: TimerChunkRef[];
-  private tail: TimerOp[];
+  private readonly tail = new OpColumns();
   private nextChunk: number;
   /** Processing time up to which every processing-time timer has fired. */
   processingFiredThrough: number;
@@ -239,7 +339,7 @@ export class TimerLog implements Undoable {
     options: TimerLogOptions = {},
   ) {
     this.chunks = [...(committed?.chunks ?? [])];
-    this.tail = [...(committed?.tail ?? [])];
+    for (const op of committed?.tail ?? []) this.tail.pushOp(op);
     this.nextChunk = committed?.nextChunk ?? 0;
     this.processingFiredThrough = committed?.processingFiredThrough ?? Number.NEGATIVE_INFINITY;
     this.tailOps = positive('tailOps', options.tailOps ?? 256);
@@ -279,17 +379,17 @@ export class TimerLog implements Undoable {
   }): { timers: TimerSpec[]; timerLog?: TimerLogCheckpoint } {
     const { watermark, uids, mutations } = args;
     const fired = this.processingFiredThrough;
+    const tail = this.tail;
+    tail.retain((i) => tail.time[i]! > (tail.processing[i] ? fired : watermark));
     for (let i = 0; i < this.opTimers.length; i++) {
       const t = this.opTimers[i]!;
       const flags = this.opFlags[i]!;
       const processing = (flags & PROCESSING) !== 0;
       if (!isLive(t, processing, watermark, fired)) continue;
-      this.tail.push({ add: (flags & ADD) !== 0, timer: spec(t, processing ? 'processing' : 'event', uids) });
+      tail.push((flags & ADD) !== 0, uids[t.operator]!, processing, t.time, t.key, t.namespace);
     }
     this.opTimers.length = 0;
     this.opFlags.length = 0;
-    const live = (op: TimerOp) => isLive(op.timer, op.timer.domain === 'processing', watermark, fired);
-    this.tail = this.tail.filter(live);
     const kept: TimerChunkRef[] = [];
     for (const c of this.chunks) {
       if (c.maxEventTime <= watermark && c.maxProcessingTime <= fired)
@@ -309,7 +409,7 @@ export class TimerLog implements Undoable {
       );
       return { timers: timers.sort(compareTimerSpecs) };
     }
-    let logOps = this.tail.length;
+    let logOps = tail.length;
     for (const c of this.chunks) logOps += c.ops;
     if (logOps > this.tailOps && logOps > 4 * pending) {
       // Mostly dead ops (deleted timers): rewrite the pending timers after the fired-through
@@ -320,9 +420,9 @@ export class TimerLog implements Undoable {
         .appendSpecs(args.event.appendSpecs([], 'event', uids), 'processing', uids)
         .filter((t) => isLive(t, t.domain === 'processing', watermark, fired))
         .sort(compareTimerSpecs);
-      this.tail = timers.map((timer) => ({ add: true, timer }));
-      if (this.tail.length >= this.tailOps) this.flushTail(mutations);
-    } else if (this.tail.length >= this.tailOps) {
+      for (const timer of timers) tail.pushOp({ add: true, timer });
+      if (tail.length >= this.tailOps) this.flushTail(mutations);
+    } else if (tail.length >= this.tailOps) {
       this.flushTail(mutations);
     }
 
@@ -334,7 +434,7 @@ export class TimerLog implements Undoable {
       timers: inline.sort(compareTimerSpecs),
       timerLog: {
         chunks: [...this.chunks],
-        tail: [...this.tail],
+        tail: tail.toOps(),
         processingFiredThrough: fired,
         nextChunk: this.nextChunk,
         pending,
@@ -345,16 +445,16 @@ export class TimerLog implements Undoable {
   private dropLog(mutations: StateMutation[]): void {
     for (const c of this.chunks) mutations.push({ address: c.address, value: null });
     this.chunks = [];
-    this.tail = [];
+    this.tail.truncate(0);
   }
 
   private flushTail(mutations: StateMutation[]): void {
-    encodeChunks(this.tail, (text, stats) => {
+    encodeChunks(this.tail, 0, this.tail.length, (text, stats) => {
       const address = timerChunkAddress(this.shardId, this.nextChunk++);
       mutations.push({ address, value: text });
       this.chunks.push({ address, ...stats });
     });
-    this.tail = [];
+    this.tail.truncate(0);
   }
 }
 
