@@ -312,50 +312,6 @@ describe('runShardWorker commit interval', () => {
     expect(values(h.published)).toEqual(await referenceValues());
   });
 
-  it('commits when the interval ends while a read is still pending, not when the read returns', async () => {
-    const h = await harness();
-    const job = h.job({ readMs: 0, commitMs: 0 });
-    const source = job.source;
-    let release: () => void = () => {};
-    const released = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    let reads = 0;
-    const run = runShardWorker(
-      {
-        ...job,
-        clock: Date.now, // the interval passes in real time
-        source: {
-          listShards: () => source.listShards(),
-          async openReader(id, position) {
-            const reader = await source.openReader(id, position);
-            return {
-              async read(limit) {
-                if (++reads === 2) await released; // the read ahead hangs (throttled, say)
-                return reader.read(limit);
-              },
-              close: () => reader.close?.() ?? Promise.resolve(),
-            };
-          },
-        },
-      },
-      h.shardId,
-      { ...options, commitIntervalMs: 20 },
-    );
-    // The first read's 100 records are committed while the second read hangs.
-    const committed = async () => (await h.backend.readCheckpoint(h.shardId))?.commitNumber ?? 0;
-    const deadline = Date.now() + 5_000;
-    while ((await committed()) === 0 && Date.now() < deadline) await sleep(5);
-    const whileReading = await h.backend.readCheckpoint(h.shardId);
-    const readsStarted = reads;
-    release();
-    const result = await run;
-    expect(whileReading).toMatchObject({ commitNumber: 1 });
-    expect(readsStarted).toBe(2);
-    expect(result.records).toBe(1500);
-    expect(values(h.published)).toEqual(await referenceValues());
-  });
-
   it('rejects a bad interval', async () => {
     const h = await harness();
     await expect(runShardWorker(h.job(), h.shardId, { ...options, commitIntervalMs: -1 })).rejects.toThrow(

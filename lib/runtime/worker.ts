@@ -3,8 +3,7 @@
  * crashed predecessor committed but did not publish, resume after the checkpoint, then loop
  * read -> process -> commit -> publish until the time budget ends, the shard ends, or (with
  * untilIdle) the shard is caught up. Every commit is conditional on the lease's fence. With a
- * commit interval, the reads of an interval are processed and then committed together; if the
- * interval ends while the next read is still pending, they are committed without waiting for it.
+ * commit interval, the reads of an interval are processed and then committed together.
  *
  * Pipelined: while batch n is processed and committed, batch n+1 is already being read (one read
  * ahead at most; none after a read that ended the shard or found it caught up), and batch n's
@@ -148,31 +147,6 @@ export async function runShardWorker(
         if (!outcome.ok) publishFailed = true;
       });
     };
-    /**
-     * Waits for the read ahead. If the commit interval ends first, the pending reads are committed
-     * (and their outputs published) meanwhile: a slow read (throttling backoff, a large response)
-     * must not hold back outputs that are due. The interval is judged by the job clock when a
-     * real-time timer of its remaining length fires.
-     */
-    const awaitReadAhead = async (ahead: Promise<Settled<ReadResult>>): Promise<Settled<ReadResult>> => {
-      if (commitIntervalMs === 0 || uncommittedSince === undefined) return ahead;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const due = new Promise<'due'>((resolve) => {
-        timer = setTimeout(() => resolve('due'), Math.max(0, uncommittedSince! + commitIntervalMs - clock()));
-      });
-      const first = await Promise.race([ahead, due]);
-      clearTimeout(timer);
-      if (first !== 'due') return first;
-      if (uncommittedSince !== undefined && clock() - uncommittedSince >= commitIntervalMs) {
-        try {
-          await commitPending(lastMillisBehind);
-        } catch (error) {
-          await ahead; // never leave a read in flight behind an error (the reader is closed next)
-          throw error;
-        }
-      }
-      return ahead;
-    };
     try {
       while (!options.signal?.aborted && clock() - started < budget) {
         // A failed publish stops the loop at the next batch boundary, as it would unpipelined.
@@ -186,7 +160,7 @@ export async function runShardWorker(
         }
         const ahead = readAhead;
         readAhead = undefined;
-        const read = ahead !== undefined ? unwrap(await awaitReadAhead(ahead)) : await reader.read(batchSize);
+        const read = ahead !== undefined ? unwrap(await ahead) : await reader.read(batchSize);
         const idle = read.records.length === 0 && read.millisBehindLatest === 0;
         // Read the next batch while this one is processed, committed and published, unless this
         // read ended the shard or found it caught up (the loop stops or polls after a pause).
