@@ -13,6 +13,7 @@ import { createStream } from '../../lib/aws/resources.ts';
 import type { AwsJobStatus } from '../../lib/aws/status.ts';
 import { pendingTimerCount } from '../../lib/core/index.ts';
 import { awsClients, awsProcessEnv, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
+import { putSamplePageViews, samplePageViewsRunArgs } from './sample-page-views.ts';
 
 const env = await setupAwsTestEnv();
 const clients = awsClients(env);
@@ -53,33 +54,10 @@ describe('floe status --backend aws', () => {
 
   beforeAll(async () => {
     await createStream(clients.kinesis, stream, 2);
-    const start = Date.UTC(2026, 0, 1);
     // Pages /p0../p2 over 5 minutes of event time: the watermark (max ts - 5 s - 1) closes the
     // first 4 one-minute windows; the last minute's windows stay pending (timers).
-    const events = Array.from({ length: 300 }, (_, i) => ({
-      page: `/p${i % 3}`,
-      user: `u${i}`,
-      ts: start + i * 1000,
-    }));
-    await putRecords(
-      clients.kinesis,
-      stream,
-      events.map((e) => ({ partitionKey: e.page, data: encode(e) })),
-    );
-    const run = floe([
-      'run',
-      'examples/page-views.ts',
-      '--backend',
-      'aws',
-      '--job',
-      job,
-      '--stream',
-      stream,
-      '--create-resources',
-      '--until-idle',
-      '--progress',
-      'none',
-    ]);
+    await putSamplePageViews(clients.kinesis, stream);
+    const run = floe(samplePageViewsRunArgs(job, stream));
     expect(run.stderr).toMatch(/processed 300 records/);
     expect(run.code).toBe(0);
   }, 180_000);

@@ -2,8 +2,8 @@
 import { spawnSync } from 'node:child_process';
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { afterAll, describe, expect, it } from 'vitest';
-import { putRecords } from '../../lib/aws/kinesis-source.ts';
 import { createStream } from '../../lib/aws/resources.ts';
+import { putSamplePageViews, samplePageViewsRunArgs } from '../aws/sample-page-views.ts';
 import { awsClients, awsProcessEnv, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
 
 const env = await setupAwsTestEnv();
@@ -67,31 +67,8 @@ describe('floe run --backend aws', () => {
     const job = uniqueName('pv');
     const stream = uniqueName('clicks');
     await createStream(clients.kinesis, stream, 2);
-    const start = Date.UTC(2026, 0, 1);
-    const events = Array.from({ length: 300 }, (_, i) => ({
-      page: `/p${i % 3}`,
-      user: `u${i}`,
-      ts: start + i * 1000,
-    }));
-    await putRecords(
-      clients.kinesis,
-      stream,
-      events.map((e) => ({ partitionKey: e.page, data: new TextEncoder().encode(JSON.stringify(e)) })),
-    );
-    const r = floe([
-      'run',
-      'examples/page-views.ts',
-      '--backend',
-      'aws',
-      '--job',
-      job,
-      '--stream',
-      stream,
-      '--create-resources',
-      '--until-idle',
-      '--progress',
-      'none',
-    ]);
+    await putSamplePageViews(clients.kinesis, stream);
+    const r = floe(samplePageViewsRunArgs(job, stream));
     expect(r.stderr).toMatch(/processed 300 records/);
     expect(r.code).toBe(0);
     // Unbound sinks go to s3://floe-<job>/outputs/<job>/: the kinesis-local arrival times are
