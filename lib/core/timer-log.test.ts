@@ -110,7 +110,9 @@ describe('timer log', () => {
     expect(first.checkpoint.timerLog).toMatchObject({ tail: [], pending: 1_000 });
     // The timers of one window share time and namespace: one group, a list of keys.
     const text = chunkWrites(first.mutations)[0]!.value!;
-    expect(text.startsWith('{"v":1,"operators":["window-0"],"groups":[[1,0,"e",59999,0,["k0","k1",')).toBe(true);
+    expect(text.startsWith('{"v":1,"operators":["window-0"],"groups":[[1,0,"e",59999,0,["k0","k1",')).toBe(
+      true,
+    );
     expect(text.split('59999').length - 1).toBe(1);
     expect(serializeCheckpoint(first.checkpoint).length).toBeLessThan(1_000);
 

@@ -285,7 +285,7 @@ function decodeChunk(address: StateAddress, text: string): TimerOp[] {
     return fail('"operators" or "groups" is not an array');
   const operators = o.operators as unknown[];
   const ops: TimerOp[] = [];
-  (o.groups as unknown[]).forEach((g, i) => {
+  for (const [i, g] of (o.groups as unknown[]).entries()) {
     if (
       !Array.isArray(g) ||
       g.length !== 6 ||
@@ -312,7 +312,7 @@ function decodeChunk(address: StateAddress, text: string): TimerOp[] {
         timer: { operator, domain, time, key, namespace: g[4] as TimerNamespace },
       });
     }
-  });
+  }
   return ops;
 }
 
