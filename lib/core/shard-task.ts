@@ -532,6 +532,10 @@ export class ShardTask {
 
   /** The checkpoint of this commit; writes and deletes timer chunks into `mutations`. */
   private commitCheckpoint(mutations: StateMutation[]): ShardCheckpoint {
+    if (this.pendingTimerRestore !== undefined) {
+      // Committing the log without its chunks' timers in the queues would drop them.
+      throw new Error(`internal: shard ${this.shardId} commits before its timers were restored`);
+    }
     const timers = this.timerLog.commit({
       watermark: this.watermark,
       finished: this.finished,

@@ -88,7 +88,8 @@ describe('savepoints on the embedded backend', () => {
     // Reference: one uninterrupted run.
     await runUntilIdle(data, 'ref', v1);
     // Job A runs slowly; the savepoint is taken while it processes (it pauses, then resumes).
-    const running = runUntilIdle(data, 'a', v1, { batchSize: 25, readDelayMs: 5 });
+    // A 2-op timer tail: A's timers are in timer chunks, which the savepoint puts inline.
+    const running = runUntilIdle(data, 'a', v1, { batchSize: 25, readDelayMs: 5, timerTailOps: 2 });
     while (outputsOf(data.db, 'a').length < 100) await new Promise((r) => setTimeout(r, 20));
     const phases: string[] = [];
     const manifest = await createSavepoint(backend, {

@@ -42,6 +42,11 @@ export interface WorkerOptions {
   readonly commitIntervalMs?: number;
   /** Commit once this many records are uncommitted, whatever the interval. @default 100_000 */
   readonly maxUncommittedRecords?: number;
+  /**
+   * Timer ops a checkpoint keeps inline before they are written as a timer chunk (the timer
+   * log, docs/protocol.md). @default 256
+   */
+  readonly timerTailOps?: number;
   /** Lease time to live; renewed at half of it. @default 30_000 */
   readonly leaseTtlMs?: number;
   /** Return once the shard is caught up (no records and 0 ms behind latest). @default false */

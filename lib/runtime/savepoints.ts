@@ -321,7 +321,8 @@ export async function createSavepoint(
       await snapshots.remove(savepointId); // files of an interrupted attempt
       const operators = [...(options.operators ?? record.operators ?? [])];
       const known = operators.map((o) => o.uid);
-      const total = await scope.countEntries();
+      // Timer chunks are counted by the scope but not exported: the total shrinks as they are met.
+      let total = await scope.countEntries();
       const chunk = Math.max(1, options.chunkEntries ?? 50_000);
       const files: SavepointFile[] = [];
       let entries = 0;
@@ -341,7 +342,10 @@ export async function createSavepoint(
       };
       options.onProgress?.({ phase: 'export', entries: 0, total, files: 0 });
       for await (const entry of scope.entries()) {
-        if (isTimerChunkAddress(entry[0])) continue; // inline in the manifest's checkpoints
+        if (isTimerChunkAddress(entry[0])) {
+          if (total !== undefined) total--; // its timers are inline in the manifest's checkpoints
+          continue;
+        }
         if (!known.some((uid) => entry[0].startsWith(`${uid}/`))) {
           const uid = operatorOfAddress(entry[0], (JSON.parse(entry[1]) as { k: string | number }).k);
           if (!known.includes(uid)) {

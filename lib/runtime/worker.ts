@@ -108,7 +108,10 @@ export async function runShardWorker(
     if (checkpoint?.finished) {
       return { shardId, records, commits, finished: true, childShardIds, caughtUp: true };
     }
-    const task = new ShardTask(job.plan, checkpoint ?? shardId, { job: job.job });
+    const task = new ShardTask(job.plan, checkpoint ?? shardId, {
+      job: job.job,
+      ...(options.timerTailOps === undefined ? {} : { tailOps: options.timerTailOps }),
+    });
     const position: StartPosition =
       checkpoint?.position !== undefined
         ? { type: 'AFTER_SEQUENCE_NUMBER', sequenceNumber: checkpoint.position }

@@ -97,6 +97,8 @@ export async function runUntilIdle(
     untilIdle?: boolean;
     /** The local log's (and the job's processing-time) clock. */
     clock?: () => number;
+    /** WorkerOptions.timerTailOps (small: timer chunks are written, deleted and compacted). */
+    timerTailOps?: number;
   } = {},
 ): Promise<{ records: number; stopped?: string }> {
   const opened = await openEmbeddedJobForRun({
@@ -119,6 +121,7 @@ export async function runUntilIdle(
       roundPauseMs: 50,
       controlPollMs: 20,
       ...(options.signal === undefined ? {} : { signal: options.signal }),
+      ...(options.timerTailOps === undefined ? {} : { timerTailOps: options.timerTailOps }),
     });
     return {
       records: summary.records,
