@@ -130,9 +130,11 @@ export function compareTimerSpecs(a: TimerSpec, b: TimerSpec): number {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Chunk format: {"v":1,"operators":[uid...],"groups":[[add 0|1, operator index, "e"|"p", time,
-// namespace, [key...]]...]}: runs of consecutive ops that differ only by key form one group (a
-// window's timers share their time and namespace), so a chunk is mostly a list of keys.
+// Chunk format, one column per field (one JSON.stringify of flat arrays, no array per op):
+// {"v":1,"operators":[uid...],"add":"1011","domain":"eepe","op":[operator index...],"rel":true,
+//  "t0":base,"time":[time - t0...],"ns":[namespace (numbers - t0)...],"key":[key...]}
+// Times and numeric namespaces are stored relative to t0 (small numbers are cheap to write) when
+// that is exact: all of them safe integers ("rel": true); otherwise as they are (times encoded).
 
 /** Timer ops in columns (no object per op): the tail, and what a flush writes. */
 class OpColumns {
@@ -229,40 +231,64 @@ function encodeChunk(
 ) {
   const operators: string[] = [];
   const index = new Map<string, number>();
-  const groups: unknown[] = [];
   const stats: ChunkStats = { ops: end - start, maxEventTime: -Infinity, maxProcessingTime: -Infinity };
-  let keys: StateKey[] | undefined;
+  const n = end - start;
+  const op = new Array<number>(n);
+  const time = new Array<unknown>(n);
+  const ns = new Array<TimerNamespace>(n);
+  let add = '';
+  let domain = '';
+  const t0 = c.time[start]!;
+  let relative = Number.isSafeInteger(t0);
   for (let i = start; i < end; i++) {
-    const time = c.time[i]!;
-    const processing = c.processing[i]!;
-    if (
-      keys === undefined ||
-      c.add[i] !== c.add[i - 1] ||
-      c.operator[i] !== c.operator[i - 1] ||
-      processing !== c.processing[i - 1] ||
-      time !== c.time[i - 1] ||
-      c.namespace[i] !== c.namespace[i - 1]
-    ) {
-      const uid = c.operator[i]!;
-      let op = index.get(uid);
-      if (op === undefined) {
-        op = operators.length;
-        operators.push(uid);
-        index.set(uid, op);
-      }
-      keys = [];
-      groups.push([c.add[i] ? 1 : 0, op, processing ? 'p' : 'e', encodeTime(time), c.namespace[i], keys]);
+    const uid = c.operator[i]!;
+    let o = index.get(uid);
+    if (o === undefined) {
+      o = operators.length;
+      operators.push(uid);
+      index.set(uid, o);
     }
-    keys.push(c.key[i]!);
-    if (processing) stats.maxProcessingTime = Math.max(stats.maxProcessingTime, time);
-    else stats.maxEventTime = Math.max(stats.maxEventTime, time);
+    op[i - start] = o;
+    add += c.add[i] ? '1' : '0';
+    const t = c.time[i]!;
+    if (c.processing[i]) {
+      domain += 'p';
+      stats.maxProcessingTime = Math.max(stats.maxProcessingTime, t);
+    } else {
+      domain += 'e';
+      stats.maxEventTime = Math.max(stats.maxEventTime, t);
+    }
+    const v = c.namespace[i]!;
+    if (
+      relative &&
+      !(Number.isSafeInteger(t - t0) && (typeof v === 'string' || Number.isSafeInteger(v - t0)))
+    ) {
+      relative = false;
+    }
   }
-  const text = JSON.stringify({ v: CHUNK_FORMAT, operators, groups });
-  if (text.length <= CHUNK_MAX_CHARS || end - start === 1) {
+  for (let i = start; i < end; i++) {
+    const t = c.time[i]!;
+    const v = c.namespace[i]!;
+    time[i - start] = relative ? t - t0 : encodeTime(t);
+    ns[i - start] = relative && typeof v === 'number' ? v - t0 : v;
+  }
+  const text = JSON.stringify({
+    v: CHUNK_FORMAT,
+    operators,
+    add,
+    domain,
+    op,
+    rel: relative,
+    t0: relative ? t0 : 0,
+    time,
+    ns,
+    key: c.key.slice(start, end),
+  });
+  if (text.length <= CHUNK_MAX_CHARS || n === 1) {
     write(text, stats);
     return;
   }
-  const half = start + Math.ceil((end - start) / 2);
+  const half = start + Math.ceil(n / 2);
   encodeChunk(c, start, half, write);
   encodeChunk(c, half, end, write);
 }
@@ -277,41 +303,59 @@ function decodeChunk(address: StateAddress, text: string): TimerOp[] {
   } catch (error) {
     return fail(`not valid JSON (${String(error)})`);
   }
-  const o = raw as { v?: unknown; operators?: unknown; groups?: unknown };
-  if (typeof o !== 'object' || o === null) return fail('not a JSON object');
+  if (typeof raw !== 'object' || raw === null) return fail('not a JSON object');
+  const o = raw as Record<string, unknown>;
   if (o.v !== CHUNK_FORMAT)
     return fail(`format ${String(o.v)} is not supported (this floe reads ${CHUNK_FORMAT})`);
-  if (!Array.isArray(o.operators) || !Array.isArray(o.groups))
-    return fail('"operators" or "groups" is not an array');
-  const operators = o.operators as unknown[];
-  const ops: TimerOp[] = [];
-  for (const [i, g] of (o.groups as unknown[]).entries()) {
+  const { operators, add, domain, op, time, ns, key, t0, rel } = o;
+  if (
+    !Array.isArray(operators) ||
+    typeof add !== 'string' ||
+    typeof domain !== 'string' ||
+    !Array.isArray(op) ||
+    !Array.isArray(time) ||
+    !Array.isArray(ns) ||
+    !Array.isArray(key) ||
+    typeof t0 !== 'number' ||
+    typeof rel !== 'boolean'
+  ) {
+    return fail('a column is missing or malformed');
+  }
+  const n = add.length;
+  if (domain.length !== n || op.length !== n || time.length !== n || ns.length !== n || key.length !== n) {
+    return fail('its columns differ in length');
+  }
+  const ops = new Array<TimerOp>(n);
+  for (let i = 0; i < n; i++) {
+    const operator = operators[op[i] as number];
+    const k = key[i];
+    const v = ns[i];
     if (
-      !Array.isArray(g) ||
-      g.length !== 6 ||
-      (g[0] !== 0 && g[0] !== 1) ||
-      (g[2] !== 'e' && g[2] !== 'p') ||
-      !Array.isArray(g[5])
+      typeof operator !== 'string' ||
+      (add[i] !== '0' && add[i] !== '1') ||
+      (domain[i] !== 'e' && domain[i] !== 'p') ||
+      (typeof k !== 'string' && typeof k !== 'number') ||
+      (typeof v !== 'string' && typeof v !== 'number')
     ) {
-      return fail(`group ${i} is malformed`);
+      return fail(`op ${i} is malformed`);
     }
-    const operator = operators[g[1] as number];
-    if (typeof operator !== 'string') return fail(`group ${i} names no operator`);
-    let time: number;
+    let t: number;
     try {
-      time = decodeTime(g[3]);
+      t = rel ? t0 + (time[i] as number) : decodeTime(time[i]);
     } catch {
-      return fail(`group ${i} has no time`);
+      return fail(`op ${i} has no time`);
     }
-    const domain = g[2] === 'e' ? ('event' as const) : ('processing' as const);
-    for (const key of g[5] as unknown[]) {
-      if (typeof key !== 'string' && typeof key !== 'number')
-        return fail(`group ${i} has a key that is not a string or number`);
-      ops.push({
-        add: g[0] === 1,
-        timer: { operator, domain, time, key, namespace: g[4] as TimerNamespace },
-      });
-    }
+    if (typeof t !== 'number' || Number.isNaN(t)) return fail(`op ${i} has no time`);
+    ops[i] = {
+      add: add[i] === '1',
+      timer: {
+        operator,
+        domain: domain[i] === 'e' ? 'event' : 'processing',
+        time: t,
+        key: k,
+        namespace: rel && typeof v === 'number' ? t0 + v : v,
+      },
+    };
   }
   return ops;
 }
@@ -320,6 +364,8 @@ function decodeChunk(address: StateAddress, text: string): TimerOp[] {
 
 const ADD = 1;
 const PROCESSING = 2;
+/** An add whose timer was deleted in the same commit: neither op is written. */
+const CANCELLED = 4;
 
 /** The timer log of one ShardTask: the committed log plus the ops of the open commit. */
 export class TimerLog implements Undoable {
@@ -332,6 +378,8 @@ export class TimerLog implements Undoable {
   // Ops of the open commit: the timer and ADD | PROCESSING flags.
   private readonly opTimers: QueuedTimer[] = [];
   private readonly opFlags: number[] = [];
+  /** Where the open commit added each timer (ops rolled back leave stale entries: check the op). */
+  private readonly addedAt = new Map<QueuedTimer, number>();
 
   constructor(
     private readonly shardId: string,
@@ -347,7 +395,18 @@ export class TimerLog implements Undoable {
 
   /** Records a registration or deletion (undone with the journal if its record fails). */
   record(timer: QueuedTimer, add: boolean, domain: TimeDomain, journal: Journal): void {
+    if (!add) {
+      // A timer added in this commit (same object in the queue) and deleted again: drop the add
+      // and record nothing (a session window pushed back by every element, say).
+      const i = this.addedAt.get(timer);
+      if (i !== undefined && this.opTimers[i] === timer && (this.opFlags[i]! & CANCELLED) === 0) {
+        journal.recordSlot(this.opFlags, i);
+        this.opFlags[i] = this.opFlags[i]! | CANCELLED;
+        return;
+      }
+    }
     journal.recordUndo(this, this.opTimers.length, undefined);
+    if (add) this.addedAt.set(timer, this.opTimers.length);
     this.opTimers.push(timer);
     this.opFlags.push((add ? ADD : 0) | (domain === 'processing' ? PROCESSING : 0));
   }
@@ -385,11 +444,12 @@ export class TimerLog implements Undoable {
       const t = this.opTimers[i]!;
       const flags = this.opFlags[i]!;
       const processing = (flags & PROCESSING) !== 0;
-      if (!isLive(t, processing, watermark, fired)) continue;
+      if ((flags & CANCELLED) !== 0 || !isLive(t, processing, watermark, fired)) continue;
       tail.push((flags & ADD) !== 0, uids[t.operator]!, processing, t.time, t.key, t.namespace);
     }
     this.opTimers.length = 0;
     this.opFlags.length = 0;
+    this.addedAt.clear();
     const kept: TimerChunkRef[] = [];
     for (const c of this.chunks) {
       if (c.maxEventTime <= watermark && c.maxProcessingTime <= fired)
