@@ -4,7 +4,6 @@
  * and the stream hold; a live lease and unpublished outbox outputs; and the error lines for
  * missing resources and missing credentials.
  */
-import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoBackend } from '../../lib/aws/dynamodb-backend.ts';
 import { defaultResourceNames } from '../../lib/aws/job.ts';
@@ -12,23 +11,15 @@ import { putRecords } from '../../lib/aws/kinesis-source.ts';
 import { createStream } from '../../lib/aws/resources.ts';
 import type { AwsJobStatus } from '../../lib/aws/status.ts';
 import { pendingTimerCount } from '../../lib/core/index.ts';
-import { awsClients, awsProcessEnv, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
+import { awsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
+import { floeCli, NO_CREDENTIALS } from './floe-cli.ts';
 import { putSamplePageViews, samplePageViewsRunArgs } from './sample-page-views.ts';
 
 const env = await setupAwsTestEnv();
 const clients = awsClients(env);
 afterAll(() => clients.destroy());
 
-function floe(args: string[], extraEnv: Record<string, string | undefined> = {}) {
-  const childEnv: Record<string, string | undefined> = { ...process.env, ...awsProcessEnv(env), ...extraEnv };
-  for (const [k, v] of Object.entries(childEnv)) if (v === undefined) delete childEnv[k];
-  const result = spawnSync(process.execPath, ['bin/floe.js', ...args], {
-    encoding: 'utf8',
-    env: childEnv as NodeJS.ProcessEnv,
-    timeout: 120_000,
-  });
-  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
-}
+const floe = floeCli(env);
 
 const encode = (value: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(value));
 
@@ -201,13 +192,7 @@ describe('floe status --backend aws', () => {
   });
 
   it('says when no credentials are configured', () => {
-    const r = floe(['status', '--backend', 'aws', '--job', job], {
-      AWS_ACCESS_KEY_ID: undefined,
-      AWS_SECRET_ACCESS_KEY: undefined,
-      AWS_PROFILE: 'floe-test-profile-that-does-not-exist',
-      AWS_CONFIG_FILE: '/nonexistent',
-      AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
-    });
+    const r = floe(['status', '--backend', 'aws', '--job', job], NO_CREDENTIALS);
     expect(r.code).toBe(1);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/^floe: no AWS credentials found/);

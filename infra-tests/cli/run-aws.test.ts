@@ -1,25 +1,16 @@
 /** `floe run --backend aws` as a real child process against the emulators. */
-import { spawnSync } from 'node:child_process';
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createStream } from '../../lib/aws/resources.ts';
+import { floeCli, NO_CREDENTIALS } from '../aws/floe-cli.ts';
 import { putSamplePageViews, samplePageViewsRunArgs } from '../aws/sample-page-views.ts';
-import { awsClients, awsProcessEnv, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
+import { awsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
 
 const env = await setupAwsTestEnv();
 const clients = awsClients(env);
 afterAll(() => clients.destroy());
 
-function floe(args: string[], extraEnv: Record<string, string | undefined> = {}) {
-  const childEnv: Record<string, string | undefined> = { ...process.env, ...awsProcessEnv(env), ...extraEnv };
-  for (const [k, v] of Object.entries(childEnv)) if (v === undefined) delete childEnv[k];
-  const result = spawnSync(process.execPath, ['bin/floe.js', ...args], {
-    encoding: 'utf8',
-    env: childEnv as NodeJS.ProcessEnv,
-    timeout: 120_000,
-  });
-  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
-}
+const floe = floeCli(env);
 
 describe('floe run --backend aws', () => {
   it('names every missing resource and the region, in one line, without a stack trace', () => {
@@ -41,13 +32,7 @@ describe('floe run --backend aws', () => {
   });
 
   it('says when no credentials are configured', () => {
-    const r = floe(['run', 'examples/page-views.ts', '--backend', 'aws', '--until-idle'], {
-      AWS_ACCESS_KEY_ID: undefined,
-      AWS_SECRET_ACCESS_KEY: undefined,
-      AWS_PROFILE: 'floe-test-profile-that-does-not-exist',
-      AWS_CONFIG_FILE: '/nonexistent',
-      AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
-    });
+    const r = floe(['run', 'examples/page-views.ts', '--backend', 'aws', '--until-idle'], NO_CREDENTIALS);
     expect(r.code).toBe(1);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/^floe: no AWS credentials found/);
