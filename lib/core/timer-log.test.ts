@@ -4,7 +4,7 @@ import { count } from './aggregates.ts';
 import { type ShardCheckpoint, serializeCheckpoint } from './checkpoint.ts';
 import { compile, type PipelinePlan } from './compile.ts';
 import { passthroughDeserializer, pipeline } from './dsl.ts';
-import { StateFormatError } from './errors.ts';
+import { ConfigurationError, StateFormatError } from './errors.ts';
 import { MemoryBackend } from './memory-backend.ts';
 import type { SourceRecord, StateMutation } from './ports.ts';
 import { type BatchResult, ShardTask, type ShardTaskOptions } from './shard-task.ts';
@@ -325,6 +325,7 @@ describe('timer log', () => {
   });
 
   it('rejects timer log limits that are not whole numbers >= 1', () => {
+    expect(() => new ShardTask(tumblingCounts(), SHARD, { tailOps: 0 })).toThrow(ConfigurationError);
     expect(() => new ShardTask(tumblingCounts(), SHARD, { tailOps: 0 })).toThrow(
       'timer log option tailOps must be a whole number >= 1; received 0',
     );

@@ -24,7 +24,7 @@ import type {
   TimerOp,
   TimerSpec,
 } from './checkpoint.ts';
-import { StateFormatError } from './errors.ts';
+import { ConfigurationError, describeValue, StateFormatError } from './errors.ts';
 import type { Journal, Undoable } from './journal.ts';
 import type { StateAddress, StateMutation, StateStore } from './ports.ts';
 import type { StateKey } from './state.ts';
@@ -524,6 +524,8 @@ function spec(t: QueuedTimer, domain: TimeDomain, uids: readonly string[]): Time
 
 function positive(name: string, n: number): number {
   if (!Number.isInteger(n) || n < 1)
-    throw new RangeError(`timer log option ${name} must be a whole number >= 1; received ${n}`);
+    throw new ConfigurationError(
+      `timer log option ${name} must be a whole number >= 1; received ${describeValue(n)}`,
+    );
   return n;
 }
