@@ -101,20 +101,15 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
       }),
     );
     if (leaseBusy) await sleep(options.roundPauseMs ?? 500);
-    let progressed = false;
     let paused = false;
     for (const r of results) {
       if (r.paused) paused = true;
       records += r.records;
       commits += r.commits;
-      if (r.records > 0 || r.finished) progressed = true;
     }
-    if (options.untilIdle && !leaseBusy && !paused) {
-      // Idle: every shard that ran is caught up, and none finished (a finished shard makes its
-      // children runnable, so they get a round). Shards that did not run are finished already.
-      if (results.every((r) => r.caughtUp && !r.finished)) break;
-      if (!progressed && results.every((r) => r.caughtUp || r.finished)) break;
-    }
+    // Idle: every shard that ran is caught up, and none finished (a finished shard makes its
+    // children runnable, so they get a round). Shards that did not run are finished already.
+    if (options.untilIdle && !leaseBusy && !paused && results.every((r) => r.caughtUp && !r.finished)) break;
   }
   return { records, commits, rounds, shards: [...seen], ...(stopped === undefined ? {} : { stopped }) };
 }
