@@ -55,13 +55,8 @@ export function isTimerChunkAddress(address: StateAddress): boolean {
 }
 
 /** Whether an op is still live: later than what its domain has fired through. */
-function isLive(
-  timer: { readonly time: number },
-  processing: boolean,
-  watermark: number,
-  processingFired: number,
-) {
-  return timer.time > (processing ? processingFired : watermark);
+function isLive(time: number, processing: boolean, watermark: number, processingFired: number): boolean {
+  return time > (processing ? processingFired : watermark);
 }
 
 /**
@@ -76,7 +71,7 @@ export function replayTimerLog(
   const log = checkpoint.timerLog;
   if (log === undefined) return;
   const live = (op: TimerOp) =>
-    isLive(op.timer, op.timer.domain === 'processing', checkpoint.watermark, log.processingFiredThrough);
+    isLive(op.timer.time, op.timer.domain === 'processing', checkpoint.watermark, log.processingFiredThrough);
   for (const ref of log.chunks) {
     const text = chunkTexts.get(ref.address);
     if (text === undefined) {
@@ -439,12 +434,12 @@ export class TimerLog implements Undoable {
     const { watermark, uids, mutations } = args;
     const fired = this.processingFiredThrough;
     const tail = this.tail;
-    tail.retain((i) => tail.time[i]! > (tail.processing[i] ? fired : watermark));
+    tail.retain((i) => isLive(tail.time[i]!, tail.processing[i]!, watermark, fired));
     for (let i = 0; i < this.opTimers.length; i++) {
       const t = this.opTimers[i]!;
       const flags = this.opFlags[i]!;
       const processing = (flags & PROCESSING) !== 0;
-      if ((flags & CANCELLED) !== 0 || !isLive(t, processing, watermark, fired)) continue;
+      if ((flags & CANCELLED) !== 0 || !isLive(t.time, processing, watermark, fired)) continue;
       tail.push((flags & ADD) !== 0, uids[t.operator]!, processing, t.time, t.key, t.namespace);
     }
     this.opTimers.length = 0;
@@ -459,15 +454,12 @@ export class TimerLog implements Undoable {
     this.chunks = kept;
     const pending = args.event.size + args.processing.size;
 
+    const pendingSpecs = (): TimerSpec[] =>
+      args.processing.appendSpecs(args.event.appendSpecs([], 'event', uids), 'processing', uids);
     if (args.finished) {
       // Children of a reshard take their timers from the parent's checkpoint.
       this.dropLog(mutations);
-      const timers = args.processing.appendSpecs(
-        args.event.appendSpecs([], 'event', uids),
-        'processing',
-        uids,
-      );
-      return { timers: timers.sort(compareTimerSpecs) };
+      return { timers: pendingSpecs().sort(compareTimerSpecs) };
     }
     let logOps = tail.length;
     for (const c of this.chunks) logOps += c.ops;
@@ -476,9 +468,8 @@ export class TimerLog implements Undoable {
       // times, by time (so chunks die early). The log stays within 4x the pending timers, so a
       // compaction is paid for by the ops since the last one.
       this.dropLog(mutations);
-      const timers = args.processing
-        .appendSpecs(args.event.appendSpecs([], 'event', uids), 'processing', uids)
-        .filter((t) => isLive(t, t.domain === 'processing', watermark, fired))
+      const timers = pendingSpecs()
+        .filter((t) => isLive(t.time, t.domain === 'processing', watermark, fired))
         .sort(compareTimerSpecs);
       for (const timer of timers) tail.pushOp({ add: true, timer });
       if (tail.length >= this.tailOps) this.flushTail(mutations);
