@@ -101,7 +101,9 @@ export async function withInlineTimers(
   checkpoint: ShardCheckpoint,
   store: StateStore,
 ): Promise<ShardCheckpoint> {
-  if (checkpoint.timerLog === undefined) return checkpoint;
+  if (checkpoint.timerLog === undefined) {
+    return { ...checkpoint, timers: [...checkpoint.timers].sort(compareTimerSpecs) };
+  }
   const pending = new Map<string, TimerSpec>();
   const id = (t: TimerSpec) => JSON.stringify([t.operator, t.domain, t.time, t.key, t.namespace]);
   for (const t of checkpoint.timers) pending.set(id(t), t);

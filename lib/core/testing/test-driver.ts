@@ -12,7 +12,7 @@ import { shardIndexFor, shardName } from '../partitioning.ts';
 import type { Lease, Output, SourceRecord } from '../ports.ts';
 import { type BatchResult, ShardTask } from '../shard-task.ts';
 import type { StateKey } from '../state.ts';
-import { compareTimerSpecs, type TimerLogOptions, withInlineTimers } from '../timer-log.ts';
+import { type TimerLogOptions, withInlineTimers } from '../timer-log.ts';
 
 export interface DriverRecord {
   readonly partitionKey: string;
@@ -133,7 +133,7 @@ export class TestDriver {
   async timers(shard: string = this.shardIds[0]!): Promise<readonly TimerSpec[]> {
     const checkpoint = await this.checkpoint(shard);
     if (checkpoint === undefined) return [];
-    return [...(await withInlineTimers(checkpoint, this.backend)).timers].sort(compareTimerSpecs);
+    return (await withInlineTimers(checkpoint, this.backend)).timers;
   }
 
   async watermark(shard: string = this.shardIds[0]!): Promise<number> {
