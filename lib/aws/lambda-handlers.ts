@@ -13,10 +13,12 @@ import {
   compile,
   deserializeCheckpoint,
   type Pipeline,
+  type PipelinePlan,
   type ShardCheckpoint,
   serializeCheckpoint,
 } from '../core/index.ts';
 import { coordinateRound } from '../runtime/coordinator.ts';
+import { WarmTasks } from '../runtime/warm-tasks.ts';
 import { runShardWorker, type WorkerResult } from '../runtime/worker.ts';
 import { type AwsClientsBundle, type AwsJobConfig, awsClients, awsJobConfigFromEnv } from './job.ts';
 import { openAwsJobFromRecord } from './run-job.ts';
@@ -42,6 +44,10 @@ export const SAFETY_MARGIN_MS = 10_000;
 
 export function createWorkerHandler(deps: HandlerDeps) {
   const logger = deps.logger ?? new Logger({ serviceName: 'floe-worker' });
+  // A warm container keeps its shard tasks (and their cached state) for its next invocations;
+  // a kept task is only reused for the plan it was built with, so the plan is compiled once.
+  const warmTasks = new WarmTasks();
+  let compiled: PipelinePlan | undefined;
   return async (
     event: WorkerEvent,
     context: Pick<Context, 'awsRequestId' | 'getRemainingTimeInMillis'>,
@@ -52,7 +58,8 @@ export function createWorkerHandler(deps: HandlerDeps) {
       );
     }
     const config = (deps.config ?? awsJobConfigFromEnv)();
-    const plan = compile(await deps.loadPipeline());
+    compiled ??= compile(await deps.loadPipeline());
+    const plan = compiled;
     const clients = (deps.clients ?? awsClients)();
     logger.appendKeys({ job: config.job, shardId: event.shardId });
     const metrics = new WorkerMetrics({
@@ -86,6 +93,7 @@ export function createWorkerHandler(deps: HandlerDeps) {
         {
           owner: context.awsRequestId,
           timeBudgetMs: Math.max(1_000, context.getRemainingTimeInMillis() - SAFETY_MARGIN_MS),
+          warmTasks,
           ...(config.commitIntervalMs === undefined ? {} : { commitIntervalMs: config.commitIntervalMs }),
           onCommit: (p) => {
             metrics.onCommit(p);

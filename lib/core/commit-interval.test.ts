@@ -6,7 +6,7 @@ import { pipeline } from './dsl.ts';
 import { MemoryBackend } from './memory-backend.ts';
 import type { Output, SourceRecord } from './ports.ts';
 import { ShardTask } from './shard-task.ts';
-import { boundedOutOfOrderness } from './watermarks.ts';
+import { boundedOutOfOrderness, withIdleness } from './watermarks.ts';
 import { tumbling } from './windows.ts';
 
 interface Ev {
@@ -150,5 +150,44 @@ describe('mutations of keys born and gone within one commit', () => {
     ]);
     await backend.commit(lease, second);
     expect([...backend.entries().keys()]).toEqual(['window-0/"c"']);
+  });
+
+  it('committedCheckpoint: the last commit while nothing is uncommitted, undefined in between', async () => {
+    const p = pipeline('idle');
+    p.source<Ev>({ deserializer: (data) => data as Ev })
+      .withTimestamps((e) => e.ts, withIdleness(boundedOutOfOrderness(5), 1_000))
+      .keyBy((e) => e.user)
+      .window(tumbling({ size: 10 }))
+      .aggregate(count())
+      .sink('out');
+    const backend = new MemoryBackend();
+    const task = new ShardTask(compile(p), SHARD);
+    expect(task.committedCheckpoint?.commitNumber).toBe(0);
+    await task.process([record('a', 1, 1)], backend, 1_001);
+    expect(task.committedCheckpoint, 'a processed record').toBeUndefined();
+    const first = task.takeCommit();
+    expect(task.committedCheckpoint).toBe(first.checkpoint);
+    expect(task.cachedKeys).toBe(1);
+    // A duplicate (redelivered) record is uncommitted progress too.
+    await task.process([record('a', 1, 1)], backend, 1_001);
+    expect(task.committedCheckpoint).toBeUndefined();
+    const again = task.takeCommit();
+    expect(again.changed).toBe(false);
+    expect(task.committedCheckpoint).toBe(first.checkpoint);
+    // Caught up and idle for 5 ms past the 1 s timeout: idleness moves the watermark from -5
+    // to 0 without firing anything; a commit that skips idle watermarks leaves the task reusable.
+    await task.process([], backend, 2_006);
+    expect(task.watermark).toBe(0);
+    expect(task.watermark).toBeGreaterThan(first.checkpoint.watermark);
+    expect(task.takeCommit({ commitIdleWatermark: false }).changed).toBe(false);
+    expect(task.committedCheckpoint).toBe(first.checkpoint);
+    // A timer that fires is a change until committed.
+    await task.process([record('b', 30, 2)], backend, 2_007);
+    expect(task.committedCheckpoint).toBeUndefined();
+    const fired = task.takeCommit();
+    expect(fired.outputs.map((o) => o.value)).toEqual([
+      { key: 'a', window: { start: 0, end: 10 }, result: 1 },
+    ]);
+    expect(task.committedCheckpoint).toBe(fired.checkpoint);
   });
 });

@@ -396,6 +396,36 @@ export class ShardTask {
   }
 
   /**
+   * The checkpoint of the last commit (or the one the task started from) when the task holds
+   * nothing uncommitted, so it can go on from wherever that checkpoint is the stored one; else
+   * undefined. An idleness advance of the watermark that was not worth a commit does not count:
+   * it depends on processing time only, and the task would have kept it had its invocation
+   * gone on.
+   */
+  get committedCheckpoint(): ShardCheckpoint | undefined {
+    const last = this.committed;
+    const clean =
+      this.pendingRecords === 0 &&
+      this.pendingDuplicates === 0 &&
+      this.outputs.length === 0 &&
+      this.deadLetters === 0 &&
+      this.timersFired === 0 &&
+      this.timerVersion === last.timerVersion &&
+      (this.position ?? '') === last.position &&
+      this.maxTimestamp === last.maxTimestamp &&
+      this.finished === last.finished &&
+      this.operators.every((op) => op.backend.dirty.length === 0);
+    return clean ? this.lastCheckpoint : undefined;
+  }
+
+  /** Keys whose state (or its absence) is held in memory, over all operators. */
+  get cachedKeys(): number {
+    let n = 0;
+    for (const op of this.operators) n += op.backend.cache.size;
+    return n;
+  }
+
+  /**
    * Ends the commit: the outputs, mutations and checkpoint of everything processed since the
    * last one. `changed` is false (and nothing needs committing) when nothing changed.
    */

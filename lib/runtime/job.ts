@@ -59,6 +59,12 @@ export interface WorkerOptions {
   readonly signal?: AbortSignal;
   /** How often a worker reads the job control between batches (wall ms). @default 500 */
   readonly controlPollMs?: number;
+  /**
+   * Tasks kept between the invocations of this process (see warm-tasks.ts): an invocation whose
+   * shard's stored checkpoint is the one a kept task committed goes on with it, without reading
+   * state again. @default none: every invocation starts from the stored checkpoint
+   */
+  readonly warmTasks?: import('./warm-tasks.ts').WarmTasks;
 }
 
 export interface ShardProgress {

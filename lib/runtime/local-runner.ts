@@ -6,6 +6,7 @@
 import { FencedError, FloeError, type ShardCheckpoint } from '../core/index.ts';
 import { runnableShards } from './coordinator.ts';
 import type { JobRuntime, WorkerOptions } from './job.ts';
+import { WarmTasks } from './warm-tasks.ts';
 import { publishPending, runShardWorker, type WorkerResult } from './worker.ts';
 
 export interface RunOptions extends Omit<WorkerOptions, 'owner' | 'untilIdle'> {
@@ -19,6 +20,11 @@ export interface RunOptions extends Omit<WorkerOptions, 'owner' | 'untilIdle'> {
   readonly onLeaseBusy?: (shardId: string, error: FloeError) => void;
   /** Called while the job control pauses the job (a savepoint is being taken). */
   readonly onPaused?: (reason: string) => void;
+  /**
+   * Tasks kept between rounds (see warm-tasks.ts). @default a new WarmTasks for this run: a
+   * shard's next round goes on with its task unless another owner committed in between
+   */
+  readonly warmTasks?: WarmTasks;
 }
 
 export interface RunSummary {
@@ -34,6 +40,7 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 
 export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise<RunSummary> {
   const owner = options.owner ?? `local-${process.pid}`;
+  const warmTasks = options.warmTasks ?? new WarmTasks();
   let records = 0;
   let commits = 0;
   let rounds = 0;
@@ -77,7 +84,7 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
           return await runShardWorker(
             job,
             plan.shard.shardId,
-            { ...options, owner: `${owner}-${plan.shard.shardId}`, untilIdle: options.untilIdle },
+            { ...options, owner: `${owner}-${plan.shard.shardId}`, untilIdle: options.untilIdle, warmTasks },
             plan.initial,
           );
         } catch (error) {

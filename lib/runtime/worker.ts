@@ -37,6 +37,8 @@ export interface WorkerResult {
   readonly caughtUp: boolean;
   /** Stopped at a commit boundary because the job control said so (savepoint, stop). */
   readonly paused?: boolean;
+  /** Went on with the task a previous invocation kept (options.warmTasks): no state was reloaded. */
+  readonly warm?: boolean;
 }
 
 /** Minimum processing time between commits that only advance an idle shard's watermark. */
@@ -108,10 +110,14 @@ export async function runShardWorker(
     if (checkpoint?.finished) {
       return { shardId, records, commits, finished: true, childShardIds, caughtUp: true };
     }
-    const task = new ShardTask(job.plan, checkpoint ?? shardId, {
-      job: job.job,
-      ...(options.timerTailOps === undefined ? {} : { tailOps: options.timerTailOps }),
-    });
+    const kept =
+      checkpoint === undefined ? undefined : options.warmTasks?.take(job.job, job.plan, checkpoint);
+    const task =
+      kept ??
+      new ShardTask(job.plan, checkpoint ?? shardId, {
+        job: job.job,
+        ...(options.timerTailOps === undefined ? {} : { tailOps: options.timerTailOps }),
+      });
     const position: StartPosition =
       checkpoint?.position !== undefined
         ? { type: 'AFTER_SEQUENCE_NUMBER', sequenceNumber: checkpoint.position }
@@ -203,13 +209,24 @@ export async function runShardWorker(
       // was processed (a pause instead leaves it, at the last commit boundary).
       if (!paused && uncommittedSince !== undefined) await commitPending(lastMillisBehind);
       await published();
+      // Only after a clean end: a task that saw an error may hold changes nobody committed.
+      if (!finished) options.warmTasks?.keep(job.job, task);
     } finally {
       // On an error: let what is in flight settle (a publish's outcome is in the outbox; a read
       // ahead is discarded, the next invocation reads again from the committed checkpoint).
       await Promise.all([publishing, readAhead]);
       await reader.close?.();
     }
-    return { shardId, records, commits, finished, childShardIds, caughtUp, ...(paused ? { paused } : {}) };
+    return {
+      shardId,
+      records,
+      commits,
+      finished,
+      childShardIds,
+      caughtUp,
+      warm: kept !== undefined,
+      ...(paused ? { paused } : {}),
+    };
   } finally {
     await job.backend.releaseLease(lease).catch(() => {});
   }
