@@ -33,6 +33,7 @@ import {
   type Lease,
   type Output,
   type Pipeline,
+  type PipelinePlan,
   type ShardCheckpoint,
   type ShardSource,
   type Sink,
@@ -46,6 +47,7 @@ import {
 import type { JobRuntime } from '../job.ts';
 import { runJob } from '../local-runner.ts';
 import { simulate } from '../simulate.ts';
+import { WarmTasks } from '../warm-tasks.ts';
 import { runShardWorker } from '../worker.ts';
 import {
   BUILTIN_FAULT_POINTS,
@@ -285,6 +287,13 @@ interface RunContext {
   readonly injector: FaultInjector;
   readonly sink: CheckingSink;
   readonly batchSize: number;
+  /** Compiled once, so a kept task is reused (WarmTasks reuses a task only for its own plan). */
+  readonly plan: PipelinePlan;
+  /**
+   * The tasks kept across runs and incarnations: shards whose worker ended cleanly go on warm,
+   * as in a Lambda container that lived on; a crashed worker's shard restarts cold.
+   */
+  readonly warmTasks: WarmTasks;
   backend: Backend;
   clock: number;
   incarnations: number;
@@ -319,7 +328,7 @@ const run: Step = async (ctx) => {
     const now = ctx.clock;
     const job: JobRuntime = {
       job: JOB,
-      plan: compile(ctx.scenario.pipeline),
+      plan: ctx.plan,
       source: faultySource(ctx.fixture.stream.source, injector),
       backend: faultyBackend(ctx.backend, injector),
       sink: faultySink(ctx.sink, injector),
@@ -333,6 +342,7 @@ const run: Step = async (ctx) => {
         leaseTtlMs: LEASE_TTL,
         idlePollMs: 1,
         roundPauseMs: 1,
+        warmTasks: ctx.warmTasks,
       });
       if (!injector.dead) return;
     } catch (error) {
@@ -365,6 +375,8 @@ interface RunResult {
   readonly commits: readonly CommitEvent[];
   readonly shards: ShardLayout;
   readonly incarnations: number;
+  /** Worker invocations that went on with a kept task. */
+  readonly warmHits: number;
 }
 
 interface ShardLayout {
@@ -421,6 +433,8 @@ async function runScenario(
       injector,
       sink: new CheckingSink(),
       batchSize,
+      plan: compile(scenario.pipeline),
+      warmTasks: new WarmTasks(),
       backend: fixture.backend,
       clock: T0,
       incarnations: 0,
@@ -457,6 +471,7 @@ async function runScenario(
       commits: ctx.commits,
       shards,
       incarnations: ctx.incarnations,
+      warmHits: ctx.warmTasks.stats.hits,
     };
   } finally {
     await fixture.close?.();
@@ -722,6 +737,8 @@ export function describeExactlyOnce(
             expect(Object.keys(counts).length).toBeGreaterThanOrEqual(3);
             if (scenario === PAGE_VIEWS)
               expect(counts['late-page-views'] ?? 0).toBeGreaterThan(events / 1000);
+            // Later runs of a shard go on with the task its previous run kept.
+            expect(ref.run.warmHits).toBeGreaterThan(0);
             const perShardRecords = [...ref.run.shards.records.values()].map((r) => r.length);
             expect(Math.min(...perShardRecords)).toBeGreaterThan(events / 10);
             expectExact(ref.run, ref);
