@@ -8,7 +8,10 @@
  *   untouched; a transaction cancelled by those items is sent again without them;
  * - zombie: a writer that passed its commit point stalls before applying; the next lease holder
  *   redoes the delta and commits newer state over it (a delta commit and a small transaction
- *   commit, writes and deletes); the stale writer then applies its old delta and changes nothing.
+ *   commit, writes and deletes); the stale writer then applies its old delta and changes nothing;
+ * - zombie and outbox: the next lease holder redoes the delta and publishes its outputs (deleting
+ *   the outbox item); the stale writer's apply does not write the outbox item again, and its
+ *   commit is rejected with FencedError (it took effect, but its worker must not publish again).
  *
  * Every test has its own tables: moto's TransactWriteItems deep-copies the table once per action,
  * and its transactions are not isolated from concurrent requests (./moto-transactions.ts, which
@@ -20,6 +23,7 @@ import type { DeltaApplyMode, DynamoBackend, DynamoCommitStep } from '../../lib/
 import { createBucket } from '../../lib/aws/resources.ts';
 import {
   type Commit,
+  FencedError,
   initialCheckpoint,
   type Output,
   type ShardCheckpoint,
@@ -231,9 +235,10 @@ for (const mode of ['transactions', 'items'] as const) {
         expect(before.state[key(50)]).toBe('v2-50');
         expect(before.state[key(7)]).toBe('v1-7');
 
-        // The zombie wakes up and applies its old delta: nothing B wrote changes.
+        // The zombie wakes up and applies its old delta: nothing B wrote changes. Its commit took
+        // effect (B redid it), and its apply then finds the delta done under another fence.
         wake();
-        await zombieCommit;
+        await expect(zombieCommit).rejects.toBeInstanceOf(FencedError);
         expect({ state: await stateOf(b), checkpoint: await b.readCheckpoint(SHARD) }).toEqual(before);
         // Every key B wrote or deleted after the redo was skipped by the zombie's apply.
         const touchedByB = new Set([...commit2.map((m) => m.address), key(5), key(145), key(20)]);
@@ -245,5 +250,65 @@ for (const mode of ['transactions', 'items'] as const) {
         await f.close();
       }
     });
+
+    for (const [stallAt, what] of [
+      ['after-commit-point', 'does not resurrect an outbox item the new holder published'],
+      ['after-apply', 'that wrote its outbox item cannot end the delta the new holder redid'],
+    ] as const) {
+      it(`zombie stalled ${stallAt}: a stale writer ${what}; its commit rejects, so it publishes nothing`, async () => {
+        const f = await fixture(mode);
+        try {
+          // Writer A passes its commit point for a delta commit with outputs (or also writes its
+          // state and outbox item), then stalls.
+          let stalled!: () => void;
+          const reached = new Promise<void>((resolve) => {
+            stalled = resolve;
+          });
+          let wake!: () => void;
+          const woken = new Promise<void>((resolve) => {
+            wake = resolve;
+          });
+          const zombie = f.open({
+            onStep: async (step: DynamoCommitStep) => {
+              if (step !== stallAt) return;
+              stalled();
+              await woken;
+            },
+          });
+          const leaseA = await zombie.acquireLease(SHARD, 'A', 0, TTL);
+          const zombieCommit = zombie.commit(leaseA, deltaCommit());
+          zombieCommit.catch(() => {});
+          await reached;
+
+          // A's lease expires; B takes over (redoing A's delta), publishes commit 1's outputs and
+          // marks them published: the outbox item is deleted.
+          const b = f.open();
+          await b.acquireLease(SHARD, 'B', TTL + 1, TTL);
+          const ids = outputs(1, 3).map((o) => o.id);
+          expect((await b.unpublishedOutputs(SHARD)).map((o) => o.id)).toEqual(ids);
+          await b.markPublished(SHARD, ids);
+          expect(await b.unpublishedOutputs(SHARD)).toEqual([]);
+          const state = await stateOf(b);
+
+          // A wakes up and finishes its apply: the outbox item stays deleted (no second publish).
+          wake();
+          const [settled] = await Promise.allSettled([zombieCommit]);
+          expect(await b.unpublishedOutputs(SHARD)).toEqual([]);
+          expect(await stateOf(b)).toEqual(state);
+          expect((await b.readCheckpoint(SHARD))?.commitNumber).toBe(1);
+          expect(zombie.metrics.outboxSkipped).toBe(stallAt === 'after-commit-point' ? 1 : 0);
+          // A's commit took effect, but A learns it lost the lease, so its worker stops instead of
+          // publishing the outputs from memory a second time.
+          expect(settled.status).toBe('rejected');
+          const reason = (settled as PromiseRejectedResult).reason as Error;
+          expect(reason).toBeInstanceOf(FencedError);
+          expect(reason.message).toMatch(
+            /commit 1 of shard .* took effect, but the lease with fence 1 was taken over/,
+          );
+        } finally {
+          await f.close();
+        }
+      });
+    }
   });
 }

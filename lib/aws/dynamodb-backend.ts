@@ -54,6 +54,7 @@ import {
 } from '../core/index.ts';
 import { type BackoffOptions, isTransientAwsError, withBackoff } from './retry.ts';
 import {
+  cancellationOf,
   planChunks,
   TRANSIENT_CANCELLATION_CODES,
   type WriteChunkOptions,
@@ -199,9 +200,12 @@ export class DynamoBackend implements StateStore, CheckpointStore {
   /**
    * Counters, for benchmarks and tests. writeRequests: commit, apply and outbox write requests
    * sent (including conditional writes that failed and cancelled transactions); itemsWritten: the
-   * items those requests carried; transactions: TransactWriteItems requests sent, of which
-   * applyTransactions applied delta chunks; skippedNewer: delta items not written because the
-   * stored item was newer; deltaCommits: commits that took the S3 delta path.
+   * items those requests carried; transactions: the TransactWriteItems requests of commits and
+   * delta chunks, of which applyTransactions applied delta chunks (the outbox writes of delta
+   * applies are TransactWriteItems too, counted in writeRequests only); skippedNewer: delta items
+   * not written because the stored item was newer; outboxSkipped: outbox items of delta applies
+   * not written because the delta was no longer pending or the item existed; deltaCommits:
+   * commits that took the S3 delta path.
    */
   readonly metrics = {
     writeRequests: 0,
@@ -210,6 +214,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     transactions: 0,
     applyTransactions: 0,
     skippedNewer: 0,
+    outboxSkipped: 0,
     deltaCommits: 0,
   };
 
@@ -496,11 +501,25 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       } else throw isTransient(error) ? transient('the commit point update', error) : error;
     }
     await this.options.onStep?.('after-commit-point');
-    await this.apply(lease, key, delta, commitNumber);
+    if (await this.apply(lease, key, delta, commitNumber)) return;
+    // This writer did not finish the delta under its own lease. If a newer lease holder took the
+    // shard over (it redoes the delta and publishes its outputs), stop here: the commit took
+    // effect, but a worker that went on would publish the outputs from memory once more.
+    if ((await this.readLeaseItem(shardId))?.fence !== lease.fence) {
+      throw new FencedError(
+        `commit ${commitNumber} of shard ${shardId} took effect, but the lease with fence ${lease.fence} was taken over before its apply finished; the new lease holder applied it and publishes its outputs. Stop this invocation; the new lease holder resumes after this commit.`,
+      );
+    }
   }
 
-  /** Applies a committed delta: idempotent, version-conditioned writes; then clears the pointer. */
-  private async apply(lease: Lease, key: string, delta: Delta, commitNumber: number): Promise<void> {
+  /**
+   * Applies a committed delta: idempotent, version-conditioned writes, the outbox item; then
+   * clears the pointer, if `lease` still holds the shard. Returns false when this writer did not
+   * finish the delta under its lease: the delta was no longer pending when its outbox item was
+   * due (see writeDeltaOutbox), or the pointer could not be cleared (another holder's fence, or
+   * already cleared).
+   */
+  private async apply(lease: Lease, key: string, delta: Delta, commitNumber: number): Promise<boolean> {
     const writerLease = { ...lease, fence: delta.fence };
     const items = delta.mutations.map((m) => this.stateItem(m, writerLease, commitNumber));
     // A stale writer (a zombie applying an old delta) never overwrites newer state.
@@ -513,26 +532,8 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     } else {
       await this.applyItems(items, condition);
     }
-    if (delta.outputs.length > 0) {
-      const text = JSON.stringify(delta.outputs);
-      this.metrics.writeRequests++;
-      await this.ddb
-        .send(
-          new PutCommand({
-            TableName: this.options.controlTable,
-            Item: {
-              pk: this.scope,
-              sk: this.outboxSk(lease.shardId, commitNumber),
-              ...(text.length > ITEM_SOFT_LIMIT ? { delta: key } : { outputs: text }),
-            },
-            // Do not resurrect an outbox entry that a newer holder already published and deleted.
-            ConditionExpression: 'attribute_not_exists(pk)',
-          }),
-        )
-        .catch((error: unknown) => {
-          if (!isConditionFailure(error)) throw error;
-        });
-    }
+    const pending =
+      delta.outputs.length === 0 || (await this.writeDeltaOutbox(lease.shardId, key, delta, commitNumber));
     await this.options.onStep?.('after-apply');
     try {
       await this.ddb.send(
@@ -540,12 +541,83 @@ export class DynamoBackend implements StateStore, CheckpointStore {
           TableName: this.options.controlTable,
           Key: this.leaseKey(lease.shardId),
           UpdateExpression: 'REMOVE pendingDelta',
-          ConditionExpression: 'pendingDelta = :key',
-          ExpressionAttributeValues: { ':key': key },
+          // A zombie whose lease a newer holder took must not end the delta: the new holder
+          // redoes it and publishes the outputs, and the zombie learns it is fenced.
+          ConditionExpression: 'pendingDelta = :key AND fence = :fence',
+          ExpressionAttributeValues: { ':key': key, ':fence': lease.fence },
         }),
       );
     } catch (error) {
       if (!isConditionFailure(error)) throw error;
+      return false;
+    }
+    return pending;
+  }
+
+  /**
+   * Writes the outbox item of a delta commit, only while that delta is still pending: one
+   * TransactWriteItems of a ConditionCheck `pendingDelta = :key` on the lease item and the put
+   * of the outbox item if absent. An outbox item is published and deleted only after its delta's
+   * pointer is cleared, so a writer that finds the pointer gone (a zombie whose delta a newer
+   * holder redid) could only resurrect a published item. A cancellation with a failed condition
+   * (either action) writes nothing and is not an error: the item exists, or the delta is done;
+   * returns false when the ConditionCheck failed. Cancellations for transient reasons only
+   * (TransactionConflict, throttling) are retried with backoff, then raised as
+   * TransientBackendError.
+   */
+  private async writeDeltaOutbox(
+    shardId: string,
+    key: string,
+    delta: Delta,
+    commitNumber: number,
+  ): Promise<boolean> {
+    const table = this.options.controlTable;
+    const text = JSON.stringify(delta.outputs);
+    const items: NonNullable<TransactWriteCommandInput['TransactItems']> = [
+      {
+        ConditionCheck: {
+          TableName: table,
+          Key: this.leaseKey(shardId),
+          ConditionExpression: 'pendingDelta = :key',
+          ExpressionAttributeValues: { ':key': key },
+        },
+      },
+      {
+        Put: {
+          TableName: table,
+          Item: {
+            pk: this.scope,
+            sk: this.outboxSk(shardId, commitNumber),
+            ...(text.length > ITEM_SOFT_LIMIT ? { delta: key } : { outputs: text }),
+          },
+          ConditionExpression: 'attribute_not_exists(pk)',
+        },
+      },
+    ];
+    const transientOnly = (error: unknown): boolean => {
+      const cancellation = cancellationOf(error, items.length);
+      return cancellation !== undefined && cancellation.conditionFailed.size === 0;
+    };
+    try {
+      // The client's own retries (throttling, 5xx) happen inside; this retries what they pass through.
+      await withBackoff(
+        'writing the outbox item of a delta',
+        () => {
+          this.metrics.writeRequests++;
+          return this.ddb.send(new TransactWriteCommand({ TransactItems: items }));
+        },
+        this.options.retry,
+        transientOnly,
+      );
+      return true;
+    } catch (error) {
+      const failed = cancellationOf(error, items.length)?.conditionFailed;
+      if (failed === undefined || failed.size === 0) {
+        if (error instanceof TransientBackendError || !isTransient(error)) throw error;
+        throw transient('writing the outbox item of a delta', error);
+      }
+      this.metrics.outboxSkipped++;
+      return !failed.has(0);
     }
   }
 
@@ -914,9 +986,18 @@ export class DynamoBackend implements StateStore, CheckpointStore {
 }
 
 /**
- * A view of a client whose send() retries throttling, 5xx and network errors with backoff
- * (condition failures and other errors pass through). Retried writes are safe: every write of
- * the protocol is conditional or idempotent, and ambiguous commits are resolved by re-reading.
+ * Transient AWS errors, and DynamoDB's TransactionConflictException: a single-item write rejected
+ * (not applied) because the item is part of an ongoing transaction, e.g. a lease item that a
+ * delta apply's outbox write checks. The SDK retries neither the latter nor cancelled transactions.
+ */
+const isRetryableSend = (error: unknown): boolean =>
+  isTransientAwsError(error) || (error as { name?: string })?.name === 'TransactionConflictException';
+
+/**
+ * A view of a client whose send() retries isRetryableSend errors (throttling, 5xx, network
+ * errors, transaction conflicts) with backoff; condition failures and other errors pass through.
+ * Retried writes are safe: every write of the protocol is conditional or idempotent, and
+ * ambiguous commits are resolved by re-reading.
  */
 function retrying<C extends { send: (...args: never[]) => Promise<unknown> }>(
   client: C,
@@ -925,7 +1006,7 @@ function retrying<C extends { send: (...args: never[]) => Promise<unknown> }>(
   const view = Object.create(client) as C;
   const send = client.send.bind(client) as (...args: unknown[]) => Promise<unknown>;
   (view as { send: unknown }).send = (...args: unknown[]) =>
-    withBackoff((args[0] as object).constructor.name, () => send(...args), retry);
+    withBackoff((args[0] as object).constructor.name, () => send(...args), retry, isRetryableSend);
   return view;
 }
 

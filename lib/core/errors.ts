@@ -43,9 +43,11 @@ export class StateSerializationError extends TerminalError {
 }
 
 /**
- * A commit was rejected because another invocation holds the shard's lease now (our fencing
- * token is stale). Nothing of the rejected commit is visible. The invocation must stop: the
- * new lease holder resumes from the last commit.
+ * Another invocation holds the shard's lease now (our fencing token is stale). Usually the
+ * commit was rejected and nothing of it is visible. On the S3 delta path a commit can pass its
+ * commit point and lose the lease during its apply; then the commit took effect and the new
+ * holder finishes it and publishes its outputs. Either way the invocation must stop without
+ * publishing: the new lease holder resumes from the last commit.
  */
 export class FencedError extends TerminalError {
   readonly code = 'FENCED';
