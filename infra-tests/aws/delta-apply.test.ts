@@ -9,6 +9,8 @@
  * - zombie: a writer that passed its commit point stalls before applying; the next lease holder
  *   redoes the delta and commits newer state over it (a delta commit and a small transaction
  *   commit, writes and deletes); the stale writer then applies its old delta and changes nothing;
+ * - reshard zombie: a parent's stalled writer applies its delta after a child shard (one reshard
+ *   deeper, ShardCheckpoint.depth) wrote some of its keys: the child's items stay;
  * - zombie and outbox: the next lease holder redoes the delta and publishes its outputs (deleting
  *   the outbox item); the stale writer's apply does not write the outbox item again, and its
  *   commit is rejected with FencedError (it took effect, but its worker must not publish again).
@@ -121,6 +123,7 @@ for (const mode of ['transactions', 'items'] as const) {
               Item: {
                 pk: { S: `${f.job}#0#${address}` },
                 v: { S: `newer-${address}` },
+                d: { N: '0' },
                 sh: { S: SHARD },
                 f: { N: '5' },
                 c: { N: '1' },
@@ -246,6 +249,62 @@ for (const mode of ['transactions', 'items'] as const) {
         if (mode === 'transactions') expect(zombie.metrics.applyTransactions).toBeGreaterThan(2);
         // B's fence still rules.
         await expect(zombie.renewLease(leaseA, 2 * TTL, TTL)).rejects.toThrow(/rejected/);
+      } finally {
+        await f.close();
+      }
+    });
+
+    it("reshard zombie: a parent's stale apply never overwrites its child's newer state", async () => {
+      const f = await fixture(mode);
+      try {
+        // Parent writer A passes its commit point, then stalls before applying its delta.
+        let stalled!: () => void;
+        const reached = new Promise<void>((resolve) => {
+          stalled = resolve;
+        });
+        let wake!: () => void;
+        const woken = new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+        const zombie = f.open({
+          onStep: async (step: DynamoCommitStep) => {
+            if (step !== 'after-commit-point') return;
+            stalled();
+            await woken;
+          },
+        });
+        const leaseA = await zombie.acquireLease(SHARD, 'A', 0, TTL);
+        const zombieCommit = zombie.commit(leaseA, deltaCommit());
+        zombieCommit.catch(() => {});
+        await reached;
+
+        // A's lease expires; B redoes A's delta. Then a child shard (one reshard deeper) owns
+        // the keys and writes some of them: a put, a delete, and a key the parent had deleted.
+        const b = f.open();
+        await b.acquireLease(SHARD, 'B', TTL + 1, TTL);
+        const CHILD = 'shardId-000000000002';
+        const leaseC = await b.acquireLease(CHILD, 'C', TTL + 1, TTL);
+        await b.commit(leaseC, {
+          checkpoint: { ...initialCheckpoint(CHILD), depth: 1, commitNumber: 1, position: '2001' },
+          mutations: [
+            { address: key(5), value: 'child-5' },
+            { address: key(7), value: null },
+            { address: key(140), value: 'child-140' },
+          ],
+          outputs: [],
+        });
+        const before = await stateOf(b);
+        expect(before[key(5)]).toBe('child-5');
+        expect(before[key(7)]).toBeUndefined();
+        expect(before[key(140)]).toBe('child-140');
+        expect(before[key(6)]).toBe('v1-6');
+
+        // The parent's zombie wakes up and applies its old delta: the child's items stay.
+        wake();
+        await expect(zombieCommit).rejects.toBeInstanceOf(FencedError);
+        expect(await stateOf(b)).toEqual(before);
+        expect(zombie.metrics.skippedNewer).toBe(3);
+        expect(await rawItem(f, key(5))).toMatchObject({ sh: CHILD, d: '1' });
       } finally {
         await f.close();
       }

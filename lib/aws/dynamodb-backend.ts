@@ -38,6 +38,7 @@ import {
   type CheckpointStore,
   type Commit,
   ConfigurationError,
+  depthOf,
   describeValue,
   deserializeCheckpoint,
   FencedError,
@@ -434,7 +435,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     }
     for (const m of commit.mutations) {
       items.push({
-        Put: { TableName: this.options.stateTable, Item: this.stateItem(m, lease, commitNumber) },
+        Put: { TableName: this.options.stateTable, Item: this.stateItem(m, lease, commit.checkpoint) },
       });
     }
     await this.options.onStep?.('before-transaction');
@@ -501,7 +502,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       } else throw isTransient(error) ? transient('the commit point update', error) : error;
     }
     await this.options.onStep?.('after-commit-point');
-    if (await this.apply(lease, key, delta, commitNumber)) return;
+    if (await this.apply(lease, key, delta, commit.checkpoint)) return;
     // This writer did not finish the delta under its own lease. If a newer lease holder took the
     // shard over (it redoes the delta and publishes its outputs), stop here: the commit took
     // effect, but a worker that went on would publish the outputs from memory once more.
@@ -519,13 +520,27 @@ export class DynamoBackend implements StateStore, CheckpointStore {
    * due (see writeDeltaOutbox), or the pointer could not be cleared (another holder's fence, or
    * already cleared).
    */
-  private async apply(lease: Lease, key: string, delta: Delta, commitNumber: number): Promise<boolean> {
+  private async apply(
+    lease: Lease,
+    key: string,
+    delta: Delta,
+    checkpoint: ShardCheckpoint,
+  ): Promise<boolean> {
+    const commitNumber = checkpoint.commitNumber;
     const writerLease = { ...lease, fence: delta.fence };
-    const items = delta.mutations.map((m) => this.stateItem(m, writerLease, commitNumber));
-    // A stale writer (a zombie applying an old delta) never overwrites newer state.
+    const items = delta.mutations.map((m) => this.stateItem(m, writerLease, checkpoint));
+    // A stale writer (a zombie applying an old delta) never overwrites newer state: an item of a
+    // deeper shard (a descendant: the key's newer owner), or of this shard's later commits.
+    // Items without `d` (restored from a savepoint) are older than any commit.
     const condition = {
-      ConditionExpression: 'attribute_not_exists(pk) OR sh <> :sh OR f < :f OR (f = :f AND c <= :c)',
-      ExpressionAttributeValues: { ':sh': lease.shardId, ':f': delta.fence, ':c': commitNumber },
+      ConditionExpression:
+        'attribute_not_exists(pk) OR attribute_not_exists(d) OR d < :d OR (d = :d AND (sh <> :sh OR f < :f OR (f = :f AND c <= :c)))',
+      ExpressionAttributeValues: {
+        ':d': depthOf(checkpoint),
+        ':sh': lease.shardId,
+        ':f': delta.fence,
+        ':c': commitNumber,
+      },
     };
     if ((this.options.deltaApply ?? 'items') === 'transactions') {
       await this.applyTransactions(items, condition);
@@ -685,8 +700,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
 
   private async redo(lease: Lease, key: string): Promise<void> {
     const delta = JSON.parse(await this.getObject(key)) as Delta;
-    const commitNumber = deserializeCheckpoint(delta.checkpoint).commitNumber;
-    await this.apply(lease, key, delta, commitNumber);
+    await this.apply(lease, key, delta, deserializeCheckpoint(delta.checkpoint));
   }
 
   // ---- Outbox ----
@@ -766,8 +780,8 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     return `out#${shardId}#${pad(commitNumber)}`;
   }
 
-  private stateItem(m: StateMutation, lease: Lease, commitNumber: number): Record<string, unknown> {
-    const version = { sh: lease.shardId, f: lease.fence, c: commitNumber };
+  private stateItem(m: StateMutation, lease: Lease, checkpoint: ShardCheckpoint): Record<string, unknown> {
+    const version = { d: depthOf(checkpoint), sh: lease.shardId, f: lease.fence, c: checkpoint.commitNumber };
     if (m.value !== null) return { pk: `${this.scope}#${m.address}`, v: m.value, ...version };
     // Deletes are tombstones so a stale writer cannot resurrect the entry; TTL removes them.
     const ttl = Math.floor(Date.now() / 1000) + (this.options.tombstoneTtlSeconds ?? 7 * 86_400);

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import {
   CHECKPOINT_FORMAT,
   compareSequenceNumbers,
+  depthOf,
   deserializeCheckpoint,
   initialCheckpoint,
   pendingTimerCount,
@@ -74,6 +75,15 @@ describe('checkpoint serialization', () => {
     const back = deserializeCheckpoint(serializeCheckpoint(ended));
     expect(back.watermark).toBe(Number.POSITIVE_INFINITY);
     expect(back).toStrictEqual(ended);
+  });
+
+  it('round-trips the lineage depth of a reshard child, omitted at 0; rejects a malformed one', () => {
+    const child: ShardCheckpoint = { ...full, depth: 3 };
+    expect(deserializeCheckpoint(serializeCheckpoint(child))).toStrictEqual(child);
+    expect(JSON.parse(serializeCheckpoint({ ...full, depth: 0 })).depth).toBeUndefined();
+    expect(depthOf(deserializeCheckpoint(serializeCheckpoint(full)))).toBe(0);
+    const bad = serializeCheckpoint(child).replace('"depth":3', '"depth":-1');
+    expect(() => deserializeCheckpoint(bad)).toThrow(/"depth" is not a positive integer/);
   });
 
   it('round-trips a negative finite watermark (events before 1970)', () => {

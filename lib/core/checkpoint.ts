@@ -40,7 +40,17 @@ export interface ShardCheckpoint {
   readonly timerLog?: TimerLogCheckpoint;
   /** True once the shard was read to its end (closed by a reshard). */
   readonly finished: boolean;
+  /**
+   * Reshards between the stream's first shards and this one: one more than its deepest parent's,
+   * absent (0) for a shard without parents. A key's successive owners are each other's
+   * descendants, so a deeper writer of a key is always the newer one; backends whose writes can
+   * land late compare it (docs/protocol.md).
+   */
+  readonly depth?: number;
 }
+
+/** The lineage depth of a checkpoint's shard (0 without parents). */
+export const depthOf = (c: ShardCheckpoint): number => c.depth ?? 0;
 
 /** A registration (add) or deletion of a timer, as the timer log records it. */
 export interface TimerOp {
@@ -104,6 +114,7 @@ export function serializeCheckpoint(c: ShardCheckpoint): string {
     maxTimestamp: encodeTime(c.maxTimestamp),
     lastRecordAt: c.lastRecordAt ?? null,
     finished: c.finished,
+    ...(depthOf(c) === 0 ? {} : { depth: c.depth }),
     timers: c.timers.map(timerTuple),
     ...(c.timerLog === undefined
       ? {}
@@ -156,6 +167,8 @@ export function deserializeCheckpoint(text: string): ShardCheckpoint {
   if (o.lastRecordAt !== null && typeof o.lastRecordAt !== 'number')
     fail('"lastRecordAt" is not a number or null');
   if (!Array.isArray(o.timers)) fail('"timers" is not an array');
+  if (o.depth !== undefined && !(Number.isInteger(o.depth) && (o.depth as number) > 0))
+    fail('"depth" is not a positive integer');
   const time = (v: unknown, field: string): number => {
     try {
       return decodeTime(v);
@@ -214,6 +227,7 @@ export function deserializeCheckpoint(text: string): ShardCheckpoint {
     maxTimestamp: time(o.maxTimestamp, '"maxTimestamp"'),
     lastRecordAt: (o.lastRecordAt as number | null) ?? undefined,
     finished: o.finished === true,
+    ...(o.depth === undefined ? {} : { depth: o.depth as number }),
     timers,
     ...(timerLog === undefined ? {} : { timerLog }),
   };

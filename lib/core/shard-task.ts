@@ -11,6 +11,7 @@
  */
 import {
   compareSequenceNumbers,
+  depthOf,
   initialCheckpoint,
   type ShardCheckpoint,
   type TimeDomain,
@@ -206,6 +207,8 @@ export class ShardTask {
   private position: string | undefined;
   private commitNumber: number;
   private finished: boolean;
+  /** The shard's lineage depth (ShardCheckpoint.depth), carried into every checkpoint. */
+  private readonly depth: number;
   private readonly job: string;
   private readonly journal = new Journal();
   private readonly eventTimers = new TimerQueue();
@@ -271,6 +274,7 @@ export class ShardTask {
     this.position = cp.position;
     this.commitNumber = cp.commitNumber;
     this.finished = cp.finished;
+    this.depth = depthOf(cp);
     this.outputPrefix = this.nextOutputPrefix();
     this.operators = plan.operators.map((op) => new OperatorRuntime(this, op, this.journal));
     this.operatorUids = this.operators.map((o) => o.plan.uid);
@@ -583,6 +587,7 @@ export class ShardTask {
       lastRecordAt: this.lastRecordAt,
       ...timers,
       finished: this.finished,
+      ...(this.depth === 0 ? {} : { depth: this.depth }),
     };
     return this.lastCheckpoint;
   }

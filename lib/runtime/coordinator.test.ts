@@ -72,6 +72,8 @@ describe('runnableShards', () => {
     for (const plan of plans.slice(1)) {
       expect(plan.initial).toEqual(childCheckpoint(plan.shard, [parent], shards));
       expect(plan.initial?.watermark).toBe(500);
+      // One reshard deeper than the parent: its state writes win over a stalled parent's.
+      expect(plan.initial?.depth).toBe(1);
     }
   });
 
@@ -88,6 +90,12 @@ describe('runnableShards', () => {
     );
     expect(ids(plans)).toEqual([child]);
     expect(plans[0]!.initial?.watermark).toBe(300);
+    // Deeper than the deepest parent.
+    const deep = runnableShards(
+      shards,
+      byId(finished(p0!, { watermark: 900, depth: 2 }), finished(p1!, { watermark: 300 })),
+    );
+    expect(deep[0]!.initial?.depth).toBe(3);
   });
 
   it('a child with its own checkpoint resumes from it, not from its parents', async () => {

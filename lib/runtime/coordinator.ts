@@ -4,6 +4,7 @@
  * events are processed in order; they inherit their parents' event time and timers.
  */
 import {
+  depthOf,
   hashKey,
   initialCheckpoint,
   type ShardCheckpoint,
@@ -84,6 +85,8 @@ export function childCheckpoint(
     maxTimestamp: Math.min(...from.map((p) => p.maxTimestamp)),
     lastRecordAt: recordTimes.length > 0 ? Math.max(...recordTimes) : undefined,
     timers: parents.flatMap((p) => p.timers).filter(owns),
+    // Deeper than every parent, so its state writes win over a stalled parent's (protocol.md).
+    depth: Math.max(0, ...parents.map(depthOf)) + 1,
   };
 }
 
