@@ -99,6 +99,33 @@ async function rawItem(f: BackendTables, address: string): Promise<Record<string
   return Object.fromEntries(Object.entries(res.Item).map(([k, v]) => [k, v.S ?? v.N]));
 }
 
+/**
+ * Writer A (lease on SHARD) commits deltaCommit() and stalls at `step` until `wake()`; resolves
+ * once it stalls. `zombieCommit` is its pending commit (never an unhandled rejection).
+ */
+async function stalledWriter(f: BackendTables, step: DynamoCommitStep) {
+  let stalled!: () => void;
+  const reached = new Promise<void>((resolve) => {
+    stalled = resolve;
+  });
+  let wake!: () => void;
+  const woken = new Promise<void>((resolve) => {
+    wake = resolve;
+  });
+  const zombie = f.open({
+    onStep: async (s: DynamoCommitStep) => {
+      if (s !== step) return;
+      stalled();
+      await woken;
+    },
+  });
+  const leaseA = await zombie.acquireLease(SHARD, 'A', 0, TTL);
+  const zombieCommit = zombie.commit(leaseA, deltaCommit());
+  zombieCommit.catch(() => {});
+  await reached;
+  return { zombie, leaseA, zombieCommit, wake };
+}
+
 for (const mode of ['transactions', 'items'] as const) {
   describe(`delta apply: ${mode}`, () => {
     it('partial redo: items already newer are left untouched, the others are applied', async () => {
@@ -188,25 +215,7 @@ for (const mode of ['transactions', 'items'] as const) {
       const f = await fixture(mode);
       try {
         // Writer A passes its commit point, then stalls before applying its delta.
-        let stalled!: () => void;
-        const reached = new Promise<void>((resolve) => {
-          stalled = resolve;
-        });
-        let wake!: () => void;
-        const woken = new Promise<void>((resolve) => {
-          wake = resolve;
-        });
-        const zombie = f.open({
-          onStep: async (step: DynamoCommitStep) => {
-            if (step !== 'after-commit-point') return;
-            stalled();
-            await woken;
-          },
-        });
-        const leaseA = await zombie.acquireLease(SHARD, 'A', 0, TTL);
-        const zombieCommit = zombie.commit(leaseA, deltaCommit());
-        zombieCommit.catch(() => {});
-        await reached;
+        const { zombie, leaseA, zombieCommit, wake } = await stalledWriter(f, 'after-commit-point');
 
         // A's lease expires; B takes over (redoing A's delta), then commits newer state over it:
         // commit 2, a delta (120 keys rewritten, 5 deleted), and commit 3, a small transaction.
@@ -258,25 +267,7 @@ for (const mode of ['transactions', 'items'] as const) {
       const f = await fixture(mode);
       try {
         // Parent writer A passes its commit point, then stalls before applying its delta.
-        let stalled!: () => void;
-        const reached = new Promise<void>((resolve) => {
-          stalled = resolve;
-        });
-        let wake!: () => void;
-        const woken = new Promise<void>((resolve) => {
-          wake = resolve;
-        });
-        const zombie = f.open({
-          onStep: async (step: DynamoCommitStep) => {
-            if (step !== 'after-commit-point') return;
-            stalled();
-            await woken;
-          },
-        });
-        const leaseA = await zombie.acquireLease(SHARD, 'A', 0, TTL);
-        const zombieCommit = zombie.commit(leaseA, deltaCommit());
-        zombieCommit.catch(() => {});
-        await reached;
+        const { zombie, zombieCommit, wake } = await stalledWriter(f, 'after-commit-point');
 
         // A's lease expires; B redoes A's delta. Then a child shard (one reshard deeper) owns
         // the keys and writes some of them: a put, a delete, and a key the parent had deleted.
@@ -319,25 +310,7 @@ for (const mode of ['transactions', 'items'] as const) {
         try {
           // Writer A passes its commit point for a delta commit with outputs (or also writes its
           // state and outbox item), then stalls.
-          let stalled!: () => void;
-          const reached = new Promise<void>((resolve) => {
-            stalled = resolve;
-          });
-          let wake!: () => void;
-          const woken = new Promise<void>((resolve) => {
-            wake = resolve;
-          });
-          const zombie = f.open({
-            onStep: async (step: DynamoCommitStep) => {
-              if (step !== stallAt) return;
-              stalled();
-              await woken;
-            },
-          });
-          const leaseA = await zombie.acquireLease(SHARD, 'A', 0, TTL);
-          const zombieCommit = zombie.commit(leaseA, deltaCommit());
-          zombieCommit.catch(() => {});
-          await reached;
+          const { zombie, zombieCommit, wake } = await stalledWriter(f, stallAt);
 
           // A's lease expires; B takes over (redoing A's delta), publishes commit 1's outputs and
           // marks them published: the outbox item is deleted.
