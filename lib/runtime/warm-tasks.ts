@@ -89,11 +89,6 @@ export class WarmTasks {
     }
     return true;
   }
-
-  /** Drops every kept task. */
-  clear(): void {
-    this.tasks.clear();
-  }
 }
 
 const slot = (job: string, shardId: string): string => `${job}\u0000${shardId}`;
