@@ -28,6 +28,7 @@ import {
   type CheckpointStore,
   compile,
   DEAD_LETTER_SINK,
+  depthOf,
   FencedError,
   hashKey,
   type Lease,
@@ -947,6 +948,13 @@ export function describeExactlyOnce(
         });
         const children = [...result.shards.parents].filter(([, parents]) => parents.length > 0);
         expect(children.length).toBe(4);
+        // Every commit carries its shard's lineage depth: one deeper than its deepest parent.
+        const depth = (shardId: string): number =>
+          Math.max(-1, ...(result.shards.parents.get(shardId) ?? []).map(depth)) + 1;
+        for (const c of result.commits) {
+          expect(depthOf(c.checkpoint), `depth of ${c.shardId}`).toBe(depth(c.shardId));
+        }
+        expect(Math.max(...result.commits.map((c) => depthOf(c.checkpoint)))).toBe(2);
         for (const [child, parents] of children) {
           expect(result.shards.records.get(child)?.length ?? 0, `records of ${child}`).toBeGreaterThan(
             events / 60,
