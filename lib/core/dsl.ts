@@ -260,6 +260,7 @@ export class KeyedStream<T, K extends StateKey> {
 
 export class WindowedStream<T, K extends StateKey> {
   private lateness = 0;
+  private early: Millis | undefined;
   private lateName = DEFAULT_LATE_SINK;
   private uidValue: string | undefined;
 
@@ -276,6 +277,32 @@ export class WindowedStream<T, K extends StateKey> {
       );
     }
     this.lateness = lateness;
+    return this;
+  }
+
+  /**
+   * Also fires each window every `interval` ms of event time before its end, with its contents
+   * so far (results carry `early: true`), as Flink's ContinuousEventTimeTrigger: when the
+   * watermark passes start + k·interval − 1. The end firing and late firings are unchanged.
+   * Tumbling and sliding windows only. @default no early firings
+   */
+  earlyFiring(interval: Millis): this {
+    if (typeof interval !== 'number' || !Number.isInteger(interval) || interval <= 0) {
+      throw new PipelineDefinitionError(
+        `earlyFiring needs a positive whole number of milliseconds; received ${describeValue(interval)}. Use e.g. minutes(1).`,
+      );
+    }
+    if (this.assigner.kind === 'session') {
+      throw new PipelineDefinitionError(
+        'earlyFiring is supported for tumbling and sliding windows only (session windows merge, so their end is not known in advance)',
+      );
+    }
+    if (interval >= this.assigner.size) {
+      throw new PipelineDefinitionError(
+        `earlyFiring interval (${interval} ms) must be shorter than the window (${this.assigner.size} ms), or no early firing would happen`,
+      );
+    }
+    this.early = interval;
     return this;
   }
 
@@ -320,6 +347,7 @@ export class WindowedStream<T, K extends StateKey> {
       windowFunction: windowFunction as WindowFunction<StateKey, R, Out> | undefined,
       allowedLateness: this.lateness,
       lateOutput: this.lateName,
+      earlyFiring: this.early,
     };
     const fn =
       this.assigner.kind === 'session'

@@ -112,22 +112,29 @@ const stats: AggregateFunction<Ev, Acc, Acc> = {
   result: (acc) => acc,
 };
 
-function windowPipeline(assigner: WindowAssigner, bound: number, lateness: number): Pipeline {
+/** `early`: early firings every so many ms, where the window kind and size allow them. */
+function windowPipeline(assigner: WindowAssigner, bound: number, lateness: number, early?: number): Pipeline {
   const p = pipeline('prop-windows');
-  source(p, bound)
+  const windowed = source(p, bound)
     .keyBy((e) => e.k)
     .window(assigner)
     .allowedLateness(lateness)
-    .sideOutputLateData('late')
-    .aggregate(stats, ({ key, window, result }) => ({
+    .sideOutputLateData('late');
+  if (early !== undefined && assigner.kind !== 'session' && early < assigner.size)
+    windowed.earlyFiring(early);
+  windowed
+    .aggregate(stats, ({ key, window, result, early: isEarly }) => ({
       k: key,
       start: window.start,
       end: window.end,
+      early: isEarly === true,
       ...result,
     }))
     .sink('windows');
   return p;
 }
+
+const earlyArb = fc.option(fc.integer({ min: 1, max: 9 }), { nil: undefined });
 
 /** A keyed process function using value, list and map state and event-time timers. */
 function processPipeline(bound: number): Pipeline {
@@ -283,17 +290,18 @@ const NUM_RUNS = runs(150);
 // --- (a) restart and batch-split equivalence ---------------------------------------------
 
 describe('(a) restarts and batch boundaries do not change results', () => {
-  it('windows (tumbling, sliding, session) with lateness and late data', async () => {
+  it('windows (tumbling, sliding, session) with lateness, late data and early firings', async () => {
     await fc.assert(
       fc.asyncProperty(
         assignerArb,
         fc.integer({ min: 0, max: 8 }),
         fc.integer({ min: 0, max: 12 }),
+        earlyArb,
         shardsArb,
         eventsWithCuts(),
         timerLogArb,
-        async (assigner, bound, lateness, shards, { events, cuts, restartBeforeEnd }, timerLog) => {
-          const p = windowPipeline(assigner, bound, lateness);
+        async (assigner, bound, lateness, early, shards, { events, cuts, restartBeforeEnd }, timerLog) => {
+          const p = windowPipeline(assigner, bound, lateness, early);
           const expected = await run(p, shards, [{ type: 'send', events }]);
           const actual = await run(p, shards, chunked(events, cuts, restartBeforeEnd), timerLog);
           expect(actual).toEqual(expected);
@@ -330,11 +338,13 @@ describe('(a) restarts and batch boundaries do not change results', () => {
         ),
         fc.integer({ min: 0, max: 8 }),
         fc.integer({ min: 0, max: 12 }),
+        earlyArb,
         shardsArb,
         stepsArb,
         timerLogArb,
-        async (kind, bound, lateness, shards, steps, timerLog) => {
-          const p = kind === 'process' ? processPipeline(bound) : windowPipeline(kind, bound, lateness);
+        async (kind, bound, lateness, early, shards, steps, timerLog) => {
+          const p =
+            kind === 'process' ? processPipeline(bound) : windowPipeline(kind, bound, lateness, early);
           const expected = await run(p, shards, withoutRestarts(steps));
           const actual = await run(p, shards, steps, timerLog);
           expect(actual).toEqual(expected);

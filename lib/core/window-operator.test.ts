@@ -608,6 +608,132 @@ describe('session windows', () => {
   });
 });
 
+describe('early firings (earlyFiring: ContinuousEventTimeTrigger)', () => {
+  /** key -> window -> collect, early firings every `every` ms; outputs `key[start,end)=values` plus ` early`. */
+  function early(assigner: WindowAssigner, every: number, o: Options = {}): TestDriver {
+    const p = pipeline('early');
+    const w = p
+      .source<Ev>()
+      .withTimestamps((x) => x.ts, o.watermarks ?? boundedOutOfOrderness(0))
+      .keyBy((x) => x.k)
+      .window(assigner)
+      .earlyFiring(every);
+    if (o.lateness !== undefined) w.allowedLateness(o.lateness);
+    w.aggregate(collect<Ev>(), (r) => `${show(r)}${r.early === true ? ' early' : ''}`).sink('out');
+    return new TestDriver(p, { shards: o.shards ?? 1 });
+  }
+
+  it('fires the contents so far at start + k*interval - 1 before the end, then the end firing', async () => {
+    const d = early(tumbling({ size: 10 }), 3, { watermarks: boundedOutOfOrderness(100) });
+    await d.send([ev('a', 1), ev('a', 2)]);
+    expect(await timers(d)).toEqual([
+      [2, 'a', 0],
+      [9, 'a', 0],
+    ]);
+    await d.advanceWatermark(1);
+    expect(out(d)).toEqual([]);
+    await d.advanceWatermark(2);
+    expect(out(d)).toEqual(['a[0,10)=1,2 early']);
+    await d.send([ev('a', 4)]);
+    await d.advanceWatermark(5);
+    // 8 is the last early firing: 11 is past the window's last millisecond (9).
+    await d.advanceWatermark(8);
+    await d.advanceWatermark(9);
+    expect(out(d)).toEqual([
+      'a[0,10)=1,2 early',
+      'a[0,10)=1,2,4 early',
+      'a[0,10)=1,2,4 early',
+      'a[0,10)=1,2,4',
+    ]);
+    expect(await timers(d)).toEqual([]);
+    expect(await d.state('window-0', 'a')).toBeUndefined();
+  });
+
+  it('a watermark that jumps over several boundaries fires once, then at the next boundary after it', async () => {
+    const d = early(tumbling({ size: 20 }), 3, { watermarks: boundedOutOfOrderness(100) });
+    await d.send([ev('a', 1)]);
+    await d.advanceWatermark(10);
+    expect(out(d)).toEqual(['a[0,20)=1 early']);
+    expect(await timers(d)).toEqual([
+      [11, 'a', 0],
+      [19, 'a', 0],
+    ]);
+    await d.advanceWatermark(MAX_WATERMARK);
+    expect(out(d)).toEqual(['a[0,20)=1 early', 'a[0,20)=1']);
+  });
+
+  it('sliding windows: each window fires early on its own boundaries after the watermark it opened at; restarts change nothing', async () => {
+    const run = async (restart: boolean): Promise<string[]> => {
+      const d = early(sliding({ size: 12, slide: 6 }), 4, { watermarks: boundedOutOfOrderness(100) });
+      await d.send([ev('a', 1), ev('b', 3)]);
+      await d.advanceWatermark(4);
+      if (restart) d.restart();
+      await d.send([ev('a', 7), ev('b', 8)]);
+      await d.advanceWatermark(9);
+      if (restart) d.restart();
+      await d.advanceWatermark(MAX_WATERMARK);
+      return out(d);
+    };
+    const outputs = await run(false);
+    expect(outputs).toEqual([
+      // Watermark 4: [-6,6)'s early firing at -3 and [0,12)'s at 3 (both windows opened at -100).
+      'a[-6,6)=1 early',
+      'b[-6,6)=3 early',
+      'a[0,12)=1 early',
+      'b[0,12)=3 early',
+      // Watermark 9: [-6,6) ends at 5; [0,12) fires early at 7; [6,18), opened at watermark 4,
+      // starts at its first boundary after it (9).
+      'a[-6,6)=1',
+      'b[-6,6)=3',
+      'a[0,12)=1,7 early',
+      'b[0,12)=3,8 early',
+      'a[6,18)=7 early',
+      'b[6,18)=8 early',
+      // End of input: [6,18)'s early firing at 13 is skipped, as the watermark completes it.
+      'a[0,12)=1,7',
+      'b[0,12)=3,8',
+      'a[6,18)=7',
+      'b[6,18)=8',
+    ]);
+    expect(await run(true)).toEqual(outputs);
+  });
+
+  it('late firings within the allowed lateness stay as they are (no early firing after the end)', async () => {
+    const d = early(tumbling({ size: 10 }), 4, { lateness: 5 });
+    // a@5 raises the watermark to 4 once it is added: the early firing at 3 includes it.
+    await d.send([ev('a', 1), ev('a', 5)]);
+    expect(out(d)).toEqual(['a[0,10)=1,5 early']);
+    // The watermark jumps to 11: the early firing due at 7 is skipped, the end firing follows.
+    await d.send([ev('a', 12)]);
+    expect(out(d)).toEqual(['a[0,10)=1,5 early', 'a[0,10)=1,5']);
+    await d.send([ev('a', 2)]);
+    expect(out(d)).toEqual(['a[0,10)=1,5 early', 'a[0,10)=1,5', 'a[0,10)=1,2,5']);
+  });
+
+  it('is refused for session windows, non-positive intervals and intervals not shorter than the window', () => {
+    const keyed = () =>
+      pipeline('bad')
+        .source<Ev>()
+        .withTimestamps((x) => x.ts, monotonic())
+        .keyBy((x) => x.k);
+    expect(() =>
+      keyed()
+        .window(session({ gap: 10 }))
+        .earlyFiring(5),
+    ).toThrow(/earlyFiring is supported for tumbling and sliding windows only/);
+    expect(() =>
+      keyed()
+        .window(tumbling({ size: 10 }))
+        .earlyFiring(0),
+    ).toThrow(/earlyFiring needs a positive whole number of milliseconds; received 0/);
+    expect(() =>
+      keyed()
+        .window(sliding({ size: 10, slide: 5 }))
+        .earlyFiring(10),
+    ).toThrow(/earlyFiring interval \(10 ms\) must be shorter than the window \(10 ms\)/);
+  });
+});
+
 describe('offsets and negative window starts', () => {
   it('tumbling with a positive offset', async () => {
     const d = collecting(tumbling({ size: 10, offset: 3 }), { watermarks: boundedOutOfOrderness(100) });

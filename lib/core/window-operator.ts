@@ -18,6 +18,8 @@ export interface WindowResult<K, R> {
   readonly key: K;
   readonly window: TimeWindow;
   readonly result: R;
+  /** Set on an early firing (`earlyFiring`): the window's contents so far, before its end. */
+  readonly early?: true;
 }
 
 export type WindowFunction<K, R, Out> = (result: WindowResult<K, R>) => Out;
@@ -27,6 +29,8 @@ export interface WindowOperatorOptions<In, Acc, R, Out> {
   readonly windowFunction: WindowFunction<StateKey, R, Out> | undefined;
   readonly allowedLateness: number;
   readonly lateOutput: string;
+  /** Early firings every this many ms of event time before the end (aligned windows only). */
+  readonly earlyFiring?: number | undefined;
 }
 
 type AlignedSpec<Acc> = { w: MapStateDescriptor<number, Acc> };
@@ -35,7 +39,7 @@ export function alignedWindowOperator<In, Acc, R, Out>(
   assigner: TumblingWindows | SlidingWindows,
   options: WindowOperatorOptions<In, Acc, R, Out>,
 ): KeyedProcessFunction<In, Out, AlignedSpec<Acc>> {
-  const { aggregate, windowFunction, allowedLateness: lateness, lateOutput } = options;
+  const { aggregate, windowFunction, allowedLateness: lateness, lateOutput, earlyFiring: every } = options;
   const size = assigner.size;
   // The starts of an element's windows, latest first (assignAlignedStarts without the array):
   // from windowStart(ts, offset, step) down by `step` while start > ts - size.
@@ -51,6 +55,29 @@ export function alignedWindowOperator<In, Acc, R, Out>(
       result: aggregate.result(acc),
     };
     ctx.emit(windowFunction === undefined ? (r as Out) : windowFunction(r), start + size - 1);
+  };
+  const fireEarly = (
+    ctx: ProcessContext<Out, AlignedSpec<Acc>>,
+    start: number,
+    acc: Acc,
+    at: number,
+  ): void => {
+    const r: WindowResult<StateKey, R> = {
+      key: ctx.key,
+      window: { start, end: start + size },
+      result: aggregate.result(acc),
+      early: true,
+    };
+    ctx.emit(windowFunction === undefined ? (r as Out) : windowFunction(r), at);
+  };
+  // Early firings happen at start + k * every - 1 (k >= 1) before the window's last millisecond.
+  // The next one is the first after the watermark, so a watermark that jumps fires one, not a
+  // burst of identical results.
+  const registerNextEarly = (ctx: ProcessContext<Out, AlignedSpec<Acc>>, start: number): void => {
+    if (every === undefined) return;
+    const k = Math.max(1, Math.floor((ctx.currentWatermark - start + 1) / every) + 1);
+    const at = start + k * every - 1;
+    if (at < start + size - 1) ctx.timers.registerEventTimeTimer(at, start);
   };
   return {
     state: { w: mapState<number, Acc>({ layout: 'by-map-key' }) },
@@ -71,6 +98,7 @@ export function alignedWindowOperator<In, Acc, R, Out>(
           // (with no lateness, the firing and the cleanup timer are the same timer).
           if (maxTs > wm && lateness > 0) ctx.timers.registerEventTimeTimer(maxTs, start);
           ctx.timers.registerEventTimeTimer(maxTs + lateness, start);
+          if (maxTs > wm) registerNextEarly(ctx, start);
         }
         if (maxTs <= wm) fire(ctx, start, acc); // late firing within allowed lateness
       }
@@ -81,6 +109,14 @@ export function alignedWindowOperator<In, Acc, R, Out>(
       const maxTs = start + size - 1;
       const acc = ctx.state.w.get(start);
       if (acc === undefined) return;
+      if (timer.time < maxTs) {
+        // An early firing: skipped if the pipeline no longer asks for them (a restore), or if
+        // the watermark already completes the window (its end firing follows at once).
+        if (every === undefined || ctx.currentWatermark >= maxTs) return;
+        fireEarly(ctx, start, acc, timer.time);
+        registerNextEarly(ctx, start);
+        return;
+      }
       if (timer.time === maxTs) fire(ctx, start, acc);
       if (timer.time === maxTs + lateness) ctx.state.w.remove(start);
     },
