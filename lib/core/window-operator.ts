@@ -47,28 +47,20 @@ export function alignedWindowOperator<In, Acc, R, Out>(
   const offset = assigner.offset;
   // Results of one window share its (read-only) TimeWindow object.
   let window: TimeWindow = { start: Number.NaN, end: Number.NaN };
-  const fire = (ctx: ProcessContext<Out, AlignedSpec<Acc>>, start: number, acc: Acc): void => {
-    if (window.start !== start) window = { start, end: start + size };
-    const r: WindowResult<StateKey, R> = {
-      key: ctx.key,
-      window,
-      result: aggregate.result(acc),
-    };
-    ctx.emit(windowFunction === undefined ? (r as Out) : windowFunction(r), start + size - 1);
-  };
-  const fireEarly = (
+  /** Emits the window's result: at its end, or at `earlyAt` as an early firing. */
+  const fire = (
     ctx: ProcessContext<Out, AlignedSpec<Acc>>,
     start: number,
     acc: Acc,
-    at: number,
+    earlyAt?: number,
   ): void => {
-    const r: WindowResult<StateKey, R> = {
-      key: ctx.key,
-      window: { start, end: start + size },
-      result: aggregate.result(acc),
-      early: true,
-    };
-    ctx.emit(windowFunction === undefined ? (r as Out) : windowFunction(r), at);
+    if (window.start !== start) window = { start, end: start + size };
+    const result = aggregate.result(acc);
+    const r: WindowResult<StateKey, R> =
+      earlyAt === undefined
+        ? { key: ctx.key, window, result }
+        : { key: ctx.key, window, result, early: true };
+    ctx.emit(windowFunction === undefined ? (r as Out) : windowFunction(r), earlyAt ?? start + size - 1);
   };
   // Early firings happen at start + k * every - 1 (k >= 1) before the window's last millisecond.
   // The next one is the first after the watermark, so a watermark that jumps fires one, not a
@@ -113,7 +105,7 @@ export function alignedWindowOperator<In, Acc, R, Out>(
         // An early firing: skipped if the pipeline no longer asks for them (a restore), or if
         // the watermark already completes the window (its end firing follows at once).
         if (every === undefined || ctx.currentWatermark >= maxTs) return;
-        fireEarly(ctx, start, acc, timer.time);
+        fire(ctx, start, acc, timer.time);
         registerNextEarly(ctx, start);
         return;
       }
