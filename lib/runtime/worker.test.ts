@@ -8,6 +8,7 @@ import pageViews from '../../examples/page-views.ts';
 import {
   type Commit,
   compile,
+  FencedError,
   type Lease,
   MemoryBackend,
   type Output,
@@ -39,6 +40,9 @@ interface Harness {
     failPublish?: number;
     readMs?: number;
     commitMs?: number;
+    clock?: () => number;
+    /** Runs after commit `n` (counted across the harness's jobs) took effect. */
+    afterCommit?: (n: number) => Promise<void>;
   }): JobRuntime;
   readsInFlight(): number;
 }
@@ -64,7 +68,7 @@ async function harness(events = 1500): Promise<Harness> {
     backend,
     shardId,
     readsInFlight: () => inFlight,
-    job({ failCommit, failPublish, readMs = 3, commitMs = 5 } = {}) {
+    job({ failCommit, failPublish, readMs = 3, commitMs = 5, clock, afterCommit } = {}) {
       const source: ShardSource = {
         listShards: () => stream.listShards(),
         async openReader(id, position) {
@@ -97,6 +101,7 @@ async function harness(events = 1500): Promise<Harness> {
         if (n === failCommit) throw new Error(`commit ${n} failed`);
         await backend.commit(lease, commit);
         log.push({ kind: 'commit-end', n });
+        await afterCommit?.(n);
       };
       return {
         job: 'worker-test',
@@ -113,7 +118,7 @@ async function harness(events = 1500): Promise<Harness> {
             log.push({ kind: 'publish-end', n });
           },
         },
-        clock: () => T0 + 86_400_000,
+        clock: clock ?? (() => T0 + 86_400_000),
       };
     },
   };
@@ -229,6 +234,36 @@ describe('runShardWorker pipelining', () => {
 function values(outputs: readonly Output[]): string[] {
   return outputs.map((o) => `${o.sink} ${JSON.stringify(o.value)}`).sort();
 }
+
+describe('runShardWorker lease expiry at a commit', () => {
+  it('a worker whose lease ran out while it committed publishes nothing more: the new owner publishes that commit, once', async () => {
+    const expected = await reference();
+    const h = await harness();
+    const ttl = 10_000;
+    let now = T0 + 86_400_000;
+    const clock = (): number => now;
+    let takenOver = false;
+    const zombie = h.job({
+      clock,
+      async afterCommit(n) {
+        if (n !== 2) return;
+        // Commit 2 landed, then its worker stalled past its lease: another worker takes the
+        // shard over (publishing commit 2 from the outbox) and runs it to the end.
+        now += 2 * ttl;
+        await runShardWorker(h.job({ clock }), h.shardId, { ...options, owner: 'b', leaseTtlMs: ttl });
+        takenOver = true;
+      },
+    });
+    await expect(runShardWorker(zombie, h.shardId, { ...options, leaseTtlMs: ttl })).rejects.toThrow(
+      FencedError,
+    );
+    expect(takenOver).toBe(true);
+    const ids = h.published.map((o) => o.id);
+    expect(ids.filter((id) => id.split('/').at(-2) === '2').length).toBeGreaterThan(0);
+    expect(ids.length - new Set(ids).size).toBe(0); // nothing published twice
+    expect(byId(h.published)).toEqual(expected);
+  });
+});
 
 describe('runShardWorker commit interval', () => {
   const referenceValues = async (): Promise<string[]> => {

@@ -147,6 +147,11 @@ export async function runShardWorker(
       // The previous commit's outputs are published before this one commits.
       await published();
       await job.backend.commit(lease, result);
+      // A commit that landed as the lease ran out may already be another worker's to publish
+      // (from the outbox, when it takes the shard over): publish only with at least half the
+      // lease left, renewing it first if need be. A renewal is fenced, so a worker that was
+      // taken over stops here, and that commit's outputs are published once, by the new owner.
+      if (lease.expiresAt - clock() < ttl / 2) lease = await job.backend.renewLease(lease, clock(), ttl);
       lastCommitAt = clock();
       commits++;
       records += result.stats.records;
