@@ -4,11 +4,12 @@
  * each on a free loopback port, over plain HTTP.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { accessSync, constants, existsSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { AwsTestEnv } from './types.ts';
 
 /** The moto version installed into `.venv` when `moto_server` is not on PATH. */
@@ -293,12 +294,61 @@ async function installMotoIntoVenv(repoRoot: string, log: (m: string) => void): 
   return motoServer;
 }
 
-async function startMotoAt(command: string): Promise<{ url: string; proc: ManagedProcess }> {
+/** infra-tests/env/moto-server.py: moto_server without its instance tracking, which leaks. */
+const MOTO_WRAPPER = fileURLToPath(new URL('./moto-server.py', import.meta.url));
+
+/**
+ * The Python that runs a moto_server console script: the interpreter its shebang names (pip
+ * writes one), else python3 on PATH (e.g. behind a pyenv shim, a shell script).
+ */
+function pythonOf(motoServer: string): string | undefined {
+  try {
+    const first = readFileSync(motoServer, 'utf8').slice(0, 500).split('\n', 1)[0] ?? '';
+    const named = /^#!\s*(\S*python[\d.]*)\s*$/.exec(first)?.[1];
+    if (named !== undefined && existsSync(named)) return named;
+  } catch {
+    // not readable: try PATH
+  }
+  return findExecutable('python3');
+}
+
+async function startMotoAt(
+  command: string,
+  args: string[] = [],
+): Promise<{ url: string; proc: ManagedProcess }> {
   const [port] = (await freePorts(1)) as [number];
-  const proc = startProcess('moto_server', command, ['-H', HOST, '-p', String(port)], process.env, 3_000);
+  const proc = startProcess(
+    'moto_server',
+    command,
+    [...args, '-H', HOST, '-p', String(port)],
+    process.env,
+    3_000,
+  );
   const url = `http://${HOST}:${port}`;
   await waitUntilReady(proc, `${url}/moto-api/`);
   return { url, proc };
+}
+
+/**
+ * Starts a moto_server through the wrapper (moto-server.py) when its Python can import moto,
+ * else as it is. Without the wrapper the exactly-once suite's transactions grow the server by
+ * gigabytes (FLOE_EO_FULL=1 reached 24 GB).
+ */
+async function startMotoServer(
+  motoServer: string,
+  log: (m: string) => void,
+): Promise<{ url: string; proc: ManagedProcess }> {
+  const python = pythonOf(motoServer);
+  if (python !== undefined) {
+    try {
+      return await startMotoAt(python, [MOTO_WRAPPER]);
+    } catch (err) {
+      log(
+        `[infra-tests] ${python} ${MOTO_WRAPPER} did not start (${(err as Error).message.split('\n', 1)[0]}); running ${motoServer} as it is`,
+      );
+    }
+  }
+  return startMotoAt(motoServer);
 }
 
 async function startMoto(
@@ -312,13 +362,13 @@ async function startMoto(
   const failures: string[] = [];
   for (const command of candidates) {
     try {
-      return await startMotoAt(command);
+      return await startMotoServer(command, log);
     } catch (err) {
       failures.push(`${command}: ${(err as Error).message}`);
     }
   }
   try {
-    return await startMotoAt(await installMotoIntoVenv(repoRoot, log));
+    return await startMotoServer(await installMotoIntoVenv(repoRoot, log), log);
   } catch (err) {
     failures.push(`.venv install: ${(err as Error).message}`);
   }
