@@ -286,7 +286,8 @@ function handTumbling(events: readonly Ev[], size: number, bound: number): RunRe
  * `commitEvery` events (and at the end) each key whose windows changed is written as JSON text,
  * `{"k":<key>,"s":{"w":[[<start>,<count>],...]}}` (deleted when it has none), into a map, and the
  * fired results are handed over as that commit's outputs. It keeps no timers or positions: a
- * floor for what a commit every `commitEvery` events costs, not a recoverable design.
+ * floor for what a commit every `commitEvery` events costs, not a recoverable design. Its loop
+ * repeats handTumbling's on purpose, so the reference loop carries no commit branch.
  */
 function handTumblingDurable(
   events: readonly Ev[],
