@@ -207,6 +207,7 @@ describe('StreamProcessor resources (example stack)', () => {
       POWERTOOLS_SERVICE_NAME: 'floe-worker',
       FLOE_COMMIT_INTERVAL_MS: '1000',
       FLOE_DELTA_APPLY: 'items',
+      FLOE_MAX_CACHED_KEYS: '100000',
       // 1024 MiB: 64 MiB semi-spaces (bench/core); the coordinator's 512 MiB: 32.
       NODE_OPTIONS: '--enable-source-maps --max-semi-space-size=64',
     });
@@ -613,6 +614,7 @@ describe('StreamProcessor options', () => {
       streamRetention: Duration.days(7),
       workerTimeout: Duration.minutes(15),
       workerMemorySize: 2048,
+      maxCachedKeys: 500_000,
       commitInterval: Duration.millis(250),
       coordinatorSchedule: events.Schedule.rate(Duration.minutes(2)),
       deltaRetention: Duration.days(2),
@@ -628,6 +630,7 @@ describe('StreamProcessor options', () => {
           FLOE_JOB: 'pv2',
           FLOE_GENERATION: '3',
           FLOE_COMMIT_INTERVAL_MS: '250',
+          FLOE_MAX_CACHED_KEYS: '500000',
         }),
       },
     });
@@ -821,6 +824,11 @@ describe('StreamProcessor rejects invalid props in the constructor', () => {
       'too little worker memory',
       () => ({ workerMemorySize: 64 }),
       /workerMemorySize must be a whole number from 128 to 10240, got 64/,
+    ],
+    [
+      'a state cache of no keys',
+      () => ({ maxCachedKeys: 0 }),
+      /maxCachedKeys must be a whole number from 1 to 10000000, got 0/,
     ],
     [
       'a zero dead-letter threshold',

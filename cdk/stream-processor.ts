@@ -155,6 +155,16 @@ export interface StreamProcessorProps {
   readonly workerMemorySize?: number;
 
   /**
+   * Keys whose state a worker keeps in memory per keyed operator (1 to 10,000,000). After a
+   * commit that leaves more, the least recently used are dropped and read from the state table
+   * again when a batch or a timer needs them, so a shard with many keys does not run the worker
+   * out of memory. Raise it with `workerMemorySize` when a shard's working set of keys is larger
+   * (each cached key takes a few hundred bytes plus its state). Sets FLOE_MAX_CACHED_KEYS.
+   * @default 100_000
+   */
+  readonly maxCachedKeys?: number;
+
+  /**
    * How often the coordinator runs: it starts a worker for every runnable shard nobody holds.
    * @default events.Schedule.rate(Duration.minutes(1))
    */
@@ -446,7 +456,7 @@ export class StreamProcessor extends Construct {
       timeout: v.workerTimeout,
       memorySize: v.workerMemorySize,
       serviceName: 'floe-worker',
-      extraEnv: { FLOE_DELTA_APPLY: v.deltaApply },
+      extraEnv: { FLOE_DELTA_APPLY: v.deltaApply, FLOE_MAX_CACHED_KEYS: String(v.maxCachedKeys) },
     });
     // One invocation per shard; the coordinator restarts a failed worker at its next round, so
     // Lambda's own retries would only compete for the lease.
@@ -774,6 +784,7 @@ interface Validated {
   readonly workerTimeout: Duration;
   readonly commitInterval: Duration;
   readonly workerMemorySize: number;
+  readonly maxCachedKeys: number;
   readonly deadLetterThreshold: number;
   readonly deltaApply: DeltaApplyMode;
 }
@@ -870,6 +881,8 @@ function validate(props: StreamProcessorProps): Validated {
   }
   const workerMemorySize = props.workerMemorySize ?? 1024;
   if (!Token.isUnresolved(workerMemorySize)) checkInteger('workerMemorySize', workerMemorySize, 128, 10_240);
+  const maxCachedKeys = props.maxCachedKeys ?? 100_000;
+  if (!Token.isUnresolved(maxCachedKeys)) checkInteger('maxCachedKeys', maxCachedKeys, 1, 10_000_000);
 
   const deadLetterThreshold = props.deadLetterAlarmThreshold ?? 1;
   checkInteger('deadLetterAlarmThreshold', deadLetterThreshold, 1, Number.MAX_SAFE_INTEGER);
@@ -908,6 +921,7 @@ function validate(props: StreamProcessorProps): Validated {
     workerTimeout,
     commitInterval,
     workerMemorySize,
+    maxCachedKeys,
     deadLetterThreshold,
     deltaApply,
   };

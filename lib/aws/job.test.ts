@@ -44,3 +44,18 @@ describe('awsJobConfigFromEnv: FLOE_COMMIT_INTERVAL_MS', () => {
     }
   });
 });
+
+describe('awsJobConfigFromEnv: FLOE_MAX_CACHED_KEYS', () => {
+  it('is absent by default and read as a whole number of keys', () => {
+    expect(awsJobConfigFromEnv(base).maxCachedKeys).toBeUndefined();
+    expect(awsJobConfigFromEnv({ ...base, FLOE_MAX_CACHED_KEYS: '250000' }).maxCachedKeys).toBe(250_000);
+  });
+
+  it('rejects anything else', () => {
+    for (const bad of ['0', '-5', '2.5', 'many']) {
+      expect(() => awsJobConfigFromEnv({ ...base, FLOE_MAX_CACHED_KEYS: bad })).toThrow(
+        /FLOE_MAX_CACHED_KEYS must be a whole number of keys >= 1/,
+      );
+    }
+  });
+});

@@ -34,6 +34,11 @@ export interface AwsJobConfig {
    * Lambda's environment). @default 0 (commit after every read)
    */
   readonly commitIntervalMs?: number;
+  /**
+   * Keys each keyed operator of a worker keeps in memory (WorkerOptions.maxCachedKeys;
+   * `FLOE_MAX_CACHED_KEYS` in a Lambda's environment). @default 100_000
+   */
+  readonly maxCachedKeys?: number;
 }
 
 export interface AwsClientsBundle {
@@ -113,7 +118,20 @@ export function awsJobConfigFromEnv(env: NodeJS.ProcessEnv = process.env): AwsJo
     ...(env.FLOE_COMMIT_INTERVAL_MS === undefined || env.FLOE_COMMIT_INTERVAL_MS === ''
       ? {}
       : { commitIntervalMs: commitInterval(env.FLOE_COMMIT_INTERVAL_MS) }),
+    ...(env.FLOE_MAX_CACHED_KEYS === undefined || env.FLOE_MAX_CACHED_KEYS === ''
+      ? {}
+      : { maxCachedKeys: maxCachedKeys(env.FLOE_MAX_CACHED_KEYS) }),
   };
+}
+
+function maxCachedKeys(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new ConfigurationError(
+      `FLOE_MAX_CACHED_KEYS must be a whole number of keys >= 1; received ${describeValue(value)}`,
+    );
+  }
+  return n;
 }
 
 function commitInterval(value: string): number {

@@ -95,6 +95,7 @@ export function createWorkerHandler(deps: HandlerDeps) {
           timeBudgetMs: Math.max(1_000, context.getRemainingTimeInMillis() - SAFETY_MARGIN_MS),
           warmTasks,
           ...(config.commitIntervalMs === undefined ? {} : { commitIntervalMs: config.commitIntervalMs }),
+          ...(config.maxCachedKeys === undefined ? {} : { maxCachedKeys: config.maxCachedKeys }),
           onCommit: (p) => {
             metrics.onCommit(p);
             logger.debug('commit', {

@@ -38,6 +38,13 @@ import { generatedWatermark, idleWatermark } from './watermarks.ts';
 export interface ShardTaskOptions extends TimerLogOptions {
   /** Job id used in output ids. @default the pipeline name */
   readonly job?: string;
+  /**
+   * Bounds the keys whose state each keyed operator keeps in memory: once a commit leaves more,
+   * the least recently used are dropped (to 3/4 of the limit) and read again from the store when
+   * needed. Requires committing every result before the next batch is processed, as the shard
+   * worker does. @default unbounded (every key read or written stays cached)
+   */
+  readonly maxCachedKeys?: number;
 }
 
 export interface ProcessOptions {
@@ -168,6 +175,7 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
   processElement(key: StateKey, value: unknown, timestamp: number, entry?: KeyEntry): void {
     if (entry === undefined) this.backend.setCurrentKey(key);
     else {
+      entry.used = true;
       this.backend.current = entry;
       this.backend.currentKey = key;
     }
@@ -183,6 +191,7 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
         `internal: state of key ${describeValue(timer.key)} was not prefetched before its timer fired`,
       );
     }
+    entry.used = true;
     this.backend.current = entry;
     this.backend.currentKey = timer.key;
     this.key = timer.key;
@@ -210,6 +219,7 @@ export class ShardTask {
   /** The shard's lineage depth (ShardCheckpoint.depth), carried into every checkpoint. */
   private readonly depth: number;
   private readonly job: string;
+  private readonly maxCachedKeys: number | undefined;
   private readonly journal = new Journal();
   private readonly eventTimers = new TimerQueue();
   private readonly processingTimers = new TimerQueue();
@@ -268,6 +278,13 @@ export class ShardTask {
     const cp = typeof checkpoint === 'string' ? initialCheckpoint(checkpoint) : checkpoint;
     this.shardId = cp.shardId;
     this.job = options.job ?? plan.name;
+    const maxCachedKeys = options.maxCachedKeys;
+    if (maxCachedKeys !== undefined && !(Number.isInteger(maxCachedKeys) && maxCachedKeys >= 1)) {
+      throw new PipelineDefinitionError(
+        `maxCachedKeys must be a whole number >= 1; received ${describeValue(maxCachedKeys)}`,
+      );
+    }
+    this.maxCachedKeys = maxCachedKeys;
     this.watermark = cp.watermark;
     this.maxTimestamp = cp.maxTimestamp;
     this.lastRecordAt = cp.lastRecordAt;
@@ -744,6 +761,7 @@ export class ShardTask {
     for (const op of this.operators) {
       op.backend.now = this.now;
       op.backend.takeMutations(mutations);
+      if (this.maxCachedKeys !== undefined) op.backend.evict(this.maxCachedKeys);
     }
     const last = this.committed;
     const changedBeyondWatermark =

@@ -141,6 +141,8 @@ type Cell = ValueCell | MapCell | ListCell | undefined;
 /** All state of one key in one operator: the unit loaded, cached and written. */
 export class KeyEntry {
   dirty = false;
+  /** Used since the last eviction sweep (KeyedStateBackend.evict spares it once). */
+  used = true;
   /** The state address and the key as JSON, computed once. */
   address: StateAddress | undefined = undefined;
   json: string | undefined = undefined;
@@ -220,6 +222,7 @@ export class KeyedStateBackend {
       entry = new KeyEntry(key, new Array(this.names.length).fill(undefined));
       this.cache.set(key, entry);
     }
+    entry.used = true;
     this.current = entry;
     this.currentKey = key;
     return entry;
@@ -323,6 +326,39 @@ export class KeyedStateBackend {
         `state of operator "${this.uid}" for key ${describeValue(entry.key)} is not JSON-serializable (${String(error)}); keep state values to plain objects, arrays, strings, numbers, booleans and null`,
       );
     }
+  }
+
+  /**
+   * Drops cached keys once more than `limit` are cached, down to three quarters of it: first
+   * the keys not used since the previous sweep (each used key is spared once, a second chance),
+   * then the longest cached. A dropped key is read from the store again when a batch or a timer
+   * needs it, so this is only valid when the store holds every change: right after the mutations
+   * were taken, with the caller committing them before the next batch. Returns how many keys
+   * were dropped.
+   */
+  evict(limit: number): number {
+    const cache = this.cache;
+    if (cache.size <= limit) return 0;
+    if (this.dirty.length > 0) {
+      throw new Error(`internal: operator "${this.uid}" evicts state with uncommitted changes`);
+    }
+    const target = Math.floor(limit * 0.75);
+    const before = cache.size;
+    for (const entry of cache.values()) {
+      if (cache.size <= target) break;
+      if (entry.used) entry.used = false;
+      else this.drop(entry.key);
+    }
+    for (const key of cache.keys()) {
+      if (cache.size <= target) break;
+      this.drop(key);
+    }
+    return before - cache.size;
+  }
+
+  private drop(key: StateKey): void {
+    this.cache.delete(key);
+    for (const table of this.tables) table?.forget(key);
   }
 
   /** Drains the dirty list into `out`: one mutation per changed key. */
@@ -597,6 +633,13 @@ class SharedMapTable extends Map<StateKey, Map<StateKey, unknown>> {
       text = `${text === undefined ? '[[' : `${text},[`}${itemJson(mk)},${itemJson(v)}]`;
     }
     return text === undefined ? undefined : `${text}]`;
+  }
+
+  /** Drops one stream key's entries (evicted from the cache; the store holds them). */
+  forget(key: StateKey): void {
+    for (const [mk, inner] of this) {
+      if (inner.delete(key) && inner.size === 0) this.delete(mk);
+    }
   }
 
   load(key: StateKey, rows: ReadonlyArray<readonly [StateKey, unknown]>): void {

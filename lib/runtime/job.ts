@@ -43,6 +43,12 @@ export interface WorkerOptions {
   /** Commit once this many records are uncommitted, whatever the interval. @default 100_000 */
   readonly maxUncommittedRecords?: number;
   /**
+   * Keys whose state each keyed operator keeps in memory (ShardTaskOptions.maxCachedKeys): after
+   * a commit that leaves more, the least recently used are dropped and read again when needed.
+   * Bounds a worker's memory on a shard with many keys. @default 100_000
+   */
+  readonly maxCachedKeys?: number;
+  /**
    * Timer ops a checkpoint keeps inline before they are written as a timer chunk (the timer
    * log, docs/protocol.md). @default 256
    */

@@ -235,6 +235,24 @@ function values(outputs: readonly Output[]): string[] {
   return outputs.map((o) => `${o.sink} ${JSON.stringify(o.value)}`).sort();
 }
 
+describe('runShardWorker state cache', () => {
+  it('maxCachedKeys bounds the cached keys without changing the outputs', async () => {
+    const expected = await reference();
+    const h = await harness();
+    await runShardWorker(h.job({ readMs: 0, commitMs: 0 }), h.shardId, { ...options, maxCachedKeys: 3 });
+    expect(byId(h.published)).toEqual(expected);
+    // 40 pages, so keys were dropped and read again.
+    expect(h.backend.reads.entries).toBeGreaterThan(40);
+  });
+
+  it('rejects a bad maxCachedKeys', async () => {
+    const h = await harness();
+    await expect(runShardWorker(h.job(), h.shardId, { ...options, maxCachedKeys: 0 })).rejects.toThrow(
+      /maxCachedKeys must be a whole number >= 1; received 0/,
+    );
+  });
+});
+
 describe('runShardWorker lease expiry at a commit', () => {
   it('a worker whose lease ran out while it committed publishes nothing more: the new owner publishes that commit, once', async () => {
     const expected = await reference();

@@ -62,6 +62,9 @@ export async function publishPending(
   return pending.length;
 }
 
+/** WorkerOptions.maxCachedKeys by default: at a few hundred bytes per key, tens of MB. */
+export const DEFAULT_MAX_CACHED_KEYS = 100_000;
+
 export async function runShardWorker(
   job: JobRuntime,
   shardId: string,
@@ -74,9 +77,15 @@ export async function runShardWorker(
   const batchSize = options.batchSize ?? 1000;
   const commitIntervalMs = options.commitIntervalMs ?? 0;
   const maxUncommitted = options.maxUncommittedRecords ?? 100_000;
+  const maxCachedKeys = options.maxCachedKeys ?? DEFAULT_MAX_CACHED_KEYS;
   if (!(Number.isFinite(commitIntervalMs) && commitIntervalMs >= 0)) {
     throw new ConfigurationError(
       `commitIntervalMs must be a number of milliseconds >= 0; received ${describeValue(options.commitIntervalMs)}`,
+    );
+  }
+  if (!(Number.isInteger(maxCachedKeys) && maxCachedKeys >= 1)) {
+    throw new ConfigurationError(
+      `maxCachedKeys must be a whole number >= 1; received ${describeValue(options.maxCachedKeys)}`,
     );
   }
   if (!(Number.isInteger(maxUncommitted) && maxUncommitted >= 1)) {
@@ -116,6 +125,7 @@ export async function runShardWorker(
       kept ??
       new ShardTask(job.plan, checkpoint ?? shardId, {
         job: job.job,
+        maxCachedKeys,
         ...(options.timerTailOps === undefined ? {} : { tailOps: options.timerTailOps }),
       });
     const position: StartPosition =
