@@ -1,8 +1,8 @@
 import { MemoryBackend } from '../core/index.ts';
-import { describeExactlyOnce } from './testing/exactly-once.ts';
+import { describeExactlyOnce, type ExactlyOnceFactory } from './testing/exactly-once.ts';
 import { MemoryStream } from './testing/memory-stream.ts';
 
-describeExactlyOnce('memory', async ({ shards }) => {
+const memory: ExactlyOnceFactory = async ({ shards }) => {
   let current = new MemoryBackend();
   const stream = new MemoryStream(shards, () => 0);
   return {
@@ -19,4 +19,10 @@ describeExactlyOnce('memory', async ({ shards }) => {
       merge: (a, b) => stream.merge(a, b),
     },
   };
-});
+};
+
+describeExactlyOnce('memory', memory);
+
+// With a state cache far smaller than the examples' 100 keys, keys are dropped after commits and
+// read again, through every fault point, restart and reshard.
+describeExactlyOnce('memory, 8 cached keys per operator', memory, { maxCachedKeys: 8 });

@@ -108,6 +108,8 @@ export interface ExactlyOnceOptions {
   readonly events?: number;
   /** Records per read and batch. @default 50 */
   readonly batchSize?: number;
+  /** Keys each worker caches per operator (WorkerOptions.maxCachedKeys). @default the worker's */
+  readonly maxCachedKeys?: number;
   /** Per-test timeout (ms). @default 60_000 */
   readonly timeoutMs?: number;
   /** Run the resharding tests (the stream implements split and merge). @default true */
@@ -282,12 +284,18 @@ interface CommitEvent {
   readonly outputs: number;
 }
 
+/** The worker options a suite varies. */
+interface WorkerSettings {
+  readonly batchSize: number;
+  readonly maxCachedKeys?: number;
+}
+
 interface RunContext {
   readonly scenario: Scenario;
   readonly fixture: ExactlyOnceFixture;
   readonly injector: FaultInjector;
   readonly sink: CheckingSink;
-  readonly batchSize: number;
+  readonly worker: WorkerSettings;
   /** Compiled once, so a kept task is reused (WarmTasks reuses a task only for its own plan). */
   readonly plan: PipelinePlan;
   /**
@@ -339,7 +347,7 @@ const run: Step = async (ctx) => {
       await runJob(job, {
         owner: `incarnation-${ctx.incarnations}`,
         untilIdle: true,
-        batchSize: ctx.batchSize,
+        ...ctx.worker,
         leaseTtlMs: LEASE_TTL,
         idlePollMs: 1,
         roundPauseMs: 1,
@@ -423,7 +431,7 @@ async function runScenario(
   factory: ExactlyOnceFactory,
   steps: readonly Step[],
   rules: readonly FaultRule[],
-  batchSize: number,
+  worker: WorkerSettings,
 ): Promise<RunResult> {
   const injector = new FaultInjector(rules);
   const fixture = await factory({ shards: SHARDS, faultHook: injector.hook });
@@ -433,7 +441,7 @@ async function runScenario(
       fixture,
       injector,
       sink: new CheckingSink(),
-      batchSize,
+      worker,
       plan: compile(scenario.pipeline),
       warmTasks: new WarmTasks(),
       backend: fixture.backend,
@@ -675,7 +683,10 @@ export function describeExactlyOnce(
   options: ExactlyOnceOptions = {},
 ): void {
   const events = options.events ?? 3000;
-  const batchSize = options.batchSize ?? 50;
+  const worker: WorkerSettings = {
+    batchSize: options.batchSize ?? 50,
+    ...(options.maxCachedKeys === undefined ? {} : { maxCachedKeys: options.maxCachedKeys }),
+  };
   const timeout = options.timeoutMs ?? 60_000;
   const points = [...BUILTIN_FAULT_POINTS, ...(options.adapterFaultPoints ?? [])];
 
@@ -693,7 +704,7 @@ export function describeExactlyOnce(
         let reference: Promise<Reference> | undefined;
         const getReference = (): Promise<Reference> => {
           reference ??= (async () => {
-            const result = await runScenario(scenario, factory, steps, [], batchSize);
+            const result = await runScenario(scenario, factory, steps, [], worker);
             const sorted = [...result.shards.order].sort();
             const records = sorted.map((id) => result.shards.records.get(id) ?? []);
             const simulated = await simulateShards(scenario.pipeline, records, true);
@@ -757,7 +768,7 @@ export function describeExactlyOnce(
                 factory,
                 steps,
                 [{ point, at: spreadOccurrences(14) }],
-                batchSize,
+                worker,
               );
               expect(result.crashes.length, `crashes injected at ${point}`).toBeGreaterThanOrEqual(4);
               expectExact(result, ref);
@@ -777,7 +788,7 @@ export function describeExactlyOnce(
               // 5 % of every fault point's occurrences: warm tasks make fewer calls (no state re-reads), and
               // at 3 % the transaction path's run crashed at only 2-3 distinct points.
               [{ point: '*', at: randomOccurrences(scenario.name.length, 0.05), limit: 40 }],
-              batchSize,
+              worker,
             );
             const where = new Set(result.crashes.map((c) => c.point));
             expect(where.size, `crash points: ${[...where].join(', ')}`).toBeGreaterThanOrEqual(4);
@@ -800,7 +811,7 @@ export function describeExactlyOnce(
           const backend = fixture.backend;
           const shardId = (await fixture.stream.source.listShards()).map((s) => s.shardId).sort()[0]!;
           const sink = new CheckingSink();
-          const options = { batchSize, leaseTtlMs: 1000, untilIdle: true, idlePollMs: 1 };
+          const options = { ...worker, leaseTtlMs: 1000, untilIdle: true, idlePollMs: 1 };
 
           // Worker A commits twice, then stalls after processing its third batch.
           const gateA = new Gate();
@@ -975,7 +986,7 @@ export function describeExactlyOnce(
         const data = scenario.data('reshard', events);
         let plain: Promise<RunResult> | undefined;
         const getPlain = (): Promise<RunResult> => {
-          plain ??= runScenario(scenario, factory, plainSteps(data), [], batchSize);
+          plain ??= runScenario(scenario, factory, plainSteps(data), [], worker);
           return plain;
         };
         const compare = async (result: RunResult): Promise<void> => {
@@ -993,7 +1004,7 @@ export function describeExactlyOnce(
         it(
           `${scenario.name}: split and merge mid-run equal an un-resharded run, per key`,
           async () => {
-            const result = await runScenario(scenario, factory, reshardSteps(data), [], batchSize);
+            const result = await runScenario(scenario, factory, reshardSteps(data), [], worker);
             expectLineage(result);
             await compare(result);
           },
@@ -1020,7 +1031,7 @@ export function describeExactlyOnce(
                   limit: 30,
                 },
               ],
-              batchSize,
+              worker,
             );
             expect(result.crashes.length).toBeGreaterThanOrEqual(5);
             await compare(result);
@@ -1051,10 +1062,10 @@ export function describeExactlyOnce(
                 at: () => true,
               },
             ],
-            batchSize,
+            worker,
           );
           expect(result.crashes.length).toBeGreaterThanOrEqual(1);
-          const reference = await runScenario(scenario, factory, plainSteps(data), [], batchSize);
+          const reference = await runScenario(scenario, factory, plainSteps(data), [], worker);
           expect(
             firstDifference(
               perKey(result.outputs, scenario, result.shards),
@@ -1087,9 +1098,9 @@ export function describeExactlyOnce(
               drain,
             ],
             [],
-            batchSize,
+            worker,
           );
-          const reference = await runScenario(scenario, factory, [put(data), run, drain], [], batchSize);
+          const reference = await runScenario(scenario, factory, [put(data), run, drain], [], worker);
           expect(
             firstDifference(
               perKey(result.outputs, scenario, result.shards),
@@ -1139,9 +1150,9 @@ export function describeExactlyOnce(
               drain,
             ],
             [],
-            batchSize,
+            worker,
           );
-          const reference = await runScenario(scenario, factory, [keepOut, run, drain], [], batchSize);
+          const reference = await runScenario(scenario, factory, [keepOut, run, drain], [], worker);
           expect(
             firstDifference(
               perKey(result.outputs, scenario, result.shards),
