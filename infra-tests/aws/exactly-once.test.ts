@@ -39,7 +39,9 @@
  * cheaper scenario here, on the delta path), fencing on each path, and one resharding test
  * (split + merge mid-run, page-views, transaction path). Not run by default: the seeded
  * random-crash tests, the other resharding tests, and each fault point on the other scenario. FLOE_EO_FULL=1 runs every test of the harness on every configuration (except those
- * a configuration cannot run, `never`).
+ * a configuration cannot run, `never`). FLOE_EO_MAX_CACHED_KEYS=N runs the workers with a state
+ * cache of N keys per operator (WorkerOptions.maxCachedKeys; the memory suite runs with 8 by
+ * default), so evicted keys are read back from DynamoDB through every fault point.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
@@ -129,6 +131,8 @@ function totals(stats: Stats) {
 }
 
 const FULL = process.env.FLOE_EO_FULL === '1';
+const MAX_CACHED_KEYS =
+  process.env.FLOE_EO_MAX_CACHED_KEYS === undefined ? undefined : Number(process.env.FLOE_EO_MAX_CACHED_KEYS);
 const EVENTS = 1000;
 
 let fixtureCount = 0;
@@ -294,6 +298,7 @@ for (const config of CONFIGS) {
         adapterFaultPoints: config.steps.map(point),
         timeoutMs: 180_000,
         resharding: config.resharding,
+        ...(MAX_CACHED_KEYS === undefined ? {} : { maxCachedKeys: MAX_CACHED_KEYS }),
       },
     );
 
