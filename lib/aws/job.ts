@@ -117,28 +117,20 @@ export function awsJobConfigFromEnv(env: NodeJS.ProcessEnv = process.env): AwsJo
       : { deltaApply: deltaApplyMode(env.FLOE_DELTA_APPLY) }),
     ...(env.FLOE_COMMIT_INTERVAL_MS === undefined || env.FLOE_COMMIT_INTERVAL_MS === ''
       ? {}
-      : { commitIntervalMs: commitInterval(env.FLOE_COMMIT_INTERVAL_MS) }),
+      : { commitIntervalMs: wholeNumber(env, 'FLOE_COMMIT_INTERVAL_MS', 'milliseconds', 0) }),
     ...(env.FLOE_MAX_CACHED_KEYS === undefined || env.FLOE_MAX_CACHED_KEYS === ''
       ? {}
-      : { maxCachedKeys: maxCachedKeys(env.FLOE_MAX_CACHED_KEYS) }),
+      : { maxCachedKeys: wholeNumber(env, 'FLOE_MAX_CACHED_KEYS', 'keys', 1) }),
   };
 }
 
-function maxCachedKeys(value: string): number {
+/** The whole number >= `min` in variable `name`. */
+function wholeNumber(env: NodeJS.ProcessEnv, name: string, unit: string, min: number): number {
+  const value = env[name];
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) {
+  if (!Number.isInteger(n) || n < min) {
     throw new ConfigurationError(
-      `FLOE_MAX_CACHED_KEYS must be a whole number of keys >= 1; received ${describeValue(value)}`,
-    );
-  }
-  return n;
-}
-
-function commitInterval(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) {
-    throw new ConfigurationError(
-      `FLOE_COMMIT_INTERVAL_MS must be a whole number of milliseconds >= 0; received ${describeValue(value)}`,
+      `${name} must be a whole number of ${unit} >= ${min}; received ${describeValue(value)}`,
     );
   }
   return n;

@@ -26,13 +26,21 @@ interface Ev {
 
 const SHARD = 'shard-0';
 
+/** A pipeline's keyed stream of `Ev` by `k` (bounded out-of-orderness 3). */
+function keyedEvents(name: string) {
+  const p = pipeline(name);
+  const stream = p
+    .source<Ev>({ deserializer: (d) => d as Ev })
+    .withTimestamps((e) => e.ts, boundedOutOfOrderness(3))
+    .keyBy((e) => e.k);
+  return { p, stream };
+}
+
 /** Each kind of keyed state: a shared window table, per-key session maps, a process function's value and map state with both timer domains. */
 const plans: Record<string, () => PipelinePlan> = {
   'tumbling windows with lateness': () => {
-    const p = pipeline('cache-tumbling');
-    p.source<Ev>({ deserializer: (d) => d as Ev })
-      .withTimestamps((e) => e.ts, boundedOutOfOrderness(3))
-      .keyBy((e) => e.k)
+    const { p, stream } = keyedEvents('cache-tumbling');
+    stream
       .window(tumbling({ size: 10 }))
       .allowedLateness(5)
       .aggregate(count())
@@ -40,30 +48,24 @@ const plans: Record<string, () => PipelinePlan> = {
     return compile(p);
   },
   'sliding windows': () => {
-    const p = pipeline('cache-sliding');
-    p.source<Ev>({ deserializer: (d) => d as Ev })
-      .withTimestamps((e) => e.ts, boundedOutOfOrderness(3))
-      .keyBy((e) => e.k)
+    const { p, stream } = keyedEvents('cache-sliding');
+    stream
       .window(sliding({ size: 12, slide: 4 }))
       .aggregate(sum((e: Ev) => e.v))
       .sink('out');
     return compile(p);
   },
   'session windows': () => {
-    const p = pipeline('cache-session');
-    p.source<Ev>({ deserializer: (d) => d as Ev })
-      .withTimestamps((e) => e.ts, boundedOutOfOrderness(3))
-      .keyBy((e) => e.k)
+    const { p, stream } = keyedEvents('cache-session');
+    stream
       .window(session({ gap: 6 }))
       .aggregate(count())
       .sink('out');
     return compile(p);
   },
   'a process function with value and map state and timers': () => {
-    const p = pipeline('cache-process');
-    p.source<Ev>({ deserializer: (d) => d as Ev })
-      .withTimestamps((e) => e.ts, boundedOutOfOrderness(3))
-      .keyBy((e) => e.k)
+    const { p, stream } = keyedEvents('cache-process');
+    stream
       .process(
         processFunction<Ev, string>()({
           state: { total: valueState<number>(), seen: mapState<number, number>() },
