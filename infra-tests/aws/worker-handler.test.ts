@@ -322,3 +322,38 @@ it('a warm worker container goes on with its shard tasks: no state reads, the sa
     for (const shardId of SHARDS) expect(await backend.unpublishedOutputs(shardId)).toEqual([]);
   }
 }, 90_000);
+
+it('an invocation whose shard another invocation holds ends without an error: superseded', async () => {
+  stream ??= await createTestStream(admin.kinesis, 'worker-handler', SHARDS.length);
+  const held = await createBackendTables(admin, bucket, 'wh-held', 0);
+  tables.push(held);
+  const shardId = SHARDS[0]!;
+  await held.open().acquireLease(shardId, 'another-invocation', Date.now(), 60_000);
+  const logger = new Logger({ serviceName: 'floe-worker', logLevel: 'SILENT' });
+  const warn = vi.spyOn(logger, 'warn');
+  const error = vi.spyOn(logger, 'error');
+  const handler = createWorkerHandler({
+    loadPipeline: async () => pageViews,
+    config: () => ({
+      job: held.job,
+      stream: stream!,
+      stateTable: held.stateTable,
+      controlTable: held.controlTable,
+      bucket,
+      sinks: [],
+    }),
+    clients: () => jobClients(env),
+    logger,
+    metrics: quietMetrics(logger),
+  });
+  const result = await handler(
+    { shardId },
+    { awsRequestId: `req-held-${Date.now()}`, getRemainingTimeInMillis: () => REMAINING_MS },
+  );
+  expect(result).toMatchObject({ shardId, superseded: 'lease-unavailable', commits: 0, records: 0 });
+  expect(warn).toHaveBeenCalledWith(
+    'worker superseded',
+    expect.objectContaining({ superseded: 'lease-unavailable' }),
+  );
+  expect(error).not.toHaveBeenCalled();
+}, 60_000);

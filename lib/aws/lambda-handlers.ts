@@ -12,6 +12,8 @@ import {
   ConfigurationError,
   compile,
   deserializeCheckpoint,
+  FencedError,
+  LeaseUnavailableError,
   type Pipeline,
   type PipelinePlan,
   type ShardCheckpoint,
@@ -68,6 +70,9 @@ export function createWorkerHandler(deps: HandlerDeps) {
       ...(deps.metrics === undefined ? {} : { metrics: deps.metrics }),
     });
     let result: WorkerResult | undefined;
+    // Published commits, for the result of an invocation another one supersedes.
+    let commits = 0;
+    let records = 0;
     try {
       // The job record names the generation to run; a stopped or pausing job does not run.
       const opened = await openAwsJobFromRecord(plan, config, clients);
@@ -97,6 +102,8 @@ export function createWorkerHandler(deps: HandlerDeps) {
           ...(config.commitIntervalMs === undefined ? {} : { commitIntervalMs: config.commitIntervalMs }),
           ...(config.maxCachedKeys === undefined ? {} : { maxCachedKeys: config.maxCachedKeys }),
           onCommit: (p) => {
+            commits++;
+            records += p.records;
             metrics.onCommit(p);
             logger.debug('commit', {
               commitNumber: p.commitNumber,
@@ -113,6 +120,23 @@ export function createWorkerHandler(deps: HandlerDeps) {
       logger.info('worker finished', { ...result });
       return result;
     } catch (error) {
+      if (error instanceof FencedError || error instanceof LeaseUnavailableError) {
+        // Another invocation holds the shard: one started at the same time, or one took the
+        // shard over while this one stalled. Nothing is lost (the holder goes on from the last
+        // commit and publishes its outbox), so this is not a failed invocation.
+        const superseded = error instanceof FencedError ? 'fenced' : 'lease-unavailable';
+        logger.warn('worker superseded', { superseded, message: error.message, commits, records });
+        result = {
+          shardId: event.shardId,
+          records,
+          commits,
+          finished: false,
+          childShardIds: [],
+          caughtUp: false,
+          superseded,
+        };
+        return result;
+      }
       logger.error('worker failed', error as Error);
       throw error;
     } finally {

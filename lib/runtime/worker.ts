@@ -39,6 +39,12 @@ export interface WorkerResult {
   readonly paused?: boolean;
   /** Went on with the task a previous invocation kept (options.warmTasks): no state was reloaded. */
   readonly warm?: boolean;
+  /**
+   * Set by the Lambda handler when another invocation holds the shard: it held the lease at the
+   * start ('lease-unavailable') or took it over ('fenced'). The counts are of the commits this
+   * invocation published before.
+   */
+  readonly superseded?: 'fenced' | 'lease-unavailable';
 }
 
 /** Minimum processing time between commits that only advance an idle shard's watermark. */
