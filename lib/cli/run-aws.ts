@@ -20,6 +20,7 @@ export interface RunAwsOptions {
   readonly untilIdle: boolean;
   readonly batchSize: number;
   readonly commitIntervalMs: number;
+  readonly maxCachedKeys: number;
   readonly leaseTtlMs: number;
   readonly quiet: boolean;
   /** The pipeline module's path (recorded in the job record; savepoints name it). */
@@ -85,6 +86,7 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
       untilIdle: options.untilIdle,
       batchSize: options.batchSize,
       commitIntervalMs: options.commitIntervalMs,
+      maxCachedKeys: options.maxCachedKeys,
       leaseTtlMs: options.leaseTtlMs,
       signal: controller.signal,
       onCommit: (p) => {

@@ -7,6 +7,7 @@ import { DEFAULT_DATA_DIR } from '../embedded/job.ts';
 import { openEmbeddedJobForRun } from '../embedded/run-job.ts';
 import { jobStatus } from '../embedded/status.ts';
 import { runJob } from '../runtime/local-runner.ts';
+import { DEFAULT_MAX_CACHED_KEYS } from '../runtime/worker.ts';
 import { bar, formatCount, formatTime, nonNegativeInt, oneOf, positiveInt, UsageError } from './args.ts';
 import { loadPipeline } from './load-pipeline.ts';
 
@@ -26,6 +27,8 @@ Options:
                             published up to this much later (default 0: commit every read)
   --lease-ttl <ms>          shard lease time to live; a crashed worker's shards are taken over
                             after it (default 10000)
+  --max-cached-keys <N>     keys whose state a worker keeps in memory per keyed operator; the
+                            least recently used beyond it are read again (default 100000)
   --data-dir <dir>          embedded data directory (default .floe)
 AWS backend (endpoints from AWS_ENDPOINT_URL[_SERVICE], region and credentials as the SDK finds them):
   --stream <name>           Kinesis stream (default: the pipeline name)
@@ -49,6 +52,7 @@ export async function runRun(args: string[]): Promise<number> {
       'batch-size': { type: 'string' },
       'commit-interval': { type: 'string' },
       'lease-ttl': { type: 'string' },
+      'max-cached-keys': { type: 'string' },
       'state-table': { type: 'string' },
       'control-table': { type: 'string' },
       bucket: { type: 'string' },
@@ -77,6 +81,7 @@ export async function runRun(args: string[]): Promise<number> {
   const plan = compile(pipeline);
   const jobId = values.job ?? pipeline.name;
   const leaseTtlMs = positiveInt('--lease-ttl', values['lease-ttl'], 10_000);
+  const maxCachedKeys = positiveInt('--max-cached-keys', values['max-cached-keys'], DEFAULT_MAX_CACHED_KEYS);
   if (backend === 'aws') {
     const { runAws } = await import('./run-aws.ts');
     return runAws({
@@ -92,6 +97,7 @@ export async function runRun(args: string[]): Promise<number> {
       untilIdle: values['until-idle'],
       batchSize,
       commitIntervalMs,
+      maxCachedKeys,
       leaseTtlMs,
       quiet: progressMode === 'none',
       pipelineModule: resolve(positionals[0]!),
@@ -144,6 +150,7 @@ export async function runRun(args: string[]): Promise<number> {
       untilIdle: values['until-idle'],
       batchSize,
       commitIntervalMs,
+      maxCachedKeys,
       signal: controller.signal,
       idlePollMs: 200,
       leaseTtlMs,
