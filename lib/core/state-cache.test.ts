@@ -15,7 +15,7 @@ import { processFunction } from './processor.ts';
 import { ShardTask } from './shard-task.ts';
 import { KeyedStateBackend, type MapState, mapState, valueState } from './state.ts';
 import { MAX_WATERMARK } from './time.ts';
-import { boundedOutOfOrderness } from './watermarks.ts';
+import { boundedOutOfOrderness, withIdleness } from './watermarks.ts';
 import { session, sliding, tumbling } from './windows.ts';
 
 interface Ev {
@@ -26,12 +26,13 @@ interface Ev {
 
 const SHARD = 'shard-0';
 
-/** A pipeline's keyed stream of `Ev` by `k` (bounded out-of-orderness 3). */
-function keyedEvents(name: string) {
+/** A pipeline's keyed stream of `Ev` by `k` (bounded out-of-orderness 3, idle after `idleMs`). */
+function keyedEvents(name: string, idleMs?: number) {
   const p = pipeline(name);
+  const bounded = boundedOutOfOrderness(3);
   const stream = p
     .source<Ev>({ deserializer: (d) => d as Ev })
-    .withTimestamps((e) => e.ts, boundedOutOfOrderness(3))
+    .withTimestamps((e) => e.ts, idleMs === undefined ? bounded : withIdleness(bounded, idleMs))
     .keyBy((e) => e.k);
   return { p, stream };
 }
@@ -55,8 +56,8 @@ const plans: Record<string, () => PipelinePlan> = {
       .sink('out');
     return compile(p);
   },
-  'session windows': () => {
-    const { p, stream } = keyedEvents('cache-session');
+  'session windows, with idleness': () => {
+    const { p, stream } = keyedEvents('cache-session', 50);
     stream
       .window(session({ gap: 6 }))
       .aggregate(count())
@@ -153,7 +154,9 @@ async function run(
     now = batch[batch.length - 1]!.arrivalTime;
     await commit(await task.processBatch(batch, backend, now));
   }
-  await commit(await task.processWatermark(MAX_WATERMARK, backend, now + 100));
+  // Caught up for a while (an idleness advance fires timers), then the end of input.
+  await commit(await task.processBatch([], backend, now + 1_000));
+  await commit(await task.processWatermark(MAX_WATERMARK, backend, now + 2_000));
   return { outputs, reads: backend.reads.entries, maxCached };
 }
 
