@@ -3,7 +3,8 @@
  * backend (embedded SQLite, emulators or AWS). It is what `floe run` and the integration
  * tests drive.
  */
-import { FencedError, FloeError, type ShardCheckpoint } from '../core/index.ts';
+import { type Commit, FencedError, FloeError, type Lease, type ShardCheckpoint } from '../core/index.ts';
+import { CoPartitioningCheck } from './co-partitioning.ts';
 import { runnableShards } from './coordinator.ts';
 import type { JobRuntime, WorkerOptions } from './job.ts';
 import { WarmTasks } from './warm-tasks.ts';
@@ -41,6 +42,9 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise<RunSummary> {
   const owner = options.owner ?? `local-${process.pid}`;
   const warmTasks = options.warmTasks ?? new WarmTasks();
+  // Every shard runs here, so keyed state written by two unrelated shards can be caught.
+  const coPartitioning = new CoPartitioningCheck();
+  const checked: JobRuntime = { ...job, backend: checkedBackend(job.backend, coPartitioning) };
   let records = 0;
   let commits = 0;
   let rounds = 0;
@@ -60,6 +64,7 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
     }
     rounds++;
     const shards = await job.source.listShards();
+    coPartitioning.lineage(shards);
     const checkpoints = new Map<string, ShardCheckpoint>(
       (await job.backend.listCheckpoints()).map((c) => [c.shardId, c]),
     );
@@ -82,7 +87,7 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
         seen.add(plan.shard.shardId);
         try {
           return await runShardWorker(
-            job,
+            checked,
             plan.shard.shardId,
             { ...options, owner: `${owner}-${plan.shard.shardId}`, untilIdle: options.untilIdle, warmTasks },
             plan.initial,
@@ -119,4 +124,19 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
     if (options.untilIdle && !leaseBusy && !paused && results.every((r) => r.caughtUp && !r.finished)) break;
   }
   return { records, commits, rounds, shards: [...seen], ...(stopped === undefined ? {} : { stopped }) };
+}
+
+/** The backend, with every commit checked for co-partitioning first. */
+function checkedBackend(backend: JobRuntime['backend'], check: CoPartitioningCheck): JobRuntime['backend'] {
+  const commit = async (lease: Lease, c: Commit): Promise<void> => {
+    check.check(lease.shardId, c.mutations);
+    await backend.commit(lease, c);
+  };
+  return new Proxy(backend, {
+    get(target, property) {
+      if (property === 'commit') return commit;
+      const value: unknown = Reflect.get(target, property, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
 }
