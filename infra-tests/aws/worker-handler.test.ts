@@ -142,6 +142,16 @@ function countingClients(tablesOfJob: BackendTables): { clients: () => AwsClient
   };
 }
 
+/** The job on tables `t`, reading `stream`, outputs to the bucket's S3 fallback sink. */
+const jobConfig = (t: BackendTables): AwsJobConfig => ({
+  job: t.job,
+  stream: stream!,
+  stateTable: t.stateTable,
+  controlTable: t.controlTable,
+  bucket,
+  sinks: [],
+});
+
 /** Powertools Metrics that write nothing (POWERTOOLS_METRICS_DISABLED is read at construction). */
 function quietMetrics(logger: Logger): Metrics {
   vi.stubEnv('POWERTOOLS_METRICS_DISABLED', 'true');
@@ -163,21 +173,13 @@ it('a warm worker container goes on with its shard tasks: no state reads, the sa
     createBackendTables(admin, bucket, 'wh-cold', 0),
   ]);
   tables.push(warmTables, coldTables);
-  const config = (t: BackendTables): AwsJobConfig => ({
-    job: t.job,
-    stream: stream!,
-    stateTable: t.stateTable,
-    controlTable: t.controlTable,
-    bucket,
-    sinks: [],
-  });
   const logger = new Logger({ serviceName: 'floe-worker', logLevel: 'SILENT' });
   const warmClients = countingClients(warmTables);
   const coldClients = countingClients(coldTables);
   const newHandler = (t: BackendTables, clients: ReturnType<typeof countingClients>) =>
     createWorkerHandler({
       loadPipeline: async () => pageViews,
-      config: () => config(t),
+      config: () => jobConfig(t),
       clients: clients.clients,
       logger,
       metrics: quietMetrics(logger),
@@ -334,14 +336,7 @@ it('an invocation whose shard another invocation holds ends without an error: su
   const error = vi.spyOn(logger, 'error');
   const handler = createWorkerHandler({
     loadPipeline: async () => pageViews,
-    config: () => ({
-      job: held.job,
-      stream: stream!,
-      stateTable: held.stateTable,
-      controlTable: held.controlTable,
-      bucket,
-      sinks: [],
-    }),
+    config: () => jobConfig(held),
     clients: () => jobClients(env),
     logger,
     metrics: quietMetrics(logger),
