@@ -21,7 +21,7 @@ import {
 } from '../core/index.ts';
 import { coordinateRound } from '../runtime/coordinator.ts';
 import { WarmTasks } from '../runtime/warm-tasks.ts';
-import { runShardWorker, type WorkerResult } from '../runtime/worker.ts';
+import { emptyWorkerResult, runShardWorker, type WorkerResult } from '../runtime/worker.ts';
 import { type AwsClientsBundle, type AwsJobConfig, awsClients, awsJobConfigFromEnv } from './job.ts';
 import { openAwsJobFromRecord } from './run-job.ts';
 import { WorkerMetrics } from './worker-metrics.ts';
@@ -78,15 +78,7 @@ export function createWorkerHandler(deps: HandlerDeps) {
       const opened = await openAwsJobFromRecord(plan, config, clients);
       if (opened.runtime === undefined) {
         logger.info('worker not started', { reason: opened.reason });
-        result = {
-          shardId: event.shardId,
-          records: 0,
-          commits: 0,
-          finished: false,
-          childShardIds: [],
-          caughtUp: false,
-          paused: true,
-        };
+        result = { ...emptyWorkerResult(event.shardId), paused: true };
         return result;
       }
       const job = metrics.instrument(opened.runtime);
@@ -126,15 +118,7 @@ export function createWorkerHandler(deps: HandlerDeps) {
         // commit and publishes its outbox), so this is not a failed invocation.
         const superseded = error instanceof FencedError ? 'fenced' : 'lease-unavailable';
         logger.warn('worker superseded', { superseded, message: error.message, commits, records });
-        result = {
-          shardId: event.shardId,
-          records,
-          commits,
-          finished: false,
-          childShardIds: [],
-          caughtUp: false,
-          superseded,
-        };
+        result = { ...emptyWorkerResult(event.shardId), records, commits, superseded };
         return result;
       }
       logger.error('worker failed', error as Error);

@@ -8,7 +8,7 @@ import { CoPartitioningCheck } from './co-partitioning.ts';
 import { runnableShards } from './coordinator.ts';
 import type { JobRuntime, WorkerOptions } from './job.ts';
 import { WarmTasks } from './warm-tasks.ts';
-import { publishPending, runShardWorker, type WorkerResult } from './worker.ts';
+import { emptyWorkerResult, publishPending, runShardWorker, type WorkerResult } from './worker.ts';
 
 export interface RunOptions extends Omit<WorkerOptions, 'owner' | 'untilIdle'> {
   /** Lease owner prefix. @default `local-<pid>` */
@@ -101,14 +101,7 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
           if (!retry) throw error;
           leaseBusy = true;
           options.onLeaseBusy?.(plan.shard.shardId, error as FloeError);
-          return {
-            shardId: plan.shard.shardId,
-            records: 0,
-            commits: 0,
-            finished: false,
-            childShardIds: [],
-            caughtUp: false,
-          };
+          return emptyWorkerResult(plan.shard.shardId);
         }
       }),
     );

@@ -47,6 +47,11 @@ export interface WorkerResult {
   readonly superseded?: 'fenced' | 'lease-unavailable';
 }
 
+/** The result of an invocation that processed nothing of its shard (it did not run, or stopped at once). */
+export function emptyWorkerResult(shardId: string): WorkerResult {
+  return { shardId, records: 0, commits: 0, finished: false, childShardIds: [], caughtUp: false };
+}
+
 /** Minimum processing time between commits that only advance an idle shard's watermark. */
 export const IDLE_COMMIT_INTERVAL_MS = 5_000;
 
