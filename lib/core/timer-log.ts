@@ -375,8 +375,6 @@ export class TimerLog implements Undoable {
   // Ops of the open commit: the timer and ADD | PROCESSING flags.
   private readonly opTimers: QueuedTimer[] = [];
   private readonly opFlags: number[] = [];
-  /** Where the open commit added each timer (ops rolled back leave stale entries: check the op). */
-  private readonly addedAt = new Map<QueuedTimer, number>();
 
   constructor(
     private readonly shardId: string,
@@ -395,15 +393,15 @@ export class TimerLog implements Undoable {
     if (!add) {
       // A timer added in this commit (same object in the queue) and deleted again: drop the add
       // and record nothing (a session window pushed back by every element, say).
-      const i = this.addedAt.get(timer);
-      if (i !== undefined && this.opTimers[i] === timer && (this.opFlags[i]! & CANCELLED) === 0) {
+      const i = timer.logAt;
+      if (i >= 0 && this.opTimers[i] === timer && (this.opFlags[i]! & CANCELLED) === 0) {
         journal.recordSlot(this.opFlags, i);
         this.opFlags[i] = this.opFlags[i]! | CANCELLED;
         return;
       }
     }
     journal.recordUndo(this, this.opTimers.length, undefined);
-    if (add) this.addedAt.set(timer, this.opTimers.length);
+    if (add) timer.logAt = this.opTimers.length;
     this.opTimers.push(timer);
     this.opFlags.push((add ? ADD : 0) | (domain === 'processing' ? PROCESSING : 0));
   }
@@ -446,7 +444,6 @@ export class TimerLog implements Undoable {
     }
     this.opTimers.length = 0;
     this.opFlags.length = 0;
-    this.addedAt.clear();
     const kept: TimerChunkRef[] = [];
     for (const c of this.chunks) {
       if (c.maxEventTime <= watermark && c.maxProcessingTime <= fired)

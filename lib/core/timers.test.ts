@@ -1,19 +1,15 @@
 /** TimerQueue ordering and bookkeeping, and the per-record undo Journal. */
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { Journal } from './journal.ts';
-import { compareScalars, compareTimers, type QueuedTimer, TimerQueue } from './timers.ts';
+import { compareScalars, compareTimers, QueuedTimer, StringKeyOrder, TimerQueue } from './timers.ts';
 
 const t = (
   operator: number,
   time: number,
   key: string | number,
   namespace: string | number = '',
-): QueuedTimer => ({
-  operator,
-  time,
-  key,
-  namespace,
-});
+): QueuedTimer => new QueuedTimer(operator, time, key, namespace);
 
 /** Drains the queue up to `limit`, returning each popped batch. */
 function drain(queue: TimerQueue, limit: number): QueuedTimer[][] {
@@ -270,6 +266,43 @@ describe('TimerQueue', () => {
     const restored = new TimerQueue();
     for (const s of specs) restored.add(0, s.time, s.key, s.namespace);
     expect(restored.toSpecs('event', uids)).toEqual(specs);
+  });
+});
+
+describe('StringKeyOrder', () => {
+  const bucket = (keys: readonly string[]) => new Map(keys.map((k) => [k, t(0, 1, k)] as const));
+
+  it('orders each bucket as sort() orders its keys, whatever earlier buckets held', () => {
+    // Buckets drawn from a small pool overlap (the remembered order is reused and extended);
+    // from a large one they mostly do not (it is rebuilt). Keys include ones sort() and a
+    // locale-aware order would disagree on (case, digits, non-ASCII).
+    const key = fc.oneof(
+      fc.constantFrom('a', 'B', 'a10', 'a9', 'é', 'Z', '', 'user-1', 'user-10', 'user-2'),
+      fc.string({ maxLength: 4 }),
+    );
+    fc.assert(
+      fc.property(fc.array(fc.uniqueArray(key, { maxLength: 40 }), { maxLength: 12 }), (buckets) => {
+        const order = new StringKeyOrder();
+        for (const keys of buckets) {
+          const sorted = order.sort(bucket(keys)).map((x) => x.key);
+          expect(sorted).toEqual([...keys].sort());
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('forgets keys once it remembers mostly keys the buckets no longer hold', () => {
+    const order = new StringKeyOrder();
+    const many = Array.from({ length: 3_000 }, (_, i) => `old-${i}`);
+    order.sort(bucket(many));
+    // A small bucket of new keys: the list would hold 3,001 keys for 1, so it starts again.
+    expect(order.sort(bucket(['new'])).map((x) => x.key)).toEqual(['new']);
+    expect((order as unknown as { keys: string[] }).keys).toEqual(['new']);
+    // Likewise a small bucket of known keys after a large one (walking the list would cost more).
+    order.sort(bucket(many));
+    expect(order.sort(bucket(['old-7', 'old-10'])).map((x) => x.key)).toEqual(['old-10', 'old-7']);
+    expect((order as unknown as { keys: string[] }).keys).toEqual(['old-10', 'old-7']);
   });
 });
 
