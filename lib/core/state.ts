@@ -668,6 +668,15 @@ function compareMapKeys(a: StateKey, b: StateKey): number {
 }
 
 class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implements MapState<K, V> {
+  // The last value get() found, so that a put or remove of that entry right after it (a
+  // read-modify-write, as the window operators do for every element and timer) needs no second
+  // lookup in a map of every cached key. Valid only in the journal epoch it was read in: within
+  // one record or timer, only this handle changes the entry, and a write forgets it.
+  private readInner: Map<StateKey, unknown> | undefined = undefined;
+  private readKey: StateKey = '';
+  private readValue: unknown = undefined;
+  private readEpoch = -1;
+
   constructor(
     private readonly rt: KeyedStateBackend,
     private readonly table: SharedMapTable,
@@ -676,7 +685,23 @@ class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> im
   }
   get(key: K): V | undefined {
     const inner = this.table.get(key);
-    return inner === undefined ? undefined : (inner.get(this.rt.currentKey) as V | undefined);
+    if (inner === undefined) return undefined;
+    const streamKey = this.rt.currentKey;
+    const value = inner.get(streamKey);
+    this.readInner = inner;
+    this.readKey = streamKey;
+    this.readValue = value;
+    this.readEpoch = this.rt.journal.epoch;
+    return value as V | undefined;
+  }
+  /** The value of `inner[streamKey]` if the last get() read it in this epoch and found one. */
+  private known(inner: Map<StateKey, unknown>, streamKey: StateKey): unknown {
+    const known =
+      inner === this.readInner && streamKey === this.readKey && this.readEpoch === this.rt.journal.epoch
+        ? this.readValue
+        : undefined;
+    this.readInner = undefined;
+    return known;
   }
   put(key: K, value: V): void {
     checkMapKey(key);
@@ -689,17 +714,22 @@ class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> im
       table.set(key, inner);
     }
     const streamKey = this.rt.currentKey;
-    journal.recordMap(inner as Map<unknown, unknown>, streamKey);
+    const prev = this.known(inner, streamKey);
+    if (prev !== undefined) journal.recordMapValue(inner as Map<unknown, unknown>, streamKey, prev);
+    else journal.recordMap(inner as Map<unknown, unknown>, streamKey);
     inner.set(streamKey, value);
     this.rt.touch(this.rt.current);
   }
   remove(key: K): void {
     const table = this.table;
     const inner = table.get(key);
+    if (inner === undefined) return;
     const streamKey = this.rt.currentKey;
-    if (inner === undefined || !inner.has(streamKey)) return;
+    const prev = this.known(inner, streamKey);
     const journal = this.rt.journal;
-    journal.recordMap(inner as Map<unknown, unknown>, streamKey);
+    if (prev !== undefined) journal.recordMapValue(inner as Map<unknown, unknown>, streamKey, prev);
+    else if (inner.has(streamKey)) journal.recordMap(inner as Map<unknown, unknown>, streamKey);
+    else return;
     inner.delete(streamKey);
     if (inner.size === 0) {
       journal.recordMap(table as Map<unknown, unknown>, key);
