@@ -268,6 +268,69 @@ describe('MapState', () => {
   });
 });
 
+describe("MapState with layout 'by-map-key' (the window operators' shared tables)", () => {
+  type Spec = { m: ReturnType<typeof mapState<string, number>> };
+  // Commands, in order, on map key "x" (and "y"): get / put / remove, and "fail" (throw: the
+  // record is rolled back and dead-lettered). A put right after a get journals the value the get
+  // read instead of looking it up again; these sequences check that a rollback still restores
+  // what the map held before the record, whichever writes and reads came before it.
+  const scripted = {
+    state: { m: mapState<string, number>({ layout: 'by-map-key' }) },
+    processElement(e: Ev, ctx: ProcessContext<unknown, Spec>) {
+      const m = ctx.state.m;
+      for (const cmd of e.v as string[]) {
+        const [op, mk = 'x', n] = cmd.split(' ') as [string, string?, string?];
+        if (op === 'get') m.get(mk);
+        else if (op === 'inc') m.put(mk, (m.get(mk) ?? 0) + 1);
+        else if (op === 'put') m.put(mk, Number(n));
+        else if (op === 'remove') m.remove(mk);
+        else if (op === 'fail') throw new Error('fail');
+      }
+      ctx.emit({ k: ctx.key, x: m.get('x') ?? null, y: m.get('y') ?? null });
+    },
+  };
+  const run = async (records: string[][]) => {
+    const driver = driverFor(scripted);
+    await driver.send(records.map((v, i) => rec({ k: 'a', ts: i, v })));
+    return driver;
+  };
+
+  it('read-modify-write, with and without a get first', async () => {
+    const driver = await run([['inc', 'inc', 'inc y'], ['get', 'put x 7', 'get y', 'remove y'], ['put x 9']]);
+    expect(driver.values('out')).toEqual([
+      { k: 'a', x: 2, y: 1 },
+      { k: 'a', x: 7, y: null },
+      { k: 'a', x: 9, y: null },
+    ]);
+    expect(await driver.state('process-0', 'a')).toEqual({ m: [['x', 9]] });
+  });
+
+  it('a failed record changes nothing, though a value it read was written and rolled back', async () => {
+    const driver = await run([
+      ['put x 1'],
+      // Writes 2, reads it, fails: x is 1 again, while the last get read 2.
+      ['put x 2', 'get', 'fail'],
+      // A put without a get, then a failure: the rollback must restore 1, not the 2 read above.
+      ['put x 7', 'fail'],
+      ['get'],
+      // A get, a write of another entry, a put of the first, a remove, then a failure.
+      ['get', 'put y 3', 'put x 4', 'remove', 'fail'],
+      ['get'],
+    ]);
+    expect(driver.values('out')).toEqual([
+      { k: 'a', x: 1, y: null },
+      { k: 'a', x: 1, y: null },
+      { k: 'a', x: 1, y: null },
+    ]);
+    expect(driver.values<{ reason: string }>('floe.dead-letter').map((d) => d.reason)).toEqual([
+      'user-function',
+      'user-function',
+      'user-function',
+    ]);
+    expect(await driver.state('process-0', 'a')).toEqual({ m: [['x', 1]] });
+  });
+});
+
 describe('ListState', () => {
   const listFn = {
     state: { l: listState<unknown>() },
