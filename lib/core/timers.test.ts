@@ -280,8 +280,13 @@ describe('StringKeyOrder', () => {
       fc.constantFrom('a', 'B', 'a10', 'a9', 'é', 'Z', '', 'user-1', 'user-10', 'user-2'),
       fc.string({ maxLength: 4 }),
     );
+    // Small buckets are sorted alone; large ones (>= minBucket) go through the remembered list.
+    const bucketKeys = fc.oneof(
+      fc.uniqueArray(key, { maxLength: 20 }),
+      fc.uniqueArray(key, { minLength: StringKeyOrder.minBucket, maxLength: 150 }),
+    );
     fc.assert(
-      fc.property(fc.array(fc.uniqueArray(key, { maxLength: 40 }), { maxLength: 12 }), (buckets) => {
+      fc.property(fc.array(bucketKeys, { maxLength: 12 }), (buckets) => {
         const order = new StringKeyOrder();
         for (const keys of buckets) {
           const sorted = order.sort(bucket(keys)).map((x) => x.key);
@@ -292,17 +297,23 @@ describe('StringKeyOrder', () => {
     );
   });
 
-  it('forgets keys once it remembers mostly keys the buckets no longer hold', () => {
+  it('sorts small buckets alone, and forgets keys once it remembers mostly keys the buckets no longer hold', () => {
     const order = new StringKeyOrder();
-    const many = Array.from({ length: 3_000 }, (_, i) => `old-${i}`);
-    order.sort(bucket(many));
-    // A small bucket of new keys: the list would hold 3,001 keys for 1, so it starts again.
-    expect(order.sort(bucket(['new'])).map((x) => x.key)).toEqual(['new']);
-    expect((order as unknown as { keys: string[] }).keys).toEqual(['new']);
-    // Likewise a small bucket of known keys after a large one (walking the list would cost more).
-    order.sort(bucket(many));
-    expect(order.sort(bucket(['old-7', 'old-10'])).map((x) => x.key)).toEqual(['old-10', 'old-7']);
-    expect((order as unknown as { keys: string[] }).keys).toEqual(['old-10', 'old-7']);
+    const remembered = () => (order as unknown as { keys: string[] }).keys;
+    const keys = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}-${i}`);
+    order.sort(bucket(keys('old', 3_000)));
+    expect(remembered()).toHaveLength(3_000);
+    // Below minBucket: sorted alone, the list stays.
+    expect(order.sort(bucket(['old-7', 'new', 'old-10'])).map((x) => x.key)).toEqual([
+      'new',
+      'old-10',
+      'old-7',
+    ]);
+    expect(remembered()).toHaveLength(3_000);
+    // A larger bucket of new keys: the list would hold mostly keys it lacks, so it starts again.
+    const fresh = keys('new', StringKeyOrder.minBucket);
+    expect(order.sort(bucket(fresh)).map((x) => x.key)).toEqual([...fresh].sort());
+    expect(remembered()).toEqual([...fresh].sort());
   });
 });
 

@@ -197,16 +197,20 @@ function spec(t: QueuedTimer, domain: TimeDomain, operatorUids: readonly string[
  * the list are sorted alone and merged in. The order is exactly that of sort() on the keys.
  */
 export class StringKeyOrder {
+  /** Buckets of fewer timers are sorted alone. */
+  static readonly minBucket = 64;
   /** Sorted keys of earlier buckets; every key's index in it is in `rank`. */
   private keys: string[] = [];
   private rank = new Map<string, number>();
 
   /** The timers of `byKey` (one per key, every key a string) sorted by key. */
   sort(byKey: ReadonlyMap<string | number, QueuedTimer>): QueuedTimer[] {
+    // A small bucket (session windows' timers spread over many times) is sorted alone: walking
+    // the list would cost more, and it keeps the list of the large buckets.
+    if (byKey.size < StringKeyOrder.minBucket) return [...byKey.values()].sort(compareStringKeys);
     const known = this.keys;
-    if (known.length > 2 * byKey.size + 1_024) {
-      // Mostly keys this bucket does not hold (a small bucket after large ones): walking the
-      // list would cost more than sorting. Sort, and start again from this bucket's keys.
+    if (known.length > 2 * byKey.size) {
+      // Mostly keys this bucket does not hold: sort, and start again from this bucket's keys.
       const sorted = [...byKey.values()].sort(compareStringKeys);
       this.remember(sorted.map((t) => t.key as string));
       return sorted;
@@ -231,7 +235,7 @@ export class StringKeyOrder {
     // has (the key set moved on): then start again from this bucket's keys.
     const freshKeys = fresh.map((t) => t.key as string);
     this.remember(
-      known.length + freshKeys.length > 2 * byKey.size + 1_024
+      known.length + freshKeys.length > 2 * byKey.size
         ? sorted.map((t) => t.key as string)
         : mergeKeys(known, freshKeys),
     );
