@@ -21,7 +21,12 @@ import {
 } from '../core/index.ts';
 import { coordinateRound } from '../runtime/coordinator.ts';
 import { WarmTasks } from '../runtime/warm-tasks.ts';
-import { emptyWorkerResult, runShardWorker, type WorkerResult } from '../runtime/worker.ts';
+import {
+  DEFAULT_MAX_CACHED_KEYS,
+  emptyWorkerResult,
+  runShardWorker,
+  type WorkerResult,
+} from '../runtime/worker.ts';
 import { type AwsClientsBundle, type AwsJobConfig, awsClients, awsJobConfigFromEnv } from './job.ts';
 import { openAwsJobFromRecord } from './run-job.ts';
 import { WorkerMetrics } from './worker-metrics.ts';
@@ -41,6 +46,15 @@ export interface HandlerDeps {
   readonly metrics?: Metrics;
 }
 
+/** The WarmTasks limits of a worker container running `plan` with this cache limit. */
+export function warmTaskLimits(
+  plan: PipelinePlan,
+  maxCachedKeys = DEFAULT_MAX_CACHED_KEYS,
+): { maxKeys: number; maxTotalKeys: number } {
+  const keys = maxCachedKeys * Math.max(1, plan.operators.length);
+  return { maxKeys: keys, maxTotalKeys: keys };
+}
+
 /** Time kept back from the Lambda timeout to commit the last batch and release the lease. */
 export const SAFETY_MARGIN_MS = 10_000;
 
@@ -48,7 +62,7 @@ export function createWorkerHandler(deps: HandlerDeps) {
   const logger = deps.logger ?? new Logger({ serviceName: 'floe-worker' });
   // A warm container keeps its shard tasks (and their cached state) for its next invocations;
   // a kept task is only reused for the plan it was built with, so the plan is compiled once.
-  const warmTasks = new WarmTasks();
+  let warmTasks: WarmTasks | undefined;
   let compiled: PipelinePlan | undefined;
   return async (
     event: WorkerEvent,
@@ -62,6 +76,10 @@ export function createWorkerHandler(deps: HandlerDeps) {
     const config = (deps.config ?? awsJobConfigFromEnv)();
     compiled ??= compile(await deps.loadPipeline());
     const plan = compiled;
+    // A container may run any shard of the job, one at a time: the tasks it keeps together cache
+    // at most what one invocation may (maxCachedKeys per keyed operator), so its memory stays
+    // within twice one invocation's state however many shards it has served.
+    warmTasks ??= new WarmTasks(warmTaskLimits(plan, config.maxCachedKeys));
     const clients = (deps.clients ?? awsClients)();
     logger.appendKeys({ job: config.job, shardId: event.shardId });
     const metrics = new WorkerMetrics({

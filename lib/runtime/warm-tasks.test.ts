@@ -109,7 +109,7 @@ describe('warm tasks', () => {
     }
     // The first invocation of each shard starts cold; every later one goes on warm.
     expect(results.map((r) => r.warm)).toEqual([false, false, true, true, true, true]);
-    expect(tasks.stats).toEqual({ hits: 4, stale: 0, tooLarge: 0 });
+    expect(tasks.stats).toEqual({ hits: 4, stale: 0, tooLarge: 0, dropped: 0 });
     expect(tasks.size).toBe(2);
     expect(repeated(warm.reads), 'state entries read twice by the warm invocations').toBe(0);
     expect(repeated(cold.reads), 'cold invocations read state again').toBeGreaterThan(0);
@@ -136,7 +136,7 @@ describe('warm tasks', () => {
       expect((await w.run(shard, container)).warm).toBe(warmExpected);
       await reference.run(shard);
     }
-    expect(containerA.stats).toEqual({ hits: 1, stale: 1, tooLarge: 0 });
+    expect(containerA.stats).toEqual({ hits: 1, stale: 1, tooLarge: 0, dropped: 0 });
     expect(byId(w.published)).toEqual(byId(reference.published));
   });
 
@@ -162,6 +162,49 @@ describe('warm tasks', () => {
     expect(small.size).toBe(0);
     expect(small.stats.tooLarge).toBe(1);
     expect(byId(w.published)).toEqual(byId(reference.published));
+  });
+
+  it('keeps at most maxTotalKeys keys over all kept tasks, dropping the least recently kept', async () => {
+    const w = await world();
+    const reference = await world();
+    w.feed(0.5);
+    reference.feed(0.5);
+    // Each shard's task caches about 30 of the 60 pages: measure them with an unbounded container.
+    const probe = new WarmTasks();
+    await w.run(w.shards[0]!, probe);
+    const first = probe.cachedKeys;
+    await w.run(w.shards[1]!, probe);
+    const second = probe.cachedKeys - first;
+    for (const shard of reference.shards) await reference.run(shard);
+    expect(first).toBeGreaterThan(0);
+    expect(second).toBeGreaterThan(0);
+
+    // Room for either task, not both: keeping the second drops the first.
+    const tasks = new WarmTasks({ maxTotalKeys: Math.max(first, second) + 1 });
+    w.feed(0.25);
+    reference.feed(0.25);
+    expect((await w.run(w.shards[0]!, tasks)).warm).toBe(false);
+    expect(tasks.size).toBe(1);
+    expect((await w.run(w.shards[1]!, tasks)).warm).toBe(false);
+    expect(tasks.size).toBe(1);
+    for (const shard of reference.shards) await reference.run(shard);
+    expect(tasks.stats.dropped).toBe(1);
+    expect(tasks.cachedKeys).toBeLessThanOrEqual(Math.max(first, second) + 1);
+    w.feed(0.25);
+    reference.feed(0.25);
+    // Shard 1 goes on with its kept task; shard 0's was dropped, so it reads its state again.
+    expect((await w.run(w.shards[1]!, tasks)).warm).toBe(true);
+    expect((await w.run(w.shards[0]!, tasks)).warm).toBe(false);
+    await reference.run(reference.shards[1]!);
+    await reference.run(reference.shards[0]!);
+    expect(byId(w.published)).toEqual(byId(reference.published));
+
+    expect(() => new WarmTasks({ maxTotalKeys: 0 })).toThrow(
+      /maxTotalKeys must be a whole number >= 1; received 0/,
+    );
+    expect(() => new WarmTasks({ maxKeys: 1.5 })).toThrow(
+      /maxKeys must be a whole number >= 1; received 1.5/,
+    );
   });
 
   it('any schedule of invocations over warm containers gives the outputs of cold invocations', async () => {

@@ -11,6 +11,8 @@
  * taken out while an invocation uses it, so two invocations never share one.
  */
 import {
+  ConfigurationError,
+  describeValue,
   type PipelinePlan,
   type ShardCheckpoint,
   type ShardTask,
@@ -19,10 +21,16 @@ import {
 
 export interface WarmTasksOptions {
   /**
-   * A task caching more keys than this is not kept (the memory it holds stays bounded; the
-   * next invocation reads its state again). @default 100_000
+   * A task caching more keys than this (over all its operators) is not kept; the next
+   * invocation of its shard reads its state again. @default 100_000
    */
   readonly maxKeys?: number;
+  /**
+   * Keys cached by all kept tasks together, at most, so the memory they hold stays bounded
+   * however many shards a process serves (a Lambda container may run any shard of its job):
+   * keeping a task drops the least recently kept ones until they fit. @default unbounded
+   */
+  readonly maxTotalKeys?: number;
   /** Tasks kept at most; the least recently kept is dropped first. @default 64 */
   readonly maxTasks?: number;
 }
@@ -34,22 +42,36 @@ export interface WarmTaskStats {
   stale: number;
   /** Tasks not kept: too many cached keys. */
   tooLarge: number;
+  /** Kept tasks dropped to make room (maxTasks or maxTotalKeys) before their shard came back. */
+  dropped: number;
 }
 
 export class WarmTasks {
-  private readonly tasks = new Map<string, { task: ShardTask; checkpoint: string }>();
+  private readonly tasks = new Map<string, { task: ShardTask; checkpoint: string; keys: number }>();
   private readonly maxKeys: number;
+  private readonly maxTotalKeys: number;
   private readonly maxTasks: number;
-  readonly stats: WarmTaskStats = { hits: 0, stale: 0, tooLarge: 0 };
+  /** Keys cached by the kept tasks (each counted when kept: a kept task does not change). */
+  private keys = 0;
+  readonly stats: WarmTaskStats = { hits: 0, stale: 0, tooLarge: 0, dropped: 0 };
 
   constructor(options: WarmTasksOptions = {}) {
-    this.maxKeys = options.maxKeys ?? 100_000;
-    this.maxTasks = options.maxTasks ?? 64;
+    this.maxKeys = whole('maxKeys', options.maxKeys ?? 100_000);
+    this.maxTotalKeys =
+      options.maxTotalKeys === undefined
+        ? Number.POSITIVE_INFINITY
+        : whole('maxTotalKeys', options.maxTotalKeys);
+    this.maxTasks = whole('maxTasks', options.maxTasks ?? 64);
   }
 
   /** Number of tasks kept now. */
   get size(): number {
     return this.tasks.size;
+  }
+
+  /** Keys cached by the tasks kept now. */
+  get cachedKeys(): number {
+    return this.keys;
   }
 
   /**
@@ -60,7 +82,7 @@ export class WarmTasks {
     const key = slot(job, stored.shardId);
     const kept = this.tasks.get(key);
     if (kept === undefined) return undefined;
-    this.tasks.delete(key);
+    this.remove(key);
     if (kept.task.plan !== plan || kept.checkpoint !== serializeCheckpoint(stored)) {
       this.stats.stale++;
       return undefined;
@@ -71,24 +93,44 @@ export class WarmTasks {
 
   /**
    * Keeps `task` for the next invocation of its shard, if it is at a commit boundary, its shard
-   * is not finished and it caches at most `maxKeys` keys. Returns whether it was kept.
+   * is not finished and it caches at most `maxKeys` keys (dropping the least recently kept
+   * tasks beyond `maxTasks` or `maxTotalKeys`). Returns whether it was kept.
    */
   keep(job: string, task: ShardTask): boolean {
     const checkpoint = task.committedCheckpoint;
     if (checkpoint === undefined || checkpoint.finished) return false;
-    if (task.cachedKeys > this.maxKeys) {
+    const keys = task.cachedKeys;
+    const key = slot(job, task.shardId);
+    this.remove(key); // re-inserted last: the map's order is the keeping order
+    if (keys > this.maxKeys || keys > this.maxTotalKeys) {
       this.stats.tooLarge++;
       return false;
     }
-    const key = slot(job, task.shardId);
-    this.tasks.delete(key); // re-inserted last: the map's order is the keeping order
-    this.tasks.set(key, { task, checkpoint: serializeCheckpoint(checkpoint) });
+    this.tasks.set(key, { task, checkpoint: serializeCheckpoint(checkpoint), keys });
+    this.keys += keys;
     for (const oldest of this.tasks.keys()) {
-      if (this.tasks.size <= this.maxTasks) break;
-      this.tasks.delete(oldest);
+      if (this.tasks.size <= this.maxTasks && this.keys <= this.maxTotalKeys) break;
+      this.remove(oldest);
+      this.stats.dropped++;
     }
     return true;
   }
+
+  private remove(key: string): void {
+    const kept = this.tasks.get(key);
+    if (kept === undefined) return;
+    this.tasks.delete(key);
+    this.keys -= kept.keys;
+  }
+}
+
+function whole(name: string, n: number): number {
+  if (!Number.isInteger(n) || n < 1) {
+    throw new ConfigurationError(
+      `warm tasks option ${name} must be a whole number >= 1; received ${describeValue(n)}`,
+    );
+  }
+  return n;
 }
 
 const slot = (job: string, shardId: string): string => `${job}\u0000${shardId}`;
