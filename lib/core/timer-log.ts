@@ -393,6 +393,7 @@ export class TimerLog implements Undoable {
     if (!add) {
       // A timer added in this commit (same object in the queue) and deleted again: drop the add
       // and record nothing (a session window pushed back by every element, say).
+      // logAt may be stale (an op rolled back, or one of an earlier commit): check the op.
       const i = timer.logAt;
       if (i >= 0 && this.opTimers[i] === timer && (this.opFlags[i]! & CANCELLED) === 0) {
         journal.recordSlot(this.opFlags, i);
