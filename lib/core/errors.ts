@@ -76,6 +76,16 @@ export function describeValue(value: unknown): string {
   }
 }
 
+/** `value` when it is a whole number >= `min`; else a ConfigurationError naming `subject`. */
+export function wholeNumberOption(subject: string, value: number, min = 1): number {
+  if (!Number.isInteger(value) || value < min) {
+    throw new ConfigurationError(
+      `${subject} must be a whole number >= ${min}; received ${describeValue(value)}`,
+    );
+  }
+  return value;
+}
+
 export function errorMessage(error: unknown): string {
   if (error instanceof Error) return `${error.name}: ${error.message}`;
   return describeValue(error);

@@ -24,7 +24,7 @@ import type {
   TimerOp,
   TimerSpec,
 } from './checkpoint.ts';
-import { ConfigurationError, describeValue, StateFormatError } from './errors.ts';
+import { StateFormatError, wholeNumberOption } from './errors.ts';
 import type { Journal, Undoable } from './journal.ts';
 import type { StateAddress, StateMutation, StateStore } from './ports.ts';
 import type { StateKey } from './state.ts';
@@ -385,7 +385,7 @@ export class TimerLog implements Undoable {
     for (const op of committed?.tail ?? []) this.tail.pushOp(op);
     this.nextChunk = committed?.nextChunk ?? 0;
     this.processingFiredThrough = committed?.processingFiredThrough ?? Number.NEGATIVE_INFINITY;
-    this.tailOps = positive('tailOps', options.tailOps ?? 256);
+    this.tailOps = wholeNumberOption('timer log option tailOps', options.tailOps ?? 256);
   }
 
   /** Records a registration or deletion (undone with the journal if its record fails). */
@@ -511,12 +511,4 @@ export class TimerLog implements Undoable {
 
 function spec(t: QueuedTimer, domain: TimeDomain, uids: readonly string[]): TimerSpec {
   return { operator: uids[t.operator]!, domain, time: t.time, key: t.key, namespace: t.namespace };
-}
-
-function positive(name: string, n: number): number {
-  if (!Number.isInteger(n) || n < 1)
-    throw new ConfigurationError(
-      `timer log option ${name} must be a whole number >= 1; received ${describeValue(n)}`,
-    );
-  return n;
 }

@@ -11,12 +11,11 @@
  * taken out while an invocation uses it, so two invocations never share one.
  */
 import {
-  ConfigurationError,
-  describeValue,
   type PipelinePlan,
   type ShardCheckpoint,
   type ShardTask,
   serializeCheckpoint,
+  wholeNumberOption,
 } from '../core/index.ts';
 
 export interface WarmTasksOptions {
@@ -56,12 +55,12 @@ export class WarmTasks {
   readonly stats: WarmTaskStats = { hits: 0, stale: 0, tooLarge: 0, dropped: 0 };
 
   constructor(options: WarmTasksOptions = {}) {
-    this.maxKeys = whole('maxKeys', options.maxKeys ?? 100_000);
+    this.maxKeys = wholeNumberOption('warm tasks option maxKeys', options.maxKeys ?? 100_000);
     this.maxTotalKeys =
       options.maxTotalKeys === undefined
         ? Number.POSITIVE_INFINITY
-        : whole('maxTotalKeys', options.maxTotalKeys);
-    this.maxTasks = whole('maxTasks', options.maxTasks ?? 64);
+        : wholeNumberOption('warm tasks option maxTotalKeys', options.maxTotalKeys);
+    this.maxTasks = wholeNumberOption('warm tasks option maxTasks', options.maxTasks ?? 64);
   }
 
   /** Number of tasks kept now. */
@@ -122,15 +121,6 @@ export class WarmTasks {
     this.tasks.delete(key);
     this.keys -= kept.keys;
   }
-}
-
-function whole(name: string, n: number): number {
-  if (!Number.isInteger(n) || n < 1) {
-    throw new ConfigurationError(
-      `warm tasks option ${name} must be a whole number >= 1; received ${describeValue(n)}`,
-    );
-  }
-  return n;
 }
 
 const slot = (job: string, shardId: string): string => `${job}\u0000${shardId}`;

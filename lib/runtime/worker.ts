@@ -25,6 +25,7 @@ import {
   type ShardCheckpoint,
   ShardTask,
   type StartPosition,
+  wholeNumberOption,
 } from '../core/index.ts';
 import type { JobRuntime, ShardProgress, WorkerOptions } from './job.ts';
 
@@ -94,16 +95,8 @@ export async function runShardWorker(
       `commitIntervalMs must be a number of milliseconds >= 0; received ${describeValue(options.commitIntervalMs)}`,
     );
   }
-  if (!(Number.isInteger(maxCachedKeys) && maxCachedKeys >= 1)) {
-    throw new ConfigurationError(
-      `maxCachedKeys must be a whole number >= 1; received ${describeValue(options.maxCachedKeys)}`,
-    );
-  }
-  if (!(Number.isInteger(maxUncommitted) && maxUncommitted >= 1)) {
-    throw new ConfigurationError(
-      `maxUncommittedRecords must be a whole number >= 1; received ${describeValue(options.maxUncommittedRecords)}`,
-    );
-  }
+  wholeNumberOption('maxCachedKeys', maxCachedKeys);
+  wholeNumberOption('maxUncommittedRecords', maxUncommitted);
   /** Wall time of the first read processed since the last commit. */
   let uncommittedSince: number | undefined;
   const started = clock();
