@@ -27,17 +27,16 @@ export class CoPartitioningCheck {
 
   /** Throws a ConfigurationError if `shardId` writes an entry another, unrelated shard wrote. */
   check(shardId: string, mutations: readonly StateMutation[]): void {
-    for (const m of mutations) {
-      // Internal entries (timer chunks, `floe.timers/...`) belong to one shard by name.
-      if (m.address.startsWith('floe.')) continue;
+    // Internal entries (timer chunks, `floe.timers/...`) belong to one shard by name.
+    const keyed = mutations.filter((m) => !m.address.startsWith('floe.'));
+    for (const m of keyed) {
       const previous = this.writers.get(m.address);
       if (previous === undefined || previous === shardId || this.descends(shardId, previous)) continue;
       throw new ConfigurationError(
         `keyed state entry ${m.address} was written by shard ${previous} and now by shard ${shardId}, and neither shard descends from the other: the pipeline's keyBy does not follow the stream's partition key, so each shard holds its own copy of the key's state and the results are not exact. Partition the stream by the key the pipeline keys by (e.g. \`floe produce --partition-key <field>\`), or key by the partition key; see docs/dsl.md#keys-and-shards.`,
       );
     }
-    for (const m of mutations) {
-      if (m.address.startsWith('floe.')) continue;
+    for (const m of keyed) {
       if (this.writers.size < this.maxEntries || this.writers.has(m.address))
         this.writers.set(m.address, shardId);
     }
