@@ -96,21 +96,23 @@ class Bucket {
       this.one = undefined;
     }
     const slot = byKey.get(key);
-    const timer = new QueuedTimer(operator, time, key, namespace);
     if (slot === undefined) {
+      const timer = new QueuedTimer(operator, time, key, namespace);
       byKey.set(key, timer);
       this.size++;
       this.specs?.push(spec(timer, this.specsDomain!, this.specsUids!));
       return timer;
     }
+    // A registration already there (idempotent) allocates nothing.
     if (Array.isArray(slot)) {
       for (const t of slot)
         if (t.operator === operator && sameNamespace(t.namespace, namespace)) return undefined;
-      slot.push(timer);
-    } else {
-      if (slot.operator === operator && sameNamespace(slot.namespace, namespace)) return undefined;
-      byKey.set(key, [slot, timer]);
+    } else if (slot.operator === operator && sameNamespace(slot.namespace, namespace)) {
+      return undefined;
     }
+    const timer = new QueuedTimer(operator, time, key, namespace);
+    if (Array.isArray(slot)) slot.push(timer);
+    else byKey.set(key, [slot, timer]);
     this.size++;
     // The key's timers are listed together: the order changed, rebuild the specs when needed.
     this.specs = undefined;
@@ -233,11 +235,13 @@ export class StringKeyOrder {
     const sorted = mergeByKey(ranked, fresh);
     // Remember the new keys too, unless the list would hold mostly keys this bucket no longer
     // has (the key set moved on): then start again from this bucket's keys.
-    const freshKeys = fresh.map((t) => t.key as string);
     this.remember(
-      known.length + freshKeys.length > 2 * byKey.size
+      known.length + fresh.length > 2 * byKey.size
         ? sorted.map((t) => t.key as string)
-        : mergeKeys(known, freshKeys),
+        : mergeKeys(
+            known,
+            fresh.map((t) => t.key as string),
+          ),
     );
     return sorted;
   }
