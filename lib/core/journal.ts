@@ -23,14 +23,8 @@ export class Journal {
   private readonly log: unknown[] = [];
   private size = 0;
   enabled = true;
-  /**
-   * Bumped by every reset (so at every record and timer boundary, and by a rollback): a value
-   * read during one epoch is known to be unchanged by anything but its own handle's writes.
-   */
-  epoch = 0;
 
   reset(): void {
-    this.epoch++;
     const n = this.size;
     if (n === 0) return;
     // Drop references so the journal does not keep old state alive; the array keeps its capacity.
@@ -55,12 +49,6 @@ export class Journal {
     const prev = map.get(key);
     if (prev !== undefined || map.has(key)) this.push(map, key, prev, MAP_SET);
     else this.push(map, key, undefined, MAP_DELETE);
-  }
-
-  /** recordMap when the caller knows `map` holds `key` with the value `prev` (no lookup). */
-  recordMapValue(map: Map<unknown, unknown>, key: unknown, prev: unknown): void {
-    if (!this.enabled) return;
-    this.push(map, key, prev, MAP_SET);
   }
 
   /** Records the current value of `array[index]` before it is changed. */

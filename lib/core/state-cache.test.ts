@@ -230,6 +230,51 @@ describe('bounded state cache (maxCachedKeys)', () => {
     }
   });
 
+  it("gives a dropped key's table slot to a new key with none of its rows, and reads the dropped key back intact", () => {
+    const backend = new KeyedStateBackend(
+      'op',
+      { w: mapState<number, number>({ layout: 'by-map-key' }) },
+      new Journal(),
+    );
+    const w = backend.handles<{ w: ReturnType<typeof mapState<number, number>> }>().w as MapState<
+      number,
+      number
+    >;
+    const keys = Array.from({ length: 40 }, (_, i) => `k${i}`);
+    for (const [i, key] of keys.entries()) {
+      backend.setCurrentKey(key);
+      w.put(0, i);
+      if (i % 2 === 0) w.put(10, -i - 1);
+    }
+    const stored = new Map(backend.takeMutations().map((m) => [m.address, m.value]));
+    // Keeps the 6 most recently cached keys, so both windows' tables stay.
+    expect(backend.evict(8)).toBe(34);
+    // New keys take the freed slots: they start empty and write only their own rows.
+    for (const [i, key] of ['n0', 'n1', 'n2'].entries()) {
+      backend.setCurrentKey(key);
+      expect(w.get(0)).toBeUndefined();
+      expect(w.get(10)).toBeUndefined();
+      expect(w.entries()).toEqual([]);
+      w.put(10, 100 + i);
+    }
+    expect(backend.takeMutations().map((m) => m.value)).toEqual(
+      ['n0', 'n1', 'n2'].map((k, i) => `{"k":"${k}","s":{"w":[[10,${100 + i}]]}}`),
+    );
+    // Dropped keys read back from their stored form have exactly their rows.
+    for (const [i, key] of keys.entries()) {
+      backend.load(key, stored.get(backend.address(key)) ?? undefined);
+      backend.setCurrentKey(key);
+      expect(w.entries()).toEqual(
+        i % 2 === 0
+          ? [
+              [0, i],
+              [10, -i - 1],
+            ]
+          : [[0, i]],
+      );
+    }
+  });
+
   it('rejects a limit that is not a whole number >= 1', () => {
     const p = plans['tumbling windows with lateness']!();
     for (const bad of [0, -1, 1.5, Number.NaN]) {

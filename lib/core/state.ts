@@ -9,7 +9,7 @@ import {
   StateFormatError,
   StateSerializationError,
 } from './errors.ts';
-import type { Journal } from './journal.ts';
+import type { Journal, Undoable } from './journal.ts';
 import type { StateAddress } from './ports.ts';
 import type { Millis } from './time.ts';
 
@@ -153,6 +153,11 @@ export class KeyEntry {
   rowKey: StateKey | undefined = undefined;
   constructor(
     readonly key: StateKey,
+    /**
+     * The key's index into its operator's 'by-map-key' tables, unique among cached keys (a
+     * dropped key's slot is given to the next new key).
+     */
+    readonly slot: number,
     readonly cells: Cell[],
     /**
      * Whether the store may hold a value for this key (it was read with one, or a mutation with a
@@ -176,6 +181,9 @@ export class KeyedStateBackend {
   private readonly descriptors: StateDescriptor[];
   /** Per state: the shared table of a 'by-map-key' map state (its cells stay undefined). */
   private readonly tables: Array<SharedMapTable | undefined>;
+  /** Slots of dropped keys, for reuse; `slots` is one more than the highest slot handed out. */
+  private readonly freeSlots: number[] = [];
+  private slots = 0;
 
   constructor(
     readonly uid: string,
@@ -219,7 +227,7 @@ export class KeyedStateBackend {
   setCurrentKey(key: StateKey): KeyEntry {
     let entry = this.cache.get(key);
     if (entry === undefined) {
-      entry = new KeyEntry(key, new Array(this.names.length).fill(undefined));
+      entry = new KeyEntry(key, this.takeSlot(), new Array(this.names.length).fill(undefined));
       this.cache.set(key, entry);
     }
     entry.used = true;
@@ -245,9 +253,14 @@ export class KeyedStateBackend {
     this.touch(entry);
   }
 
+  private takeSlot(): number {
+    return this.freeSlots.pop() ?? this.slots++;
+  }
+
   /** Installs an entry read from the store (or an empty one if absent). */
   load(key: StateKey, serialized: string | undefined): void {
     const cells: Cell[] = new Array(this.names.length).fill(undefined);
+    const slot = this.takeSlot();
     if (serialized !== undefined) {
       let raw: { k: StateKey; s: Record<string, unknown> };
       try {
@@ -260,10 +273,10 @@ export class KeyedStateBackend {
         if (json === undefined) return;
         const table = this.tables[i];
         if (table === undefined) cells[i] = decodeCell(this.descriptors[i]!, json);
-        else table.load(key, json as Array<[StateKey, unknown]>);
+        else table.load(slot, json as Array<[StateKey, unknown]>);
       });
     }
-    this.cache.set(key, new KeyEntry(key, cells, serialized !== undefined));
+    this.cache.set(key, new KeyEntry(key, slot, cells, serialized !== undefined));
   }
 
   /**
@@ -279,20 +292,20 @@ export class KeyedStateBackend {
         // The window operators' state, one shared map table. Commits serialize most keys again
         // and again with one live window: the text up to the window's value is built once per
         // (key, window), so a commit adds two string pieces per changed key.
-        const key = entry.key;
+        const slot = entry.slot;
         let rows = 0;
         let mk: StateKey | undefined;
         let v: unknown;
-        for (const [m, inner] of only) {
-          const value = inner.get(key);
+        for (const [m, column] of only) {
+          const value = column.values[slot];
           if (value === undefined) continue;
           if (++rows > 1) break;
           mk = m;
           v = value;
         }
         if (rows === 0) return null;
-        entry.head ??= `{"k":${JSON.stringify(key)},"s":{${this.quotedNames[0]!}:`;
-        if (rows > 1) return `${entry.head}${only.json(key)!}}}`;
+        entry.head ??= `{"k":${JSON.stringify(entry.key)},"s":{${this.quotedNames[0]!}:`;
+        if (rows > 1) return `${entry.head}${only.json(slot)!}}}`;
         if (entry.rowKey !== mk || entry.rowHead === undefined) {
           entry.rowKey = mk;
           entry.rowHead = `${entry.head}[[${itemJson(mk)},`;
@@ -306,7 +319,7 @@ export class KeyedStateBackend {
         // A shared table's cell is always empty: do not load it (a cache miss per key).
         const cell = table === undefined ? entry.cells[i] : undefined;
         if (table !== undefined) {
-          json = table.json(entry.key);
+          json = table.json(entry.slot);
         } else if (cell === undefined) {
           continue;
         } else if (d.kind === 'map' && d.ttl === undefined) {
@@ -347,18 +360,19 @@ export class KeyedStateBackend {
     for (const entry of cache.values()) {
       if (cache.size <= target) break;
       if (entry.used) entry.used = false;
-      else this.drop(entry.key);
+      else this.drop(entry);
     }
-    for (const key of cache.keys()) {
+    for (const entry of cache.values()) {
       if (cache.size <= target) break;
-      this.drop(key);
+      this.drop(entry);
     }
     return before - cache.size;
   }
 
-  private drop(key: StateKey): void {
-    this.cache.delete(key);
-    for (const table of this.tables) table?.forget(key);
+  private drop(entry: KeyEntry): void {
+    this.cache.delete(entry.key);
+    for (const table of this.tables) table?.forget(entry.slot);
+    this.freeSlots.push(entry.slot);
   }
 
   /** Drains the dirty list into `out`: one mutation per changed key. */
@@ -599,17 +613,46 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implemen
 }
 
 /**
+ * One map key's entries of a 'by-map-key' map state: values indexed by the stream key's slot
+ * (KeyEntry.slot), undefined where a key has none. An array indexed by slot rather than a map
+ * by key: the key was looked up once already (the cache), and at 10k keys a second hash lookup
+ * per element is a cache miss of its own.
+ */
+class SlotColumn implements Undoable {
+  readonly values: unknown[];
+  /** Slots holding a value. */
+  size = 0;
+  constructor(capacity: number) {
+    this.values = new Array(capacity).fill(undefined);
+  }
+  /** Makes `values[slot]` an element of the array (not past its end, which would make it sparse). */
+  reserve(slot: number): void {
+    const values = this.values;
+    if (slot < values.length) return;
+    const length = Math.max(slot + 1, values.length * 2);
+    for (let i = values.length; i < length; i++) values.push(undefined);
+  }
+  /** Journal undo of a size change. */
+  undo(delta: unknown): void {
+    this.size -= delta as number;
+  }
+}
+
+/**
  * A 'by-map-key' map state of one operator: map key -> (stream key -> value). The window
- * operators keep their accumulators here, by window start: the few live windows' tables are
+ * operators keep their accumulators here, by window start: the few live windows' columns are
  * what a batch touches, as in a hand-written loop.
  */
-class SharedMapTable extends Map<StateKey, Map<StateKey, unknown>> {
+class SharedMapTable extends Map<StateKey, SlotColumn> {
+  /** Slot capacity of new columns: the highest slot seen, so a column rarely grows. */
+  private capacity = 16;
+
   /** One stream key's entries, ordered by map key (a deterministic order across restarts). */
-  entriesOf(key: StateKey): Array<[StateKey, unknown]> {
+  entriesOf(slot: number): Array<[StateKey, unknown]> {
     const out: Array<[StateKey, unknown]> = [];
     let sorted = true;
-    for (const [mk, inner] of this) {
-      const v = inner.get(key);
+    for (const [mk, column] of this) {
+      const v = column.values[slot];
       if (v === undefined) continue;
       if (sorted && out.length > 0 && compareMapKeys(out[out.length - 1]![0], mk) > 0) sorted = false;
       out.push([mk, v]);
@@ -619,15 +662,15 @@ class SharedMapTable extends Map<StateKey, Map<StateKey, unknown>> {
   }
 
   /** The stored JSON of one stream key's entries (as mapCellJson), or undefined if none. */
-  json(key: StateKey): string | undefined {
+  json(slot: number): string | undefined {
     // Hot at every commit (once per changed key): one pass, no arrays unless out of order.
     let text: string | undefined;
     let last: StateKey | undefined;
-    for (const [mk, inner] of this) {
-      const v = inner.get(key);
+    for (const [mk, column] of this) {
+      const v = column.values[slot];
       if (v === undefined) continue;
       if (last !== undefined && compareMapKeys(last, mk) > 0) {
-        return mapRowsJson(this.entriesOf(key));
+        return mapRowsJson(this.entriesOf(slot));
       }
       last = mk;
       text = `${text === undefined ? '[[' : `${text},[`}${itemJson(mk)},${itemJson(v)}]`;
@@ -636,20 +679,30 @@ class SharedMapTable extends Map<StateKey, Map<StateKey, unknown>> {
   }
 
   /** Drops one stream key's entries (evicted from the cache; the store holds them). */
-  forget(key: StateKey): void {
-    for (const [mk, inner] of this) {
-      if (inner.delete(key) && inner.size === 0) this.delete(mk);
+  forget(slot: number): void {
+    for (const [mk, column] of this) {
+      if (column.values[slot] === undefined) continue;
+      column.values[slot] = undefined;
+      if (--column.size === 0) this.delete(mk);
     }
   }
 
-  load(key: StateKey, rows: ReadonlyArray<readonly [StateKey, unknown]>): void {
+  /** The column of `mk`, created if absent, with room for `slot`. */
+  column(mk: StateKey, slot: number): SlotColumn {
+    if (slot >= this.capacity) this.capacity = Math.max(slot + 1, this.capacity * 2);
+    let column = this.get(mk);
+    if (column === undefined) {
+      column = new SlotColumn(this.capacity);
+      this.set(mk, column);
+    } else column.reserve(slot);
+    return column;
+  }
+
+  load(slot: number, rows: ReadonlyArray<readonly [StateKey, unknown]>): void {
     for (const [mk, v] of rows) {
-      let inner = this.get(mk);
-      if (inner === undefined) {
-        inner = new Map();
-        this.set(mk, inner);
-      }
-      inner.set(key, v);
+      const column = this.column(mk, slot);
+      if (column.values[slot] === undefined) column.size++;
+      column.values[slot] = v;
     }
   }
 }
@@ -668,15 +721,6 @@ function compareMapKeys(a: StateKey, b: StateKey): number {
 }
 
 class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implements MapState<K, V> {
-  // The last value get() found, so that a put or remove of that entry right after it (a
-  // read-modify-write, as the window operators do for every element and timer) needs no second
-  // lookup in a map of every cached key. Valid only in the journal epoch it was read in: within
-  // one record or timer, only this handle changes the entry, and a write forgets it.
-  private readInner: Map<StateKey, unknown> | undefined = undefined;
-  private readKey: StateKey = '';
-  private readValue: unknown = undefined;
-  private readEpoch = -1;
-
   constructor(
     private readonly rt: KeyedStateBackend,
     private readonly table: SharedMapTable,
@@ -684,61 +728,49 @@ class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> im
     super();
   }
   get(key: K): V | undefined {
-    const inner = this.table.get(key);
-    if (inner === undefined) return undefined;
-    const streamKey = this.rt.currentKey;
-    const value = inner.get(streamKey);
-    this.readInner = inner;
-    this.readKey = streamKey;
-    this.readValue = value;
-    this.readEpoch = this.rt.journal.epoch;
-    return value as V | undefined;
-  }
-  /** The value of `inner[streamKey]` if the last get() read it in this epoch and found one. */
-  private known(inner: Map<StateKey, unknown>, streamKey: StateKey): unknown {
-    const known =
-      inner === this.readInner && streamKey === this.readKey && this.readEpoch === this.rt.journal.epoch
-        ? this.readValue
-        : undefined;
-    this.readInner = undefined;
-    return known;
+    return this.table.get(key)?.values[this.rt.current.slot] as V | undefined;
   }
   put(key: K, value: V): void {
     checkMapKey(key);
     const table = this.table;
     const journal = this.rt.journal;
-    let inner = table.get(key);
-    if (inner === undefined) {
+    const entry = this.rt.current;
+    const slot = entry.slot;
+    let column = table.get(key);
+    if (column === undefined) {
       journal.recordMap(table as Map<unknown, unknown>, key);
-      inner = new Map();
-      table.set(key, inner);
+      column = table.column(key, slot);
+    } else if (slot >= column.values.length) table.column(key, slot);
+    const values = column.values;
+    journal.recordSlot(values, slot);
+    if (values[slot] === undefined) {
+      column.size++;
+      journal.recordUndo(column, 1, undefined);
     }
-    const streamKey = this.rt.currentKey;
-    const prev = this.known(inner, streamKey);
-    if (prev !== undefined) journal.recordMapValue(inner as Map<unknown, unknown>, streamKey, prev);
-    else journal.recordMap(inner as Map<unknown, unknown>, streamKey);
-    inner.set(streamKey, value);
-    this.rt.touch(this.rt.current);
+    values[slot] = value;
+    this.rt.touch(entry);
   }
   remove(key: K): void {
     const table = this.table;
-    const inner = table.get(key);
-    if (inner === undefined) return;
-    const streamKey = this.rt.currentKey;
-    const prev = this.known(inner, streamKey);
+    const column = table.get(key);
+    if (column === undefined) return;
+    const entry = this.rt.current;
+    const slot = entry.slot;
+    const values = column.values;
+    if (values[slot] === undefined) return;
     const journal = this.rt.journal;
-    if (prev !== undefined) journal.recordMapValue(inner as Map<unknown, unknown>, streamKey, prev);
-    else if (inner.has(streamKey)) journal.recordMap(inner as Map<unknown, unknown>, streamKey);
-    else return;
-    inner.delete(streamKey);
-    if (inner.size === 0) {
+    journal.recordSlot(values, slot);
+    values[slot] = undefined;
+    column.size--;
+    journal.recordUndo(column, -1, undefined);
+    if (column.size === 0) {
       journal.recordMap(table as Map<unknown, unknown>, key);
       table.delete(key);
     }
-    this.rt.touch(this.rt.current);
+    this.rt.touch(entry);
   }
   entries(): Array<[K, V]> {
-    return this.table.entriesOf(this.rt.currentKey) as Array<[K, V]>;
+    return this.table.entriesOf(this.rt.current.slot) as Array<[K, V]>;
   }
   clear(): void {
     for (const [k] of this.entries()) this.remove(k);
