@@ -9,7 +9,7 @@ import {
   StateFormatError,
   StateSerializationError,
 } from './errors.ts';
-import type { Journal, Undoable } from './journal.ts';
+import { Journal, type Undoable } from './journal.ts';
 import type { StateAddress } from './ports.ts';
 import type { Millis } from './time.ts';
 
@@ -253,6 +253,11 @@ export class KeyedStateBackend {
     this.touch(entry);
   }
 
+  /** How many slots were handed out: one more than the highest in use. */
+  get slotCount(): number {
+    return this.slots;
+  }
+
   private takeSlot(): number {
     return this.freeSlots.pop() ?? this.slots++;
   }
@@ -273,7 +278,7 @@ export class KeyedStateBackend {
         if (json === undefined) return;
         const table = this.tables[i];
         if (table === undefined) cells[i] = decodeCell(this.descriptors[i]!, json);
-        else table.load(slot, json as Array<[StateKey, unknown]>);
+        else table.load(slot, json as Array<[StateKey, unknown]>, this.slots);
       });
     }
     this.cache.set(key, new KeyEntry(key, slot, cells, serialized !== undefined));
@@ -297,7 +302,7 @@ export class KeyedStateBackend {
         let mk: StateKey | undefined;
         let v: unknown;
         for (const [m, column] of only) {
-          const value = column.values[slot];
+          const value = column.get(slot);
           if (value === undefined) continue;
           if (++rows > 1) break;
           mk = m;
@@ -393,6 +398,11 @@ export class KeyedStateBackend {
     }
     dirty.length = 0;
     return out;
+  }
+
+  /** @internal How a 'by-map-key' map state is held: its columns, and how many are dense. */
+  sharedTableLayout(state: string): { columns: number; dense: number } | undefined {
+    return this.tables[this.names.indexOf(state)]?.layout();
   }
 
   /** Inspection for tests and the test driver: JSON view of one key's state. */
@@ -612,29 +622,110 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implemen
   }
 }
 
+/** A journal that records nothing, for writes that are not changes (loading from the store). */
+const untracked = new Journal();
+untracked.enabled = false;
+
+const SIZE = 0; // undo: size -= delta
+const DENSIFY = 1; // undo: back to the sparse map the column had
+
 /**
- * One map key's entries of a 'by-map-key' map state: values indexed by the stream key's slot
- * (KeyEntry.slot), undefined where a key has none. An array indexed by slot rather than a map
- * by key: the key was looked up once already (the cache), and at 10k keys a second hash lookup
- * per element is a cache miss of its own.
+ * One map key's entries of a 'by-map-key' map state, by the stream key's slot (KeyEntry.slot).
+ *
+ * Dense, it is an array indexed by slot: the key was already looked up once (the cache), and at
+ * 10k keys a second hash lookup per element is a cache miss of its own. Yet an array costs a
+ * word per slot of every cached key, so a column starts sparse (a map by slot) and turns dense
+ * once it holds values for a quarter of the slots: a window that most keys use, not one of
+ * thousands of windows kept for a long allowed lateness that each hold a few keys.
  */
 class SlotColumn implements Undoable {
-  readonly values: unknown[];
+  private dense: unknown[] | undefined = undefined;
+  private sparse: Map<number, unknown> | undefined = new Map();
   /** Slots holding a value. */
   size = 0;
-  constructor(capacity: number) {
-    this.values = new Array(capacity).fill(undefined);
+
+  get(slot: number): unknown {
+    const dense = this.dense;
+    return dense !== undefined ? dense[slot] : this.sparse!.get(slot);
   }
-  /** Makes `values[slot]` an element of the array (not past its end, which would make it sparse). */
-  reserve(slot: number): void {
-    const values = this.values;
-    if (slot < values.length) return;
-    const length = Math.max(slot + 1, values.length * 2);
-    for (let i = values.length; i < length; i++) values.push(undefined);
+
+  /**
+   * Sets (or, with `value` undefined, deletes) the value of `slot`, journaled. `slots` is how
+   * many slots the operator has handed out, the length a dense column needs.
+   */
+  set(slot: number, value: unknown, journal: Journal, slots: number): void {
+    let dense = this.dense;
+    if (dense !== undefined && slot < dense.length) {
+      // The hot path (a window's accumulators): kept small enough to be inlined.
+      const prev = dense[slot];
+      journal.recordSlot(dense, slot);
+      dense[slot] = value;
+      if ((prev === undefined) !== (value === undefined)) this.resize(value === undefined ? -1 : 1, journal);
+      return;
+    }
+    if (dense === undefined && value !== undefined && (this.size + 1) * 4 >= slots) {
+      dense = this.densify(slots, journal);
+    }
+    let prev: unknown;
+    if (dense !== undefined) {
+      // Growing needs no undo: a slot past the old end reads as absent either way.
+      for (let i = dense.length; i <= slot; i++) dense.push(undefined);
+      prev = dense[slot];
+      journal.recordSlot(dense, slot);
+      dense[slot] = value;
+    } else {
+      const sparse = this.sparse!;
+      prev = sparse.get(slot);
+      journal.recordMap(sparse as Map<unknown, unknown>, slot);
+      if (value === undefined) sparse.delete(slot);
+      else sparse.set(slot, value);
+    }
+    if ((prev === undefined) !== (value === undefined)) this.resize(value === undefined ? -1 : 1, journal);
   }
-  /** Journal undo of a size change. */
-  undo(delta: unknown): void {
-    this.size -= delta as number;
+
+  private resize(delta: number, journal: Journal): void {
+    this.size += delta;
+    journal.recordUndo(this, SIZE, delta);
+  }
+
+  /** Converts to the dense form, journaled: a rollback returns to the same map, unchanged since. */
+  private densify(slots: number, journal: Journal): unknown[] {
+    const sparse = this.sparse!;
+    const dense: unknown[] = new Array(slots).fill(undefined);
+    for (const [slot, value] of sparse) {
+      for (let i = dense.length; i <= slot; i++) dense.push(undefined);
+      dense[slot] = value;
+    }
+    this.dense = dense;
+    this.sparse = undefined;
+    journal.recordUndo(this, DENSIFY, sparse);
+    return dense;
+  }
+
+  undo(kind: unknown, arg: unknown): void {
+    if (kind === SIZE) {
+      this.size -= arg as number;
+    } else {
+      this.dense = undefined;
+      this.sparse = arg as Map<number, unknown>;
+    }
+  }
+
+  /** Drops `slot`'s value without a journal (eviction, between commits). */
+  forget(slot: number): boolean {
+    const dense = this.dense;
+    if (dense !== undefined) {
+      if (dense[slot] === undefined) return false;
+      dense[slot] = undefined;
+    } else if (!this.sparse!.delete(slot)) {
+      return false;
+    }
+    this.size--;
+    return true;
+  }
+
+  get isDense(): boolean {
+    return this.dense !== undefined;
   }
 }
 
@@ -644,15 +735,32 @@ class SlotColumn implements Undoable {
  * what a batch touches, as in a hand-written loop.
  */
 class SharedMapTable extends Map<StateKey, SlotColumn> {
-  /** Slot capacity of new columns: the highest slot seen, so a column rarely grows. */
-  private capacity = 16;
+  /**
+   * The column `find` returned last: an element mostly reads and then writes the window the
+   * previous one did. Valid while it holds a value, since a column leaves the table exactly when
+   * its last value goes (a rollback restores both together).
+   */
+  private lastKey: StateKey | undefined = undefined;
+  private lastColumn: SlotColumn | undefined = undefined;
+
+  /** The column of map key `mk`, if any. */
+  find(mk: StateKey): SlotColumn | undefined {
+    const last = this.lastColumn;
+    if (mk === this.lastKey && last !== undefined && last.size > 0) return last;
+    const column = this.get(mk);
+    if (column !== undefined) {
+      this.lastKey = mk;
+      this.lastColumn = column;
+    }
+    return column;
+  }
 
   /** One stream key's entries, ordered by map key (a deterministic order across restarts). */
   entriesOf(slot: number): Array<[StateKey, unknown]> {
     const out: Array<[StateKey, unknown]> = [];
     let sorted = true;
     for (const [mk, column] of this) {
-      const v = column.values[slot];
+      const v = column.get(slot);
       if (v === undefined) continue;
       if (sorted && out.length > 0 && compareMapKeys(out[out.length - 1]![0], mk) > 0) sorted = false;
       out.push([mk, v]);
@@ -667,7 +775,7 @@ class SharedMapTable extends Map<StateKey, SlotColumn> {
     let text: string | undefined;
     let last: StateKey | undefined;
     for (const [mk, column] of this) {
-      const v = column.values[slot];
+      const v = column.get(slot);
       if (v === undefined) continue;
       if (last !== undefined && compareMapKeys(last, mk) > 0) {
         return mapRowsJson(this.entriesOf(slot));
@@ -678,32 +786,42 @@ class SharedMapTable extends Map<StateKey, SlotColumn> {
     return text === undefined ? undefined : `${text}]`;
   }
 
+  /**
+   * Sets (or, with `value` undefined, deletes) `mk`'s value of `slot`, journaled. `slots`: how
+   * many slots the operator has handed out.
+   */
+  write(mk: StateKey, slot: number, value: unknown, journal: Journal, slots: number): void {
+    let column = this.find(mk);
+    if (column === undefined) {
+      if (value === undefined) return;
+      journal.recordMap(this as Map<unknown, unknown>, mk);
+      column = new SlotColumn();
+      this.set(mk, column);
+    }
+    column.set(slot, value, journal, slots);
+    if (column.size === 0) {
+      journal.recordMap(this as Map<unknown, unknown>, mk);
+      this.delete(mk);
+    }
+  }
+
   /** Drops one stream key's entries (evicted from the cache; the store holds them). */
   forget(slot: number): void {
     for (const [mk, column] of this) {
-      if (column.values[slot] === undefined) continue;
-      column.values[slot] = undefined;
-      if (--column.size === 0) this.delete(mk);
+      if (column.forget(slot) && column.size === 0) this.delete(mk);
     }
   }
 
-  /** The column of `mk`, created if absent, with room for `slot`. */
-  column(mk: StateKey, slot: number): SlotColumn {
-    if (slot >= this.capacity) this.capacity = Math.max(slot + 1, this.capacity * 2);
-    let column = this.get(mk);
-    if (column === undefined) {
-      column = new SlotColumn(this.capacity);
-      this.set(mk, column);
-    } else column.reserve(slot);
-    return column;
+  /** Installs a key's rows read from the store (not a change: nothing to undo). */
+  load(slot: number, rows: ReadonlyArray<readonly [StateKey, unknown]>, slots: number): void {
+    for (const [mk, v] of rows) this.write(mk, slot, v, untracked, slots);
   }
 
-  load(slot: number, rows: ReadonlyArray<readonly [StateKey, unknown]>): void {
-    for (const [mk, v] of rows) {
-      const column = this.column(mk, slot);
-      if (column.values[slot] === undefined) column.size++;
-      column.values[slot] = v;
-    }
+  /** How many columns there are, and how many of them are dense (for tests). */
+  layout(): { columns: number; dense: number } {
+    let dense = 0;
+    for (const column of this.values()) if (column.isDense) dense++;
+    return { columns: this.size, dense };
   }
 }
 
@@ -728,45 +846,19 @@ class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> im
     super();
   }
   get(key: K): V | undefined {
-    return this.table.get(key)?.values[this.rt.current.slot] as V | undefined;
+    return this.table.find(key)?.get(this.rt.current.slot) as V | undefined;
   }
   put(key: K, value: V): void {
     checkMapKey(key);
-    const table = this.table;
-    const journal = this.rt.journal;
     const entry = this.rt.current;
-    const slot = entry.slot;
-    let column = table.get(key);
-    if (column === undefined) {
-      journal.recordMap(table as Map<unknown, unknown>, key);
-      column = table.column(key, slot);
-    } else if (slot >= column.values.length) table.column(key, slot);
-    const values = column.values;
-    journal.recordSlot(values, slot);
-    if (values[slot] === undefined) {
-      column.size++;
-      journal.recordUndo(column, 1, undefined);
-    }
-    values[slot] = value;
+    this.table.write(key, entry.slot, value, this.rt.journal, this.rt.slotCount);
     this.rt.touch(entry);
   }
   remove(key: K): void {
-    const table = this.table;
-    const column = table.get(key);
-    if (column === undefined) return;
     const entry = this.rt.current;
-    const slot = entry.slot;
-    const values = column.values;
-    if (values[slot] === undefined) return;
-    const journal = this.rt.journal;
-    journal.recordSlot(values, slot);
-    values[slot] = undefined;
-    column.size--;
-    journal.recordUndo(column, -1, undefined);
-    if (column.size === 0) {
-      journal.recordMap(table as Map<unknown, unknown>, key);
-      table.delete(key);
-    }
+    const column = this.table.find(key);
+    if (column === undefined || column.get(entry.slot) === undefined) return;
+    this.table.write(key, entry.slot, undefined, this.rt.journal, this.rt.slotCount);
     this.rt.touch(entry);
   }
   entries(): Array<[K, V]> {
