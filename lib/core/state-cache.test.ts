@@ -26,6 +26,20 @@ interface Ev {
 
 const SHARD = 'shard-0';
 
+/** A backend with one 'by-map-key' map state, as the aligned window operators have. */
+function windowTable(): { backend: KeyedStateBackend; w: MapState<number, number> } {
+  const backend = new KeyedStateBackend(
+    'op',
+    { w: mapState<number, number>({ layout: 'by-map-key' }) },
+    new Journal(),
+  );
+  const w = backend.handles<{ w: ReturnType<typeof mapState<number, number>> }>().w as MapState<
+    number,
+    number
+  >;
+  return { backend, w };
+}
+
 /** A pipeline's keyed stream of `Ev` by `k` (bounded out-of-orderness 3, idle after `idleMs`). */
 function keyedEvents(name: string, idleMs?: number) {
   const p = pipeline(name);
@@ -196,15 +210,7 @@ describe('bounded state cache (maxCachedKeys)', () => {
   });
 
   it('drops an evicted key from a shared window table too, least recently used keys first', () => {
-    const backend = new KeyedStateBackend(
-      'op',
-      { w: mapState<number, number>({ layout: 'by-map-key' }) },
-      new Journal(),
-    );
-    const w = backend.handles<{ w: ReturnType<typeof mapState<number, number>> }>().w as MapState<
-      number,
-      number
-    >;
+    const { backend, w } = windowTable();
     for (const key of ['a', 'b', 'c', 'd']) {
       backend.setCurrentKey(key);
       w.put(0, 1);
@@ -231,15 +237,7 @@ describe('bounded state cache (maxCachedKeys)', () => {
   });
 
   it("gives a dropped key's table slot to a new key with none of its rows, and reads the dropped key back intact", () => {
-    const backend = new KeyedStateBackend(
-      'op',
-      { w: mapState<number, number>({ layout: 'by-map-key' }) },
-      new Journal(),
-    );
-    const w = backend.handles<{ w: ReturnType<typeof mapState<number, number>> }>().w as MapState<
-      number,
-      number
-    >;
+    const { backend, w } = windowTable();
     const keys = Array.from({ length: 40 }, (_, i) => `k${i}`);
     for (const [i, key] of keys.entries()) {
       backend.setCurrentKey(key);
