@@ -39,6 +39,15 @@ type Slot = QueuedTimer | QueuedTimer[];
 const sameNamespace = (a: TimerNamespace, b: TimerNamespace): boolean =>
   a === b || (Number.isNaN(a) && Number.isNaN(b));
 
+/** The timer of (operator, namespace) among one key's timers, if any. */
+function timerIn(slot: Slot, operator: number, namespace: TimerNamespace): QueuedTimer | undefined {
+  if (!Array.isArray(slot)) {
+    return slot.operator === operator && sameNamespace(slot.namespace, namespace) ? slot : undefined;
+  }
+  for (const t of slot) if (t.operator === operator && sameNamespace(t.namespace, namespace)) return t;
+  return undefined;
+}
+
 /**
  * The timers of one time, by key; a key with timers of several (operator, namespace) has an
  * array. A bucket of a single timer (common when timer times are spread out, as with session
@@ -55,17 +64,9 @@ class Bucket {
   private specsUids: readonly string[] | undefined = undefined;
 
   find(operator: number, key: string | number, namespace: TimerNamespace): QueuedTimer | undefined {
-    const slot = this.byKey === undefined ? this.one : this.byKey.get(key);
-    if (slot === undefined) return undefined;
-    if (!Array.isArray(slot)) {
-      return slot.operator === operator &&
-        sameNamespace(slot.namespace, namespace) &&
-        (this.byKey !== undefined || slot.key === key)
-        ? slot
-        : undefined;
-    }
-    for (const t of slot) if (t.operator === operator && sameNamespace(t.namespace, namespace)) return t;
-    return undefined;
+    const byKey = this.byKey;
+    const slot = byKey === undefined ? (this.one?.key === key ? this.one : undefined) : byKey.get(key);
+    return slot === undefined ? undefined : timerIn(slot, operator, namespace);
   }
 
   /**
@@ -88,9 +89,7 @@ class Bucket {
         this.specs?.push(spec(timer, this.specsDomain!, this.specsUids!));
         return timer;
       }
-      if (one.key === key && one.operator === operator && sameNamespace(one.namespace, namespace)) {
-        return undefined;
-      }
+      if (one.key === key && timerIn(one, operator, namespace) !== undefined) return undefined;
       byKey = new Map([[one.key, one]]);
       this.byKey = byKey;
       this.one = undefined;
@@ -104,12 +103,7 @@ class Bucket {
       return timer;
     }
     // A registration already there (idempotent) allocates nothing.
-    if (Array.isArray(slot)) {
-      for (const t of slot)
-        if (t.operator === operator && sameNamespace(t.namespace, namespace)) return undefined;
-    } else if (slot.operator === operator && sameNamespace(slot.namespace, namespace)) {
-      return undefined;
-    }
+    if (timerIn(slot, operator, namespace) !== undefined) return undefined;
     const timer = new QueuedTimer(operator, time, key, namespace);
     if (Array.isArray(slot)) slot.push(timer);
     else byKey.set(key, [slot, timer]);
