@@ -655,14 +655,6 @@ class SlotColumn implements Undoable {
    */
   set(slot: number, value: unknown, journal: Journal, slots: number): void {
     let dense = this.dense;
-    if (dense !== undefined && slot < dense.length) {
-      // The hot path (a window's accumulators): kept small enough to be inlined.
-      const prev = dense[slot];
-      journal.recordSlot(dense, slot);
-      dense[slot] = value;
-      if ((prev === undefined) !== (value === undefined)) this.resize(value === undefined ? -1 : 1, journal);
-      return;
-    }
     if (dense === undefined && value !== undefined && (this.size + 1) * 4 >= slots) {
       dense = this.densify(slots, journal);
     }
