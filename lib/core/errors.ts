@@ -76,12 +76,10 @@ export function describeValue(value: unknown): string {
   }
 }
 
-/** `value` when it is a whole number >= `min`; else a ConfigurationError naming `subject`. */
-export function wholeNumberOption(subject: string, value: number, min = 1): number {
-  if (!Number.isInteger(value) || value < min) {
-    throw new ConfigurationError(
-      `${subject} must be a whole number >= ${min}; received ${describeValue(value)}`,
-    );
+/** `value` when it is a whole number >= 1; else a ConfigurationError naming `subject`. */
+export function wholeNumberOption(subject: string, value: number): number {
+  if (!Number.isInteger(value) || value < 1) {
+    throw new ConfigurationError(`${subject} must be a whole number >= 1; received ${describeValue(value)}`);
   }
   return value;
 }
