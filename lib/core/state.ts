@@ -267,21 +267,43 @@ export class KeyedStateBackend {
     const cells: Cell[] = new Array(this.names.length).fill(undefined);
     const slot = this.takeSlot();
     if (serialized !== undefined) {
-      let raw: { k: StateKey; s: Record<string, unknown> };
       try {
-        raw = JSON.parse(serialized);
+        this.decode(key, serialized, slot, cells);
       } catch (error) {
-        throw new StateFormatError(`state entry ${this.address(key)} is not valid JSON: ${String(error)}`);
+        // A corrupt entry leaves nothing behind: the key stays uncached and its slot is free.
+        for (const table of this.tables) table?.forget(slot);
+        this.freeSlots.push(slot);
+        throw error;
       }
-      this.names.forEach((name, i) => {
-        const json = raw.s[name];
-        if (json === undefined) return;
-        const table = this.tables[i];
-        if (table === undefined) cells[i] = decodeCell(this.descriptors[i]!, json);
-        else table.load(slot, json as Array<[StateKey, unknown]>, this.slots);
-      });
     }
     this.cache.set(key, new KeyEntry(key, slot, cells, serialized !== undefined));
+  }
+
+  /** Decodes a stored entry into `cells` and the shared tables' `slot`, checking its shape. */
+  private decode(key: StateKey, serialized: string, slot: number, cells: Cell[]): void {
+    const corrupt = (what: string): StateFormatError =>
+      new StateFormatError(
+        `state entry ${this.address(key)} is corrupted: ${what}; received ${serialized.slice(0, 120)}. ` +
+          'It was not written by this version of floe, or was changed by hand: restore it from a savepoint.',
+      );
+    let raw: unknown;
+    try {
+      raw = JSON.parse(serialized);
+    } catch (error) {
+      throw new StateFormatError(`state entry ${this.address(key)} is not valid JSON: ${String(error)}`);
+    }
+    const states = isRecord(raw) ? raw.s : undefined;
+    if (!isRecord(states)) throw corrupt('expected {"k": <key>, "s": {<state name>: <value>}}');
+    this.names.forEach((name, i) => {
+      const json = states[name];
+      if (json === undefined) return;
+      const d = this.descriptors[i]!;
+      const shape = cellShapeError(d, json);
+      if (shape !== undefined) throw corrupt(`state "${name}" (${d.kind} state) ${shape}`);
+      const table = this.tables[i];
+      if (table === undefined) cells[i] = decodeCell(d, json);
+      else table.load(slot, json as Array<[StateKey, unknown]>, this.slots);
+    });
   }
 
   /**
@@ -485,6 +507,25 @@ function encodeCell(d: StateDescriptor, cell: Cell, now: number): unknown {
     }
   });
   return out.length === 0 ? undefined : out;
+}
+
+const isRecord = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** Why `json` is not the stored form of a cell of `d` (see encodeCell), or undefined if it is. */
+function cellShapeError(d: StateDescriptor, json: unknown): string | undefined {
+  if (!Array.isArray(json)) return 'is not an array';
+  if (d.kind === 'value') return json.length === 0 ? 'is an empty array' : undefined;
+  // Map rows are [key, value] (+ write time with a TTL); TTL list items are [item, write time].
+  const isMap = d.kind === 'map';
+  if (!isMap && d.ttl === undefined) return undefined;
+  const bad = json.findIndex(
+    (row) =>
+      !Array.isArray(row) ||
+      row.length < 2 ||
+      (isMap && typeof row[0] !== 'string' && typeof row[0] !== 'number'),
+  );
+  return bad < 0 ? undefined : `has a malformed entry at index ${bad}: ${JSON.stringify(json[bad])}`;
 }
 
 function decodeCell(d: StateDescriptor, json: unknown): Cell {
