@@ -84,27 +84,33 @@ describe('dead letters from the stateless prefix', () => {
     expect((await driver.checkpoint())?.position).toBe('3');
   });
 
-  it('routes missing and non-numeric timestamps with reason "timestamp"', async () => {
+  it('routes missing, non-numeric and out-of-range timestamps with reason "timestamp"', async () => {
     const driver = counterDriver();
+    // 8.64e15 ms is a JavaScript Date's limit: windows and watermarks stay exact integers up to it.
     await driver.send([
       { partitionKey: 'u1', data: json({ user: 'u1' }) },
       { partitionKey: 'u2', data: json({ user: 'u2', ts: '2024-01-01' }) },
       { partitionKey: 'u3', data: json({ user: 'u3', ts: null }) },
+      { partitionKey: 'u5', data: json({ user: 'u5', ts: 8.64e15 + 1 }) },
+      { partitionKey: 'u6', data: json({ user: 'u6', ts: -9007199254740991 }) },
+      click({ user: 'u7', ts: -8.64e15 }),
       click({ user: 'u4', ts: 10 }),
     ]);
+    const expected = (received: string): string =>
+      `timestamp extractor returned ${received}; expected epoch milliseconds within ±8640000000000000 (a JavaScript Date's range)`;
     expect(letters(driver).map((l) => [l.reason, l.sequenceNumber, l.partitionKey, l.message])).toEqual([
-      ['timestamp', '1', 'u1', 'timestamp extractor returned undefined; expected finite epoch milliseconds'],
-      [
-        'timestamp',
-        '2',
-        'u2',
-        'timestamp extractor returned "2024-01-01"; expected finite epoch milliseconds',
-      ],
-      ['timestamp', '3', 'u3', 'timestamp extractor returned null; expected finite epoch milliseconds'],
+      ['timestamp', '1', 'u1', expected('undefined')],
+      ['timestamp', '2', 'u2', expected('"2024-01-01"')],
+      ['timestamp', '3', 'u3', expected('null')],
+      ['timestamp', '4', 'u5', expected('8640000000000001')],
+      ['timestamp', '5', 'u6', expected('-9007199254740991')],
     ]);
     expect(letters(driver)[0]?.data).toBe('{"user":"u1"}');
-    expect(driver.values('out')).toEqual([{ user: 'u4', count: 1 }]);
-    // The rejected records do not move event time; the good one does.
+    expect(driver.values('out')).toEqual([
+      { user: 'u7', count: 1 },
+      { user: 'u4', count: 1 },
+    ]);
+    // The rejected records do not move event time; the good ones do.
     expect(await driver.watermark()).toBe(9);
   });
 

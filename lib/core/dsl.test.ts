@@ -258,9 +258,13 @@ describe('argument validation', () => {
     [
       'tumbling size -1',
       () => tumbling({ size: -1 }),
-      'tumbling window size must be a positive whole number of milliseconds; received -1',
+      'tumbling window size must be a whole number of milliseconds from 1 to 100000000000000 (about 3,170 years); received -1',
     ],
-    ['tumbling size 0', () => tumbling({ size: 0 }), 'tumbling window size must be a positive whole number'],
+    [
+      'tumbling size 0',
+      () => tumbling({ size: 0 }),
+      'tumbling window size must be a whole number of milliseconds from 1 to',
+    ],
     ['tumbling size 1.5', () => tumbling({ size: 1.5 }), 'received 1.5. Use e.g. minutes(1).'],
     ['tumbling size NaN', () => tumbling({ size: Number.NaN }), 'received NaN'],
     [
@@ -272,12 +276,12 @@ describe('argument validation', () => {
     [
       'sliding size -5',
       () => sliding({ size: -5, slide: 1 }),
-      'sliding window size must be a positive whole number',
+      'sliding window size must be a whole number of milliseconds from 1 to',
     ],
     [
       'sliding slide 2.5',
       () => sliding({ size: 10, slide: 2.5 }),
-      'sliding window slide must be a positive whole number of milliseconds; received 2.5',
+      'sliding window slide must be a whole number of milliseconds from 1 to 100000000000000 (about 3,170 years); received 2.5',
     ],
     [
       'sliding offset >= slide',
@@ -287,27 +291,34 @@ describe('argument validation', () => {
     [
       'session gap 0',
       () => session({ gap: 0 }),
-      'session gap must be a positive whole number of milliseconds; received 0',
+      'session gap must be a whole number of milliseconds from 1 to 100000000000000 (about 3,170 years); received 0',
     ],
-    ['session gap 0.1', () => session({ gap: 0.1 }), 'session gap must be a positive whole number'],
+    [
+      'session gap 0.1',
+      () => session({ gap: 0.1 }),
+      'session gap must be a whole number of milliseconds from 1 to',
+    ],
     [
       'boundedOutOfOrderness -1',
       () => boundedOutOfOrderness(-1),
-      'boundedOutOfOrderness needs a whole number of milliseconds >= 0; received -1',
+      'boundedOutOfOrderness bound must be a whole number of milliseconds from 0 to 100000000000000 (about 3,170 years); received -1',
     ],
     ['boundedOutOfOrderness 0.5', () => boundedOutOfOrderness(0.5), 'received 0.5'],
     [
       'withIdleness 0',
       () => withIdleness(monotonic(), 0),
-      'withIdleness needs a positive whole number of milliseconds; received 0',
+      'withIdleness timeout must be a whole number of milliseconds from 1 to 100000000000000 (about 3,170 years); received 0',
     ],
     ['withIdleness -10', () => withIdleness(monotonic(), -10), 'received -10'],
     [
       'state ttl -1',
       () => valueState({ ttl: -1 }),
-      'state ttl must be a positive whole number of milliseconds; received -1',
+      'state ttl must be a whole number of milliseconds from 1 to 100000000000000 (about 3,170 years); received -1',
     ],
     ['state ttl 1.5', () => valueState({ ttl: 1.5 }), 'received 1.5'],
+    // Longer durations could take window bounds past 2^53, where doubles stop being exact.
+    ['tumbling size 1e15', () => tumbling({ size: 1e15 }), 'received 1000000000000000'],
+    ['boundedOutOfOrderness 2e14', () => boundedOutOfOrderness(2e14), 'received 200000000000000'],
   ])('rejects a bad duration: %s', (_name, build, message) => {
     definitionError(build, message);
   });
@@ -319,7 +330,7 @@ describe('argument validation', () => {
         .window(tumbling({ size: 10 }));
     definitionError(
       () => windowed().allowedLateness(-1),
-      'allowedLateness needs a whole number of milliseconds >= 0; received -1',
+      'allowedLateness must be a whole number of milliseconds from 0 to 100000000000000 (about 3,170 years); received -1',
     );
     definitionError(() => windowed().allowedLateness(2.5), 'received 2.5');
     expect(() => windowed().allowedLateness(0)).not.toThrow();

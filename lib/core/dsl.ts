@@ -7,7 +7,7 @@ import { describeValue, PipelineDefinitionError } from './errors.ts';
 import type { SourceRecord } from './ports.ts';
 import type { KeyedProcessFunction } from './processor.ts';
 import type { StateKey, StateSpec } from './state.ts';
-import type { Millis } from './time.ts';
+import { checkDuration, type Millis } from './time.ts';
 import type { WatermarkStrategy } from './watermarks.ts';
 import {
   alignedWindowOperator,
@@ -173,7 +173,8 @@ export class DataStream<T> {
 
   /**
    * Assigns event time and generates watermarks (Flink's assignTimestampsAndWatermarks).
-   * A record whose timestamp is not a finite number goes to the dead-letter sink.
+   * A record whose timestamp is not a number within ±8.64e15 ms (a Date's range) goes to the
+   * dead-letter sink; timestamps are rounded down to whole milliseconds.
    */
   withTimestamps(timestamp: (value: T) => number, watermarks: WatermarkStrategy): DataStream<T> {
     requireFunction('withTimestamps', timestamp);
@@ -271,27 +272,19 @@ export class WindowedStream<T, K extends StateKey> {
 
   /** Keeps windows for `lateness` ms past their end; late elements re-fire them. @default 0 */
   allowedLateness(lateness: Millis): this {
-    if (typeof lateness !== 'number' || !Number.isInteger(lateness) || lateness < 0) {
-      throw new PipelineDefinitionError(
-        `allowedLateness needs a whole number of milliseconds >= 0; received ${describeValue(lateness)}`,
-      );
-    }
-    this.lateness = lateness;
+    this.lateness = checkDuration('allowedLateness', lateness, 0);
     return this;
   }
 
   /**
    * Also fires each window every `interval` ms of event time before its end, with its contents
-   * so far (results carry `early: true`), as Flink's ContinuousEventTimeTrigger: when the
-   * watermark passes start + k·interval − 1. The end firing and late firings are unchanged.
+   * so far (results carry `early: true`): when the watermark reaches start + k·interval − 1.
+   * The end firing and late firings are unchanged. Like Flink's ContinuousEventTimeTrigger, but
+   * aligned to the window start and firing once per watermark advance (docs/dsl.md).
    * Tumbling and sliding windows only. @default no early firings
    */
   earlyFiring(interval: Millis): this {
-    if (typeof interval !== 'number' || !Number.isInteger(interval) || interval <= 0) {
-      throw new PipelineDefinitionError(
-        `earlyFiring needs a positive whole number of milliseconds; received ${describeValue(interval)}. Use e.g. minutes(1).`,
-      );
-    }
+    checkDuration('earlyFiring interval', interval, 1);
     if (this.assigner.kind === 'session') {
       throw new PipelineDefinitionError(
         'earlyFiring is supported for tumbling and sliding windows only (session windows merge, so their end is not known in advance)',

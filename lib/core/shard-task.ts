@@ -31,6 +31,7 @@ import {
   type StateKey,
   type StateSpec,
 } from './state.ts';
+import { MAX_EVENT_TIME } from './time.ts';
 import { loadTimerChunks, replayTimerLog, TimerLog, type TimerLogOptions } from './timer-log.ts';
 import { type QueuedTimer, TimerQueue } from './timers.ts';
 import { generatedWatermark, idleWatermark } from './watermarks.ts';
@@ -856,10 +857,10 @@ export class ShardTask {
         const n = next();
         return (v) => {
           const t = fn(v);
-          if (typeof t !== 'number' || !Number.isFinite(t)) {
+          if (typeof t !== 'number' || !(Math.abs(t) <= MAX_EVENT_TIME)) {
             throw new RecordError(
               'timestamp',
-              `timestamp extractor returned ${describeValue(t)}; expected finite epoch milliseconds`,
+              `timestamp extractor returned ${describeValue(t)}; expected epoch milliseconds within ±${MAX_EVENT_TIME} (a JavaScript Date's range)`,
             );
           }
           const ts = Math.floor(t);

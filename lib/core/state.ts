@@ -11,7 +11,7 @@ import {
 } from './errors.ts';
 import { Journal, type Undoable } from './journal.ts';
 import type { StateAddress } from './ports.ts';
-import type { Millis } from './time.ts';
+import { checkDuration, type Millis } from './time.ts';
 
 export type StateKey = string | number;
 
@@ -50,13 +50,7 @@ export type StateSpec = Record<string, StateDescriptor>;
 
 function ttlOption(options: { ttl?: Millis } | undefined): Millis | undefined {
   const ttl = options?.ttl;
-  if (ttl === undefined) return undefined;
-  if (typeof ttl !== 'number' || !Number.isInteger(ttl) || ttl <= 0) {
-    throw new PipelineDefinitionError(
-      `state ttl must be a positive whole number of milliseconds; received ${describeValue(ttl)}`,
-    );
-  }
-  return ttl;
+  return ttl === undefined ? undefined : checkDuration('state ttl', ttl, 1);
 }
 
 export function valueState<T>(options?: { ttl?: Millis }): ValueStateDescriptor<T> {

@@ -1,5 +1,30 @@
+import { describeValue, PipelineDefinitionError } from './errors.ts';
+
 /** Event and processing times are epoch milliseconds. Durations are milliseconds. */
 export type Millis = number;
+
+/**
+ * Event timestamps are whole milliseconds within a JavaScript Date's range (±8.64e15 ms, about
+ * ±273,790 years); others go to the dead-letter output. With durations up to MAX_DURATION,
+ * every window bound, timer and watermark computed from them stays an exact integer
+ * (|t| < 2^53), as Flink's longs are.
+ */
+export const MAX_EVENT_TIME = 8.64e15;
+/** The longest window, gap, lateness or out-of-orderness bound: 1e14 ms, about 3,170 years. */
+export const MAX_DURATION = 1e14;
+
+/**
+ * Checks a duration option: a whole number of milliseconds from `min` (0 or 1) to
+ * MAX_DURATION. `what` names the option in the error.
+ */
+export function checkDuration(what: string, value: unknown, min: 0 | 1): Millis {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > MAX_DURATION) {
+    throw new PipelineDefinitionError(
+      `${what} must be a whole number of milliseconds from ${min} to ${MAX_DURATION} (about 3,170 years); received ${describeValue(value)}. Use e.g. minutes(1).`,
+    );
+  }
+  return value;
+}
 
 export const milliseconds = (n: number): Millis => n;
 export const seconds = (n: number): Millis => n * 1_000;

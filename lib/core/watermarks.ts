@@ -1,7 +1,7 @@
 /** Watermark strategies. The watermark depends only on the highest timestamp seen, so it is
  * the same however records are split into batches (needed for restart-equivalence). */
 import { describeValue, PipelineDefinitionError } from './errors.ts';
-import type { Millis } from './time.ts';
+import { checkDuration, type Millis } from './time.ts';
 
 export interface WatermarkStrategy {
   /** Tolerated out-of-orderness: WM = max ts - bound - 1. Monotonic is bound 0. */
@@ -17,12 +17,7 @@ export interface WatermarkStrategy {
 
 /** Flink's forBoundedOutOfOrderness: WM = max ts - bound - 1. */
 export function boundedOutOfOrderness(bound: Millis): WatermarkStrategy {
-  if (typeof bound !== 'number' || !Number.isInteger(bound) || bound < 0) {
-    throw new PipelineDefinitionError(
-      `boundedOutOfOrderness needs a whole number of milliseconds >= 0; received ${describeValue(bound)}`,
-    );
-  }
-  return { bound, idleTimeout: undefined };
+  return { bound: checkDuration('boundedOutOfOrderness bound', bound, 0), idleTimeout: undefined };
 }
 
 /** Flink's forMonotonousTimestamps: timestamps never decrease; WM = max ts - 1. */
@@ -30,14 +25,14 @@ export function monotonic(): WatermarkStrategy {
   return { bound: 0, idleTimeout: undefined };
 }
 
-/** Adds idleness to a strategy (Flink's withIdleness, resolved per shard by processing time). */
+/**
+ * Adds idleness to a strategy. Flink's withIdleness marks an idle source so downstream
+ * operators ignore it; a floe shard has no downstream to merge into, so once it has had no
+ * records for `idleTimeout` of processing time its own watermark advances with processing time
+ * and its last windows fire.
+ */
 export function withIdleness(strategy: WatermarkStrategy, idleTimeout: Millis): WatermarkStrategy {
-  if (typeof idleTimeout !== 'number' || !Number.isInteger(idleTimeout) || idleTimeout <= 0) {
-    throw new PipelineDefinitionError(
-      `withIdleness needs a positive whole number of milliseconds; received ${describeValue(idleTimeout)}`,
-    );
-  }
-  return { ...strategy, idleTimeout };
+  return { ...strategy, idleTimeout: checkDuration('withIdleness timeout', idleTimeout, 1) };
 }
 
 /** The watermark generated from the highest timestamp seen. */

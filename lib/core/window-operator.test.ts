@@ -5,7 +5,7 @@
  * window accepted the element, session windows merging when they overlap or touch.
  */
 import { describe, expect, it } from 'vitest';
-import { collect, count, sum } from './aggregates.ts';
+import { type AggregateFunction, collect, count, sum } from './aggregates.ts';
 import { DEFAULT_LATE_SINK, passthroughDeserializer, pipeline } from './dsl.ts';
 import { type DriverRecord, TestDriver } from './testing/test-driver.ts';
 import { MAX_WATERMARK } from './time.ts';
@@ -298,6 +298,43 @@ describe('tumbling windows', () => {
     // Two window operators: uids window-0 and window-1, each with its own state.
     expect(await d.state('window-0', 'a')).toBeUndefined();
     expect(await d.state('window-1', 'a')).toBeUndefined();
+  });
+
+  it('a window whose result is null or undefined emits nothing, as Flink skips null contents; a late firing with a result emits', async () => {
+    const p = pipeline('null-results');
+    const keyed = p
+      .source<Ev>()
+      .withTimestamps((x) => x.ts, monotonic())
+      .keyBy((x) => x.k);
+    // Only windows summing to more than 10 have a result; the window function sees only those.
+    const overTen: AggregateFunction<Ev, number, number | null> = {
+      create: () => 0,
+      add: (x, acc) => acc + x.v,
+      result: (acc) => (acc > 10 ? acc : null),
+    };
+    keyed
+      .window(tumbling({ size: 10 }))
+      .allowedLateness(20)
+      .aggregate(overTen, ({ key, window, result }) => `${key}@${window.start}:${result}`)
+      .sink('aligned');
+    keyed
+      .window(session({ gap: 5 }))
+      .reduce(
+        (a, b) => ({ ...a, v: a.v + b.v }),
+        ({ key, window, result }) => (result.v > 10 ? `${key}[${window.start},${window.end})` : undefined),
+      )
+      .sink('sessions');
+    const d = new TestDriver(p);
+    await d.send([ev('a', 1, 5), ev('b', 2, 11), ev('a', 15, 0)]);
+    expect(d.values('aligned')).toEqual(['b@0:11']);
+    // A late element within the lateness gives window [0,10) of 'a' a result: it fires then.
+    await d.send([ev('a', 3, 6)]);
+    expect(d.values('aligned')).toEqual(['b@0:11', 'a@0:11']);
+    await d.advanceWatermark(MAX_WATERMARK);
+    expect(d.values('aligned')).toEqual(['b@0:11', 'a@0:11']);
+    expect(await d.state('window-0', 'a')).toBeUndefined();
+    // The window function's undefined is an element like any other: only the aggregate's result is checked.
+    expect(d.values('sessions')).toEqual([undefined, 'b[2,7)', undefined]);
   });
 
   it('works with already-decoded records (passthroughDeserializer)', async () => {
@@ -608,7 +645,7 @@ describe('session windows', () => {
   });
 });
 
-describe('early firings (earlyFiring: ContinuousEventTimeTrigger)', () => {
+describe('early firings (earlyFiring)', () => {
   /** key -> window -> collect, early firings every `every` ms; outputs `key[start,end)=values` plus ` early`. */
   function early(assigner: WindowAssigner, every: number, o: Options = {}): TestDriver {
     const p = pipeline('early');
@@ -725,7 +762,9 @@ describe('early firings (earlyFiring: ContinuousEventTimeTrigger)', () => {
       keyed()
         .window(tumbling({ size: 10 }))
         .earlyFiring(0),
-    ).toThrow(/earlyFiring needs a positive whole number of milliseconds; received 0/);
+    ).toThrow(
+      'earlyFiring interval must be a whole number of milliseconds from 1 to 100000000000000 (about 3,170 years); received 0',
+    );
     expect(() =>
       keyed()
         .window(sliding({ size: 10, slide: 5 }))

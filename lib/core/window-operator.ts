@@ -54,8 +54,9 @@ export function alignedWindowOperator<In, Acc, R, Out>(
     acc: Acc,
     earlyAt?: number,
   ): void => {
-    if (window.start !== start) window = { start, end: start + size };
     const result = aggregate.result(acc);
+    if (result === null || result === undefined) return; // as Flink: a window with null contents emits nothing
+    if (window.start !== start) window = { start, end: start + size };
     const r: WindowResult<StateKey, R> =
       earlyAt === undefined
         ? { key: ctx.key, window, result }
@@ -124,11 +125,9 @@ export function sessionWindowOperator<In, Acc, R, Out>(
   const { aggregate, windowFunction, allowedLateness: lateness, lateOutput } = options;
   const merge = aggregate.merge;
   const fire = (ctx: ProcessContext<Out, SessionSpec<Acc>>, start: number, end: number, acc: Acc): void => {
-    const r: WindowResult<StateKey, R> = {
-      key: ctx.key,
-      window: { start, end },
-      result: aggregate.result(acc),
-    };
+    const result = aggregate.result(acc);
+    if (result === null || result === undefined) return; // as in aligned windows
+    const r: WindowResult<StateKey, R> = { key: ctx.key, window: { start, end }, result };
     ctx.emit(windowFunction === undefined ? (r as Out) : windowFunction(r), end - 1);
   };
   return {

@@ -200,7 +200,9 @@ describe('assigner definitions', () => {
     ['a string', '10', 'received "10"'],
   ])('rejects a %s tumbling size', (_what, size, received) => {
     const error = definitionError(() => tumbling({ size: size as number }));
-    expect(error.message).toContain('tumbling window size must be a positive whole number of milliseconds');
+    expect(error.message).toContain(
+      'tumbling window size must be a whole number of milliseconds from 1 to 100000000000000 (about 3,170 years)',
+    );
     expect(error.message).toContain(received);
     expect(error.code).toBe('PIPELINE_DEFINITION');
     expect(error.retryable).toBe(false);
@@ -220,10 +222,10 @@ describe('assigner definitions', () => {
 
   it('rejects invalid sliding sizes and slides', () => {
     expect(definitionError(() => sliding({ size: 0, slide: 5 })).message).toContain(
-      'sliding window size must be a positive whole number of milliseconds; received 0',
+      'sliding window size must be a whole number of milliseconds from 1 to 100000000000000 (about 3,170 years); received 0',
     );
     expect(definitionError(() => sliding({ size: 10, slide: 0 })).message).toContain(
-      'sliding window slide must be a positive whole number of milliseconds; received 0',
+      'sliding window slide must be a whole number of milliseconds from 1 to 100000000000000 (about 3,170 years); received 0',
     );
     expect(definitionError(() => sliding({ size: 10, slide: -5 })).message).toContain('received -5');
   });
@@ -242,7 +244,9 @@ describe('assigner definitions', () => {
   it('rejects a non-positive or fractional session gap', () => {
     for (const gap of [0, -1, 2.5]) {
       const error = definitionError(() => session({ gap }));
-      expect(error.message).toContain('session gap must be a positive whole number of milliseconds');
+      expect(error.message).toContain(
+        'session gap must be a whole number of milliseconds from 1 to 100000000000000 (about 3,170 years)',
+      );
       expect(error.message).toContain(`received ${gap}`);
     }
   });
@@ -268,14 +272,16 @@ describe('windowing DSL validation', () => {
     );
   });
 
-  it('allowedLateness needs a whole number of milliseconds >= 0', () => {
+  it('allowedLateness must be a whole number of milliseconds from 0 to 100000000000000 (about 3,170 years)', () => {
     for (const lateness of [-1, 0.5, Number.NaN]) {
       const error = definitionError(() =>
         keyed()
           .window(tumbling({ size: 10 }))
           .allowedLateness(lateness),
       );
-      expect(error.message).toContain('allowedLateness needs a whole number of milliseconds >= 0');
+      expect(error.message).toContain(
+        'allowedLateness must be a whole number of milliseconds from 0 to 100000000000000 (about 3,170 years)',
+      );
     }
     expect(() =>
       keyed()
@@ -370,10 +376,10 @@ describe('windowing DSL validation', () => {
 
   it('watermark strategies validate their durations', () => {
     expect(definitionError(() => boundedOutOfOrderness(-1)).message).toContain(
-      'boundedOutOfOrderness needs a whole number of milliseconds >= 0; received -1',
+      'boundedOutOfOrderness bound must be a whole number of milliseconds from 0 to 100000000000000 (about 3,170 years); received -1',
     );
     expect(definitionError(() => withIdleness(monotonic(), 0)).message).toContain(
-      'withIdleness needs a positive whole number of milliseconds; received 0',
+      'withIdleness timeout must be a whole number of milliseconds from 1 to 100000000000000 (about 3,170 years); received 0',
     );
     expect(boundedOutOfOrderness(5)).toEqual({ bound: 5, idleTimeout: undefined });
     expect(monotonic()).toEqual({ bound: 0, idleTimeout: undefined });

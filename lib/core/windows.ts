@@ -1,6 +1,6 @@
 /** Window assigners with Flink's exact semantics: [start, end), end exclusive. */
 import { describeValue, PipelineDefinitionError } from './errors.ts';
-import type { Millis } from './time.ts';
+import { checkDuration, type Millis } from './time.ts';
 
 export interface TimeWindow {
   readonly start: number;
@@ -33,15 +33,6 @@ export interface SessionWindows {
 }
 export type WindowAssigner = TumblingWindows | SlidingWindows | SessionWindows;
 
-function positiveDuration(what: string, value: unknown): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0) {
-    throw new PipelineDefinitionError(
-      `${what} must be a positive whole number of milliseconds; received ${describeValue(value)}. Use e.g. minutes(1).`,
-    );
-  }
-  return value;
-}
-
 function checkOffset(offset: unknown, size: number, what: string): number {
   if (typeof offset !== 'number' || !Number.isInteger(offset) || Math.abs(offset) >= size) {
     throw new PipelineDefinitionError(
@@ -53,20 +44,20 @@ function checkOffset(offset: unknown, size: number, what: string): number {
 
 /** Fixed-size, non-overlapping windows: [k*size + offset, (k+1)*size + offset). */
 export function tumbling(options: { size: Millis; offset?: Millis }): TumblingWindows {
-  const size = positiveDuration('tumbling window size', options.size);
+  const size = checkDuration('tumbling window size', options.size, 1);
   return { kind: 'tumbling', size, offset: checkOffset(options.offset ?? 0, size, 'tumbling window') };
 }
 
 /** Windows of `size` starting every `slide`; an element belongs to ceil(size/slide) windows. */
 export function sliding(options: { size: Millis; slide: Millis; offset?: Millis }): SlidingWindows {
-  const size = positiveDuration('sliding window size', options.size);
-  const slide = positiveDuration('sliding window slide', options.slide);
+  const size = checkDuration('sliding window size', options.size, 1);
+  const slide = checkDuration('sliding window slide', options.slide, 1);
   return { kind: 'sliding', size, slide, offset: checkOffset(options.offset ?? 0, slide, 'sliding window') };
 }
 
 /** Per-key sessions: an element opens [ts, ts+gap); windows that overlap or touch merge. */
 export function session(options: { gap: Millis }): SessionWindows {
-  return { kind: 'session', gap: positiveDuration('session gap', options.gap) };
+  return { kind: 'session', gap: checkDuration('session gap', options.gap, 1) };
 }
 
 /** The window starts an element at `timestamp` belongs to, latest first (Flink's order). */
