@@ -337,7 +337,7 @@ export class StreamProcessor extends Construct {
       serverAccessLogsBucket: accessLogs,
       serverAccessLogsPrefix: 'processor-bucket/',
       lifecycleRules: [
-        // Large commits write `<job>/<generation>/deltas/<shard>/<commit>.json`; a prefix filter
+        // Large commits write `<job>/<generation>/deltas/<shard>/<commit>-<fence>.json`; a prefix filter
         // has no wildcard, so one rule per generation: this one and the next ones a replay may
         // switch the job to (the functions follow the job record's generation without a deploy).
         ...Array.from({ length: DELTA_RULE_GENERATIONS }, (_, i) => ({

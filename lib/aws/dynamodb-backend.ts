@@ -6,8 +6,10 @@
  *   state   pk = `${job}#${generation}#${address}`      v (JSON) | tombstone, sh/f/c version
  *   control pk = `${job}#${generation}`, sk = `shard#${shardId}`   lease + checkpoint
  *           pk = `${job}#${generation}`, sk = `out#${shardId}#${commit}`  outbox of one commit
- * Bucket:   `${prefix}${job}/${generation}/deltas/${shardId}/${commit}.json` (large commits)
- *           `${prefix}${job}/${generation}/checkpoints/${shardId}/${commit}.json` (large checkpoints)
+ * Bucket:   `${prefix}${job}/${generation}/deltas/${shardId}/${commit}-${fence}.json` (large commits)
+ *           `${prefix}${job}/${generation}/checkpoints/${shardId}/${commit}-${fence}.json` (large
+ *           checkpoints; `${commit}-restored-${hash}.json` when imported from a savepoint)
+ * Objects are written with If-None-Match, so no writer replaces another's.
  *
  * Small commits (<= 100 actions, < 4 MB) are one TransactWriteItems whose lease update is
  * conditional on the fence and the previous commit number. Larger commits write one immutable
@@ -15,6 +17,7 @@
  * point), then apply the delta with version-conditioned writes and clear the pointer. A new
  * lease holder re-applies a pending delta before it reads anything (redo).
  */
+import { createHash } from 'node:crypto';
 import {
   ConditionalCheckFailedException,
   type DynamoDBClient,
@@ -404,7 +407,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     if (bytes >= TRANSACTION_MAX_BYTES - 100_000) oversizedItem = true;
     const cpRef = cpInline
       ? undefined
-      : await this.putCheckpointObject(lease.shardId, commitNumber, checkpointText);
+      : await this.putCheckpointObject(lease.shardId, `${pad(commitNumber)}-${lease.fence}`, checkpointText);
     if (actions <= TRANSACTION_MAX_ACTIONS && !oversizedItem) {
       await this.commitTransaction(lease, commit, checkpointText, cpRef, outputsText);
     } else {
@@ -473,21 +476,8 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       outputs: commit.outputs,
       fence: lease.fence,
     };
-    try {
-      await this.s3.send(
-        new PutObjectCommand({
-          Bucket: this.options.bucket,
-          Key: key,
-          Body: JSON.stringify(delta),
-          ContentType: 'application/json',
-          IfNoneMatch: '*',
-        }),
-      );
-    } catch (error) {
-      // 412: an earlier attempt of this same (deterministic) commit already wrote it.
-      if ((error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode !== 412)
-        throw error;
-    }
+    // Exists already: an earlier attempt of this same (deterministic) commit under this lease.
+    await this.putObjectIfAbsent(key, JSON.stringify(delta), 'a commit delta');
     await this.options.onStep?.('after-delta-upload');
     try {
       this.metrics.deltaCommits++;
@@ -760,6 +750,43 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     }
   }
 
+  /**
+   * Puts outputs into a shard's outbox (restoring a savepoint's undelivered outputs): one item
+   * per commit, as the commits had left them (markPublished finds them by the commit number in
+   * their ids); a commit's outputs too large for an item go to an S3 object it points at, as a
+   * delta's do. Idempotent. Not fenced: run it before any worker starts.
+   */
+  async importOutputs(shardId: string, outputs: readonly Output[]): Promise<void> {
+    const byCommit = new Map<number, Output[]>();
+    for (const o of outputs) {
+      const c = commitOf(o.id);
+      byCommit.set(c, [...(byCommit.get(c) ?? []), o]);
+    }
+    for (const [commitNumber, group] of byCommit) {
+      const text = JSON.stringify(group);
+      let body: Record<string, string> = { outputs: text };
+      if (text.length > ITEM_SOFT_LIMIT) {
+        const key = `${this.prefix}restored-outbox/${shardId}/${pad(commitNumber)}.json`;
+        const object = { outputs: group };
+        await this.s3.send(
+          new PutObjectCommand({
+            Bucket: this.options.bucket,
+            Key: key,
+            Body: JSON.stringify(object),
+            ContentType: 'application/json',
+          }),
+        );
+        body = { delta: key };
+      }
+      await this.ddb.send(
+        new PutCommand({
+          TableName: this.options.controlTable,
+          Item: { pk: this.scope, sk: this.outboxSk(shardId, commitNumber), ...body },
+        }),
+      );
+    }
+  }
+
   // ---- helpers ----
 
   /** The output ids of an outbox item this backend committed (markPublished then skips reading it). */
@@ -843,15 +870,57 @@ export class DynamoBackend implements StateStore, CheckpointStore {
   }
 
   private async checkpointOf(item: LeaseItem): Promise<ShardCheckpoint | undefined> {
-    if (item.cp !== undefined) return deserializeCheckpoint(item.cp);
-    if (item.cpRef !== undefined) return deserializeCheckpoint(await this.getObject(item.cpRef));
-    return undefined;
+    const text = item.cp ?? (item.cpRef === undefined ? undefined : await this.getObject(item.cpRef));
+    if (text === undefined) return undefined;
+    const checkpoint = deserializeCheckpoint(text);
+    // A shard's finishing commit counts once its delta is applied. Until then the shard is not
+    // finished: the coordinator runs a worker for it (whose lease redoes the delta, then
+    // publishes its outputs) rather than starting its children on state the delta lacks.
+    return checkpoint.finished && item.pendingDelta !== undefined
+      ? { ...checkpoint, finished: false }
+      : checkpoint;
   }
 
-  private async putCheckpointObject(shardId: string, commitNumber: number, text: string): Promise<string> {
-    const key = `${this.prefix}checkpoints/${shardId}/${pad(commitNumber)}.json`;
-    await this.s3.send(new PutObjectCommand({ Bucket: this.options.bucket, Key: key, Body: text }));
+  /**
+   * Writes a large checkpoint's object, `name` unique per writer (commit number and fence), and
+   * never over an existing one: a fenced zombie's write must not replace the checkpoint its
+   * successor committed under the same commit number. An existing object with other text is a
+   * StateFormatError; with the same text it is an earlier attempt of this write.
+   */
+  private async putCheckpointObject(shardId: string, name: string, text: string): Promise<string> {
+    const key = `${this.prefix}checkpoints/${shardId}/${name}.json`;
+    if (await this.putObjectIfAbsent(key, text, 'a checkpoint object')) return key;
+    if ((await this.getObject(key)) !== text) {
+      throw new StateFormatError(
+        `checkpoint object s3://${this.options.bucket}/${key} exists with another checkpoint; it was written by another job sharing this bucket prefix, or changed by hand`,
+      );
+    }
     return key;
+  }
+
+  /**
+   * PutObject with If-None-Match: returns false when the key exists (412). S3's 409
+   * (ConditionalRequestConflict: a concurrent conditional write to the key, e.g. an SDK retry
+   * racing its own first attempt) is transient: retried by the caller.
+   */
+  private async putObjectIfAbsent(key: string, body: string, what: string): Promise<boolean> {
+    try {
+      await this.s3.send(
+        new PutObjectCommand({
+          Bucket: this.options.bucket,
+          Key: key,
+          Body: body,
+          ContentType: 'application/json',
+          IfNoneMatch: '*',
+        }),
+      );
+      return true;
+    } catch (error) {
+      const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+      if (status === 412) return false;
+      if (status === 409 || isTransient(error)) throw transient(`writing ${what}`, error);
+      throw error;
+    }
   }
 
   private async outboxOutputs(item: Record<string, unknown>): Promise<Output[]> {
@@ -952,7 +1021,12 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     const inline = text.length <= CHECKPOINT_INLINE_LIMIT;
     const cpRef = inline
       ? undefined
-      : await this.putCheckpointObject(checkpoint.shardId, checkpoint.commitNumber, text);
+      : await this.putCheckpointObject(
+          checkpoint.shardId,
+          // Named by content: a rerun finds its own object, another checkpoint gets its own key.
+          `${pad(checkpoint.commitNumber)}-restored-${createHash('sha256').update(text).digest('hex').slice(0, 16)}`,
+          text,
+        );
     try {
       await this.ddb.send(
         new PutCommand({

@@ -43,6 +43,7 @@ export function dynamoStateScope(options: AwsSavepointOptions, job: string, gene
     countEntries: async () => undefined,
     importEntries: (entries) => backend.importEntries(entries),
     importCheckpoint: (checkpoint) => backend.importCheckpoint(checkpoint),
+    importOutputs: (shardId, outputs) => backend.importOutputs(shardId, outputs),
     // Every commit writes a checkpoint with its state, so a scope without checkpoints is empty.
     isEmpty: async () => (await backend.listCheckpoints()).length === 0,
   };

@@ -21,7 +21,7 @@ import {
 } from './checkpoint.ts';
 import type { PipelinePlan } from './compile.ts';
 import { describeValue, StateFormatError } from './errors.ts';
-import type { StartPosition, StateAddress } from './ports.ts';
+import type { Output, StartPosition, StateAddress } from './ports.ts';
 import type { StateDescriptor, StateKey } from './state.ts';
 
 export const SAVEPOINT_FORMAT = 1;
@@ -59,6 +59,11 @@ export interface SavepointShard {
   readonly checkpoint: Record<string, unknown>;
   /** Position of the first record after the checkpoint when the savepoint was taken, if known. */
   readonly next?: string;
+  /**
+   * The shard's outbox at the savepoint: outputs it had committed but not yet delivered (one
+   * line per output, `{"a": id, "v": output}`). A restore into the same job delivers them.
+   */
+  readonly outbox?: SavepointFile;
 }
 
 export interface SavepointPipeline {
@@ -138,6 +143,29 @@ export function newSavepointId(job: string, now: number, random: () => number = 
 
 export function stateFileName(index: number): string {
   return `state-${String(index).padStart(5, '0')}.ndjson.gz`;
+}
+
+export function outboxFileName(shardIndex: number): string {
+  return `outbox-${String(shardIndex).padStart(5, '0')}.ndjson.gz`;
+}
+
+/** A shard's undelivered outputs as a savepoint file (the state file encoding, keyed by id). */
+export function encodeOutboxFile(name: string, outputs: readonly Output[]): EncodedStateFile {
+  return encodeStateFile(
+    name,
+    outputs.map((o) => [o.id, JSON.stringify(o)]),
+  );
+}
+
+/** Verifies and decodes an outbox file (see decodeStateFile). */
+export function decodeOutboxFile(data: Uint8Array | undefined, file: SavepointFile, where: string): Output[] {
+  return decodeStateFile(data, file, where).map(([id, text]) => {
+    const output = JSON.parse(text) as Output;
+    if (output?.id !== id || typeof output.sink !== 'string') {
+      throw new StateFormatError(`${where} is corrupted: the output at id ${id} is ${text.slice(0, 80)}`);
+    }
+    return output;
+  });
 }
 
 export function sha256(data: Uint8Array | string): string {
@@ -568,20 +596,25 @@ export function parseManifest(text: string, where: string): SavepointManifest {
     // Savepoints are self-contained: timers inline, never in timer chunks (which are not exported).
     if (checkpoint?.timerLog !== undefined)
       fail(`the checkpoint of shard ${checkpoint.shardId} has a timer log`);
+    if (shard.outbox !== undefined && !isFileEntry(shard.outbox))
+      fail(`the outbox file of shard ${checkpoint?.shardId} is malformed: ${describeValue(shard.outbox)}`);
   }
   if (!Array.isArray(m.files)) fail('"files" is not an array');
   for (const f of m.files as unknown[]) {
-    const file = f as Record<string, unknown>;
-    if (
-      typeof file?.name !== 'string' ||
-      !/^[A-Za-z0-9._-]+$/.test(file.name) ||
-      typeof file.sha256 !== 'string' ||
-      typeof file.bytes !== 'number' ||
-      typeof file.entries !== 'number'
-    )
-      fail(`file ${describeValue(f)} is malformed`);
+    if (!isFileEntry(f)) fail(`file ${describeValue(f)} is malformed`);
   }
   return raw as SavepointManifest;
+}
+
+function isFileEntry(f: unknown): f is SavepointFile {
+  const file = f as Record<string, unknown> | null;
+  return (
+    typeof file?.name === 'string' &&
+    /^[A-Za-z0-9._-]+$/.test(file.name) &&
+    typeof file.sha256 === 'string' &&
+    typeof file.bytes === 'number' &&
+    typeof file.entries === 'number'
+  );
 }
 
 /** The checkpoints of a manifest. */

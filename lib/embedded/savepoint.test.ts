@@ -10,10 +10,12 @@ import {
   compile,
   deserializeCheckpoint,
   MANIFEST_FILE,
+  type Output,
   type SavepointManifest,
   StateFormatError,
   type StateMigration,
 } from '../core/index.ts';
+import { runJob } from '../runtime/local-runner.ts';
 import {
   createSavepoint,
   IncompatibleStateError,
@@ -213,6 +215,66 @@ describe('savepoints on the embedded backend', () => {
     await runUntilIdle(data, 'ref', v1);
     const all = outputsOf(data.db, 'stop');
     expect(new Set(all.map((o) => o.job))).toEqual(new Set(['stop', 'stop@1']));
+    expect(valuesByShard(all)).toEqual(valuesByShard(outputsOf(data.db, 'ref')));
+    data.close();
+  });
+
+  it('outputs committed but not delivered at a stop-with-savepoint are delivered by the replay into the same job, not copied into another job', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST);
+    await runUntilIdle(data, 'undelivered', v1);
+    await produce(data.log, SECOND);
+    // The job's worker commits the second half, then dies before its sink delivers anything.
+    const opened = await openEmbeddedJobForRun({
+      dataDir: data.dir,
+      stream: STREAM,
+      job: 'undelivered',
+      plan: compile(v1),
+    });
+    let undelivered: readonly Output[] = [];
+    try {
+      const crashing = {
+        ...opened.runtime,
+        sink: {
+          async publish(outputs: readonly Output[]): Promise<void> {
+            undelivered = outputs;
+            throw new Error('the worker died before its sink delivered anything');
+          },
+        },
+      };
+      await expect(
+        runJob(crashing, { untilIdle: true, batchSize: 5000, leaseTtlMs: 1, roundPauseMs: 5 }),
+      ).rejects.toThrow('died before');
+    } finally {
+      await opened.close();
+    }
+    expect(undelivered.length).toBeGreaterThan(0);
+    await new Promise((r) => setTimeout(r, 10)); // the dead worker's 1 ms lease expires
+
+    const manifest = await createSavepoint(backend, { job: 'undelivered', stop: true });
+    expect(manifest.shards.some((s) => s.outbox !== undefined)).toBe(true);
+    // Into another job: the outputs are the original job's, so they stay out, with a warning.
+    const copy = await restoreSavepoint(backend, {
+      savepointId: manifest.id,
+      plan: compile(v1),
+      asJob: 'undelivered-copy',
+    });
+    expect(copy.warnings.join('\n')).toMatch(
+      /not delivered at the savepoint were not copied into job undelivered-copy/,
+    );
+    await runUntilIdle(data, 'undelivered-copy', v1);
+    expect(
+      outputsOf(data.db, 'undelivered-copy').filter((o) => !o.id.startsWith('undelivered-copy/')),
+    ).toEqual([]);
+    // Into the same job: its next workers deliver them, ids unchanged, and the job's whole
+    // output equals an uninterrupted run's.
+    await restoreSavepoint(backend, { savepointId: manifest.id, plan: compile(v1) });
+    await runUntilIdle(data, 'undelivered', v1);
+    await runUntilIdle(data, 'ref', v1);
+    const all = outputsOf(data.db, 'undelivered');
+    const delivered = new Set(all.map((o) => o.id));
+    expect(undelivered.filter((o) => !delivered.has(o.id))).toEqual([]);
     expect(valuesByShard(all)).toEqual(valuesByShard(outputsOf(data.db, 'ref')));
     data.close();
   });

@@ -48,6 +48,9 @@ export function sqliteStateScope(db: SqliteDatabase, job: string, generation: nu
         );
       }
     },
+    async importOutputs(shardId, outputs) {
+      backend.importOutputs(shardId, outputs);
+    },
     async isEmpty() {
       return backend.countEntries() === 0 && (await backend.listCheckpoints()).length === 0;
     },

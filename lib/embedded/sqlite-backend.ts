@@ -367,6 +367,27 @@ export class SqliteBackend implements StateStore, CheckpointStore {
       .immediate();
   }
 
+  /**
+   * Puts outputs into a shard's outbox (restoring a savepoint's undelivered outputs), after any
+   * it already holds; one already there by id is left as it is. Not fenced: run it before any
+   * worker starts.
+   */
+  importOutputs(shardId: string, outputs: readonly Output[]): void {
+    this.assertOpen();
+    const values = outputs.map(encodeOutputValue);
+    this.db
+      .transaction(() => {
+        const present = new Set(
+          this.sql.unpublished.all(this.job, this.generation, shardId).map((row) => row.output_id),
+        );
+        outputs.forEach((o, i) => {
+          if (present.has(o.id)) return;
+          this.sql.appendOutbox.run(this.job, this.generation, shardId, o.id, o.sink, values[i]);
+        });
+      })
+      .immediate();
+  }
+
   /** Closes the database if this backend opened it. Further calls throw. */
   async close(): Promise<void> {
     if (this.closed) return;

@@ -33,9 +33,11 @@ import {
   checkCompatibility,
   checkpointJson,
   checkSavepointId,
+  decodeOutboxFile,
   decodeSavedEntry,
   decodeStateFile,
   encodeMigratedEntry,
+  encodeOutboxFile,
   encodeStateFile,
   FencedError,
   isTimerChunkAddress,
@@ -45,8 +47,10 @@ import {
   manifestCheckpoints,
   newSavepointId,
   type OperatorSchema,
+  type Output,
   operatorOfAddress,
   operatorSchemas,
+  outboxFileName,
   type PipelinePlan,
   parseManifest,
   SAVEPOINT_FORMAT,
@@ -85,6 +89,11 @@ export interface StateScope {
   importEntries(entries: ReadonlyArray<readonly [StateAddress, string]>): Promise<void>;
   /** Sets a shard's checkpoint; an identical existing one is fine, a different one is an error. */
   importCheckpoint(checkpoint: ShardCheckpoint): Promise<void>;
+  /**
+   * Puts outputs into a shard's outbox, as their commits (in the output ids) had left them, to
+   * be published by the shard's next worker. Idempotent; only for a generation no worker runs yet.
+   */
+  importOutputs(shardId: string, outputs: readonly Output[]): Promise<void>;
   /** True when the scope holds no state and no checkpoints. */
   isEmpty(): Promise<boolean>;
 }
@@ -312,13 +321,23 @@ export async function createSavepoint(
       checkpoints.sort((a, b) => (a.shardId < b.shardId ? -1 : a.shardId > b.shardId ? 1 : 0));
       const source = backend.source(record.stream);
       const shards: SavepointShard[] = [];
+      const outboxes: Output[][] = [];
       for (const cp of checkpoints) {
         const next = cp.finished ? undefined : await peekNext(source, cp);
         // Timers inline: a savepoint does not export timer chunks, so it does not depend on them.
         const inline = await withInlineTimers(cp, scope.backend);
         shards.push({ checkpoint: checkpointJson(inline), ...(next === undefined ? {} : { next }) });
+        // Outputs committed up to the cut but not delivered yet (a worker died before publishing):
+        // the restored job resumes after the cut, so it would never produce them again.
+        outboxes.push(await scope.backend.unpublishedOutputs(cp.shardId));
       }
       await snapshots.remove(savepointId); // files of an interrupted attempt
+      for (const [i, outputs] of outboxes.entries()) {
+        if (outputs.length === 0) continue;
+        const encoded = encodeOutboxFile(outboxFileName(i), outputs);
+        await snapshots.write(savepointId, encoded.file.name, encoded.data);
+        shards[i] = { ...shards[i]!, outbox: encoded.file };
+      }
       const operators = [...(options.operators ?? record.operators ?? [])];
       const known = operators.map((o) => o.uid);
       // Timer chunks are counted by the scope but not exported: the total shrinks as they are met.
@@ -570,6 +589,22 @@ export async function verifySavepoint(
       `savepoint ${manifest.id} holds ${entries} entries; its manifest says ${manifest.entries}`,
     );
   }
+  for (const shard of manifest.shards) await readOutbox(snapshots, manifest, shard);
+}
+
+/** A shard's undelivered outputs saved with the savepoint (verified), or none. */
+async function readOutbox(
+  snapshots: SnapshotStore,
+  manifest: SavepointManifest,
+  shard: SavepointShard,
+): Promise<Output[]> {
+  const file = shard.outbox;
+  if (file === undefined) return [];
+  return decodeOutboxFile(
+    await snapshots.read(manifest.id, file.name),
+    file,
+    `outbox file ${snapshots.describe(manifest.id, file.name)}`,
+  );
 }
 
 /**
@@ -789,6 +824,20 @@ export async function restoreSavepoint(
     written += rows.length;
     options.onProgress?.({ phase: 'restore', entries: written, total: manifest.entries, files: i + 1 });
     await options.onStep?.('entries-written', i);
+  }
+  // The outputs the job had committed but not delivered at the savepoint are this job's to
+  // deliver: its next workers publish them, ids unchanged, before they read on.
+  let outputs = 0;
+  for (const [i, shard] of manifest.shards.entries()) {
+    const pending = await readOutbox(snapshots, manifest, shard);
+    if (pending.length === 0) continue;
+    outputs += pending.length;
+    if (target === manifest.job) await scope.importOutputs(checkpoints[i]!.shardId, pending);
+  }
+  if (outputs > 0 && target !== manifest.job) {
+    warnings.push(
+      `${outputs} output(s) job ${manifest.job} had committed but not delivered at the savepoint were not copied into job ${target}: they are ${manifest.job}'s; restore the savepoint into ${manifest.job} (without --as-job) to deliver them`,
+    );
   }
   for (const cp of restoredCheckpoints) await scope.importCheckpoint(cp);
   await options.onStep?.('checkpoints-written');

@@ -1,0 +1,162 @@
+/**
+ * Lease takeovers around the S3 parts of a commit, on the emulators:
+ *
+ * - a fenced zombie whose checkpoint is large (an S3 object, `cpRef`) cannot replace the
+ *   checkpoint object of the commit its successor made under the same commit number;
+ * - a shard whose finishing commit took the delta path and stopped after its commit point is
+ *   not finished until a lease holder has redone the delta: its children stay waiting, then
+ *   start on the parent's final state, with the parent's last outputs in its outbox;
+ * - outputs a savepoint carried (committed, not delivered) put back into a new generation's
+ *   outbox: one item per commit, a commit's outputs over an item's size in an S3 object.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DynamoCommitStep } from '../../lib/aws/dynamodb-backend.ts';
+import { createBucket } from '../../lib/aws/resources.ts';
+import {
+  FencedError,
+  initialCheckpoint,
+  type Output,
+  type ShardCheckpoint,
+  type ShardInfo,
+  type TimerSpec,
+} from '../../lib/core/index.ts';
+import { runnableShards } from '../../lib/runtime/coordinator.ts';
+import { type AwsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
+import { type BackendTables, createBackendTables } from './backend-tables.ts';
+import { jobClients } from './job-clients.ts';
+
+const env = await setupAwsTestEnv();
+let clients: AwsClients;
+const bucket = uniqueName('floe-takeover');
+const TTL = 1_000;
+
+beforeAll(async () => {
+  clients = jobClients(env);
+  await createBucket(clients.s3, bucket);
+});
+afterAll(() => clients?.destroy());
+
+class Crash extends Error {}
+
+let fixtures = 0;
+const fixture = (): Promise<BackendTables> => createBackendTables(clients, bucket, 'takeover', ++fixtures);
+
+/** A checkpoint over the 200 KB inline limit (6,000 pending timers), so it is an S3 object. */
+function largeCheckpoint(shardId: string, commitNumber: number, position: string): ShardCheckpoint {
+  const timers: TimerSpec[] = Array.from({ length: 6_000 }, (_, i) => ({
+    operator: 'op',
+    domain: 'event',
+    time: 1_000_000 + i,
+    key: `key-${String(i).padStart(6, '0')}`,
+    namespace: 'ns',
+  }));
+  return { ...initialCheckpoint(shardId), commitNumber, position, timers };
+}
+
+describe('S3 objects of commits, checkpoints and restored outboxes', () => {
+  it("a fenced zombie's large checkpoint does not replace its successor's", async () => {
+    const shard = 'shardId-000000000000';
+    const f = await fixture();
+    try {
+      const a = f.open();
+      const leaseA = await a.acquireLease(shard, 'A', 0, TTL);
+      await a.commit(leaseA, { checkpoint: largeCheckpoint(shard, 1, '100'), mutations: [], outputs: [] });
+      // A stalls past its lease; B takes the shard over and commits 2 up to position 300.
+      const b = f.open();
+      const leaseB = await b.acquireLease(shard, 'B', TTL + 1, TTL);
+      await b.commit(leaseB, {
+        checkpoint: largeCheckpoint(shard, 2, '300'),
+        mutations: [{ address: 'op/"k"', value: '"B through 300"' }],
+        outputs: [],
+      });
+      // A wakes and commits its own 2 (up to position 200): rejected, and nothing of it stays.
+      await expect(
+        a.commit(leaseA, {
+          checkpoint: largeCheckpoint(shard, 2, '200'),
+          mutations: [{ address: 'op/"k"', value: '"A through 200"' }],
+          outputs: [],
+        }),
+      ).rejects.toBeInstanceOf(FencedError);
+      const reader = f.open();
+      expect((await reader.readCheckpoint(shard))?.position).toBe('300');
+      expect((await reader.getMany(['op/"k"'])).get('op/"k"')).toBe('"B through 300"');
+    } finally {
+      await f.close();
+    }
+  });
+
+  it('a parent whose finishing delta commit stopped after its commit point holds its children back until a lease holder redoes it', async () => {
+    const parent = 'shardId-000000000000';
+    const child = 'shardId-000000000001';
+    const shards: ShardInfo[] = [
+      { shardId: parent, parentShardIds: [], hashKeyRange: { start: '0', end: '100' }, closed: true },
+      { shardId: child, parentShardIds: [parent], hashKeyRange: { start: '0', end: '100' }, closed: false },
+    ];
+    const f = await fixture();
+    try {
+      const writer = f.open({
+        onStep: (step: DynamoCommitStep) => {
+          if (step === 'after-commit-point') throw new Crash('stopped after the commit point');
+        },
+      });
+      const lease = await writer.acquireLease(parent, 'P', 0, TTL);
+      // The parent's last commit: shard ended, 150 mutations (over 100 actions: the delta path).
+      const mutations = Array.from({ length: 150 }, (_, i) => ({ address: `op/"key-${i}"`, value: `${i}` }));
+      const outputs = [0, 1].map((i) => ({ id: `job/${parent}/1/${i}`, sink: 'out', value: i }));
+      await expect(
+        writer.commit(lease, {
+          checkpoint: { ...initialCheckpoint(parent), commitNumber: 1, position: '500', finished: true },
+          mutations,
+          outputs,
+        }),
+      ).rejects.toBeInstanceOf(Crash);
+
+      // The coordinator's view: the parent must run again (its worker redoes the delta), not the child.
+      const coordinator = f.open();
+      const listed = async () => new Map((await coordinator.listCheckpoints()).map((c) => [c.shardId, c]));
+      expect((await coordinator.readCheckpoint(parent))?.finished).toBe(false);
+      expect(runnableShards(shards, await listed()).map((p) => p.shard.shardId)).toEqual([parent]);
+
+      // A worker takes the parent's lease (after the old one expired): the redo applies the delta.
+      const worker = f.open();
+      await worker.acquireLease(parent, 'W', TTL + 1, TTL);
+      expect((await worker.readCheckpoint(parent))?.finished).toBe(true);
+      expect((await worker.unpublishedOutputs(parent)).map((o) => o.id)).toEqual(outputs.map((o) => o.id));
+      expect(runnableShards(shards, await listed()).map((p) => p.shard.shardId)).toEqual([child]);
+      const seen = await coordinator.getMany(mutations.map((m) => m.address));
+      expect(seen.size).toBe(150);
+      expect(seen.get('op/"key-149"')).toBe('149');
+    } finally {
+      await f.close();
+    }
+  });
+
+  it("puts a savepoint's undelivered outputs back into an outbox, idempotently, large commits through S3", async () => {
+    const shard = 'shardId-000000000000';
+    const f = await fixture();
+    try {
+      const backend = f.open();
+      const big = 'x'.repeat(2_000);
+      // Commit 3: 300 outputs of 2 KB (over an item's 400 KB); commit 5: two small ones.
+      const outputs: Output[] = [
+        ...Array.from({ length: 300 }, (_, i) => ({
+          id: `job/${shard}/3/${i}`,
+          sink: 'out',
+          value: { i, big },
+        })),
+        ...[0, 1].map((i) => ({ id: `job/${shard}/5/${i}`, sink: 'out', value: i })),
+      ];
+      await backend.importOutputs(shard, outputs);
+      await backend.importOutputs(shard, outputs); // a rerun of the restore
+      const reader = f.open();
+      expect(await reader.unpublishedOutputs(shard)).toEqual(outputs);
+      await reader.markPublished(
+        shard,
+        outputs.map((o) => o.id),
+      );
+      expect(await f.open().unpublishedOutputs(shard)).toEqual([]);
+    } finally {
+      await f.close();
+    }
+  });
+});
