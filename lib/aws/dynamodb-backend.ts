@@ -391,12 +391,15 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     const checkpointText = serializeCheckpoint(commit.checkpoint);
     const commitNumber = commit.checkpoint.commitNumber;
     const outputsText = commit.outputs.length > 0 ? JSON.stringify(commit.outputs) : undefined;
-    const cpInline = checkpointText.length <= CHECKPOINT_INLINE_LIMIT;
+    // DynamoDB's limits are in UTF-8 bytes: non-ASCII text takes more bytes than characters.
+    const checkpointBytes = Buffer.byteLength(checkpointText);
+    const outputsBytes = outputsText === undefined ? 0 : Buffer.byteLength(outputsText);
+    const cpInline = checkpointBytes <= CHECKPOINT_INLINE_LIMIT;
     const actions = 1 + (outputsText ? 1 : 0) + commit.mutations.length;
-    let bytes = (cpInline ? checkpointText.length : 0) + (outputsText?.length ?? 0);
-    let oversizedItem = (outputsText?.length ?? 0) > ITEM_SOFT_LIMIT;
+    let bytes = (cpInline ? checkpointBytes : 0) + outputsBytes;
+    let oversizedItem = outputsBytes > ITEM_SOFT_LIMIT;
     for (const m of commit.mutations) {
-      const size = m.address.length + (m.value?.length ?? 0) + 64;
+      const size = Buffer.byteLength(m.address) + (m.value === null ? 0 : Buffer.byteLength(m.value)) + 64;
       bytes += size;
       if (size > ITEM_SOFT_LIMIT) {
         throw new StateFormatError(
@@ -449,7 +452,12 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       await this.ddb.send(
         new TransactWriteCommand({
           TransactItems: items,
-          ClientRequestToken: `${this.scope}#${shardId}#${commitNumber}#${lease.fence}`.slice(-36),
+          // At most 36 characters, and idempotent per account for 10 minutes: a digest of the whole
+          // (job, generation, shard, commit, fence), so two jobs never share one.
+          ClientRequestToken: createHash('sha256')
+            .update(`${this.scope}#${shardId}#${commitNumber}#${lease.fence}`)
+            .digest('hex')
+            .slice(0, 36),
         }),
       );
     } catch (error) {
@@ -593,7 +601,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
           Item: {
             pk: this.scope,
             sk: this.outboxSk(shardId, commitNumber),
-            ...(text.length > ITEM_SOFT_LIMIT ? { delta: key } : { outputs: text }),
+            ...(Buffer.byteLength(text) > ITEM_SOFT_LIMIT ? { delta: key } : { outputs: text }),
           },
           ConditionExpression: 'attribute_not_exists(pk)',
         },
@@ -765,7 +773,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     for (const [commitNumber, group] of byCommit) {
       const text = JSON.stringify(group);
       let body: Record<string, string> = { outputs: text };
-      if (text.length > ITEM_SOFT_LIMIT) {
+      if (Buffer.byteLength(text) > ITEM_SOFT_LIMIT) {
         const key = `${this.prefix}restored-outbox/${shardId}/${pad(commitNumber)}.json`;
         const object = { outputs: group };
         await this.s3.send(
@@ -1018,7 +1026,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
    */
   async importCheckpoint(checkpoint: ShardCheckpoint): Promise<void> {
     const text = serializeCheckpoint(checkpoint);
-    const inline = text.length <= CHECKPOINT_INLINE_LIMIT;
+    const inline = Buffer.byteLength(text) <= CHECKPOINT_INLINE_LIMIT;
     const cpRef = inline
       ? undefined
       : await this.putCheckpointObject(

@@ -1,5 +1,5 @@
 /**
- * Lease takeovers around the S3 parts of a commit, on the emulators:
+ * Edges of the DynamoDB + S3 commit, on the emulators:
  *
  * - a fenced zombie whose checkpoint is large (an S3 object, `cpRef`) cannot replace the
  *   checkpoint object of the commit its successor made under the same commit number;
@@ -7,7 +7,8 @@
  *   not finished until a lease holder has redone the delta: its children stay waiting, then
  *   start on the parent's final state, with the parent's last outputs in its outbox;
  * - outputs a savepoint carried (committed, not delivered) put back into a new generation's
- *   outbox: one item per commit, a commit's outputs over an item's size in an S3 object.
+ *   outbox: one item per commit, a commit's outputs over an item's size in an S3 object;
+ * - item sizes are UTF-8 bytes, as DynamoDB counts them.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DynamoCommitStep } from '../../lib/aws/dynamodb-backend.ts';
@@ -18,6 +19,7 @@ import {
   type Output,
   type ShardCheckpoint,
   type ShardInfo,
+  StateFormatError,
   type TimerSpec,
 } from '../../lib/core/index.ts';
 import { runnableShards } from '../../lib/runtime/coordinator.ts';
@@ -53,7 +55,7 @@ function largeCheckpoint(shardId: string, commitNumber: number, position: string
   return { ...initialCheckpoint(shardId), commitNumber, position, timers };
 }
 
-describe('S3 objects of commits, checkpoints and restored outboxes', () => {
+describe('DynamoDB + S3 commit edges', () => {
   it("a fenced zombie's large checkpoint does not replace its successor's", async () => {
     const shard = 'shardId-000000000000';
     const f = await fixture();
@@ -155,6 +157,25 @@ describe('S3 objects of commits, checkpoints and restored outboxes', () => {
         outputs.map((o) => o.id),
       );
       expect(await f.open().unpublishedOutputs(shard)).toEqual([]);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it('measures state items in UTF-8 bytes: 130,000 characters of € (390 KB) are refused before DynamoDB sees them', async () => {
+    const shard = 'shardId-000000000000';
+    const f = await fixture();
+    try {
+      const backend = f.open();
+      const lease = await backend.acquireLease(shard, 'A', 0, TTL);
+      const commit = {
+        checkpoint: { ...initialCheckpoint(shard), commitNumber: 1, position: '1' },
+        mutations: [{ address: 'op/"k"', value: JSON.stringify('€'.repeat(130_000)) }],
+        outputs: [],
+      };
+      await expect(backend.commit(lease, commit)).rejects.toThrow(StateFormatError);
+      await expect(backend.commit(lease, commit)).rejects.toThrow(/DynamoDB items hold at most 400 KB/);
+      expect(await f.open().readCheckpoint(shard)).toBeUndefined();
     } finally {
       await f.close();
     }
