@@ -213,7 +213,11 @@ export class ShardTask {
   watermark: number;
   now = 0;
   private maxTimestamp: number;
-  private lastRecordAt: number | undefined;
+  /**
+   * Arrival time of the last record; -Infinity before any. A number, never undefined: V8 keeps
+   * such a field unboxed, where a field that may be undefined allocates on every store.
+   */
+  private lastArrival = Number.NEGATIVE_INFINITY;
   private position: string | undefined;
   private commitNumber: number;
   private finished: boolean;
@@ -288,7 +292,7 @@ export class ShardTask {
     this.maxCachedKeys = maxCachedKeys;
     this.watermark = cp.watermark;
     this.maxTimestamp = cp.maxTimestamp;
-    this.lastRecordAt = cp.lastRecordAt;
+    this.lastArrival = cp.lastRecordAt ?? Number.NEGATIVE_INFINITY;
     this.position = cp.position;
     this.commitNumber = cp.commitNumber;
     this.finished = cp.finished;
@@ -410,6 +414,11 @@ export class ShardTask {
     this.aEntry.fill(undefined, 0, this.aLen);
     this.rError.fill(undefined, 0, fresh.length);
     this.aLen = 0;
+  }
+
+  /** Arrival time of the last record, if any (the checkpoint's lastRecordAt). */
+  private get lastRecordAt(): number | undefined {
+    return this.lastArrival === Number.NEGATIVE_INFINITY ? undefined : this.lastArrival;
   }
 
   /** Records processed since the last commit (0 right after `takeCommit`). */
@@ -548,8 +557,7 @@ export class ShardTask {
       if (idleness) {
         this.advanceWatermark(idleWatermark(strategy, this.maxTimestamp, this.lastRecordAt, arrival));
       }
-      const last = this.lastRecordAt;
-      if (last === undefined || arrival > last) this.lastRecordAt = arrival;
+      if (arrival > this.lastArrival) this.lastArrival = arrival;
       const error = errors[r] ?? this.applyRecord(starts[r]!, starts[r + 1]!);
       if (error !== undefined) {
         const record = fresh[r]!;
