@@ -48,10 +48,12 @@ import {
   type Lease,
   LeaseUnavailableError,
   type Output,
+  outputValueJson,
   type ShardCheckpoint,
   type StateAddress,
   StateFormatError,
   type StateMutation,
+  StateSerializationError,
   type StateStore,
   serializeCheckpoint,
   TransientBackendError,
@@ -144,6 +146,21 @@ interface Delta {
 const pad = (n: number): string => String(n).padStart(12, '0');
 
 /** Parses the commit number out of an output id (`job/shard/commit/index`). */
+/** The outbox text of a commit's outputs; a StateSerializationError naming one that is not JSON. */
+function outputsJson(outputs: readonly Output[]): string {
+  try {
+    return JSON.stringify(outputs);
+  } catch (error) {
+    for (const o of outputs) outputValueJson(o); // throws for the first that is not JSON
+    throw new StateSerializationError(
+      `the outputs of a commit are not JSON-serializable (${String(error)})`,
+      {
+        cause: error,
+      },
+    );
+  }
+}
+
 function commitOf(id: string): number {
   const parts = id.split('/');
   const commit = Number(parts[parts.length - 2]);
@@ -390,7 +407,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     }
     const checkpointText = serializeCheckpoint(commit.checkpoint);
     const commitNumber = commit.checkpoint.commitNumber;
-    const outputsText = commit.outputs.length > 0 ? JSON.stringify(commit.outputs) : undefined;
+    const outputsText = commit.outputs.length > 0 ? outputsJson(commit.outputs) : undefined;
     // DynamoDB's limits are in UTF-8 bytes: non-ASCII text takes more bytes than characters.
     const checkpointBytes = Buffer.byteLength(checkpointText);
     const outputsBytes = outputsText === undefined ? 0 : Buffer.byteLength(outputsText);

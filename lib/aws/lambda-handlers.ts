@@ -111,6 +111,12 @@ export function createWorkerHandler(deps: HandlerDeps) {
           warmTasks,
           ...(config.commitIntervalMs === undefined ? {} : { commitIntervalMs: config.commitIntervalMs }),
           ...(config.maxCachedKeys === undefined ? {} : { maxCachedKeys: config.maxCachedKeys }),
+          onSerializationRetry: (error) => {
+            logger.warn(
+              'a commit failed on a value that is not JSON; processing again from the last commit, dead-lettering the records that produce such values',
+              { message: error.message },
+            );
+          },
           onCommit: (p) => {
             commits++;
             records += p.records;

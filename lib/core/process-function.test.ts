@@ -869,6 +869,40 @@ describe('side outputs', () => {
     return new TestDriver(p);
   }
 
+  it('ctx.output to a "floe." name dead-letters the record: floe.dead-letter and floe.late take no user data', async () => {
+    const p = pipeline('side-reserved');
+    p.source<Ev>({ deserializer: passthroughDeserializer<Ev>() })
+      .withTimestamps((e) => e.ts, boundedOutOfOrderness(0))
+      .keyBy((e) => e.k)
+      .process<{ main: StateKey }>({
+        processElement(e, ctx) {
+          ctx.emit({ main: ctx.key });
+          if (e.op === 'dl') ctx.output('floe.dead-letter', { fake: true });
+          if (e.op === 'late') ctx.output('floe.late', { fake: true });
+        },
+      })
+      .sink('out');
+    const driver = new TestDriver(p);
+    await driver.send([
+      rec({ k: 'a', ts: 5, op: 'dl' }),
+      rec({ k: 'b', ts: 6 }),
+      rec({ k: 'c', ts: 7, op: 'late' }),
+    ]);
+    expect(driver.values('out')).toEqual([{ main: 'b' }]);
+    expect(driver.values('floe.late')).toEqual([]);
+    const letters = driver.values<{ reason: string; message: string }>('floe.dead-letter');
+    expect(letters.map((l) => [l.reason, l.message])).toEqual([
+      [
+        'user-function',
+        'TypeError: ctx.output("floe.dead-letter"): side output names starting with "floe." are reserved for floe\'s own sinks (floe.dead-letter, floe.late); choose another name',
+      ],
+      [
+        'user-function',
+        'TypeError: ctx.output("floe.late"): side output names starting with "floe." are reserved for floe\'s own sinks (floe.dead-letter, floe.late); choose another name',
+      ],
+    ]);
+  });
+
   it('consumed side outputs flow through their branch; unconsumed ones go to a sink of that name', async () => {
     const driver = sideDriver();
     await driver.send([

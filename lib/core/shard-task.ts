@@ -22,6 +22,7 @@ import type { KeyedOperatorPlan, PipelinePlan } from './compile.ts';
 import { DEAD_LETTER_SINK, type GraphNode } from './dsl.ts';
 import { describeValue, errorMessage, PipelineDefinitionError, StateFormatError } from './errors.ts';
 import { Journal } from './journal.ts';
+import { outputValueJson } from './outputs.ts';
 import type { Output, SourceRecord, StateAddress, StateMutation, StateStore } from './ports.ts';
 import type { KeyedProcessFunction, ProcessContext, Timer, TimerService } from './processor.ts';
 import {
@@ -46,6 +47,14 @@ export interface ShardTaskOptions extends TimerLogOptions {
    * worker does. @default unbounded (every key read or written stays cached)
    */
   readonly maxCachedKeys?: number;
+  /**
+   * Checks, after each record and each timer, that the outputs it emitted and the state it
+   * changed are JSON-serializable; one that is not is rolled back and dead-lettered (reason
+   * 'serialization', or 'timer' for a timer). It costs a JSON.stringify per output and per
+   * changed key, so the shard worker turns it on only to get past a commit that failed with a
+   * StateSerializationError. @default false (such a value fails the commit)
+   */
+  readonly checkSerializable?: boolean;
 }
 
 export interface ProcessOptions {
@@ -72,7 +81,13 @@ export interface BatchResult {
   readonly stats: BatchStats;
 }
 
-export type DeadLetterReason = 'deserialize' | 'timestamp' | 'key' | 'user-function' | 'timer';
+export type DeadLetterReason =
+  | 'deserialize'
+  | 'timestamp'
+  | 'key'
+  | 'user-function'
+  | 'timer'
+  | 'serialization';
 
 /** The value written to the dead-letter sink. */
 export interface DeadLetter {
@@ -152,6 +167,12 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
   output(sideOutput: string, value: unknown): void {
     let emit = this.side.get(sideOutput);
     if (emit === undefined) {
+      // floe's own sinks take no user data (a window's late output is floe's, under floe.late).
+      if (this.plan.kind === 'process' && sideOutput.startsWith('floe.')) {
+        throw new TypeError(
+          `ctx.output("${sideOutput}"): side output names starting with "floe." are reserved for floe's own sinks (floe.dead-letter, floe.late); choose another name`,
+        );
+      }
       // An unconsumed side output is written to the sink of the same name.
       emit = this.task.sinkEmitter(sideOutput);
       this.side.set(sideOutput, emit);
@@ -225,6 +246,7 @@ export class ShardTask {
   private readonly depth: number;
   private readonly job: string;
   private readonly maxCachedKeys: number | undefined;
+  private readonly checkSerializable: boolean;
   private readonly journal = new Journal();
   private readonly eventTimers = new TimerQueue();
   private readonly processingTimers = new TimerQueue();
@@ -290,6 +312,7 @@ export class ShardTask {
       );
     }
     this.maxCachedKeys = maxCachedKeys;
+    this.checkSerializable = options.checkSerializable === true;
     this.watermark = cp.watermark;
     this.maxTimestamp = cp.maxTimestamp;
     this.lastArrival = cp.lastRecordAt ?? Number.NEGATIVE_INFINITY;
@@ -680,13 +703,42 @@ export class ShardTask {
           });
         }
       }
+      if (this.checkSerializable) this.checkRecordSerializable(mark, start, end);
       this.journal.reset();
       return undefined;
     } catch (error) {
       // All-or-nothing per record: undo its state and timer changes and drop its outputs.
       this.journal.rollback();
       this.outputs.length = mark;
-      return new RecordError('user-function', errorMessage(error));
+      return error instanceof RecordError ? error : new RecordError('user-function', errorMessage(error));
+    }
+  }
+
+  /** checkSerializable: the outputs from `mark` on, and the state of the keys of elements [start, end). */
+  private checkRecordSerializable(mark: number, start: number, end: number): void {
+    this.checkOutputsSerializable(mark);
+    for (let i = start; i < end; i++) {
+      if (this.aKind[i] === 0) this.checkStateSerializable(this.operators[this.aTarget[i]!]!, this.aKey[i]!);
+    }
+  }
+
+  private checkOutputsSerializable(mark: number): void {
+    for (let i = mark; i < this.outputs.length; i++) {
+      try {
+        outputValueJson(this.outputs[i]!);
+      } catch (error) {
+        throw new RecordError('serialization', errorMessage(error));
+      }
+    }
+  }
+
+  private checkStateSerializable(op: OperatorRuntime, key: StateKey): void {
+    const entry = op.backend.cache.get(key);
+    if (entry === undefined) return;
+    try {
+      op.backend.serialize(entry);
+    } catch (error) {
+      throw new RecordError('serialization', errorMessage(error));
     }
   }
 
@@ -723,6 +775,10 @@ export class ShardTask {
     this.timerVersion++;
     try {
       op.onTimer(timer, domain);
+      if (this.checkSerializable) {
+        this.checkOutputsSerializable(mark);
+        this.checkStateSerializable(op, timer.key);
+      }
       this.journal.reset();
     } catch (error) {
       this.journal.rollback();

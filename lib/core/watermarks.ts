@@ -1,6 +1,5 @@
 /** Watermark strategies. The watermark depends only on the highest timestamp seen, so it is
  * the same however records are split into batches (needed for restart-equivalence). */
-import { describeValue, PipelineDefinitionError } from './errors.ts';
 import { checkDuration, type Millis } from './time.ts';
 
 export interface WatermarkStrategy {

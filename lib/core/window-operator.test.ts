@@ -320,7 +320,7 @@ describe('tumbling windows', () => {
     keyed
       .window(session({ gap: 5 }))
       .reduce(
-        (a, b) => ({ ...a, v: a.v + b.v }),
+        (a, b) => ({ k: a.k, ts: a.ts, v: a.v + b.v }),
         ({ key, window, result }) => (result.v > 10 ? `${key}[${window.start},${window.end})` : undefined),
       )
       .sink('sessions');

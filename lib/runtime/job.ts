@@ -61,6 +61,12 @@ export interface WorkerOptions {
   readonly idlePollMs?: number;
   /** Called after every commit. */
   readonly onCommit?: (progress: ShardProgress) => void;
+  /**
+   * Called when a commit failed because an output or a state value is not JSON: the worker then
+   * processes the shard again from its last commit, checking each record, and dead-letters those
+   * that produce such values (reason 'serialization').
+   */
+  readonly onSerializationRetry?: (error: Error) => void;
   /** Stops the loop at the next batch boundary. */
   readonly signal?: AbortSignal;
   /** How often a worker reads the job control between batches (wall ms). @default 500 */

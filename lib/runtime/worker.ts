@@ -25,6 +25,7 @@ import {
   type ShardCheckpoint,
   ShardTask,
   type StartPosition,
+  StateSerializationError,
   wholeNumberOption,
 } from '../core/index.ts';
 import type { JobRuntime, ShardProgress, WorkerOptions } from './job.ts';
@@ -114,7 +115,11 @@ export async function runShardWorker(
     nextControlCheck = Date.now() + pollMs;
     return (await job.control.check()).action !== 'run';
   };
-  try {
+  /**
+   * Runs the shard from its stored checkpoint. `checkSerializable`: every record's outputs and
+   * state are checked as it is processed (ShardTaskOptions.checkSerializable).
+   */
+  const attempt = async (checkSerializable: boolean): Promise<WorkerResult> => {
     if (await mustPause()) {
       return { shardId, records, commits, finished: false, childShardIds, caughtUp: false, paused: true };
     }
@@ -124,12 +129,15 @@ export async function runShardWorker(
       return { shardId, records, commits, finished: true, childShardIds, caughtUp: true };
     }
     const kept =
-      checkpoint === undefined ? undefined : options.warmTasks?.take(job.job, job.plan, checkpoint);
+      checkpoint === undefined || checkSerializable
+        ? undefined
+        : options.warmTasks?.take(job.job, job.plan, checkpoint);
     const task =
       kept ??
       new ShardTask(job.plan, checkpoint ?? shardId, {
         job: job.job,
         maxCachedKeys,
+        checkSerializable,
         ...(options.timerTailOps === undefined ? {} : { tailOps: options.timerTailOps }),
       });
     const position: StartPosition =
@@ -229,7 +237,8 @@ export async function runShardWorker(
       if (!paused && uncommittedSince !== undefined) await commitPending(lastMillisBehind);
       await published();
       // Only after a clean end: a task that saw an error may hold changes nobody committed.
-      if (!finished) options.warmTasks?.keep(job.job, task);
+      // A checking task is not kept: it would check every record of later invocations too.
+      if (!finished && !checkSerializable) options.warmTasks?.keep(job.job, task);
     } finally {
       // On an error: let what is in flight settle (a publish's outcome is in the outbox; a read
       // ahead is discarded, the next invocation reads again from the committed checkpoint).
@@ -246,6 +255,19 @@ export async function runShardWorker(
       warm: kept !== undefined,
       ...(paused ? { paused } : {}),
     };
+  };
+  try {
+    try {
+      return await attempt(false);
+    } catch (error) {
+      // A value that is not JSON (a BigInt, a cycle) failed the commit: nothing of the pending
+      // batches is durable. Process them again from the last commit, checking every record, so
+      // the records that produced such values go to the dead-letter output and the shard moves
+      // on instead of failing the same commit forever.
+      if (!(error instanceof StateSerializationError)) throw error;
+      options.onSerializationRetry?.(error);
+      return await attempt(true);
+    }
   } finally {
     await job.backend.releaseLease(lease).catch(() => {});
   }
