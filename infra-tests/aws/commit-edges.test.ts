@@ -8,7 +8,9 @@
  *   start on the parent's final state, with the parent's last outputs in its outbox;
  * - outputs a savepoint carried (committed, not delivered) put back into a new generation's
  *   outbox: one item per commit, a commit's outputs over an item's size in an S3 object;
- * - item sizes are UTF-8 bytes, as DynamoDB counts them.
+ * - item sizes are UTF-8 bytes, as DynamoDB counts them;
+ * - an output that is not JSON fails the commit with a StateSerializationError naming it (the
+ *   worker then dead-letters its record), and nothing of the commit is stored.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DynamoCommitStep } from '../../lib/aws/dynamodb-backend.ts';
@@ -20,6 +22,7 @@ import {
   type ShardCheckpoint,
   type ShardInfo,
   StateFormatError,
+  StateSerializationError,
   type TimerSpec,
 } from '../../lib/core/index.ts';
 import { runnableShards } from '../../lib/runtime/coordinator.ts';
@@ -176,6 +179,32 @@ describe('DynamoDB + S3 commit edges', () => {
       await expect(backend.commit(lease, commit)).rejects.toThrow(StateFormatError);
       await expect(backend.commit(lease, commit)).rejects.toThrow(/DynamoDB items hold at most 400 KB/);
       expect(await f.open().readCheckpoint(shard)).toBeUndefined();
+    } finally {
+      await f.close();
+    }
+  });
+
+  it('refuses an output that is not JSON with a StateSerializationError naming it, storing nothing', async () => {
+    const shard = 'shardId-000000000000';
+    const f = await fixture();
+    try {
+      const backend = f.open();
+      const lease = await backend.acquireLease(shard, 'A', 0, TTL);
+      const commit = {
+        checkpoint: { ...initialCheckpoint(shard), commitNumber: 1, position: '1' },
+        mutations: [{ address: 'op/"k"', value: '1' }],
+        outputs: [
+          { id: `job/${shard}/1/0`, sink: 'out', value: 1 },
+          { id: `job/${shard}/1/1`, sink: 'out', value: { n: 2n } },
+        ],
+      };
+      const error = await backend.commit(lease, commit).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(StateSerializationError);
+      expect((error as Error).message).toContain(
+        `output job/${shard}/1/1 to sink "out" is not JSON-serializable`,
+      );
+      expect(await f.open().readCheckpoint(shard)).toBeUndefined();
+      expect((await f.open().getMany(['op/"k"'])).size).toBe(0);
     } finally {
       await f.close();
     }
