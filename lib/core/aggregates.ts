@@ -1,4 +1,9 @@
-/** Incremental aggregation functions (Flink's AggregateFunction) and common ones. */
+/**
+ * Incremental aggregation functions (Flink's AggregateFunction) and common ones. The built-ins
+ * check their arguments when called, so a mistake fails while the pipeline is built (a
+ * PipelineDefinitionError), not on every record at run time.
+ */
+import { describeValue, PipelineDefinitionError } from './errors.ts';
 
 export interface AggregateFunction<In, Acc, Out> {
   create(): Acc;
@@ -10,6 +15,11 @@ export interface AggregateFunction<In, Acc, Out> {
 
 /** Turns a reduce function into an aggregate whose accumulator is the reduced element. */
 export function reducing<T>(reduce: (a: T, b: T) => T): AggregateFunction<T, T | null, T> {
+  if (typeof reduce !== 'function') {
+    throw new PipelineDefinitionError(
+      `reducing needs a function combining two elements into one, e.g. reducing((a, b) => (a.ts > b.ts ? a : b)); received ${describeValue(reduce)}`,
+    );
+  }
   return {
     create: () => null,
     add: (value, acc) => (acc === null ? value : reduce(acc, value)),
@@ -22,11 +32,28 @@ export function count<T = unknown>(): AggregateFunction<T, number, number> {
   return { create: () => 0, add: (_v, acc) => acc + 1, merge: (a, b) => a + b, result: (acc) => acc };
 }
 
+/**
+ * Checks the value selector of sum/min/max/average: a function of the element returning a number.
+ * A field name passed instead (`sum('amount')`) gets the function to write in the message.
+ */
+function requireSelector(aggregate: string, purpose: string, of: unknown): void {
+  if (typeof of === 'function') return;
+  const field =
+    typeof of === 'string' && of !== ''
+      ? `; to use the field ${JSON.stringify(of)}, write ${aggregate}((e) => e${/^[A-Za-z_$][\w$]*$/.test(of) ? `.${of}` : `[${JSON.stringify(of)}]`})`
+      : '';
+  throw new PipelineDefinitionError(
+    `${aggregate} needs a function returning the number to ${purpose}, e.g. ${aggregate}((e) => e.amount); received ${describeValue(of)}${field}`,
+  );
+}
+
 export function sum<T>(of: (value: T) => number): AggregateFunction<T, number, number> {
+  requireSelector('sum', 'add', of);
   return { create: () => 0, add: (v, acc) => acc + of(v), merge: (a, b) => a + b, result: (acc) => acc };
 }
 
 export function min<T>(of: (value: T) => number): AggregateFunction<T, number | null, number | null> {
+  requireSelector('min', 'compare', of);
   return {
     create: () => null,
     add: (v, acc) => (acc === null ? of(v) : Math.min(acc, of(v))),
@@ -36,6 +63,7 @@ export function min<T>(of: (value: T) => number): AggregateFunction<T, number | 
 }
 
 export function max<T>(of: (value: T) => number): AggregateFunction<T, number | null, number | null> {
+  requireSelector('max', 'compare', of);
   return {
     create: () => null,
     add: (v, acc) => (acc === null ? of(v) : Math.max(acc, of(v))),
@@ -45,6 +73,7 @@ export function max<T>(of: (value: T) => number): AggregateFunction<T, number | 
 }
 
 export function average<T>(of: (value: T) => number): AggregateFunction<T, [number, number], number> {
+  requireSelector('average', 'average', of);
   return {
     create: () => [0, 0],
     add: (v, acc) => [acc[0] + of(v), acc[1] + 1],

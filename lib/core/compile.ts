@@ -1,5 +1,12 @@
 /** Validates a pipeline graph and turns it into a plan the ShardTask can instantiate. */
-import { DEAD_LETTER_SINK, type Deserializer, type GraphNode, type Pipeline } from './dsl.ts';
+import {
+  DEAD_LETTER_SINK,
+  DEFAULT_LATE_SINK,
+  type Deserializer,
+  type GraphNode,
+  type Pipeline,
+  reservedSinkName,
+} from './dsl.ts';
 import { PipelineDefinitionError } from './errors.ts';
 import type { KeyedProcessFunction } from './processor.ts';
 import type { StateKey, StateSpec } from './state.ts';
@@ -62,6 +69,14 @@ export function compile(pipeline: Pipeline): PipelinePlan {
     for (let n = node.input; n !== undefined; n = n.input) path.push(n);
     return path;
   };
+  // withTimestamps refuses this when it is called; checked again for any graph.
+  for (const node of timestamps) {
+    if (upstream(node).some((n) => n.kind === 'keyed')) {
+      throw new PipelineDefinitionError(
+        `${where}: withTimestamps follows a window or process operator, but it comes once per pipeline, before keyBy. Call withTimestamps(...) on the stream before keyBy(...).`,
+      );
+    }
+  }
 
   const operators: KeyedOperatorPlan[] = [];
   const uids = new Set<string>();
@@ -115,15 +130,26 @@ export function compile(pipeline: Pipeline): PipelinePlan {
     }
   }
 
+  // Names starting with "floe." are floe's own: no user data may reach floe.dead-letter or
+  // floe.late (the DSL calls refuse them too). The one exception is a window's late output
+  // under its default name, and consuming it (lateData()).
+  for (const node of pipeline.nodes) {
+    const reserved =
+      node.kind === 'sink'
+        ? reservedSinkName('sink', node.name!)
+        : node.kind === 'keyed' && node.lateOutput !== DEFAULT_LATE_SINK && node.lateOutput !== undefined
+          ? reservedSinkName('sideOutputLateData', node.lateOutput)
+          : node.kind === 'sideOutput' &&
+              !(node.name === DEFAULT_LATE_SINK && node.input?.lateOutput === node.name)
+            ? reservedSinkName('sideOutput', node.name!)
+            : undefined;
+    if (reserved !== undefined) throw new PipelineDefinitionError(`${where}: ${reserved}`);
+  }
+
   const sinks = new Set<string>();
   for (const node of pipeline.nodes) if (node.kind === 'sink') sinks.add(node.name!);
   if (sinks.size === 0) {
     throw new PipelineDefinitionError(`${where} has no sink: end each branch with .sink(name)`);
-  }
-  if (sinks.has(DEAD_LETTER_SINK)) {
-    throw new PipelineDefinitionError(
-      `${where}: the sink name "${DEAD_LETTER_SINK}" is reserved for dead letters`,
-    );
   }
   sinks.add(DEAD_LETTER_SINK);
   for (const op of operators) {

@@ -166,9 +166,12 @@ describe('pipeline structure', () => {
 
   it('reserves the dead-letter sink name', () => {
     const p = pipeline('reserved');
-    p.source<Ev>().sink(DEAD_LETTER_SINK);
     expect(DEAD_LETTER_SINK).toBe('floe.dead-letter');
-    definitionError(() => compile(p), 'the sink name "floe.dead-letter" is reserved for dead letters');
+    definitionError(
+      () => p.source<Ev>().sink(DEAD_LETTER_SINK),
+      'sink: the name "floe.dead-letter" is reserved for dead letters',
+      'choose a name that does not start with "floe."',
+    );
   });
 
   it('rejects consuming the same side output twice', () => {
@@ -425,5 +428,283 @@ describe('compiled plan', () => {
     expect(plan.sinks).toEqual(['copy', 'floe.dead-letter']);
     expect(plan.operators).toEqual([]);
     expect(plan.strategy).toBeUndefined();
+  });
+});
+
+describe('reserved sink and side-output names ("floe.")', () => {
+  const windowed = (name = 'reserved-names') =>
+    timed(pipeline(name))
+      .keyBy((e) => e.user)
+      .window(tumbling({ size: 10 }));
+  const processed = () =>
+    pipeline('reserved-side')
+      .source<Ev>()
+      .keyBy((e) => e.user)
+      .process(passThrough);
+
+  it.each([DEAD_LETTER_SINK, DEFAULT_LATE_SINK, 'floe.other', 'floe.'])('.sink(%j) is refused', (name) => {
+    definitionError(
+      () => pipeline('reserved-sink').source<Ev>().sink(name),
+      `sink: the name "${name}" is reserved`,
+      'choose a name that does not start with "floe."',
+    );
+  });
+
+  it('says what each reserved name is for', () => {
+    definitionError(
+      () => pipeline('a').source<Ev>().sink(DEFAULT_LATE_SINK),
+      'reserved for the late data',
+      'lateData()',
+    );
+    definitionError(
+      () => pipeline('b').source<Ev>().sink('floe.x'),
+      'names starting with "floe." are floe\'s own (floe.dead-letter, floe.late)',
+    );
+  });
+
+  it.each([DEAD_LETTER_SINK, 'floe.other'])('.sideOutputLateData(%j) is refused', (name) => {
+    definitionError(
+      () => windowed().sideOutputLateData(name),
+      `sideOutputLateData: the name "${name}" is reserved`,
+    );
+  });
+
+  it('.sideOutputLateData("floe.late") is the default and accepted', () => {
+    const p = pipeline('late-default');
+    const result = timed(p)
+      .keyBy((e) => e.user)
+      .window(tumbling({ size: 10 }))
+      .sideOutputLateData(DEFAULT_LATE_SINK)
+      .aggregate(count());
+    result.sink('counts');
+    expect(compile(p).sinks).toEqual(['counts', DEAD_LETTER_SINK, DEFAULT_LATE_SINK]);
+    // Consuming it under its default name is lateData().
+    result.lateData().sink('late-archive');
+    const plan = compile(p);
+    expect(plan.sinks).toEqual(['counts', 'late-archive', DEAD_LETTER_SINK]);
+    expect([...plan.operators[0]!.sideOutputs.keys()]).toEqual([DEFAULT_LATE_SINK]);
+  });
+
+  it.each([DEAD_LETTER_SINK, DEFAULT_LATE_SINK, 'floe.timers'])('.sideOutput(%j) is refused', (name) => {
+    definitionError(() => processed().sideOutput(name), `sideOutput: the name "${name}" is reserved`);
+    definitionError(
+      () => windowed().aggregate(count()).sideOutput(name),
+      `sideOutput: the name "${name}" is reserved`,
+    );
+  });
+
+  it('user-named late outputs and side outputs are not affected', () => {
+    const p = pipeline('named');
+    const source = p.source<Ev>();
+    const result = source
+      .withTimestamps((e) => e.ts, boundedOutOfOrderness(seconds(1)))
+      .keyBy((e) => e.user)
+      .window(tumbling({ size: 10 }))
+      .sideOutputLateData('late-views')
+      .aggregate(count());
+    result.sink('counts');
+    result.sideOutput('late-views').sink('late-archive');
+    const side = source.keyBy((e) => e.user).process(passThrough);
+    side.sink('out');
+    side.sideOutput('flo.e-like').sink('floe-like'); // only the "floe." prefix is reserved
+    expect(compile(p).sinks).toEqual(['counts', 'late-archive', 'out', 'floe-like', DEAD_LETTER_SINK]);
+  });
+
+  it('compile refuses reserved names in a graph however it was built', () => {
+    const sinkNode = pipeline('graph-sink');
+    const source = sinkNode.source<Ev>();
+    sinkNode.add({ kind: 'sink', input: source.node, name: DEFAULT_LATE_SINK });
+    definitionError(
+      () => compile(sinkNode),
+      'pipeline "graph-sink": sink: the name "floe.late" is reserved for the late data',
+    );
+
+    const lateNode = pipeline('graph-late');
+    const keyed = timed(lateNode).keyBy((e) => e.user);
+    keyed.addOperator('window', passThrough as never, undefined, DEAD_LETTER_SINK, 'tumbling').sink('out');
+    definitionError(
+      () => compile(lateNode),
+      'pipeline "graph-late": sideOutputLateData: the name "floe.dead-letter" is reserved for dead letters',
+    );
+
+    // Consuming "floe.late" of an operator whose late output is not "floe.late".
+    const sideNode = pipeline('graph-side');
+    const op = sideNode
+      .source<Ev>()
+      .keyBy((e) => e.user)
+      .process(passThrough);
+    op.sink('out');
+    sideNode.add({ kind: 'sideOutput', input: op.node, name: DEFAULT_LATE_SINK });
+    definitionError(
+      () => compile(sideNode),
+      'pipeline "graph-side": sideOutput: the name "floe.late" is reserved',
+    );
+  });
+});
+
+describe('withTimestamps comes once, before keyBy', () => {
+  const message = 'it comes once per pipeline, before keyBy';
+
+  it('is refused on the output of a process operator', () => {
+    const p = pipeline('ts-after-process');
+    const out = p
+      .source<Ev>()
+      .keyBy((e) => e.user)
+      .process(passThrough);
+    const error = definitionError(
+      () => out.withTimestamps((e) => e.ts, monotonic()),
+      'pipeline "ts-after-process": withTimestamps is called on the output of a process operator',
+      message,
+      'Call withTimestamps(...) on the stream before keyBy(...)',
+    );
+    expect(error.message).not.toContain('window operator');
+  });
+
+  it('is refused on a window result, behind a map, and on a side output', () => {
+    const p = pipeline('ts-after-window');
+    const result = timed(p)
+      .keyBy((e) => e.user)
+      .window(tumbling({ size: 10 }))
+      .aggregate(count());
+    definitionError(
+      () => result.withTimestamps((r) => r.window.end, monotonic()),
+      'withTimestamps is called on the output of a window operator',
+      message,
+    );
+    definitionError(
+      () =>
+        result
+          .map((r) => r.window.end)
+          .filter((end) => end > 0)
+          .withTimestamps((end) => end, monotonic()),
+      'output of a window operator',
+    );
+    definitionError(
+      () => result.lateData().withTimestamps(() => 0, monotonic()),
+      'output of a window operator',
+    );
+    const processed = pipeline('ts-after-side')
+      .source<Ev>()
+      .keyBy((e) => e.user)
+      .process(passThrough);
+    definitionError(
+      () => processed.sideOutput<Ev>('alerts').withTimestamps((e) => e.ts, monotonic()),
+      'output of a process operator',
+    );
+  });
+
+  it('compile refuses it in a graph however it was built', () => {
+    const p = pipeline('ts-graph');
+    const out = p
+      .source<Ev>()
+      .keyBy((e) => e.user)
+      .process(passThrough);
+    p.add({ kind: 'timestamps', input: out.node, fn: (e: Ev) => e.ts, strategy: monotonic() });
+    out.sink('out');
+    definitionError(
+      () => compile(p),
+      'pipeline "ts-graph": withTimestamps follows a window or process operator',
+      'once per pipeline, before keyBy',
+    );
+  });
+
+  it('is accepted right after the source or after stateless operators, once', () => {
+    const p = pipeline('ts-ok');
+    p.source<Ev>()
+      .filter((e) => e.ts > 0)
+      .map((e) => ({ ...e, user: e.user.toLowerCase() }))
+      .withTimestamps((e) => e.ts, monotonic())
+      .keyBy((e) => e.user)
+      .window(tumbling({ size: 10 }))
+      .aggregate(count())
+      .sink('counts');
+    expect(compile(p).strategy).toEqual({ bound: 0, idleTimeout: undefined });
+  });
+});
+
+describe('aggregate functions are checked when the pipeline is built', () => {
+  const windowed = () =>
+    timed(pipeline('agg'))
+      .keyBy((e) => e.user)
+      .window(tumbling({ size: 10 }));
+  const agg = (value: unknown) => value as AggregateFunction<Ev, number, number>;
+  const fns = { create: () => 0, add: (_e: Ev, acc: number) => acc + 1, result: (acc: number) => acc };
+
+  it.each([
+    [
+      'create',
+      { add: fns.add, result: fns.result },
+      'create must be a function, create() returning a new accumulator',
+    ],
+    [
+      'add',
+      { create: fns.create, add: 1, result: fns.result },
+      'add must be a function, add(value, accumulator)',
+    ],
+    [
+      'result',
+      { create: fns.create, add: fns.add },
+      "result must be a function, result(accumulator) returning the window's result",
+    ],
+    ['merge', { ...fns, merge: 'sum' }, 'merge must be a function, merge(a, b) combining two accumulators'],
+  ])('rejects an aggregate whose %s is not a function', (_member, value, fragment) => {
+    const error = definitionError(
+      () => windowed().aggregate(agg(value)),
+      'aggregate needs {create, add, merge?, result}: ',
+      fragment,
+      'received {',
+      'Use a built-in such as count(), sum((e) => e.amount) or collect()',
+    );
+    expect(error.message).toMatch(/received \{create: (a function|undefined), add: /);
+  });
+
+  it('names what it received', () => {
+    definitionError(
+      () => windowed().aggregate(agg({ create: fns.create, add: fns.add, result: 3 })),
+      'received {create: a function, add: a function, result: 3}',
+    );
+    definitionError(
+      () => windowed().aggregate(agg({ ...fns, merge: null })),
+      'received {create: a function, add: a function, merge: null, result: a function}',
+      'or leave merge out',
+    );
+    definitionError(
+      () => windowed().aggregate(agg(undefined)),
+      'AggregateFunction {create, add, merge?, result}; received undefined',
+    );
+    definitionError(() => windowed().aggregate(agg(42)), 'received 42');
+    definitionError(() => windowed().aggregate(agg(count)), 'received a function (write count(), not count)');
+  });
+
+  it('accepts objects with the functions, including class instances and no merge on aligned windows', () => {
+    class Counter {
+      create(): number {
+        return 0;
+      }
+      add(_e: Ev, acc: number): number {
+        return acc + 1;
+      }
+      result(acc: number): number {
+        return acc;
+      }
+    }
+    expect(() => windowed().aggregate(new Counter()).sink('a')).not.toThrow();
+    expect(() => windowed().aggregate(fns).sink('b')).not.toThrow();
+    expect(() =>
+      windowed()
+        .aggregate({ ...fns, merge: undefined })
+        .sink('c'),
+    ).not.toThrow();
+  });
+
+  it('checks the reduce function and the window function', () => {
+    definitionError(
+      () => windowed().reduce(undefined as unknown as (a: Ev, b: Ev) => Ev),
+      'reduce needs a function; received undefined',
+    );
+    definitionError(
+      () => windowed().aggregate(count(), 'fn' as never),
+      'aggregate window function needs a function; received "fn"',
+    );
   });
 });

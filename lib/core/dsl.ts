@@ -21,6 +21,23 @@ import type { WindowAssigner } from './windows.ts';
 export const DEAD_LETTER_SINK = 'floe.dead-letter';
 /** Default name of a window's late-data side output (and of the sink it goes to). */
 export const DEFAULT_LATE_SINK = 'floe.late';
+/** Sink and side-output names starting with this are floe's own (dead letters, late data). */
+export const RESERVED_SINK_PREFIX = 'floe.';
+
+/**
+ * @internal Why `name` cannot be given to `call` (a sink or side-output name starting with
+ * "floe."), or undefined when it can. Used by the DSL calls and again by `compile`.
+ */
+export function reservedSinkName(call: string, name: string): string | undefined {
+  if (!name.startsWith(RESERVED_SINK_PREFIX)) return undefined;
+  const what =
+    name === DEAD_LETTER_SINK
+      ? 'reserved for dead letters (records floe could not process)'
+      : name === DEFAULT_LATE_SINK
+        ? "reserved for the late data of windows that do not name their own late output (consume it with the window result's lateData())"
+        : `reserved: names starting with "${RESERVED_SINK_PREFIX}" are floe's own (${DEAD_LETTER_SINK}, ${DEFAULT_LATE_SINK})`;
+  return `${call}: the name "${name}" is ${what}; choose a name that does not start with "${RESERVED_SINK_PREFIX}"`;
+}
 
 export type Deserializer<T> = (data: unknown, record: SourceRecord) => T;
 
@@ -134,6 +151,51 @@ function requireName(what: string, name: unknown): string {
   return name;
 }
 
+/** A sink or side-output name the user may choose: not one of floe's own ("floe.…"). */
+function requireSinkName(call: string, name: unknown): string {
+  const checked = requireName(call, name);
+  const reserved = reservedSinkName(call, checked);
+  if (reserved !== undefined) throw new PipelineDefinitionError(reserved);
+  return checked;
+}
+
+const AGGREGATE_MEMBERS = [
+  ['create', 'create() returning a new accumulator'],
+  ['add', 'add(value, accumulator) returning the updated accumulator'],
+  ['merge', 'merge(a, b) combining two accumulators (optional; session windows need it)'],
+  ['result', "result(accumulator) returning the window's result"],
+] as const;
+
+/**
+ * Checks an AggregateFunction when the pipeline is built: create, add and result are functions,
+ * merge is a function or absent (otherwise every record would be dead-lettered at run time).
+ */
+function checkAggregate(call: string, aggregate: unknown): void {
+  const fix =
+    'Use a built-in such as count(), sum((e) => e.amount) or collect(), or an object with these functions';
+  if (typeof aggregate === 'function') {
+    throw new PipelineDefinitionError(
+      `${call} needs an AggregateFunction {create, add, merge?, result}; received a function (write count(), not count). ${fix}.`,
+    );
+  }
+  if (typeof aggregate !== 'object' || aggregate === null) {
+    throw new PipelineDefinitionError(
+      `${call} needs an AggregateFunction {create, add, merge?, result}; received ${describeValue(aggregate)}. ${fix}.`,
+    );
+  }
+  const members = aggregate as Record<string, unknown>;
+  for (const [member, meaning] of AGGREGATE_MEMBERS) {
+    const value = members[member];
+    if (typeof value === 'function' || (member === 'merge' && value === undefined)) continue;
+    const received = AGGREGATE_MEMBERS.filter(([m]) => m !== 'merge' || members[m] !== undefined)
+      .map(([m]) => `${m}: ${describeValue(members[m])}`)
+      .join(', ');
+    throw new PipelineDefinitionError(
+      `${call} needs {create, add, merge?, result}: ${member} must be a function, ${meaning}; received {${received}}. ${fix}${member === 'merge' ? ', or leave merge out' : ''}.`,
+    );
+  }
+}
+
 function requireUid(uid: unknown): string {
   const name = requireName('uid', uid);
   // floe's own keyed entries (timer chunks) use uids in this namespace.
@@ -143,6 +205,12 @@ function requireUid(uid: unknown): string {
     );
   }
   return name;
+}
+
+/** The nearest keyed operator upstream of `node` (inclusive), if any. */
+function keyedUpstream(node: GraphNode): GraphNode | undefined {
+  for (let n: GraphNode | undefined = node; n !== undefined; n = n.input) if (n.kind === 'keyed') return n;
+  return undefined;
 }
 
 export class DataStream<T> {
@@ -177,6 +245,12 @@ export class DataStream<T> {
    * dead-letter sink; timestamps are rounded down to whole milliseconds.
    */
   withTimestamps(timestamp: (value: T) => number, watermarks: WatermarkStrategy): DataStream<T> {
+    const keyed = keyedUpstream(this.node);
+    if (keyed !== undefined) {
+      throw new PipelineDefinitionError(
+        `pipeline "${this.pipeline.name}": withTimestamps is called on the output of a ${keyed.operatorKind} operator; it comes once per pipeline, before keyBy (the watermark is per shard and the keyed operators run on its event time). Call withTimestamps(...) on the stream before keyBy(...).`,
+      );
+    }
     requireFunction('withTimestamps', timestamp);
     if (watermarks === undefined || typeof watermarks.bound !== 'number') {
       throw new PipelineDefinitionError(
@@ -200,7 +274,7 @@ export class DataStream<T> {
 
   /** Writes every element to the named sink. */
   sink(name: string): void {
-    this.pipeline.add({ kind: 'sink', input: this.node, name: requireName('sink', name) });
+    this.pipeline.add({ kind: 'sink', input: this.node, name: requireSinkName('sink', name) });
   }
 }
 
@@ -299,9 +373,13 @@ export class WindowedStream<T, K extends StateKey> {
     return this;
   }
 
-  /** Names the side output (and default sink) for elements too late for every window. @default 'floe.late' */
+  /**
+   * Names the side output (and default sink) for elements too late for every window. Names
+   * starting with "floe." are reserved (only the default itself is accepted). @default 'floe.late'
+   */
   sideOutputLateData(name: string): this {
-    this.lateName = requireName('sideOutputLateData', name);
+    this.lateName =
+      name === DEFAULT_LATE_SINK ? DEFAULT_LATE_SINK : requireSinkName('sideOutputLateData', name);
     return this;
   }
 
@@ -320,15 +398,7 @@ export class WindowedStream<T, K extends StateKey> {
     aggregate: AggregateFunction<T, Acc, R>,
     windowFunction?: WindowFunction<K, R, Out>,
   ): ProcessedStream<Out> {
-    if (
-      aggregate === undefined ||
-      typeof aggregate.add !== 'function' ||
-      typeof aggregate.create !== 'function'
-    ) {
-      throw new PipelineDefinitionError(
-        `aggregate needs {create, add, merge?, result}; received ${describeValue(aggregate)}`,
-      );
-    }
+    checkAggregate('aggregate', aggregate);
     if (windowFunction !== undefined) requireFunction('aggregate window function', windowFunction);
     if (this.assigner.kind === 'session' && typeof aggregate.merge !== 'function') {
       throw new PipelineDefinitionError(
@@ -373,11 +443,8 @@ export class ProcessedStream<T> extends DataStream<T> {
 
   /** The elements sent to `ctx.output(name, ...)`; unconsumed side outputs go to a sink of that name. */
   sideOutput<U = unknown>(name: string): DataStream<U> {
-    requireName('sideOutput', name);
-    return new DataStream<U>(
-      this.pipeline,
-      this.pipeline.add({ kind: 'sideOutput', input: this.node, name }),
-    );
+    // "floe." names are floe's own: a window's late data (default "floe.late") is lateData().
+    return this.consume<U>(requireSinkName('sideOutput', name));
   }
 
   /** Elements no window accepted because they were later than the allowed lateness. */
@@ -385,7 +452,14 @@ export class ProcessedStream<T> extends DataStream<T> {
     if (this.lateOutputName === undefined) {
       throw new PipelineDefinitionError('lateData() is only available on the result of a window aggregation');
     }
-    return this.sideOutput(this.lateOutputName);
+    return this.consume(this.lateOutputName);
+  }
+
+  private consume<U>(name: string): DataStream<U> {
+    return new DataStream<U>(
+      this.pipeline,
+      this.pipeline.add({ kind: 'sideOutput', input: this.node, name }),
+    );
   }
 
   /** Stable id of this operator's state (see WindowedStream.uid). */

@@ -19,7 +19,7 @@ import {
   type TimerSpec,
 } from './checkpoint.ts';
 import type { KeyedOperatorPlan, PipelinePlan } from './compile.ts';
-import { DEAD_LETTER_SINK, type GraphNode } from './dsl.ts';
+import { DEAD_LETTER_SINK, type GraphNode, RESERVED_SINK_PREFIX } from './dsl.ts';
 import { describeValue, errorMessage, PipelineDefinitionError, StateFormatError } from './errors.ts';
 import { Journal } from './journal.ts';
 import { outputValueJson } from './outputs.ts';
@@ -168,7 +168,7 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
     let emit = this.side.get(sideOutput);
     if (emit === undefined) {
       // floe's own sinks take no user data (a window's late output is floe's, under floe.late).
-      if (this.plan.kind === 'process' && sideOutput.startsWith('floe.')) {
+      if (this.plan.kind === 'process' && sideOutput.startsWith(RESERVED_SINK_PREFIX)) {
         throw new TypeError(
           `ctx.output("${sideOutput}"): side output names starting with "floe." are reserved for floe's own sinks (floe.dead-letter, floe.late); choose another name`,
         );
