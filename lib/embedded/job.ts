@@ -7,7 +7,7 @@ import { ConfigurationError, describeValue, type PipelinePlan, type StartPositio
 import type { JobRuntime } from '../runtime/job.ts';
 import { type JobControl, outputJobId } from '../runtime/job-control.ts';
 import { LocalLog } from './local-log.ts';
-import { SqliteTableSink } from './sinks.ts';
+import { outputTableName, SqliteTableSink } from './sinks.ts';
 import { openSqlite, type SqliteDatabase } from './sqlite.ts';
 import { SqliteBackend } from './sqlite-backend.ts';
 
@@ -18,9 +18,9 @@ export function databasePath(dataDir: string): string {
   return join(dataDir, 'floe.db');
 }
 
-/** The table holding a job's published outputs. */
+/** The table holding a job's published outputs (one per job: see outputTableName). */
 export function outputTable(job: string): string {
-  return `floe_out_${job.replace(/[^A-Za-z0-9_]/g, '_')}`;
+  return outputTableName(job);
 }
 
 export function checkJobId(job: unknown): string {

@@ -59,7 +59,11 @@ function poisonPipeline(where: 'output' | 'state' | 'timer' | 'none'): Pipeline 
 /** The run's outputs by sink, values as JSON, without output ids (they depend on commits). */
 function bySink(dir: Parameters<typeof outputsOf>[0], job: string): Record<string, string[]> {
   const out: Record<string, string[]> = {};
-  for (const o of outputsOf(dir, job)) (out[o.sink] ??= []).push(JSON.stringify(o.value));
+  for (const o of outputsOf(dir, job)) {
+    const values = out[o.sink] ?? [];
+    values.push(JSON.stringify(o.value));
+    out[o.sink] = values;
+  }
   for (const values of Object.values(out)) values.sort();
   return out;
 }

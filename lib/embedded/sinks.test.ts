@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigurationError, StateFormatError, StateSerializationError } from '../core/errors.ts';
 import type { Output } from '../core/ports.ts';
-import { NdjsonFileSink, SqliteTableSink, StdoutSink } from './sinks.ts';
+import { NdjsonFileSink, outputTableJob, outputTableName, SqliteTableSink, StdoutSink } from './sinks.ts';
 import { openSqlite } from './sqlite.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'floe-sinks-'));
@@ -162,5 +162,93 @@ describe('StdoutSink', () => {
     printed = '';
     await textSink.publish([out(1, 0, { a: 1 }), out(1, 2, 3)]);
     expect(printed).toBe('counts: {"a":1}\n');
+  });
+});
+
+describe("outputTableName (the table of a job's outputs)", () => {
+  it('gives jobs whose ids differ only in punctuation or case their own, readable tables', () => {
+    expect(outputTableName('pv-b')).toBe('floe_out_pv-b');
+    expect(outputTableName('pv_b')).toBe('floe_out_pv_b');
+    expect(outputTableName('pv.b')).toBe('floe_out_pv.b');
+    expect(outputTableName('PV-B')).toBe('floe_out_^p^v-^b'); // SQLite names ignore case
+    expect(outputTableName('page-views')).toBe('floe_out_page-views');
+    expect(outputTableName('7')).toBe('floe_out_7');
+  });
+
+  it('is injective and reversible over job ids (and any string)', () => {
+    const jobs = [
+      'pv-b',
+      'pv_b',
+      'pv.b',
+      'PV-B',
+      'pv-B',
+      'Pv_b',
+      'pvb',
+      'pv--b',
+      'pv_2db',
+      'pv__b',
+      'a-sink',
+      'a',
+      'x'.repeat(100),
+      'X.'.repeat(50),
+      'é',
+      '😀',
+      '^~41;',
+      '^a',
+      'sink',
+      'floe_out_a',
+    ];
+    const tables = new Map<string, string>();
+    for (const job of jobs) {
+      const table = outputTableName(job);
+      expect(table).toMatch(/^floe_out_[a-z0-9_.^~;-]*$/);
+      expect(
+        tables.get(table.toLowerCase()),
+        `${job} and ${tables.get(table)} share ${table}`,
+      ).toBeUndefined();
+      tables.set(table.toLowerCase(), job);
+      expect(outputTableJob(table)).toBe(job);
+      // The table's index (<table>#sink) is never the table of another job.
+      expect(outputTableJob(`${table}#sink`)).toBeUndefined();
+    }
+    expect(outputTableJob('floe_out_^~61;')).toBeUndefined(); // not canonical ("a" is kept)
+    expect(outputTableJob('floe_sink_output')).toBeUndefined();
+    expect(outputTableJob('floe_outbox')).toBeUndefined();
+  });
+
+  it('a 100-character job id gives a table name the sink accepts', () => {
+    const db = openSqlite(file('db'));
+    try {
+      const sink = new SqliteTableSink(db, { table: outputTableName('A.'.repeat(50)) });
+      expect(sink.table).toHaveLength(9 + 150);
+      expect(() => new SqliteTableSink(db, { table: `t${'x'.repeat(512)}` })).toThrow(/up to 512 letters/);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('jobs pv-b and pv_b in one database keep their outputs apart', async () => {
+    const db = openSqlite(file('db'));
+    try {
+      const dash = new SqliteTableSink(db, { table: outputTableName('pv-b') });
+      const underscore = new SqliteTableSink(db, { table: outputTableName('pv_b') });
+      await dash.publish([
+        { id: 'pv-b/shardId-000000000000/1/0', sink: 'counts', value: 1 },
+        { id: 'pv-b/shardId-000000000000/1/1', sink: 'counts', value: 2 },
+      ]);
+      await underscore.publish([{ id: 'pv_b/shardId-000000000000/1/0', sink: 'counts', value: 10 }]);
+      expect(dash.count('counts')).toBe(2);
+      expect(underscore.count('counts')).toBe(1);
+      expect(underscore.rows().map((r) => r.id)).toEqual(['pv_b/shardId-000000000000/1/0']);
+      const tables = db
+        .prepare<[], { name: string }>(
+          "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'floe_out_%' ORDER BY name",
+        )
+        .all()
+        .map((r) => r.name);
+      expect(tables.map((t) => outputTableJob(t))).toEqual(['pv-b', 'pv_b']);
+    } finally {
+      db.close();
+    }
   });
 });

@@ -20,6 +20,43 @@ import { openSqlite, type SqliteDatabase, type SqliteOpenOptions } from './sqlit
 export const SINK_TABLE_SCHEMA_VERSION = 1;
 export const DEFAULT_SINK_TABLE = 'floe_sink_output';
 
+/** Prefix of the tables holding a job's published outputs (one table per job). */
+export const OUTPUT_TABLE_PREFIX = 'floe_out_';
+
+/**
+ * The SQLite table holding a job's published outputs: `floe_out_` and the job id, readable
+ * (`page-views` → `floe_out_page-views`; every statement quotes table names). SQLite compares
+ * names without case, so an upper-case letter is written `^` and its lower case (`PV` →
+ * `floe_out_^p^v`), and any character outside letters, digits, `.`, `_` and `-` (none is in a
+ * job id) as `^~<hex code>;`. The mapping is injective and reversed by `outputTableJob`, so two
+ * jobs never share a table; the table's index, `<table>#sink`, is never a job's table.
+ */
+export function outputTableName(job: string): string {
+  let escaped = '';
+  for (let i = 0; i < job.length; i++) {
+    const char = job[i]!;
+    if (/[a-z0-9._-]/.test(char)) escaped += char;
+    else if (/[A-Z]/.test(char)) escaped += `^${char.toLowerCase()}`;
+    else escaped += `^~${job.charCodeAt(i).toString(16)};`; // per UTF-16 code unit
+  }
+  return OUTPUT_TABLE_PREFIX + escaped;
+}
+
+/** The job whose outputs `table` holds (the inverse of `outputTableName`), or undefined. */
+export function outputTableJob(table: string): string | undefined {
+  if (!table.startsWith(OUTPUT_TABLE_PREFIX)) return undefined;
+  const escaped = table.slice(OUTPUT_TABLE_PREFIX.length);
+  if (!/^(?:[a-z0-9._-]|\^[a-z]|\^~[0-9a-f]{1,4};)*$/.test(escaped)) return undefined;
+  const job = escaped.replace(/\^~([0-9a-f]{1,4});|\^([a-z])/g, (_m, code?: string, upper?: string) =>
+    upper !== undefined ? upper.toUpperCase() : String.fromCharCode(Number.parseInt(code ?? '', 16)),
+  );
+  // Only the canonical spelling names a job's table.
+  return outputTableName(job) === table ? job : undefined;
+}
+
+/** Longest sink table name (an output table of a 100-character job id is at most 209). */
+const MAX_TABLE_NAME = 512;
+
 /** One published output as the table sink stores it. */
 export interface StoredOutput {
   readonly id: string;
@@ -30,7 +67,10 @@ export interface StoredOutput {
 }
 
 export interface SqliteTableSinkOptions {
-  /** Table name (letters, digits, underscores). @default floe_sink_output */
+  /**
+   * Table name (letters, digits, underscores); a job's outputs go to `outputTableName(job)`.
+   * @default floe_sink_output
+   */
   readonly table?: string;
   /** Wall clock for publishedAt. @default Date.now */
   readonly clock?: () => number;
@@ -50,9 +90,13 @@ export class SqliteTableSink implements Sink {
     private readonly ownsDatabase = false,
   ) {
     const table = options.table ?? DEFAULT_SINK_TABLE;
-    if (!/^[A-Za-z_][A-Za-z0-9_]{0,127}$/.test(table)) {
+    if (
+      typeof table !== 'string' ||
+      !/^[A-Za-z_][A-Za-z0-9_.^~;-]*$/.test(table) ||
+      table.length > MAX_TABLE_NAME
+    ) {
       throw new ConfigurationError(
-        `a sink table name is letters, digits and underscores, not starting with a digit; received ${describeValue(table)}`,
+        `a sink table name is up to ${MAX_TABLE_NAME} letters, digits and the characters _ . - ^ ~ ; (as outputTableName writes them), starting with a letter or _; received ${describeValue(table)}`,
       );
     }
     this.table = table;
@@ -62,7 +106,7 @@ export class SqliteTableSink implements Sink {
       `sink-table:${table}`,
       SINK_TABLE_SCHEMA_VERSION,
       `CREATE TABLE IF NOT EXISTS "${table}" (id TEXT PRIMARY KEY, sink TEXT NOT NULL, value TEXT, published_at INTEGER NOT NULL);
-       CREATE INDEX IF NOT EXISTS "${table}_sink" ON "${table}" (sink);`,
+       CREATE INDEX IF NOT EXISTS "${table}#sink" ON "${table}" (sink);`,
     );
     this.sql = prepareSinkStatements(db, table);
   }
