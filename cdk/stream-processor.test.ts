@@ -7,8 +7,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
-import { Match, Template } from 'aws-cdk-lib/assertions';
+import { App, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as iam from 'aws-cdk-lib/aws-iam';
@@ -936,6 +936,103 @@ describe('cdk-nag AwsSolutions', () => {
     new s3.Bucket(stack, 'Insecure');
     Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
     expect(() => app.synth()).toThrow(/AwsSolutions-S1[\s\S]*AwsSolutions-S10/);
+  });
+});
+
+describe('StreamProcessor in an app without cdk.json (no feature flags)', () => {
+  /** A plain `new App()`: no context at all, so every feature flag has its default. */
+  function plainStack(
+    props: Partial<StreamProcessorProps> = {},
+    extra?: (stack: Stack) => Partial<StreamProcessorProps>,
+  ) {
+    const app = new App();
+    const stack = new Stack(app, 'Plain');
+    const processor = new StreamProcessor(stack, 'Job', {
+      pipeline: 'examples/page-views.ts',
+      ...props,
+      ...extra?.(stack),
+    });
+    return { app, stack, processor, template: Template.fromStack(stack) };
+  }
+
+  const logDelivery = (bucketId: string, sourceId: string, prefix = 'processor-bucket/') => ({
+    Effect: 'Allow',
+    Principal: { Service: 'logging.s3.amazonaws.com' },
+    Action: 's3:PutObject',
+    Resource: { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucketId, 'Arn'] }, `/${prefix}*`]] },
+    Condition: {
+      ArnLike: { 'aws:SourceArn': { 'Fn::GetAtt': [sourceId, 'Arn'] } },
+      StringEquals: { 'aws:SourceAccount': { Ref: 'AWS::AccountId' } },
+    },
+  });
+
+  it('synthesizes: access logs are delivered by bucket policy, with no ACL', { timeout: 120_000 }, () => {
+    expect(new App().node.tryGetContext('@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy')).toBeUndefined();
+    const { stack, processor, template } = plainStack();
+    const bucketId = stack.getLogicalId(processor.bucket.node.defaultChild as s3.CfnBucket);
+    const logsId = Object.keys(template.findResources('AWS::S3::Bucket')).find((id) =>
+      id.startsWith('JobAccessLogsBucket'),
+    )!;
+    template.hasResourceProperties('AWS::S3::Bucket', {
+      LoggingConfiguration: { DestinationBucketName: { Ref: logsId }, LogFilePrefix: 'processor-bucket/' },
+      OwnershipControls: { Rules: [{ ObjectOwnership: 'BucketOwnerEnforced' }] },
+    });
+    // Both buckets keep ACLs disabled: no canned ACL (LogDeliveryWrite) anywhere.
+    for (const bucket of Object.values(template.findResources('AWS::S3::Bucket'))) {
+      expect((bucket as { Properties: Json }).Properties.AccessControl).toBeUndefined();
+      expect((bucket as { Properties: Json }).Properties.OwnershipControls).toEqual({
+        Rules: [{ ObjectOwnership: 'BucketOwnerEnforced' }],
+      });
+    }
+    template.hasResourceProperties('AWS::S3::BucketPolicy', {
+      Bucket: { Ref: logsId },
+      PolicyDocument: { Statement: Match.arrayWith([logDelivery(logsId, bucketId)]) },
+    });
+    Annotations.fromStack(stack).hasNoWarning('*', Match.anyValue());
+  });
+
+  it('also with the flag explicitly off, and grants log delivery on a given access log bucket', {
+    timeout: 120_000,
+  }, () => {
+    const app = new App({
+      context: { '@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy': false, 'aws:cdk:bundling-stacks': [] },
+    });
+    const stack = new Stack(app, 'FlagOff');
+    const logs = new s3.Bucket(stack, 'MyLogs', { enforceSSL: true });
+    const processor = new StreamProcessor(stack, 'Job', {
+      pipeline: 'examples/page-views.ts',
+      serverAccessLogsBucket: logs,
+    });
+    const template = Template.fromStack(stack);
+    const logsId = stack.getLogicalId(logs.node.defaultChild as s3.CfnBucket);
+    const bucketId = stack.getLogicalId(processor.bucket.node.defaultChild as s3.CfnBucket);
+    template.resourceCountIs('AWS::S3::Bucket', 2); // no bucket of its own for the logs
+    template.hasResourceProperties('AWS::S3::Bucket', {
+      LoggingConfiguration: { DestinationBucketName: { Ref: logsId }, LogFilePrefix: 'processor-bucket/' },
+    });
+    template.hasResourceProperties('AWS::S3::BucketPolicy', {
+      Bucket: { Ref: logsId },
+      PolicyDocument: { Statement: Match.arrayWith([logDelivery(logsId, bucketId)]) },
+    });
+    const logsBucket = template.findResources('AWS::S3::Bucket')[logsId] as { Properties?: Json };
+    expect(logsBucket.Properties?.AccessControl).toBeUndefined();
+  });
+
+  it('warns when the given access log bucket is imported (its policy cannot be changed)', {
+    timeout: 120_000,
+  }, () => {
+    const { stack, template } = plainStack({}, (s) => ({
+      serverAccessLogsBucket: s3.Bucket.fromBucketName(s, 'Imported', 'my-access-logs'),
+    }));
+    template.hasResourceProperties('AWS::S3::Bucket', {
+      LoggingConfiguration: { DestinationBucketName: 'my-access-logs', LogFilePrefix: 'processor-bucket/' },
+    });
+    Annotations.fromStack(stack).hasWarning(
+      '/Plain/Job',
+      Match.stringLikeRegexp(
+        'allow the service principal logging.s3.amazonaws.com to s3:PutObject on processor-bucket/\\*',
+      ),
+    );
   });
 });
 

@@ -12,7 +12,16 @@
 import { existsSync, statSync } from 'node:fs';
 import { extname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ArnFormat, Duration, Names, RemovalPolicy, Stack, Token, Validations } from 'aws-cdk-lib';
+import {
+  Annotations,
+  ArnFormat,
+  Duration,
+  Names,
+  RemovalPolicy,
+  Stack,
+  Token,
+  Validations,
+} from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
@@ -185,7 +194,11 @@ export interface StreamProcessorProps {
   readonly logRetention?: logs.RetentionDays;
 
   /**
-   * Bucket receiving the S3 server access logs of the processor's bucket.
+   * Bucket receiving the S3 server access logs of the processor's bucket (under
+   * `processor-bucket/`). The construct adds a statement to its bucket policy letting
+   * `logging.s3.amazonaws.com` put them (no ACL: it works with ACLs disabled and without any
+   * feature flag); the policy of an imported bucket cannot be changed from the stack, so
+   * synthesis warns and you add that statement yourself.
    * @default - a bucket is defined; its objects expire after 90 days
    */
   readonly serverAccessLogsBucket?: s3.IBucket;
@@ -334,8 +347,7 @@ export class StreamProcessor extends Construct {
       blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
       objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
       versioned: true,
-      serverAccessLogsBucket: accessLogs,
-      serverAccessLogsPrefix: 'processor-bucket/',
+      // Server access logging is configured below, not with serverAccessLogsBucket (see there).
       lifecycleRules: [
         // Large commits write `<job>/<generation>/deltas/<shard>/<commit>-<fence>.json`; a prefix filter
         // has no wildcard, so one rule per generation: this one and the next ones a replay may
@@ -354,6 +366,7 @@ export class StreamProcessor extends Construct {
       ],
       removalPolicy,
     });
+    this.enableAccessLogs(accessLogs, 'processor-bucket/');
 
     // --- Sinks.
     const sinksScope = new Construct(this, 'Sinks');
@@ -703,6 +716,43 @@ export class StreamProcessor extends Construct {
         ],
       ],
     });
+  }
+
+  /**
+   * Sends the processor bucket's server access logs to `target` under `prefix`, granting S3's
+   * log delivery through `target`'s bucket policy. What `serverAccessLogsBucket` does only with
+   * the `@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy` feature flag: without it, that prop
+   * gives the target bucket the LogDeliveryWrite ACL, which a bucket with ACLs disabled
+   * (BucketOwnerEnforced, S3's default and ours) refuses, so synthesis fails. Done here the same
+   * way with or without the flag, so the construct works in any app.
+   */
+  private enableAccessLogs(target: s3.IBucket, prefix: string): void {
+    const cfnBucket = this.bucket.node.defaultChild as s3.CfnBucket;
+    cfnBucket.loggingConfiguration = { destinationBucketName: target.bucketName, logFilePrefix: prefix };
+    target.encryptionKey?.grantEncryptDecrypt(new iam.ServicePrincipal('logging.s3.amazonaws.com'));
+    // The statement the flag adds: scoped to this bucket and account when both are in one stack
+    // (a condition on a bucket of another stack would make the two stacks depend on each other).
+    const sameStack = Stack.of(target) === Stack.of(this.bucket);
+    const { statementAdded } = target.addToResourcePolicy(
+      new iam.PolicyStatement({
+        effect: iam.Effect.ALLOW,
+        principals: [new iam.ServicePrincipal('logging.s3.amazonaws.com')],
+        actions: ['s3:PutObject'],
+        resources: [target.arnForObjects(`${prefix}*`)],
+        conditions: sameStack
+          ? {
+              ArnLike: { 'aws:SourceArn': this.bucket.bucketArn },
+              StringEquals: { 'aws:SourceAccount': Stack.of(this.bucket).account },
+            }
+          : undefined,
+      }),
+    );
+    if (!statementAdded) {
+      Annotations.of(this).addWarningV2(
+        'floe:accessLogsPolicyNotAdded',
+        `the server access log bucket ${target.bucketName} is imported, so its policy cannot be changed here: allow the service principal logging.s3.amazonaws.com to s3:PutObject on ${prefix}* in it, or S3 cannot deliver the access logs of ${this.node.path}/Bucket`,
+      );
+    }
   }
 
   /** A worker metric of this job (namespace `metricsNamespace`, dimension Job). @default sum over 5 minutes */
