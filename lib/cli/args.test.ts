@@ -14,6 +14,15 @@ describe('numeric flags', () => {
     }
   });
 
+  it('positiveInt with a maximum names the range', () => {
+    expect(positiveInt('--shards', '1024', 1, 1024)).toBe(1024);
+    for (const bad of ['0', '1025', '99999999', '2.5', 'x', '']) {
+      expect(() => positiveInt('--shards', bad, 1, 1024)).toThrow(
+        `--shards must be a whole number from 1 to 1024; received "${bad}"`,
+      );
+    }
+  });
+
   it('positiveInt rejects 0', () => {
     expect(positiveInt('--batch-size', '1', 9)).toBe(1);
     expect(() => positiveInt('--batch-size', '0', 9)).toThrow('--batch-size must be a whole number >= 1');

@@ -4,10 +4,19 @@ import { ConfigurationError } from '../core/index.ts';
 /** A bad command line: exit code 2. */
 export class UsageError extends ConfigurationError {}
 
-export function positiveInt(flag: string, value: string | undefined, fallback: number): number {
+/**
+ * Shards of a stream of the embedded local log (lib/embedded/local-log.ts) and of `floe
+ * simulate`'s in-memory driver; kept here so `simulate` does not load SQLite.
+ */
+export const MAX_SHARDS = 1024;
+
+/** A whole number >= 1 (and <= `max` when given), or `fallback` when the flag is absent. */
+export function positiveInt(flag: string, value: string | undefined, fallback: number, max?: number): number {
   if (value === undefined) return fallback;
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 1)
+  if (max !== undefined && (value.trim() === '' || !Number.isInteger(n) || n < 1 || n > max))
+    throw new UsageError(`${flag} must be a whole number from 1 to ${max}; received "${value}"`);
+  if (value.trim() === '' || !Number.isInteger(n) || n < 1)
     throw new UsageError(`${flag} must be a whole number >= 1; received "${value}"`);
   return n;
 }

@@ -188,7 +188,7 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
     expectOneLineError(
       await floe('simulate', 'examples/page-views.ts', '--input', input, '--shards', '0'),
       2,
-      /--shards must be a whole number >= 1; received "0"/,
+      /--shards must be a whole number from 1 to 1024; received "0"/,
     );
     expectOneLineError(
       await floe('produce', '--stream', 's', '--generate', 'clickstream', '--late', '2'),

@@ -22,8 +22,9 @@ export const DEMO_HELP = `floe demo [--events N] [--data-dir <dir>] [--no-kill]
 
 Generates a clickstream (default 200,000 events over 4 shards, ~5% out of order, ~0.5% late),
 runs examples/page-views.ts and examples/user-sessions.ts on the embedded backend as two
-worker processes, kills the page-view worker with SIGKILL mid-run and resumes it, and prints
-a summary. Data goes to --data-dir (default .floe/demo, recreated on every run).`;
+worker processes, kills the page-view worker with SIGKILL once it has processed 40% of its
+records (unless --no-kill, or it finishes first) and resumes it, and prints a summary. Data goes
+to --data-dir (default .floe/demo, recreated on every run).`;
 
 interface DemoJob {
   readonly job: string;
@@ -149,7 +150,15 @@ export async function runDemo(args: string[]): Promise<number> {
           `    ${s.shardId}  watermark ${formatTime(s.checkpoint?.watermark ?? Number.NEGATIVE_INFINITY).padEnd(20)}  lag ${formatCount(s.lag).padStart(7)}`,
         );
       }
-      if (kill === job && !killed && done / total >= 0.4 && job.child !== undefined) {
+      // Kill only mid-run: a worker that has processed every record (or exited) is not killed.
+      if (
+        kill === job &&
+        !killed &&
+        done / total >= 0.4 &&
+        done < total &&
+        job.child !== undefined &&
+        job.child.exitCode === null
+      ) {
         killed = true;
         job.child.kill('SIGKILL');
         lines.push(
@@ -194,9 +203,12 @@ export async function runDemo(args: string[]): Promise<number> {
     out('floe demo: a worker failed (see above)');
     return 1;
   }
-  if (kill !== undefined && !killed) out('  (the page-views worker finished before it could be killed)');
+  if (kill !== undefined && !killed)
+    out(
+      '  (the page-views worker finished before it could be killed: nothing was killed; try more --events)',
+    );
 
-  summarize(db, out, total, elapsed, dataDir);
+  summarize(db, out, total, elapsed, dataDir, killed);
   db.close();
   return 0;
 }
@@ -207,6 +219,7 @@ function summarize(
   recordsPerStream: number,
   elapsed: number,
   dataDir: string,
+  killed: boolean,
 ): void {
   const rows = (job: string, sink: string): Array<{ id: string; value: unknown }> =>
     db
@@ -240,7 +253,7 @@ function summarize(
 
   out('');
   out(
-    `Processed 2 x ${formatCount(recordsPerStream)} records in ${elapsed.toFixed(1)} s (${formatCount(Math.round((2 * recordsPerStream) / elapsed))} records/s, both jobs, including process start-up and the restart).`,
+    `Processed 2 x ${formatCount(recordsPerStream)} records in ${elapsed.toFixed(1)} s (${formatCount(Math.round((2 * recordsPerStream) / elapsed))} records/s, both jobs, including process start-up${killed ? ' and the restart' : ''}).`,
   );
   out('');
   out(`Top pages, last 3 of ${windows.length} one-minute windows:`);
@@ -292,7 +305,7 @@ function summarize(
   const exact = counted + lateViews + pvDead.length === recordsPerStream;
   out('');
   out(
-    `Exactly once: ${formatCount(counted)} counted in final windows + ${formatCount(lateViews)} late + ${pvDead.length} dead letters = ${formatCount(counted + lateViews + pvDead.length)} of ${formatCount(recordsPerStream)} records ${exact ? '(every record exactly once, across the kill)' : '(MISMATCH)'}.`,
+    `Exactly once: ${formatCount(counted)} counted in final windows + ${formatCount(lateViews)} late + ${pvDead.length} dead letters = ${formatCount(counted + lateViews + pvDead.length)} of ${formatCount(recordsPerStream)} records ${exact ? `(every record exactly once${killed ? ', across the kill' : ''})` : '(MISMATCH)'}.`,
   );
   out('');
   out(

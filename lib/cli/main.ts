@@ -1,10 +1,9 @@
 /** The `floe` command. Errors are one line on stderr with a non-zero exit, never a stack trace. */
-import { createReadStream, createWriteStream } from 'node:fs';
-import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { ConfigurationError, FloeError } from '../core/index.ts';
+import { FloeError } from '../core/index.ts';
 import { simulate } from '../runtime/simulate.ts';
-import { positiveInt, UsageError } from './args.ts';
+import { MAX_SHARDS, positiveInt, UsageError } from './args.ts';
+import { inputLines, type OutputFile, openOutput } from './files.ts';
 import { loadPipeline } from './load-pipeline.ts';
 
 const USAGE = `floe — stateful stream processing with Flink semantics
@@ -27,36 +26,23 @@ const SIMULATE_HELP = `floe simulate <pipeline.ts> --input <events.ndjson|-> [op
 Runs the pipeline (the module's default export) in memory and writes every emitted element as
 one NDJSON line {"sink": "<name>", "value": <element>}, in emission order.
 
-Input lines:
+Input lines (each exactly one of these, with only these fields; blank lines and a UTF-8 BOM at
+the start are skipped):
   {"partitionKey": "k", "data": <any JSON>, "shard"?: "shardId-000000000000" | 0, "arrival"?: <ms>}
-  {"partitionKey": "k", "raw": "<payload string>"}   a payload that is not JSON-encoded
+  {"partitionKey": "k", "raw": "<payload string>", "shard"?: ..., "arrival"?: ...}
+                                                     a payload that is not JSON-encoded
   {"watermark": <ms>, "shard"?: ...}                 advance the watermark to at least <ms>
   {"processingTime": <ms>}                           advance processing time (timers, idleness)
   {"restart": true}                                  serialize all state, drop it, continue from it
+An invalid line stops the run (exit 1) after the lines before it have run and their outputs
+have been written.
 
 Options:
   --input, -i <file>   NDJSON input, or - for stdin (required)
-  --output, -o <file>  write outputs to a file instead of stdout
-  --shards <N>         hash records over N shards by partition key, like Kinesis (default 1)
+  --output, -o <file>  write outputs to a file instead of stdout (created once the input is open)
+  --shards <N>         hash records over N shards by partition key, like Kinesis: 1 to 1024 (default 1)
   --end-of-input       at the end, advance watermarks to +Infinity so every window fires
 Special sinks: floe.dead-letter (records that could not be processed), floe.late (late data).`;
-
-async function* readLines(path: string): AsyncIterable<string> {
-  const input = path === '-' ? process.stdin : createReadStream(path);
-  const opened = new Promise<void>((resolve, reject) => {
-    if (path === '-') resolve();
-    input.once('open', () => resolve());
-    input.once('error', (error: NodeJS.ErrnoException) =>
-      reject(
-        new ConfigurationError(
-          error.code === 'ENOENT' ? `input file not found: ${path}` : `cannot read ${path}: ${error.message}`,
-        ),
-      ),
-    );
-  });
-  await opened;
-  yield* createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY });
-}
 
 async function runSimulate(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -81,20 +67,28 @@ async function runSimulate(args: string[]): Promise<number> {
   }
   if (values.input === undefined)
     throw new UsageError("simulate needs --input <events.ndjson> (or '-' for stdin)");
-  const shards = positiveInt('--shards', values.shards, 1);
+  const shards = positiveInt('--shards', values.shards, 1, MAX_SHARDS);
   const pipeline = await loadPipeline(positionals[0]);
-  const out = values.output === undefined ? process.stdout : createWriteStream(values.output);
-  const result = await simulate(pipeline, readLines(values.input), {
-    shards,
-    endOfInput: values['end-of-input'],
-    onOutput: (o) => {
-      out.write(`${JSON.stringify({ sink: o.sink, value: o.value })}\n`);
-    },
-  });
-  if (out !== process.stdout) {
-    await new Promise<void>((resolve, reject) =>
-      out.end((error?: Error | null) => (error ? reject(error) : resolve())),
-    );
+  // The input opens first: a missing input leaves an existing --output file as it was.
+  const lines = await inputLines(values.input, '--input');
+  const out: OutputFile =
+    values.output === undefined
+      ? { write: (text) => void process.stdout.write(text), close: async () => {} }
+      : await openOutput(values.output, '--output', values.input);
+  let result: { records: number; outputs: number };
+  try {
+    result = await simulate(pipeline, lines, {
+      shards,
+      endOfInput: values['end-of-input'],
+      onOutput: (o) => out.write(`${JSON.stringify({ sink: o.sink, value: o.value })}\n`),
+    });
+  } catch (error) {
+    // The outputs of the lines before the error stay in the file, as they would on stdout.
+    await out.close().catch(() => {});
+    throw error;
+  }
+  await out.close();
+  if (values.output !== undefined) {
     console.error(
       `floe simulate: ${result.records} records in, ${result.outputs} outputs written to ${values.output}`,
     );
@@ -104,6 +98,9 @@ async function runSimulate(args: string[]): Promise<number> {
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  // An empty AWS_REGION (`AWS_REGION= floe ...`) means no region, as an unset one does: the AWS
+  // SDK would otherwise take "" as the region and fail on the endpoint's host name.
+  if (process.env.AWS_REGION === '') delete process.env.AWS_REGION;
   try {
     switch (command) {
       case 'simulate':
@@ -121,11 +118,14 @@ export async function main(argv: string[]): Promise<number> {
       case 'replay':
         return await (await import('./replay.ts')).runReplay(rest);
       case undefined:
+        // No command is a usage error: the usage goes to stderr, stdout stays empty.
+        console.error(USAGE);
+        return 2;
       case 'help':
       case '--help':
       case '-h':
         console.log(USAGE);
-        return command === undefined ? 1 : 0;
+        return 0;
       default:
         throw new UsageError(
           `unknown command "${command}". Commands: demo, produce, run, status, savepoint, replay, simulate. See 'floe help'.`,

@@ -1,16 +1,16 @@
 /** `floe produce`: append events to a stream of the embedded local log. */
-import { createReadStream } from 'node:fs';
-import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { ConfigurationError, describeValue } from '../core/index.ts';
 import { DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
 import { type AppendRecord, LocalLog } from '../embedded/local-log.ts';
 import { clickstream } from '../runtime/clickstream.ts';
-import { bar, formatCount, fraction, oneOf, positiveInt, UsageError } from './args.ts';
+import { bar, formatCount, fraction, MAX_SHARDS, oneOf, positiveInt, UsageError } from './args.ts';
+import { inputLines } from './files.ts';
 
 export const PRODUCE_HELP = `floe produce --stream <name> (--file <events.ndjson|-> | --generate clickstream) [options]
 
-Appends events to a stream of the embedded local log (created if missing).
+Appends events to a stream of the embedded local log (created if missing). --file checks every
+line first: a bad line creates and appends nothing.
 
 Input:
   --file, -f <file|->     NDJSON: {"partitionKey": "...", "data": <JSON>, "arrival"?: <epoch ms>} lines, or plain JSON
@@ -21,7 +21,7 @@ Input:
                           minute) fire once the job has been idle for its idle timeout
 Options:
   --stream, -s <name>     stream name (required)
-  --shards <N>            shards when the stream is created (default 4)
+  --shards <N>            shards when the stream is created, 1 to 1024 (default 4)
   --retention-hours <N|infinite>  retention when the stream is created (default 24, as Kinesis);
                           records whose arrival time is older are trimmed
   --partition-key <field> field of each event used as partition key (clickstream: user)
@@ -104,20 +104,13 @@ export function* clickRecords(options: {
   }
 }
 
-async function* fileRecords(path: string, partitionField: string | undefined): AsyncIterable<AppendRecord> {
-  const input = path === '-' ? process.stdin : createReadStream(path);
-  if (path !== '-') {
-    await new Promise<void>((resolve, reject) => {
-      input.once('open', () => resolve());
-      input.once('error', (error: NodeJS.ErrnoException) =>
-        reject(
-          new ConfigurationError(error.code === 'ENOENT' ? `input file not found: ${path}` : error.message),
-        ),
-      );
-    });
-  }
+/** Records of an NDJSON file's lines (see PRODUCE_HELP); a bad line is an error naming it. */
+async function* fileRecords(
+  lines: AsyncIterable<string>,
+  partitionField: string | undefined,
+): AsyncIterable<AppendRecord> {
   let line = 0;
-  for await (const text of createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY })) {
+  for await (const text of lines) {
     line++;
     if (text.trim() === '') continue;
     let value: unknown;
@@ -186,7 +179,7 @@ export async function runProduce(args: string[]): Promise<number> {
   const options: ProduceOptions = {
     dataDir: values['data-dir'] ?? DEFAULT_DATA_DIR,
     stream: values.stream,
-    shards: positiveInt('--shards', values.shards, 4),
+    shards: positiveInt('--shards', values.shards, 4, MAX_SHARDS),
     ...(values['retention-hours'] === undefined
       ? {}
       : {
@@ -225,7 +218,21 @@ export async function runProduce(args: string[]): Promise<number> {
       events,
     );
   } else {
-    written = await produceRecords(options, fileRecords(values.file!, values['partition-key']));
+    // Every line is checked before anything is written: a bad line leaves no stream created
+    // and no records appended. A file is read twice; stdin is held in memory.
+    const path = values.file!;
+    const records = async (): Promise<AsyncIterable<AppendRecord>> =>
+      fileRecords(await inputLines(path, '--file'), values['partition-key']);
+    if (path === '-') {
+      const all: AppendRecord[] = [];
+      for await (const record of await records()) all.push(record);
+      written = await produceRecords(options, all);
+    } else {
+      for await (const _ of await records()) {
+        // validation only
+      }
+      written = await produceRecords(options, await records());
+    }
   }
   if (process.stderr.isTTY) process.stderr.write('\n');
   console.error(`floe produce: ${formatCount(written)} records appended to stream "${options.stream}"`);

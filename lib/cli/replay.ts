@@ -5,10 +5,16 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { asStateMigration, ConfigurationError, compile, type StateMigration } from '../core/index.ts';
 import { checkJobId } from '../embedded/job.ts';
-import { prepareTimestampReplay, readManifest, restoreSavepoint } from '../runtime/savepoints.ts';
-import { formatCount, formatTime, UsageError } from './args.ts';
+import {
+  prepareTimestampReplay,
+  readManifest,
+  restoreSavepoint,
+  type SavepointBackend,
+  type StateScope,
+} from '../runtime/savepoints.ts';
+import { formatCount, formatTime, nonNegativeInt, oneOf, positiveInt, UsageError } from './args.ts';
 import { loadPipeline } from './load-pipeline.ts';
-import { runRun } from './run.ts';
+import { checkBackendFlags, checkSinkBindings, runRun } from './run.ts';
 import {
   BACKEND_HELP,
   BACKEND_OPTIONS,
@@ -41,7 +47,8 @@ Options:
   --stream <name>                (--from-timestamp) the stream (default: the job's, else the pipeline name)
   --restore-only                 restore, but do not run; start it later with 'floe run'
   --job <id>                     (aws) the job whose resources hold the savepoint (default names)
-Run options (as for 'floe run'): --until-idle, --batch-size <N>, --lease-ttl <ms>, --progress <mode>,
+Run options (as for 'floe run'; checked before anything is restored): --until-idle, --batch-size <N>,
+  --commit-interval <ms>, --lease-ttl <ms>, --max-cached-keys <N>, --progress <mode>,
   --sink <name=destination> (aws)
 ${BACKEND_HELP}`;
 
@@ -62,7 +69,9 @@ export async function runReplay(args: string[]): Promise<number> {
       'restore-only': { type: 'boolean', default: false },
       'until-idle': { type: 'boolean', default: false },
       'batch-size': { type: 'string' },
+      'commit-interval': { type: 'string' },
       'lease-ttl': { type: 'string' },
+      'max-cached-keys': { type: 'string' },
       progress: { type: 'string' },
       sink: { type: 'string', multiple: true },
       help: { type: 'boolean', short: 'h' },
@@ -83,12 +92,19 @@ export async function runReplay(args: string[]): Promise<number> {
     throw new UsageError('replay needs exactly one of --from-savepoint <id> or --from-timestamp <time>');
   }
   const asJob = values['as-job'] === undefined ? undefined : checkJobId(values['as-job']);
-  const quiet = values.progress === 'none';
+  // The options for the run are checked before anything is restored, as 'floe run' checks them.
+  const backend = oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
+  checkBackendFlags(backend, { sink: values.sink });
+  positiveInt('--batch-size', values['batch-size'], 1000);
+  nonNegativeInt('--commit-interval', values['commit-interval'], 0);
+  positiveInt('--lease-ttl', values['lease-ttl'], 10_000);
+  positiveInt('--max-cached-keys', values['max-cached-keys'], 1);
+  const quiet = oneOf('--progress', values.progress, ['auto', 'lines', 'none'], 'auto') === 'none';
   const runOptions = [
     ...(values['until-idle'] ? ['--until-idle'] : []),
-    ...(values['batch-size'] === undefined ? [] : ['--batch-size', values['batch-size']]),
-    ...(values['lease-ttl'] === undefined ? [] : ['--lease-ttl', values['lease-ttl']]),
-    ...(values.progress === undefined ? [] : ['--progress', values.progress]),
+    ...(['batch-size', 'commit-interval', 'lease-ttl', 'max-cached-keys', 'progress'] as const).flatMap(
+      (flag) => (values[flag] === undefined ? [] : [`--${flag}`, values[flag]]),
+    ),
     ...(values.sink ?? []).flatMap((s) => ['--sink', s]),
   ];
 
@@ -108,9 +124,11 @@ export async function runReplay(args: string[]): Promise<number> {
         );
       }
       const plan = compile(await loadPipeline(modulePath));
+      if (backend === 'aws') await checkSinkBindings(values.sink ?? [], plan);
       const migration = values.migration === undefined ? undefined : await loadMigration(values.migration);
       const onStep = faultHook('restore');
-      const result = await restoreSavepoint(opened.backend, {
+      const counted = countingImports(opened.backend);
+      const result = await restoreSavepoint(counted.backend, {
         savepointId: manifest.id,
         plan,
         ...(asJob === undefined ? {} : { asJob }),
@@ -123,7 +141,7 @@ export async function runReplay(args: string[]): Promise<number> {
       progress.done();
       for (const w of result.warnings) console.error(`floe replay: warning: ${w}`);
       console.error(
-        `floe replay: restored ${describeManifest(manifest)} into job ${result.job}, generation ${result.generation}: ${formatCount(result.entries)} entries, ${result.shards} shard checkpoint(s)`,
+        `floe replay: restored ${describeManifest(manifest)} into job ${result.job}, generation ${result.generation}: ${describeWritten(counted.written(), result.entries, migration !== undefined)}, ${result.shards} shard checkpoint(s)`,
       );
       job = result.job;
       stream = manifest.stream;
@@ -139,6 +157,7 @@ export async function runReplay(args: string[]): Promise<number> {
     const timestamp = parseTime(fromTimestamp!);
     const pipeline = await loadPipeline(values.pipeline);
     const plan = compile(pipeline);
+    if (backend === 'aws') await checkSinkBindings(values.sink ?? [], plan);
     job = asJob ?? (values.job === undefined ? pipeline.name : checkJobId(values.job));
     const opened = await openSavepointBackend(values, job);
     try {
@@ -164,6 +183,49 @@ export async function runReplay(args: string[]): Promise<number> {
     return 0;
   }
   return runRun([module, '--job', job, '--stream', stream, ...runArgs, ...runOptions]);
+}
+
+/**
+ * The backend with a count of the state entries the restore writes (RestoreResult.entries
+ * counts the entries read from the savepoint, dropped ones included).
+ */
+function countingImports(backend: SavepointBackend): { backend: SavepointBackend; written: () => number } {
+  let written = 0;
+  const scope = (job: string, generation: number): StateScope => {
+    const inner = backend.scope(job, generation);
+    return {
+      backend: inner.backend,
+      entries: () => inner.entries(),
+      countEntries: () => inner.countEntries(),
+      importEntries: async (entries) => {
+        await inner.importEntries(entries);
+        written += entries.length;
+      },
+      importCheckpoint: (checkpoint) => inner.importCheckpoint(checkpoint),
+      importOutputs: (shardId, outputs) => inner.importOutputs(shardId, outputs),
+      isEmpty: () => inner.isEmpty(),
+    };
+  };
+  return {
+    backend: {
+      kind: backend.kind,
+      jobs: backend.jobs,
+      snapshots: backend.snapshots,
+      scope,
+      source: (stream) => backend.source(stream),
+      checkResumable: (stream, shard) => backend.checkResumable(stream, shard),
+    },
+    written: () => written,
+  };
+}
+
+/** "120 state entries", or what was read and written when they differ (dropped or migrated). */
+function describeWritten(written: number, read: number, migrated: boolean): string {
+  if (written === read) return `${formatCount(written)} state entries`;
+  if (migrated) {
+    return `${formatCount(written)} state entries written (migrated from ${formatCount(read)} saved)`;
+  }
+  return `${formatCount(written)} of ${formatCount(read)} saved state entries written (${formatCount(read - written)} dropped: their operators are not in the pipeline)`;
 }
 
 function parseTime(text: string): number {

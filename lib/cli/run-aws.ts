@@ -36,8 +36,14 @@ export function explainAwsError(error: unknown): unknown {
       'no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (any values for an emulator)',
     );
   }
-  if (/Region is missing/i.test(message)) {
+  const rejectedRegion = /Region not accepted: region="([^"]*)"/.exec(message);
+  if (/Region is missing/i.test(message) || rejectedRegion?.[1] === '') {
     return new ConfigurationError('no AWS region configured: set AWS_REGION (e.g. us-east-1)');
+  }
+  if (rejectedRegion !== null) {
+    return new ConfigurationError(
+      `AWS region "${rejectedRegion[1]}" is not a valid region name: set AWS_REGION to one such as us-east-1`,
+    );
   }
   if (['UnrecognizedClientException', 'InvalidSignatureException', 'InvalidClientTokenId'].includes(name)) {
     return new ConfigurationError(

@@ -1,9 +1,10 @@
 /** `floe run`: runs a pipeline with the local runner (embedded backend by default). */
 
+import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { compile } from '../core/index.ts';
-import { DEFAULT_DATA_DIR } from '../embedded/job.ts';
+import { ConfigurationError, compile, type PipelinePlan } from '../core/index.ts';
+import { DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
 import { openEmbeddedJobForRun } from '../embedded/run-job.ts';
 import { jobStatus } from '../embedded/status.ts';
 import { runJob } from '../runtime/local-runner.ts';
@@ -29,7 +30,9 @@ Options:
                             after it (default 10000)
   --max-cached-keys <N>     keys whose state a worker keeps in memory per keyed operator; the
                             least recently used beyond it are read again (default 100000)
-  --data-dir <dir>          embedded data directory (default .floe)
+  --progress <auto|lines|none>  live progress on a terminal, periodic lines otherwise (default auto)
+  --data-dir <dir>          embedded data directory (default .floe); it must exist: 'floe produce'
+                            creates it
 AWS backend (endpoints from AWS_ENDPOINT_URL[_SERVICE], region and credentials as the SDK finds them):
   --stream <name>           Kinesis stream (default: the pipeline name)
   --state-table, --control-table <name>  DynamoDB tables (default floe-<job>-state / -control)
@@ -37,8 +40,76 @@ AWS backend (endpoints from AWS_ENDPOINT_URL[_SERVICE], region and credentials a
   --sink <name=destination> bind a sink, repeatable: name=dynamodb:Table?key=a,b | kinesis:Stream |
                             s3:bucket/prefix/ (unbound sinks go to s3://<bucket>/outputs/<job>/)
   --create-resources        create the stream, tables and bucket if missing (for emulators)
-  --shards <N>              shards of a created stream (default 4)
-  --progress <auto|lines|none>  live progress on a terminal, periodic lines otherwise (default auto)`;
+  --shards <N>              shards of a stream --create-resources creates (default 4)
+The AWS options are refused on the embedded backend, and --data-dir on the AWS backend.`;
+
+/** The flags of `floe run` that only one backend takes, with what to do instead. */
+const AWS_ONLY: Record<string, string> = {
+  sink: 'the embedded backend writes every sink to the table floe_out_<job> of <data-dir>/floe.db',
+  'create-resources': "on the embedded backend 'floe produce' creates the stream",
+  shards: "on the embedded backend 'floe produce --shards N' sets the shards when it creates the stream",
+  'state-table': 'the embedded backend keeps state in <data-dir>/floe.db',
+  'control-table': 'the embedded backend keeps checkpoints in <data-dir>/floe.db',
+  bucket: 'the embedded backend keeps everything in <data-dir>',
+};
+
+/**
+ * Refuses flags the chosen backend would ignore. Shared with `floe replay`, which checks them
+ * before it restores anything.
+ */
+export function checkBackendFlags(
+  backend: 'embedded' | 'aws',
+  values: { readonly [flag: string]: unknown },
+): void {
+  const given = (flag: string): boolean => values[flag] !== undefined && values[flag] !== false;
+  if (backend === 'embedded') {
+    for (const [flag, instead] of Object.entries(AWS_ONLY)) {
+      if (given(flag)) throw new UsageError(`--${flag} applies to --backend aws only; ${instead}`);
+    }
+    return;
+  }
+  if (given('data-dir')) {
+    throw new UsageError(
+      '--data-dir is for the embedded backend; on --backend aws name the resources with --stream, --state-table, --control-table and --bucket',
+    );
+  }
+  if (given('shards') && !given('create-resources')) {
+    throw new UsageError(
+      '--shards is the shard count of a stream that --create-resources creates; pass --create-resources too (an existing stream keeps its shards)',
+    );
+  }
+}
+
+/**
+ * Refuses `--sink` bindings that do not parse, or that name a sink the pipeline does not have
+ * (a misspelt name would otherwise send that sink's outputs to the default destination).
+ */
+export async function checkSinkBindings(specs: readonly string[], plan: PipelinePlan): Promise<void> {
+  if (specs.length === 0) return;
+  const { parseSinkBindings } = await import('../aws/sinks-config.ts');
+  let bindings: Array<{ readonly sink: string; readonly spec: string }>;
+  try {
+    bindings = parseSinkBindings(specs);
+  } catch (error) {
+    throw new UsageError(`--sink: ${(error as Error).message}`);
+  }
+  for (const binding of bindings) {
+    if (binding.sink === '*' || plan.sinks.includes(binding.sink)) continue;
+    throw new UsageError(
+      `--sink ${JSON.stringify(binding.spec)} binds "${binding.sink}", which pipeline ${plan.name} has no sink for; its sinks are ${plan.sinks.join(', ')} ("*" binds every unbound one)`,
+    );
+  }
+}
+
+/** Refuses a data directory without a database: only `floe produce` creates one. */
+export function checkEmbeddedData(dataDir: string): void {
+  const path = databasePath(dataDir);
+  if (!existsSync(path)) {
+    throw new ConfigurationError(
+      `no embedded data at ${path}; check --data-dir, or create a stream there first with 'floe produce --stream <name> --data-dir ${dataDir}'`,
+    );
+  }
+}
 
 export async function runRun(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -57,7 +128,7 @@ export async function runRun(args: string[]): Promise<number> {
       'control-table': { type: 'string' },
       bucket: { type: 'string' },
       sink: { type: 'string', multiple: true },
-      'create-resources': { type: 'boolean', default: false },
+      'create-resources': { type: 'boolean' },
       shards: { type: 'string' },
       'data-dir': { type: 'string' },
       progress: { type: 'string' },
@@ -74,6 +145,7 @@ export async function runRun(args: string[]): Promise<number> {
     );
   }
   const backend = oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
+  checkBackendFlags(backend, values);
   const batchSize = positiveInt('--batch-size', values['batch-size'], 1000);
   const commitIntervalMs = nonNegativeInt('--commit-interval', values['commit-interval'], 0);
   const progressMode = oneOf('--progress', values.progress, ['auto', 'lines', 'none'], 'auto');
@@ -83,6 +155,7 @@ export async function runRun(args: string[]): Promise<number> {
   const leaseTtlMs = positiveInt('--lease-ttl', values['lease-ttl'], 10_000);
   const maxCachedKeys = positiveInt('--max-cached-keys', values['max-cached-keys'], DEFAULT_MAX_CACHED_KEYS);
   if (backend === 'aws') {
+    await checkSinkBindings(values.sink ?? [], plan);
     const { runAws } = await import('./run-aws.ts');
     return runAws({
       plan,
@@ -92,7 +165,7 @@ export async function runRun(args: string[]): Promise<number> {
       controlTable: values['control-table'],
       bucket: values.bucket,
       sinks: values.sink ?? [],
-      createResources: values['create-resources'],
+      createResources: values['create-resources'] === true,
       shards: positiveInt('--shards', values.shards, 4),
       untilIdle: values['until-idle'],
       batchSize,
@@ -104,6 +177,7 @@ export async function runRun(args: string[]): Promise<number> {
     });
   }
   const dataDir = values['data-dir'] ?? DEFAULT_DATA_DIR;
+  checkEmbeddedData(dataDir);
   const job = await openEmbeddedJobForRun({
     dataDir,
     stream: values.stream,

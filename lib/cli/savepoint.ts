@@ -65,11 +65,13 @@ export async function runSavepoint(args: string[]): Promise<number> {
     case 'delete':
       return remove(rest);
     case undefined:
+      console.error(SAVEPOINT_HELP);
+      return 2;
     case 'help':
     case '--help':
     case '-h':
       console.log(SAVEPOINT_HELP);
-      return sub === undefined ? 2 : 0;
+      return 0;
     default:
       throw new UsageError(`unknown savepoint command "${sub}"; use create, list, inspect or delete`);
   }

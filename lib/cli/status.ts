@@ -72,7 +72,9 @@ export async function runStatus(args: string[]): Promise<number> {
   }
   const path = databasePath(values['data-dir'] ?? DEFAULT_DATA_DIR);
   if (!existsSync(path))
-    throw new ConfigurationError(`no embedded data at ${path}; run 'floe produce' and 'floe run' first`);
+    throw new ConfigurationError(
+      `no embedded data at ${path}; run 'floe produce' and 'floe run' first, or check --data-dir`,
+    );
   const db = openSqlite(path);
   try {
     // The job record (written by floe run, savepoints and replays) names the stream and generation.

@@ -29,63 +29,157 @@ function shardId(value: unknown, line: number): string | undefined {
   );
 }
 
+/** The fields each kind of line may have (a line is exactly one kind). */
+const FIELDS = {
+  record: ['partitionKey', 'data', 'raw', 'shard', 'arrival'],
+  watermark: ['watermark', 'shard'],
+  processingTime: ['processingTime'],
+  restart: ['restart'],
+} as const;
+type LineKind = keyof typeof FIELDS;
+
+/** The fields that make a line a given kind. */
+const MARKERS: ReadonlyArray<readonly [string, LineKind]> = [
+  ['partitionKey', 'record'],
+  ['data', 'record'],
+  ['raw', 'record'],
+  ['watermark', 'watermark'],
+  ['processingTime', 'processingTime'],
+  ['restart', 'restart'],
+];
+
+const FORMS =
+  'a line is one of {"partitionKey", "data" or "raw", "shard"?, "arrival"?} (a record), {"watermark", "shard"?}, {"processingTime"} or {"restart": true}';
+
+/** What each kind of line may hold, for errors. */
+const SHAPES: Record<LineKind, string> = {
+  record: 'a record has only "partitionKey", "data" or "raw", "shard" and "arrival"',
+  watermark: 'a watermark line has only "watermark" and "shard"',
+  processingTime: 'a processingTime line has only "processingTime"',
+  restart: 'a restart line is {"restart": true} and nothing else',
+};
+
+const quoted = (names: readonly string[]): string => names.map((n) => `"${n}"`).join(', ');
+
+const excerpt = (text: string): string => (text.length > 80 ? `${text.slice(0, 77)}...` : text);
+
 /** Parses one NDJSON line of a simulate script. */
 export function parseScriptLine(text: string, line: number): ScriptLine | undefined {
   if (text.trim() === '') return undefined;
+  if (text.charCodeAt(0) === 0xfeff) {
+    throw new ConfigurationError(
+      `line ${line}: starts with a UTF-8 byte order mark (BOM), which is only skipped at the start of the input; remove it`,
+    );
+  }
   let raw: Record<string, unknown>;
   try {
     raw = JSON.parse(text) as Record<string, unknown>;
   } catch {
-    throw new ConfigurationError(`line ${line}: not valid JSON: ${text.slice(0, 80)}`);
+    throw new ConfigurationError(`line ${line}: not valid JSON: ${excerpt(text)}`);
   }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw new ConfigurationError(`line ${line}: expected a JSON object; received ${describeValue(raw)}`);
   }
-  if (raw.restart === true) return { kind: 'restart' };
-  if ('watermark' in raw) {
-    if (typeof raw.watermark !== 'number') {
-      throw new ConfigurationError(
-        `line ${line}: "watermark" must be epoch milliseconds; received ${describeValue(raw.watermark)}`,
-      );
-    }
-    return { kind: 'watermark', watermark: raw.watermark, shard: shardId(raw.shard, line) };
+  const kinds = new Map<LineKind, string[]>();
+  for (const [field, kind] of MARKERS) {
+    if (field in raw) kinds.set(kind, [...(kinds.get(kind) ?? []), field]);
   }
-  if ('processingTime' in raw) {
-    if (typeof raw.processingTime !== 'number') {
-      throw new ConfigurationError(`line ${line}: "processingTime" must be epoch milliseconds`);
-    }
-    return { kind: 'processingTime', time: raw.processingTime };
-  }
-  if (typeof raw.partitionKey !== 'string' || raw.partitionKey === '') {
+  if (kinds.size > 1) {
+    const parts = [...kinds].map(
+      ([kind, fields]) => `${quoted(fields)} (${kind === 'record' ? 'a record' : `a ${kind} line`})`,
+    );
     throw new ConfigurationError(
-      `line ${line}: a record needs a non-empty string "partitionKey" (or use {"watermark": ms} / {"restart": true}); received ${text.slice(0, 80)}`,
+      `line ${line}: mixes ${parts.join(' and ')}; ${FORMS}, on a line of its own`,
     );
   }
-  if (!('data' in raw) && typeof raw.raw !== 'string') {
+  const kind = [...kinds.keys()][0];
+  if (kind === undefined) {
+    throw new ConfigurationError(`line ${line}: ${FORMS}; received ${excerpt(text)}`);
+  }
+  const allowed: readonly string[] = FIELDS[kind];
+  const unknown = Object.keys(raw).filter((field) => !allowed.includes(field));
+  if (unknown.length > 0) {
+    throw new ConfigurationError(
+      `line ${line}: unknown field${unknown.length > 1 ? 's' : ''} ${quoted(unknown)} (misspelt?); ${SHAPES[kind]}`,
+    );
+  }
+  switch (kind) {
+    case 'restart':
+      if (raw.restart !== true) {
+        throw new ConfigurationError(
+          `line ${line}: "restart" must be true; received ${describeValue(raw.restart)}`,
+        );
+      }
+      return { kind: 'restart' };
+    case 'watermark':
+      if (typeof raw.watermark !== 'number') {
+        throw new ConfigurationError(
+          `line ${line}: "watermark" must be epoch milliseconds (a number); received ${describeValue(raw.watermark)}`,
+        );
+      }
+      return { kind: 'watermark', watermark: raw.watermark, shard: shardId(raw.shard, line) };
+    case 'processingTime':
+      if (typeof raw.processingTime !== 'number') {
+        throw new ConfigurationError(
+          `line ${line}: "processingTime" must be epoch milliseconds (a number); received ${describeValue(raw.processingTime)}`,
+        );
+      }
+      return { kind: 'processingTime', time: raw.processingTime };
+    case 'record':
+      return { kind: 'record', record: parseRecord(raw, line) };
+  }
+}
+
+function parseRecord(raw: Record<string, unknown>, line: number): DriverRecord {
+  if (typeof raw.partitionKey !== 'string' || raw.partitionKey === '') {
+    throw new ConfigurationError(
+      `line ${line}: a record needs a non-empty string "partitionKey"; received ${'partitionKey' in raw ? describeValue(raw.partitionKey) : 'none'}`,
+    );
+  }
+  if ('data' in raw && 'raw' in raw) {
+    throw new ConfigurationError(
+      `line ${line}: a record has "data" (any JSON) or "raw" (a string payload), not both`,
+    );
+  }
+  if (!('data' in raw) && !('raw' in raw)) {
     throw new ConfigurationError(
       `line ${line}: a record needs "data" (any JSON) or "raw" (a string payload)`,
     );
   }
+  if ('raw' in raw && typeof raw.raw !== 'string') {
+    throw new ConfigurationError(
+      `line ${line}: "raw" must be a string (the payload as is; use "data" for JSON); received ${describeValue(raw.raw)}`,
+    );
+  }
   if (raw.arrival !== undefined && typeof raw.arrival !== 'number') {
     throw new ConfigurationError(
-      `line ${line}: "arrival" must be epoch milliseconds; received ${describeValue(raw.arrival)}`,
+      `line ${line}: "arrival" must be epoch milliseconds (a number); received ${describeValue(raw.arrival)}`,
     );
   }
   // The payload travels as bytes, as on Kinesis, so the pipeline's deserializer runs for real.
   const payload = typeof raw.raw === 'string' ? raw.raw : JSON.stringify(raw.data);
   const shard = shardId(raw.shard, line);
   return {
-    kind: 'record',
-    record: {
-      partitionKey: raw.partitionKey,
-      data: new TextEncoder().encode(payload),
-      ...(shard === undefined ? {} : { shard }),
-      ...(raw.arrival === undefined ? {} : { arrival: raw.arrival as number }),
-    },
+    partitionKey: raw.partitionKey,
+    data: new TextEncoder().encode(payload),
+    ...(shard === undefined ? {} : { shard }),
+    ...(raw.arrival === undefined ? {} : { arrival: raw.arrival as number }),
   };
 }
 
-/** Runs a script; returns counts. Records between control lines are batched per shard. */
+/** The shard ids of a driver, for error messages (long lists are abbreviated). */
+function describeShards(shardIds: readonly string[]): string {
+  if (shardIds.length === 1) return `with --shards 1 the only shard is ${shardIds[0]} (index 0)`;
+  const ids = shardIds.length <= 8 ? shardIds.join(', ') : `${shardIds[0]} to ${shardIds.at(-1)}`;
+  return `with --shards ${shardIds.length} the shards are ${ids} (or their indexes 0 to ${shardIds.length - 1})`;
+}
+
+/**
+ * Runs a script; returns counts. Records between control lines are batched per shard. An
+ * invalid line stops the run with an error naming it, after the lines before it have been
+ * processed and their outputs passed to `onOutput`. A UTF-8 byte order mark (BOM) at the start
+ * of the first line is skipped.
+ */
 export async function simulate(
   pipeline: Pipeline,
   lines: AsyncIterable<string> | Iterable<string>,
@@ -104,18 +198,29 @@ export async function simulate(
     pending = [];
     flushOutputs();
   };
+  const checkShard = (shard: string | undefined, line: number): void => {
+    if (shard !== undefined && !driver.shardIds.includes(shard)) {
+      throw new ConfigurationError(
+        `line ${line}: unknown shard "${shard}"; ${describeShards(driver.shardIds)}`,
+      );
+    }
+  };
   let lineNumber = 0;
   let records = 0;
   for await (const text of lines) {
     lineNumber++;
-    const line = parseScriptLine(text, lineNumber);
+    let line: ScriptLine | undefined;
+    try {
+      line = parseScriptLine(lineNumber === 1 ? text.replace(/^\uFEFF/, '') : text, lineNumber);
+      if (line?.kind === 'record') checkShard(line.record.shard, lineNumber);
+      else if (line?.kind === 'watermark') checkShard(line.shard, lineNumber);
+    } catch (error) {
+      // Everything before the invalid line runs, so its outputs are there to compare with.
+      await sendPending();
+      throw error;
+    }
     if (line === undefined) continue;
     if (line.kind === 'record') {
-      if (line.record.shard !== undefined && !driver.shardIds.includes(line.record.shard)) {
-        throw new ConfigurationError(
-          `line ${lineNumber}: unknown shard "${line.record.shard}"; with --shards ${driver.shardIds.length} the shards are ${driver.shardIds.join(', ')}`,
-        );
-      }
       records++;
       pending.push(line.record);
       if (pending.length >= 1000) await sendPending();
@@ -124,12 +229,7 @@ export async function simulate(
     await sendPending();
     if (line.kind === 'restart') driver.restart();
     else if (line.kind === 'processingTime') await driver.advanceProcessingTime(line.time);
-    else {
-      if (line.shard !== undefined && !driver.shardIds.includes(line.shard)) {
-        throw new ConfigurationError(`line ${lineNumber}: unknown shard "${line.shard}"`);
-      }
-      await driver.advanceWatermark(line.watermark, line.shard);
-    }
+    else await driver.advanceWatermark(line.watermark, line.shard);
     flushOutputs();
   }
   await sendPending();

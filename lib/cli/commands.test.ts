@@ -1,0 +1,321 @@
+/**
+ * The floe commands' contract with their user (docs/cli.md), run for real as child processes of
+ * `node bin/floe.js`: usage errors exit 2, flags the backend would ignore are refused, commands
+ * that read a data directory do not create one, replay takes the run options and reports the
+ * state it wrote, and the demo's summary says what happened.
+ */
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { MAX_SHARDS as LOG_MAX_SHARDS } from '../embedded/local-log.ts';
+import { MAX_SHARDS } from './args.ts';
+import { type Exit, killRunningCli, runCli } from './testing/run-cli.ts';
+
+const TMP = mkdtempSync(join(tmpdir(), 'floe-commands-test-'));
+afterAll(() => {
+  killRunningCli();
+  rmSync(TMP, { recursive: true, force: true });
+});
+
+const floe = (...args: string[]): Promise<Exit> => runCli(args);
+
+function expectOneLineError(result: Exit, code: number, pattern: RegExp): void {
+  const detail = `exit ${result.code} (${result.signal})\nstdout: ${result.stdout}\nstderr: ${result.stderr}`;
+  expect(result.stderr, detail).not.toContain('    at ');
+  expect(result.code, detail).toBe(code);
+  const lines = result.stderr.replace(/\n$/, '').split('\n');
+  expect(lines, detail).toHaveLength(1);
+  expect(lines[0], detail).toMatch(/^floe: \S/);
+  expect(lines[0], detail).toMatch(pattern);
+  expect(result.stdout, detail).toBe('');
+}
+
+/** A data directory with stream page-views (partitioned by page) holding `events` clicks. */
+async function produced(name: string, events = 300): Promise<string> {
+  const dir = join(TMP, name);
+  const result = await floe(
+    'produce',
+    '--stream',
+    'page-views',
+    '--generate',
+    'clickstream',
+    '--partition-key',
+    'page',
+    '--events',
+    String(events),
+    '--data-dir',
+    dir,
+  );
+  expect(result.code, result.stderr).toBe(0);
+  return dir;
+}
+
+describe.concurrent('usage errors exit 2', () => {
+  it('floe without a command prints the usage on stderr and exits 2', async () => {
+    const result = await floe();
+    expect(result.code).toBe(2);
+    expect(result.stdout).toBe('');
+    expect(result.stderr).toMatch(/^floe — stateful stream processing/);
+    expect(result.stderr).toContain('Usage:');
+    const help = await floe('help');
+    expect(help.code).toBe(0);
+    expect(help.stdout).toBe(result.stderr);
+  });
+
+  it('produce --shards above the local log limit names the flag and the limit', async () => {
+    expect(MAX_SHARDS).toBe(LOG_MAX_SHARDS);
+    const dir = join(TMP, 'too-many-shards');
+    expectOneLineError(
+      await floe(
+        'produce',
+        '--stream',
+        's',
+        '--generate',
+        'clickstream',
+        '--shards',
+        '5000',
+        '--data-dir',
+        dir,
+      ),
+      2,
+      /^floe: --shards must be a whole number from 1 to 1024; received "5000"$/,
+    );
+    expect(existsSync(dir)).toBe(false);
+  });
+
+  it('floe run refuses the AWS options on the embedded backend, and --data-dir on AWS', async () => {
+    const dir = join(TMP, 'embedded-flags');
+    for (const [flags, pattern] of [
+      [
+        ['--sink', 'page-view-counts=s3:bucket/p/'],
+        /^floe: --sink applies to --backend aws only; the embedded backend writes every sink to the table floe_out_<job>/,
+      ],
+      [
+        ['--create-resources'],
+        /^floe: --create-resources applies to --backend aws only; on the embedded backend 'floe produce' creates the stream$/,
+      ],
+      [['--shards', '3'], /^floe: --shards applies to --backend aws only; .*'floe produce --shards N'/],
+      [['--state-table', 't'], /^floe: --state-table applies to --backend aws only/],
+    ] as const) {
+      expectOneLineError(
+        await floe('run', 'examples/page-views.ts', '--data-dir', dir, ...flags),
+        2,
+        pattern,
+      );
+    }
+    expectOneLineError(
+      await floe('run', 'examples/page-views.ts', '--backend', 'aws', '--data-dir', dir),
+      2,
+      /^floe: --data-dir is for the embedded backend; on --backend aws name the resources/,
+    );
+    expectOneLineError(
+      await floe('run', 'examples/page-views.ts', '--backend', 'aws', '--shards', '3'),
+      2,
+      /^floe: --shards is the shard count of a stream that --create-resources creates; pass --create-resources too/,
+    );
+    expect(existsSync(dir)).toBe(false);
+  });
+
+  // Checked before any AWS call: no endpoint, region or credentials are needed.
+  it('floe run --backend aws refuses a --sink for a sink the pipeline does not have', async () => {
+    expectOneLineError(
+      await floe(
+        'run',
+        'examples/page-views.ts',
+        '--backend',
+        'aws',
+        '--sink',
+        'nosuchsink=s3:bucket/prefix/',
+      ),
+      2,
+      /^floe: --sink "nosuchsink=s3:bucket\/prefix\/" binds "nosuchsink", which pipeline page-views has no sink for; its sinks are page-view-counts, floe\.dead-letter, late-page-views/,
+    );
+    expectOneLineError(
+      await floe('run', 'examples/page-views.ts', '--backend', 'aws', '--sink', 'page-view-counts=ftp:x'),
+      2,
+      /^floe: --sink: invalid sink binding "page-view-counts=ftp:x": unknown destination type "ftp"/,
+    );
+  });
+
+  it('an empty AWS_REGION is no region: the same line as an unset one', async () => {
+    const env = {
+      AWS_REGION: '',
+      AWS_CONFIG_FILE: join(TMP, 'no-config'),
+      AWS_ENDPOINT_URL: 'http://127.0.0.1:9',
+    };
+    expectOneLineError(
+      await runCli(['status', '--job', 'x', '--backend', 'aws'], env),
+      1,
+      /^floe: no AWS region configured: set AWS_REGION \(e\.g\. us-east-1\)$/,
+    );
+  });
+});
+
+describe.concurrent('commands that read a data directory do not create one', () => {
+  it('floe run, status, savepoint and replay refuse a missing data directory and leave it missing', async () => {
+    const dir = join(TMP, 'typo');
+    expectOneLineError(
+      await floe('run', 'examples/page-views.ts', '--data-dir', dir, '--until-idle'),
+      1,
+      /^floe: no embedded data at .*typo\/floe\.db; check --data-dir, or create a stream there first with 'floe produce --stream <name> --data-dir .*typo'$/,
+    );
+    expectOneLineError(
+      await floe('status', '--job', 'page-views', '--data-dir', dir),
+      1,
+      /no embedded data at .*check --data-dir/,
+    );
+    expectOneLineError(
+      await floe('savepoint', 'create', '--job', 'page-views', '--data-dir', dir),
+      1,
+      /no embedded data at/,
+    );
+    expectOneLineError(
+      await floe(
+        'replay',
+        '--from-timestamp',
+        '0',
+        '--pipeline',
+        'examples/page-views.ts',
+        '--data-dir',
+        dir,
+      ),
+      1,
+      /no embedded data at/,
+    );
+    expect(existsSync(dir)).toBe(false);
+  });
+
+  it('floe produce --file checks every line before it creates the stream or appends anything', async () => {
+    const dir = join(TMP, 'bad-file');
+    const file = join(TMP, 'bad.ndjson');
+    writeFileSync(file, '{"partitionKey": "a", "data": 1}\n{"partitionKey": "b", "data": 2}\nnot json\n');
+    expectOneLineError(
+      await floe('produce', '--stream', 's', '--file', file, '--data-dir', dir),
+      1,
+      /^floe: line 3: not valid JSON: not json$/,
+    );
+    expect(existsSync(dir)).toBe(false);
+  });
+
+  it('floe produce --file <a directory> says it is a directory; a BOM at the start is skipped', async () => {
+    const dir = join(TMP, 'produce-dir');
+    mkdirSync(join(TMP, 'a-directory'), { recursive: true });
+    expectOneLineError(
+      await floe('produce', '--stream', 's', '--file', join(TMP, 'a-directory'), '--data-dir', dir),
+      1,
+      /^floe: --file .*a-directory is a directory; pass an NDJSON file \(or - for stdin\)$/,
+    );
+    const bom = join(TMP, 'bom.ndjson');
+    writeFileSync(bom, '\uFEFF{"partitionKey": "a", "data": 1}\n');
+    const result = await floe('produce', '--stream', 's', '--file', bom, '--data-dir', dir);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stderr).toContain('1 records appended to stream "s"');
+  });
+});
+
+describe('floe replay', () => {
+  it('takes the run options of docs/cli.md, checks them before restoring, and reports the entries it wrote', async () => {
+    const dir = await produced('replay');
+    const D = ['--data-dir', dir];
+    const run = await floe('run', 'examples/page-views.ts', ...D, '--until-idle', '--progress', 'none');
+    expect(run.code, run.stderr).toBe(0);
+    const created = await floe('savepoint', 'create', '--job', 'page-views', ...D, '--progress', 'none');
+    expect(created.code, created.stderr).toBe(0);
+    const id = created.stdout.trim();
+    const entries = Number(/: ([\d,]+) state entries in/.exec(created.stderr)![1]!.replace(/,/g, ''));
+    expect(entries).toBeGreaterThan(0);
+
+    // Bad run options and an embedded --sink are refused before anything is restored.
+    for (const [flags, pattern] of [
+      [
+        ['--commit-interval', 'soon'],
+        /^floe: --commit-interval must be a whole number >= 0; received "soon"$/,
+      ],
+      [['--max-cached-keys', '0'], /^floe: --max-cached-keys must be a whole number >= 1/],
+      [['--progress', 'loud'], /^floe: --progress must be one of auto, lines, none/],
+      [['--sink', 'page-view-counts=s3:bucket/p/'], /^floe: --sink applies to --backend aws only/],
+    ] as const) {
+      expectOneLineError(
+        await floe('replay', '--from-savepoint', id, '--as-job', 'refused', ...D, ...flags),
+        2,
+        pattern,
+      );
+    }
+    const status = await floe('status', '--job', 'refused', ...D, '--stream', 'page-views', '--json');
+    expect(
+      JSON.parse(status.stdout).shards.every((s: { checkpoint?: unknown }) => s.checkpoint === undefined),
+    ).toBe(true);
+
+    // The run options reach the run.
+    const replayed = await floe(
+      'replay',
+      '--from-savepoint',
+      id,
+      '--as-job',
+      'pv-copy',
+      ...D,
+      '--until-idle',
+      '--commit-interval',
+      '200',
+      '--max-cached-keys',
+      '10',
+      '--progress',
+      'none',
+    );
+    expect(replayed.code, replayed.stderr).toBe(0);
+    expect(replayed.stderr).toContain(
+      `into job pv-copy, generation 0: ${entries} state entries, 4 shard checkpoint(s)`,
+    );
+    expect(replayed.stderr).toMatch(/floe run: job "pv-copy" processed 0 records/);
+
+    // Every operator's state dropped: the count written is 0, and the dropped ones are named.
+    const dropped = await floe(
+      'replay',
+      '--from-savepoint',
+      id,
+      '--as-job',
+      'pv-sessions',
+      '--pipeline',
+      'examples/user-sessions.ts',
+      '--allow-non-restored-state',
+      '--restore-only',
+      '--progress',
+      'none',
+      ...D,
+    );
+    expect(dropped.code, dropped.stderr).toBe(0);
+    expect(dropped.stderr).toContain(
+      `into job pv-sessions, generation 0: 0 of ${entries} saved state entries written (${entries} dropped: their operators are not in the pipeline), 4 shard checkpoint(s)`,
+    );
+  });
+});
+
+describe.concurrent('floe demo says what happened', () => {
+  it('--no-kill: no restart and no kill in the summary', async () => {
+    const dir = join(TMP, 'demo-no-kill');
+    const result = await floe('demo', '--events', '300', '--no-kill', '--data-dir', dir);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).not.toMatch(/killed|the kill|restart/);
+    expect(result.stdout).toContain('including process start-up).');
+    expect(result.stdout).toMatch(/= 301 of 301 records \(every record exactly once\)\./);
+  });
+
+  it('a kill is claimed only when it happened mid-run, and then the summary mentions it', async () => {
+    const dir = join(TMP, 'demo-kill');
+    const result = await floe('demo', '--events', '100', '--data-dir', dir);
+    expect(result.code, result.stderr).toBe(0);
+    const killed = /killed the page-views worker \(SIGKILL\) at ([\d,]+) records/.exec(result.stdout);
+    if (killed === null) {
+      expect(result.stdout).toContain(
+        'the page-views worker finished before it could be killed: nothing was killed',
+      );
+      expect(result.stdout).not.toMatch(/across the kill|and the restart/);
+    } else {
+      expect(Number(killed[1]!.replace(/,/g, ''))).toBeLessThan(101);
+      expect(result.stdout).toContain('across the kill');
+      expect(result.stdout).toContain('and the restart');
+    }
+    expect(readdirSync(dir)).toContain('floe.db');
+  });
+});
