@@ -13,15 +13,18 @@
  *   worker then dead-letters its record), and nothing of the commit is stored.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { DynamoCommitStep } from '../../lib/aws/dynamodb-backend.ts';
+import type { DynamoBackend, DynamoCommitStep } from '../../lib/aws/dynamodb-backend.ts';
 import { createBucket } from '../../lib/aws/resources.ts';
 import {
+  type Commit,
   FencedError,
   initialCheckpoint,
+  type Lease,
   type Output,
   type ShardCheckpoint,
   type ShardInfo,
   StateFormatError,
+  type StateMutation,
   StateSerializationError,
   type TimerSpec,
 } from '../../lib/core/index.ts';
@@ -44,7 +47,31 @@ afterAll(() => clients?.destroy());
 class Crash extends Error {}
 
 let fixtures = 0;
-const fixture = (): Promise<BackendTables> => createBackendTables(clients, bucket, 'takeover', ++fixtures);
+/** Runs `test` on fresh tables (moto's transactions copy whole tables: keep them small). */
+async function withTables(test: (f: BackendTables) => Promise<void>): Promise<void> {
+  const f = await createBackendTables(clients, bucket, 'edges', ++fixtures);
+  try {
+    await test(f);
+  } finally {
+    await f.close();
+  }
+}
+
+/** A backend on `f` holding the shard's first lease. */
+async function firstLease(
+  f: BackendTables,
+  shard: string,
+): Promise<{ backend: DynamoBackend; lease: Lease }> {
+  const backend = f.open();
+  return { backend, lease: await backend.acquireLease(shard, 'A', 0, TTL) };
+}
+
+/** The shard's first commit, up to position 1. */
+const firstCommit = (shard: string, mutations: StateMutation[], outputs: Output[] = []): Commit => ({
+  checkpoint: { ...initialCheckpoint(shard), commitNumber: 1, position: '1' },
+  mutations,
+  outputs,
+});
 
 /** A checkpoint over the 200 KB inline limit (6,000 pending timers), so it is an S3 object. */
 function largeCheckpoint(shardId: string, commitNumber: number, position: string): ShardCheckpoint {
@@ -61,8 +88,7 @@ function largeCheckpoint(shardId: string, commitNumber: number, position: string
 describe('DynamoDB + S3 commit edges', () => {
   it("a fenced zombie's large checkpoint does not replace its successor's", async () => {
     const shard = 'shardId-000000000000';
-    const f = await fixture();
-    try {
+    await withTables(async (f) => {
       const a = f.open();
       const leaseA = await a.acquireLease(shard, 'A', 0, TTL);
       await a.commit(leaseA, { checkpoint: largeCheckpoint(shard, 1, '100'), mutations: [], outputs: [] });
@@ -85,9 +111,7 @@ describe('DynamoDB + S3 commit edges', () => {
       const reader = f.open();
       expect((await reader.readCheckpoint(shard))?.position).toBe('300');
       expect((await reader.getMany(['op/"k"'])).get('op/"k"')).toBe('"B through 300"');
-    } finally {
-      await f.close();
-    }
+    });
   });
 
   it('a parent whose finishing delta commit stopped after its commit point holds its children back until a lease holder redoes it', async () => {
@@ -97,8 +121,7 @@ describe('DynamoDB + S3 commit edges', () => {
       { shardId: parent, parentShardIds: [], hashKeyRange: { start: '0', end: '100' }, closed: true },
       { shardId: child, parentShardIds: [parent], hashKeyRange: { start: '0', end: '100' }, closed: false },
     ];
-    const f = await fixture();
-    try {
+    await withTables(async (f) => {
       const writer = f.open({
         onStep: (step: DynamoCommitStep) => {
           if (step === 'after-commit-point') throw new Crash('stopped after the commit point');
@@ -131,15 +154,12 @@ describe('DynamoDB + S3 commit edges', () => {
       const seen = await coordinator.getMany(mutations.map((m) => m.address));
       expect(seen.size).toBe(150);
       expect(seen.get('op/"key-149"')).toBe('149');
-    } finally {
-      await f.close();
-    }
+    });
   });
 
   it("puts a savepoint's undelivered outputs back into an outbox, idempotently, large commits through S3", async () => {
     const shard = 'shardId-000000000000';
-    const f = await fixture();
-    try {
+    await withTables(async (f) => {
       const backend = f.open();
       const big = 'x'.repeat(2_000);
       // Commit 3: 300 outputs of 2 KB (over an item's 400 KB); commit 5: two small ones.
@@ -160,44 +180,32 @@ describe('DynamoDB + S3 commit edges', () => {
         outputs.map((o) => o.id),
       );
       expect(await f.open().unpublishedOutputs(shard)).toEqual([]);
-    } finally {
-      await f.close();
-    }
+    });
   });
 
   it('measures state items in UTF-8 bytes: 130,000 characters of € (390 KB) are refused before DynamoDB sees them', async () => {
     const shard = 'shardId-000000000000';
-    const f = await fixture();
-    try {
-      const backend = f.open();
-      const lease = await backend.acquireLease(shard, 'A', 0, TTL);
-      const commit = {
-        checkpoint: { ...initialCheckpoint(shard), commitNumber: 1, position: '1' },
-        mutations: [{ address: 'op/"k"', value: JSON.stringify('€'.repeat(130_000)) }],
-        outputs: [],
-      };
+    await withTables(async (f) => {
+      const { backend, lease } = await firstLease(f, shard);
+      const commit = firstCommit(shard, [{ address: 'op/"k"', value: JSON.stringify('€'.repeat(130_000)) }]);
       await expect(backend.commit(lease, commit)).rejects.toThrow(StateFormatError);
       await expect(backend.commit(lease, commit)).rejects.toThrow(/DynamoDB items hold at most 400 KB/);
       expect(await f.open().readCheckpoint(shard)).toBeUndefined();
-    } finally {
-      await f.close();
-    }
+    });
   });
 
   it('refuses an output that is not JSON with a StateSerializationError naming it, storing nothing', async () => {
     const shard = 'shardId-000000000000';
-    const f = await fixture();
-    try {
-      const backend = f.open();
-      const lease = await backend.acquireLease(shard, 'A', 0, TTL);
-      const commit = {
-        checkpoint: { ...initialCheckpoint(shard), commitNumber: 1, position: '1' },
-        mutations: [{ address: 'op/"k"', value: '1' }],
-        outputs: [
+    await withTables(async (f) => {
+      const { backend, lease } = await firstLease(f, shard);
+      const commit = firstCommit(
+        shard,
+        [{ address: 'op/"k"', value: '1' }],
+        [
           { id: `job/${shard}/1/0`, sink: 'out', value: 1 },
           { id: `job/${shard}/1/1`, sink: 'out', value: { n: 2n } },
         ],
-      };
+      );
       const error = await backend.commit(lease, commit).catch((e: unknown) => e);
       expect(error).toBeInstanceOf(StateSerializationError);
       expect((error as Error).message).toContain(
@@ -205,8 +213,6 @@ describe('DynamoDB + S3 commit edges', () => {
       );
       expect(await f.open().readCheckpoint(shard)).toBeUndefined();
       expect((await f.open().getMany(['op/"k"'])).size).toBe(0);
-    } finally {
-      await f.close();
-    }
+    });
   });
 });

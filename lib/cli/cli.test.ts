@@ -18,7 +18,15 @@ import { openSqlite, type SqliteDatabase } from '../embedded/sqlite.ts';
 import { jobStatus } from '../embedded/status.ts';
 import { simulate } from '../runtime/simulate.ts';
 import { clickRecords } from './produce.ts';
-import { type Child, type Exit, killRunningCli, ROOT, runCli, startCli } from './testing/run-cli.ts';
+import {
+  type Child,
+  type Exit,
+  expectOneLineError,
+  killRunningCli,
+  ROOT,
+  runCli,
+  startCli,
+} from './testing/run-cli.ts';
 
 const TMP = mkdtempSync(join(tmpdir(), 'floe-cli-test-'));
 afterAll(() => {
@@ -38,17 +46,6 @@ function scratch(name: string, files: Record<string, string> = {}): string {
 }
 
 const CORE = JSON.stringify(join(ROOT, 'lib/core/index.ts'));
-
-function expectOneLineError(result: Exit, code: number, pattern?: RegExp): void {
-  const detail = `exit ${result.code} (${result.signal})\nstdout: ${result.stdout}\nstderr: ${result.stderr}`;
-  expect(result.stderr, detail).not.toContain('    at ');
-  expect(result.code, detail).toBe(code);
-  const lines = result.stderr.replace(/\n$/, '').split('\n');
-  expect(lines, detail).toHaveLength(1);
-  expect(lines[0], detail).toMatch(/^floe: \S/);
-  if (pattern !== undefined) expect(lines[0], detail).toMatch(pattern);
-  expect(result.stdout, detail).toBe('');
-}
 
 describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no stack trace', () => {
   const modules = scratch('modules', {

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MAX_SHARDS as LOG_MAX_SHARDS } from '../embedded/local-log.ts';
 import { MAX_SHARDS } from './args.ts';
-import { type Exit, killRunningCli, runCli } from './testing/run-cli.ts';
+import { type Exit, expectOneLineError, killRunningCli, runCli } from './testing/run-cli.ts';
 
 const TMP = mkdtempSync(join(tmpdir(), 'floe-commands-test-'));
 afterAll(() => {
@@ -19,17 +19,6 @@ afterAll(() => {
 });
 
 const floe = (...args: string[]): Promise<Exit> => runCli(args);
-
-function expectOneLineError(result: Exit, code: number, pattern: RegExp): void {
-  const detail = `exit ${result.code} (${result.signal})\nstdout: ${result.stdout}\nstderr: ${result.stderr}`;
-  expect(result.stderr, detail).not.toContain('    at ');
-  expect(result.code, detail).toBe(code);
-  const lines = result.stderr.replace(/\n$/, '').split('\n');
-  expect(lines, detail).toHaveLength(1);
-  expect(lines[0], detail).toMatch(/^floe: \S/);
-  expect(lines[0], detail).toMatch(pattern);
-  expect(result.stdout, detail).toBe('');
-}
 
 /** A data directory with stream page-views (partitioned by page) holding `events` clicks. */
 async function produced(name: string, events = 300): Promise<string> {

@@ -10,7 +10,13 @@ import { afterAll, describe, expect, it } from 'vitest';
 import pageViews from '../../examples/page-views.ts';
 import type { Output } from '../core/index.ts';
 import { parseScriptLine, simulate } from '../runtime/simulate.ts';
-import { type Exit, killRunningCli, ROOT, runCli } from './testing/run-cli.ts';
+import {
+  type Exit,
+  expectOneLineError as expectOneLine,
+  killRunningCli,
+  ROOT,
+  runCli,
+} from './testing/run-cli.ts';
 
 const TMP = mkdtempSync(join(tmpdir(), 'floe-simulate-test-'));
 afterAll(() => {
@@ -21,15 +27,8 @@ afterAll(() => {
 const floe = (...args: string[]): Promise<Exit> => runCli(args);
 const INPUT = join(ROOT, 'examples/data/page-views.ndjson');
 
-function expectOneLineError(result: Exit, code: number, pattern: RegExp): void {
-  const detail = `exit ${result.code} (${result.signal})\nstdout: ${result.stdout}\nstderr: ${result.stderr}`;
-  expect(result.stderr, detail).not.toContain('    at ');
-  expect(result.code, detail).toBe(code);
-  const lines = result.stderr.replace(/\n$/, '').split('\n');
-  expect(lines, detail).toHaveLength(1);
-  expect(lines[0], detail).toMatch(/^floe: \S/);
-  expect(lines[0], detail).toMatch(pattern);
-}
+const expectOneLineError = (result: Exit, code: number, pattern: RegExp): void =>
+  expectOneLine(result, code, pattern, { stdout: 'any' });
 
 function file(name: string, text: string): string {
   const path = join(TMP, name);

@@ -4,6 +4,7 @@ import { average, collect, count, max, min, reducing, sum } from './aggregates.t
 import { compile } from './compile.ts';
 import { pipeline } from './dsl.ts';
 import { PipelineDefinitionError } from './errors.ts';
+import { thrownBy } from './testing/thrown.ts';
 import { monotonic } from './watermarks.ts';
 import { tumbling } from './windows.ts';
 
@@ -13,16 +14,7 @@ interface Sale {
   readonly ts: number;
 }
 
-function refused(fn: () => unknown): PipelineDefinitionError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(PipelineDefinitionError);
-  return caught as PipelineDefinitionError;
-}
+const refused = (fn: () => unknown): PipelineDefinitionError => thrownBy(fn, PipelineDefinitionError);
 
 // Untyped calls, as from JavaScript or through `as never`.
 const loose = {

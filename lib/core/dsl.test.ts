@@ -6,6 +6,7 @@ import { DEAD_LETTER_SINK, DEFAULT_LATE_SINK, type Pipeline, pipeline } from './
 import { PipelineDefinitionError } from './errors.ts';
 import type { KeyedProcessFunction } from './processor.ts';
 import { valueState } from './state.ts';
+import { thrownBy } from './testing/thrown.ts';
 import { minutes, seconds } from './time.ts';
 import { boundedOutOfOrderness, monotonic, withIdleness } from './watermarks.ts';
 import { session, sliding, tumbling } from './windows.ts';
@@ -23,14 +24,7 @@ const passThrough: KeyedProcessFunction<Ev, Ev> = {
 
 /** Runs `fn`, expecting a PipelineDefinitionError whose message contains every fragment. */
 function definitionError(fn: () => unknown, ...fragments: string[]): PipelineDefinitionError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (error) {
-    caught = error;
-  }
-  expect(caught).toBeInstanceOf(PipelineDefinitionError);
-  const error = caught as PipelineDefinitionError;
+  const error = thrownBy(fn, PipelineDefinitionError);
   expect(error.code).toBe('PIPELINE_DEFINITION');
   expect(error.retryable).toBe(false);
   expect(error.name).toBe('PipelineDefinitionError');

@@ -2,6 +2,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { expect } from 'vitest';
 
 /** The repository root (the children's working directory). */
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -59,4 +60,25 @@ export function runCli(args: readonly string[], env: Record<string, string> = {}
 /** SIGKILLs every child still running (for afterAll). */
 export function killRunningCli(): void {
   for (const child of running) child.kill('SIGKILL');
+}
+
+/**
+ * Expects the CLI to have failed with exit `code` and one `floe: …` line on stderr (no stack
+ * trace) matching `pattern`; stdout must be empty unless `stdout: 'any'` (simulate prints the
+ * outputs of the lines before a bad one).
+ */
+export function expectOneLineError(
+  result: Exit,
+  code: number,
+  pattern?: RegExp,
+  options: { readonly stdout?: 'empty' | 'any' } = {},
+): void {
+  const detail = `exit ${result.code} (${result.signal})\nstdout: ${result.stdout}\nstderr: ${result.stderr}`;
+  expect(result.stderr, detail).not.toContain('    at ');
+  expect(result.code, detail).toBe(code);
+  const lines = result.stderr.replace(/\n$/, '').split('\n');
+  expect(lines, detail).toHaveLength(1);
+  expect(lines[0], detail).toMatch(/^floe: \S/);
+  if (pattern !== undefined) expect(lines[0], detail).toMatch(pattern);
+  if (options.stdout !== 'any') expect(result.stdout, detail).toBe('');
 }
