@@ -5,13 +5,7 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { asStateMigration, ConfigurationError, compile, type StateMigration } from '../core/index.ts';
 import { checkJobId } from '../embedded/job.ts';
-import {
-  prepareTimestampReplay,
-  readManifest,
-  restoreSavepoint,
-  type SavepointBackend,
-  type StateScope,
-} from '../runtime/savepoints.ts';
+import { prepareTimestampReplay, readManifest, restoreSavepoint } from '../runtime/savepoints.ts';
 import { formatCount, formatTime, nonNegativeInt, oneOf, positiveInt, UsageError } from './args.ts';
 import { loadPipeline } from './load-pipeline.ts';
 import { checkBackendFlags, checkSinkBindings, runRun } from './run.ts';
@@ -127,8 +121,7 @@ export async function runReplay(args: string[]): Promise<number> {
       if (backend === 'aws') await checkSinkBindings(values.sink ?? [], plan);
       const migration = values.migration === undefined ? undefined : await loadMigration(values.migration);
       const onStep = faultHook('restore');
-      const counted = countingImports(opened.backend);
-      const result = await restoreSavepoint(counted.backend, {
+      const result = await restoreSavepoint(opened.backend, {
         savepointId: manifest.id,
         plan,
         ...(asJob === undefined ? {} : { asJob }),
@@ -141,7 +134,7 @@ export async function runReplay(args: string[]): Promise<number> {
       progress.done();
       for (const w of result.warnings) console.error(`floe replay: warning: ${w}`);
       console.error(
-        `floe replay: restored ${describeManifest(manifest)} into job ${result.job}, generation ${result.generation}: ${describeWritten(counted.written(), result.entries, migration !== undefined)}, ${result.shards} shard checkpoint(s)`,
+        `floe replay: restored ${describeManifest(manifest)} into job ${result.job}, generation ${result.generation}: ${describeWritten(result.written, result.entries, migration !== undefined)}, ${result.shards} shard checkpoint(s)`,
       );
       job = result.job;
       stream = manifest.stream;
@@ -183,40 +176,6 @@ export async function runReplay(args: string[]): Promise<number> {
     return 0;
   }
   return runRun([module, '--job', job, '--stream', stream, ...runArgs, ...runOptions]);
-}
-
-/**
- * The backend with a count of the state entries the restore writes (RestoreResult.entries
- * counts the entries read from the savepoint, dropped ones included).
- */
-function countingImports(backend: SavepointBackend): { backend: SavepointBackend; written: () => number } {
-  let written = 0;
-  const scope = (job: string, generation: number): StateScope => {
-    const inner = backend.scope(job, generation);
-    return {
-      backend: inner.backend,
-      entries: () => inner.entries(),
-      countEntries: () => inner.countEntries(),
-      importEntries: async (entries) => {
-        await inner.importEntries(entries);
-        written += entries.length;
-      },
-      importCheckpoint: (checkpoint) => inner.importCheckpoint(checkpoint),
-      importOutputs: (shardId, outputs) => inner.importOutputs(shardId, outputs),
-      isEmpty: () => inner.isEmpty(),
-    };
-  };
-  return {
-    backend: {
-      kind: backend.kind,
-      jobs: backend.jobs,
-      snapshots: backend.snapshots,
-      scope,
-      source: (stream) => backend.source(stream),
-      checkResumable: (stream, shard) => backend.checkResumable(stream, shard),
-    },
-    written: () => written,
-  };
 }
 
 /** "120 state entries", or what was read and written when they differ (dropped or migrated). */

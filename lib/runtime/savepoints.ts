@@ -669,7 +669,10 @@ export interface RestoreResult {
   readonly manifest: SavepointManifest;
   readonly job: string;
   readonly generation: number;
+  /** State entries read from the savepoint. */
   readonly entries: number;
+  /** State entries written: fewer when a removed operator's state was dropped, any number after a migration. */
+  readonly written: number;
   readonly shards: number;
   readonly warnings: readonly string[];
 }
@@ -794,6 +797,7 @@ export async function restoreSavepoint(
 
   // State, file by file (each verified again as it is read), in idempotent batches.
   const batchSize = Math.max(1, options.batchEntries ?? 2000);
+  let read = 0;
   let written = 0;
   options.onProgress?.({ phase: 'restore', entries: 0, total: manifest.entries, files: 0 });
   for (const [i, file] of manifest.files.entries()) {
@@ -817,12 +821,14 @@ export async function restoreSavepoint(
       }
       if (out.length >= batchSize) {
         await scope.importEntries(out);
+        written += out.length;
         out = [];
       }
     }
     if (out.length > 0) await scope.importEntries(out);
-    written += rows.length;
-    options.onProgress?.({ phase: 'restore', entries: written, total: manifest.entries, files: i + 1 });
+    written += out.length;
+    read += rows.length;
+    options.onProgress?.({ phase: 'restore', entries: read, total: manifest.entries, files: i + 1 });
     await options.onStep?.('entries-written', i);
   }
   // The outputs the job had committed but not delivered at the savepoint are this job's to
@@ -879,7 +885,8 @@ export async function restoreSavepoint(
     manifest,
     job: target,
     generation,
-    entries: written,
+    entries: read,
+    written,
     shards: restoredCheckpoints.length,
     warnings,
   };
