@@ -14,10 +14,10 @@ export const MAX_SHARDS = 1024;
 export function positiveInt(flag: string, value: string | undefined, fallback: number, max?: number): number {
   if (value === undefined) return fallback;
   const n = Number(value);
-  if (max !== undefined && (value.trim() === '' || !Number.isInteger(n) || n < 1 || n > max))
-    throw new UsageError(`${flag} must be a whole number from 1 to ${max}; received "${value}"`);
-  if (value.trim() === '' || !Number.isInteger(n) || n < 1)
-    throw new UsageError(`${flag} must be a whole number >= 1; received "${value}"`);
+  if (value.trim() === '' || !Number.isInteger(n) || n < 1 || (max !== undefined && n > max)) {
+    const range = max === undefined ? '>= 1' : `from 1 to ${max}`;
+    throw new UsageError(`${flag} must be a whole number ${range}; received "${value}"`);
+  }
   return n;
 }
 

@@ -1,10 +1,9 @@
 /** `floe run`: runs a pipeline with the local runner (embedded backend by default). */
 
-import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ConfigurationError, compile, type PipelinePlan } from '../core/index.ts';
-import { DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
+import { compile, type PipelinePlan } from '../core/index.ts';
+import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { openEmbeddedJobForRun } from '../embedded/run-job.ts';
 import { jobStatus } from '../embedded/status.ts';
 import { runJob } from '../runtime/local-runner.ts';
@@ -103,12 +102,10 @@ export async function checkSinkBindings(specs: readonly string[], plan: Pipeline
 
 /** Refuses a data directory without a database: only `floe produce` creates one. */
 export function checkEmbeddedData(dataDir: string): void {
-  const path = databasePath(dataDir);
-  if (!existsSync(path)) {
-    throw new ConfigurationError(
-      `no embedded data at ${path}; check --data-dir, or create a stream there first with 'floe produce --stream <name> --data-dir ${dataDir}'`,
-    );
-  }
+  existingDatabase(
+    dataDir,
+    `check --data-dir, or create a stream there first with 'floe produce --stream <name> --data-dir ${dataDir}'`,
+  );
 }
 
 export async function runRun(args: string[]): Promise<number> {

@@ -1,7 +1,5 @@
-/** Backend selection and progress display shared by `floe savepoint` and `floe replay`. */
-import { existsSync } from 'node:fs';
 import { ConfigurationError, type SavepointManifest } from '../core/index.ts';
-import { DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
+import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { defaultSavepointDir, embeddedSavepointBackend } from '../embedded/savepoints.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import type { SavepointBackend, SavepointProgress, SavepointStep } from '../runtime/savepoints.ts';
@@ -54,12 +52,7 @@ export async function openSavepointBackend(
   const kind = values.backend ?? 'embedded';
   if (kind === 'embedded') {
     const dataDir = values['data-dir'] ?? DEFAULT_DATA_DIR;
-    const path = databasePath(dataDir);
-    if (!existsSync(path)) {
-      throw new ConfigurationError(
-        `no embedded data at ${path}; run 'floe produce' and 'floe run' first, or pass --data-dir`,
-      );
-    }
+    const path = existingDatabase(dataDir, "run 'floe produce' and 'floe run' first, or pass --data-dir");
     const db = openSqlite(path);
     const savepointDir = values['savepoint-dir'] ?? defaultSavepointDir(dataDir);
     return {

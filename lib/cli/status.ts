@@ -1,8 +1,6 @@
-/** `floe status`: per shard position, lag, watermark and last commit of a job. */
-import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigurationError } from '../core/index.ts';
-import { checkJobId, DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
+import { checkJobId, DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { SqliteJobStore } from '../embedded/job-store.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import { jobStatus } from '../embedded/status.ts';
@@ -70,11 +68,10 @@ export async function runStatus(args: string[]): Promise<number> {
   for (const flag of ['state-table', 'control-table', 'bucket', 'generation'] as const) {
     if (values[flag] !== undefined) throw new UsageError(`--${flag} needs --backend aws`);
   }
-  const path = databasePath(values['data-dir'] ?? DEFAULT_DATA_DIR);
-  if (!existsSync(path))
-    throw new ConfigurationError(
-      `no embedded data at ${path}; run 'floe produce' and 'floe run' first, or check --data-dir`,
-    );
+  const path = existingDatabase(
+    values['data-dir'] ?? DEFAULT_DATA_DIR,
+    "run 'floe produce' and 'floe run' first, or check --data-dir",
+  );
   const db = openSqlite(path);
   try {
     // The job record (written by floe run, savepoints and replays) names the stream and generation.

@@ -2,6 +2,7 @@
  * The embedded backend for one job: one SQLite file (`<dataDir>/floe.db`) holds the local log,
  * the job's state, checkpoints and outbox, and a table per job with its published outputs.
  */
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigurationError, describeValue, type PipelinePlan, type StartPosition } from '../core/index.ts';
 import type { JobRuntime } from '../runtime/job.ts';
@@ -16,6 +17,16 @@ export const DEFAULT_DATA_DIR = '.floe';
 
 export function databasePath(dataDir: string): string {
   return join(dataDir, 'floe.db');
+}
+
+/**
+ * The database of an embedded data directory, which must exist (only `floe produce` creates
+ * one): else a ConfigurationError saying there is none and, in `remedy`, what to do.
+ */
+export function existingDatabase(dataDir: string, remedy: string): string {
+  const path = databasePath(dataDir);
+  if (!existsSync(path)) throw new ConfigurationError(`no embedded data at ${path}; ${remedy}`);
+  return path;
 }
 
 /** The table holding a job's published outputs (one per job: see outputTableName). */
