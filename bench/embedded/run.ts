@@ -34,8 +34,9 @@ import {
   ShardTask,
   type SourceRecord,
 } from '../../lib/core/index.ts';
-import { databasePath, openEmbeddedJob, outputTable } from '../../lib/embedded/job.ts';
+import { databasePath, openEmbeddedJob } from '../../lib/embedded/job.ts';
 import { formatSequenceNumber, LocalLog } from '../../lib/embedded/local-log.ts';
+import { outputTableName } from '../../lib/embedded/sinks.ts';
 import { SqliteBackend } from '../../lib/embedded/sqlite-backend.ts';
 import { runJob } from '../../lib/runtime/local-runner.ts';
 
@@ -177,7 +178,7 @@ async function runEmbedded(dataDir: string, job: string): Promise<RunResult> {
     // Published outputs, per shard in emission order (ids: job/shard/commit/index).
     const rows = embedded.db
       .prepare<[], { id: string; sink: string; value: string }>(
-        `SELECT id, sink, value FROM "${outputTable(job)}"`,
+        `SELECT id, sink, value FROM "${outputTableName(job)}"`,
       )
       .all()
       .map((r) => {

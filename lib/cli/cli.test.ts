@@ -12,8 +12,9 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import pageViews, { type PageView, type PageViewCount } from '../../examples/page-views.ts';
 import { DEAD_LETTER_SINK, DEFAULT_LATE_SINK, type Output, shardIndexFor, shardName } from '../core/index.ts';
-import { databasePath, outputTable } from '../embedded/job.ts';
+import { databasePath } from '../embedded/job.ts';
 import { formatSequenceNumber, LocalLog } from '../embedded/local-log.ts';
+import { outputTableName } from '../embedded/sinks.ts';
 import { openSqlite, type SqliteDatabase } from '../embedded/sqlite.ts';
 import { jobStatus } from '../embedded/status.ts';
 import { simulate } from '../runtime/simulate.ts';
@@ -484,7 +485,7 @@ describe('floe run: exactly once across SIGKILLs', () => {
     // --- The published outputs.
     const rows = db
       .prepare<[], { id: string; sink: string; value: string }>(
-        `SELECT id, sink, value FROM "${outputTable(JOB)}" ORDER BY rowid`,
+        `SELECT id, sink, value FROM "${outputTableName(JOB)}" ORDER BY rowid`,
       )
       .all()
       .map((r): OutRow => ({ id: r.id, sink: r.sink, value: JSON.parse(r.value) }));

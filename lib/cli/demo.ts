@@ -9,7 +9,8 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { DEAD_LETTER_SINK, DEFAULT_LATE_SINK } from '../core/index.ts';
-import { databasePath, outputTable } from '../embedded/job.ts';
+import { databasePath } from '../embedded/job.ts';
+import { outputTableName } from '../embedded/sinks.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import { jobStatus } from '../embedded/status.ts';
 import { bar, formatCount, formatTime, positiveInt, UsageError } from './args.ts';
@@ -224,7 +225,7 @@ function summarize(
   const rows = (job: string, sink: string): Array<{ id: string; value: unknown }> =>
     db
       .prepare<[string], { id: string; value: string }>(
-        `SELECT id, value FROM "${outputTable(job)}" WHERE sink = ?`,
+        `SELECT id, value FROM "${outputTableName(job)}" WHERE sink = ?`,
       )
       .all(sink)
       .map((r) => ({ id: r.id, value: JSON.parse(r.value) }));
@@ -309,7 +310,7 @@ function summarize(
   );
   out('');
   out(
-    `Results: ${databasePath(dataDir)} (tables ${outputTable('page-views')}, ${outputTable('user-sessions')}).`,
+    `Results: ${databasePath(dataDir)} (tables ${outputTableName('page-views')}, ${outputTableName('user-sessions')}).`,
   );
   out(`Inspect: npx floe status --job page-views --data-dir ${dataDir}`);
   const status = jobStatus(db, 'page-views', 'page-views');

@@ -29,11 +29,6 @@ export function existingDatabase(dataDir: string, remedy: string): string {
   return path;
 }
 
-/** The table holding a job's published outputs (one per job: see outputTableName). */
-export function outputTable(job: string): string {
-  return outputTableName(job);
-}
-
 export function checkJobId(job: unknown): string {
   if (typeof job !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/.test(job)) {
     throw new ConfigurationError(
@@ -77,7 +72,7 @@ export async function openEmbeddedJob(options: {
   }
   const generation = options.generation ?? 0;
   const backend = new SqliteBackend(db, { job, generation });
-  const sink = new SqliteTableSink(db, { table: outputTable(job) });
+  const sink = new SqliteTableSink(db, { table: outputTableName(job) });
   return {
     runtime: {
       job: outputJobId(job, generation),

@@ -1,6 +1,6 @@
 /** Job status on the embedded backend: per shard position, lag, watermark and last commit. */
 import { DEAD_LETTER_SINK, deserializeCheckpoint, type ShardCheckpoint } from '../core/index.ts';
-import { outputTable } from './job.ts';
+import { outputTableName } from './sinks.ts';
 import type { SqliteDatabase } from './sqlite.ts';
 
 export interface ShardStatus {
@@ -48,7 +48,7 @@ export function jobStatus(db: SqliteDatabase, job: string, stream: string, gener
     }
   }
   const outputs: Record<string, number> = {};
-  const table = outputTable(job);
+  const table = outputTableName(job);
   if (tableExists(db, table)) {
     for (const row of db
       .prepare<[], { sink: string; n: number }>(`SELECT sink, count(*) AS n FROM "${table}" GROUP BY sink`)

@@ -10,10 +10,11 @@ import {
   type StartPosition,
 } from '../../core/index.ts';
 import { runJob } from '../../runtime/local-runner.ts';
-import { databasePath, outputTable } from '../job.ts';
+import { databasePath } from '../job.ts';
 import { LocalLog } from '../local-log.ts';
 import { openEmbeddedJobForRun } from '../run-job.ts';
 import { embeddedSavepointBackend } from '../savepoints.ts';
+import { outputTableName } from '../sinks.ts';
 import { openSqlite, type SqliteDatabase } from '../sqlite.ts';
 import type { Click } from './savepoint-pipelines.ts';
 
@@ -144,7 +145,7 @@ export interface PublishedOutput {
 
 /** The published outputs of a job (all generations), in (shard, commit, index) order. */
 export function outputsOf(db: SqliteDatabase, job: string): PublishedOutput[] {
-  const table = outputTable(job);
+  const table = outputTableName(job);
   const exists = db.prepare('SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?').get('table', table);
   if (exists === undefined) return [];
   const rows = db.prepare(`SELECT id, sink, value FROM "${table}"`).all() as Array<{
