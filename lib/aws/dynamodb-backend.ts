@@ -785,7 +785,9 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     const byCommit = new Map<number, Output[]>();
     for (const o of outputs) {
       const c = commitOf(o.id);
-      byCommit.set(c, [...(byCommit.get(c) ?? []), o]);
+      const group = byCommit.get(c);
+      if (group === undefined) byCommit.set(c, [o]);
+      else group.push(o);
     }
     for (const [commitNumber, group] of byCommit) {
       const text = JSON.stringify(group);
