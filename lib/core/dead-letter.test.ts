@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import type { AggregateFunction } from './aggregates.ts';
 import { count } from './aggregates.ts';
 import { DEAD_LETTER_SINK, pipeline } from './dsl.ts';
+import { SYNCHRONOUS_FUNCTIONS } from './errors.ts';
 import type { KeyedProcessFunction } from './processor.ts';
 import type { DeadLetter } from './shard-task.ts';
 import { valueState } from './state.ts';
@@ -231,6 +232,83 @@ describe('dead letters from the stateless prefix', () => {
     ]);
     expect(letters(driver).map((l) => [l.reason, l.sequenceNumber, l.message])).toEqual([
       ['user-function', '2', 'RangeError: negative part in b'],
+    ]);
+  });
+});
+
+describe('functions that return a Promise (not declared async) are dead-lettered', () => {
+  const promised = <T>(value: T): Promise<T> => Promise.resolve(value);
+  const sync = SYNCHRONOUS_FUNCTIONS;
+
+  it('map, filter and flatMap: reason "user-function"; no "{}" reaches the sink', async () => {
+    const p = pipeline('dl');
+    const source = p.source<Click>();
+    source.map((c) => (c.poison ? promised(c) : c)).sink('mapped');
+    source.filter((c) => (c.poison ? (promised(false) as unknown as boolean) : true)).sink('kept');
+    source.flatMap((c) => (c.poison ? (promised([c]) as unknown as Click[]) : [c])).sink('flat');
+    const driver = new TestDriver(p);
+    await driver.send([click({ user: 'a', ts: 1 }), click({ user: 'b', ts: 2, poison: true })]);
+    const a = { user: 'a', ts: 1 };
+    expect(driver.values('mapped')).toEqual([a]);
+    expect(driver.values('kept')).toEqual([a]);
+    expect(driver.values('flat')).toEqual([a]);
+    // All-or-nothing per record: the first failing function dead-letters the whole record.
+    expect(letters(driver).map((l) => [l.reason, l.sequenceNumber, l.message])).toEqual([
+      ['user-function', '2', `map returned a Promise. ${sync}.`],
+    ]);
+  });
+
+  it('flatMap returning something that is not iterable says so', async () => {
+    const p = pipeline('dl');
+    p.source<Click>()
+      .flatMap((c) => (c.poison ? (promised([c]) as unknown as Click[]) : (c.n as unknown as Click[])))
+      .sink('flat');
+    const driver = new TestDriver(p);
+    await driver.send([click({ user: 'a', ts: 1, n: 3 }), click({ user: 'b', ts: 2, poison: true })]);
+    expect(letters(driver).map((l) => [l.sequenceNumber, l.message])).toEqual([
+      ['1', 'flatMap must return an iterable (an array, a Set, a generator); it returned 3'],
+      ['2', `flatMap returned a Promise. ${sync}.`],
+    ]);
+  });
+
+  it('processElement and window functions: the record rolls back; onTimer: reason "timer"', async () => {
+    const p = pipeline('dl');
+    const timed = p.source<Click>().withTimestamps((c) => c.ts, boundedOutOfOrderness(0));
+    timed
+      .keyBy((c) => c.user)
+      .process({
+        state: { seen: valueState<number>() },
+        processElement(c, ctx) {
+          ctx.state.seen.update(c.ts);
+          ctx.timers.registerEventTimeTimer(c.ts + 10);
+          if (c.poison) return promised(undefined) as unknown as undefined;
+        },
+        onTimer(timer, ctx) {
+          ctx.emit({ user: ctx.key, at: timer.time });
+          if (ctx.key === 'late-timer') return promised(undefined) as unknown as undefined;
+        },
+      })
+      .sink('process');
+    timed
+      .keyBy((c) => c.user)
+      .window(tumbling({ size: 100 }))
+      .aggregate(count(), (r) => (r.key === 'late-timer' ? promised(r.result) : r.result))
+      .sink('window');
+    const driver = new TestDriver(p);
+    await driver.send([
+      click({ user: 'a', ts: 1 }),
+      click({ user: 'b', ts: 2, poison: true }),
+      click({ user: 'late-timer', ts: 3 }),
+    ]);
+    await driver.advanceWatermark(200);
+    expect(await driver.state('process-0', 'b')).toBeUndefined();
+    expect(driver.values('process')).toEqual([{ user: 'a', at: 11 }]);
+    // b's record rolled back in both operators; late-timer's window firing failed.
+    expect(driver.values('window')).toEqual([1]);
+    expect(letters(driver).map((l) => [l.reason, l.message])).toEqual([
+      ['user-function', `processElement returned a Promise. ${sync}.`],
+      ['timer', `Error: onTimer returned a Promise. ${sync}.`],
+      ['timer', `Error: an emitted value is a Promise (from a window function or ctx.emit). ${sync}.`],
     ]);
   });
 });

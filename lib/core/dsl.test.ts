@@ -702,3 +702,91 @@ describe('aggregate functions are checked when the pipeline is built', () => {
     );
   });
 });
+
+describe('pipeline functions must be synchronous', () => {
+  const sync = 'floe calls pipeline functions synchronously, inside a commit, and cannot wait for a Promise';
+  const windowed = () =>
+    timed(pipeline('async'))
+      .keyBy((e) => e.user)
+      .window(tumbling({ size: 10 }));
+
+  it('refuses async functions in every stateless call when the pipeline is built', () => {
+    const source = () => pipeline('async').source<Ev>();
+    definitionError(
+      () => source().map(async (e) => e),
+      'map needs a synchronous function; received an async function.',
+      sync,
+    );
+    definitionError(
+      () => source().filter((async () => true) as never),
+      'filter needs a synchronous function',
+      sync,
+    );
+    definitionError(
+      () =>
+        source().flatMap(async function* (e: Ev) {
+          yield e;
+        } as never),
+      'flatMap needs a synchronous function',
+    );
+    definitionError(
+      () => source().withTimestamps((async (e: Ev) => e.ts) as never, boundedOutOfOrderness(0)),
+      'withTimestamps needs a synchronous function',
+    );
+    definitionError(
+      () => source().keyBy((async (e: Ev) => e.user) as never),
+      'keyBy needs a synchronous function',
+    );
+    definitionError(
+      () => pipeline('async').source({ deserializer: (async (data: unknown) => data) as never }),
+      'source deserializer needs a synchronous function',
+    );
+  });
+
+  it('refuses async aggregate members, window functions, reduce and process methods', () => {
+    definitionError(
+      () => windowed().aggregate({ ...count<Ev>(), add: async (_e: Ev, n: number) => n + 1 } as never),
+      "aggregate's add needs a synchronous function",
+    );
+    definitionError(
+      () => windowed().aggregate(count(), async (r) => r.result),
+      'aggregate window function needs a synchronous function',
+    );
+    definitionError(
+      () => windowed().reduce((async (a: Ev) => a) as never),
+      'reduce needs a synchronous function',
+    );
+    definitionError(
+      () =>
+        timed(pipeline('async'))
+          .keyBy((e) => e.user)
+          .process({ async processElement() {} }),
+      'process: processElement needs a synchronous function',
+    );
+    definitionError(
+      () =>
+        timed(pipeline('async'))
+          .keyBy((e) => e.user)
+          .process({ processElement() {}, async onTimer() {} }),
+      'process: onTimer needs a synchronous function',
+    );
+    definitionError(
+      () =>
+        timed(pipeline('async'))
+          .keyBy((e) => e.user)
+          .process({ processElement() {}, onTimer: 5 } as never),
+      'process: onTimer must be a method onTimer(timer, ctx) or left out; received 5',
+    );
+  });
+
+  it('accepts plain functions and generators', () => {
+    const p = pipeline('sync');
+    p.source<Ev>()
+      .flatMap(function* (e) {
+        yield e;
+      })
+      .map((e) => e)
+      .sink('out');
+    expect(() => compile(p)).not.toThrow();
+  });
+});

@@ -3,7 +3,7 @@
  * the ShardTask turns it into push-based operators over the Processor API.
  */
 import { type AggregateFunction, reducing } from './aggregates.ts';
-import { describeValue, PipelineDefinitionError } from './errors.ts';
+import { describeValue, PipelineDefinitionError, SYNCHRONOUS_FUNCTIONS } from './errors.ts';
 import type { SourceRecord } from './ports.ts';
 import type { KeyedProcessFunction } from './processor.ts';
 import type { StateKey, StateSpec } from './state.ts';
@@ -117,6 +117,7 @@ export class Pipeline {
         `pipeline "${this.name}" already has a source; a pipeline reads one stream. Reuse the DataStream returned by the first source() call to branch.`,
       );
     }
+    if (options.deserializer !== undefined) requireFunction('source deserializer', options.deserializer);
     const node = this.add({
       kind: 'source',
       input: undefined,
@@ -141,6 +142,21 @@ export function pipeline(name: string, options?: PipelineOptions): Pipeline {
 function requireFunction(what: string, fn: unknown): void {
   if (typeof fn !== 'function') {
     throw new PipelineDefinitionError(`${what} needs a function; received ${describeValue(fn)}`);
+  }
+  refuseAsync(what, fn);
+}
+
+/**
+ * An async function's work would run after floe has committed the record it was called for
+ * (its result, a Promise, is all floe sees), so it is refused when the pipeline is built.
+ * Plain functions that return a Promise are caught per record (shard-task.ts).
+ */
+function refuseAsync(what: string, fn: unknown): void {
+  const tag = Object.prototype.toString.call(fn);
+  if (tag === '[object AsyncFunction]' || tag === '[object AsyncGeneratorFunction]') {
+    throw new PipelineDefinitionError(
+      `${what} needs a synchronous function; received an async function. ${SYNCHRONOUS_FUNCTIONS}.`,
+    );
   }
 }
 
@@ -186,7 +202,11 @@ function checkAggregate(call: string, aggregate: unknown): void {
   const members = aggregate as Record<string, unknown>;
   for (const [member, meaning] of AGGREGATE_MEMBERS) {
     const value = members[member];
-    if (typeof value === 'function' || (member === 'merge' && value === undefined)) continue;
+    if (typeof value === 'function') {
+      refuseAsync(`${call}'s ${member}`, value);
+      continue;
+    }
+    if (member === 'merge' && value === undefined) continue;
     const received = AGGREGATE_MEMBERS.filter(([m]) => m !== 'merge' || members[m] !== undefined)
       .map(([m]) => `${m}: ${describeValue(members[m])}`)
       .join(', ');
@@ -302,6 +322,15 @@ export class KeyedStream<T, K extends StateKey> {
       throw new PipelineDefinitionError(
         `process needs an object with a processElement(value, ctx) method; received ${describeValue(fn)}`,
       );
+    }
+    refuseAsync('process: processElement', fn.processElement);
+    if (fn.onTimer !== undefined) {
+      if (typeof fn.onTimer !== 'function') {
+        throw new PipelineDefinitionError(
+          `process: onTimer must be a method onTimer(timer, ctx) or left out; received ${describeValue(fn.onTimer)}`,
+        );
+      }
+      refuseAsync('process: onTimer', fn.onTimer);
     }
     return this.addOperator(
       'process',

@@ -67,6 +67,7 @@ export class TransientBackendError extends RetryableError {
 export function describeValue(value: unknown): string {
   if (value === undefined) return 'undefined';
   if (typeof value === 'function') return 'a function';
+  if (isPromiseLike(value)) return 'a Promise';
   if (typeof value === 'number' && !Number.isFinite(value)) return String(value);
   try {
     const text = JSON.stringify(value);
@@ -74,6 +75,17 @@ export function describeValue(value: unknown): string {
   } catch {
     return Object.prototype.toString.call(value);
   }
+}
+
+/** Why pipeline functions must not be async, and what to do instead (build and run time errors). */
+export const SYNCHRONOUS_FUNCTIONS =
+  'floe calls pipeline functions synchronously, inside a commit, and cannot wait for a Promise: do asynchronous work (lookups, HTTP calls) before the records reach the stream, or after a sink';
+
+/** A Promise or any other thenable: what an async function returns. */
+export function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
+  return (
+    typeof value === 'object' && value !== null && typeof (value as { then?: unknown }).then === 'function'
+  );
 }
 
 /** `value` when it is a whole number >= 1; else a ConfigurationError naming `subject`. */

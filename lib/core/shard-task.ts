@@ -20,7 +20,14 @@ import {
 } from './checkpoint.ts';
 import type { KeyedOperatorPlan, PipelinePlan } from './compile.ts';
 import { DEAD_LETTER_SINK, type GraphNode, RESERVED_SINK_PREFIX } from './dsl.ts';
-import { describeValue, errorMessage, PipelineDefinitionError, StateFormatError } from './errors.ts';
+import {
+  describeValue,
+  errorMessage,
+  isPromiseLike,
+  PipelineDefinitionError,
+  StateFormatError,
+  SYNCHRONOUS_FUNCTIONS,
+} from './errors.ts';
 import { Journal } from './journal.ts';
 import { outputValueJson } from './outputs.ts';
 import type { Output, SourceRecord, StateAddress, StateMutation, StateStore } from './ports.ts';
@@ -115,6 +122,10 @@ class RecordError extends Error {
   }
 }
 
+function returnedPromise(call: string): RecordError {
+  return new RecordError('user-function', `${call} returned a Promise. ${SYNCHRONOUS_FUNCTIONS}.`);
+}
+
 type Emit = (value: unknown, timestamp: number) => void;
 const noop: Emit = () => {};
 
@@ -161,6 +172,11 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
   }
 
   emit(value: unknown, timestamp?: number): void {
+    if (isPromiseLike(value))
+      throw new RecordError(
+        'user-function',
+        `an emitted value is a Promise (from a window function or ctx.emit). ${SYNCHRONOUS_FUNCTIONS}.`,
+      );
     this.downstream(value, timestamp ?? this.timestamp);
   }
 
@@ -203,7 +219,9 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
     }
     this.key = key;
     this.timestamp = timestamp;
-    this.fn.processElement(value, this);
+    // Only a plain function returning a Promise gets here (the DSL refuses async ones).
+    const returned: unknown = this.fn.processElement(value, this);
+    if (returned !== undefined && isPromiseLike(returned)) throw returnedPromise('processElement');
   }
 
   onTimer(timer: QueuedTimer, domain: TimeDomain): void {
@@ -219,7 +237,8 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
     this.key = timer.key;
     this.timestamp = timer.time;
     const t: Timer = { time: timer.time, domain, namespace: timer.namespace };
-    this.fn.onTimer?.(t, this);
+    const returned: unknown = this.fn.onTimer?.(t, this);
+    if (returned !== undefined && isPromiseLike(returned)) throw returnedPromise('onTimer');
   }
 }
 
@@ -900,20 +919,34 @@ export class ShardTask {
       case 'map': {
         const fn = node.fn!;
         const n = next();
-        return (v, ts) => n(fn(v), ts);
+        return (v, ts) => {
+          const out = fn(v);
+          if (isPromiseLike(out)) throw returnedPromise('map');
+          n(out, ts);
+        };
       }
       case 'filter': {
         const fn = node.fn!;
         const n = next();
         return (v, ts) => {
-          if (fn(v)) n(v, ts);
+          const keep = fn(v);
+          if (isPromiseLike(keep)) throw returnedPromise('filter'); // a Promise is truthy
+          if (keep) n(v, ts);
         };
       }
       case 'flatMap': {
         const fn = node.fn!;
         const n = next();
         return (v, ts) => {
-          for (const x of fn(v) as Iterable<unknown>) n(x, ts);
+          const out = fn(v) as Iterable<unknown> | null | undefined;
+          if (typeof out?.[Symbol.iterator] !== 'function') {
+            if (isPromiseLike(out)) throw returnedPromise('flatMap');
+            throw new RecordError(
+              'user-function',
+              `flatMap must return an iterable (an array, a Set, a generator); it returned ${describeValue(out)}`,
+            );
+          }
+          for (const x of out!) n(x, ts);
         };
       }
       case 'timestamps': {
