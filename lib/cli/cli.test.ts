@@ -167,6 +167,19 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
     expectOneLineError(await floe('produce', '-z'), 2, /Unknown option '-z'/);
   });
 
+  it('a negative number after a flag: says how to pass it', async () => {
+    expectOneLineError(
+      await floe('run', 'examples/page-views.ts', '--batch-size', '-5'),
+      2,
+      /^floe: --batch-size is followed by a value starting with "-", which reads as another option; write --batch-size=<value> for such a value$/,
+    );
+    expectOneLineError(
+      await floe('run', 'examples/page-views.ts', '--batch-size=-5'),
+      2,
+      /--batch-size must be a whole number >= 1; received "-5"/,
+    );
+  });
+
   it('bad numeric flags', async () => {
     expectOneLineError(
       await floe('run', 'examples/page-views.ts', '--batch-size', '0'),

@@ -137,7 +137,13 @@ export async function main(argv: string[]): Promise<number> {
       return error instanceof UsageError ? 2 : 1;
     }
     if (error instanceof TypeError && (error as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS')) {
-      console.error(`floe: ${error.message.replace(/\s*\n\s*/g, ' ')}`);
+      // node's parseArgs reads "--shards -3" as an option without its value and says so at length.
+      const ambiguous = /^Option '(--[\w-]+)' argument is ambiguous/.exec(error.message);
+      const message =
+        ambiguous === null
+          ? error.message.replace(/\s*\n\s*/g, ' ')
+          : `${ambiguous[1]} is followed by a value starting with "-", which reads as another option; write ${ambiguous[1]}=<value> for such a value`;
+      console.error(`floe: ${message}`);
       return 2;
     }
     console.error(`floe: unexpected error: ${error instanceof Error ? error.message : String(error)}`);
