@@ -713,6 +713,111 @@ describe('event-time timers', () => {
   });
 });
 
+describe('timers changed by a timer that fires at the same time (as Flink: due timers leave the queue one by one)', () => {
+  /** Registers a timer per record; onTimer runs the record's plan for its namespace. */
+  function plannedDriver(
+    plan: (timer: { time: number; ns: string | number; key: StateKey }, ctx: ProcessContext<unknown>) => void,
+    domain: 'event' | 'processing' = 'event',
+  ): TestDriver {
+    return driverFor({
+      processElement(e: Ev, ctx) {
+        if (domain === 'event') ctx.timers.registerEventTimeTimer(e.at!, e.ns ?? '');
+        else ctx.timers.registerProcessingTimeTimer(e.at!, e.ns ?? '');
+      },
+      onTimer(timer, ctx) {
+        ctx.emit(`${ctx.key}/${timer.namespace}@${timer.time}`);
+        plan({ time: timer.time, ns: timer.namespace, key: ctx.key }, ctx);
+      },
+    });
+  }
+  const at10 = (k: string, ns: string): DriverRecord => rec({ k, ts: 0, at: 10, ns }, 1_000);
+
+  it('a timer deleted by an earlier timer of the same time does not fire (event and processing time)', async () => {
+    const event = plannedDriver((t, ctx) => {
+      if (t.ns === 'x') ctx.timers.deleteEventTimeTimer(10, 'y');
+    });
+    await event.send([at10('a', 'x'), at10('a', 'y')]);
+    await event.advanceWatermark(20);
+    expect(event.values('out')).toEqual(['a/x@10']);
+    expect(await event.timers()).toEqual([]);
+
+    const processing = plannedDriver((t, ctx) => {
+      if (t.ns === 'x') ctx.timers.deleteProcessingTimeTimer(10, 'y');
+    }, 'processing');
+    await processing.send([
+      rec({ k: 'a', ts: 0, at: 10, ns: 'x' }, 0),
+      rec({ k: 'a', ts: 0, at: 10, ns: 'y' }, 0),
+    ]);
+    await processing.advanceProcessingTime(20);
+    expect(processing.values('out')).toEqual(['a/x@10']);
+  });
+
+  it('registering a pending timer of the same time again is a no-op: it fires once', async () => {
+    const driver = plannedDriver((t, ctx) => {
+      if (t.ns === 'x') ctx.timers.registerEventTimeTimer(10, 'y');
+    });
+    await driver.send([at10('a', 'x'), at10('a', 'y')]);
+    await driver.advanceWatermark(20);
+    expect(driver.values('out')).toEqual(['a/x@10', 'a/y@10']);
+  });
+
+  it('a timer registered for the firing time fires in its (key, namespace) place', async () => {
+    const driver = plannedDriver((t, ctx) => {
+      if (t.key === 'a' && t.ns === '') ctx.timers.registerEventTimeTimer(10, 'z');
+    });
+    await driver.send([at10('b', ''), at10('a', '')]);
+    await driver.advanceWatermark(20);
+    expect(driver.values('out')).toEqual(['a/@10', 'a/z@10', 'b/@10']);
+  });
+
+  it('a timer registered for an earlier, passed time fires before the rest of the current time', async () => {
+    const driver = plannedDriver((t, ctx) => {
+      if (t.key === 'a' && t.time === 10) ctx.timers.registerEventTimeTimer(5, 'early');
+    });
+    await driver.send([at10('a', ''), at10('b', ''), rec({ k: 'c', ts: 0, at: 7 }, 1_000)]);
+    await driver.advanceWatermark(20);
+    expect(driver.values('out')).toEqual(['c/@7', 'a/@10', 'a/early@5', 'b/@10']);
+    expect(await driver.timers()).toEqual([]);
+  });
+
+  it('a fired timer registered again by itself fires again (once per registration)', async () => {
+    let again = 1;
+    const driver = plannedDriver((t, ctx) => {
+      if (again-- > 0) ctx.timers.registerEventTimeTimer(t.time, t.ns);
+    });
+    await driver.send([at10('a', '')]);
+    await driver.advanceWatermark(20);
+    expect(driver.values('out')).toEqual(['a/@10', 'a/@10']);
+  });
+
+  it('a failing timer that deleted a same-time timer is rolled back: the deleted timer fires', async () => {
+    const driver = plannedDriver((t, ctx) => {
+      if (t.ns === 'x') {
+        ctx.timers.deleteEventTimeTimer(10, 'y');
+        ctx.timers.registerEventTimeTimer(10, 'w');
+        throw new Error('x fails');
+      }
+    });
+    await driver.send([at10('a', 'x'), at10('a', 'y')]);
+    await driver.advanceWatermark(20);
+    // x's emit is dropped with its other effects; y still fires and w was never registered.
+    expect(driver.values('out')).toEqual(['a/y@10']);
+    expect(driver.values<{ reason: string }>('floe.dead-letter').map((l) => l.reason)).toEqual(['timer']);
+    expect(await driver.timers()).toEqual([]);
+  });
+
+  it('the same results after a restart between registration and firing', async () => {
+    const driver = plannedDriver((t, ctx) => {
+      if (t.ns === 'x') ctx.timers.deleteEventTimeTimer(10, 'y');
+      if (t.key === 'a' && t.ns === '') ctx.timers.registerEventTimeTimer(10, 'z');
+    });
+    await driver.send([at10('b', ''), at10('a', ''), at10('a', 'x'), at10('a', 'y')]);
+    await driver.restart();
+    await driver.advanceWatermark(20);
+    expect(driver.values('out')).toEqual(['a/@10', 'a/x@10', 'a/z@10', 'b/@10']);
+  });
+});
+
 describe('the end-of-input watermark (MAX_WATERMARK)', () => {
   it('fires every pending event-time timer and leaves the queue empty', async () => {
     const driver = driverFor(timerFn);

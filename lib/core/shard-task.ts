@@ -769,19 +769,14 @@ export class ShardTask {
   private advanceWatermark(target: number): void {
     if (!(target > this.watermark)) return;
     this.watermark = target;
-    for (;;) {
-      const due = this.eventTimers.popDue(target);
-      if (due === undefined) break;
-      for (const timer of due) this.fire(timer, 'event');
-    }
+    this.eventTimers.fireDue(target, this.fireEventTimer);
   }
 
+  private readonly fireEventTimer = (timer: QueuedTimer): void => this.fire(timer, 'event');
+  private readonly fireProcessingTimer = (timer: QueuedTimer): void => this.fire(timer, 'processing');
+
   private fireProcessingTimers(): void {
-    for (;;) {
-      const due = this.processingTimers.popDue(this.now);
-      if (due === undefined) break;
-      for (const timer of due) this.fire(timer, 'processing');
-    }
+    this.processingTimers.fireDue(this.now, this.fireProcessingTimer);
     // Every processing-time timer up to now has fired (the log's ops up to it are dead).
     this.timerLog.processingFiredThrough = Math.max(this.timerLog.processingFiredThrough, this.now);
   }

@@ -11,11 +11,20 @@ const t = (
   namespace: string | number = '',
 ): QueuedTimer => new QueuedTimer(operator, time, key, namespace);
 
-/** Drains the queue up to `limit`, returning each popped batch. */
+/** Fires the timers of the earliest time if it is <= limit; returns them (as pending copies). */
+function popDue(queue: TimerQueue, limit: number): QueuedTimer[] | undefined {
+  const time = queue.peekTime();
+  if (time === Number.POSITIVE_INFINITY || time > limit) return undefined;
+  const fired: QueuedTimer[] = [];
+  queue.fireDue(time, (x) => fired.push(t(x.operator, x.time, x.key, x.namespace)));
+  return fired;
+}
+
+/** Drains the queue up to `limit`, returning the timers of each time. */
 function drain(queue: TimerQueue, limit: number): QueuedTimer[][] {
   const batches: QueuedTimer[][] = [];
   for (;;) {
-    const due = queue.popDue(limit);
+    const due = popDue(queue, limit);
     if (due === undefined) return batches;
     batches.push(due);
   }
@@ -78,16 +87,16 @@ describe('TimerQueue', () => {
     expect(q.all()).toEqual([t(0, 300, 'a')]);
   });
 
-  it('popDue returns undefined when nothing is due, and includes the limit itself', () => {
+  it('fireDue fires nothing when nothing is due; popDue returns undefined when nothing is due, and includes the limit itself', () => {
     const q = new TimerQueue();
-    expect(q.popDue(Number.POSITIVE_INFINITY)).toBeUndefined();
+    expect(popDue(q, Number.POSITIVE_INFINITY)).toBeUndefined();
     expect(q.peekTime()).toBe(Number.POSITIVE_INFINITY);
     q.add(0, 10, 'k', '');
-    expect(q.popDue(9)).toBeUndefined();
+    expect(popDue(q, 9)).toBeUndefined();
     expect(q.size).toBe(1);
-    expect(q.popDue(10)).toEqual([t(0, 10, 'k')]);
+    expect(popDue(q, 10)).toEqual([t(0, 10, 'k')]);
     expect(q.size).toBe(0);
-    expect(q.popDue(10)).toBeUndefined();
+    expect(popDue(q, 10)).toBeUndefined();
   });
 
   it('adds idempotently per (operator, time, key, namespace), distinguishing 1 from "1"', () => {
@@ -149,7 +158,7 @@ describe('TimerQueue', () => {
     const q = new TimerQueue();
     q.add(0, 10, 'a', '');
     q.add(0, 30, 'a', '');
-    expect(q.popDue(100)).toEqual([t(0, 10, 'a')]);
+    expect(popDue(q, 100)).toEqual([t(0, 10, 'a')]);
     q.add(0, 10, 'a', 'again');
     q.add(0, 5, 'a', '');
     expect(drain(q, 100)).toEqual([[t(0, 5, 'a')], [t(0, 10, 'a', 'again')], [t(0, 30, 'a')]]);
@@ -229,8 +238,8 @@ describe('TimerQueue', () => {
       [10, 'z', 'window-0'],
     ]);
     // Firing order is sorted whatever the registration order.
-    expect(q.popDue(10)).toEqual([t(0, 10, 'z')]);
-    expect(q.popDue(20)?.map((x) => [x.key, x.operator])).toEqual([
+    expect(popDue(q, 10)).toEqual([t(0, 10, 'z')]);
+    expect(popDue(q, 20)?.map((x) => [x.key, x.operator])).toEqual([
       ['a', 0],
       ['k', 0],
       ['k', 1],
@@ -247,10 +256,10 @@ describe('TimerQueue', () => {
     q.add(0, 4, 'b', 2);
     q.add(0, 4, 'a', 1);
     q.delete(0, 4, 'b', 1);
-    expect(q.popDue(4)?.map((x) => x.key)).toEqual(['C', 'a10', 'a9', 'b']);
-    expect(q.popDue(4)?.map((x) => x.key)).toEqual([-1, 9, 10, 100]);
-    expect(q.popDue(4)?.map((x) => x.key)).toEqual([1, 3, 'a', 'x']);
-    expect(q.popDue(4)?.map((x) => [x.key, x.namespace])).toEqual([
+    expect(popDue(q, 4)?.map((x) => x.key)).toEqual(['C', 'a10', 'a9', 'b']);
+    expect(popDue(q, 4)?.map((x) => x.key)).toEqual([-1, 9, 10, 100]);
+    expect(popDue(q, 4)?.map((x) => x.key)).toEqual([1, 3, 'a', 'x']);
+    expect(popDue(q, 4)?.map((x) => [x.key, x.namespace])).toEqual([
       ['a', 1],
       ['b', 2],
     ]);
@@ -266,6 +275,77 @@ describe('TimerQueue', () => {
     const restored = new TimerQueue();
     for (const s of specs) restored.add(0, s.time, s.key, s.namespace);
     expect(restored.toSpecs('event', uids)).toEqual(specs);
+  });
+});
+
+describe('TimerQueue.fireDue while timers change the queue', () => {
+  type Spec = readonly [operator: number, time: number, key: string | number, namespace: string];
+  const id = (x: QueuedTimer): string => JSON.stringify([x.operator, x.time, x.key, x.namespace]);
+
+  /** The specification: take the least due timer, fire it, repeat (Flink's InternalTimerServiceImpl). */
+  class OneByOne {
+    readonly pending = new Map<string, QueuedTimer>();
+    add(o: number, time: number, key: string | number, ns: string | number): boolean {
+      const timer = t(o, time, key, ns);
+      if (this.pending.has(id(timer))) return false;
+      this.pending.set(id(timer), timer);
+      return true;
+    }
+    delete(o: number, time: number, key: string | number, ns: string | number): boolean {
+      return this.pending.delete(id(t(o, time, key, ns)));
+    }
+    fireDue(limit: number, fire: (timer: QueuedTimer) => void): void {
+      for (;;) {
+        let least: QueuedTimer | undefined;
+        for (const x of this.pending.values()) {
+          if (x.time <= limit && (least === undefined || compareTimers(x, least) < 0)) least = x;
+        }
+        if (least === undefined) return;
+        this.pending.delete(id(least));
+        fire(least);
+      }
+    }
+  }
+
+  const spec: fc.Arbitrary<Spec> = fc.tuple(
+    fc.integer({ min: 0, max: 1 }),
+    fc.integer({ min: 0, max: 12 }),
+    fc.constantFrom<string | number>('a', 'b', 'c', 1, 2),
+    fc.constantFrom('', 'x'),
+  );
+
+  it('fires exactly as taking the least due timer one at a time, whatever the timers register or delete', () => {
+    fc.assert(
+      fc.property(
+        fc.array(spec, { maxLength: 40 }),
+        // Actions run by the n-th timer to fire: register or delete a timer (of any time).
+        fc.array(fc.tuple(fc.nat(30), fc.boolean(), spec), { maxLength: 30 }),
+        fc.integer({ min: 0, max: 14 }),
+        (initial, actions, limit) => {
+          const run = (queue: Pick<TimerQueue, 'add' | 'delete' | 'fireDue'>): string[] => {
+            for (const [o, time, key, ns] of initial) queue.add(o, time, key, ns);
+            const fired: string[] = [];
+            queue.fireDue(limit, (timer) => {
+              const n = fired.length;
+              fired.push(id(timer));
+              for (const [when, add, [o, time, key, ns]] of actions) {
+                if (when !== n) continue;
+                if (add) queue.add(o, time, key, ns);
+                else queue.delete(o, time, key, ns);
+              }
+            });
+            return fired;
+          };
+          const model = new OneByOne();
+          const expected = run(model);
+          const q = new TimerQueue();
+          expect(run(q)).toEqual(expected);
+          expect(q.all().map(id)).toEqual([...model.pending.values()].sort(compareTimers).map(id));
+          expect(q.size).toBe(model.pending.size);
+        },
+      ),
+      { numRuns: 500 },
+    );
   });
 });
 

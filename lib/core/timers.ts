@@ -6,6 +6,8 @@ import type { Undoable } from './journal.ts';
 export class QueuedTimer {
   /** TimerLog bookkeeping: the index of the op that added this timer in the open commit; -1: none. */
   logAt = -1;
+  /** Set once the timer has fired, or was deleted while its time was firing (TimerQueue.fireDue). */
+  done = false;
   constructor(
     readonly operator: number,
     readonly time: number,
@@ -286,12 +288,22 @@ export class TimerQueue implements Undoable {
   private readonly keyOrder = new StringKeyOrder();
   private readonly heap: number[] = [];
   private count = 0;
+  /**
+   * The bucket whose timers fireDue is firing, out of `buckets`: registrations and deletions of
+   * its time made by those timers (or undone by the journal) apply to it, as in Flink, where due
+   * timers leave the queue one at a time.
+   */
+  private firing: Bucket | undefined = undefined;
+  private firingTime = Number.NaN;
+  /** Timers of the firing time registered while it fires; fireDue slots them into its order. */
+  private readonly firingAdded: QueuedTimer[] = [];
 
   get size(): number {
     return this.count;
   }
 
   has(operator: number, time: number, key: string | number, namespace: TimerNamespace): boolean {
+    if (time === this.firingTime) return this.firing!.find(operator, key, namespace)?.done === false;
     return this.buckets.get(time)?.find(operator, key, namespace) !== undefined;
   }
 
@@ -312,6 +324,7 @@ export class TimerQueue implements Undoable {
     key: string | number,
     namespace: TimerNamespace,
   ): QueuedTimer | undefined {
+    if (time === this.firingTime) return this.insertFiring(operator, time, key, namespace);
     let bucket = this.buckets.get(time);
     if (bucket === undefined) {
       bucket = new Bucket();
@@ -330,6 +343,14 @@ export class TimerQueue implements Undoable {
     key: string | number,
     namespace: TimerNamespace,
   ): QueuedTimer | undefined {
+    if (time === this.firingTime) {
+      // A timer of the firing time: one that has not fired yet will not.
+      const timer = this.firing!.find(operator, key, namespace);
+      if (timer === undefined || timer.done) return undefined;
+      timer.done = true;
+      this.count--;
+      return timer;
+    }
     const bucket = this.buckets.get(time);
     if (bucket === undefined) return undefined;
     const timer = bucket.find(operator, key, namespace);
@@ -359,18 +380,84 @@ export class TimerQueue implements Undoable {
     return Number.POSITIVE_INFINITY;
   }
 
-  /** Removes and returns every timer of the earliest time if it is <= limit, sorted. */
-  popDue(limit: number): QueuedTimer[] | undefined {
+  /**
+   * Fires every timer with time <= limit in (time, key, namespace, operator) order, removing
+   * each from the queue just before `fire` runs. What `fire` does to timers that are due takes
+   * effect: a deleted one does not fire, a registered one (of the firing time or later, up to
+   * `limit`) fires in its place in the order, and registering a pending one again is a no-op.
+   * `fire` must not throw (the shard task catches a timer's errors).
+   */
+  fireDue(limit: number, fire: (timer: QueuedTimer) => void): void {
     // The heap's root is at or before every pending time (emptied buckets stay in the heap), so
     // this answers most calls (one per record) without a bucket lookup.
-    if (this.heap.length === 0 || this.heap[0]! > limit) return undefined;
-    const t = this.peekTime();
-    if (t > limit || this.heap.length === 0) return undefined;
-    this.pop();
-    const bucket = this.buckets.get(t)!;
-    this.buckets.delete(t);
-    this.count -= bucket.size;
-    return bucket.timers(this.keyOrder);
+    while (this.heap.length > 0 && this.heap[0]! <= limit) {
+      const time = this.peekTime();
+      if (time > limit || this.heap.length === 0) return; // +Infinity: only emptied buckets were left
+      this.pop();
+      const bucket = this.buckets.get(time)!;
+      this.buckets.delete(time);
+      this.firing = bucket;
+      this.firingTime = time;
+      try {
+        const due = bucket.timers(this.keyOrder);
+        for (let i = 0; i < due.length; i++) {
+          const timer = due[i]!;
+          if (timer.done) continue; // deleted by a timer before it
+          timer.done = true;
+          this.count--;
+          fire(timer);
+          if (this.firingAdded.length > 0) this.slotInAdded(due, i + 1);
+          if (this.heap.length > 0 && this.heap[0]! < time && this.peekTime() < time) {
+            // The timer registered one for an earlier time, which is due: it fires first. The
+            // rest of this time's timers go back to the queue, without those already done.
+            for (const t of due)
+              if (t.done && bucket.find(t.operator, t.key, t.namespace) === t) bucket.remove(t);
+            this.buckets.set(time, bucket);
+            this.push(time);
+            break;
+          }
+        }
+      } finally {
+        this.firing = undefined;
+        this.firingTime = Number.NaN;
+        this.firingAdded.length = 0;
+      }
+    }
+  }
+
+  /** insert() for the firing time. */
+  private insertFiring(
+    operator: number,
+    time: number,
+    key: string | number,
+    namespace: TimerNamespace,
+  ): QueuedTimer | undefined {
+    const bucket = this.firing!;
+    const existing = bucket.find(operator, key, namespace);
+    if (existing !== undefined) {
+      if (!existing.done) return undefined; // pending: registration is idempotent
+      bucket.remove(existing); // fired or deleted in this round: it is pending again
+    }
+    const timer = bucket.add(operator, time, key, namespace)!;
+    this.count++;
+    this.firingAdded.push(timer);
+    return timer;
+  }
+
+  /** Puts the timers registered for the firing time into `due[from..]`, which is sorted. */
+  private slotInAdded(due: QueuedTimer[], from: number): void {
+    for (const timer of this.firingAdded) {
+      if (timer.done) continue; // registered and deleted again
+      let lo = from;
+      let hi = due.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (compareSameTime(due[mid]!, timer) <= 0) lo = mid + 1;
+        else hi = mid;
+      }
+      due.splice(lo, 0, timer);
+    }
+    this.firingAdded.length = 0;
   }
 
   /** Calls fn for every timer with time <= limit, in no particular order. */
