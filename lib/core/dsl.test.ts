@@ -779,6 +779,22 @@ describe('pipeline functions must be synchronous', () => {
     );
   });
 
+  it('checks that each state of a process function is a descriptor', () => {
+    const keyed = () => timed(pipeline('state')).keyBy((e) => e.user);
+    definitionError(
+      () => keyed().process({ state: { n: valueState }, processElement() {} } as never),
+      'process: state "n" must be valueState(), mapState() or listState(); received a function (call it: valueState(), not valueState)',
+    );
+    definitionError(
+      () => keyed().process({ state: { n: { kind: 'counter' } }, processElement() {} } as never),
+      'process: state "n" must be valueState(), mapState() or listState(); received {"kind":"counter"}',
+    );
+    definitionError(
+      () => keyed().process({ state: [valueState()], processElement() {} } as never),
+      'process: state must be an object of named state descriptors',
+    );
+  });
+
   it('accepts plain functions and generators', () => {
     const p = pipeline('sync');
     p.source<Ev>()

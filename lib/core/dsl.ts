@@ -216,6 +216,24 @@ function checkAggregate(call: string, aggregate: unknown): void {
   }
 }
 
+/** A process function's `state`: each entry made by valueState(), mapState() or listState(). */
+function checkStateSpec(spec: unknown): void {
+  if (spec === undefined) return;
+  if (typeof spec !== 'object' || spec === null || Array.isArray(spec)) {
+    throw new PipelineDefinitionError(
+      `process: state must be an object of named state descriptors, e.g. { count: valueState<number>() }; received ${describeValue(spec)}`,
+    );
+  }
+  for (const [name, descriptor] of Object.entries(spec)) {
+    const kind = (descriptor as { kind?: unknown } | null)?.kind;
+    if (kind === 'value' || kind === 'map' || kind === 'list') continue;
+    const hint = typeof descriptor === 'function' ? ' (call it: valueState(), not valueState)' : '';
+    throw new PipelineDefinitionError(
+      `process: state "${name}" must be valueState(), mapState() or listState(); received ${describeValue(descriptor)}${hint}`,
+    );
+  }
+}
+
 function requireUid(uid: unknown): string {
   const name = requireName('uid', uid);
   // floe's own keyed entries (timer chunks) use uids in this namespace.
@@ -324,6 +342,7 @@ export class KeyedStream<T, K extends StateKey> {
       );
     }
     refuseAsync('process: processElement', fn.processElement);
+    checkStateSpec(fn.state);
     if (fn.onTimer !== undefined) {
       if (typeof fn.onTimer !== 'function') {
         throw new PipelineDefinitionError(

@@ -221,6 +221,40 @@ describe('MapState', () => {
     expect(await driver.state('process-0', 'a')).toBeUndefined();
   });
 
+  it('refuses NaN and ±Infinity map keys (stored as JSON they would read back as null)', async () => {
+    const driver = driverFor(mapFn);
+    await driver.send([
+      rec({ k: 'a', ts: 1, op: 'put', v: [Number.NaN, 1] }),
+      rec({ k: 'a', ts: 2, op: 'put', v: [Number.POSITIVE_INFINITY, 1] }),
+      rec({ k: 'a', ts: 3, op: 'put', v: [2, 'two'] }),
+    ]);
+    expect(
+      driver
+        .values<{ sequenceNumber: string; message: string }>('floe.dead-letter')
+        .map((l) => [l.sequenceNumber, l.message]),
+    ).toEqual([
+      ['1', 'StateSerializationError: map state keys must be strings or finite numbers; received NaN'],
+      ['2', 'StateSerializationError: map state keys must be strings or finite numbers; received Infinity'],
+    ]);
+    driver.restart();
+    await driver.send([rec({ k: 'a', ts: 4, op: 'get', v: [2] })]);
+    expect(driver.values('out').at(-1)).toMatchObject({ entries: [[2, 'two']], get: 'two' });
+  });
+
+  it('put(key, undefined) removes the entry, as before and after a restart', async () => {
+    const driver = driverFor(mapFn);
+    await driver.send([
+      rec({ k: 'a', ts: 1, op: 'put', v: ['x', 1] }),
+      rec({ k: 'a', ts: 2, op: 'put', v: ['x', undefined] }),
+    ]);
+    const removed = { k: 'a', entries: [], size: 0, get: null, has: false };
+    expect(driver.values('out').at(-1)).toMatchObject(removed);
+    expect(await driver.state('process-0', 'a')).toBeUndefined();
+    driver.restart();
+    await driver.send([rec({ k: 'a', ts: 3, op: 'get', v: ['x'] })]);
+    expect(driver.values('out').at(-1)).toMatchObject(removed);
+  });
+
   it('isolates keys and keeps number and string map keys apart across a restart', async () => {
     const driver = driverFor(mapFn);
     await driver.send([
@@ -815,6 +849,36 @@ describe('timers changed by a timer that fires at the same time (as Flink: due t
     await driver.restart();
     await driver.advanceWatermark(20);
     expect(driver.values('out')).toEqual(['a/@10', 'a/x@10', 'a/z@10', 'b/@10']);
+  });
+});
+
+describe('timer arguments are checked', () => {
+  it('refuses fractional, out-of-range and NaN times and non-finite namespaces; the record is dead-lettered', async () => {
+    const driver = driverFor({
+      processElement(e: Ev, ctx) {
+        ctx.timers.registerEventTimeTimer(e.at!, e.ns);
+      },
+    });
+    await driver.send([
+      rec({ k: 'a', ts: 0, at: 1.5 }),
+      rec({ k: 'a', ts: 0, at: 1e300 }),
+      rec({ k: 'a', ts: 0, at: Number.NaN }),
+      rec({ k: 'a', ts: 0, at: 10, ns: Number.NaN as unknown as string }),
+      rec({ k: 'a', ts: 0, at: 10, ns: 7 }),
+      rec({ k: 'a', ts: 0, at: Number.POSITIVE_INFINITY }),
+    ]);
+    const time = (t: string) =>
+      `TypeError: timer time must be whole epoch milliseconds within ±8640000000000000 (a JavaScript Date's range), or ±Infinity; received ${t}. Round it with Math.floor.`;
+    expect(driver.values<{ message: string }>('floe.dead-letter').map((l) => l.message)).toEqual([
+      time('1.5'),
+      time('1e+300'),
+      time('NaN'),
+      'TypeError: timer namespace must be a string or a finite number; received NaN',
+    ]);
+    expect(await driver.timers()).toEqual([
+      { operator: 'process-0', domain: 'event', time: 10, key: 'a', namespace: 7 },
+      { operator: 'process-0', domain: 'event', time: Number.POSITIVE_INFINITY, key: 'a', namespace: '' },
+    ]);
   });
 });
 

@@ -197,13 +197,19 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
   }
 
   registerEventTimeTimer(time: number, namespace: TimerNamespace = ''): void {
-    this.task.registerTimer('event', this.plan.index, checkTime(time), this.key, namespace);
+    this.task.registerTimer('event', this.plan.index, checkTime(time), this.key, checkNamespace(namespace));
   }
   deleteEventTimeTimer(time: number, namespace: TimerNamespace = ''): void {
     this.task.deleteTimer('event', this.plan.index, time, this.key, namespace);
   }
   registerProcessingTimeTimer(time: number, namespace: TimerNamespace = ''): void {
-    this.task.registerTimer('processing', this.plan.index, checkTime(time), this.key, namespace);
+    this.task.registerTimer(
+      'processing',
+      this.plan.index,
+      checkTime(time),
+      this.key,
+      checkNamespace(namespace),
+    );
   }
   deleteProcessingTimeTimer(time: number, namespace: TimerNamespace = ''): void {
     this.task.deleteTimer('processing', this.plan.index, time, this.key, namespace);
@@ -242,11 +248,27 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
   }
 }
 
+/** Timer times are whole milliseconds within a Date's range, as element timestamps, or ±Infinity. */
 function checkTime(time: number): number {
-  if (typeof time !== 'number' || Number.isNaN(time)) {
-    throw new TypeError(`timer time must be a number of epoch milliseconds; received ${describeValue(time)}`);
+  if (
+    typeof time !== 'number' ||
+    !(Number.isInteger(time) ? Math.abs(time) <= MAX_EVENT_TIME : Math.abs(time) === Number.POSITIVE_INFINITY)
+  ) {
+    throw new TypeError(
+      `timer time must be whole epoch milliseconds within ±${MAX_EVENT_TIME} (a JavaScript Date's range), or ±Infinity; received ${describeValue(time)}. Round it with Math.floor.`,
+    );
   }
   return time;
+}
+
+/** Namespaces are stored as JSON: NaN or Infinity would come back as null after a restart. */
+function checkNamespace(namespace: TimerNamespace): TimerNamespace {
+  if (typeof namespace !== 'string' && (typeof namespace !== 'number' || !Number.isFinite(namespace))) {
+    throw new TypeError(
+      `timer namespace must be a string or a finite number; received ${describeValue(namespace)}`,
+    );
+  }
+  return namespace;
 }
 
 export class ShardTask {

@@ -567,9 +567,10 @@ class ValueStateHandle<T> implements ValueState<T> {
 }
 
 function checkMapKey(key: unknown): void {
-  if (typeof key !== 'string' && typeof key !== 'number') {
+  // Stored as JSON, where NaN and ±Infinity become null: the entry could not be read back.
+  if (typeof key !== 'string' && (typeof key !== 'number' || !Number.isFinite(key))) {
     throw new StateSerializationError(
-      `map state keys must be strings or numbers; received ${describeValue(key)}`,
+      `map state keys must be strings or finite numbers; received ${describeValue(key)}`,
     );
   }
 }
@@ -624,6 +625,11 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implemen
   }
   put(key: K, value: V): void {
     checkMapKey(key);
+    if (value === undefined) {
+      // JSON has no undefined: stored, it would read back as null. As the shared layout does.
+      this.remove(key);
+      return;
+    }
     const c = this.cell(true)!;
     const journal = this.rt.journal;
     journal.recordMap(c as Map<unknown, unknown>, key);
