@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { App, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { App, CfnParameter, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
@@ -52,6 +52,11 @@ function processorStack(props: Partial<StreamProcessorProps> = {}): {
   const stack = new Stack(app, 'Test');
   const processor = new StreamProcessor(stack, 'Job', { pipeline: 'examples/page-views.ts', ...props });
   return { stack, processor };
+}
+
+/** A Number parameter's value: a token, unknown until deployment. */
+function numberParameter(stack: Stack, id: string): number {
+  return new CfnParameter(stack, id, { type: 'Number' }).valueAsNumber;
 }
 
 /** The statements of the IAM policy attached to a role, by the role's logical id prefix. */
@@ -362,8 +367,11 @@ describe('StreamProcessor grants (least privilege)', () => {
       'kinesis:ListShards',
     ]);
     expect(by(/PageViewsStateTable/)).toEqual(['dynamodb:BatchGetItem', 'dynamodb:PutItem']);
+    // ConditionCheckItem: the outbox item of a delta commit is a TransactWriteItems with a
+    // ConditionCheck on the lease item (DynamoBackend.writeDeltaOutbox), authorized per action.
+    // No BatchWriteItem: no worker path batch-writes the control table (only dropScope does).
     expect(by(/PageViewsControlTable/)).toEqual([
-      'dynamodb:BatchWriteItem',
+      'dynamodb:ConditionCheckItem',
       'dynamodb:DeleteItem',
       'dynamodb:GetItem',
       'dynamodb:PutItem',
@@ -421,9 +429,11 @@ describe('StreamProcessor grants (least privilege)', () => {
       'kinesis:ListShards',
     ]);
     // Scan exports the state, BatchGetItem reads timer-log chunks, PutItem only redoes a pending
-    // delta when it takes a lease.
+    // delta when it takes a lease; that redo writes the delta's outbox item in a transaction with
+    // a ConditionCheck on the lease item (ConditionCheckItem).
     expect(by(/PageViewsStateTable/)).toEqual(['dynamodb:BatchGetItem', 'dynamodb:PutItem', 'dynamodb:Scan']);
     expect(by(/PageViewsControlTable/)).toEqual([
+      'dynamodb:ConditionCheckItem',
       'dynamodb:GetItem',
       'dynamodb:PutItem',
       'dynamodb:Query',
@@ -446,6 +456,7 @@ describe('StreamProcessor grants (least privilege)', () => {
     // It writes no sink, publishes no output, invokes nothing.
     expect(actionsOf(savepoint)).toEqual([
       'dynamodb:BatchGetItem',
+      'dynamodb:ConditionCheckItem',
       'dynamodb:GetItem',
       'dynamodb:PutItem',
       'dynamodb:PutItem',
@@ -558,6 +569,37 @@ describe('StreamProcessor alarms and dashboard', () => {
     });
   });
 
+  it('accepts alarm thresholds from tokens (CloudFormation parameters), as Alarm does', () => {
+    const app = testApp();
+    const stack = new Stack(app, 'Tokens');
+    new StreamProcessor(stack, 'Job', {
+      pipeline: 'examples/page-views.ts',
+      deadLetterAlarmThreshold: numberParameter(stack, 'DeadLetters'),
+      lagAlarmThreshold: Duration.millis(numberParameter(stack, 'LagMs')),
+      watermarkLagAlarmThreshold: Duration.millis(numberParameter(stack, 'WatermarkLagMs')),
+    });
+    const t = Template.fromStack(stack);
+    t.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      MetricName: 'DeadLetters',
+      Threshold: { Ref: 'DeadLetters' },
+      // The description names the parameter's value, not the token's encoding.
+      AlarmDescription: {
+        'Fn::Join': [
+          '',
+          Match.arrayWith([{ Ref: 'DeadLetters' }, Match.stringLikeRegexp('or more records')]),
+        ],
+      },
+    });
+    t.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      MetricName: 'GetRecords.IteratorAgeMilliseconds',
+      Threshold: { Ref: 'LagMs' },
+    });
+    t.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      MetricName: 'WatermarkLag',
+      Threshold: { Ref: 'WatermarkLagMs' },
+    });
+  });
+
   it('exposes metric methods in the namespace with the Job dimension', () => {
     const { stack, processor } = processorStack({ job: 'clicks', metricsNamespace: 'Acme' });
     expect(stack.resolve(processor.metricRecordsIn().toMetricConfig().metricStat)).toMatchObject({
@@ -655,6 +697,24 @@ describe('StreamProcessor options', () => {
     t.allResourcesProperties('AWS::DynamoDB::Table', { DeletionProtectionEnabled: false });
   });
 
+  it('takes deltaRetention in whole days, in any unit, or as a token in days', () => {
+    const rules = (stack: Stack) =>
+      Template.fromStack(stack).findResources('AWS::S3::Bucket', {
+        Properties: { VersioningConfiguration: Match.anyValue() },
+      });
+    const { stack } = processorStack({ deltaRetention: Duration.hours(48) });
+    expect(JSON.stringify(rules(stack))).toContain('"ExpirationInDays":2,"Id":"expire-deltas-g0"');
+    const app = testApp();
+    const tokenStack = new Stack(app, 'Token');
+    new StreamProcessor(tokenStack, 'Job', {
+      pipeline: 'examples/page-views.ts',
+      deltaRetention: Duration.days(numberParameter(tokenStack, 'RetentionDays')),
+    });
+    expect(JSON.stringify(rules(tokenStack))).toContain(
+      '"ExpirationInDays":{"Ref":"RetentionDays"},"Id":"expire-deltas-g0"',
+    );
+  });
+
   it('binds Kinesis, existing-table and external-bucket sinks with their grants', () => {
     const app = testApp();
     const stack = new Stack(app, 'Sinks');
@@ -722,6 +782,50 @@ describe('StreamProcessor options', () => {
       const env = functionEnv(Template.fromStack(processorStack({ deltaApply: mode }).stack), 'JobWorker');
       expect(env.FLOE_DELTA_APPLY).toBe(mode);
     }
+  });
+
+  it("covers the operator CLI's savepoint and replay calls with the grants docs/operations.md lists", () => {
+    const { stack, processor } = processorStack();
+    const role = new iam.Role(stack, 'Operator', { assumedBy: new iam.AccountRootPrincipal() });
+    // The snippet of docs/operations.md ("Savepoints and replay in AWS", With the CLI).
+    processor.stateTable.grantReadWriteData(role);
+    processor.controlTable.grantReadWriteData(role);
+    processor.stream.grantRead(role);
+    processor.bucket.grantReadWrite(role, 'savepoints/*');
+    processor.bucket.grantRead(role, `${processor.job}/*`);
+    processor.bucket.grantPut(role, `${processor.job}/*`);
+    const statements = policyStatements(Template.fromStack(stack), 'Operator');
+    const matches = (pattern: string, action: string): boolean =>
+      new RegExp(`^${pattern.replace(/\*/g, '.*')}$`).test(action);
+    const allows = (action: string, resource: RegExp): boolean =>
+      statements.some(
+        (s) =>
+          actionsOf([s]).some((a) => matches(a, action)) &&
+          [s.Resource].flat().some((r) => resource.test(JSON.stringify(r))),
+      );
+    // The calls floe savepoint create/list/delete and floe replay --restore-only make
+    // (lib/runtime/savepoints.ts over lib/aws/savepoints.ts; a lease redoes a pending delta).
+    const calls: Array<[string, RegExp]> = [
+      ['dynamodb:GetItem', /JobControlTable/],
+      ['dynamodb:PutItem', /JobControlTable/],
+      ['dynamodb:UpdateItem', /JobControlTable/],
+      ['dynamodb:Query', /JobControlTable/],
+      ['dynamodb:ConditionCheckItem', /JobControlTable/],
+      ['dynamodb:Scan', /JobStateTable/],
+      ['dynamodb:BatchGetItem', /JobStateTable/],
+      ['dynamodb:PutItem', /JobStateTable/],
+      ['dynamodb:BatchWriteItem', /JobStateTable/],
+      ['kinesis:ListShards', /JobStream/],
+      ['kinesis:GetShardIterator', /JobStream/],
+      ['kinesis:GetRecords', /JobStream/],
+      ['s3:ListBucket', /JobBucket[^"]*","Arn"\]\}$/],
+      ['s3:GetObject', /"\/savepoints\/\*"/],
+      ['s3:PutObject', /"\/savepoints\/\*"/],
+      ['s3:DeleteObject', /"\/savepoints\/\*"/],
+      ['s3:GetObject', /"\/page-views\/\*"/],
+      ['s3:PutObject', /"\/page-views\/\*"/],
+    ];
+    expect(calls.filter(([action, resource]) => !allows(action, resource))).toEqual([]);
   });
 
   it('grants lambda:InvokeFunction on the savepoint function with grantTakeSavepoint', () => {
@@ -801,6 +905,31 @@ describe('StreamProcessor rejects invalid props in the constructor', () => {
     ],
     ['a negative generation', () => ({ generation: -1 }), /generation must be a whole number from 0/],
     [
+      'a generation from a token (it names lifecycle rule prefixes)',
+      (s) => ({ generation: numberParameter(s, 'Generation') }),
+      /generation must be a literal number known at synthesis, got an unresolved token .*S3 prefix cannot be computed at deploy time/,
+    ],
+    [
+      'a delta retention of 0 days (S3 refuses ExpirationInDays 0)',
+      () => ({ deltaRetention: Duration.days(0) }),
+      /deltaRetention must be a whole number of days, at least 1 .* got Duration\.days\(0\)/,
+    ],
+    [
+      'a delta retention of part of a day',
+      () => ({ deltaRetention: Duration.hours(36) }),
+      /deltaRetention must be a whole number of days, at least 1 .* got Duration\.hours\(36\); e\.g\. Duration\.days\(2\)/,
+    ],
+    [
+      'a delta retention token not in days',
+      (s) => ({ deltaRetention: Duration.hours(numberParameter(s, 'Retention')) }),
+      /deltaRetention from a token must be given as Duration\.days\(\.\.\.\) .* got Duration\.hours\(<token>\)/,
+    ],
+    [
+      'the SNAPSHOT removal policy (no resource of the construct can be snapshotted)',
+      () => ({ removalPolicy: RemovalPolicy.SNAPSHOT }),
+      /removalPolicy SNAPSHOT is not supported: .* use RETAIN or DESTROY/,
+    ],
+    [
       'an AWS/ namespace',
       () => ({ metricsNamespace: 'AWS/Floe' }),
       /metricsNamespace must .* not start with 'AWS\/'/,
@@ -839,6 +968,11 @@ describe('StreamProcessor rejects invalid props in the constructor', () => {
       'a zero lag threshold',
       () => ({ lagAlarmThreshold: Duration.seconds(0) }),
       /lagAlarmThreshold must be a positive duration/,
+    ],
+    [
+      'a lag threshold token not in milliseconds',
+      (s) => ({ lagAlarmThreshold: Duration.minutes(numberParameter(s, 'Lag')) }),
+      /lagAlarmThreshold from a token must be given as Duration\.millis\(\.\.\.\) .* got Duration\.minutes\(<token>\)/,
     ],
     [
       'an unknown deltaApply',

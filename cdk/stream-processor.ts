@@ -20,6 +20,7 @@ import {
   RemovalPolicy,
   Stack,
   Token,
+  Tokenization,
   Validations,
 } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
@@ -108,7 +109,8 @@ export interface StreamProcessorProps {
   /**
    * State generation of a job that has no job record yet. Once the job has one (the first run,
    * a savepoint, a replay into a new generation), the functions run the generation the record
-   * names.
+   * names. A whole number from 0, given as a literal (not a token such as a CfnParameter): it
+   * names the bucket's delta lifecycle rules and their prefixes, which are fixed at synthesis.
    * @default 0
    */
   readonly generation?: number;
@@ -183,6 +185,8 @@ export interface StreamProcessorProps {
    * How long S3 deltas of large commits are kept. A delta is needed only until it is applied
    * (seconds), so this is a safety margin. Applies to the deltas of `generation` and the 9
    * generations after it (replays); deploy with the current generation after more replays.
+   * Whole days, at least 1 (an S3 lifecycle expiration counts whole days), e.g.
+   * `Duration.days(2)` or `Duration.hours(48)`; a token must be `Duration.days(...)`.
    * @default Duration.days(7)
    */
   readonly deltaRetention?: Duration;
@@ -204,27 +208,32 @@ export interface StreamProcessorProps {
   readonly serverAccessLogsBucket?: s3.IBucket;
 
   /**
-   * What happens to the stream, tables, buckets and log groups when they leave the stack.
-   * With DESTROY the buckets must be empty for the deletion to succeed.
+   * What happens to the stream, tables, buckets and log groups when they leave the stack:
+   * RETAIN, DESTROY or RETAIN_ON_UPDATE_OR_DELETE. With DESTROY the buckets must be empty for
+   * the deletion to succeed. SNAPSHOT is refused: CloudFormation snapshots none of these
+   * resource types (the tables have point-in-time recovery instead).
    * @default RemovalPolicy.RETAIN
    */
   readonly removalPolicy?: RemovalPolicy;
 
   /**
    * Alarm when the workers are this far behind the newest record of a shard (Kinesis iterator
-   * age) for 10 minutes.
+   * age) for 10 minutes. A token (e.g. a CfnParameter) must be given as `Duration.millis(...)`:
+   * the alarm's threshold is in milliseconds.
    * @default Duration.minutes(5)
    */
   readonly lagAlarmThreshold?: Duration;
 
   /**
-   * Alarm when a shard's watermark trails processing time by more than this for 15 minutes.
+   * Alarm when a shard's watermark trails processing time by more than this for 15 minutes. A
+   * token must be given as `Duration.millis(...)`, as for `lagAlarmThreshold`.
    * @default Duration.minutes(30)
    */
   readonly watermarkLagAlarmThreshold?: Duration;
 
   /**
-   * Alarm when at least this many records go to the dead-letter output within 5 minutes.
+   * Alarm when at least this many records go to the dead-letter output within 5 minutes. A whole
+   * number from 1, or a token (e.g. a CfnParameter's valueAsNumber), checked by CloudFormation.
    * @default 1
    */
   readonly deadLetterAlarmThreshold?: number;
@@ -285,7 +294,7 @@ export class StreamProcessor extends Construct {
     this.job = v.job;
     this.generation = v.generation;
     this.metricsNamespace = v.namespace;
-    const removalPolicy = props.removalPolicy ?? RemovalPolicy.RETAIN;
+    const removalPolicy = v.removalPolicy;
 
     // --- Source stream.
     if (props.stream !== undefined) {
@@ -355,7 +364,7 @@ export class StreamProcessor extends Construct {
         ...Array.from({ length: DELTA_RULE_GENERATIONS }, (_, i) => ({
           id: `expire-deltas-g${this.generation + i}`,
           prefix: `${this.job}/${this.generation + i}/deltas/`,
-          expiration: props.deltaRetention ?? Duration.days(7),
+          expiration: v.deltaRetention,
         })),
         {
           id: 'noncurrent-versions-and-uploads',
@@ -506,6 +515,10 @@ export class StreamProcessor extends Construct {
       this.stream.grant(grantee, ...actions);
       this.stream.encryptionKey?.grantDecrypt(grantee);
     };
+    // IAM authorizes each action of a TransactWriteItems as its single-item call (Put: PutItem,
+    // Update: UpdateItem, ConditionCheck: ConditionCheckItem). The worker's transactions: the small
+    // commit (Update lease, Put outbox, Put state), the outbox item of a delta (ConditionCheck
+    // lease, Put outbox) and deltaApply 'transactions' (Put state).
     streamRead(this.worker, ['kinesis:ListShards', 'kinesis:GetShardIterator', 'kinesis:GetRecords']);
     this.stateTable.grant(this.worker, 'dynamodb:BatchGetItem', 'dynamodb:PutItem');
     this.controlTable.grant(
@@ -514,8 +527,8 @@ export class StreamProcessor extends Construct {
       'dynamodb:PutItem',
       'dynamodb:UpdateItem',
       'dynamodb:DeleteItem',
+      'dynamodb:ConditionCheckItem',
       'dynamodb:Query',
-      'dynamodb:BatchWriteItem',
     );
     grantObjects(
       this.bucket,
@@ -536,10 +549,11 @@ export class StreamProcessor extends Construct {
 
     // The savepoint (lib/runtime/savepoints.ts createSavepoint over lib/aws/savepoints.ts): the job
     // record (GetItem, PutItem), every shard's lease (UpdateItem; a lease holder first redoes a
-    // pending delta: PutItem on both tables), the checkpoints (Query; large ones GetObject under
-    // `<job>/`; their timer-log chunks, put inline into the manifest, BatchGetItem), the state
-    // (Scan), the shards and the record after each position (ListShards, GetShardIterator,
-    // GetRecords), and the savepoint files (Get/Put/DeleteObject, ListBucket).
+    // pending delta: PutItem on both tables, and the delta's outbox item is a transaction with a
+    // ConditionCheck on the lease item: ConditionCheckItem), the checkpoints (Query; large ones
+    // GetObject under `<job>/`; their timer-log chunks, put inline into the manifest,
+    // BatchGetItem), the state (Scan), the shards and the record after each position (ListShards,
+    // GetShardIterator, GetRecords), and the savepoint files (Get/Put/DeleteObject, ListBucket).
     const savepoint = this.savepointFunction;
     streamRead(savepoint, ['kinesis:ListShards', 'kinesis:GetShardIterator', 'kinesis:GetRecords']);
     this.stateTable.grant(savepoint, 'dynamodb:Scan', 'dynamodb:BatchGetItem', 'dynamodb:PutItem');
@@ -548,6 +562,7 @@ export class StreamProcessor extends Construct {
       'dynamodb:GetItem',
       'dynamodb:PutItem',
       'dynamodb:UpdateItem',
+      'dynamodb:ConditionCheckItem',
       'dynamodb:Query',
     );
     allowObjects(savepoint, this.bucket, [jobPrefix], ['s3:GetObject']);
@@ -597,28 +612,29 @@ export class StreamProcessor extends Construct {
       statistic: cloudwatch.Stats.MAXIMUM,
       period: five,
     });
-    const lagThreshold = (props.lagAlarmThreshold ?? Duration.minutes(5)).toMilliseconds();
-    const watermarkThreshold = (props.watermarkLagAlarmThreshold ?? Duration.minutes(30)).toMilliseconds();
+    const { lagThreshold, watermarkThreshold, deadLetterThreshold } = v;
+    // A threshold may be a token (a CfnParameter): rendered into the descriptions as a reference.
+    const text = (n: number): string => Tokenization.stringifyNumber(n);
     this.alarms = [
       alarm(
         'Lag',
-        `the workers are ${lagThreshold} ms or more behind the stream`,
+        `the workers are ${text(lagThreshold)} ms or more behind the stream`,
         iteratorAge,
         lagThreshold,
         2,
       ),
       alarm(
         'WatermarkLag',
-        `a watermark trails processing time by ${watermarkThreshold} ms or more`,
+        `a watermark trails processing time by ${text(watermarkThreshold)} ms or more`,
         this.metricWatermarkLag({ period: five }),
         watermarkThreshold,
         3,
       ),
       alarm(
         'DeadLetters',
-        `${v.deadLetterThreshold} or more records went to the dead-letter output${defaultDeadLetters ? ` (see ${deadLetterPrefix} in the bucket)` : ''}`,
+        `${text(deadLetterThreshold)} or more records went to the dead-letter output${defaultDeadLetters ? ` (see ${deadLetterPrefix} in the bucket)` : ''}`,
         this.metricDeadLetters({ period: five }),
-        v.deadLetterThreshold,
+        deadLetterThreshold,
         1,
       ),
       alarm(
@@ -836,7 +852,12 @@ interface Validated {
   readonly workerMemorySize: number;
   readonly maxCachedKeys: number;
   readonly deadLetterThreshold: number;
+  /** Alarm thresholds in milliseconds (a token when the prop is one). */
+  readonly lagThreshold: number;
+  readonly watermarkThreshold: number;
   readonly deltaApply: DeltaApplyMode;
+  readonly deltaRetention: Duration;
+  readonly removalPolicy: RemovalPolicy;
 }
 
 const JOB = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -896,6 +917,11 @@ function validate(props: StreamProcessorProps): Validated {
   }
 
   const generation = props.generation ?? 0;
+  if (Token.isUnresolved(generation)) {
+    throw new Error(
+      'generation must be a literal number known at synthesis, got an unresolved token (e.g. a CfnParameter): it names the S3 lifecycle rules that expire the deltas of that generation and the 9 after it, and an S3 prefix cannot be computed at deploy time. Pass the number itself, e.g. generation: 3',
+    );
+  }
   checkInteger('generation', generation, 0, Number.MAX_SAFE_INTEGER);
 
   const namespace = props.metricsNamespace ?? DEFAULT_METRICS_NAMESPACE;
@@ -934,14 +960,67 @@ function validate(props: StreamProcessorProps): Validated {
   const maxCachedKeys = props.maxCachedKeys ?? 100_000;
   if (!Token.isUnresolved(maxCachedKeys)) checkInteger('maxCachedKeys', maxCachedKeys, 1, 10_000_000);
 
-  const deadLetterThreshold = props.deadLetterAlarmThreshold ?? 1;
-  checkInteger('deadLetterAlarmThreshold', deadLetterThreshold, 1, Number.MAX_SAFE_INTEGER);
-  for (const name of ['lagAlarmThreshold', 'watermarkLagAlarmThreshold'] as const) {
-    const d = props[name];
-    if (d !== undefined && !d.isUnresolved() && d.toMilliseconds() <= 0) {
-      throw new Error(`${name} must be a positive duration, got ${d}`);
+  const deltaRetention = props.deltaRetention ?? Duration.days(7);
+  if (deltaRetention.isUnresolved()) {
+    // A token converts to days only when given in days (Duration.days(param.valueAsNumber)).
+    try {
+      deltaRetention.toDays();
+    } catch {
+      throw new Error(
+        `deltaRetention from a token must be given as Duration.days(...) (an S3 lifecycle expiration counts whole days), got ${describeDuration(deltaRetention)}`,
+      );
+    }
+  } else {
+    const days = deltaRetention.toDays({ integral: false });
+    if (!Number.isInteger(days) || days < 1) {
+      throw new Error(
+        `deltaRetention must be a whole number of days, at least 1 (an S3 lifecycle expiration counts whole days), got ${deltaRetention}; e.g. Duration.days(${Math.max(1, Math.ceil(days))})`,
+      );
     }
   }
+
+  const removalPolicy = props.removalPolicy ?? RemovalPolicy.RETAIN;
+  if (removalPolicy === RemovalPolicy.SNAPSHOT) {
+    throw new Error(
+      'removalPolicy SNAPSHOT is not supported: CloudFormation snapshots none of the resources of a StreamProcessor (stream, tables, buckets, log groups); use RETAIN or DESTROY (or RETAIN_ON_UPDATE_OR_DELETE)',
+    );
+  }
+  if (
+    ![RemovalPolicy.RETAIN, RemovalPolicy.DESTROY, RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE].includes(
+      removalPolicy,
+    )
+  ) {
+    throw new Error(
+      `removalPolicy must be RemovalPolicy.RETAIN, DESTROY or RETAIN_ON_UPDATE_OR_DELETE, got ${JSON.stringify(removalPolicy)}`,
+    );
+  }
+
+  // Alarm thresholds may be tokens: CloudFormation checks them, as it does for any Alarm.
+  const deadLetterThreshold = props.deadLetterAlarmThreshold ?? 1;
+  if (!Token.isUnresolved(deadLetterThreshold)) {
+    checkInteger('deadLetterAlarmThreshold', deadLetterThreshold, 1, Number.MAX_SAFE_INTEGER);
+  }
+  const thresholdMillis = (
+    name: 'lagAlarmThreshold' | 'watermarkLagAlarmThreshold',
+    fallback: Duration,
+  ): number => {
+    const d = props[name] ?? fallback;
+    if (d.isUnresolved()) {
+      try {
+        return d.toMilliseconds();
+      } catch {
+        throw new Error(
+          `${name} from a token must be given as Duration.millis(...) (the alarm threshold is in milliseconds and a token cannot be converted), got ${describeDuration(d)}`,
+        );
+      }
+    }
+    if (d.toMilliseconds({ integral: false }) <= 0) {
+      throw new Error(`${name} must be a positive duration, got ${d}`);
+    }
+    return d.toMilliseconds({ integral: false });
+  };
+  const lagThreshold = thresholdMillis('lagAlarmThreshold', Duration.minutes(5));
+  const watermarkThreshold = thresholdMillis('watermarkLagAlarmThreshold', Duration.minutes(30));
 
   if (props.sinks !== undefined) {
     if (props.sinks === null || typeof props.sinks !== 'object' || Array.isArray(props.sinks)) {
@@ -973,7 +1052,11 @@ function validate(props: StreamProcessorProps): Validated {
     workerMemorySize,
     maxCachedKeys,
     deadLetterThreshold,
+    lagThreshold,
+    watermarkThreshold,
     deltaApply,
+    deltaRetention,
+    removalPolicy,
   };
 }
 
@@ -981,6 +1064,11 @@ function checkInteger(name: string, value: number, min: number, max: number): vo
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
     throw new Error(`${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(value)}`);
   }
+}
+
+/** 'Duration.hours(12)', or 'Duration.hours(<token>)' for a token (its number is an encoding). */
+function describeDuration(d: Duration): string {
+  return d.isUnresolved() ? d.toString().replace(/\(.*\)$/, '(<token>)') : d.toString();
 }
 
 function fileStem(path: string): string {
