@@ -11,15 +11,14 @@ import type { Context } from 'aws-lambda';
 import {
   ConfigurationError,
   compile,
-  deserializeCheckpoint,
+  errorMessage,
   FencedError,
   LeaseUnavailableError,
   type Pipeline,
   type PipelinePlan,
   type ShardCheckpoint,
-  serializeCheckpoint,
 } from '../core/index.ts';
-import { coordinateRound } from '../runtime/coordinator.ts';
+import { coordinateRound, startOfShard } from '../runtime/coordinator.ts';
 import { WarmTasks } from '../runtime/warm-tasks.ts';
 import {
   DEFAULT_MAX_CACHED_KEYS,
@@ -31,10 +30,13 @@ import { type AwsClientsBundle, type AwsJobConfig, awsClients, awsJobConfigFromE
 import { openAwsJobFromRecord } from './run-job.ts';
 import { WorkerMetrics } from './worker-metrics.ts';
 
+/**
+ * A worker invocation's event. A child shard's first checkpoint (inherited from its parents) is
+ * not in it: it holds the parents' timers and can exceed the 1 MB an asynchronous invocation
+ * takes, so the worker works it out from the shard listing and the checkpoints.
+ */
 export interface WorkerEvent {
   readonly shardId: string;
-  /** A child shard's first checkpoint, inherited from its parents (serialized). */
-  readonly initialCheckpoint?: string;
 }
 
 export interface HandlerDeps {
@@ -100,8 +102,20 @@ export function createWorkerHandler(deps: HandlerDeps) {
         return result;
       }
       const job = metrics.instrument(opened.runtime);
-      const initial =
-        event.initialCheckpoint === undefined ? undefined : deserializeCheckpoint(event.initialCheckpoint);
+      let initial: ShardCheckpoint | undefined;
+      if ((await job.backend.readCheckpoint(event.shardId)) === undefined) {
+        // The shard's first run: a child of a reshard inherits its parents' checkpoint, and may
+        // run only once they are finished (the coordinator checks; a manual invocation may not).
+        const start = await startOfShard(job, event.shardId);
+        if (start === undefined) {
+          logger.warn('worker not started', {
+            reason: 'the shard is not in the stream, or a parent shard has not finished yet',
+          });
+          result = emptyWorkerResult(event.shardId);
+          return result;
+        }
+        initial = start.initial;
+      }
       result = await runShardWorker(
         job,
         event.shardId,
@@ -184,15 +198,20 @@ export function createCoordinatorHandler(deps: CoordinatorDepsAws) {
       }
       const job = opened.runtime;
       const now = Date.now();
-      const result = await coordinateRound(job, {
+      const { failed, ...result } = await coordinateRound(job, {
         isLeaseLive: async (shardId) => ((await job.backend.leaseInfo(shardId))?.expiresAt ?? 0) > now,
-        startWorker: (shardId, initial: ShardCheckpoint | undefined) =>
-          startWorker({
-            shardId,
-            ...(initial === undefined ? {} : { initialCheckpoint: serializeCheckpoint(initial) }),
-          }),
+        startWorker: (shardId) => startWorker({ shardId }),
       });
       logger.info('coordinator round', result);
+      if (failed.length > 0) {
+        // The other shards' workers were started; failing the round counts it in CoordinatorErrors.
+        for (const f of failed)
+          logger.error('worker not started', { shardId: f.shardId, error: f.error as Error });
+        throw new AggregateError(
+          failed.map((f) => f.error),
+          `the coordinator could not start the worker of ${failed.length} shard(s): ${failed.map((f) => `${f.shardId} (${errorMessage(f.error)})`).join(', ')}`,
+        );
+      }
       return result;
     } finally {
       clients.destroy();

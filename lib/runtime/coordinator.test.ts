@@ -3,11 +3,19 @@ import { describe, expect, it } from 'vitest';
 import {
   hashKey,
   initialCheckpoint,
+  MemoryBackend,
+  type Output,
   type ShardCheckpoint,
   type ShardInfo,
   type TimerSpec,
 } from '../core/index.ts';
-import { childCheckpoint, runnableShards } from './coordinator.ts';
+import {
+  type CoordinatorDeps,
+  childCheckpoint,
+  coordinateRound,
+  runnableShards,
+  startOfShard,
+} from './coordinator.ts';
 import { MemoryStream } from './testing/memory-stream.ts';
 
 function checkpoint(shardId: string, changes: Partial<ShardCheckpoint> = {}): ShardCheckpoint {
@@ -315,3 +323,110 @@ function compareTimers(a: TimerSpec, b: TimerSpec): number {
   const y = JSON.stringify([b.key, b.time, b.namespace]);
   return x < y ? -1 : x > y ? 1 : 0;
 }
+
+describe('coordinateRound', () => {
+  /** Commits `cp` (commit number 1) with `outputs` left unpublished in the shard's outbox. */
+  async function commit(backend: MemoryBackend, cp: ShardCheckpoint, outputs: Output[] = []): Promise<void> {
+    const lease = await backend.acquireLease(cp.shardId, 'earlier-worker', 0, 1);
+    await backend.commit(lease, { checkpoint: cp, mutations: [], outputs });
+  }
+  const started = (): { calls: Array<[string, ShardCheckpoint | undefined]>; deps: CoordinatorDeps } => {
+    const calls: Array<[string, ShardCheckpoint | undefined]> = [];
+    return {
+      calls,
+      deps: {
+        isLeaseLive: async () => false,
+        startWorker: async (shardId, initial) => {
+          calls.push([shardId, initial]);
+        },
+      },
+    };
+  };
+
+  it('starts a worker for a finished shard whose outbox holds outputs (it publishes them under the lease)', async () => {
+    const source = new MemoryStream(2);
+    const [p0, p1] = (await source.listShards()).map((s) => s.shardId);
+    const [c0, c1] = source.split(p0!);
+    const backend = new MemoryBackend();
+    await commit(backend, finished(p0!), [{ id: `j/${p0}/1/0`, sink: 'out', value: 1 }]);
+    const { calls, deps } = started();
+    const round = await coordinateRound({ source, backend }, deps);
+    expect(round).toEqual({ started: [p0, p1, c0, c1], running: [], finished: [p0], failed: [] });
+    expect(calls.map(([id]) => id)).toEqual([p0, p1, c0, c1]);
+    expect(calls[0]![1]).toBeUndefined();
+    // The coordinator publishes nothing itself.
+    expect(await backend.unpublishedOutputs(p0!)).toHaveLength(1);
+
+    await backend.markPublished(p0!, [`j/${p0}/1/0`]);
+    const next = started();
+    expect((await coordinateRound({ source, backend }, next.deps)).started).toEqual([p1, c0, c1]);
+  });
+
+  it('does not start shards a live lease holds', async () => {
+    const source = new MemoryStream(2);
+    const [p0, p1] = (await source.listShards()).map((s) => s.shardId);
+    const round = await coordinateRound(
+      { source, backend: new MemoryBackend() },
+      { isLeaseLive: async (id) => id === p0, startWorker: async () => {} },
+    );
+    expect(round).toEqual({ started: [p1], running: [p0], finished: [], failed: [] });
+  });
+
+  it('a worker that fails to start does not keep the other shards from starting', async () => {
+    const source = new MemoryStream(3);
+    const [a, b, c] = (await source.listShards()).map((s) => s.shardId);
+    const refused = new Error('RequestEntityTooLargeException');
+    const calls: string[] = [];
+    const round = await coordinateRound(
+      { source, backend: new MemoryBackend() },
+      {
+        isLeaseLive: async () => false,
+        startWorker: async (shardId) => {
+          calls.push(shardId);
+          if (shardId === a) throw refused;
+        },
+      },
+    );
+    expect(calls).toEqual([a, b, c]);
+    expect(round).toEqual({
+      started: [b, c],
+      running: [],
+      finished: [],
+      failed: [{ shardId: a, error: refused }],
+    });
+  });
+});
+
+describe('startOfShard (where a Lambda worker of a shard without a checkpoint starts)', () => {
+  it('a child inherits its finished parent: the same checkpoint the coordinator computes', async () => {
+    const source = new MemoryStream(1);
+    const [p0] = (await source.listShards()).map((s) => s.shardId);
+    const [c0, c1] = source.split(p0!);
+    const backend = new MemoryBackend();
+    const shards = await source.listShards();
+
+    // The parent has not finished: the children may not run.
+    expect(await startOfShard({ source, backend }, c0)).toBeUndefined();
+    expect(await startOfShard({ source, backend }, p0!)).toEqual({ initial: undefined });
+    expect(await startOfShard({ source, backend }, 'shardId-999')).toBeUndefined();
+
+    const parent = finished(p0!, {
+      watermark: 500,
+      maxTimestamp: 5501,
+      timers: [
+        timer(keyIn(shards.find((s) => s.shardId === c0)!.hashKeyRange)),
+        timer(keyIn(shards.find((s) => s.shardId === c1)!.hashKeyRange)),
+      ],
+    });
+    const lease = await backend.acquireLease(p0!, 'w', 0, 1);
+    await backend.commit(lease, { checkpoint: parent, mutations: [], outputs: [] });
+    for (const child of [c0, c1]) {
+      const start = await startOfShard({ source, backend }, child);
+      const info = shards.find((s) => s.shardId === child)!;
+      expect(start).toEqual({ initial: childCheckpoint(info, [parent], shards) });
+      expect(start?.initial?.timers).toHaveLength(1);
+    }
+    // A finished shard does not run again (its outbox is the coordinator's concern).
+    expect(await startOfShard({ source, backend }, p0!)).toBeUndefined();
+  });
+});

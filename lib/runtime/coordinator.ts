@@ -93,42 +93,71 @@ export function childCheckpoint(
 export interface CoordinatorDeps {
   /** True while some worker holds a live lease on the shard. */
   readonly isLeaseLive: (shardId: string) => Promise<boolean>;
-  /** Starts a worker for the shard (e.g. an asynchronous Lambda invocation). */
+  /**
+   * Starts a worker for the shard (e.g. an asynchronous Lambda invocation). `initial` is the
+   * checkpoint a child shard inherits, for in-process workers; a Lambda worker works it out
+   * itself (startOfShard), as its parents' timers can exceed an invocation's payload.
+   */
   readonly startWorker: (shardId: string, initial: ShardCheckpoint | undefined) => Promise<void>;
 }
 
+export interface CoordinatorRound {
+  /** Shards a worker was started for (unfinished ones, and finished ones with an outbox left). */
+  readonly started: string[];
+  /** Shards a live lease holds. */
+  readonly running: string[];
+  readonly finished: string[];
+  /** Shards whose worker could not be started; the others were started all the same. */
+  readonly failed: Array<{ readonly shardId: string; readonly error: unknown }>;
+}
+
 /**
- * One coordinator round: publish what finished shards left in their outbox, then start a
- * worker for every runnable shard (parents before children) that no worker holds.
+ * One coordinator round: start a worker for every runnable shard (parents before children) that
+ * no worker holds, and for every finished shard whose outbox still holds outputs (its last
+ * worker stopped between its commit and its publish): that worker publishes them under the
+ * shard's lease and ends, so the coordinator itself writes to no sink. A shard whose worker
+ * fails to start does not keep the others from starting.
  */
 export async function coordinateRound(
-  job: Pick<import('./job.ts').JobRuntime, 'source' | 'backend' | 'sink'>,
+  job: Pick<import('./job.ts').JobRuntime, 'source' | 'backend'>,
   deps: CoordinatorDeps,
-): Promise<{ started: string[]; running: string[]; finished: string[] }> {
+): Promise<CoordinatorRound> {
   const shards = await job.source.listShards();
   const checkpoints = new Map((await job.backend.listCheckpoints()).map((c) => [c.shardId, c]));
-  const finished: string[] = [];
+  const round: CoordinatorRound = { started: [], running: [], finished: [], failed: [] };
+  const start = async (shardId: string, initial: ShardCheckpoint | undefined): Promise<void> => {
+    if (await deps.isLeaseLive(shardId)) {
+      round.running.push(shardId);
+      return;
+    }
+    try {
+      await deps.startWorker(shardId, initial);
+      round.started.push(shardId);
+    } catch (error) {
+      round.failed.push({ shardId, error });
+    }
+  };
   for (const c of checkpoints.values()) {
     if (!c.finished) continue;
-    finished.push(c.shardId);
-    const pending = await job.backend.unpublishedOutputs(c.shardId);
-    if (pending.length > 0) {
-      await job.sink.publish(pending);
-      await job.backend.markPublished(
-        c.shardId,
-        pending.map((o) => o.id),
-      );
-    }
+    round.finished.push(c.shardId);
+    if ((await job.backend.unpublishedOutputs(c.shardId)).length > 0) await start(c.shardId, undefined);
   }
-  const started: string[] = [];
-  const running: string[] = [];
-  for (const plan of runnableShards(shards, checkpoints)) {
-    if (await deps.isLeaseLive(plan.shard.shardId)) {
-      running.push(plan.shard.shardId);
-      continue;
-    }
-    await deps.startWorker(plan.shard.shardId, plan.initial);
-    started.push(plan.shard.shardId);
-  }
-  return { started, running, finished };
+  for (const plan of runnableShards(shards, checkpoints)) await start(plan.shard.shardId, plan.initial);
+  return round;
+}
+
+/**
+ * Where a worker of `shardId` starts when the shard has no checkpoint of its own: `initial` is
+ * the checkpoint a child of a reshard inherits from its parents (undefined for a shard without
+ * parents, which starts at the job's start position). Undefined when the shard may not run yet
+ * (a parent is not finished) or is not in the stream.
+ */
+export async function startOfShard(
+  job: Pick<import('./job.ts').JobRuntime, 'source' | 'backend'>,
+  shardId: string,
+): Promise<{ readonly initial: ShardCheckpoint | undefined } | undefined> {
+  const shards = await job.source.listShards();
+  const checkpoints = new Map((await job.backend.listCheckpoints()).map((c) => [c.shardId, c]));
+  const plan = runnableShards(shards, checkpoints).find((p) => p.shard.shardId === shardId);
+  return plan === undefined ? undefined : { initial: plan.initial };
 }
