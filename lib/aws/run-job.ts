@@ -5,7 +5,13 @@
  */
 import { operatorSchemas, type PipelinePlan, type SavepointPipeline } from '../core/index.ts';
 import type { JobRuntime } from '../runtime/job.ts';
-import { decide, type JobRecord, jobControl, resolveJobForRun } from '../runtime/job-control.ts';
+import {
+  checkStateLayout,
+  decide,
+  type JobRecord,
+  jobControl,
+  resolveJobForRun,
+} from '../runtime/job-control.ts';
 import type { DynamoBackend } from './dynamodb-backend.ts';
 import { type AwsClientsBundle, type AwsJobConfig, openAwsJob } from './job.ts';
 import { DynamoJobStore } from './job-store.ts';
@@ -54,6 +60,10 @@ export async function openAwsJobFromRecord(
   const generation = record?.generation ?? config.generation ?? 0;
   const decision = decide(record, generation, Date.now());
   if (decision.action !== 'run') return { reason: decision.reason };
+  // A deploy that changed the state layout fails the invocation (WorkerErrors), rather than
+  // misreading the stored state. Without a record (never run by floe run or a savepoint), the
+  // layout is not known: docs/savepoints.md.
+  if (record !== undefined) checkStateLayout(record, plan.name, operatorSchemas(plan));
   const runtime = openAwsJob(plan, { ...config, generation }, clients);
   return {
     runtime: {

@@ -231,7 +231,21 @@ export function checkCompatibility(
   plan: PipelinePlan,
   options: { allowNonRestoredState?: boolean } = {},
 ): CompatibilityReport {
-  const target = new Map(operatorSchemas(plan).map((o) => [o.uid, o]));
+  return compareOperatorSchemas(saved, operatorSchemas(plan), plan.name, options);
+}
+
+/**
+ * checkCompatibility against the operator schemas of pipeline `name`. `savedIn` names where the
+ * saved state is, for the messages. @default 'the savepoint'
+ */
+export function compareOperatorSchemas(
+  saved: readonly OperatorSchema[],
+  operators: readonly OperatorSchema[],
+  name: string,
+  options: { allowNonRestoredState?: boolean; savedIn?: string } = {},
+): CompatibilityReport {
+  const target = new Map(operators.map((o) => [o.uid, o]));
+  const savedIn = options.savedIn ?? 'the savepoint';
   const issues: CompatibilityIssue[] = [];
   const dropped: string[] = [];
   for (const from of saved) {
@@ -241,7 +255,7 @@ export function checkCompatibility(
       issues.push({
         operator: from.uid,
         fatal: options.allowNonRestoredState !== true,
-        message: `operator "${from.uid}" has state in the savepoint but pipeline "${plan.name}" has no operator with that uid (operators: ${[...target.keys()].join(', ') || 'none'})${options.allowNonRestoredState ? '; its state and timers are dropped' : ''}`,
+        message: `operator "${from.uid}" has state in ${savedIn} but pipeline "${name}" has no operator with that uid (operators: ${[...target.keys()].join(', ') || 'none'})${options.allowNonRestoredState ? '; its state and timers are dropped' : ''}`,
       });
       continue;
     }
@@ -249,7 +263,7 @@ export function checkCompatibility(
       issues.push({
         operator: from.uid,
         fatal: false,
-        message: `the savepoint does not record the state layout of operator "${from.uid}"; its state is restored as is`,
+        message: `${savedIn} does not record the state layout of operator "${from.uid}"; its state is restored as is`,
       });
       continue;
     }

@@ -1,5 +1,6 @@
 /** The job record's say over workers, and `floe run`'s view of it. */
 import { describe, expect, it } from 'vitest';
+import type { OperatorSchema } from '../core/index.ts';
 import { decide, type JobRecord, MemoryJobStore, resolveJobForRun, updateJob } from './job-control.ts';
 
 const record = (over: Partial<JobRecord>): JobRecord => ({
@@ -50,6 +51,37 @@ describe('job control', () => {
     await expect(resolveJobForRun(store, options)).rejects.toThrow(
       /job j was stopped with savepoint sp .*resume it with 'floe replay --from-savepoint sp'/,
     );
+  });
+
+  it("refuses a run whose pipeline would misread the job's stored state (a TTL added, a kind changed, an operator gone)", async () => {
+    const store = new MemoryJobStore();
+    const counter = (state: OperatorSchema['state']): OperatorSchema => ({
+      uid: 'count',
+      kind: 'process',
+      state,
+    });
+    const v1 = [counter({ n: { kind: 'value', ttl: false }, seen: { kind: 'list', ttl: false } })];
+    const options = { job: 'j', stream: 's', pipeline: { name: 'p', version: '1' }, operators: v1 };
+    await resolveJobForRun(store, options);
+    const run = (operators: OperatorSchema[]) => resolveJobForRun(store, { ...options, operators });
+
+    await expect(
+      run([counter({ n: { kind: 'value', ttl: true }, seen: { kind: 'list', ttl: false } })]),
+    ).rejects.toThrow(
+      /^pipeline "p" cannot run on the state job j holds: state "n" of operator "count" had no TTL and has one now \(TTL state stores write times\)\. A job keeps its state layout while it runs\. To change it, take a savepoint and replay it into the job .* or run the new pipeline as another job \(--job <new id>\)\.$/,
+    );
+    await expect(run([counter({ n: { kind: 'map', ttl: false } })])).rejects.toThrow(
+      /state "n" of operator "count" was value state and is now map state/,
+    );
+    await expect(run([])).rejects.toThrow(
+      /operator "count" has state in job j's stored state but pipeline "p" has no operator with that uid/,
+    );
+    // Refused runs leave the record as it was.
+    expect((await store.get('j'))?.operators).toEqual(v1);
+
+    // New state and dropped state names are fine: they start empty, or are no longer read.
+    const v2 = [counter({ n: { kind: 'value', ttl: false }, extra: { kind: 'map', ttl: true } })];
+    await expect(run(v2)).resolves.toMatchObject({ record: { operators: v2 } });
   });
 
   it('writes with compare-and-set', async () => {

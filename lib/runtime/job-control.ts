@@ -8,6 +8,7 @@
  */
 import {
   ConfigurationError,
+  compareOperatorSchemas,
   type OperatorSchema,
   type SavepointPipeline,
   type StartPosition,
@@ -211,6 +212,7 @@ export async function resolveJobForRun(
           `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'} and the restore has not completed; rerun the 'floe replay' command that started it (it continues where it stopped)`,
         );
       }
+      checkStateLayout(current, options.pipeline.name, options.operators);
       const { version: _v, updatedAt: _u, ...rest } = current;
       return { ...rest, pipeline: options.pipeline, operators: options.operators };
     },
@@ -223,6 +225,29 @@ export async function resolveJobForRun(
     startPosition: stored.startPosition,
     control: jobControl(store, options.job, stored.generation, now),
   };
+}
+
+/**
+ * Refuses to run pipeline `name` (its `operators`) on the state of the job's current generation
+ * when that state was written in a layout the pipeline would misread: an operator or state of
+ * another kind, a TTL added or removed (TTL state stores write times beside the values), a
+ * session window turned aligned, or an operator gone (its state and timers would be orphaned).
+ * A savepoint restore checks the same (checkCompatibility) and can migrate; a running job cannot.
+ */
+export function checkStateLayout(
+  record: Pick<JobRecord, 'job' | 'operators'>,
+  name: string,
+  operators: readonly OperatorSchema[],
+): void {
+  if (record.operators === undefined) return;
+  const report = compareOperatorSchemas(record.operators, operators, name, {
+    savedIn: `job ${record.job}'s stored state`,
+  });
+  const fatal = report.issues.filter((i) => i.fatal);
+  if (fatal.length === 0) return;
+  throw new ConfigurationError(
+    `pipeline "${name}" cannot run on the state job ${record.job} holds: ${fatal.map((i) => i.message).join('; ')}. A job keeps its state layout while it runs. To change it, take a savepoint and replay it into the job (floe savepoint create, then floe replay --from-savepoint <id>, with a migration if needed: docs/savepoints.md), or run the new pipeline as another job (--job <new id>).`,
+  );
 }
 
 /** In-memory JobStore (tests, simulate). */
