@@ -914,7 +914,8 @@ describe('the end-of-input watermark (MAX_WATERMARK)', () => {
     await driver.advanceWatermark(1e15);
     expect(fired(driver)).toEqual([]);
     await driver.advanceWatermark(MAX_WATERMARK);
-    expect(fired(driver)).toEqual([{ key: 'a', time: Number.POSITIVE_INFINITY, domain: 'event', ns: '' }]);
+    // Published as JSON, as every backend stores outputs: Infinity becomes null.
+    expect(fired(driver)).toEqual([{ key: 'a', time: null, domain: 'event', ns: '' }]);
   });
 });
 
@@ -974,7 +975,7 @@ describe('the process context', () => {
     await driver.send([rec({ k: 7, ts: 250 }, 2_000)]);
     await driver.send([rec({ k: 'a', ts: 120 }, 3_000)]);
     expect(driver.values('out')).toEqual([
-      { key: 'a', ts: 100, wm: Number.NEGATIVE_INFINITY, pt: 1_000 },
+      { key: 'a', ts: 100, wm: null, pt: 1_000 }, // -Infinity, published as JSON
       { key: 7, ts: 250, wm: 99, pt: 2_000 },
       { key: 'a', ts: 120, wm: 249, pt: 3_000 },
     ]);
@@ -990,7 +991,7 @@ describe('the process context', () => {
       { timestamps: false },
     );
     await driver.send([rec({ k: 'a', ts: 1 }, 4_242)]);
-    expect(driver.values('out')).toEqual([{ ts: 4_242, wm: Number.NEGATIVE_INFINITY }]);
+    expect(driver.values('out')).toEqual([{ ts: 4_242, wm: null }]); // -Infinity, published as JSON
   });
 
   it('emits with an explicit timestamp and with the default one', async () => {
@@ -1103,6 +1104,36 @@ describe('side outputs', () => {
       'audit',
       'alert-sink',
     ]);
+  });
+});
+
+describe('the test driver publishes outputs as a durable backend stores them (JSON)', () => {
+  it('a Date is published as its string; a value changed after its commit does not change what was published', async () => {
+    const held = { n: 0 };
+    const driver = driverFor({
+      processElement(e: Ev, ctx) {
+        held.n++;
+        ctx.emit({ at: new Date(e.ts), held });
+      },
+    });
+    await driver.send([rec({ k: 'a', ts: 0 })]);
+    await driver.send([rec({ k: 'a', ts: 1 })]);
+    expect(driver.values('out')).toEqual([
+      { at: '1970-01-01T00:00:00.000Z', held: { n: 1 } },
+      { at: '1970-01-01T00:00:00.001Z', held: { n: 2 } },
+    ]);
+  });
+
+  it('a value JSON cannot hold fails the commit, as floe simulate does (the Lambda worker dead-letters it)', async () => {
+    const driver = driverFor({
+      processElement(e: Ev, ctx) {
+        ctx.emit({ big: BigInt(e.ts) });
+      },
+    });
+    await expect(driver.send([rec({ k: 'a', ts: 5 })])).rejects.toThrow(
+      /output .* to sink "out" is not JSON-serializable \(TypeError: Do not know how to serialize a BigInt\)/,
+    );
+    expect(await driver.checkpoint()).toBeUndefined();
   });
 });
 

@@ -8,6 +8,7 @@ import { compile, type PipelinePlan } from '../compile.ts';
 import type { Pipeline } from '../dsl.ts';
 import { ConfigurationError, describeValue } from '../errors.ts';
 import { MemoryBackend } from '../memory-backend.ts';
+import { outputValueJson } from '../outputs.ts';
 import { shardIndexFor, shardName } from '../partitioning.ts';
 import type { Lease, Output, SourceRecord } from '../ports.ts';
 import { type BatchResult, ShardTask } from '../shard-task.ts';
@@ -181,10 +182,17 @@ export class TestDriver {
   private async commit(shard: string, result: BatchResult): Promise<void> {
     const { lease } = this.tasks.get(shard)!;
     if (!result.changed) return;
+    // Outputs as a durable backend stores them, as JSON: a value JSON cannot hold (a BigInt, a
+    // cycle) fails the commit before anything of it is stored, as in production, and a Date
+    // is published as its string.
+    const texts = new Map(result.outputs.map((o) => [o.id, outputValueJson(o)]));
     await this.backend.commit(lease, result);
     // Publish from the outbox, as a worker does after its commit.
     const pending = await this.backend.unpublishedOutputs(shard);
-    this.published.push(...pending);
+    for (const o of pending) {
+      const text = texts.has(o.id) ? texts.get(o.id) : outputValueJson(o);
+      this.published.push({ ...o, value: text === undefined ? undefined : JSON.parse(text) });
+    }
     await this.backend.markPublished(
       shard,
       pending.map((o) => o.id),
