@@ -21,6 +21,7 @@ import { createBucket, createStream } from '../../lib/aws/resources.ts';
 import {
   DynamoDbUpsertSink,
   KinesisStreamSink,
+  outputOrder,
   RoutingSink,
   S3ObjectSink,
   SinkOutputError,
@@ -346,6 +347,13 @@ describe('DynamoDbUpsertSink', () => {
     windowStart: (v as PageViewCount).windowStart,
   });
 
+  /** The item fields the sink adds to a value: the output id and its order (sinks.ts outputOrder). */
+  const stored = (value: object, output: Output) => ({
+    ...value,
+    floeOutputId: output.id,
+    floeOrder: outputOrder(output.id),
+  });
+
   it('upserts by key (last write wins) and a republish leaves the same items', async () => {
     const table = await createResultsTable(clients.dynamodb);
     const sink = new DynamoDbUpsertSink({ client: clients.dynamodb, table, key });
@@ -362,10 +370,11 @@ describe('DynamoDbUpsertSink', () => {
     await sink.publish(c2);
     const items = await scan(table);
     expect(items).toEqual([
-      { ...windowResult('/cart', 0, 1), floeOutputId: c1[1]!.id },
-      { ...windowResult('/home', 0, 4), floeOutputId: c2[0]!.id },
-      { ...windowResult('/home', 60_000, 2), floeOutputId: c2[1]!.id },
+      stored(windowResult('/cart', 0, 1), c1[1]!),
+      stored(windowResult('/home', 0, 4), c2[0]!),
+      stored(windowResult('/home', 60_000, 2), c2[1]!),
     ]);
+    expect(items[1]!.floeOrder).toBe('job-d/shardId-000000000000/0000000000000002/0000000000000000');
 
     // Recovery republishes the last commit (crash before markPublished): same items.
     await sink.publish(c2);
@@ -375,11 +384,61 @@ describe('DynamoDbUpsertSink', () => {
     expect(await scan(table)).toEqual(items);
   });
 
+  it('a late publish of an earlier commit (a stalled worker) does not replace a later result; another shard or job does', async () => {
+    const table = await createResultsTable(clients.dynamodb);
+    const sink = new DynamoDbUpsertSink({ client: clients.dynamodb, table, key });
+    const shard = 'shardId-000000000000';
+    // Commit 10 re-fired /home@0 with 4 views and its successor published it; the stalled
+    // worker's commit 9 (3 views) and an earlier output of commit 10 arrive afterwards.
+    const c9 = commitOutputs('job-o', shard, 9, 'counts', [windowResult('/home', 0, 3)]);
+    const c10 = commitOutputs('job-o', shard, 10, 'counts', [
+      windowResult('/home', 0, 2),
+      windowResult('/home', 0, 4),
+    ]);
+    await sink.publish(c10);
+    await sink.publish(c9);
+    await sink.publish([c10[0]!]);
+    expect(await scan(table)).toEqual([stored(windowResult('/home', 0, 4), c10[1]!)]);
+    // Commit numbers compare as numbers (9 < 10 < 100), not as text.
+    const c100 = commitOutputs('job-o', shard, 100, 'counts', [windowResult('/home', 0, 5)]);
+    await sink.publish(c100);
+    expect(await scan(table)).toEqual([stored(windowResult('/home', 0, 5), c100[0]!)]);
+
+    // The key's next owner after a reshard (another shard), or a replay's new generation (another
+    // job id), writes over it, whatever its commit numbers.
+    const child = commitOutputs('job-o', 'shardId-000000000002', 1, 'counts', [windowResult('/home', 0, 6)]);
+    await sink.publish(child);
+    expect(await scan(table)).toEqual([stored(windowResult('/home', 0, 6), child[0]!)]);
+    const replay = commitOutputs('job-o@1', 'shardId-000000000002', 1, 'counts', [
+      windowResult('/home', 0, 7),
+    ]);
+    await sink.publish(replay);
+    expect(await scan(table)).toEqual([stored(windowResult('/home', 0, 7), replay[0]!)]);
+
+    // conditionalWrites: false is last writer wins (BatchWriteItem).
+    const unordered = new DynamoDbUpsertSink({
+      client: clients.dynamodb,
+      table,
+      key,
+      conditionalWrites: false,
+    });
+    const old = commitOutputs('job-o@1', 'shardId-000000000002', 0, 'counts', [windowResult('/home', 0, 1)]);
+    await unordered.publish(old);
+    expect(await scan(table)).toEqual([{ ...windowResult('/home', 0, 1), floeOutputId: old[0]!.id }]);
+  });
+
   it('writes above 25 items in several batches and retries UnprocessedItems', async () => {
     const table = await createResultsTable(clients.dynamodb);
     const client = own(dynamoDbClient(env));
     const { calls } = instrumentDynamo(client, 2);
-    const sink = new DynamoDbUpsertSink({ client, table, key, retry: FAST_RETRY, concurrency: 1 });
+    const sink = new DynamoDbUpsertSink({
+      client,
+      table,
+      key,
+      retry: FAST_RETRY,
+      concurrency: 1,
+      conditionalWrites: false,
+    });
     const values = Array.from({ length: 60 }, (_, i) => windowResult(`/p${i % 7}`, i * 60_000, i));
     const outputs = commitOutputs('job-d2', 'shardId-000000000003', 9, 'counts', values);
     await sink.publish(outputs);
@@ -405,10 +464,11 @@ describe('DynamoDbUpsertSink', () => {
     const nested = new DynamoDbUpsertSink({ client: clients.dynamodb, table, key, valueAttribute: 'result' });
     const v = { page: '/n', windowStart: 5, tags: ['a', 'b'], inner: { ok: true, none: null } };
     await nested.publish(commitOutputs('j', 's', 2, 'nested', [v]));
+    const [n0, n1] = commitOutputs('j', 's', 1, 'numbers', [42, 'text']);
     expect(await scan(table)).toEqual([
-      { page: '/n', windowStart: 5, result: v, floeOutputId: 'j/s/2/0' },
-      { page: 'numbers', windowStart: 0, value: 42, floeOutputId: 'j/s/1/0' },
-      { page: 'numbers', windowStart: 1, value: 'text', floeOutputId: 'j/s/1/1' },
+      stored({ page: '/n', windowStart: 5, result: v }, { id: 'j/s/2/0', sink: 'nested', value: v }),
+      stored({ page: 'numbers', windowStart: 0, value: 42 }, n0!),
+      stored({ page: 'numbers', windowStart: 1, value: 'text' }, n1!),
     ]);
 
     const bad = commitOutputs('j', 's', 3, 'counts', [{ page: '', windowStart: 1 }]);
@@ -532,7 +592,11 @@ describe('routing', () => {
     await routing.publish(outputs);
 
     expect(await scan(table)).toEqual([
-      { ...windowResult('/home', 0, 5), floeOutputId: `${job}/${shard}/1/3` },
+      {
+        ...windowResult('/home', 0, 5),
+        floeOutputId: `${job}/${shard}/1/3`,
+        floeOrder: outputOrder(`${job}/${shard}/1/3`),
+      },
     ]);
     const records = await readStream(clients.kinesis, stream);
     expect(records).toHaveLength(2);

@@ -375,9 +375,17 @@ describe.skipIf(endpoint === undefined)('cdk deploy of the example app into the 
       start = page.LastEvaluatedKey;
     } while (start !== undefined);
     // Each item also records the id of the output that wrote it last (the sink's idempotence key).
-    for (const item of items) expect(item.floeOutputId).toMatch(/^page-views\/shardId-\d+\/\d+\/\d+$/);
+    // and its order among its shard's outputs (the condition that keeps a late publish from
+    // replacing a newer result).
+    for (const item of items) {
+      expect(item.floeOutputId).toMatch(/^page-views\/shardId-\d+\/\d+\/\d+$/);
+      expect(item.floeOrder).toMatch(/^page-views\/shardId-\d+\/\d{16}\/\d{16}$/);
+    }
     const actualCounts = new Map(
-      items.map(({ floeOutputId: _, ...value }) => [`${value.page}@${value.windowStart}`, value]),
+      items.map(({ floeOutputId: _, floeOrder: _order, ...value }) => [
+        `${value.page}@${value.windowStart}`,
+        value,
+      ]),
     );
     expect(actualCounts.size).toBe(expectedCounts.size);
     for (const [key, value] of expectedCounts) expect(actualCounts.get(key), key).toEqual(value);

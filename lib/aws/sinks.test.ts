@@ -114,7 +114,7 @@ describe('KinesisStreamSink', () => {
 });
 
 describe('DynamoDbUpsertSink', () => {
-  it('writes the last output per key, 25 per BatchWriteItem', async () => {
+  it('without conditional writes: the last output per key, 25 per BatchWriteItem', async () => {
     const inputs: BatchWriteItemCommandInput[] = [];
     const client = {
       send: async (command: { input: BatchWriteItemCommandInput }) => {
@@ -127,6 +127,7 @@ describe('DynamoDbUpsertSink', () => {
       table: 'Counts',
       key: (v) => ({ page: (v as { page: string }).page }),
       concurrency: 1,
+      conditionalWrites: false,
     });
     // 60 outputs over 30 pages: each page written twice; the second write wins.
     await sink.publish(outputs(60, (i) => ({ page: `p${i % 30}`, n: i })));
