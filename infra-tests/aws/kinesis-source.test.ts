@@ -8,6 +8,7 @@ import {
   ExpiredNextTokenException,
   type KinesisClient,
   MergeShardsCommand,
+  ProvisionedThroughputExceededException,
   SplitShardCommand,
 } from '@aws-sdk/client-kinesis';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -46,6 +47,52 @@ afterAll(() => {
 
 /** Fast backoff for tests (the emulator answers in ~1 ms). */
 const FAST_RETRY = { baseDelayMs: 2, maxDelayMs: 20 } as const;
+/** No pacing, for tests that make many GetRecords calls and are not about pacing. */
+const UNPACED = { minGetRecordsIntervalMs: 0, throttledGetRecordsIntervalMs: 0 } as const;
+
+/**
+ * A clock that only moves when the source sleeps, for the pacing and the backoff alike, so that waits
+ * are asserted exactly and take no wall time.
+ */
+function virtualTime(start = 1_000_000) {
+  const time = {
+    now: start,
+    sleeps: [] as number[],
+    clock: () => time.now,
+    sleep: async (ms: number) => {
+      time.sleeps.push(ms);
+      time.now += ms;
+    },
+  };
+  return time;
+}
+
+/**
+ * A client that records the (virtual) time and Limit of every GetRecords it is given, and throws
+ * ProvisionedThroughputExceededException, before sending, for the calls `throttle(n)` selects.
+ */
+function recordingClient(clock: () => number, throttle: (n: number) => boolean = () => false) {
+  const client = newClient();
+  const calls: { at: number; limit: number | undefined; throttled: boolean }[] = [];
+  client.middlewareStack.add(
+    (next, context) => async (args) => {
+      if (context.commandName !== 'GetRecordsCommand') return next(args);
+      const throttled = throttle(calls.length + 1);
+      calls.push({ at: clock(), limit: (args.input as { Limit?: number }).Limit, throttled });
+      if (throttled) {
+        throw new ProvisionedThroughputExceededException({
+          message: 'Rate exceeded for Shard',
+          $metadata: { httpStatusCode: 400 },
+        });
+      }
+      return next(args);
+    },
+    { step: 'initialize', name: 'recordGetRecords' },
+  );
+  return { client, calls };
+}
+
+const gapsOf = (calls: readonly { at: number }[]) => calls.slice(1).map((c, i) => c.at - calls[i]!.at);
 const text = new TextDecoder();
 const str = (r: KinesisSourceRecord) => text.decode(r.data);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -166,7 +213,7 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
 
   it('reads ~2,000 records of a 2-shard stream completely and in order per shard, and resumes after any position', async () => {
     const stream = await createTestStream(kinesis, 'bulk', 2);
-    const source = new KinesisSource({ client: kinesis, stream, retry: FAST_RETRY });
+    const source = new KinesisSource({ client: kinesis, stream, retry: FAST_RETRY, ...UNPACED });
     const shards = await source.listShards();
     expect(shards).toHaveLength(2);
     for (const s of shards) {
@@ -357,6 +404,7 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
       client: kinesis,
       stream,
       retry: FAST_RETRY,
+      ...UNPACED,
       onEvent: (e) => events.push(e),
     });
     const [s0, s1] = (await source.listShards()) as [ShardInfo, ShardInfo];
@@ -495,6 +543,7 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
     const source = new KinesisSource({
       client: expiringClient([3, 5, 6]),
       stream,
+      getRecordsLimit: 4,
       onEvent: (e) => events.push(e),
     });
     const reader = await source.openReader(shardId, { type: 'TRIM_HORIZON' });
@@ -513,7 +562,7 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
 
     // expiry before any record: the original position, here inside the aggregate (skip still applies)
     const inside = reference.findIndex((r) => r.subSequenceNumber === 2);
-    const first = new KinesisSource({ client: expiringClient([1]), stream });
+    const first = new KinesisSource({ client: expiringClient([1]), stream, getRecordsLimit: 5 });
     const r2 = await first.openReader(shardId, {
       type: 'AFTER_SEQUENCE_NUMBER',
       sequenceNumber: reference[inside]!.sequenceNumber,
@@ -551,6 +600,8 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
       client: faulty,
       stream,
       retry: FAST_RETRY,
+      ...UNPACED,
+      getRecordsLimit: 20,
       onEvent: (e) => events.push(e),
     });
     const clean = new KinesisSource({ client: kinesis, stream });
@@ -587,6 +638,120 @@ describe(`KinesisSource (${env.engines.kinesis})`, () => {
       putRecords(faulty, stream, [{ partitionKey: 'a', data: 'b' }], { ...FAST_RETRY, maxRetries: 2 }),
     ).rejects.toBeInstanceOf(TransientBackendError);
     faults.remove();
+  });
+
+  it('paces GetRecords on a shard: 200 ms apart, 1 s after a throttle, up to 10,000 records a call', async () => {
+    const stream = await createTestStream(kinesis, 'pacing', 1);
+    await putRecords(
+      kinesis,
+      stream,
+      Array.from({ length: 1200 }, (_, i) => ({ partitionKey: `k${i % 13}`, data: `v${i}` })),
+    );
+    const reference = (
+      await drain(
+        await new KinesisSource({ client: kinesis, stream, ...UNPACED }).openReader(
+          (await new KinesisSource({ client: kinesis, stream }).listShards())[0]!.shardId,
+          { type: 'TRIM_HORIZON' },
+        ),
+      )
+    ).records.map((r) => r.sequenceNumber);
+    expect(reference).toHaveLength(1200);
+
+    // Defaults: after a first GetRecords of the read's 100, one of 10,000 serves reads of 100 from
+    // its buffer.
+    const t = virtualTime();
+    const { client, calls } = recordingClient(t.clock);
+    const source = new KinesisSource({ client, stream, clock: t.clock, sleep: t.sleep });
+    const [shard] = await source.listShards();
+    const reader = await source.openReader(shard!.shardId, { type: 'TRIM_HORIZON' });
+    const got = await drain(reader, 100);
+    expect(got.records.map((r) => r.sequenceNumber)).toEqual(reference);
+    expect(got.reads).toBe(13);
+    // 100 records, the other 1,100, then the empty read that finds the shard caught up, 200 ms apart
+    expect(calls.map((c) => c.limit)).toEqual([100, 10_000, 10_000]);
+    expect(gapsOf(calls)).toEqual([200, 200]);
+    // A new reader of the shard from the same source shares its pacing; its first call, a peek,
+    // asks for one record only.
+    const again = await source.openReader(shard!.shardId, { type: 'LATEST' });
+    await again.read(1);
+    expect(gapsOf(calls)).toEqual([200, 200, 200]);
+    expect(calls.at(-1)?.limit).toBe(1);
+
+    // Smaller calls, the third one throttled: each call waits 200 ms after the previous one, and
+    // 1 s after the throttled one (on top of the retry's own backoff, which it overlaps).
+    const t2 = virtualTime();
+    const throttled = recordingClient(t2.clock, (n) => n === 3);
+    const events: KinesisSourceEvent[] = [];
+    const small = new KinesisSource({
+      client: throttled.client,
+      stream,
+      clock: t2.clock,
+      sleep: t2.sleep,
+      retry: { sleep: t2.sleep, random: () => 0.5 },
+      getRecordsLimit: 500,
+      onEvent: (e) => events.push(e),
+    });
+    const smallGot = await drain(await small.openReader(shard!.shardId, { type: 'TRIM_HORIZON' }), 100);
+    expect(smallGot.records.map((r) => r.sequenceNumber)).toEqual(reference);
+    // 100 (the first call asks for the read's limit), 500, throttled, 500, the last 100, then the
+    // empty read that finds the shard caught up
+    expect(throttled.calls.map((c) => [c.limit, c.throttled])).toEqual([
+      [100, false],
+      [500, false],
+      [500, true],
+      [500, false],
+      [500, false],
+      [500, false],
+    ]);
+    expect(gapsOf(throttled.calls)).toEqual([200, 200, 1000, 200, 200]);
+    expect(events.filter((e) => e.type === 'retry')).toHaveLength(1);
+
+    expect(() => new KinesisSource({ client, stream, minGetRecordsIntervalMs: -1 })).toThrow(
+      ConfigurationError,
+    );
+    expect(() => new KinesisSource({ client, stream, getRecordsLimit: 10_001 })).toThrow(ConfigurationError);
+  });
+
+  it('a read given a deadline stops retrying a throttled shard at it: empty, behind, at the deadline; nothing lost', async () => {
+    const stream = await createTestStream(kinesis, 'deadline', 1);
+    await putRecords(
+      kinesis,
+      stream,
+      Array.from({ length: 50 }, (_, i) => ({ partitionKey: `k${i % 7}`, data: `v${i}` })),
+    );
+    const t = virtualTime();
+    let throttling = true;
+    const { client, calls } = recordingClient(t.clock, () => throttling);
+    const events: KinesisSourceEvent[] = [];
+    const source = new KinesisSource({
+      client,
+      stream,
+      clock: t.clock,
+      sleep: t.sleep,
+      retry: { sleep: t.sleep },
+      onEvent: (e) => events.push(e),
+    });
+    const [shard] = await source.listShards();
+    const reader = await source.openReader(shard!.shardId, { type: 'TRIM_HORIZON' });
+    const deadline = t.now + 3_000;
+    const result = await reader.read(100, { timeLeftMs: 3_000 });
+    expect(result.records).toEqual([]);
+    expect(result.shardEnded).toBe(false);
+    // behind, so not caught up: an idle-shard watermark must not advance on it
+    expect(result.millisBehindLatest).toBeGreaterThan(0);
+    expect(t.now).toBe(deadline);
+    // One call a second at most while throttled, none after the deadline (the default retries,
+    // 8 with up to 5 s of backoff each, would have taken far longer).
+    expect(calls.length).toBeGreaterThanOrEqual(3);
+    expect(calls.length).toBeLessThanOrEqual(4);
+    for (const gap of gapsOf(calls)) expect(gap).toBeGreaterThanOrEqual(1000);
+    expect(calls.every((c) => c.at <= deadline)).toBe(true);
+    expect(events.filter((e) => e.type === 'read-deadline')).toHaveLength(1);
+
+    // The iterator did not move: the next read, unthrottled, starts at the first record.
+    throttling = false;
+    const rest = await drain(reader, 100);
+    expect(rest.records.map(str)).toEqual(Array.from({ length: 50 }, (_, i) => `v${i}`));
   });
 
   it('putRecords batches by count and by bytes', async () => {

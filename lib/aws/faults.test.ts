@@ -9,7 +9,7 @@ import { ListBucketsCommand, S3Client } from '@aws-sdk/client-s3';
 import { describe, expect, it } from 'vitest';
 import { ConfigurationError, seededRandom, TransientBackendError } from '../core/index.ts';
 import { injectTransientFaults } from './faults.ts';
-import { isTransientAwsError, withBackoff } from './retry.ts';
+import { BackoffDeadlineError, isTransientAwsError, withBackoff } from './retry.ts';
 
 /** A request handler that answers every request with `body` and counts the requests that reached it. */
 function fakeHandler(body: string, contentType = 'application/x-amz-json-1.1') {
@@ -203,6 +203,58 @@ describe('withBackoff', () => {
     await expect(
       withBackoff('op', async () => (++n < 3 ? Promise.reject(throttle) : 'done'), { sleep: async () => {} }),
     ).resolves.toBe('done');
+  });
+
+  it('stops before a wait that would pass its deadline, with a retryable BackoffDeadlineError', async () => {
+    const throttle = Object.assign(new Error('Rate exceeded for shard'), {
+      name: 'ProvisionedThroughputExceededException',
+      $metadata: { httpStatusCode: 400 },
+    });
+    let now = 1_000;
+    const delays: number[] = [];
+    let calls = 0;
+    const failing = withBackoff(
+      'GetRecords',
+      async () => {
+        calls++;
+        throw throttle;
+      },
+      {
+        baseDelayMs: 100,
+        maxDelayMs: 5000,
+        random: () => 0.999,
+        clock: () => now,
+        deadline: 1_000 + 1_000,
+        sleep: async (ms) => {
+          delays.push(ms);
+          now += ms;
+        },
+      },
+    );
+    const error = await failing.catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(BackoffDeadlineError);
+    expect(error).toBeInstanceOf(TransientBackendError);
+    expect((error as BackoffDeadlineError).retryable).toBe(true);
+    expect((error as BackoffDeadlineError).cause).toBe(throttle);
+    // 100 + 200 + 400 ms slept (now 1,700); the next wait, 800 ms, would end past the deadline (2,000).
+    expect(delays).toEqual([100, 200, 400]);
+    expect(calls).toBe(4);
+    expect(now).toBe(1_700);
+    // An outer retry loop does not retry it either: its deadline has passed.
+    expect(isTransientAwsError(error)).toBe(false);
+    // A deadline already past still makes the first attempt, and no retry.
+    let once = 0;
+    await expect(
+      withBackoff(
+        'op',
+        async () => {
+          once++;
+          throw throttle;
+        },
+        { clock: () => 5_000, deadline: 4_000, sleep: async () => {} },
+      ),
+    ).rejects.toBeInstanceOf(BackoffDeadlineError);
+    expect(once).toBe(1);
   });
 
   it('seededRandom is deterministic and uniform enough', () => {

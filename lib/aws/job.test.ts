@@ -37,7 +37,7 @@ describe('awsJobConfigFromEnv: FLOE_COMMIT_INTERVAL_MS', () => {
   });
 
   it('rejects anything else', () => {
-    for (const bad of ['-1', '1.5', 'soon']) {
+    for (const bad of ['-1', '1.5', 'soon', ' ']) {
       expect(() => awsJobConfigFromEnv({ ...base, FLOE_COMMIT_INTERVAL_MS: bad })).toThrow(
         /FLOE_COMMIT_INTERVAL_MS must be a whole number of milliseconds >= 0/,
       );
@@ -55,6 +55,24 @@ describe('awsJobConfigFromEnv: FLOE_MAX_CACHED_KEYS', () => {
     for (const bad of ['0', '-5', '2.5', 'many']) {
       expect(() => awsJobConfigFromEnv({ ...base, FLOE_MAX_CACHED_KEYS: bad })).toThrow(
         /FLOE_MAX_CACHED_KEYS must be a whole number of keys >= 1/,
+      );
+    }
+  });
+});
+
+describe('awsJobConfigFromEnv: FLOE_GENERATION', () => {
+  it('is 0 by default and read as a whole number', () => {
+    expect(awsJobConfigFromEnv(base).generation).toBe(0);
+    expect(awsJobConfigFromEnv({ ...base, FLOE_GENERATION: '' }).generation).toBe(0);
+    expect(awsJobConfigFromEnv({ ...base, FLOE_GENERATION: '0' }).generation).toBe(0);
+    expect(awsJobConfigFromEnv({ ...base, FLOE_GENERATION: '3' }).generation).toBe(3);
+  });
+
+  it('rejects anything else (it would end up in every state key and output id)', () => {
+    for (const bad of ['abc', '1.5', '-3', ' ', 'NaN', 'Infinity']) {
+      expect(() => awsJobConfigFromEnv({ ...base, FLOE_GENERATION: bad })).toThrow(ConfigurationError);
+      expect(() => awsJobConfigFromEnv({ ...base, FLOE_GENERATION: bad })).toThrow(
+        /FLOE_GENERATION must be a whole number >= 0; received/,
       );
     }
   });

@@ -111,7 +111,11 @@ export function awsJobConfigFromEnv(env: NodeJS.ProcessEnv = process.env): AwsJo
     controlTable: need('FLOE_CONTROL_TABLE'),
     bucket: need('FLOE_BUCKET'),
     sinks,
-    generation: env.FLOE_GENERATION === undefined ? 0 : Number(env.FLOE_GENERATION),
+    // The generation is part of every state key and output id: a bad value must not become NaN.
+    generation:
+      env.FLOE_GENERATION === undefined || env.FLOE_GENERATION === ''
+        ? 0
+        : wholeNumber(env, 'FLOE_GENERATION', undefined, 0),
     ...(env.FLOE_DELTA_APPLY === undefined || env.FLOE_DELTA_APPLY === ''
       ? {}
       : { deltaApply: deltaApplyMode(env.FLOE_DELTA_APPLY) }),
@@ -124,13 +128,14 @@ export function awsJobConfigFromEnv(env: NodeJS.ProcessEnv = process.env): AwsJo
   };
 }
 
-/** The whole number >= `min` in variable `name`. */
-function wholeNumber(env: NodeJS.ProcessEnv, name: string, unit: string, min: number): number {
+/** The whole number >= `min` in variable `name` (`unit`: what it counts, if anything). */
+function wholeNumber(env: NodeJS.ProcessEnv, name: string, unit: string | undefined, min: number): number {
   const value = env[name];
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min) {
+  // Number('') and Number(' ') are 0: a blank value is a mistake, not zero.
+  const n = value === undefined || value.trim() === '' ? Number.NaN : Number(value);
+  if (!Number.isSafeInteger(n) || n < min) {
     throw new ConfigurationError(
-      `${name} must be a whole number of ${unit} >= ${min}; received ${describeValue(value)}`,
+      `${name} must be a whole number${unit === undefined ? '' : ` of ${unit}`} >= ${min}; received ${describeValue(value)}`,
     );
   }
   return n;

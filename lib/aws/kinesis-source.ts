@@ -7,6 +7,14 @@
  * TransientBackendError); an expired iterator is re-requested after the last record fetched; the end of a
  * closed shard is reported with its children (ChildShards, else ListShards).
  *
+ * Pacing: a shard allows 5 GetRecords per second, shared by every consumer of the stream, so GetRecords
+ * calls on one shard are spaced by at least `minGetRecordsIntervalMs` (200 ms), and by
+ * `throttledGetRecordsIntervalMs` (1 s) after a ProvisionedThroughputExceededException. This does not cost
+ * throughput: each call but a reader's first asks for up to `getRecordsLimit` (10,000, the API maximum)
+ * records and read(limit) serves the ones beyond `limit` from a buffer, so 5 calls a second can return
+ * 50,000 records (the 2 MB/s per shard read quota usually binds first). A read given a deadline (KinesisReadOptions) gives up
+ * waiting and retrying at it, and returns an empty read that is not caught up.
+ *
  * KPL aggregates are de-aggregated (./kpl.ts). Positions: every record gets a *position* that is its
  * Kinesis sequence number followed by a fixed-width sub-index of SUB_SEQUENCE_DIGITS digits:
  *
@@ -39,6 +47,7 @@ import {
   compareSequenceNumbers,
   describeValue,
   errorMessage,
+  type ReadOptions,
   type ReadResult,
   type ShardInfo,
   type ShardReader,
@@ -48,7 +57,7 @@ import {
   TransientBackendError,
 } from '../core/index.ts';
 import { deaggregate, effectiveHashKey, type KplUserRecord } from './kpl.ts';
-import { type BackoffOptions, backoffDelay, withBackoff } from './retry.ts';
+import { BackoffDeadlineError, type BackoffOptions, backoffDelay, withBackoff } from './retry.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Positions
@@ -59,6 +68,10 @@ export const SUB_SEQUENCE_DIGITS = 7;
 export const LAST_SUB_INDEX = 10 ** SUB_SEQUENCE_DIGITS - 1;
 /** GetRecords returns at most 10,000 records per call. */
 const MAX_GET_RECORDS_LIMIT = 10_000;
+/** KinesisSourceOptions.minGetRecordsIntervalMs by default: 5 calls a second, a shard's whole read quota. */
+export const DEFAULT_MIN_GET_RECORDS_INTERVAL_MS = 200;
+/** KinesisSourceOptions.throttledGetRecordsIntervalMs by default: the quota's one-second window. */
+export const DEFAULT_THROTTLED_GET_RECORDS_INTERVAL_MS = 1_000;
 
 /**
  * The position of user record `subIndex` of the Kinesis record `sequenceNumber`; 'last' for the last
@@ -115,6 +128,12 @@ export type KinesisSourceEvent =
   | { readonly type: 'retry'; readonly what: string; readonly attempt: number; readonly error: unknown }
   | { readonly type: 'iterator-expired'; readonly shardId: string; readonly resumeAfter: string | undefined }
   | {
+      /** A read stopped waiting or retrying at its deadline and returned no records (not caught up). */
+      readonly type: 'read-deadline';
+      readonly shardId: string;
+      readonly error: unknown;
+    }
+  | {
       /** An aggregate holding a user record outside the shard's hash-key range was dropped (KCL rule). */
       readonly type: 'aggregate-dropped';
       readonly shardId: string;
@@ -143,8 +162,38 @@ export interface KinesisSourceOptions {
   readonly listShardsPageSize?: number;
   /** Backoff of throttled / failed calls. */
   readonly retry?: BackoffOptions;
+  /**
+   * Least time between two GetRecords calls on one shard by this source (its readers of a shard share
+   * it). A shard allows 5 GetRecords per second across all its consumers; 200 ms uses all of them, so
+   * give each of n consumers of a stream n * 200 ms. @default 200
+   */
+  readonly minGetRecordsIntervalMs?: number;
+  /**
+   * Least time between a GetRecords that was throttled (ProvisionedThroughputExceededException) and the
+   * next one on that shard, on top of the retry's backoff: the read quotas are per second. @default 1000
+   */
+  readonly throttledGetRecordsIntervalMs?: number;
+  /**
+   * Records asked for by each GetRecords (1 to 10,000), but the first of a reader, which asks for at most
+   * the read's `limit`. Records beyond a read's `limit` are kept for the next reads, so a paced reader
+   * still delivers up to 5 * this many records a second. @default 10_000
+   */
+  readonly getRecordsLimit?: number;
+  /** Clock of the pacing and of read deadlines. @default Date.now */
+  readonly clock?: () => number;
+  /** Waits of the pacing (tests pass a fake); the backoff uses retry.sleep. @default setTimeout */
+  readonly sleep?: (ms: number) => Promise<void>;
   readonly onEvent?: (event: KinesisSourceEvent) => void;
 }
+
+/**
+ * Options of one KinesisShardReader.read (the port's ReadOptions). `timeLeftMs`: the read's
+ * deadline is that long after it starts; when the pacing or a retry would wait past it, the read
+ * returns at the deadline with no records and millisBehindLatest > 0 (not caught up, so an
+ * idle-shard watermark does not advance). A call already sent is not cut short. Relative, so that
+ * the caller's clock (a job's may be a test's fake) need not be the source's.
+ */
+export type KinesisReadOptions = ReadOptions;
 
 interface ShardRange {
   readonly start: bigint;
@@ -153,6 +202,15 @@ interface ShardRange {
 
 export class KinesisSource implements ShardSource {
   private shardCache = new Map<string, ShardInfo>();
+  /** Per shard, the earliest time (of `clock`) the next GetRecords may be sent. */
+  private readonly nextGetRecordsAt = new Map<string, number>();
+  private readonly minGetRecordsIntervalMs: number;
+  private readonly throttledGetRecordsIntervalMs: number;
+  /** @internal */
+  readonly getRecordsLimit: number;
+  /** @internal */
+  readonly clock: () => number;
+  private readonly sleep: (ms: number) => Promise<void>;
 
   constructor(private readonly options: KinesisSourceOptions) {
     if (typeof options.stream !== 'string' || options.stream.length === 0) {
@@ -160,6 +218,23 @@ export class KinesisSource implements ShardSource {
         `KinesisSource needs a stream name or ARN; received ${describeValue(options.stream)}`,
       );
     }
+    this.minGetRecordsIntervalMs = wholeMillis(
+      'minGetRecordsIntervalMs',
+      options.minGetRecordsIntervalMs ?? DEFAULT_MIN_GET_RECORDS_INTERVAL_MS,
+    );
+    this.throttledGetRecordsIntervalMs = wholeMillis(
+      'throttledGetRecordsIntervalMs',
+      options.throttledGetRecordsIntervalMs ?? DEFAULT_THROTTLED_GET_RECORDS_INTERVAL_MS,
+    );
+    const limit = options.getRecordsLimit ?? MAX_GET_RECORDS_LIMIT;
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_GET_RECORDS_LIMIT) {
+      throw new ConfigurationError(
+        `KinesisSource getRecordsLimit must be a whole number in [1, ${MAX_GET_RECORDS_LIMIT}]; received ${describeValue(options.getRecordsLimit)}`,
+      );
+    }
+    this.getRecordsLimit = limit;
+    this.clock = options.clock ?? Date.now;
+    this.sleep = options.sleep ?? ((ms) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
   }
 
   /** The stream selector of a request: StreamARN for an ARN, else StreamName. */
@@ -253,15 +328,59 @@ export class KinesisSource implements ShardSource {
     this.options.onEvent?.(event);
   }
 
-  /** @internal Runs one SDK call with the source's backoff. */
-  call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  /** @internal Runs one SDK call with the source's backoff, retrying only until `deadline` if given. */
+  call<T>(what: string, fn: () => Promise<T>, deadline?: number): Promise<T> {
     return withBackoff(what, fn, {
+      clock: this.clock,
       ...this.options.retry,
+      ...(deadline === undefined ? {} : { deadline }),
       onRetry: (info) => {
         this.options.retry?.onRetry?.(info);
         this.emit({ type: 'retry', what: info.what, attempt: info.attempt, error: info.error });
       },
     });
+  }
+
+  /** @internal Sleeps until `time` of the source's clock. */
+  async waitUntil(time: number): Promise<void> {
+    const wait = time - this.clock();
+    if (wait > 0) await this.sleep(wait);
+  }
+
+  /**
+   * @internal One GetRecords attempt on `shardId`, sent no sooner than the pacing allows. Waiting past
+   * `deadline` is not done: a BackoffDeadlineError instead.
+   */
+  async paced<T>(
+    shardId: string,
+    what: string,
+    deadline: number | undefined,
+    send: () => Promise<T>,
+  ): Promise<T> {
+    // A loop: another reader of the shard may have taken the slot while this one slept.
+    for (;;) {
+      const now = this.clock();
+      const wait = (this.nextGetRecordsAt.get(shardId) ?? now) - now;
+      if (wait <= 0) break;
+      if (deadline !== undefined && now + wait > deadline) {
+        throw new BackoffDeadlineError(
+          `${what} would wait ${wait} ms for the shard's read quota, past the caller's deadline`,
+        );
+      }
+      await this.sleep(wait);
+    }
+    // Kinesis counts a transaction when it receives it: the interval runs from the moment it is sent.
+    const sending = send();
+    this.nextGetRecordsAt.set(shardId, this.clock() + this.minGetRecordsIntervalMs);
+    try {
+      return await sending;
+    } catch (error) {
+      if (errorName(error) === 'ProvisionedThroughputExceededException') {
+        const at = this.clock() + this.throttledGetRecordsIntervalMs;
+        this.nextGetRecordsAt.set(shardId, Math.max(at, this.nextGetRecordsAt.get(shardId) ?? at));
+      }
+      throw error;
+    }
   }
 
   /** @internal Terminal errors (unknown stream or shard, bad arguments) become ConfigurationErrors. */
@@ -289,6 +408,8 @@ export class KinesisShardReader implements ShardReader {
   /** Skip records at or before this position (resuming inside an aggregate). */
   private skipThrough: string | undefined;
   private closed = false;
+  /** GetRecords calls made by this reader (retries not counted). */
+  private getRecordsCalls = 0;
   private readonly request: Omit<GetShardIteratorCommandInput, 'StreamName' | 'StreamARN'>;
   /** Number of ExpiredIteratorException recoveries so far. */
   expiredIteratorRecoveries = 0;
@@ -310,16 +431,38 @@ export class KinesisShardReader implements ShardReader {
     this.iterator = await this.getIterator(this.request);
   }
 
-  async read(limit: number): Promise<ReadResult> {
+  async read(limit: number, options: KinesisReadOptions = {}): Promise<ReadResult> {
     if (!Number.isInteger(limit) || limit < 1) {
       throw new ConfigurationError(`read(limit) needs a positive integer; received ${describeValue(limit)}`);
     }
     if (this.closed) throw new ConfigurationError(`the reader of shard ${this.shardId} is closed`);
+    const timeLeft = options.timeLeftMs;
+    if (timeLeft !== undefined && Number.isNaN(timeLeft)) {
+      throw new ConfigurationError(`read(limit, { timeLeftMs }) needs a number; received NaN`);
+    }
+    const deadline = timeLeft === undefined ? undefined : this.source.clock() + timeLeft;
     // A response whose records were all skipped (resume inside an aggregate, dropped aggregates) is
     // followed by another GetRecords, a few times, rather than reported as an empty read.
-    for (let calls = 0; this.buffer.length === 0 && !this.ended && calls < 3; calls++) {
-      const fetched = await this.fetch(Math.min(limit, MAX_GET_RECORDS_LIMIT));
-      if (fetched === 0) break;
+    try {
+      for (let calls = 0; this.buffer.length === 0 && !this.ended && calls < 3; calls++) {
+        // A reader's first call asks for no more than the read wants: a reader opened to peek at the
+        // next record (status, savepoints) reads one, not 10 MB of the shard's 2 MB/s read quota.
+        const fetchLimit =
+          this.getRecordsCalls++ === 0
+            ? Math.min(limit, this.source.getRecordsLimit)
+            : this.source.getRecordsLimit;
+        const fetched = await this.fetch(fetchLimit, deadline);
+        if (fetched === 0) break;
+      }
+    } catch (error) {
+      if (!(error instanceof BackoffDeadlineError)) throw error;
+      // Out of time while paced or throttled: nothing was consumed (the iterator did not move), so
+      // report an empty read that is behind, not caught up. The caller can then commit what it has and
+      // end in time instead of failing; an idle-shard watermark must not advance on it.
+      // It returns at the deadline, not before: a caller that went on reading would only spin.
+      this.source.emit({ type: 'read-deadline', shardId: this.shardId, error });
+      if (deadline !== undefined) await this.source.waitUntil(deadline);
+      return { records: [], millisBehindLatest: Math.max(1, this.millisBehindLatest), shardEnded: false };
     }
     return this.take(limit);
   }
@@ -343,14 +486,21 @@ export class KinesisShardReader implements ShardReader {
   }
 
   /** One GetRecords (recovering an expired iterator); returns the number of Kinesis records fetched. */
-  private async fetch(limit: number): Promise<number> {
+  private async fetch(limit: number, deadline: number | undefined): Promise<number> {
     let out: GetRecordsCommandOutput | undefined;
+    const what = `GetRecords on ${this.source.stream}/${this.shardId}`;
     for (let expiries = 0; out === undefined; ) {
       const iterator = this.iterator;
       if (iterator === undefined) throw new Error(`internal: shard ${this.shardId} has no iterator`);
       try {
-        out = await this.source.call(`GetRecords on ${this.source.stream}/${this.shardId}`, () =>
-          this.source.client.send(new GetRecordsCommand({ ShardIterator: iterator, Limit: limit })),
+        // Every attempt, retries included, is paced.
+        out = await this.source.call(
+          what,
+          () =>
+            this.source.paced(this.shardId, what, deadline, () =>
+              this.source.client.send(new GetRecordsCommand({ ShardIterator: iterator, Limit: limit })),
+            ),
+          deadline,
         );
       } catch (error) {
         if (!isExpiredIterator(error)) throw this.source.terminal(error, `reading shard ${this.shardId}`);
@@ -360,7 +510,7 @@ export class KinesisShardReader implements ShardReader {
             { cause: error },
           );
         }
-        await this.recoverIterator();
+        await this.recoverIterator(deadline);
       }
     }
     const records = out.Records ?? [];
@@ -377,7 +527,7 @@ export class KinesisShardReader implements ShardReader {
     return records.length;
   }
 
-  private async recoverIterator(): Promise<void> {
+  private async recoverIterator(deadline: number | undefined): Promise<void> {
     this.expiredIteratorRecoveries++;
     const resumeAfter = this.lastFetched;
     this.source.emit({ type: 'iterator-expired', shardId: this.shardId, resumeAfter });
@@ -389,6 +539,7 @@ export class KinesisShardReader implements ShardReader {
             StartingSequenceNumber: resumeAfter,
           }
         : this.request,
+      deadline,
     );
   }
 
@@ -512,11 +663,14 @@ export class KinesisShardReader implements ShardReader {
 
   private async getIterator(
     request: Omit<GetShardIteratorCommandInput, 'StreamName' | 'StreamARN'>,
+    deadline?: number,
   ): Promise<string> {
     const what = `GetShardIterator ${request.ShardIteratorType} on ${this.source.stream}/${this.shardId}`;
     try {
-      const out = await this.source.call(what, () =>
-        this.source.client.send(new GetShardIteratorCommand({ ...request, ...this.source.streamRef })),
+      const out = await this.source.call(
+        what,
+        () => this.source.client.send(new GetShardIteratorCommand({ ...request, ...this.source.streamRef })),
+        deadline,
       );
       if (out.ShardIterator === undefined) {
         throw new TransientBackendError(`${what} returned no iterator`);
@@ -526,6 +680,15 @@ export class KinesisShardReader implements ShardReader {
       throw this.source.terminal(error, `opening shard ${this.shardId} at ${describeValue(this.position)}`);
     }
   }
+}
+
+function wholeMillis(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 0) {
+    throw new ConfigurationError(
+      `KinesisSource ${name} must be a whole number of milliseconds >= 0; received ${describeValue(value)}`,
+    );
+  }
+  return value;
 }
 
 function isExpiredIterator(error: unknown): boolean {

@@ -57,6 +57,8 @@ interface AwsErrorShape {
 /** True for errors worth retrying: throttling, HTTP 429/5xx, timeouts and dropped connections. */
 export function isTransientAwsError(error: unknown, depth = 0): boolean {
   if (typeof error !== 'object' || error === null) return false;
+  // Its cause is transient, but its deadline has passed: retrying would overrun it.
+  if (error instanceof BackoffDeadlineError) return false;
   const e = error as AwsErrorShape;
   if (e.name === 'AbortError') return false;
   if (e.name !== undefined && (THROTTLING_NAMES.has(e.name) || TRANSIENT_NAMES.has(e.name))) return true;
@@ -80,7 +82,22 @@ export interface BackoffOptions {
   readonly sleep?: (ms: number) => Promise<void>;
   /** Called before each retry (metrics, logs). */
   readonly onRetry?: (info: { what: string; attempt: number; delayMs: number; error: unknown }) => void;
+  /**
+   * Time (of `clock`) after which no retry starts: a retry whose wait would end past it is not
+   * made, and the last error is raised as a BackoffDeadlineError. A caller with a time budget
+   * (a Lambda invocation) passes its end, so that sustained throttling cannot hold it past it.
+   * @default none
+   */
+  readonly deadline?: number;
+  /** The clock of `deadline`. @default Date.now */
+  readonly clock?: () => number;
 }
+
+/**
+ * Retries stopped at their deadline (BackoffOptions.deadline) with the call still failing
+ * transiently. Retryable, as the TransientBackendError it is: a later invocation tries again.
+ */
+export class BackoffDeadlineError extends TransientBackendError {}
 
 const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -94,7 +111,8 @@ export function backoffDelay(attempt: number, options: BackoffOptions = {}): num
 /**
  * Runs `fn`, retrying transient AWS errors with exponential backoff and full jitter. Errors that are not
  * transient are rethrown at once; after `maxRetries` retries the last error is wrapped in a
- * TransientBackendError naming `what`.
+ * TransientBackendError naming `what`, and when the next wait would pass `options.deadline`, in a
+ * BackoffDeadlineError.
  */
 export async function withBackoff<T>(
   what: string,
@@ -116,6 +134,12 @@ export async function withBackoff<T>(
         );
       }
       const delayMs = backoffDelay(attempt + 1, options);
+      if (options.deadline !== undefined && (options.clock ?? Date.now)() + delayMs > options.deadline) {
+        throw new BackoffDeadlineError(
+          `${what} still failed after ${attempt + 1} attempts with transient errors (last: ${errorMessage(error)}), and the next retry would start after the caller's deadline; a later attempt can try again`,
+          { cause: error },
+        );
+      }
       options.onRetry?.({ what, attempt: attempt + 1, delayMs, error });
       await sleep(delayMs);
     }

@@ -223,7 +223,8 @@ export async function runRun(args: string[]): Promise<number> {
       commitIntervalMs,
       maxCachedKeys,
       signal: controller.signal,
-      idlePollMs: 200,
+      // The local log has no read quota: poll it often. Kinesis: the worker's default (1 s).
+      ...(backend === 'embedded' ? { idlePollMs: 200 } : {}),
       leaseTtlMs,
       onPaused: (reason) => {
         if (progressMode !== 'none' && !live && reason !== pausedFor) console.error(`  paused: ${reason}`);

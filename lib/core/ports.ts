@@ -106,9 +106,17 @@ export interface ReadResult {
   readonly childShardIds?: readonly string[];
 }
 
+export interface ReadOptions {
+  /**
+   * Time left before the caller's budget ends (ms): a read that would wait past it (throttling
+   * retries) returns no records instead, not caught up. Readers that never wait ignore it.
+   */
+  readonly timeLeftMs?: number;
+}
+
 export interface ShardReader {
   /** Reads up to `limit` records from the current position; empty when caught up. */
-  read(limit: number): Promise<ReadResult>;
+  read(limit: number, options?: ReadOptions): Promise<ReadResult>;
   close?(): Promise<void>;
 }
 

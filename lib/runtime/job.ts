@@ -57,7 +57,7 @@ export interface WorkerOptions {
   readonly leaseTtlMs?: number;
   /** Return once the shard is caught up (no records and 0 ms behind latest). @default false */
   readonly untilIdle?: boolean;
-  /** Pause between empty reads while caught up. @default 200 */
+  /** Pause between empty reads while caught up (a Kinesis shard allows 5 reads a second for all its consumers). @default 1000 */
   readonly idlePollMs?: number;
   /** Called after every commit. */
   readonly onCommit?: (progress: ShardProgress) => void;

@@ -223,10 +223,140 @@ describe('runShardWorker pipelining', () => {
     });
     expect(first.caughtUp).toBe(false);
     expect(first.records).toBeLessThan(1500);
-    expect(h.readsInFlight()).toBe(0);
+    // A clean end does not wait for the discarded read ahead; the reader is closed once it settled.
+    await until(() => h.events.some((e) => e.kind === 'close'));
+    expect(h.events.find((e) => e.kind === 'close')).toEqual({ kind: 'close', readsInFlight: 0 });
     const second = await runShardWorker(h.job(), h.shardId, { ...options, owner: 'w2' });
     expect(first.records + second.records).toBe(1500);
     expect(byId(h.published)).toEqual(await reference());
+  });
+});
+
+/** Waits (a few event-loop turns at a time, not a wall-clock time) until `done()` holds. */
+async function until(done: () => boolean): Promise<void> {
+  for (let turns = 0; !done(); turns++) {
+    if (turns > 10_000) throw new Error('until: the condition never held');
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+/**
+ * One shard whose reads are scripted: `script(n, read, options)` answers read n (1-based), given the
+ * options the worker passed (`read` reads the next records of a MemoryStream of page views).
+ * `afterCommit` runs once a commit took effect.
+ */
+async function scriptedJob(
+  clock: () => number,
+  script: (
+    n: number,
+    read: () => Promise<ReadResult>,
+    options: { timeLeftMs?: number } | undefined,
+  ) => Promise<ReadResult>,
+  afterCommit: () => void = () => {},
+): Promise<{ job: JobRuntime; shardId: string; closed: () => boolean; published: Output[] }> {
+  const stream = new MemoryStream(1, () => T0);
+  const encoder = new TextEncoder();
+  for (const view of clickstream({ events: 300, pages: 10, users: 30, seed: 5 })) {
+    stream.put(view.page, encoder.encode(JSON.stringify(view)), T0);
+  }
+  const shardId = (await stream.listShards())[0]!.shardId;
+  let reads = 0;
+  let closed = false;
+  const published: Output[] = [];
+  const source: ShardSource = {
+    listShards: () => stream.listShards(),
+    async openReader(id, position) {
+      const inner = await stream.openReader(id, position);
+      const reader = {
+        read: (limit: number, options?: { timeLeftMs?: number }) =>
+          script(++reads, () => inner.read(limit), options),
+        async close() {
+          closed = true;
+        },
+      };
+      return reader;
+    },
+  };
+  const backend = new MemoryBackend();
+  const store = Object.create(backend) as MemoryBackend;
+  store.commit = async (lease: Lease, commit: Commit) => {
+    await backend.commit(lease, commit);
+    afterCommit();
+  };
+  return {
+    job: {
+      job: 'deadline-test',
+      plan: compile(pageViews),
+      source,
+      backend: store,
+      sink: { publish: async (outputs) => void published.push(...outputs) },
+      clock,
+    },
+    shardId,
+    closed: () => closed,
+    published,
+  };
+}
+
+describe('runShardWorker time budget', () => {
+  const budget = 50_000;
+  const budgetOptions = { owner: 'w', batchSize: 100, leaseTtlMs: 600_000, timeBudgetMs: budget };
+
+  it('tells every read the time left in the budget; a read that runs out of it (empty, behind) ends the invocation with a commit', async () => {
+    let now = T0 + 86_400_000;
+    const timesLeft: (number | undefined)[] = [];
+    const { job, shardId, closed } = await scriptedJob(
+      () => now,
+      async (n, read, options) => {
+        timesLeft.push(options?.timeLeftMs);
+        if (n === 1) {
+          const result = await read();
+          now += 1_000;
+          return result;
+        }
+        // Read 2 (the read ahead) was throttled until the deadline: a KinesisShardReader then
+        // returns at it with no records, behind (not caught up).
+        now += options?.timeLeftMs ?? budget;
+        return { records: [], millisBehindLatest: 1, shardEnded: false };
+      },
+    );
+    const result = await runShardWorker(job, shardId, { ...budgetOptions, commitIntervalMs: 3_600_000 });
+    // read 1 at the start, read 2 (the read ahead) 1 s later
+    expect(timesLeft).toEqual([budget, budget - 1_000]);
+    // Read 1's 100 records, uncommitted in the interval, are committed at the end.
+    expect(result).toMatchObject({ records: 100, commits: 1, caughtUp: false, finished: false });
+    const checkpoint = await job.backend.readCheckpoint(shardId);
+    expect(checkpoint?.commitNumber).toBe(1);
+    expect(closed()).toBe(true);
+  });
+
+  it('returns at a clean end without waiting for the read ahead it discards, and closes the reader once that settles', async () => {
+    let now = T0 + 86_400_000;
+    let failReadAhead: (error: Error) => void = () => {};
+    let readAheadStarted = false;
+    const { job, shardId, closed } = await scriptedJob(
+      () => now,
+      async (n, read) => {
+        if (n === 1) return read();
+        // Read 2, the read ahead, hangs (a throttled read) and then fails.
+        readAheadStarted = true;
+        return new Promise<ReadResult>((_, reject) => {
+          failReadAhead = reject;
+        });
+      },
+      () => {
+        // The budget runs out while read 1 is committed; read 2 is in flight then.
+        now += budget;
+      },
+    );
+    const result = await runShardWorker(job, shardId, budgetOptions);
+    expect(readAheadStarted).toBe(true);
+    expect(result).toMatchObject({ records: 100, commits: 1, caughtUp: false });
+    expect(closed()).toBe(false);
+    // Its failure is no unhandled rejection (Vitest would report it) and nothing else.
+    failReadAhead(new Error('GetRecords throttled'));
+    await until(closed);
+    expect((await job.backend.readCheckpoint(shardId))?.commitNumber).toBe(1);
   });
 });
 

@@ -13,7 +13,9 @@
  * used when the loop goes on: after a failed commit or publish, a pause, an abort or the end of
  * the budget it is discarded (nothing was committed from it; the next invocation reads again
  * from the checkpoint). Errors propagate as without pipelining; the reader is closed after
- * whatever is in flight has settled.
+ * whatever is in flight has settled, but a clean end returns without waiting for a discarded read
+ * ahead. Reads are told the time left before the budget ends (KinesisReadOptions), so that
+ * throttling cannot hold a read, and the invocation, past it.
  */
 import {
   type CheckpointStore,
@@ -56,6 +58,12 @@ export function emptyWorkerResult(shardId: string): WorkerResult {
 
 /** Minimum processing time between commits that only advance an idle shard's watermark. */
 export const IDLE_COMMIT_INTERVAL_MS = 5_000;
+
+/**
+ * WorkerOptions.idlePollMs by default. A caught-up shard gains little from faster polls, and a Kinesis
+ * shard's 5 reads a second are shared by all its consumers.
+ */
+export const DEFAULT_IDLE_POLL_MS = 1_000;
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -145,8 +153,13 @@ export async function runShardWorker(
         ? { type: 'AFTER_SEQUENCE_NUMBER', sequenceNumber: checkpoint.position }
         : (job.startPosition ?? { type: 'TRIM_HORIZON' });
     const reader = await job.source.openReader(shardId, position);
+    // Reads end by the budget's end: a throttled read returns empty there instead of retrying past
+    // it. The time left is passed, not the end's time, as the source's clock may not be the job's.
+    const readBatch = (): Promise<ReadResult> =>
+      reader.read(batchSize, { timeLeftMs: Math.max(0, started + budget - clock()) });
     let finished = false;
     let paused = false;
+    let cleanEnd = false;
     // Pipelining (see the file comment): at most one read ahead and one publish in flight.
     let readAhead: Promise<Settled<ReadResult>> | undefined;
     let publishing: Promise<Settled<void>> | undefined;
@@ -196,12 +209,12 @@ export async function runShardWorker(
         }
         const ahead = readAhead;
         readAhead = undefined;
-        const read = ahead !== undefined ? unwrap(await ahead) : await reader.read(batchSize);
+        const read = ahead !== undefined ? unwrap(await ahead) : await readBatch();
         const idle = read.records.length === 0 && read.millisBehindLatest === 0;
         // Read the next batch while this one is processed, committed and published, unless this
         // read ended the shard or found it caught up (the loop stops or polls after a pause).
         if (!read.shardEnded && !idle && !options.signal?.aborted && clock() - started < budget) {
-          readAhead = settle(reader.read(batchSize));
+          readAhead = settle(readBatch());
         }
         const readAt = clock();
         lastMillisBehind = read.millisBehindLatest;
@@ -227,7 +240,9 @@ export async function runShardWorker(
         if (idle) {
           caughtUp = true;
           if (options.untilIdle) break;
-          await sleep(options.idlePollMs ?? 200);
+          // Not past the budget's end: the loop would stop there anyway.
+          const remaining = started + budget - clock();
+          await sleep(Math.max(0, Math.min(options.idlePollMs ?? DEFAULT_IDLE_POLL_MS, remaining)));
         } else {
           caughtUp = false;
         }
@@ -239,11 +254,20 @@ export async function runShardWorker(
       // Only after a clean end: a task that saw an error may hold changes nobody committed.
       // A checking task is not kept: it would check every record of later invocations too.
       if (!finished && !checkSerializable) options.warmTasks?.keep(job.job, task);
+      cleanEnd = true;
     } finally {
-      // On an error: let what is in flight settle (a publish's outcome is in the outbox; a read
-      // ahead is discarded, the next invocation reads again from the committed checkpoint).
-      await Promise.all([publishing, readAhead]);
-      await reader.close?.();
+      const discarded = readAhead;
+      if (cleanEnd && discarded !== undefined) {
+        // A clean end discards the read ahead (nothing of it is committed): do not wait for it,
+        // a throttled read would hold the invocation. It cannot reject (settle); the reader is
+        // closed once it has settled, and a failure to close is of no consequence then.
+        void discarded.then(() => reader.close?.()).catch(() => {});
+      } else {
+        // On an error: let what is in flight settle (a publish's outcome is in the outbox; a read
+        // ahead is discarded, the next invocation reads again from the committed checkpoint).
+        await Promise.all([publishing, discarded]);
+        await reader.close?.();
+      }
     }
     return {
       shardId,
