@@ -50,6 +50,14 @@ export interface NewTableSinkOptions {
    * @default - each top-level field of the value becomes an attribute
    */
   readonly valueAttribute?: string;
+  /**
+   * Keep each shard's output order: every item is a PutItem conditional on not holding a later
+   * output of the same job and shard, so a worker that stalls past its lease cannot replace a
+   * newer result. false: BatchWriteItem of 25 items, last writer wins (fewer requests, the same
+   * write units).
+   * @default true
+   */
+  readonly ordered?: boolean;
 }
 
 /** Options of a sink into an existing DynamoDB table. */
@@ -66,6 +74,14 @@ export interface TableSinkOptions {
    * @default - each top-level field of the value becomes an attribute
    */
   readonly valueAttribute?: string;
+  /**
+   * Keep each shard's output order: every item is a PutItem conditional on not holding a later
+   * output of the same job and shard, so a worker that stalls past its lease cannot replace a
+   * newer result. false: BatchWriteItem of 25 items, last writer wins (fewer requests, the same
+   * write units).
+   * @default true
+   */
+  readonly ordered?: boolean;
 }
 
 /** Options of a sink into a Kinesis stream. */
@@ -155,7 +171,7 @@ export abstract class SinkTarget {
         });
         const key = [options.partitionKey.name, ...(options.sortKey ? [options.sortKey.name] : [])];
         return {
-          destination: tableDestination(table.tableName, key, options.valueAttribute),
+          destination: tableDestination(table.tableName, key, options),
           grant: (grantee) => grantUpsert(table, grantee),
           table,
         };
@@ -177,7 +193,7 @@ export abstract class SinkTarget {
       bind(): SinkTargetConfig {
         const key = [options.partitionKey, ...(options.sortKey !== undefined ? [options.sortKey] : [])];
         return {
-          destination: tableDestination(table.tableName, key, options.valueAttribute),
+          destination: tableDestination(table.tableName, key, options),
           grant: (grantee) => grantUpsert(table, grantee),
         };
       }
@@ -225,12 +241,18 @@ export abstract class SinkTarget {
   abstract bind(options: SinkTargetBindOptions): SinkTargetConfig;
 }
 
-function tableDestination(tableName: string, key: readonly string[], valueAttribute?: string): string {
-  return `dynamodb:${tableName}?key=${key.join(',')}${valueAttribute !== undefined ? `&value=${valueAttribute}` : ''}`;
+function tableDestination(
+  tableName: string,
+  key: readonly string[],
+  options: { readonly valueAttribute?: string; readonly ordered?: boolean },
+): string {
+  const value = options.valueAttribute !== undefined ? `&value=${options.valueAttribute}` : '';
+  const ordered = options.ordered !== undefined ? `&ordered=${options.ordered}` : '';
+  return `dynamodb:${tableName}?key=${key.join(',')}${value}${ordered}`;
 }
 
 function grantUpsert(table: dynamodb.ITable, grantee: IGrantable): void {
-  // DynamoDbUpsertSink writes with BatchWriteItem put requests.
+  // DynamoDbUpsertSink writes conditional PutItems (ordered, the default) or BatchWriteItem puts.
   table.grant(grantee, 'dynamodb:BatchWriteItem', 'dynamodb:PutItem');
   table.encryptionKey?.grantEncrypt(grantee);
 }

@@ -728,7 +728,7 @@ describe('StreamProcessor options', () => {
       pipeline: 'examples/card-fraud.ts',
       sinks: {
         'fraud-alerts': SinkTarget.stream(alerts, { partitionKey: 'card' }),
-        cards: SinkTarget.table(table, { partitionKey: 'card', valueAttribute: 'doc' }),
+        cards: SinkTarget.table(table, { partitionKey: 'card', valueAttribute: 'doc', ordered: false }),
         '*': SinkTarget.externalBucket(archive, { prefix: 'floe/other', merge: false }),
         'floe.dead-letter': SinkTarget.bucket({ prefix: 'bad/' }),
       },
@@ -737,7 +737,7 @@ describe('StreamProcessor options', () => {
     const text = JSON.stringify(functionEnv(t, 'JobWorker').FLOE_SINKS);
     expect(text).toContain('fraud-alerts=kinesis:');
     expect(text).toContain('?partitionKey=card');
-    expect(text).toContain('?key=card&value=doc');
+    expect(text).toContain('?key=card&value=doc&ordered=false');
     expect(text).toContain('*=s3:archive-bucket/floe/other/?merge=false');
     expect(text).toContain('floe.dead-letter=s3:');
     expect(text).toContain('/bad/');

@@ -34,6 +34,10 @@ describe('parseSinkSpec', () => {
       key: ['id'],
       valueAttribute: 'result',
     });
+    expect(parseSinkSpec('totals=dynamodb:Totals?key=id&ordered=false')).toMatchObject({ ordered: false });
+    expect(() => parseSinkSpec('totals=dynamodb:Totals?key=id&ordered=no')).toThrow(
+      /ordered= must be true or false; received "no"/,
+    );
     expect(parseSinkSpec('alerts=kinesis:alerts-stream')).toMatchObject({
       sink: 'alerts',
       type: 'kinesis',

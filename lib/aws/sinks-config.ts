@@ -11,7 +11,9 @@
  * (so sink names cannot contain '='), TYPE one of kinesis | dynamodb | s3.
  *   kinesis:STREAM (name or ARN)       partitionKey=FIELD (top-level field of the value; default: output id)
  *   dynamodb:TABLE (name or ARN)       key=FIELD[,FIELD] (required: the table's key attributes, taken from the
- *                                      value's top-level fields), value=ATTRIBUTE (store the whole value there)
+ *                                      value's top-level fields), value=ATTRIBUTE (store the whole value there),
+ *                                      ordered=true|false (conditional writes keeping each shard's output order;
+ *                                      default true; false: BatchWriteItem, last writer wins)
  *   s3:BUCKET[/PREFIX] or s3://...     merge=true|false; the prefix gets a trailing '/' when it has none
  * JSON: an array of such strings, or an object {"SINK": "TYPE:DESTINATION?..."}.
  */
@@ -38,6 +40,8 @@ export type SinkDestination =
       readonly table: string;
       readonly key: readonly string[];
       readonly valueAttribute?: string;
+      /** DynamoDbUpsertSinkOptions.conditionalWrites. */
+      readonly ordered?: boolean;
     }
   | { readonly type: 's3'; readonly bucket: string; readonly prefix: string; readonly merge?: boolean };
 
@@ -53,7 +57,7 @@ const EXAMPLE =
 const TYPES = ['kinesis', 'dynamodb', 's3'] as const;
 const PARAMS: Record<(typeof TYPES)[number], readonly string[]> = {
   kinesis: ['partitionKey'],
-  dynamodb: ['key', 'value'],
+  dynamodb: ['key', 'value', 'ordered'],
   s3: ['merge'],
 };
 
@@ -132,11 +136,16 @@ export function parseDestination(destination: string, spec: string = destination
       if (new Set(key).size !== key.length) fail(spec, `key= names a field twice: ${keyText}`);
       const valueAttribute = params.get('value');
       if (valueAttribute !== undefined) checkField(spec, 'value', valueAttribute);
+      const orderedText = params.get('ordered');
+      if (orderedText !== undefined && orderedText !== 'true' && orderedText !== 'false') {
+        fail(spec, `ordered= must be true or false; received ${JSON.stringify(orderedText)}`);
+      }
       return {
         type: 'dynamodb',
         table: target,
         key,
         ...(valueAttribute !== undefined ? { valueAttribute } : {}),
+        ...(orderedText !== undefined ? { ordered: orderedText === 'true' } : {}),
       };
     }
     case 's3': {
@@ -317,6 +326,7 @@ export function sinkFromBinding(binding: SinkBinding, clients: SinkClients): Sin
           return key;
         },
         ...(binding.valueAttribute !== undefined ? { valueAttribute: binding.valueAttribute } : {}),
+        ...(binding.ordered !== undefined ? { conditionalWrites: binding.ordered } : {}),
       });
     }
     case 's3':
