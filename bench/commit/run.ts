@@ -33,7 +33,9 @@
  * BENCH_COMMIT_INTERVAL_MS (the worker's commit interval, default 1,000 as deployed; 0 commits
  * after every read),
  * BENCH_DELTA_APPLY (DynamoBackendOptions.deltaApply, `items` or `transactions`; default: the
- * backend's default). The load average (os.loadavg) is printed before and after floe's run: the
+ * backend's default), BENCH_UPSERT_ORDERED (`false`: the sink binding's `ordered=false`, one
+ * BatchWriteItem per 25 results instead of a conditional PutItem per result; default true, as
+ * deployed). The load average (os.loadavg) is printed before and after floe's run: the
  * figures are only comparable on an otherwise idle machine.
  */
 import { availableParallelism, loadavg } from 'node:os';
@@ -67,6 +69,7 @@ const BATCH = envInt('BENCH_BATCH', 10_000);
 /** The worker's commit interval; 1 s is the StreamProcessor construct's default. */
 const COMMIT_INTERVAL_MS = envInt('BENCH_COMMIT_INTERVAL_MS', 1_000, 0);
 const DELTA_APPLY = deltaApplyFromEnv();
+const UPSERT_ORDERED = upsertOrderedFromEnv();
 const SHARDS = 4;
 const AGGREGATE = 100;
 
@@ -77,6 +80,13 @@ function deltaApplyFromEnv(): DeltaApplyMode | undefined {
     throw new Error(`BENCH_DELTA_APPLY must be one of ${DELTA_APPLY_MODES.join(', ')}; got ${raw}`);
   }
   return raw as DeltaApplyMode;
+}
+
+function upsertOrderedFromEnv(): boolean {
+  const raw = process.env.BENCH_UPSERT_ORDERED;
+  if (raw === undefined || raw === '' || raw === 'true') return true;
+  if (raw === 'false') return false;
+  throw new Error(`BENCH_UPSERT_ORDERED must be true or false; got ${raw}`);
 }
 
 const load = (): string =>
@@ -384,7 +394,7 @@ async function main(): Promise<void> {
         controlTable: names.control,
         bucket: names.bucket,
         sinks: [
-          `page-view-counts=dynamodb:${names.counts}?key=page,windowStart`,
+          `page-view-counts=dynamodb:${names.counts}?key=page,windowStart${UPSERT_ORDERED ? '' : '&ordered=false'}`,
           `${DEAD_LETTER_SINK}=s3:${names.bucket}/dead-letters/`,
           `late-page-views=s3:${names.bucket}/late/`,
         ],
@@ -536,7 +546,7 @@ async function main(): Promise<void> {
       `floe: ${fmt(summary.records)} records, ${summary.commits} commits, ${summary.rounds} runner rounds; DynamoBackend.metrics ${JSON.stringify(runtime.backend.metrics)}`,
     );
     console.log(
-      `delta apply: ${DELTA_APPLY ?? 'default (items)'}; load average (1, 5, 15 min) before floe's run ${loadBefore}, after ${loadAfter} (${availableParallelism()} CPUs)`,
+      `delta apply: ${DELTA_APPLY ?? 'default (items)'}; sink upserts: ${UPSERT_ORDERED ? 'ordered (conditional PutItem per result)' : 'ordered=false (BatchWriteItem)'}; load average (1, 5, 15 min) before floe's run ${loadBefore}, after ${loadAfter} (${availableParallelism()} CPUs)`,
     );
     console.log(
       `raw loop: ${fmt(raw1.events)} events in ${raw1.seconds.toFixed(2)} s and ${raw2.seconds.toFixed(2)} s (${raw1.calls} GetRecords calls)`,
