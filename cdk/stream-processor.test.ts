@@ -211,6 +211,7 @@ describe('StreamProcessor resources (example stack)', () => {
       POWERTOOLS_METRICS_NAMESPACE: 'Floe',
       POWERTOOLS_SERVICE_NAME: 'floe-worker',
       FLOE_COMMIT_INTERVAL_MS: '1000',
+      FLOE_MIN_GET_RECORDS_INTERVAL_MS: '200',
       FLOE_DELTA_APPLY: 'items',
       FLOE_MAX_CACHED_KEYS: '100000',
       // 1024 MiB: 64 MiB semi-spaces (bench/core); the coordinator's 512 MiB: 32.
@@ -658,6 +659,7 @@ describe('StreamProcessor options', () => {
       workerMemorySize: 2048,
       maxCachedKeys: 500_000,
       commitInterval: Duration.millis(250),
+      readInterval: Duration.millis(400),
       coordinatorSchedule: events.Schedule.rate(Duration.minutes(2)),
       deltaRetention: Duration.days(2),
       removalPolicy: RemovalPolicy.DESTROY,
@@ -672,6 +674,7 @@ describe('StreamProcessor options', () => {
           FLOE_JOB: 'pv2',
           FLOE_GENERATION: '3',
           FLOE_COMMIT_INTERVAL_MS: '250',
+          FLOE_MIN_GET_RECORDS_INTERVAL_MS: '400',
           FLOE_MAX_CACHED_KEYS: '500000',
         }),
       },
@@ -948,6 +951,11 @@ describe('StreamProcessor rejects invalid props in the constructor', () => {
       'a commit interval over a minute',
       () => ({ commitInterval: Duration.minutes(2) }),
       /commitInterval must be whole milliseconds from 0 to 60 seconds/,
+    ],
+    [
+      'a read interval below a shard quota',
+      () => ({ readInterval: Duration.millis(100) }),
+      /readInterval must be whole milliseconds from 200 ms \(a shard serves 5 reads a second\) to 10 seconds, got Duration.millis\(100\); with n consumers of the stream use n × 200 ms/,
     ],
     [
       'too little worker memory',

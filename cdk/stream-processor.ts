@@ -176,6 +176,17 @@ export interface StreamProcessorProps {
   readonly maxCachedKeys?: number;
 
   /**
+   * Least time between two GetRecords calls of a worker (or the savepoint function) on a shard,
+   * 200 ms to 10 s. A shard serves 5 reads a second to all the consumers of the stream: with n
+   * consumers (another floe job on the same stream, for an A/B test, or any other reader) give
+   * each n × 200 ms, or they throttle each other (a throttled worker waits 1 s). Each call
+   * returns up to 10,000 records, so the 2 MB/s read quota, not this, usually limits throughput.
+   * Sets FLOE_MIN_GET_RECORDS_INTERVAL_MS.
+   * @default Duration.millis(200)
+   */
+  readonly readInterval?: Duration;
+
+  /**
    * How often the coordinator runs: it starts a worker for every runnable shard nobody holds.
    * @default events.Schedule.rate(Duration.minutes(1))
    */
@@ -410,6 +421,7 @@ export class StreamProcessor extends Construct {
       FLOE_SINKS: Stack.of(this).toJsonString(sinkSpecs),
       FLOE_GENERATION: String(this.generation),
       FLOE_COMMIT_INTERVAL_MS: v.commitInterval.toMilliseconds().toString(),
+      FLOE_MIN_GET_RECORDS_INTERVAL_MS: v.readInterval.toMilliseconds().toString(),
       POWERTOOLS_METRICS_NAMESPACE: this.metricsNamespace,
       POWERTOOLS_LOG_LEVEL: 'INFO',
     };
@@ -849,6 +861,7 @@ interface Validated {
   readonly pipelineRelative: string;
   readonly workerTimeout: Duration;
   readonly commitInterval: Duration;
+  readonly readInterval: Duration;
   readonly workerMemorySize: number;
   readonly maxCachedKeys: number;
   readonly deadLetterThreshold: number;
@@ -946,6 +959,15 @@ function validate(props: StreamProcessorProps): Validated {
     if (!Number.isInteger(ms) || ms < 0 || ms > 60_000) {
       throw new Error(
         `commitInterval must be whole milliseconds from 0 to 60 seconds (outputs wait for the commit), got ${commitInterval}`,
+      );
+    }
+  }
+  const readInterval = props.readInterval ?? Duration.millis(200);
+  if (!readInterval.isUnresolved()) {
+    const ms = readInterval.toMilliseconds({ integral: false });
+    if (!Number.isInteger(ms) || ms < 200 || ms > 10_000) {
+      throw new Error(
+        `readInterval must be whole milliseconds from 200 ms (a shard serves 5 reads a second) to 10 seconds, got ${readInterval}; with n consumers of the stream use n × 200 ms`,
       );
     }
   }
@@ -1049,6 +1071,7 @@ function validate(props: StreamProcessorProps): Validated {
     pipelineRelative: rel.split(sep).join('/'),
     workerTimeout,
     commitInterval,
+    readInterval,
     workerMemorySize,
     maxCachedKeys,
     deadLetterThreshold,

@@ -45,6 +45,20 @@ describe('awsJobConfigFromEnv: FLOE_COMMIT_INTERVAL_MS', () => {
   });
 });
 
+describe('awsJobConfigFromEnv: FLOE_MIN_GET_RECORDS_INTERVAL_MS', () => {
+  it('is absent by default (the source paces at 200 ms) and read as whole milliseconds', () => {
+    expect(awsJobConfigFromEnv(base).minGetRecordsIntervalMs).toBeUndefined();
+    expect(
+      awsJobConfigFromEnv({ ...base, FLOE_MIN_GET_RECORDS_INTERVAL_MS: '400' }).minGetRecordsIntervalMs,
+    ).toBe(400);
+    for (const bad of ['-1', '0.5', 'fast']) {
+      expect(() => awsJobConfigFromEnv({ ...base, FLOE_MIN_GET_RECORDS_INTERVAL_MS: bad })).toThrow(
+        /FLOE_MIN_GET_RECORDS_INTERVAL_MS must be a whole number of milliseconds >= 0/,
+      );
+    }
+  });
+});
+
 describe('awsJobConfigFromEnv: FLOE_MAX_CACHED_KEYS', () => {
   it('is absent by default and read as a whole number of keys', () => {
     expect(awsJobConfigFromEnv(base).maxCachedKeys).toBeUndefined();

@@ -39,6 +39,12 @@ export interface AwsJobConfig {
    * `FLOE_MAX_CACHED_KEYS` in a Lambda's environment). @default 100_000
    */
   readonly maxCachedKeys?: number;
+  /**
+   * Least time between two GetRecords calls on a shard (KinesisSourceOptions.minGetRecordsIntervalMs;
+   * `FLOE_MIN_GET_RECORDS_INTERVAL_MS` in a Lambda's environment). A shard serves 5 reads a second
+   * to all its consumers: with n of them, give each n * 200 ms. @default 200
+   */
+  readonly minGetRecordsIntervalMs?: number;
 }
 
 export interface AwsClientsBundle {
@@ -125,6 +131,11 @@ export function awsJobConfigFromEnv(env: NodeJS.ProcessEnv = process.env): AwsJo
     ...(env.FLOE_MAX_CACHED_KEYS === undefined || env.FLOE_MAX_CACHED_KEYS === ''
       ? {}
       : { maxCachedKeys: wholeNumber(env, 'FLOE_MAX_CACHED_KEYS', 'keys', 1) }),
+    ...(env.FLOE_MIN_GET_RECORDS_INTERVAL_MS === undefined || env.FLOE_MIN_GET_RECORDS_INTERVAL_MS === ''
+      ? {}
+      : {
+          minGetRecordsIntervalMs: wholeNumber(env, 'FLOE_MIN_GET_RECORDS_INTERVAL_MS', 'milliseconds', 0),
+        }),
   };
 }
 
@@ -176,7 +187,13 @@ export function openAwsJob(
   return {
     job: outputJobId(config.job, config.generation ?? 0),
     plan,
-    source: new KinesisSource({ client: clients.kinesis, stream: config.stream }),
+    source: new KinesisSource({
+      client: clients.kinesis,
+      stream: config.stream,
+      ...(config.minGetRecordsIntervalMs === undefined
+        ? {}
+        : { minGetRecordsIntervalMs: config.minGetRecordsIntervalMs }),
+    }),
     backend,
     sink,
   };
