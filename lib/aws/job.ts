@@ -110,6 +110,9 @@ export function awsJobConfigFromEnv(env: NodeJS.ProcessEnv = process.env): AwsJo
       );
     }
   }
+  const commitIntervalMs = wholeNumber(env, 'FLOE_COMMIT_INTERVAL_MS', 'milliseconds', 0);
+  const maxCachedKeys = wholeNumber(env, 'FLOE_MAX_CACHED_KEYS', 'keys', 1);
+  const minGetRecordsIntervalMs = wholeNumber(env, 'FLOE_MIN_GET_RECORDS_INTERVAL_MS', 'milliseconds', 0);
   return {
     job: need('FLOE_JOB'),
     stream: need('FLOE_STREAM'),
@@ -118,32 +121,30 @@ export function awsJobConfigFromEnv(env: NodeJS.ProcessEnv = process.env): AwsJo
     bucket: need('FLOE_BUCKET'),
     sinks,
     // The generation is part of every state key and output id: a bad value must not become NaN.
-    generation:
-      env.FLOE_GENERATION === undefined || env.FLOE_GENERATION === ''
-        ? 0
-        : wholeNumber(env, 'FLOE_GENERATION', undefined, 0),
+    generation: wholeNumber(env, 'FLOE_GENERATION', undefined, 0) ?? 0,
     ...(env.FLOE_DELTA_APPLY === undefined || env.FLOE_DELTA_APPLY === ''
       ? {}
       : { deltaApply: deltaApplyMode(env.FLOE_DELTA_APPLY) }),
-    ...(env.FLOE_COMMIT_INTERVAL_MS === undefined || env.FLOE_COMMIT_INTERVAL_MS === ''
-      ? {}
-      : { commitIntervalMs: wholeNumber(env, 'FLOE_COMMIT_INTERVAL_MS', 'milliseconds', 0) }),
-    ...(env.FLOE_MAX_CACHED_KEYS === undefined || env.FLOE_MAX_CACHED_KEYS === ''
-      ? {}
-      : { maxCachedKeys: wholeNumber(env, 'FLOE_MAX_CACHED_KEYS', 'keys', 1) }),
-    ...(env.FLOE_MIN_GET_RECORDS_INTERVAL_MS === undefined || env.FLOE_MIN_GET_RECORDS_INTERVAL_MS === ''
-      ? {}
-      : {
-          minGetRecordsIntervalMs: wholeNumber(env, 'FLOE_MIN_GET_RECORDS_INTERVAL_MS', 'milliseconds', 0),
-        }),
+    ...(commitIntervalMs === undefined ? {} : { commitIntervalMs }),
+    ...(maxCachedKeys === undefined ? {} : { maxCachedKeys }),
+    ...(minGetRecordsIntervalMs === undefined ? {} : { minGetRecordsIntervalMs }),
   };
 }
 
-/** The whole number >= `min` in variable `name` (`unit`: what it counts, if anything). */
-function wholeNumber(env: NodeJS.ProcessEnv, name: string, unit: string | undefined, min: number): number {
+/**
+ * The whole number >= `min` in variable `name` (`unit`: what it counts, if anything); undefined
+ * when the variable is unset or empty.
+ */
+function wholeNumber(
+  env: NodeJS.ProcessEnv,
+  name: string,
+  unit: string | undefined,
+  min: number,
+): number | undefined {
   const value = env[name];
-  // Number('') and Number(' ') are 0: a blank value is a mistake, not zero.
-  const n = value === undefined || value.trim() === '' ? Number.NaN : Number(value);
+  if (value === undefined || value === '') return undefined;
+  // Number(' ') is 0: a blank value is a mistake, not zero.
+  const n = value.trim() === '' ? Number.NaN : Number(value);
   if (!Number.isSafeInteger(n) || n < min) {
     throw new ConfigurationError(
       `${name} must be a whole number${unit === undefined ? '' : ` of ${unit}`} >= ${min}; received ${describeValue(value)}`,
