@@ -90,6 +90,15 @@ export function childCheckpoint(
   };
 }
 
+/** The stream's shards and the job's checkpoints by shard: what runnableShards decides from. */
+export async function shardsAndCheckpoints(
+  job: Pick<import('./job.ts').JobRuntime, 'source' | 'backend'>,
+): Promise<{ shards: ShardInfo[]; checkpoints: Map<string, ShardCheckpoint> }> {
+  const shards = await job.source.listShards();
+  const checkpoints = new Map((await job.backend.listCheckpoints()).map((c) => [c.shardId, c]));
+  return { shards, checkpoints };
+}
+
 export interface CoordinatorDeps {
   /** True while some worker holds a live lease on the shard. */
   readonly isLeaseLive: (shardId: string) => Promise<boolean>;
@@ -122,8 +131,7 @@ export async function coordinateRound(
   job: Pick<import('./job.ts').JobRuntime, 'source' | 'backend'>,
   deps: CoordinatorDeps,
 ): Promise<CoordinatorRound> {
-  const shards = await job.source.listShards();
-  const checkpoints = new Map((await job.backend.listCheckpoints()).map((c) => [c.shardId, c]));
+  const { shards, checkpoints } = await shardsAndCheckpoints(job);
   const round: CoordinatorRound = { started: [], running: [], finished: [], failed: [] };
   const start = async (shardId: string, initial: ShardCheckpoint | undefined): Promise<void> => {
     if (await deps.isLeaseLive(shardId)) {
@@ -156,8 +164,7 @@ export async function startOfShard(
   job: Pick<import('./job.ts').JobRuntime, 'source' | 'backend'>,
   shardId: string,
 ): Promise<{ readonly initial: ShardCheckpoint | undefined } | undefined> {
-  const shards = await job.source.listShards();
-  const checkpoints = new Map((await job.backend.listCheckpoints()).map((c) => [c.shardId, c]));
+  const { shards, checkpoints } = await shardsAndCheckpoints(job);
   const plan = runnableShards(shards, checkpoints).find((p) => p.shard.shardId === shardId);
   return plan === undefined ? undefined : { initial: plan.initial };
 }

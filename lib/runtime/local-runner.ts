@@ -3,9 +3,9 @@
  * backend (embedded SQLite, emulators or AWS). It is what `floe run` and the integration
  * tests drive.
  */
-import { type Commit, FencedError, FloeError, type Lease, type ShardCheckpoint } from '../core/index.ts';
+import { type Commit, FencedError, FloeError, type Lease } from '../core/index.ts';
 import { CoPartitioningCheck } from './co-partitioning.ts';
-import { runnableShards } from './coordinator.ts';
+import { runnableShards, shardsAndCheckpoints } from './coordinator.ts';
 import type { JobRuntime, WorkerOptions } from './job.ts';
 import { WarmTasks } from './warm-tasks.ts';
 import { emptyWorkerResult, publishPending, runShardWorker, type WorkerResult } from './worker.ts';
@@ -63,11 +63,8 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
       continue;
     }
     rounds++;
-    const shards = await job.source.listShards();
+    const { shards, checkpoints } = await shardsAndCheckpoints(job);
     coPartitioning.lineage(shards);
-    const checkpoints = new Map<string, ShardCheckpoint>(
-      (await job.backend.listCheckpoints()).map((c) => [c.shardId, c]),
-    );
     // A finished shard never runs again: publish what its last invocation committed but did
     // not publish. Once per runJob is enough (a later crash ends this runJob).
     for (const c of checkpoints.values()) {
