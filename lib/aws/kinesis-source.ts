@@ -12,7 +12,7 @@
  * `throttledGetRecordsIntervalMs` (1 s) after a ProvisionedThroughputExceededException. This does not cost
  * throughput: each call but a reader's first asks for up to `getRecordsLimit` (10,000, the API maximum)
  * records and read(limit) serves the ones beyond `limit` from a buffer, so 5 calls a second can return
- * 50,000 records (the 2 MB/s per shard read quota usually binds first). A read given a deadline (KinesisReadOptions) gives up
+ * 50,000 records (the 2 MB/s per shard read quota usually binds first). A read given a deadline (ReadOptions.timeLeftMs) gives up
  * waiting and retrying at it, and returns an empty read that is not caught up.
  *
  * KPL aggregates are de-aggregated (./kpl.ts). Positions: every record gets a *position* that is its
@@ -185,15 +185,6 @@ export interface KinesisSourceOptions {
   readonly sleep?: (ms: number) => Promise<void>;
   readonly onEvent?: (event: KinesisSourceEvent) => void;
 }
-
-/**
- * Options of one KinesisShardReader.read (the port's ReadOptions). `timeLeftMs`: the read's
- * deadline is that long after it starts; when the pacing or a retry would wait past it, the read
- * returns at the deadline with no records and millisBehindLatest > 0 (not caught up, so an
- * idle-shard watermark does not advance). A call already sent is not cut short. Relative, so that
- * the caller's clock (a job's may be a test's fake) need not be the source's.
- */
-export type KinesisReadOptions = ReadOptions;
 
 interface ShardRange {
   readonly start: bigint;
@@ -431,7 +422,14 @@ export class KinesisShardReader implements ShardReader {
     this.iterator = await this.getIterator(this.request);
   }
 
-  async read(limit: number, options: KinesisReadOptions = {}): Promise<ReadResult> {
+  /**
+   * `options.timeLeftMs`: the read's deadline is that long after it starts; when the pacing or a
+   * retry would wait past it, the read returns at the deadline with no records and
+   * millisBehindLatest > 0 (not caught up, so an idle-shard watermark does not advance). A call
+   * already sent is not cut short. Relative, so that the caller's clock (a job's may be a test's
+   * fake) need not be the source's.
+   */
+  async read(limit: number, options: ReadOptions = {}): Promise<ReadResult> {
     if (!Number.isInteger(limit) || limit < 1) {
       throw new ConfigurationError(`read(limit) needs a positive integer; received ${describeValue(limit)}`);
     }

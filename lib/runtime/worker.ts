@@ -14,7 +14,7 @@
  * the budget it is discarded (nothing was committed from it; the next invocation reads again
  * from the checkpoint). Errors propagate as without pipelining; the reader is closed after
  * whatever is in flight has settled, but a clean end returns without waiting for a discarded read
- * ahead. Reads are told the time left before the budget ends (KinesisReadOptions), so that
+ * ahead. Reads are told the time left before the budget ends (ReadOptions.timeLeftMs), so that
  * throttling cannot hold a read, and the invocation, past it.
  */
 import {
