@@ -488,6 +488,25 @@ export class DynamoDbUpsertSink implements Sink {
     return { id, item };
   }
 
+  /**
+   * What a failed `request` (PutItem, BatchWriteItem) raises: a rejected item (ValidationException:
+   * wrong key attributes or types) a ConfigurationError, else mapError's mapping (transient ones
+   * as TransientBackendError).
+   */
+  private requestError(request: string, error: unknown): unknown {
+    if (errorName(error) === 'ValidationException') {
+      return new ConfigurationError(
+        `DynamoDB rejected a ${request} to table "${this.table}": ${(error as Error).message}; check that the key function returns exactly the table's key attributes with their types (S or N)`,
+        { cause: error },
+      );
+    }
+    return mapError(
+      `${request} to DynamoDB table "${this.table}"`,
+      error,
+      'create the table or fix the sink configuration',
+    );
+  }
+
   /** One conditional PutItem; a failed condition (the stored item is later) skips the item. */
   private async put(item: Record<string, AttributeValue>): Promise<void> {
     const order = item[OUTPUT_ORDER_ATTRIBUTE]!.S!;
@@ -510,25 +529,15 @@ export class DynamoDbUpsertSink implements Sink {
         return;
       } catch (error) {
         if (errorName(error) === 'ConditionalCheckFailedException') return;
-        const mapped = mapError(
-          `PutItem to DynamoDB table "${this.table}"`,
-          error,
-          'create the table or fix the sink configuration',
-        );
-        if (mapped instanceof TransientBackendError) {
+        const failure = this.requestError('PutItem', error);
+        if (failure instanceof TransientBackendError) {
           if (attempt < this.retry.maxAttempts) continue;
           throw new TransientBackendError(
-            `PutItem to DynamoDB table "${this.table}" did not complete after ${this.retry.maxAttempts} attempts (${mapped.message}); the outputs stay unpublished and are retried by the next publish`,
+            `PutItem to DynamoDB table "${this.table}" did not complete after ${this.retry.maxAttempts} attempts (${failure.message}); the outputs stay unpublished and are retried by the next publish`,
             { cause: error },
           );
         }
-        if (errorName(error) === 'ValidationException') {
-          throw new ConfigurationError(
-            `DynamoDB rejected a PutItem to table "${this.table}": ${(error as Error).message}; check that the key function returns exactly the table's key attributes with their types (S or N)`,
-            { cause: error },
-          );
-        }
-        throw mapped;
+        throw failure;
       }
     }
   }
@@ -545,22 +554,12 @@ export class DynamoDbUpsertSink implements Sink {
         );
         unprocessed = res.UnprocessedItems?.[this.table];
       } catch (error) {
-        const mapped = mapError(
-          `BatchWriteItem to DynamoDB table "${this.table}"`,
-          error,
-          'create the table or fix the sink configuration',
-        );
-        if (mapped instanceof TransientBackendError && attempt < this.retry.maxAttempts) {
-          lastError = mapped.message;
+        const failure = this.requestError('BatchWriteItem', error);
+        if (failure instanceof TransientBackendError && attempt < this.retry.maxAttempts) {
+          lastError = failure.message;
           continue;
         }
-        if (errorName(error) === 'ValidationException') {
-          throw new ConfigurationError(
-            `DynamoDB rejected a BatchWriteItem to table "${this.table}": ${(error as Error).message}; check that the key function returns exactly the table's key attributes with their types (S or N)`,
-            { cause: error },
-          );
-        }
-        throw mapped;
+        throw failure;
       }
       if (unprocessed === undefined || unprocessed.length === 0) return;
       lastError = `${unprocessed.length} unprocessed item(s)`;
