@@ -9,26 +9,35 @@
  * - outputs a savepoint carried (committed, not delivered) put back into a new generation's
  *   outbox: one item per commit, a commit's outputs over an item's size in an S3 object;
  * - item sizes are UTF-8 bytes, as DynamoDB counts them;
- * - an output that is not JSON fails the commit with a StateSerializationError naming it (the
- *   worker then dead-letters its record), and nothing of the commit is stored.
+ * - a state entry over an item (400 KB), or an output that is not JSON, fails the commit with a
+ *   StateSerializationError naming it, and nothing of the commit is stored; the worker then
+ *   dead-letters the record that produced it (a key that outgrows an item keeps what fits, and
+ *   its shard moves on).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DynamoBackend, DynamoCommitStep } from '../../lib/aws/dynamodb-backend.ts';
 import { createBucket } from '../../lib/aws/resources.ts';
 import {
+  boundedOutOfOrderness,
   type Commit,
+  compile,
+  DEAD_LETTER_SINK,
+  type DeadLetter,
   FencedError,
   initialCheckpoint,
   type Lease,
+  listState,
   type Output,
+  pipeline,
   type ShardCheckpoint,
   type ShardInfo,
-  StateFormatError,
   type StateMutation,
   StateSerializationError,
   type TimerSpec,
 } from '../../lib/core/index.ts';
 import { runnableShards } from '../../lib/runtime/coordinator.ts';
+import { MemoryStream } from '../../lib/runtime/testing/memory-stream.ts';
+import { runShardWorker } from '../../lib/runtime/worker.ts';
 import { type AwsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
 import { type BackendTables, createBackendTables } from './backend-tables.ts';
 import { jobClients } from './job-clients.ts';
@@ -188,9 +197,70 @@ describe('DynamoDB + S3 commit edges', () => {
     await withTables(async (f) => {
       const { backend, lease } = await firstLease(f, shard);
       const commit = firstCommit(shard, [{ address: 'op/"k"', value: JSON.stringify('€'.repeat(130_000)) }]);
-      await expect(backend.commit(lease, commit)).rejects.toThrow(StateFormatError);
+      // Serialization-class, so the worker dead-letters the record that grew it (next test).
+      await expect(backend.commit(lease, commit)).rejects.toThrow(StateSerializationError);
       await expect(backend.commit(lease, commit)).rejects.toThrow(/DynamoDB items hold at most 400 KB/);
       expect(await f.open().readCheckpoint(shard)).toBeUndefined();
+      expect(backend.maxEntryBytes).toBeLessThan(390_000);
+    });
+  });
+
+  it('a key whose state outgrows an item does not stop its shard: the worker dead-letters the records that grew it', async () => {
+    await withTables(async (f) => {
+      const stream = new MemoryStream(1);
+      const shard = (await stream.listShards())[0]!.shardId;
+      const encoder = new TextEncoder();
+      // 50 notes of 10 KB for one user (500 KB in all), a small one for another after each.
+      for (let i = 0; i < 50; i++) {
+        stream.put('big', encoder.encode(JSON.stringify({ user: 'big', ts: i, text: 'n'.repeat(10_000) })));
+        stream.put('small', encoder.encode(JSON.stringify({ user: 'small', ts: i, text: 'n' })));
+      }
+      const p = pipeline('notes');
+      p.source<{ user: string; ts: number; text: string }>()
+        .withTimestamps((n) => n.ts, boundedOutOfOrderness(0))
+        .keyBy((n) => n.user)
+        .process<{ user: string; notes: number }, { notes: ReturnType<typeof listState<string>> }>({
+          state: { notes: listState<string>() },
+          processElement(n, ctx) {
+            ctx.state.notes.add(n.text);
+            ctx.emit({ user: n.user, notes: ctx.state.notes.get().length });
+          },
+        })
+        .sink('out');
+      const published: Output[] = [];
+      const retries: Error[] = [];
+      const backend = f.open();
+      const result = await runShardWorker(
+        {
+          job: f.job,
+          plan: compile(p),
+          source: stream,
+          backend,
+          sink: { publish: async (outputs) => void published.push(...outputs) },
+        },
+        shard,
+        { owner: 'w', batchSize: 20, untilIdle: true, onSerializationRetry: (e) => retries.push(e) },
+      );
+
+      expect(retries).toEqual([expect.any(StateSerializationError)]);
+      expect(result.records).toBe(100);
+      expect((await backend.readCheckpoint(shard))?.position).toBeDefined();
+      const dead = published.filter((o) => o.sink === DEAD_LETTER_SINK).map((o) => o.value as DeadLetter);
+      const counts = (user: string): number[] =>
+        published
+          .filter((o) => o.sink === 'out' && (o.value as { user: string }).user === user)
+          .map((o) => (o.value as { notes: number }).notes);
+      // big keeps the notes that fit (about 34 of 10 KB), in order; every later one is dead-lettered.
+      const kept = counts('big').length;
+      expect(counts('big')).toEqual(Array.from({ length: kept }, (_, i) => i + 1));
+      expect(kept).toBeGreaterThan(30);
+      expect(dead.length).toBe(50 - kept);
+      expect(dead.every((l) => l.reason === 'state-size' && l.partitionKey === 'big')).toBe(true);
+      expect(counts('small')).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
+      const big = (await f.open().getMany(['process-0/"big"'])).get('process-0/"big"')!;
+      const bytes = Buffer.byteLength('process-0/"big"') + Buffer.byteLength(big);
+      expect(bytes).toBeLessThanOrEqual(backend.maxEntryBytes);
+      expect(bytes + 10_000).toBeGreaterThan(backend.maxEntryBytes); // one more note would not fit
     });
   });
 

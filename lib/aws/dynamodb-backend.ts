@@ -211,6 +211,8 @@ function itemBytes(item: Record<string, unknown>): number {
 }
 
 export class DynamoBackend implements StateStore, CheckpointStore {
+  /** A state item is its address, value and about 64 bytes of attributes (commit's size check). */
+  readonly maxEntryBytes = ITEM_SOFT_LIMIT - 64;
   private readonly ddb: DynamoDBDocumentClient;
   private readonly s3: S3Client;
   private readonly scope: string;
@@ -419,7 +421,9 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       const size = Buffer.byteLength(m.address) + (m.value === null ? 0 : Buffer.byteLength(m.value)) + 64;
       bytes += size;
       if (size > ITEM_SOFT_LIMIT) {
-        throw new StateFormatError(
+        // Serialization-class: the worker processes the batch again and dead-letters the record
+        // that grew the entry (maxEntryBytes), instead of failing this commit forever.
+        throw new StateSerializationError(
           `state entry ${m.address} is ${size} bytes; DynamoDB items hold at most 400 KB. Keep per-key state smaller (TTL, timers that clean up, or aggregate instead of collecting).`,
         );
       }

@@ -127,7 +127,7 @@ export function createWorkerHandler(deps: HandlerDeps) {
           ...(config.maxCachedKeys === undefined ? {} : { maxCachedKeys: config.maxCachedKeys }),
           onSerializationRetry: (error) => {
             logger.warn(
-              'a commit failed on a value that is not JSON; processing again from the last commit, dead-lettering the records that produce such values',
+              'a commit failed on a value DynamoDB cannot store (not JSON, or a state entry over the item size limit); processing again from the last commit, dead-lettering the records that produce such values',
               { message: error.message },
             );
           },

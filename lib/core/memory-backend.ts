@@ -8,7 +8,13 @@ import {
   type ShardCheckpoint,
   serializeCheckpoint,
 } from './checkpoint.ts';
-import { FencedError, LeaseUnavailableError, StateFormatError } from './errors.ts';
+import {
+  FencedError,
+  LeaseUnavailableError,
+  StateFormatError,
+  StateSerializationError,
+  wholeNumberOption,
+} from './errors.ts';
 import type { CheckpointStore, Commit, Lease, Output, StateAddress, StateStore } from './ports.ts';
 
 interface LeaseRecord {
@@ -26,6 +32,16 @@ export class MemoryBackend implements StateStore, CheckpointStore {
   private readonly outbox = new Map<string, Output[]>();
   /** Number of getMany calls and entries read, for tests of the bulk-load behaviour. */
   readonly reads = { calls: 0, entries: 0 };
+  readonly maxEntryBytes: number | undefined;
+
+  /**
+   * `maxEntryBytes`: refuse commits with a larger state entry, as a store with an item size
+   * limit does (StateStore.maxEntryBytes). @default no limit
+   */
+  constructor(options: { readonly maxEntryBytes?: number } = {}) {
+    const limit = options.maxEntryBytes;
+    this.maxEntryBytes = limit === undefined ? undefined : wholeNumberOption('maxEntryBytes', limit);
+  }
 
   async getMany(addresses: readonly StateAddress[]): Promise<Map<StateAddress, string>> {
     this.reads.calls++;
@@ -91,6 +107,17 @@ export class MemoryBackend implements StateStore, CheckpointStore {
         compareSequenceNumbers(commit.checkpoint.position, prev.position) < 0
       ) {
         throw new StateFormatError(`checkpoint position of shard ${lease.shardId} would move backwards`);
+      }
+    }
+    const limit = this.maxEntryBytes;
+    if (limit !== undefined) {
+      for (const m of commit.mutations) {
+        const bytes = m.value === null ? 0 : Buffer.byteLength(m.address) + Buffer.byteLength(m.value);
+        if (bytes > limit) {
+          throw new StateSerializationError(
+            `state entry ${m.address} is ${bytes} bytes; this store holds at most ${limit} (maxEntryBytes)`,
+          );
+        }
       }
     }
     for (const m of commit.mutations) {

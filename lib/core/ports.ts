@@ -36,6 +36,12 @@ export interface StateMutation {
 export interface StateStore {
   /** Reads many entries at once. Entries that do not exist are absent from the result. */
   getMany(addresses: readonly StateAddress[]): Promise<Map<StateAddress, string>>;
+  /**
+   * The largest entry the store holds: UTF-8 bytes of its address and serialized value. A commit
+   * with a larger one fails with a StateSerializationError, and the worker then dead-letters the
+   * record that grew it (ShardTaskOptions.checkSerializable). @default no limit
+   */
+  readonly maxEntryBytes?: number;
 }
 
 /** A lease on one shard. The fence increases on every acquisition. */

@@ -56,10 +56,11 @@ export interface ShardTaskOptions extends TimerLogOptions {
   readonly maxCachedKeys?: number;
   /**
    * Checks, after each record and each timer, that the outputs it emitted and the state it
-   * changed are JSON-serializable; one that is not is rolled back and dead-lettered (reason
-   * 'serialization', or 'timer' for a timer). It costs a JSON.stringify per output and per
-   * changed key, so the shard worker turns it on only to get past a commit that failed with a
-   * StateSerializationError. @default false (such a value fails the commit)
+   * changed are JSON-serializable, and that no changed state entry is larger than the store's
+   * StateStore.maxEntryBytes; a record that fails is rolled back and dead-lettered (reason
+   * 'serialization' or 'state-size', or 'timer' for a timer). It costs a JSON.stringify per
+   * output and per changed key, so the shard worker turns it on only to get past a commit that
+   * failed with a StateSerializationError. @default false (such a value fails the commit)
    */
   readonly checkSerializable?: boolean;
 }
@@ -94,7 +95,8 @@ export type DeadLetterReason =
   | 'key'
   | 'user-function'
   | 'timer'
-  | 'serialization';
+  | 'serialization'
+  | 'state-size';
 
 /** The value written to the dead-letter sink. */
 export interface DeadLetter {
@@ -288,6 +290,8 @@ export class ShardTask {
   private readonly job: string;
   private readonly maxCachedKeys: number | undefined;
   private readonly checkSerializable: boolean;
+  /** The store's StateStore.maxEntryBytes, from the last process call (checked with checkSerializable). */
+  private maxEntryBytes: number | undefined;
   private readonly journal = new Journal();
   private readonly eventTimers = new TimerQueue();
   private readonly processingTimers = new TimerQueue();
@@ -449,6 +453,7 @@ export class ShardTask {
   ): Promise<void> {
     await this.restoreTimers(store);
     this.setProcessingTime(now);
+    this.maxEntryBytes = store.maxEntryBytes;
     const fresh = this.freshRecords(records);
     this.pendingRecords += fresh.length;
     this.pendingDuplicates += records.length - fresh.length;
@@ -648,6 +653,7 @@ export class ShardTask {
   async processWatermark(watermark: number, store: StateStore, now: number): Promise<BatchResult> {
     await this.restoreTimers(store);
     this.setProcessingTime(now);
+    this.maxEntryBytes = store.maxEntryBytes;
     await this.prefetch(store, Math.max(this.watermark, watermark));
     this.advanceWatermark(watermark);
     this.fireProcessingTimers();
@@ -776,10 +782,21 @@ export class ShardTask {
   private checkStateSerializable(op: OperatorRuntime, key: StateKey): void {
     const entry = op.backend.cache.get(key);
     if (entry === undefined) return;
+    let text: string | null;
     try {
-      op.backend.serialize(entry);
+      text = op.backend.serialize(entry);
     } catch (error) {
       throw new RecordError('serialization', errorMessage(error));
+    }
+    const limit = this.maxEntryBytes;
+    if (limit === undefined || text === null) return;
+    // Counted as the store counts it (StateStore.maxEntryBytes): UTF-8 bytes of address and value.
+    const bytes = Buffer.byteLength(op.backend.address(key)) + Buffer.byteLength(text);
+    if (bytes > limit) {
+      throw new RecordError(
+        'state-size',
+        `the state of key ${describeValue(key)} in operator "${op.plan.uid}" would take ${bytes} bytes, over the ${limit} the state store holds per key and operator (on AWS, DynamoDB's 400 KB item limit). Keep per-key state bounded: aggregate instead of collecting elements, clear state with timers, or give it a TTL.`,
+      );
     }
   }
 

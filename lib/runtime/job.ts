@@ -62,9 +62,10 @@ export interface WorkerOptions {
   /** Called after every commit. */
   readonly onCommit?: (progress: ShardProgress) => void;
   /**
-   * Called when a commit failed because an output or a state value is not JSON: the worker then
-   * processes the shard again from its last commit, checking each record, and dead-letters those
-   * that produce such values (reason 'serialization').
+   * Called when a commit failed because an output or a state value is not JSON, or a state entry
+   * is larger than the store holds: the worker then processes the shard again from its last
+   * commit, checking each record, and dead-letters those that produce such values (reason
+   * 'serialization' or 'state-size').
    */
   readonly onSerializationRetry?: (error: Error) => void;
   /** Stops the loop at the next batch boundary. */

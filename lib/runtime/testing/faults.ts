@@ -247,6 +247,7 @@ export function faultyBackend(
   injector: FaultInjector,
 ): StateStore & CheckpointStore {
   return {
+    ...(backend.maxEntryBytes === undefined ? {} : { maxEntryBytes: backend.maxEntryBytes }),
     getMany: (addresses: readonly StateAddress[]) =>
       injector.call(async () => {
         const result = await backend.getMany(addresses);
