@@ -239,7 +239,7 @@ describe('DynamoDB + S3 commit edges', () => {
           sink: { publish: async (outputs) => void published.push(...outputs) },
         },
         shard,
-        { owner: 'w', batchSize: 20, untilIdle: true, onSerializationRetry: (e) => retries.push(e) },
+        { owner: 'w', batchSize: 20, untilIdle: true, onCheckedRetry: (e) => retries.push(e) },
       );
 
       expect(retries).toEqual([expect.any(StateSerializationError)]);

@@ -125,10 +125,10 @@ export function createWorkerHandler(deps: HandlerDeps) {
           warmTasks,
           ...(config.commitIntervalMs === undefined ? {} : { commitIntervalMs: config.commitIntervalMs }),
           ...(config.maxCachedKeys === undefined ? {} : { maxCachedKeys: config.maxCachedKeys }),
-          onSerializationRetry: (error) => {
+          onCheckedRetry: (error) => {
             logger.warn(
-              'a commit failed on a value DynamoDB cannot store (not JSON, or a state entry over the item size limit); processing again from the last commit, dead-lettering the records that produce such values',
-              { message: error.message },
+              'processing the uncommitted records again from the last commit in the checked pass, which dead-letters exactly the records that produce a value DynamoDB cannot store (not JSON, or a state entry over the item size limit) or that failed after reading state objects',
+              { error: error.name, message: error.message },
             );
           },
           onCommit: (p) => {

@@ -37,9 +37,24 @@ export class StateFormatError extends TerminalError {
   readonly code = 'STATE_FORMAT';
 }
 
-/** A user value that must be stored in state is not JSON-serializable. */
+/**
+ * A value that must be stored is not JSON-serializable, or a state entry is larger than the
+ * store holds (StateStore.maxEntryBytes). The shard worker then processes the uncommitted
+ * batches again in a checked pass (ShardTaskOptions.checked) that dead-letters their records.
+ */
 export class StateSerializationError extends TerminalError {
   readonly code = 'STATE_SERIALIZATION';
+}
+
+/**
+ * A keyed record or timer failed after reading state objects, which it may have changed in
+ * place: rolling it back restores which object each state holds, not what is in the object. The
+ * task's state is not exact any more; discard the task and process the uncommitted batches again
+ * from the last commit in a checked pass (ShardTaskOptions.checked), which copies state on read
+ * and so dead-letters the record exactly. The shard worker and the test driver do that.
+ */
+export class RollbackNeedsReplayError extends TerminalError {
+  readonly code = 'ROLLBACK_NEEDS_REPLAY';
 }
 
 /**

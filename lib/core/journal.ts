@@ -23,8 +23,15 @@ export class Journal {
   private readonly log: unknown[] = [];
   private size = 0;
   enabled = true;
+  /**
+   * Set when the current record read a state value that is an object (see readState in
+   * state.ts): undoing its writes restores which object a state holds, not the object's contents
+   * if the record changed them in place.
+   */
+  objectRead = false;
 
   reset(): void {
+    this.objectRead = false;
     const n = this.size;
     if (n === 0) return;
     // Drop references so the journal does not keep old state alive; the array keeps its capacity.

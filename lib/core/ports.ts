@@ -39,7 +39,7 @@ export interface StateStore {
   /**
    * The largest entry the store holds: UTF-8 bytes of its address and serialized value. A commit
    * with a larger one fails with a StateSerializationError, and the worker then dead-letters the
-   * record that grew it (ShardTaskOptions.checkSerializable). @default no limit
+   * record that grew it (ShardTaskOptions.checked). @default no limit
    */
   readonly maxEntryBytes?: number;
 }

@@ -25,6 +25,7 @@ import {
   errorMessage,
   isPromiseLike,
   PipelineDefinitionError,
+  RollbackNeedsReplayError,
   StateFormatError,
   SYNCHRONOUS_FUNCTIONS,
 } from './errors.ts';
@@ -55,14 +56,19 @@ export interface ShardTaskOptions extends TimerLogOptions {
    */
   readonly maxCachedKeys?: number;
   /**
-   * Checks, after each record and each timer, that the outputs it emitted and the state it
-   * changed are JSON-serializable, and that no changed state entry is larger than the store's
-   * StateStore.maxEntryBytes; a record that fails is rolled back and dead-lettered (reason
-   * 'serialization' or 'state-size', or 'timer' for a timer). It costs a JSON.stringify per
-   * output and per changed key, so the shard worker turns it on only to get past a commit that
-   * failed with a StateSerializationError. @default false (such a value fails the commit)
+   * The checked pass, which the shard worker runs over the uncommitted batches after a commit
+   * failed with a StateSerializationError or a record needed a replay (RollbackNeedsReplayError):
+   * - after each record and each timer, its outputs and the state it changed must be
+   *   JSON-serializable, and no changed state entry larger than the store's
+   *   StateStore.maxEntryBytes; a record that fails is rolled back and dead-lettered (reason
+   *   'serialization' or 'state-size', or 'timer' for a timer);
+   * - user functions get copies of object state values, so a record that fails after changing
+   *   one in place is rolled back exactly.
+   * It costs a JSON.stringify per output and per changed key, and a JSON copy per object read.
+   * @default false (such a value fails the commit; a record that fails after reading an object
+   * state value throws RollbackNeedsReplayError)
    */
-  readonly checkSerializable?: boolean;
+  readonly checked?: boolean;
 }
 
 export interface ProcessOptions {
@@ -289,8 +295,8 @@ export class ShardTask {
   private readonly depth: number;
   private readonly job: string;
   private readonly maxCachedKeys: number | undefined;
-  private readonly checkSerializable: boolean;
-  /** The store's StateStore.maxEntryBytes, from the last process call (checked with checkSerializable). */
+  private readonly checked: boolean;
+  /** The store's StateStore.maxEntryBytes, from the last process call (checked in the checked pass). */
   private maxEntryBytes: number | undefined;
   private readonly journal = new Journal();
   private readonly eventTimers = new TimerQueue();
@@ -357,7 +363,7 @@ export class ShardTask {
       );
     }
     this.maxCachedKeys = maxCachedKeys;
-    this.checkSerializable = options.checkSerializable === true;
+    this.checked = options.checked === true;
     this.watermark = cp.watermark;
     this.maxTimestamp = cp.maxTimestamp;
     this.lastArrival = cp.lastRecordAt ?? Number.NEGATIVE_INFINITY;
@@ -367,6 +373,7 @@ export class ShardTask {
     this.depth = depthOf(cp);
     this.outputPrefix = this.nextOutputPrefix();
     this.operators = plan.operators.map((op) => new OperatorRuntime(this, op, this.journal));
+    for (const op of this.operators) op.backend.copyOnRead = this.checked;
     this.operatorUids = this.operators.map((o) => o.plan.uid);
     for (const op of this.operators) {
       op.downstream = this.chain(plan.children.get(op.plan.node) ?? [], 'direct');
@@ -627,7 +634,7 @@ export class ShardTask {
         this.advanceWatermark(idleWatermark(strategy, this.maxTimestamp, this.lastRecordAt, arrival));
       }
       if (arrival > this.lastArrival) this.lastArrival = arrival;
-      const error = errors[r] ?? this.applyRecord(starts[r]!, starts[r + 1]!);
+      const error = errors[r] ?? this.applyRecord(starts[r]!, starts[r + 1]!, fresh, r);
       if (error !== undefined) {
         const record = fresh[r]!;
         this.deadLetter({
@@ -729,7 +736,13 @@ export class ShardTask {
     return emit;
   }
 
-  private applyRecord(start: number, end: number): RecordError | undefined {
+  /** Applies the elements [start, end) that record `r` of `fresh` routed. */
+  private applyRecord(
+    start: number,
+    end: number,
+    fresh: readonly SourceRecord[],
+    r: number,
+  ): RecordError | undefined {
     if (start === end) return undefined;
     const mark = this.outputs.length;
     this.journal.reset();
@@ -750,10 +763,11 @@ export class ShardTask {
           });
         }
       }
-      if (this.checkSerializable) this.checkRecordSerializable(mark, start, end);
+      if (this.checked) this.checkRecordSerializable(mark, start, end);
       this.journal.reset();
       return undefined;
     } catch (error) {
+      this.refuseInexactRollback(error, () => `the record at sequence number ${fresh[r]!.sequenceNumber}`);
       // All-or-nothing per record: undo its state and timer changes and drop its outputs.
       this.journal.rollback();
       this.outputs.length = mark;
@@ -761,7 +775,20 @@ export class ShardTask {
     }
   }
 
-  /** checkSerializable: the outputs from `mark` on, and the state of the keys of elements [start, end). */
+  /**
+   * Outside the checked pass, a record or timer that failed after reading an object state value
+   * may have changed it in place, which the journal cannot undo: the task's state is no longer
+   * exact. Rather than dead-letter it with a partial effect, stop; the caller processes the
+   * uncommitted batches again in the checked pass, which copies state values on read.
+   */
+  private refuseInexactRollback(error: unknown, what: () => string): void {
+    if (this.checked || !this.journal.objectRead) return;
+    throw new RollbackNeedsReplayError(
+      `${what()} of shard ${this.shardId} failed after reading state objects it may have changed in place (${errorMessage(error)}); its effects cannot be undone exactly here. Discard this task and process the uncommitted batches again from the last commit with the checked option (the shard worker and the test driver do), which dead-letters it exactly.`,
+    );
+  }
+
+  /** The checked pass: the outputs from `mark` on, and the state of the keys of elements [start, end). */
   private checkRecordSerializable(mark: number, start: number, end: number): void {
     this.checkOutputsSerializable(mark);
     for (let i = start; i < end; i++) {
@@ -828,12 +855,17 @@ export class ShardTask {
     this.timerVersion++;
     try {
       op.onTimer(timer, domain);
-      if (this.checkSerializable) {
+      if (this.checked) {
         this.checkOutputsSerializable(mark);
         this.checkStateSerializable(op, timer.key);
       }
       this.journal.reset();
     } catch (error) {
+      this.refuseInexactRollback(
+        error,
+        () =>
+          `the ${domain}-time timer (${timer.time}, ${describeValue(timer.key)}, ${describeValue(timer.namespace)}) of operator "${op.plan.uid}"`,
+      );
       this.journal.rollback();
       this.outputs.length = mark;
       this.deadLetter({

@@ -1,7 +1,7 @@
 /**
  * A state store with an item size limit (StateStore.maxEntryBytes; DynamoDB's 400 KB): a commit
  * whose state entry is larger fails with a StateSerializationError, and the same batch processed
- * again with checkSerializable (what the shard worker does next) dead-letters exactly the
+ * again in the checked pass (what the shard worker does next) dead-letters exactly the
  * records, or timers, that would grow an entry past the limit. The shard moves on instead of
  * failing the same commit forever.
  */
@@ -62,7 +62,7 @@ async function runAsWorker(
       continue;
     }
     failures.push(failure);
-    task = new ShardTask(plan, (await backend.readCheckpoint(SHARD)) ?? SHARD, { checkSerializable: true });
+    task = new ShardTask(plan, (await backend.readCheckpoint(SHARD)) ?? SHARD, { checked: true });
     const checked = await task.processBatch(batch, backend, 0);
     await backend.commit(lease, checked);
     outputs.push(...checked.outputs);

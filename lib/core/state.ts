@@ -170,6 +170,8 @@ export class KeyedStateBackend {
   /** current.key, kept here so a read needs no load of the entry. */
   currentKey: StateKey = '';
   now = 0;
+  /** The checked pass: user functions get copies of object state values (see readState). */
+  copyOnRead = false;
   private readonly names: string[];
   private readonly quotedNames: string[];
   private readonly descriptors: StateDescriptor[];
@@ -552,7 +554,7 @@ class ValueStateHandle<T> implements ValueState<T> {
   value(): T | undefined {
     const c = this.rt.current.cells[this.i] as ValueCell | undefined;
     if (c === undefined || expired(c.t, this.ttl, this.rt.now)) return undefined;
-    return c.v as T;
+    return readState(this.rt, c.v as T);
   }
   update(value: T): void {
     if (value === undefined) {
@@ -575,21 +577,48 @@ function checkMapKey(key: unknown): void {
   }
 }
 
-/** has(), keys(), values(), size and isEmpty() of a map state handle, from get() and entries(). */
+const isObject = (value: unknown): value is object => typeof value === 'object' && value !== null;
+
+/**
+ * A state value as a user function gets it. Objects are handed out by reference, so the journal
+ * notes the read: a record that fails after changing one in place cannot be undone by restoring
+ * references (RollbackNeedsReplayError). In the checked pass (copyOnRead) the function gets a
+ * copy, as it would after a restart, so only its writes change state and its rollback is exact.
+ */
+function readState<T>(rt: KeyedStateBackend, value: T): T {
+  if (!isObject(value)) return value;
+  if (rt.copyOnRead) return JSON.parse(JSON.stringify(value)) as T;
+  rt.journal.objectRead = true;
+  return value;
+}
+
+/** readState for the values of map entries (a new array of new pairs either way). */
+function readEntries<K, V>(rt: KeyedStateBackend, entries: Array<[K, V]>): Array<[K, V]> {
+  for (const e of entries) e[1] = readState(rt, e[1]);
+  return entries;
+}
+
+/**
+ * has(), keys(), values(), size and isEmpty() of a map state handle. Only values() hands values
+ * out (through entries()); the others look at the stored entries as they are.
+ */
 abstract class MapStateViews<K extends StateKey, V> {
-  abstract get(key: K): V | undefined;
+  /** The stored value, not passed through readState. */
+  protected abstract lookup(key: K): V | undefined;
+  /** The live entries as stored (new pairs), not passed through readState. */
+  protected abstract storedEntries(): Array<[K, V]>;
   abstract entries(): Array<[K, V]>;
   has(key: K): boolean {
-    return this.get(key) !== undefined;
+    return this.lookup(key) !== undefined;
   }
   keys(): K[] {
-    return this.entries().map((e) => e[0]);
+    return this.storedEntries().map((e) => e[0]);
   }
   values(): V[] {
     return this.entries().map((e) => e[1]);
   }
   get size(): number {
-    return this.entries().length;
+    return this.storedEntries().length;
   }
   isEmpty(): boolean {
     return this.size === 0;
@@ -616,12 +645,15 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implemen
   private live(c: MapCell, k: StateKey): boolean {
     return this.ttl === undefined || !expired(c.t?.get(k) ?? 0, this.ttl, this.rt.now);
   }
-  get(key: K): V | undefined {
+  protected lookup(key: K): V | undefined {
     const c = this.rt.current.cells[this.i] as MapCell | undefined;
     if (c === undefined) return undefined;
     const v = c.get(key);
     if (v === undefined || this.ttl === undefined) return v as V | undefined;
     return this.live(c, key) ? (v as V) : undefined;
+  }
+  get(key: K): V | undefined {
+    return readState(this.rt, this.lookup(key));
   }
   put(key: K, value: V): void {
     checkMapKey(key);
@@ -651,12 +683,15 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implemen
     }
     this.rt.touch(this.rt.current);
   }
-  entries(): Array<[K, V]> {
+  protected storedEntries(): Array<[K, V]> {
     const c = this.cell(false);
     if (c === undefined) return [];
     const out: Array<[K, V]> = [];
     for (const [k, v] of c) if (this.live(c, k)) out.push([k as K, v as V]);
     return out;
+  }
+  entries(): Array<[K, V]> {
+    return readEntries(this.rt, this.storedEntries());
   }
   clear(): void {
     if (this.rt.current.cells[this.i] !== undefined) this.rt.setCell(this.rt.current, this.i, undefined);
@@ -878,8 +913,12 @@ class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> im
   ) {
     super();
   }
-  get(key: K): V | undefined {
+  protected lookup(key: K): V | undefined {
     return this.table.find(key)?.get(this.rt.current.slot) as V | undefined;
+  }
+  get(key: K): V | undefined {
+    // The window operators' hot path: a number accumulator costs one typeof here.
+    return readState(this.rt, this.table.find(key)?.get(this.rt.current.slot) as V | undefined);
   }
   put(key: K, value: V): void {
     checkMapKey(key);
@@ -894,11 +933,14 @@ class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> im
     this.table.write(key, entry.slot, undefined, this.rt.journal, this.rt.slotCount);
     this.rt.touch(entry);
   }
-  entries(): Array<[K, V]> {
+  protected storedEntries(): Array<[K, V]> {
     return this.table.entriesOf(this.rt.current.slot) as Array<[K, V]>;
   }
+  entries(): Array<[K, V]> {
+    return readEntries(this.rt, this.storedEntries());
+  }
   clear(): void {
-    for (const [k] of this.entries()) this.remove(k);
+    for (const [k] of this.storedEntries()) this.remove(k);
   }
 }
 
@@ -911,8 +953,12 @@ class ListStateHandle<T> implements ListState<T> {
   get(): readonly T[] {
     const c = this.rt.current.cells[this.i] as ListCell | undefined;
     if (c === undefined) return [];
-    if (this.ttl === undefined) return c.items as T[];
-    return c.items.filter((_, j) => !expired(c.t?.[j] ?? 0, this.ttl, this.rt.now)) as T[];
+    const items =
+      this.ttl === undefined
+        ? (c.items as T[])
+        : (c.items.filter((_, j) => !expired(c.t?.[j] ?? 0, this.ttl, this.rt.now)) as T[]);
+    // The array itself is replaced on every write (add copies it); its elements may be objects.
+    return items.some(isObject) ? readState(this.rt, items) : items;
   }
   add(value: T): void {
     const c = this.rt.current.cells[this.i] as ListCell | undefined;

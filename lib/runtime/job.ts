@@ -62,12 +62,14 @@ export interface WorkerOptions {
   /** Called after every commit. */
   readonly onCommit?: (progress: ShardProgress) => void;
   /**
-   * Called when a commit failed because an output or a state value is not JSON, or a state entry
-   * is larger than the store holds: the worker then processes the shard again from its last
-   * commit, checking each record, and dead-letters those that produce such values (reason
-   * 'serialization' or 'state-size').
+   * Called before the worker processes the shard again from its last commit in the checked pass
+   * (ShardTaskOptions.checked): a commit failed because an output or a state value is not JSON or
+   * a state entry is larger than the store holds (a StateSerializationError), or a record failed
+   * after reading state objects it may have changed in place (a RollbackNeedsReplayError). The
+   * checked pass dead-letters such records (reason 'serialization', 'state-size' or that of the
+   * failure) and leaves every other result as it would have been.
    */
-  readonly onSerializationRetry?: (error: Error) => void;
+  readonly onCheckedRetry?: (error: Error) => void;
   /** Stops the loop at the next batch boundary. */
   readonly signal?: AbortSignal;
   /** How often a worker reads the job control between batches (wall ms). @default 500 */

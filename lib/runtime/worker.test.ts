@@ -6,14 +6,20 @@
 import { describe, expect, it } from 'vitest';
 import pageViews from '../../examples/page-views.ts';
 import {
+  boundedOutOfOrderness,
   type Commit,
   compile,
+  DEAD_LETTER_SINK,
+  type DeadLetter,
   FencedError,
   type Lease,
   MemoryBackend,
   type Output,
+  pipeline,
   type ReadResult,
+  RollbackNeedsReplayError,
   type ShardSource,
+  valueState,
 } from '../core/index.ts';
 import { clickstream } from './clickstream.ts';
 import type { JobRuntime } from './job.ts';
@@ -500,5 +506,72 @@ describe('runShardWorker commit interval', () => {
     await expect(runShardWorker(h.job(), h.shardId, { ...options, commitIntervalMs: -1 })).rejects.toThrow(
       /commitIntervalMs must be a number of milliseconds >= 0; received -1/,
     );
+  });
+});
+
+describe('runShardWorker checked pass', () => {
+  it('a record that changed a state object in place and then failed: processed again in the checked pass, dead-lettered with no effect', async () => {
+    interface Buy {
+      readonly user: string;
+      readonly ts: number;
+      readonly cents?: number;
+    }
+    const p = pipeline('baskets');
+    p.source<Buy>()
+      .withTimestamps((b) => b.ts, boundedOutOfOrderness(0))
+      .keyBy((b) => b.user)
+      .process<{ user: string; total: number }, { basket: ReturnType<typeof valueState<{ total: number }>> }>(
+        {
+          state: { basket: valueState<{ total: number }>() },
+          processElement(b, ctx) {
+            const basket = ctx.state.basket.value() ?? { total: 0 };
+            basket.total += 1_000; // changed in place before the poison check below
+            if (b.cents === undefined) throw new Error('no amount');
+            basket.total += b.cents - 1_000;
+            ctx.state.basket.update(basket);
+            ctx.emit({ user: b.user, total: basket.total });
+          },
+        },
+      )
+      .sink('out');
+    const stream = new MemoryStream(1, () => T0);
+    const encoder = new TextEncoder();
+    const buys: Buy[] = [];
+    for (let i = 0; i < 60; i++)
+      buys.push({ user: `u${i % 3}`, ts: i, ...(i % 25 === 7 ? {} : { cents: i }) });
+    for (const b of buys) stream.put(b.user, encoder.encode(JSON.stringify(b)), T0);
+    const shardId = (await stream.listShards())[0]!.shardId;
+    const published: Output[] = [];
+    const retries: Error[] = [];
+    const backend = new MemoryBackend();
+    const result = await runShardWorker(
+      {
+        job: 'baskets',
+        plan: compile(p),
+        source: stream,
+        backend,
+        sink: { publish: async (outputs) => void published.push(...outputs) },
+      },
+      shardId,
+      { ...options, batchSize: 20, commitIntervalMs: 0, onCheckedRetry: (e) => retries.push(e) },
+    );
+    expect(result.records).toBe(60);
+    // One replay: the first poison record (8) stops the fast pass, before any commit; the checked
+    // pass then runs the rest of the invocation.
+    expect(retries).toEqual([expect.any(RollbackNeedsReplayError)]);
+    const dead = published
+      .filter((o) => o.sink === DEAD_LETTER_SINK)
+      .map((o) => (o.value as DeadLetter).sequenceNumber);
+    expect(dead).toEqual(['8', '33', '58']);
+    // Every total is the sum of the user's amounts so far, as if the poison records were not there.
+    const totals = new Map<string, number>();
+    const expected = buys
+      .filter((b) => b.cents !== undefined)
+      .map((b) => {
+        const total = (totals.get(b.user) ?? 0) + b.cents!;
+        totals.set(b.user, total);
+        return { user: b.user, total };
+      });
+    expect(published.filter((o) => o.sink === 'out').map((o) => o.value)).toEqual(expected);
   });
 });

@@ -24,6 +24,7 @@ import {
   type Lease,
   type Output,
   type ReadResult,
+  RollbackNeedsReplayError,
   type ShardCheckpoint,
   ShardTask,
   type StartPosition,
@@ -124,10 +125,10 @@ export async function runShardWorker(
     return (await job.control.check()).action !== 'run';
   };
   /**
-   * Runs the shard from its stored checkpoint. `checkSerializable`: every record's outputs and
-   * state are checked as it is processed (ShardTaskOptions.checkSerializable).
+   * Runs the shard from its stored checkpoint. `checked`: in the checked pass
+   * (ShardTaskOptions.checked), which checks every record's outputs and state as it goes.
    */
-  const attempt = async (checkSerializable: boolean): Promise<WorkerResult> => {
+  const attempt = async (checked: boolean): Promise<WorkerResult> => {
     if (await mustPause()) {
       return { shardId, records, commits, finished: false, childShardIds, caughtUp: false, paused: true };
     }
@@ -137,7 +138,7 @@ export async function runShardWorker(
       return { shardId, records, commits, finished: true, childShardIds, caughtUp: true };
     }
     const kept =
-      checkpoint === undefined || checkSerializable
+      checkpoint === undefined || checked
         ? undefined
         : options.warmTasks?.take(job.job, job.plan, checkpoint);
     const task =
@@ -145,7 +146,7 @@ export async function runShardWorker(
       new ShardTask(job.plan, checkpoint ?? shardId, {
         job: job.job,
         maxCachedKeys,
-        checkSerializable,
+        checked,
         ...(options.timerTailOps === undefined ? {} : { tailOps: options.timerTailOps }),
       });
     const position: StartPosition =
@@ -253,7 +254,7 @@ export async function runShardWorker(
       await published();
       // Only after a clean end: a task that saw an error may hold changes nobody committed.
       // A checking task is not kept: it would check every record of later invocations too.
-      if (!finished && !checkSerializable) options.warmTasks?.keep(job.job, task);
+      if (!finished && !checked) options.warmTasks?.keep(job.job, task);
       cleanEnd = true;
     } finally {
       const discarded = readAhead;
@@ -284,12 +285,14 @@ export async function runShardWorker(
     try {
       return await attempt(false);
     } catch (error) {
-      // A value that is not JSON (a BigInt, a cycle) failed the commit: nothing of the pending
-      // batches is durable. Process them again from the last commit, checking every record, so
-      // the records that produced such values go to the dead-letter output and the shard moves
-      // on instead of failing the same commit forever.
-      if (!(error instanceof StateSerializationError)) throw error;
-      options.onSerializationRetry?.(error);
+      // A value that is not JSON (a BigInt, a cycle) or a state entry too large for the store
+      // failed the commit, or a record failed after reading state objects it may have changed in
+      // place: nothing of the pending batches is durable. Process them again from the last
+      // commit in the checked pass, so such records go to the dead-letter output exactly and the
+      // shard moves on instead of failing the same commit forever.
+      if (!(error instanceof StateSerializationError || error instanceof RollbackNeedsReplayError))
+        throw error;
+      options.onCheckedRetry?.(error);
       return await attempt(true);
     }
   } finally {

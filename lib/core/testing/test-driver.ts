@@ -6,7 +6,7 @@
 import type { ShardCheckpoint, TimerSpec } from '../checkpoint.ts';
 import { compile, type PipelinePlan } from '../compile.ts';
 import type { Pipeline } from '../dsl.ts';
-import { ConfigurationError, describeValue } from '../errors.ts';
+import { ConfigurationError, describeValue, RollbackNeedsReplayError } from '../errors.ts';
 import { MemoryBackend } from '../memory-backend.ts';
 import { outputValueJson } from '../outputs.ts';
 import { shardIndexFor, shardName } from '../partitioning.ts';
@@ -80,16 +80,14 @@ export class TestDriver {
         });
         i++;
       }
-      const { task } = await this.task(shard);
-      await this.commit(shard, await task.processBatch(batch, this.backend, this.now));
+      await this.run(shard, (task) => task.processBatch(batch, this.backend, this.now));
     }
   }
 
   /** Advances the watermark of one shard (or all) to at least `watermark`. */
   async advanceWatermark(watermark: number, shard?: string): Promise<void> {
     for (const id of shard === undefined ? this.shardIds : [this.checkShard(shard)]) {
-      const { task } = await this.task(id);
-      await this.commit(id, await task.processWatermark(watermark, this.backend, this.now));
+      await this.run(id, (task) => task.processWatermark(watermark, this.backend, this.now));
     }
   }
 
@@ -97,8 +95,7 @@ export class TestDriver {
   async advanceProcessingTime(now: number): Promise<void> {
     this.now = Math.max(this.now, now);
     for (const id of this.shardIds) {
-      const { task } = await this.task(id);
-      await this.commit(id, await task.processBatch([], this.backend, this.now));
+      await this.run(id, (task) => task.processBatch([], this.backend, this.now));
     }
   }
 
@@ -165,22 +162,41 @@ export class TestDriver {
     return next.toString();
   }
 
+  /**
+   * Runs one batch's work on the shard's task and commits it. When a record fails after reading
+   * state objects (RollbackNeedsReplayError), the task's state is not exact: as the shard worker
+   * does, the batch runs again from the last commit in the checked pass, and the next batch
+   * starts from the committed state (a checked task is not kept).
+   */
+  private async run(shard: string, work: (task: ShardTask) => Promise<BatchResult>): Promise<void> {
+    const { task, lease } = await this.task(shard);
+    let result: BatchResult;
+    try {
+      result = await work(task);
+    } catch (error) {
+      if (!(error instanceof RollbackNeedsReplayError)) throw error;
+      this.tasks.delete(shard);
+      result = await work(this.newTask((await this.backend.readCheckpoint(shard)) ?? shard, true));
+    }
+    await this.commit(shard, lease, result);
+  }
+
   private async task(shard: string): Promise<{ task: ShardTask; lease: Lease }> {
     let entry = this.tasks.get(shard);
     if (entry === undefined) {
       const lease = await this.backend.acquireLease(shard, 'test-driver', 0, LEASE_TTL);
       const checkpoint = (await this.backend.readCheckpoint(shard)) ?? shard;
-      entry = {
-        task: new ShardTask(this.plan, checkpoint, { job: this.options.job, ...this.options.timerLog }),
-        lease,
-      };
+      entry = { task: this.newTask(checkpoint, false), lease };
       this.tasks.set(shard, entry);
     }
     return entry;
   }
 
-  private async commit(shard: string, result: BatchResult): Promise<void> {
-    const { lease } = this.tasks.get(shard)!;
+  private newTask(checkpoint: ShardCheckpoint | string, checked: boolean): ShardTask {
+    return new ShardTask(this.plan, checkpoint, { job: this.options.job, ...this.options.timerLog, checked });
+  }
+
+  private async commit(shard: string, lease: Lease, result: BatchResult): Promise<void> {
     if (!result.changed) return;
     // Outputs as a durable backend stores them, as JSON: a value JSON cannot hold (a BigInt, a
     // cycle) fails the commit before anything of it is stored, as in production, and a Date
