@@ -29,9 +29,12 @@ export class Journal {
    * if the record changed them in place.
    */
   objectRead = false;
+  /** Set when the current record wrote an object into state (OperatorRuntime.emit copies then). */
+  objectWritten = false;
 
   reset(): void {
     this.objectRead = false;
+    this.objectWritten = false;
     const n = this.size;
     if (n === 0) return;
     // Drop references so the journal does not keep old state alive; the array keeps its capacity.

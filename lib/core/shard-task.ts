@@ -185,7 +185,31 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
         'user-function',
         `an emitted value is a Promise (from a window function or ctx.emit). ${SYNCHRONOUS_FUNCTIONS}.`,
       );
-    this.downstream(value, timestamp ?? this.timestamp);
+    this.downstream(this.snapshot(value), timestamp ?? this.timestamp);
+  }
+
+  /**
+   * The emitted value as it is now. An object that may be (or hold) a state object, because this
+   * record read or wrote one, is copied: a later record changing that state object in place
+   * would otherwise change this output too, before its commit stores it, so what is published
+   * would depend on where commits fall. In the checked pass reads are copies already, but a
+   * written object is still the one in state.
+   */
+  private snapshot(value: unknown): unknown {
+    const journal = this.backend.journal;
+    if (typeof value !== 'object' || value === null || !(journal.objectRead || journal.objectWritten)) {
+      return value;
+    }
+    let text: string | undefined;
+    try {
+      text = JSON.stringify(value);
+    } catch (error) {
+      throw new RecordError(
+        'serialization',
+        `an emitted value is not JSON-serializable: ${errorMessage(error)}`,
+      );
+    }
+    return text === undefined ? value : JSON.parse(text);
   }
 
   output(sideOutput: string, value: unknown): void {
@@ -201,7 +225,7 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
       emit = this.task.sinkEmitter(sideOutput);
       this.side.set(sideOutput, emit);
     }
-    emit(value, this.timestamp);
+    emit(this.snapshot(value), this.timestamp);
   }
 
   registerEventTimeTimer(time: number, namespace: TimerNamespace = ''): void {

@@ -561,6 +561,7 @@ class ValueStateHandle<T> implements ValueState<T> {
       this.clear();
       return;
     }
+    noteWrite(this.rt, value);
     this.rt.setCell(this.rt.current, this.i, { v: value, t: this.rt.now });
   }
   clear(): void {
@@ -590,6 +591,11 @@ function readState<T>(rt: KeyedStateBackend, value: T): T {
   if (rt.copyOnRead) return JSON.parse(JSON.stringify(value)) as T;
   rt.journal.objectRead = true;
   return value;
+}
+
+/** Notes a write of an object: emitting it now would alias state (see OperatorRuntime.emit). */
+function noteWrite(rt: KeyedStateBackend, value: unknown): void {
+  if (isObject(value)) rt.journal.objectWritten = true;
 }
 
 /** readState for the values of map entries (a new array of new pairs either way). */
@@ -662,6 +668,7 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implemen
       this.remove(key);
       return;
     }
+    noteWrite(this.rt, value);
     const c = this.cell(true)!;
     const journal = this.rt.journal;
     journal.recordMap(c as Map<unknown, unknown>, key);
@@ -922,6 +929,7 @@ class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> im
   }
   put(key: K, value: V): void {
     checkMapKey(key);
+    noteWrite(this.rt, value);
     const entry = this.rt.current;
     this.table.write(key, entry.slot, value, this.rt.journal, this.rt.slotCount);
     this.rt.touch(entry);
@@ -961,6 +969,7 @@ class ListStateHandle<T> implements ListState<T> {
     return items.some(isObject) ? readState(this.rt, items) : items;
   }
   add(value: T): void {
+    noteWrite(this.rt, value);
     const c = this.rt.current.cells[this.i] as ListCell | undefined;
     const items = c === undefined ? [value] : [...c.items, value];
     const t = this.ttl === undefined ? undefined : [...(c?.t ?? []), this.rt.now];
@@ -972,6 +981,7 @@ class ListStateHandle<T> implements ListState<T> {
       this.clear();
       return;
     }
+    if (values.some(isObject)) this.rt.journal.objectWritten = true;
     const now = this.rt.now;
     this.rt.setCell(this.rt.current, this.i, {
       items: [...values],
