@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { AggregateFunction } from './aggregates.ts';
 import { collect } from './aggregates.ts';
-import { type Pipeline, passthroughDeserializer, pipeline } from './dsl.ts';
+import { DEAD_LETTER_SINK, type Pipeline, passthroughDeserializer, pipeline } from './dsl.ts';
 import { listState, mapState, valueState } from './state.ts';
 import { type DriverRecord, TestDriver } from './testing/test-driver.ts';
 import { MAX_WATERMARK } from './time.ts';
@@ -183,6 +183,50 @@ function processPipeline(bound: number): Pipeline {
   return p;
 }
 
+interface Basket {
+  n: number;
+  sum: number;
+  ids: number[];
+  fired: number;
+}
+
+/**
+ * A process function in the style of many Flink jobs: it changes its state object in place,
+ * writes it back and emits the object itself. Elements with v = 13 and some timers fail after
+ * changing it: they must leave no trace.
+ */
+function inPlacePipeline(bound: number): Pipeline {
+  const p = pipeline('prop-in-place');
+  source(p, bound)
+    .keyBy((e) => e.k)
+    .process({
+      state: { basket: valueState<Basket>(), items: listState<{ v: number }>() },
+      processElement(e: Ev, ctx) {
+        const basket = ctx.state.basket.value() ?? { n: 0, sum: 0, ids: [], fired: 0 };
+        basket.n++;
+        basket.ids.push(e.id);
+        if (e.v === 13) throw new Error(`element ${e.id} fails`);
+        basket.sum += e.v;
+        ctx.state.basket.update(basket);
+        ctx.state.items.add({ v: e.v });
+        ctx.timers.registerEventTimeTimer(ctx.timestamp + (e.v % 4) * 2);
+        ctx.emit(basket);
+      },
+      onTimer(t, ctx) {
+        const basket = ctx.state.basket.value()!;
+        basket.fired++;
+        const items = ctx.state.items.get();
+        if (items[0] !== undefined) items[0].v += 100; // in place, written back below
+        if ((basket.n + t.time) % 5 === 0) throw new Error(`timer ${t.time} of ${ctx.key} fails`);
+        ctx.state.basket.update(basket);
+        ctx.state.items.update(items);
+        ctx.emit({ basket, items });
+      },
+    })
+    .sink('in-place');
+  return p;
+}
+
 // --- driving -----------------------------------------------------------------------------
 
 const toRecord = (e: Ev): DriverRecord => ({ partitionKey: e.k, data: e });
@@ -323,6 +367,30 @@ describe('(a) restarts and batch boundaries do not change results', () => {
           const expected = await run(p, shards, [{ type: 'send', events }]);
           const actual = await run(p, shards, chunked(events, cuts, restartBeforeEnd), timerLog);
           expect(actual).toEqual(expected);
+        },
+      ),
+      { numRuns: NUM_RUNS },
+    );
+  });
+
+  it('a process function changing state objects in place, with failing elements and timers', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 0, max: 8 }),
+        shardsArb,
+        eventsWithCuts(),
+        async (bound, shards, { events, cuts, restartBeforeEnd }) => {
+          const p = inPlacePipeline(bound);
+          const expected = await run(p, shards, [{ type: 'send', events }]);
+          const actual = await run(p, shards, chunked(events, cuts, restartBeforeEnd));
+          expect(actual).toEqual(expected);
+          // A failing element leaves no trace: the results equal a run without it (a
+          // dead-lettered element does not move the watermark either).
+          const without = await run(p, shards, [{ type: 'send', events: events.filter((e) => e.v !== 13) }]);
+          const { [DEAD_LETTER_SINK]: dead = [], ...rest } = actual;
+          const { [DEAD_LETTER_SINK]: deadWithout = [], ...restWithout } = without;
+          expect(rest).toEqual(restWithout);
+          expect(dead.length - deadWithout.length).toBe(events.filter((e) => e.v === 13).length);
         },
       ),
       { numRuns: NUM_RUNS },
