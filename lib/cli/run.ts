@@ -234,6 +234,13 @@ export async function runRun(args: string[]): Promise<number> {
         if (progressMode !== 'none' && !live)
           console.error(`  ${shardId}: lease held by another worker; waiting`);
       },
+      onCheckedRetry: (error) => {
+        // Rare and worth seeing: records are about to be dead-lettered.
+        if (progressMode !== 'none') {
+          const what = error.message.split('; ')[0];
+          console.error(`  ${what}: processing the uncommitted records again in the checked pass`);
+        }
+      },
       onCommit: (p) => {
         records += p.records;
       },
