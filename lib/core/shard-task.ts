@@ -475,6 +475,9 @@ export class ShardTask {
    * commit interval, as Flink's checkpoint interval): outputs, state changes and the position
    * accumulate until `takeCommit`. Nothing of it is durable before that commit; after a crash
    * the batches are read and processed again from the last checkpoint.
+   * @throws RollbackNeedsReplayError outside the checked pass, when a record or timer failed
+   * after reading state objects: discard the task and process the uncommitted batches again
+   * from the last commit with `checked` (as processBatch and processWatermark do too).
    */
   async process(
     records: readonly SourceRecord[],
