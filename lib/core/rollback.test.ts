@@ -35,6 +35,14 @@ interface Basket {
 const SHARD = 'shardId-000000000000';
 const buy = (user: string, id: number, cents?: number): Buy =>
   cents === undefined ? { user, ts: id, id } : { user, ts: id, id, amount: { cents } };
+/** A batch for a ShardTask: JSON bytes, sequence numbers from the ids. */
+const sourceRecords = (buys: readonly Buy[]): SourceRecord[] =>
+  buys.map((b) => ({
+    data: new TextEncoder().encode(JSON.stringify(b)),
+    partitionKey: b.user,
+    sequenceNumber: String(b.id),
+    arrivalTime: 1_000 + b.id,
+  }));
 const record = (b: Buy): DriverRecord => ({
   partitionKey: b.user,
   data: JSON.stringify(b),
@@ -97,12 +105,7 @@ describe('a record that changed state in place and then failed', () => {
 
   it('stops a task outside the checked pass with RollbackNeedsReplayError; the checked pass dead-letters it', async () => {
     const plan = compile(basketPipeline());
-    const batch: SourceRecord[] = BUYS.map((b) => ({
-      data: new TextEncoder().encode(JSON.stringify(b)),
-      partitionKey: b.user,
-      sequenceNumber: String(b.id),
-      arrivalTime: 1_000 + b.id,
-    }));
+    const batch = sourceRecords(BUYS);
     const backend = new MemoryBackend();
     const error = await new ShardTask(plan, SHARD).processBatch(batch, backend, 0).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(RollbackNeedsReplayError);
@@ -131,12 +134,7 @@ describe('a record that changed state in place and then failed', () => {
         },
       })
       .sink('out');
-    const batch: SourceRecord[] = BUYS.map((b) => ({
-      data: new TextEncoder().encode(JSON.stringify(b)),
-      partitionKey: b.user,
-      sequenceNumber: String(b.id),
-      arrivalTime: 0,
-    }));
+    const batch = sourceRecords(BUYS);
     const result = await new ShardTask(compile(p), SHARD).processBatch(batch, new MemoryBackend(), 0);
     expect(result.outputs.map((o) => o.value)).toEqual([
       100,
@@ -220,12 +218,7 @@ describe('a record that changed state in place and then failed', () => {
         },
       })
       .sink('out');
-    const batch: SourceRecord[] = [1, 2, 3].map((id) => ({
-      data: new TextEncoder().encode(JSON.stringify(buy('ana', id, 1))),
-      partitionKey: 'ana',
-      sequenceNumber: String(id),
-      arrivalTime: 0,
-    }));
+    const batch = sourceRecords([1, 2, 3].map((id) => buy('ana', id, 1)));
     const checked = await new ShardTask(compile(p), SHARD, { checked: true }).processBatch(
       batch,
       new MemoryBackend(),
