@@ -605,17 +605,37 @@ function readEntries<K, V>(rt: KeyedStateBackend, entries: Array<[K, V]>): Array
 }
 
 /**
- * has(), keys(), values(), size and isEmpty() of a map state handle. Only values() hands values
- * out (through entries()); the others look at the stored entries as they are.
+ * Internal: what floe's own operators use beside MapState. They never change a stored value in
+ * place, so they read values as stored (without readState) and pass through readState
+ * (`handOut`) only what they give to user functions, such as a window's accumulator.
  */
-abstract class MapStateViews<K extends StateKey, V> {
+export interface StoredMapState<K extends StateKey, V> extends MapState<K, V> {
   /** The stored value, not passed through readState. */
-  protected abstract lookup(key: K): V | undefined;
+  stored(key: K): V | undefined;
   /** The live entries as stored (new pairs), not passed through readState. */
-  protected abstract storedEntries(): Array<[K, V]>;
+  storedEntries(): Array<[K, V]>;
+  /** readState for a (part of a) stored value handed to a user function. */
+  handOut<T>(value: T): T;
+}
+
+/**
+ * has(), keys(), values(), size and isEmpty() of a map state handle, and the StoredMapState
+ * methods. Only get(), entries() and values() hand values out; the others look at them as stored.
+ */
+abstract class MapStateViews<K extends StateKey, V> implements StoredMapState<K, V> {
+  protected abstract readonly rt: KeyedStateBackend;
+  abstract stored(key: K): V | undefined;
+  abstract storedEntries(): Array<[K, V]>;
+  abstract get(key: K): V | undefined;
+  abstract put(key: K, value: V): void;
+  abstract remove(key: K): void;
+  abstract clear(): void;
   abstract entries(): Array<[K, V]>;
+  handOut<T>(value: T): T {
+    return readState(this.rt, value);
+  }
   has(key: K): boolean {
-    return this.lookup(key) !== undefined;
+    return this.stored(key) !== undefined;
   }
   keys(): K[] {
     return this.storedEntries().map((e) => e[0]);
@@ -631,9 +651,9 @@ abstract class MapStateViews<K extends StateKey, V> {
   }
 }
 
-class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implements MapState<K, V> {
+class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> {
   constructor(
-    private readonly rt: KeyedStateBackend,
+    protected readonly rt: KeyedStateBackend,
     private readonly i: number,
     private readonly ttl: number | undefined,
   ) {
@@ -651,7 +671,7 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implemen
   private live(c: MapCell, k: StateKey): boolean {
     return this.ttl === undefined || !expired(c.t?.get(k) ?? 0, this.ttl, this.rt.now);
   }
-  protected lookup(key: K): V | undefined {
+  stored(key: K): V | undefined {
     const c = this.rt.current.cells[this.i] as MapCell | undefined;
     if (c === undefined) return undefined;
     const v = c.get(key);
@@ -659,7 +679,7 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implemen
     return this.live(c, key) ? (v as V) : undefined;
   }
   get(key: K): V | undefined {
-    return readState(this.rt, this.lookup(key));
+    return readState(this.rt, this.stored(key));
   }
   put(key: K, value: V): void {
     checkMapKey(key);
@@ -690,7 +710,7 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implemen
     }
     this.rt.touch(this.rt.current);
   }
-  protected storedEntries(): Array<[K, V]> {
+  storedEntries(): Array<[K, V]> {
     const c = this.cell(false);
     if (c === undefined) return [];
     const out: Array<[K, V]> = [];
@@ -913,14 +933,14 @@ function compareMapKeys(a: StateKey, b: StateKey): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> implements MapState<K, V> {
+class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> {
   constructor(
-    private readonly rt: KeyedStateBackend,
+    protected readonly rt: KeyedStateBackend,
     private readonly table: SharedMapTable,
   ) {
     super();
   }
-  protected lookup(key: K): V | undefined {
+  stored(key: K): V | undefined {
     return this.table.find(key)?.get(this.rt.current.slot) as V | undefined;
   }
   get(key: K): V | undefined {
@@ -941,7 +961,7 @@ class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> im
     this.table.write(key, entry.slot, undefined, this.rt.journal, this.rt.slotCount);
     this.rt.touch(entry);
   }
-  protected storedEntries(): Array<[K, V]> {
+  storedEntries(): Array<[K, V]> {
     return this.table.entriesOf(this.rt.current.slot) as Array<[K, V]>;
   }
   entries(): Array<[K, V]> {

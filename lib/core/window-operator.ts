@@ -5,7 +5,7 @@
  */
 import type { AggregateFunction } from './aggregates.ts';
 import type { KeyedProcessFunction, ProcessContext, Timer } from './processor.ts';
-import { type MapStateDescriptor, mapState, type StateKey } from './state.ts';
+import { type MapStateDescriptor, mapState, type StateKey, type StoredMapState } from './state.ts';
 import {
   type SessionWindows,
   type SlidingWindows,
@@ -134,13 +134,14 @@ export function sessionWindowOperator<In, Acc, R, Out>(
     state: { w: mapState<number, [number, Acc]>() },
     processElement(value, ctx) {
       const wm = ctx.currentWatermark;
-      const windows = ctx.state.w;
+      // The sessions are read as stored; only accumulators reach user code, through handOut.
+      const windows = ctx.state.w as StoredMapState<number, [number, Acc]>;
       let start = ctx.timestamp;
       let end = ctx.timestamp + assigner.gap;
       // Existing sessions are pairwise disjoint and non-touching, so only those that
       // intersect the new window take part in the merge (Flink's TimeWindow.intersects).
       const merged: Array<[number, [number, Acc]]> = [];
-      for (const entry of windows.entries()) {
+      for (const entry of windows.storedEntries()) {
         if (entry[0] <= end && entry[1][0] >= start) merged.push(entry);
       }
       if (merged.length > 1) merged.sort((a, b) => a[0] - b[0]);
@@ -159,7 +160,7 @@ export function sessionWindowOperator<In, Acc, R, Out>(
         ctx.timers.deleteEventTimeTimer(e - 1, s);
         if (lateness > 0) ctx.timers.deleteEventTimeTimer(e - 1 + lateness, s); // else the same timer
         windows.remove(s);
-        acc = acc === undefined ? a : merge!(acc, a);
+        acc = acc === undefined ? windows.handOut(a) : merge!(acc, windows.handOut(a));
       }
       acc = aggregate.add(value, acc === undefined ? aggregate.create() : acc);
       windows.put(start, [end, acc]);
@@ -169,10 +170,11 @@ export function sessionWindowOperator<In, Acc, R, Out>(
     },
     onTimer(timer, ctx) {
       const start = timer.namespace as number;
-      const session = ctx.state.w.get(start);
+      const windows = ctx.state.w as StoredMapState<number, [number, Acc]>;
+      const session = windows.stored(start);
       if (session === undefined) return;
       const [end, acc] = session;
-      if (timer.time === end - 1) fire(ctx, start, end, acc);
+      if (timer.time === end - 1) fire(ctx, start, end, windows.handOut(acc));
       if (timer.time === end - 1 + lateness) ctx.state.w.remove(start);
     },
   };
