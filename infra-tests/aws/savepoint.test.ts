@@ -11,10 +11,11 @@ import { promisify } from 'node:util';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AwsClientsBundle, AwsJobConfig } from '../../lib/aws/job.ts';
+import { openAwsJob } from '../../lib/aws/job.ts';
 import { DynamoJobStore } from '../../lib/aws/job-store.ts';
 import { putRecords } from '../../lib/aws/kinesis-source.ts';
 import { createBucket, createStream, createTables } from '../../lib/aws/resources.ts';
-import { openAwsJobForRun } from '../../lib/aws/run-job.ts';
+import { openAwsJobForRun, openAwsJobFromRecord } from '../../lib/aws/run-job.ts';
 import { createSavepointHandler } from '../../lib/aws/savepoint-handler.ts';
 import { awsSavepointBackend } from '../../lib/aws/savepoints.ts';
 import {
@@ -243,5 +244,30 @@ describe('savepoints on AWS (emulators)', () => {
     expect(inspected.stdout).toMatch(/verified: every file matches its sha256/);
     const listed2 = await floe('savepoint', 'list', '--json', ...aws);
     expect((JSON.parse(listed2.stdout) as Array<{ id: string }>).map((s) => s.id)).toContain(result.id);
+  }, 60_000);
+
+  it('the savepoint function of a job deployed with a generation and no job record saves that generation', async () => {
+    // Generation 0 ran once; the job was then redeployed with `generation: 2` (a fresh start).
+    // Its Lambda workers run generation 2 as long as the job has no record.
+    const deployed = { ...config('g'), generation: 2 };
+    await put(CLICKS.slice(0, 100)); // (the stream is empty when this test runs alone)
+    await runJob(
+      { ...openAwsJob(compile(v1), config('g'), bundle), sink: collector('g0') },
+      { untilIdle: true },
+    );
+    const opened = await openAwsJobFromRecord(compile(v1), deployed, bundle);
+    await runJob({ ...opened.runtime!, sink: collector('g') }, { untilIdle: true, controlPollMs: 20 });
+    const handler = createSavepointHandler({
+      config: () => deployed,
+      clients: () => bundle,
+      loadPipeline: async () => v1,
+      logger: { appendKeys() {}, info() {}, error() {} } as never,
+    });
+    const result = await handler({}, { getRemainingTimeInMillis: () => 120_000 });
+    const manifest = (await listSavepoints(backend().snapshots)).find((s) => s.id === result.id)?.manifest;
+    expect(manifest?.generation).toBe(2);
+    // The record the savepoint wrote keeps the workers on generation 2.
+    expect((await new DynamoJobStore(clients.dynamodb, controlTable).get('g'))?.generation).toBe(2);
+    expect((await openAwsJobFromRecord(compile(v1), deployed, bundle)).runtime?.job).toBe('g@2');
   }, 60_000);
 });

@@ -75,6 +75,7 @@ export function createSavepointHandler(deps: SavepointHandlerDeps = {}) {
       const manifest = await createSavepoint(backend, {
         job: config.job,
         stream: config.stream,
+        ...(config.generation === undefined ? {} : { generation: config.generation }),
         stop: event?.stop === true,
         ...(event?.id === undefined ? {} : { id: event.id }),
         ...(plan === undefined

@@ -173,6 +173,11 @@ export interface CreateSavepointOptions extends Hooks {
   readonly id?: string;
   /** The job's stream, when the job has no record yet. @default the job id */
   readonly stream?: string;
+  /**
+   * The generation the job's workers run when the job has no record yet (a Lambda job deployed
+   * with the construct's `generation`). @default 0
+   */
+  readonly generation?: number;
   /** Describe the pipeline (default: what the job record says `floe run` last ran). */
   readonly pipeline?: SavepointPipeline;
   readonly operators?: readonly OperatorSchema[];
@@ -193,6 +198,7 @@ export async function createSavepoint(
   const now = options.now ?? Date.now;
   const ttl = options.leaseTtlMs ?? 30_000;
   const job = options.job;
+  const initialGeneration = options.generation ?? 0;
   let id = options.id === undefined ? undefined : checkSavepointId(options.id);
   let owner = options.owner;
   let wasStopped = false;
@@ -202,15 +208,17 @@ export async function createSavepoint(
     backend.jobs,
     job,
     async (current) => {
-      if (current === undefined && (await backend.scope(job, 0).isEmpty())) {
+      if (current === undefined && (await backend.scope(job, initialGeneration).isEmpty())) {
         throw new ConfigurationError(
           `job ${job} is unknown: it has no job record and no checkpoints; run it first ('floe run ... --job ${job}'), or check the job id and the backend options`,
         );
       }
+      // Without a record, the workers run the generation they were deployed with: the record
+      // written here must name that one, or they would switch to another generation's state.
       const base: Omit<JobRecord, 'version' | 'updatedAt'> = current ?? {
         job,
-        generation: 0,
-        nextGeneration: 1,
+        generation: initialGeneration,
+        nextGeneration: initialGeneration + 1,
         state: 'running',
         stream: options.stream ?? job,
       };
