@@ -43,7 +43,7 @@ export const SAVEPOINT_HELP = `floe savepoint <create|list|inspect|delete> [opti
         --pipeline <m.ts>   describe the state with this pipeline (default: what 'floe run' last ran)
         --timeout <s>       how long to wait for workers to pause (default 120)
         --lease-ttl <ms>    the savepoint's hold on the job; renewed at a third of it (default 30000)
-        --chunk-entries <N> state entries per file (default 50000)
+        --chunk-entries <N> state entries per file (default 50000; at most 64 MiB of text each)
   floe savepoint list [--job <id>] [--json]
   floe savepoint inspect <id> [--verify] [--json]
       --verify reads every file and checks its sha256, size and entry count.

@@ -279,6 +279,31 @@ describe('savepoints on the embedded backend', () => {
     data.close();
   });
 
+  it('a savepoint of large state entries splits its files by size, not only by entry count', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST.slice(0, 100));
+    await runUntilIdle(data, 'large', v1);
+    // 30,000 entries of 20 KB (e.g. list state): at 50,000 entries per file, one file's text
+    // would be 600 MB, beyond the longest string V8 can build.
+    const value = JSON.stringify({ k: 'u', s: { n: ['x'.repeat(20_000)] } });
+    const scope = backend.scope.bind(backend);
+    const large = {
+      ...backend,
+      scope: (job: string, generation: number) => ({
+        ...scope(job, generation),
+        async *entries() {
+          for (let i = 0; i < 30_000; i++) yield [`bursts/"u${i}"`, value.replace('"u"', `"u${i}"`)] as const;
+        },
+        countEntries: async () => 30_000,
+      }),
+    };
+    const manifest = await createSavepoint(large, { job: 'large' });
+    expect(manifest.entries).toBe(30_000);
+    expect(manifest.files.length).toBeGreaterThan(8);
+    data.close();
+  }, 120_000);
+
   it('a crash during the export is safe: a rerun completes a consistent savepoint (same id)', async () => {
     const data = await dataDir(ROOT);
     const backend = backendOf(data);

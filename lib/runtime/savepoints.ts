@@ -163,6 +163,14 @@ interface Hooks {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * A state file ends once its NDJSON text reaches this many characters, whatever --chunk-entries
+ * says: a file is encoded (and decoded on restore) as one string, which V8 caps at 2^29
+ * characters, and the savepoint function has 1 GiB; entries of a few KB each (list state,
+ * many windows per key) would otherwise make 50,000-entry files of gigabytes.
+ */
+export const FILE_TEXT_LIMIT = 64 * 1024 * 1024;
+
 // ---- create -------------------------------------------------------------------------------------
 
 export interface CreateSavepointOptions extends Hooks {
@@ -185,7 +193,7 @@ export interface CreateSavepointOptions extends Hooks {
   readonly leaseTtlMs?: number;
   /** How long to wait for workers to pause. @default 120000 */
   readonly timeoutMs?: number;
-  /** State entries per file. @default 50000 */
+  /** State entries per file (a file also ends at FILE_TEXT_LIMIT characters of NDJSON). @default 50000 */
   readonly chunkEntries?: number;
   /** Lease owner. @default savepoint:<id> */
   readonly owner?: string;
@@ -355,6 +363,7 @@ export async function createSavepoint(
       let entries = 0;
       let bytes = 0;
       let batch: Array<readonly [StateAddress, string]> = [];
+      let batchText = 0;
       const flush = async (): Promise<void> => {
         const name = stateFileName(files.length);
         const encoded = encodeStateFile(name, batch);
@@ -363,6 +372,7 @@ export async function createSavepoint(
         entries += batch.length;
         bytes += encoded.file.bytes;
         batch = [];
+        batchText = 0;
         options.onProgress?.({ phase: 'export', entries, total, files: files.length });
         await options.onStep?.('file-written', files.length - 1);
         await heartbeat();
@@ -381,7 +391,8 @@ export async function createSavepoint(
           }
         }
         batch.push(entry);
-        if (batch.length >= chunk) await flush();
+        batchText += entry[0].length + entry[1].length + 12; // the line's {"a":…,"v":…}
+        if (batch.length >= chunk || batchText >= FILE_TEXT_LIMIT) await flush();
       }
       if (batch.length > 0 || files.length === 0) await flush();
       // 4. Still holding every lease: nothing committed during the export.
