@@ -339,6 +339,47 @@ describe('savepoints on the embedded backend', () => {
     data.close();
   });
 
+  it('a stop-with-savepoint crashed after its manifest: a rerun stops the job at the cut, or refuses once the job ran past it', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST);
+    await Promise.all([runUntilIdle(data, 'sc', v1), runUntilIdle(data, 'sc-ref', v1)]);
+    const crashAfterManifest = (step: string) => {
+      if (step === 'manifest-written') throw new SimulatedCrash('crash');
+    };
+    const stop = { job: 'sc', stop: true, leaseTtlMs: 300, onStep: crashAfterManifest };
+    // Rerun once the hold expired, with the job still at the cut: the rerun completes the stop.
+    await expect(createSavepoint(backend, stop)).rejects.toBeInstanceOf(SimulatedCrash);
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    const first = await createSavepoint(backend, { job: 'sc', stop: true });
+    expect((await new SqliteJobStore(data.db).get('sc'))?.stoppedBy?.savepointId).toBe(first.id);
+    await restoreSavepoint(backend, { savepointId: first.id, plan: compile(v1) });
+
+    // Rerun after the hold expired and the job ran on: stopping it with that savepoint would
+    // make a replay emit the later commits' outputs a second time.
+    await expect(createSavepoint(backend, stop)).rejects.toBeInstanceOf(SimulatedCrash);
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    await produce(data.log, SECOND.slice(0, 1000));
+    await Promise.all([runUntilIdle(data, 'sc', v1), runUntilIdle(data, 'sc-ref', v1)]);
+    await expect(createSavepoint(backend, { job: 'sc', stop: true })).rejects.toThrow(
+      /is complete, but the job ran on after it .*The job was not stopped/,
+    );
+    const record = await new SqliteJobStore(data.db).get('sc');
+    expect(record).toMatchObject({ state: 'running' });
+    expect(record?.savepoint).toBeUndefined();
+    // A new stop-with-savepoint and its replay equal an uninterrupted run.
+    const second = await createSavepoint(backend, { job: 'sc', stop: true });
+    await restoreSavepoint(backend, { savepointId: second.id, plan: compile(v1) });
+    await produce(data.log, SECOND.slice(1000));
+    await Promise.all([runUntilIdle(data, 'sc', v1), runUntilIdle(data, 'sc-ref', v1)]);
+    const values = (job: string) =>
+      outputsOf(data.db, job)
+        .map((o) => JSON.stringify([o.sink, o.value]))
+        .sort();
+    expect(values('sc')).toEqual(values('sc-ref'));
+    data.close();
+  });
+
   it('a crash during the restore is safe: a rerun completes it, and nothing runs before it completes', async () => {
     const data = await dataDir(ROOT);
     const backend = backendOf(data);

@@ -310,6 +310,15 @@ export async function createSavepoint(
     leases.clear();
   };
 
+  const pauseOptions = {
+    ttl,
+    timeoutMs: options.timeoutMs ?? 120_000,
+    now,
+    heartbeat,
+    onProgress: options.onProgress,
+    savepointId,
+  };
+
   try {
     // A manifest already there: an earlier run of this savepoint crashed after writing it.
     const existing = await readManifestIfAny(snapshots, savepointId);
@@ -321,16 +330,16 @@ export async function createSavepoint(
         );
       }
       manifest = existing;
+      if (manifest.stopped) {
+        // The interrupted run's hold may have expired before this rerun, and the job run on past
+        // the cut: stopping it now would leave outputs the savepoint does not account for, which
+        // a replay from it would produce a second time. Check under every lease.
+        await acquireAllLeases(backend, scope.backend, record.stream, leases, leaseOwner, pauseOptions);
+        await checkStillAtCut(scope.backend, manifest);
+      }
     } else {
       // 2. Take every shard's lease: workers release theirs at their next batch boundary.
-      await acquireAllLeases(backend, scope.backend, record.stream, leases, leaseOwner, {
-        ttl,
-        timeoutMs: options.timeoutMs ?? 120_000,
-        now,
-        heartbeat,
-        onProgress: options.onProgress,
-        savepointId,
-      });
+      await acquireAllLeases(backend, scope.backend, record.stream, leases, leaseOwner, pauseOptions);
       await options.onStep?.('paused');
       // 3. Read the cut: checkpoints, then state.
       const checkpoints = await scope.backend.listCheckpoints();
@@ -506,6 +515,18 @@ async function acquireAllLeases(
     await o.heartbeat();
     await sleep(200);
   }
+}
+
+/** Refuses a completed savepoint whose job committed after it (a shard's commit number moved on). */
+async function checkStillAtCut(store: CheckpointStore, manifest: SavepointManifest): Promise<void> {
+  const saved = new Map(manifestCheckpoints(manifest).map((cp) => [cp.shardId, cp.commitNumber]));
+  const moved = (await store.listCheckpoints()).filter(
+    (cp) => cp.commitNumber !== (saved.get(cp.shardId) ?? 0),
+  );
+  if (moved.length === 0) return;
+  throw new ConfigurationError(
+    `savepoint ${manifest.id} of job ${manifest.job} is complete, but the job ran on after it (shard ${moved[0]!.shardId} is at commit ${moved[0]!.commitNumber}, the savepoint at ${saved.get(moved[0]!.shardId) ?? 'none'}): its hold expired while the savepoint was interrupted. The job was not stopped, as a replay from this savepoint would produce those commits' outputs again; take a new one ('floe savepoint create --job ${manifest.job} --stop')`,
+  );
 }
 
 /** The position of the first record after a checkpoint, if the stream has one now. */
