@@ -525,6 +525,44 @@ describe('savepoints on the embedded backend', () => {
     data.close();
   });
 
+  it('a migration that moves an operator to another uid is warned to move its timers too', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    // Cut where the active users change: their bursts are pending, and only timers end them.
+    await produce(data.log, CLICKS.slice(0, 2100));
+    await Promise.all([runUntilIdle(data, 'mv', v1), runUntilIdle(data, 'mv-ref', v1)]);
+    const manifest = await createSavepoint(backend, { job: 'mv', stop: true });
+    const plan = compile(clicksPipeline('renamed'));
+    const move = (e: { operator: string }) => (e.operator === 'bursts' ? { ...e, operator: 'bursts-v2' } : e);
+    const stateOnly = await restoreSavepoint(backend, {
+      savepointId: manifest.id,
+      plan,
+      asJob: 'mv-state-only',
+      migration: { state: (e) => move(e) as typeof e },
+    });
+    expect(stateOnly.warnings.join('\n')).toMatch(
+      /\d+ pending timer\(s\) of operator "bursts" were dropped.*move its timers too/,
+    );
+    // Moving the timers as the warning says gives the results of an uninterrupted run.
+    const moved = await restoreSavepoint(backend, {
+      savepointId: manifest.id,
+      plan,
+      migration: { state: (e) => move(e) as typeof e, timer: (t) => move(t) as typeof t },
+    });
+    expect(moved.warnings.join('\n')).not.toMatch(/pending timer/);
+    await produce(data.log, CLICKS.slice(2100));
+    await Promise.all([
+      runUntilIdle(data, 'mv', clicksPipeline('renamed')),
+      runUntilIdle(data, 'mv-ref', v1),
+    ]);
+    const values = (job: string) =>
+      outputsOf(data.db, job)
+        .map((o) => JSON.stringify([o.sink, o.value]))
+        .sort();
+    expect(values('mv')).toEqual(values('mv-ref'));
+    data.close();
+  });
+
   it('refuses, restoring nothing, when records after the savepoint were trimmed by retention', async () => {
     let now = 1_767_261_600_000;
     const data = await dataDir(ROOT, { retentionMs: 3_600_000, clock: () => now });

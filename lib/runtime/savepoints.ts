@@ -757,13 +757,17 @@ export async function restoreSavepoint(
   const savedSchemas = new Map(manifest.operators.map((o) => [o.uid, o]));
   const dropped = new Set(report.dropped);
   const restoredAt = now();
+  /** Pending timers dropped by default (their operator is gone), by operator. */
+  const droppedTimers = new Map<string, number>();
   const transformTimers = (cp: ShardCheckpoint): ShardCheckpoint => {
     const timers = cp.timers.flatMap((t) => {
       if (migration?.timer !== undefined) {
         const mapped = migration.timer(t);
         return mapped === undefined || mapped === null ? [] : [mapped];
       }
-      return targetSchemas.has(t.operator) ? [t] : [];
+      if (targetSchemas.has(t.operator)) return [t];
+      droppedTimers.set(t.operator, (droppedTimers.get(t.operator) ?? 0) + 1);
+      return [];
     });
     for (const t of timers) {
       if (!targetSchemas.has(t.operator)) {
@@ -776,6 +780,14 @@ export async function restoreSavepoint(
   };
   // Run the timer mapping before writing anything too (it can throw).
   const restoredCheckpoints = checkpoints.map(transformTimers);
+  // A state migration may have moved these operators' state to another uid: without their
+  // timers, the windows and process functions waiting on one never fire. (Without a migration,
+  // the removed-operator issue above already says its timers are dropped.)
+  for (const [uid, n] of migratesState ? droppedTimers : []) {
+    warnings.push(
+      `${n} pending timer(s) of operator "${uid}" were dropped, as pipeline "${options.plan.name}" has no operator with that uid. If the migration moves its state to another uid, move its timers too: the migration's timer(timer) can return { ...timer, operator: '<new uid>' }`,
+    );
+  }
 
   // Claim the target generation.
   let generation = -1;

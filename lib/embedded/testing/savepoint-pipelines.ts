@@ -7,6 +7,7 @@
  * - v2 fixes the window function (the same state: a compatible change).
  * - session: "counts" over session windows, an incompatible state layout.
  * - no-bursts: the "bursts" operator removed.
+ * - renamed: v1 with the "bursts" operator's uid changed to "bursts-v2".
  */
 import {
   boundedOutOfOrderness,
@@ -37,7 +38,7 @@ export interface Burst {
   readonly end: number;
 }
 
-export type Variant = 'v1' | 'v2' | 'session' | 'no-bursts';
+export type Variant = 'v1' | 'v2' | 'session' | 'no-bursts' | 'renamed';
 
 export const WINDOW_MS = 10_000;
 export const BURST_GAP_MS = 5_000;
@@ -56,7 +57,7 @@ export function clicksPipeline(variant: Variant): Pipeline {
     .aggregate(count<Click>(), ({ key, window, result }) => ({
       user: String(key),
       start: window.start,
-      clicks: variant === 'v1' ? result + 1 : result,
+      clicks: variant === 'v1' || variant === 'renamed' ? result + 1 : result,
     }))
     .sink('counts');
   if (variant !== 'no-bursts') {
@@ -81,7 +82,7 @@ export function clicksPipeline(variant: Variant): Pipeline {
             ctx.state.timer.clear();
           },
         },
-        { uid: 'bursts' },
+        { uid: variant === 'renamed' ? 'bursts-v2' : 'bursts' },
       )
       .sink('bursts');
   }
