@@ -414,6 +414,47 @@ describe('savepoints on the embedded backend', () => {
     data.close();
   });
 
+  it('a restore that stalled while its rerun completed and the job ran on writes nothing more', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST);
+    await Promise.all([runUntilIdle(data, 'zr', v1), runUntilIdle(data, 'zr-ref', v1)]);
+    const manifest = await createSavepoint(backend, { job: 'zr', stop: true, chunkEntries: 3 });
+    // The first restore stalls (a suspended process) after its first state file.
+    let resume!: () => void;
+    const stall = new Promise<void>((resolve) => {
+      resume = resolve;
+    });
+    let stalled!: () => void;
+    const atStall = new Promise<void>((resolve) => {
+      stalled = resolve;
+    });
+    const first = restoreSavepoint(backend, {
+      savepointId: manifest.id,
+      plan: compile(v1),
+      onStep: async (step, index) => {
+        if (step !== 'entries-written' || index !== 0) return;
+        stalled();
+        await stall;
+      },
+    });
+    await atStall;
+    // The operator reruns the replay, which completes; the job runs on in the new generation.
+    await restoreSavepoint(backend, { savepointId: manifest.id, plan: compile(v1) });
+    await produce(data.log, SECOND);
+    await Promise.all([runUntilIdle(data, 'zr', v1), runUntilIdle(data, 'zr-ref', v1)]);
+    resume();
+    const error = await first.catch((e: Error) => e);
+    // Its remaining files did not put the savepoint's values back over the newer state.
+    const state = (job: string, generation: number) =>
+      data.db
+        .prepare('SELECT address, value FROM floe_state WHERE job = ? AND generation = ? ORDER BY address')
+        .all(job, generation);
+    expect(state('zr', 1)).toEqual(state('zr-ref', 0));
+    expect(String(error)).toMatch(/was completed or superseded by another replay/);
+    data.close();
+  });
+
   it('refuses a corrupted or missing savepoint file and restores nothing', async () => {
     const data = await dataDir(ROOT);
     const backend = backendOf(data);

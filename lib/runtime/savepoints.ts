@@ -846,6 +846,20 @@ export async function restoreSavepoint(
     now,
   );
   const scope = backend.scope(target, generation);
+  // The writes below are not fenced. A restore that stalled (a suspended process) while a rerun
+  // completed it and workers of the generation committed would put the savepoint's values back
+  // over theirs: before each batch, check that the restore is still ours and not switched yet.
+  const stillRestoring = async (): Promise<void> => {
+    const current = await backend.jobs.get(target);
+    if (current?.restore?.savepointId === manifest.id && current.restore.generation === generation) return;
+    throw new ConfigurationError(
+      `the restore of savepoint ${manifest.id} into job ${target} (generation ${generation}) was completed or superseded by another replay while this one was writing; it stopped without writing more`,
+    );
+  };
+  const importEntries = async (entries: ReadonlyArray<readonly [StateAddress, string]>): Promise<void> => {
+    await stillRestoring();
+    await scope.importEntries(entries);
+  };
 
   // State, file by file (each verified again as it is read), in idempotent batches.
   const batchSize = Math.max(1, options.batchEntries ?? 2000);
@@ -872,12 +886,12 @@ export async function restoreSavepoint(
         out.push([address, value]);
       }
       if (out.length >= batchSize) {
-        await scope.importEntries(out);
+        await importEntries(out);
         written += out.length;
         out = [];
       }
     }
-    if (out.length > 0) await scope.importEntries(out);
+    if (out.length > 0) await importEntries(out);
     written += out.length;
     read += rows.length;
     options.onProgress?.({ phase: 'restore', entries: read, total: manifest.entries, files: i + 1 });
@@ -890,7 +904,10 @@ export async function restoreSavepoint(
     const pending = await readOutbox(snapshots, manifest, shard);
     if (pending.length === 0) continue;
     outputs += pending.length;
-    if (target === manifest.job) await scope.importOutputs(checkpoints[i]!.shardId, pending);
+    if (target === manifest.job) {
+      await stillRestoring();
+      await scope.importOutputs(checkpoints[i]!.shardId, pending);
+    }
   }
   if (outputs > 0 && target !== manifest.job) {
     warnings.push(
