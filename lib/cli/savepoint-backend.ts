@@ -109,9 +109,10 @@ export function progressPrinter(quiet: boolean): {
         line = `pausing the job: waiting for ${p.waitingFor.length} shard(s) to reach a commit boundary (${p.waitingFor.slice(0, 3).join(', ')}${p.waitingFor.length > 3 ? ', ...' : ''})`;
       } else {
         const label = { export: 'exporting', verify: 'verifying', restore: 'restoring' }[p.phase];
-        const fraction =
-          p.total === undefined || p.total === 0 ? (p.entries === 0 ? 0 : 1) : p.entries / p.total;
-        line = `${label.padEnd(9)} ${bar(fraction)} ${formatCount(p.entries)}${p.total === undefined ? '' : `/${formatCount(p.total)}`} entries, ${p.files} file(s)`;
+        // Without a total (the AWS export does not count the entries first) there is no fraction
+        // to draw: a bar would read 100% after the first file.
+        const progress = p.total === undefined ? '' : `${bar(p.total === 0 ? 1 : p.entries / p.total)} `;
+        line = `${label.padEnd(9)} ${progress}${formatCount(p.entries)}${p.total === undefined ? '' : `/${formatCount(p.total)}`} entries, ${p.files} file(s)`;
       }
       if (live) {
         process.stderr.write(`\r\x1b[2K${line}`);

@@ -1,0 +1,36 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { progressPrinter } from './savepoint-backend.ts';
+
+afterEach(() => vi.restoreAllMocks());
+
+/** The lines progressPrinter writes to stderr (not a terminal in the test workers). */
+function printed(run: (p: ReturnType<typeof progressPrinter>) => void): string[] {
+  const lines: string[] = [];
+  vi.spyOn(process.stderr, 'write').mockImplementation((chunk) => {
+    lines.push(String(chunk).trimEnd());
+    return true;
+  });
+  const printer = progressPrinter(false);
+  run(printer);
+  printer.done();
+  vi.restoreAllMocks();
+  return lines;
+}
+
+describe('savepoint progress', () => {
+  it('draws no bar for an export of unknown size (the AWS export), only the counts', () => {
+    const lines = printed((p) => {
+      p.onProgress({ phase: 'export', entries: 0, total: undefined, files: 0 });
+      p.onProgress({ phase: 'export', entries: 50_000, total: undefined, files: 1 });
+    });
+    expect(lines).toEqual(['exporting 0 entries, 0 file(s)', 'exporting 50,000 entries, 1 file(s)']);
+  });
+
+  it('draws the fraction done when the total is known', () => {
+    const lines = printed((p) => {
+      p.onProgress({ phase: 'restore', entries: 0, total: 200, files: 0 });
+      p.onProgress({ phase: 'restore', entries: 100, total: 200, files: 1 });
+    });
+    expect(lines.at(-1)).toMatch(/^restoring \[#+\.+\]\s+50% 100\/200 entries, 1 file\(s\)$/);
+  });
+});
