@@ -270,4 +270,11 @@ describe('savepoints on AWS (emulators)', () => {
     expect((await new DynamoJobStore(clients.dynamodb, controlTable).get('g'))?.generation).toBe(2);
     expect((await openAwsJobFromRecord(compile(v1), deployed, bundle)).runtime?.job).toBe('g@2');
   }, 60_000);
+
+  it('floe run of a job deployed with a generation and no job record runs that generation', async () => {
+    const deployed = { ...config('gr'), generation: 2 };
+    const run = await openAwsJobForRun(compile(v1), deployed, bundle);
+    expect(run.generation).toBe(2);
+    expect((await openAwsJobFromRecord(compile(v1), deployed, bundle)).runtime?.job).toBe('gr@2');
+  });
 });

@@ -31,6 +31,8 @@ export async function openAwsJobForRun(
     stream: config.stream,
     pipeline: options.pipeline ?? { name: plan.name, version: plan.version },
     operators: operatorSchemas(plan),
+    // A job without a record is at the generation its Lambda workers run (openAwsJobFromRecord).
+    ...(config.generation === undefined ? {} : { generation: config.generation }),
   });
   const runtime = openAwsJob(plan, { ...config, generation: toRun.generation }, clients);
   return {

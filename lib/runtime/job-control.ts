@@ -178,10 +178,16 @@ export async function resolveJobForRun(
     readonly stream: string;
     readonly pipeline: SavepointPipeline;
     readonly operators: readonly OperatorSchema[];
+    /**
+     * The generation a job without a record runs (a Lambda job deployed with the construct's
+     * `generation`: its workers run it until a record names another). @default 0
+     */
+    readonly generation?: number;
     readonly now?: () => number;
   },
 ): Promise<JobToRun> {
   const now = options.now ?? Date.now;
+  const initialGeneration = options.generation ?? 0;
   const record = await updateJob(
     store,
     options.job,
@@ -189,8 +195,8 @@ export async function resolveJobForRun(
       if (current === undefined) {
         return {
           job: options.job,
-          generation: 0,
-          nextGeneration: 1,
+          generation: initialGeneration,
+          nextGeneration: initialGeneration + 1,
           state: 'running',
           stream: options.stream,
           pipeline: options.pipeline,
