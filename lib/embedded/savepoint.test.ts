@@ -455,6 +455,34 @@ describe('savepoints on the embedded backend', () => {
     data.close();
   });
 
+  it("a restore whose switch landed but whose reply was lost completes, not 'superseded'", async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST.slice(0, 500));
+    await runUntilIdle(data, 'amb', v1);
+    const manifest = await createSavepoint(backend, { job: 'amb', stop: true });
+    // DynamoJobStore.put retries a write whose reply was lost; the retry fails its version
+    // condition, as if another writer had been first.
+    let lost = false;
+    const jobs: typeof backend.jobs = {
+      get: (job) => backend.jobs.get(job),
+      async put(record, expected) {
+        const ok = await backend.jobs.put(record, expected);
+        if (!ok || record.restoredFrom === undefined || lost) return ok;
+        lost = true;
+        return false;
+      },
+    };
+    const result = await restoreSavepoint(
+      { ...backend, jobs },
+      { savepointId: manifest.id, plan: compile(v1) },
+    );
+    expect(lost).toBe(true);
+    expect(result.generation).toBe(1);
+    expect(await backend.jobs.get('amb')).toMatchObject({ generation: 1, state: 'running' });
+    data.close();
+  });
+
   it('refuses a corrupted or missing savepoint file and restores nothing', async () => {
     const data = await dataDir(ROOT);
     const backend = backendOf(data);

@@ -923,6 +923,16 @@ export async function restoreSavepoint(
     backend.jobs,
     target,
     (current) => {
+      // This switch already landed: a write whose reply was lost is retried (DynamoJobStore)
+      // and then fails its version condition, and updateJob asks again.
+      if (
+        current?.restore === undefined &&
+        current?.generation === generation &&
+        current.restoredFrom?.savepointId === manifest.id &&
+        current.restoredFrom.at >= restoredAt
+      ) {
+        return undefined;
+      }
       if (current?.restore?.savepointId !== manifest.id || current.restore.generation !== generation) {
         throw new ConfigurationError(
           `the restore of savepoint ${manifest.id} into job ${target} was superseded by another replay; nothing was switched`,
