@@ -380,6 +380,43 @@ describe('savepoints on the embedded backend', () => {
     data.close();
   });
 
+  it('a stop-with-savepoint that stalls past its hold after the manifest does not stop the job that ran on', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST);
+    await Promise.all([runUntilIdle(data, 'sl', v1), runUntilIdle(data, 'sl-ref', v1)]);
+    const controller = new AbortController();
+    const running = runUntilIdle(data, 'sl', v1, { untilIdle: false, signal: controller.signal });
+    const stalled = createSavepoint(backend, {
+      job: 'sl',
+      stop: true,
+      leaseTtlMs: 600,
+      onStep: async (step) => {
+        if (step !== 'manifest-written') return;
+        // New records arrive while the savepoint stalls (a GC pause, a suspended VM) past its hold.
+        await produce(data.log, SECOND.slice(0, 1000));
+        await new Promise((resolve) => setTimeout(resolve, 2500));
+      },
+    });
+    await expect(stalled).rejects.toThrow(
+      /is complete, but the job ran on after it .*The job was not stopped/,
+    );
+    controller.abort();
+    expect((await running).stopped).toBeUndefined();
+    expect(await new SqliteJobStore(data.db).get('sl')).toMatchObject({ state: 'running' });
+    // A new stop-with-savepoint and its replay equal an uninterrupted run.
+    const manifest = await createSavepoint(backend, { job: 'sl', stop: true });
+    await restoreSavepoint(backend, { savepointId: manifest.id, plan: compile(v1) });
+    await produce(data.log, SECOND.slice(1000));
+    await Promise.all([runUntilIdle(data, 'sl', v1), runUntilIdle(data, 'sl-ref', v1)]);
+    const values = (job: string) =>
+      outputsOf(data.db, job)
+        .map((o) => JSON.stringify([o.sink, o.value]))
+        .sort();
+    expect(values('sl')).toEqual(values('sl-ref'));
+    data.close();
+  });
+
   it('a crash during the restore is safe: a rerun completes it, and nothing runs before it completes', async () => {
     const data = await dataDir(ROOT);
     const backend = backendOf(data);

@@ -310,6 +310,19 @@ export async function createSavepoint(
     leases.clear();
   };
 
+  const confirmAtCut = async (manifest: SavepointManifest): Promise<void> => {
+    await renewMarker();
+    for (const [shardId, lease] of leases) {
+      try {
+        leases.set(shardId, await scope.backend.renewLease(lease, now(), ttl));
+      } catch (error) {
+        if (!(error instanceof FencedError)) throw error;
+        leases.delete(shardId); // a worker took it over: take it back, then compare
+      }
+    }
+    await acquireAllLeases(backend, scope.backend, record.stream, leases, leaseOwner, pauseOptions);
+    await checkStillAtCut(scope.backend, manifest);
+  };
   const pauseOptions = {
     ttl,
     timeoutMs: options.timeoutMs ?? 120_000,
@@ -330,13 +343,6 @@ export async function createSavepoint(
         );
       }
       manifest = existing;
-      if (manifest.stopped) {
-        // The interrupted run's hold may have expired before this rerun, and the job run on past
-        // the cut: stopping it now would leave outputs the savepoint does not account for, which
-        // a replay from it would produce a second time. Check under every lease.
-        await acquireAllLeases(backend, scope.backend, record.stream, leases, leaseOwner, pauseOptions);
-        await checkStillAtCut(scope.backend, manifest);
-      }
     } else {
       // 2. Take every shard's lease: workers release theirs at their next batch boundary.
       await acquireAllLeases(backend, scope.backend, record.stream, leases, leaseOwner, pauseOptions);
@@ -433,6 +439,11 @@ export async function createSavepoint(
       );
       await options.onStep?.('manifest-written');
     }
+    // The hold may have expired since the cut (this run stalled after its last renewal, or it
+    // is the rerun of a crashed one) and the workers run on past it: stopping the job then would
+    // leave outputs the savepoint does not account for, which a replay from it would produce a
+    // second time. Check under every lease.
+    if (manifest.stopped) await confirmAtCut(manifest);
     // 5. Resume (or stop) the job and clear the marker.
     await updateJob(
       backend.jobs,
@@ -525,7 +536,7 @@ async function checkStillAtCut(store: CheckpointStore, manifest: SavepointManife
   );
   if (moved.length === 0) return;
   throw new ConfigurationError(
-    `savepoint ${manifest.id} of job ${manifest.job} is complete, but the job ran on after it (shard ${moved[0]!.shardId} is at commit ${moved[0]!.commitNumber}, the savepoint at ${saved.get(moved[0]!.shardId) ?? 'none'}): its hold expired while the savepoint was interrupted. The job was not stopped, as a replay from this savepoint would produce those commits' outputs again; take a new one ('floe savepoint create --job ${manifest.job} --stop')`,
+    `savepoint ${manifest.id} of job ${manifest.job} is complete, but the job ran on after it (shard ${moved[0]!.shardId} is at commit ${moved[0]!.commitNumber}, the savepoint at ${saved.get(moved[0]!.shardId) ?? 'none'}): its hold expired before the job could be stopped (the savepoint was interrupted or stalled). The job was not stopped, as a replay from this savepoint would produce those commits' outputs again; take a new one ('floe savepoint create --job ${manifest.job} --stop')`,
   );
 }
 
