@@ -305,6 +305,33 @@ export async function createSavepoint(
     await renewMarker();
     await renewLeases();
   };
+  /**
+   * Renews the hold every third of the TTL in the background from the cut until the manifest:
+   * reading the cut (hundreds of shards) and the export can go long without a file to write
+   * (a scan through pages of other jobs' items), and a hold that expires lets the workers
+   * resume and take the leases. A renewal that fails (a lease lost) fails the savepoint at its
+   * next file or when the holding ends.
+   */
+  let holdLost: unknown;
+  let holding: { readonly timer: ReturnType<typeof setInterval>; beat: Promise<void> } | undefined;
+  const holdInBackground = (): void => {
+    const timer = setInterval(() => {
+      if (holding === undefined) return;
+      holding.beat = holding.beat
+        .then(() => heartbeat())
+        .catch((error: unknown) => {
+          holdLost ??= error;
+        });
+    }, ttl / 3);
+    holding = { timer, beat: Promise.resolve() };
+  };
+  const stopHolding = async (): Promise<void> => {
+    if (holding === undefined) return;
+    clearInterval(holding.timer);
+    await holding.beat;
+    holding = undefined;
+    if (holdLost !== undefined) throw holdLost;
+  };
   const releaseAll = async (): Promise<void> => {
     for (const lease of leases.values()) await scope.backend.releaseLease(lease).catch(() => {});
     leases.clear();
@@ -346,6 +373,7 @@ export async function createSavepoint(
     } else {
       // 2. Take every shard's lease: workers release theirs at their next batch boundary.
       await acquireAllLeases(backend, scope.backend, record.stream, leases, leaseOwner, pauseOptions);
+      holdInBackground();
       await options.onStep?.('paused');
       // 3. Read the cut: checkpoints, then state.
       const checkpoints = await scope.backend.listCheckpoints();
@@ -390,6 +418,7 @@ export async function createSavepoint(
         batchText = 0;
         options.onProgress?.({ phase: 'export', entries, total, files: files.length });
         await options.onStep?.('file-written', files.length - 1);
+        if (holdLost !== undefined) throw holdLost;
         await heartbeat();
       };
       options.onProgress?.({ phase: 'export', entries: 0, total, files: 0 });
@@ -410,6 +439,7 @@ export async function createSavepoint(
         if (batch.length >= chunk || batchText >= FILE_TEXT_LIMIT) await flush();
       }
       if (batch.length > 0 || files.length === 0) await flush();
+      await stopHolding();
       // 4. Still holding every lease: nothing committed during the export.
       await heartbeat(true);
       await options.onStep?.('before-manifest');
@@ -464,6 +494,7 @@ export async function createSavepoint(
     await releaseAll();
     return manifest;
   } catch (error) {
+    await stopHolding().catch(() => {});
     if (error instanceof SimulatedCrash) throw error;
     // Give the job back: clear our marker (if still ours) and release the leases.
     await releaseAll();
