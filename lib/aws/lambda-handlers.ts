@@ -11,6 +11,7 @@ import type { Context } from 'aws-lambda';
 import {
   ConfigurationError,
   compile,
+  type DeadLetter,
   errorMessage,
   FencedError,
   LeaseUnavailableError,
@@ -19,6 +20,7 @@ import {
   type ShardCheckpoint,
 } from '../core/index.ts';
 import { coordinateRound, startOfShard } from '../runtime/coordinator.ts';
+import { RoutingSink } from '../runtime/routing-sink.ts';
 import { WarmTasks } from '../runtime/warm-tasks.ts';
 import {
   DEFAULT_MAX_CACHED_KEYS,
@@ -102,6 +104,18 @@ export function createWorkerHandler(deps: HandlerDeps) {
         return result;
       }
       const job = metrics.instrument(opened.runtime);
+      if (job.sink instanceof RoutingSink) {
+        job.sink.onRejected((deadLetters) => {
+          logger.warn('outputs dead-lettered: their sink cannot take them', {
+            count: deadLetters.length,
+            // The first few: the values may be large (all are in the dead-letter sink).
+            outputs: deadLetters.slice(0, 10).map((d) => {
+              const { sink, message } = d.value as DeadLetter;
+              return { id: d.id, sink, message };
+            }),
+          });
+        });
+      }
       let initial: ShardCheckpoint | undefined;
       if ((await job.backend.readCheckpoint(event.shardId)) === undefined) {
         // The shard's first run: a child of a reshard inherits its parents' checkpoint, and may

@@ -13,11 +13,12 @@
  *   with the same lines (merged by id with what is already there, so nothing is lost either).
  *   It also serves the dead-letter output (`floe.dead-letter`).
  * - RoutingSink (lib/runtime/routing-sink.ts, re-exported): sends each named sink's outputs to
- *   its own Sink.
+ *   its own Sink, and the outputs a sink rejects to the dead-letter output.
  *
  * Limits (AWS): PutRecords <= 500 records and <= 5 MiB per request including partition keys,
  * <= 1 MiB per record (data + partition key); BatchWriteItem <= 25 puts, no two for one key,
- * items <= 400 KB. Partial failures (FailedRecordCount, UnprocessedItems) are retried with
+ * items <= 400 KB. An output over a limit or without a valid key is rejected before anything is
+ * sent, together with every other such output of the publish (SinkOutputError). Partial failures (FailedRecordCount, UnprocessedItems) are retried with
  * exponential backoff and full jitter; what still fails becomes a TransientBackendError.
  */
 import { createHash } from 'node:crypto';
@@ -38,6 +39,7 @@ import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/clie
 import {
   ConfigurationError,
   describeValue,
+  SinkOutputError,
   StateFormatError,
   StateSerializationError,
   TerminalError,
@@ -46,12 +48,8 @@ import {
 import { outputValueJson } from '../core/outputs.ts';
 import type { Output, Sink } from '../core/ports.ts';
 
+export { SinkOutputError } from '../core/errors.ts';
 export { RoutingSink } from '../runtime/routing-sink.ts';
-
-/** An output that no retry can publish: too large, without a valid key, or with a malformed id. */
-export class SinkOutputError extends TerminalError {
-  readonly code = 'SINK_OUTPUT';
-}
 
 // ---- shared helpers ----
 
@@ -176,6 +174,25 @@ async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T)
 
 const utf8Length = (text: string): number => Buffer.byteLength(text, 'utf8');
 
+/**
+ * `build` of every output, before anything is sent. The outputs it rejects (SinkOutputError) are
+ * thrown together, so a caller can set all of them aside at once and publish the rest.
+ */
+function buildAll<T>(outputs: readonly Output[], build: (output: Output) => T): T[] {
+  const built: T[] = [];
+  const rejected: SinkOutputError[] = [];
+  for (const o of outputs) {
+    try {
+      built.push(build(o));
+    } catch (error) {
+      if (!(error instanceof SinkOutputError)) throw error;
+      rejected.push(error);
+    }
+  }
+  if (rejected.length > 0) throw SinkOutputError.combine(rejected);
+  return built;
+}
+
 // ---- Kinesis ----
 
 /** PutRecords limits. */
@@ -230,7 +247,7 @@ export class KinesisStreamSink implements Sink {
   async publish(outputs: readonly Output[]): Promise<void> {
     if (outputs.length === 0) return;
     // Build and check every record before anything is sent.
-    const entries: { entry: PutRecordsRequestEntry; bytes: number }[] = outputs.map((o) => this.entry(o));
+    const entries = buildAll(outputs, (o) => this.entry(o));
     let batch: PutRecordsRequestEntry[] = [];
     let batchBytes = 0;
     for (const { entry, bytes } of entries) {
@@ -256,6 +273,7 @@ export class KinesisStreamSink implements Sink {
       throw new SinkOutputError(
         `output ${output.id} to sink "${output.sink}" is ${bytes} bytes as a Kinesis record (data + partition key); ` +
           `the limit is ${KINESIS_MAX_RECORD_BYTES} bytes: emit smaller values or use an S3 sink for large ones`,
+        { outputId: output.id },
       );
     }
     return { entry: { Data: data, PartitionKey: key }, bytes };
@@ -273,13 +291,14 @@ export class KinesisStreamSink implements Sink {
     } catch (error) {
       throw new SinkOutputError(
         `the partitionKey function of the Kinesis sink for stream "${this.stream}" threw for output ${output.id}: ${(error as Error)?.message ?? String(error)}`,
-        { cause: error },
+        { cause: error, outputId: output.id },
       );
     }
     if (typeof key !== 'string' || key.length === 0 || key.length > KINESIS_MAX_PARTITION_KEY_LENGTH) {
       throw new SinkOutputError(
         `the partitionKey function of the Kinesis sink for stream "${this.stream}" must return a string of 1-256 characters; ` +
           `for output ${output.id} it returned ${describeValue(key)}`,
+        { outputId: output.id },
       );
     }
     return key;
@@ -425,8 +444,7 @@ export class DynamoDbUpsertSink implements Sink {
     if (outputs.length === 0) return;
     // Last output per key, in order of each key's last write.
     const byKey = new Map<string, Record<string, AttributeValue>>();
-    for (const o of outputs) {
-      const { id, item } = this.item(o);
+    for (const { id, item } of buildAll(outputs, (o) => this.item(o))) {
       byKey.delete(id);
       byKey.set(id, item);
     }
@@ -451,7 +469,7 @@ export class DynamoDbUpsertSink implements Sink {
     } catch (error) {
       throw new SinkOutputError(
         `the key function of the DynamoDB sink for table "${this.table}" threw for output ${output.id}: ${(error as Error)?.message ?? String(error)}`,
-        { cause: error },
+        { cause: error, outputId: output.id },
       );
     }
     const entries = validKey(key);
@@ -459,6 +477,7 @@ export class DynamoDbUpsertSink implements Sink {
       throw new SinkOutputError(
         `the key function of the DynamoDB sink for table "${this.table}" must return 1 or 2 attributes with a non-empty string or finite number each; ` +
           `for output ${output.id} it returned ${describeValue(key)} (value ${describeValue(value)})`,
+        { outputId: output.id },
       );
     }
     // Null prototype: a value field named __proto__ stays an ordinary attribute.
@@ -482,6 +501,7 @@ export class DynamoDbUpsertSink implements Sink {
     if (size > DYNAMODB_MAX_ITEM_BYTES) {
       throw new SinkOutputError(
         `output ${output.id} to sink "${output.sink}" makes a DynamoDB item of about ${size} bytes; the limit is ${DYNAMODB_MAX_ITEM_BYTES}: emit smaller values or use an S3 sink`,
+        { outputId: output.id },
       );
     }
     const id = JSON.stringify(entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));

@@ -1,8 +1,17 @@
 import { Metrics } from '@aws-lambda-powertools/metrics';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import pageViews from '../../examples/page-views.ts';
-import { type Commit, compile, type Lease, MemoryBackend } from '../core/index.ts';
+import {
+  type Commit,
+  compile,
+  DEAD_LETTER_SINK,
+  type Lease,
+  MemoryBackend,
+  type Sink,
+  SinkOutputError,
+} from '../core/index.ts';
 import type { JobRuntime, ShardProgress } from '../runtime/job.ts';
+import { RoutingSink } from '../runtime/routing-sink.ts';
 import { DEFAULT_METRICS_NAMESPACE, WorkerMetric } from './metric-names.ts';
 import { WorkerMetrics } from './worker-metrics.ts';
 
@@ -130,6 +139,22 @@ describe('WorkerMetrics', () => {
       [WorkerMetric.millisBehindLatest]: 0,
     });
     expect(typeof line[WorkerMetric.commitLatency]).toBe('number');
+  });
+
+  it('counts the outputs a RoutingSink dead-letters because their sink rejects them', async () => {
+    capture = captureEmf();
+    const rejecting: Sink = {
+      publish: async (outputs) => {
+        throw new SinkOutputError('too big', { outputId: outputs[0]!.id });
+      },
+    };
+    const sink = new RoutingSink({ big: rejecting, [DEAD_LETTER_SINK]: { publish: async () => {} } });
+    const m = new WorkerMetrics({ job: 'j', plan });
+    const instrumented = m.instrument({ ...job(), sink });
+    await instrumented.sink.publish([{ id: 'j/s/1/0', sink: 'big', value: 1 }]);
+    m.onCommit(progress({ deadLetters: 1 }));
+    m.finish();
+    expect(capture.lines[0]![WorkerMetric.deadLetters]).toBe(2);
   });
 
   it('flushes at most once per interval while running, and resets the counters', () => {

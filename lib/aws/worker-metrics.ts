@@ -10,6 +10,7 @@
 import { Metrics, MetricUnit } from '@aws-lambda-powertools/metrics';
 import type { Commit, Lease, PipelinePlan } from '../core/index.ts';
 import type { JobRuntime, ShardProgress } from '../runtime/job.ts';
+import { RoutingSink } from '../runtime/routing-sink.ts';
 import { DEFAULT_METRICS_NAMESPACE, JOB_DIMENSION, WorkerMetric } from './metric-names.ts';
 
 export interface WorkerMetricsOptions {
@@ -63,8 +64,16 @@ export class WorkerMetrics {
     this.lastFlush = this.clock();
   }
 
-  /** The same job whose backend's commits are timed and counted (state writes, late outputs). */
+  /**
+   * The same job whose backend's commits are timed and counted (state writes, late outputs), and
+   * whose outputs its sinks reject (dead-lettered by a RoutingSink) count as dead letters.
+   */
   instrument<J extends JobRuntime>(job: J): J {
+    if (job.sink instanceof RoutingSink) {
+      job.sink.onRejected((deadLetters) => {
+        this.deadLetters += deadLetters.length;
+      });
+    }
     const backend = job.backend;
     const commit = async (lease: Lease, c: Commit): Promise<void> => {
       const started = performance.now();

@@ -68,6 +68,37 @@ export class FencedError extends TerminalError {
   readonly code = 'FENCED';
 }
 
+/**
+ * Outputs that no retry can publish to their sink: too large for it, or without a valid key.
+ * Sinks check every output before they send any and reject all such outputs in one error, with
+ * the reason for each, so that the rest can still be published: RoutingSink sends the rejected
+ * ones to the dead-letter output (reason `sink`) instead of failing the shard's publish forever
+ * (a committed output cannot be changed). An error naming no output fails the publish.
+ */
+export class SinkOutputError extends TerminalError {
+  readonly code = 'SINK_OUTPUT';
+  /** Output id -> why that output cannot be published. */
+  readonly rejected: ReadonlyMap<string, string>;
+
+  constructor(message: string, options?: { cause?: unknown; outputId?: string }) {
+    super(message, options);
+    this.rejected = new Map(options?.outputId === undefined ? [] : [[options.outputId, message]]);
+  }
+
+  /** One error for the outputs of several (each naming its outputs). */
+  static combine(errors: readonly SinkOutputError[]): SinkOutputError {
+    if (errors.length === 1) return errors[0]!;
+    const more = errors.length - 1;
+    const combined = new SinkOutputError(
+      `${errors[0]?.message} (and ${more} more rejected output${more === 1 ? '' : 's'})`,
+      { cause: errors[0] },
+    );
+    const rejected = combined.rejected as Map<string, string>;
+    for (const e of errors) for (const [id, reason] of e.rejected) rejected.set(id, reason);
+    return combined;
+  }
+}
+
 /** The lease is held by another live owner; try again after it expires or is released. */
 export class LeaseUnavailableError extends RetryableError {
   readonly code = 'LEASE_UNAVAILABLE';

@@ -102,7 +102,9 @@ export type DeadLetterReason =
   | 'user-function'
   | 'timer'
   | 'serialization'
-  | 'state-size';
+  | 'state-size'
+  /** An output its sink cannot take (over a size limit, no valid key): lib/runtime/routing-sink.ts. */
+  | 'sink';
 
 /** The value written to the dead-letter sink. */
 export interface DeadLetter {
@@ -119,6 +121,9 @@ export interface DeadLetter {
   readonly key?: StateKey;
   readonly time?: number;
   readonly namespace?: TimerNamespace;
+  /** Reason `sink`: the sink the output was for, and its value (the dead letter's id is the output's). */
+  readonly sink?: string;
+  readonly value?: unknown;
 }
 
 class RecordError extends Error {

@@ -1,14 +1,29 @@
 /** Routing of outputs to the Sink bound to each named sink of a pipeline (any runtime). */
-import { ConfigurationError, describeValue, type Output, type Sink } from '../core/index.ts';
+import {
+  ConfigurationError,
+  DEAD_LETTER_SINK,
+  type DeadLetter,
+  describeValue,
+  type Output,
+  type Sink,
+  SinkOutputError,
+} from '../core/index.ts';
 
 /**
  * Sends each named sink's outputs (in their order) to the Sink routed for that name, or to
  * `fallback`. An output for a sink with no route and no fallback is rejected with a
  * ConfigurationError before anything is published. Each destination gets one call per publish,
  * and destinations are published to concurrently.
+ *
+ * Outputs a destination rejects as unpublishable (SinkOutputError: over its size limit, no valid
+ * key) are committed already and would fail every later publish of the shard: they go to the
+ * `floe.dead-letter` route instead, with reason `sink` and the same id (so a republish diverts
+ * them again, idempotently), and the destination gets the rest. A dead letter that its own route
+ * rejects fails the publish.
  */
 export class RoutingSink implements Sink {
   private readonly routes: ReadonlyMap<string, Sink>;
+  private readonly rejectedListeners: ((deadLetters: readonly Output[]) => void)[] = [];
 
   constructor(
     routes: Readonly<Record<string, Sink>> | ReadonlyMap<string, Sink>,
@@ -27,6 +42,11 @@ export class RoutingSink implements Sink {
   /** The routed sink names. */
   get sinkNames(): string[] {
     return [...this.routes.keys()];
+  }
+
+  /** Calls `listener` with the dead letters of each publish that set rejected outputs aside (metrics, logs). */
+  onRejected(listener: (deadLetters: readonly Output[]) => void): void {
+    this.rejectedListeners.push(listener);
   }
 
   route(sink: string): Sink | undefined {
@@ -65,11 +85,71 @@ export class RoutingSink implements Sink {
       }
       group.push(o);
     }
-    const results = await Promise.allSettled([...groups].map(([sink, group]) => sink.publish(group)));
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
+    const results = await Promise.allSettled(
+      [...groups].map(([sink, group]) => publishOrReject(sink, group)),
+    );
+    const rejected: Output[] = [];
+    for (const r of results) {
+      if (r.status === 'rejected') throw r.reason;
+      rejected.push(...r.value.deadLetters);
+    }
+    if (rejected.length === 0) return;
+    const deadLetters = this.route(DEAD_LETTER_SINK);
+    if (deadLetters === undefined) throw firstError(results);
+    // With what the dead-letter route got in this publish: a sink that writes each object whole
+    // (S3 without merge) would otherwise replace the commit's other dead letters.
+    const index = [...groups.keys()].indexOf(deadLetters);
+    const published = index < 0 ? [] : (results[index] as PromiseFulfilledResult<Published>).value.published;
+    await deadLetters.publish([...published, ...rejected]);
+    for (const listener of this.rejectedListeners) listener(rejected);
   }
 
   private describeRoutes(): string {
     return [...this.routes.keys()].map((k) => `"${k}"`).join(', ') || 'none';
   }
+}
+
+/** What a destination took, and the dead letters of the outputs it rejected. */
+interface Published {
+  readonly published: readonly Output[];
+  readonly deadLetters: readonly Output[];
+  readonly error?: SinkOutputError;
+}
+
+/** Publishes `outputs` to `sink`, but for those it rejects (see RoutingSink): their dead letters. */
+async function publishOrReject(sink: Sink, outputs: readonly Output[]): Promise<Published> {
+  try {
+    await sink.publish(outputs);
+    return { published: outputs, deadLetters: [] };
+  } catch (error) {
+    if (!(error instanceof SinkOutputError)) throw error;
+    const rejected = outputs.filter((o) => error.rejected.has(o.id));
+    // Nothing to set aside (the error names no output of ours), or a dead letter: fail.
+    if (rejected.length === 0 || rejected.some((o) => o.sink === DEAD_LETTER_SINK)) throw error;
+    const rest = outputs.filter((o) => !error.rejected.has(o.id));
+    if (rest.length > 0) await sink.publish(rest);
+    return {
+      published: rest,
+      deadLetters: rejected.map((o) => sinkDeadLetter(o, error.rejected.get(o.id) ?? error.message)),
+      error,
+    };
+  }
+}
+
+function firstError(results: PromiseSettledResult<Published>[]): SinkOutputError | undefined {
+  for (const r of results) if (r.status === 'fulfilled' && r.value.error !== undefined) return r.value.error;
+  return undefined;
+}
+
+/** A rejected output as a dead letter: same id, reason `sink`, the sink it was for and its value. */
+function sinkDeadLetter(output: Output, message: string): Output {
+  const parts = output.id.split('/');
+  const value: DeadLetter = {
+    reason: 'sink',
+    message,
+    shardId: parts[parts.length - 3] ?? '',
+    sink: output.sink,
+    value: output.value,
+  };
+  return { id: output.id, sink: DEAD_LETTER_SINK, value };
 }
