@@ -5,7 +5,11 @@
  * request limits, partial-failure retries (injected through client middleware, since the
  * emulators never throttle), routing and spec-built routing sinks.
  */
-import { type DynamoDBClient, waitUntilTableExists } from '@aws-sdk/client-dynamodb';
+import {
+  type DynamoDBClient,
+  ScanCommand as ScanItemsCommand,
+  waitUntilTableExists,
+} from '@aws-sdk/client-dynamodb';
 import {
   GetRecordsCommand,
   GetShardIteratorCommand,
@@ -493,6 +497,38 @@ describe('DynamoDbUpsertSink', () => {
     await expect(
       missing.publish(commitOutputs('j', 's', 5, 'c', [windowResult('/x', 1, 1)])),
     ).rejects.toThrow(ConfigurationError);
+  });
+
+  it("rejects, before sending, an output holding a number outside DynamoDB's range (not a ConfigurationError)", async () => {
+    const table = await createResultsTable(clients.dynamodb);
+    // A double can be far larger (or smaller) than a DynamoDB number: DynamoDB answers
+    // ValidationException "Number overflow" (moto too), which failed the publish as a misconfiguration.
+    for (const conditionalWrites of [true, false]) {
+      const sink = new DynamoDbUpsertSink({ client: clients.dynamodb, table, key, conditionalWrites });
+      for (const [i, extreme] of [2e126, -1e200, 1e-131].entries()) {
+        const outputs = commitOutputs('j', 's', 1, 'c', [
+          windowResult('/ok', i, 1),
+          { ...windowResult('/x', i, 1), extreme },
+        ]);
+        const error = await sink.publish(outputs).catch((e: unknown) => e);
+        expect(error).toBeInstanceOf(SinkOutputError);
+        expect([...(error as SinkOutputError).rejected.keys()]).toEqual([outputs[1]!.id]);
+        expect((error as Error).message).toMatch(/outside DynamoDB's number range/);
+      }
+      // The largest and smallest magnitudes DynamoDB takes are written.
+      await sink.publish(
+        commitOutputs('j', 's', 2, 'c', [
+          { ...windowResult('/edge', 0, 1), extreme: 9.99999999999999e125, tiny: 1e-130 },
+        ]),
+      );
+    }
+    // (The document client cannot read such numbers back: the low-level one.)
+    const { Items = [] } = await clients.dynamodb.send(
+      new ScanItemsCommand({ TableName: table, ConsistentRead: true }),
+    );
+    expect(Items.map((i) => [i.page?.S, i.extreme?.N, i.tiny?.N])).toEqual([
+      ['/edge', '9.99999999999999e+125', '1e-130'],
+    ]);
   });
 });
 

@@ -495,7 +495,15 @@ export class DynamoDbUpsertSink implements Sink {
     const item: Record<string, AttributeValue> = Object.create(null);
     for (const [name, v] of Object.entries(fields)) {
       if (name.length === 0) continue; // DynamoDB rejects empty attribute names
-      item[name] = toAttributeValue(v);
+      try {
+        item[name] = toAttributeValue(v);
+      } catch (error) {
+        if (!(error instanceof SinkOutputError)) throw error;
+        throw new SinkOutputError(
+          `output ${output.id} to sink "${output.sink}" cannot be a DynamoDB item: attribute "${name}" holds a ${error.message}`,
+          { outputId: output.id },
+        );
+      }
     }
     const size = itemSize(item);
     if (size > DYNAMODB_MAX_ITEM_BYTES) {
@@ -604,13 +612,30 @@ function validKey(key: unknown): [string, string | number][] | undefined {
   return entries as [string, string | number][];
 }
 
-/** Marshals a JSON value (as JSON.parse returns it) to a DynamoDB AttributeValue. */
+/** The smallest magnitude of a DynamoDB number other than 0. */
+const DYNAMODB_MIN_MAGNITUDE = 1e-130;
+/** The least double above DynamoDB's largest number (9.99...E+125, 38 digits): magnitudes must be below it. */
+const DYNAMODB_MAX_MAGNITUDE = 1e126;
+
+/**
+ * Marshals a JSON value (as JSON.parse returns it) to a DynamoDB AttributeValue; a number that
+ * DynamoDB cannot store (magnitude over 9.99E+125 or under 1E-130) is a SinkOutputError.
+ */
 export function toAttributeValue(value: unknown): AttributeValue {
   if (value === null || value === undefined) return { NULL: true };
   switch (typeof value) {
     case 'string':
       return { S: value };
     case 'number':
+      if (
+        value !== 0 &&
+        !(Math.abs(value) >= DYNAMODB_MIN_MAGNITUDE && Math.abs(value) < DYNAMODB_MAX_MAGNITUDE)
+      ) {
+        // DynamoDB rejects the item (ValidationException: number overflow or underflow).
+        throw new SinkOutputError(
+          `number (${value}) outside DynamoDB's number range (magnitudes 1E-130 to 9.9999999999999999999999999999999999999E+125)`,
+        );
+      }
       return { N: String(value) };
     case 'boolean':
       return { BOOL: value };
