@@ -4,7 +4,16 @@
  * Kinesis stream, or S3 (the processor's bucket or another). Rendered into FLOE_SINKS with the
  * grammar of lib/aws/sinks-config.ts, and granted to the worker with the actions the sink uses.
  */
-import { type RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import {
+  Arn,
+  ArnFormat,
+  type IResource,
+  type RemovalPolicy,
+  Stack,
+  Token,
+  TokenComparison,
+  Validations,
+} from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import type { IGrantable } from 'aws-cdk-lib/aws-iam';
 import * as iam from 'aws-cdk-lib/aws-iam';
@@ -179,7 +188,7 @@ export abstract class SinkTarget {
     })();
   }
 
-  /** An existing DynamoDB table, upserted by key. */
+  /** An existing DynamoDB table (of the processor's region; of another account, named by ARN), upserted by key. */
   static table(table: dynamodb.ITable, options: TableSinkOptions): SinkTarget {
     checkField('partitionKey', options.partitionKey);
     if (options.sortKey !== undefined) checkField('sortKey', options.sortKey);
@@ -190,24 +199,26 @@ export abstract class SinkTarget {
       );
     }
     return new (class extends SinkTarget {
-      bind(): SinkTargetConfig {
+      bind(o: SinkTargetBindOptions): SinkTargetConfig {
         const key = [options.partitionKey, ...(options.sortKey !== undefined ? [options.sortKey] : [])];
+        const ref = resourceRef(o, table, table.tableName, table.tableArn, 'table');
         return {
-          destination: tableDestination(table.tableName, key, options),
+          destination: tableDestination(ref, key, options),
           grant: (grantee) => grantUpsert(table, grantee),
         };
       }
     })();
   }
 
-  /** An existing Kinesis stream (PutRecords). */
+  /** An existing Kinesis stream (PutRecords) of the processor's region; of another account, named by ARN. */
   static stream(stream: kinesis.IStream, options: StreamSinkOptions = {}): SinkTarget {
     if (options.partitionKey !== undefined) checkField('partitionKey', options.partitionKey);
     return new (class extends SinkTarget {
-      bind(): SinkTargetConfig {
+      bind(o: SinkTargetBindOptions): SinkTargetConfig {
         const params = options.partitionKey !== undefined ? `?partitionKey=${options.partitionKey}` : '';
+        const ref = resourceRef(o, stream, stream.streamName, stream.streamArn, 'stream');
         return {
-          destination: `kinesis:${stream.streamName}${params}`,
+          destination: `kinesis:${ref}${params}`,
           grant: (grantee) => {
             stream.grant(grantee, 'kinesis:PutRecords', 'kinesis:PutRecord');
             stream.encryptionKey?.grantEncrypt(grantee);
@@ -239,6 +250,33 @@ export abstract class SinkTarget {
 
   /** Defines what the target needs and renders its destination; called once by the processor. */
   abstract bind(options: SinkTargetBindOptions): SinkTargetConfig;
+}
+
+/**
+ * How the worker names an existing table or stream: by name when it is of the processor's account,
+ * else (another account's, or one the synthesis cannot tell) by ARN. A name alone would reach the
+ * table or stream of that name in the worker's own account, where the grant (on the ARN) does not
+ * apply. Another region is refused: the worker's clients are of its own region, and an ARN does
+ * not move a request to another region.
+ */
+function resourceRef(
+  o: SinkTargetBindOptions,
+  resource: IResource,
+  name: string,
+  arn: string,
+  what: string,
+): string {
+  const stack = Stack.of(o.scope);
+  // An imported table's env is the stack's (Table.fromTableArn): a literal ARN says more.
+  const env = Token.isUnresolved(arn) ? resource.env : Arn.split(arn, ArnFormat.SLASH_RESOURCE_NAME);
+  const region = env.region ?? resource.env.region;
+  if (Token.compareStrings(region, stack.region) === TokenComparison.DIFFERENT) {
+    throw new Error(
+      `sink "${o.sinkName}" is bound to a ${what} in region ${region}, but the processor runs in ${stack.region}: a sink ${what} must be in the processor's region`,
+    );
+  }
+  const account = Token.compareStrings(env.account ?? resource.env.account, stack.account);
+  return account === TokenComparison.SAME || account === TokenComparison.BOTH_UNRESOLVED ? name : arn;
 }
 
 function tableDestination(

@@ -718,6 +718,48 @@ describe('StreamProcessor options', () => {
     );
   });
 
+  it("names another account's sink stream and table by ARN, refuses another region's", () => {
+    // By name, the worker wrote to the stream or table of that name in its own account (where the
+    // grant, on the other account's ARN, does not apply: AccessDenied at every publish).
+    const sinksOf = (env: { account: string; region: string }, streamArn: string, tableArn: string) => {
+      const stack = new Stack(testApp(), 'Imported', { env });
+      new StreamProcessor(stack, 'Job', {
+        pipeline: 'examples/card-fraud.ts',
+        sinks: {
+          'fraud-alerts': SinkTarget.stream(kinesis.Stream.fromStreamArn(stack, 'Alerts', streamArn)),
+          cards: SinkTarget.table(dynamodb.Table.fromTableArn(stack, 'Cards', tableArn), {
+            partitionKey: 'card',
+          }),
+        },
+      });
+      return JSON.stringify(functionEnv(Template.fromStack(stack), 'JobWorker').FLOE_SINKS);
+    };
+    const here = { account: '111111111111', region: 'us-east-1' };
+    const other = sinksOf(
+      here,
+      'arn:aws:kinesis:us-east-1:222222222222:stream/alerts',
+      'arn:aws:dynamodb:us-east-1:222222222222:table/cards',
+    );
+    expect(other).toContain('fraud-alerts=kinesis:arn:aws:kinesis:us-east-1:222222222222:stream/alerts');
+    expect(other).toContain('cards=dynamodb:arn:aws:dynamodb:us-east-1:222222222222:table/cards?key=card');
+    const same = sinksOf(
+      here,
+      'arn:aws:kinesis:us-east-1:111111111111:stream/alerts',
+      'arn:aws:dynamodb:us-east-1:111111111111:table/cards',
+    );
+    expect(same).toContain('fraud-alerts=kinesis:alerts');
+    expect(same).toContain('cards=dynamodb:cards?key=card');
+    expect(() =>
+      sinksOf(
+        here,
+        'arn:aws:kinesis:eu-west-1:111111111111:stream/alerts',
+        'arn:aws:dynamodb:us-east-1:111111111111:table/cards',
+      ),
+    ).toThrow(
+      /sink "fraud-alerts" is bound to a stream in region eu-west-1, but the processor runs in us-east-1/,
+    );
+  });
+
   it('binds Kinesis, existing-table and external-bucket sinks with their grants', () => {
     const app = testApp();
     const stack = new Stack(app, 'Sinks');
