@@ -6,6 +6,7 @@
  * emulators never throttle), routing and spec-built routing sinks.
  */
 import {
+  CreateTableCommand,
   type DynamoDBClient,
   ScanCommand as ScanItemsCommand,
   waitUntilTableExists,
@@ -497,6 +498,52 @@ describe('DynamoDbUpsertSink', () => {
     await expect(
       missing.publish(commitOutputs('j', 's', 5, 'c', [windowResult('/x', 1, 1)])),
     ).rejects.toThrow(ConfigurationError);
+  });
+
+  it("rejects an output whose key is over DynamoDB's key size limits (hash 2048 bytes, range 1024), not as a ConfigurationError", async () => {
+    // A long key (a page URL with its query string) made every publish of the shard fail with
+    // ValidationException "Size of hashkey has exceeded ...", mapped to a ConfigurationError.
+    const table = uniqueName('sink-long-keys');
+    await clients.dynamodb.send(
+      new CreateTableCommand({
+        TableName: table,
+        BillingMode: 'PAY_PER_REQUEST',
+        AttributeDefinitions: [
+          { AttributeName: 'page', AttributeType: 'S' },
+          { AttributeName: 'user', AttributeType: 'S' },
+        ],
+        KeySchema: [
+          { AttributeName: 'page', KeyType: 'HASH' },
+          { AttributeName: 'user', KeyType: 'RANGE' },
+        ],
+      }),
+    );
+    await waitUntilTableExists({ client: clients.dynamodb, maxWaitTime: 60 }, { TableName: table });
+    const sink = new DynamoDbUpsertSink({
+      client: clients.dynamodb,
+      table,
+      key: (v) => ({ page: (v as { page: string }).page, user: (v as { user: string }).user }),
+      retry: FAST_RETRY,
+    });
+    const outputs = commitOutputs('j', 's', 1, 'c', [
+      { page: '/ok', user: 'u' },
+      { page: `/${'p'.repeat(2048)}`, user: 'u' },
+      { page: '/ok2', user: 'u'.repeat(1025) },
+    ]);
+    const error = await sink.publish(outputs).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(SinkOutputError);
+    expect([...(error as SinkOutputError).rejected.keys()]).toContain(outputs[1]!.id);
+    // What the routing does with the error: publish the rest (DynamoDB finds the range key too
+    // long, one output at a time).
+    const deadLetters: Output[] = [];
+    const routed = new RoutingSink({
+      c: sink,
+      'floe.dead-letter': { publish: async (o) => void deadLetters.push(...o) },
+    });
+    await routed.publish(outputs);
+    const { Items = [] } = await clients.dynamodb.send(new ScanItemsCommand({ TableName: table }));
+    expect(Items.map((i) => i.page?.S)).toEqual(['/ok']);
+    expect(deadLetters.map((d) => d.id).sort()).toEqual([outputs[1]!.id, outputs[2]!.id]);
   });
 
   it("rejects, before sending, an output holding a number outside DynamoDB's range (not a ConfigurationError)", async () => {

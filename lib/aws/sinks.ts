@@ -352,6 +352,10 @@ export class KinesisStreamSink implements Sink {
 
 export const DYNAMODB_MAX_BATCH_WRITE = 25;
 export const DYNAMODB_MAX_ITEM_BYTES = 400 * 1024;
+/** The largest partition key value (a sort key: half of it). */
+export const DYNAMODB_MAX_KEY_BYTES = 2048;
+/** DynamoDB's ValidationException for a partition or sort key value over its size limit. */
+const KEY_TOO_LONG = /size of (hashkey|all range keys) has exceeded/i;
 /** The attribute holding the id of the output that wrote the item. */
 export const OUTPUT_ID_ATTRIBUTE = 'floeOutputId';
 /** The upsert sink's order of an item's output among its job's and shard's outputs. */
@@ -480,6 +484,14 @@ export class DynamoDbUpsertSink implements Sink {
         { outputId: output.id },
       );
     }
+    const long = entries.find(([, v]) => typeof v === 'string' && utf8Length(v) > DYNAMODB_MAX_KEY_BYTES);
+    if (long !== undefined) {
+      throw new SinkOutputError(
+        `output ${output.id} to sink "${output.sink}" has a DynamoDB key attribute "${long[0]}" of ${utf8Length(long[1] as string)} bytes; ` +
+          `a partition key holds at most ${DYNAMODB_MAX_KEY_BYTES} bytes (a sort key ${DYNAMODB_MAX_KEY_BYTES / 2})`,
+        { outputId: output.id },
+      );
+    }
     // Null prototype: a value field named __proto__ stays an ordinary attribute.
     const fields: Record<string, unknown> = Object.create(null);
     if (this.valueAttribute !== undefined) {
@@ -519,10 +531,18 @@ export class DynamoDbUpsertSink implements Sink {
   /**
    * What a failed `request` (PutItem, BatchWriteItem) raises: a rejected item (ValidationException:
    * wrong key attributes or types) a ConfigurationError, else mapError's mapping (transient ones
-   * as TransientBackendError).
+   * as TransientBackendError). A PutItem of one output whose key is too long (a sort key over
+   * 1024 bytes: the sink does not know which attribute is the sort key) rejects that output.
    */
-  private requestError(request: string, error: unknown): unknown {
+  private requestError(request: string, error: unknown, outputId?: string): unknown {
     if (errorName(error) === 'ValidationException') {
+      const message = (error as Error).message;
+      if (outputId !== undefined && KEY_TOO_LONG.test(message)) {
+        return new SinkOutputError(
+          `DynamoDB rejected output ${outputId} to table "${this.table}": ${message}`,
+          { cause: error, outputId },
+        );
+      }
       return new ConfigurationError(
         `DynamoDB rejected a ${request} to table "${this.table}": ${(error as Error).message}; check that the key function returns exactly the table's key attributes with their types (S or N)`,
         { cause: error },
@@ -557,7 +577,7 @@ export class DynamoDbUpsertSink implements Sink {
         return;
       } catch (error) {
         if (errorName(error) === 'ConditionalCheckFailedException') return;
-        const failure = this.requestError('PutItem', error);
+        const failure = this.requestError('PutItem', error, item[OUTPUT_ID_ATTRIBUTE]?.S);
         if (failure instanceof TransientBackendError) {
           if (attempt < this.retry.maxAttempts) continue;
           throw new TransientBackendError(

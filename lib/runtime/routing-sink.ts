@@ -116,24 +116,33 @@ interface Published {
   readonly error?: SinkOutputError;
 }
 
-/** Publishes `outputs` to `sink`, but for those it rejects (see RoutingSink): their dead letters. */
+/**
+ * Publishes `outputs` to `sink`, but for those it rejects (see RoutingSink): their dead letters.
+ * A sink rejects all it can before it sends anything; one that finds more on sending (DynamoDB)
+ * is tried again without them, until it takes the rest or names nothing more to set aside.
+ */
 async function publishOrReject(sink: Sink, outputs: readonly Output[]): Promise<Published> {
-  try {
-    await sink.publish(outputs);
-    return { published: outputs, deadLetters: [] };
-  } catch (error) {
-    if (!(error instanceof SinkOutputError)) throw error;
-    const rejected = outputs.filter((o) => error.rejected.has(o.id));
-    // Nothing to set aside (the error names no output of ours), or a dead letter: fail.
-    if (rejected.length === 0 || rejected.some((o) => o.sink === DEAD_LETTER_SINK)) throw error;
-    const rest = outputs.filter((o) => !error.rejected.has(o.id));
-    if (rest.length > 0) await sink.publish(rest);
-    return {
-      published: rest,
-      deadLetters: rejected.map((o) => sinkDeadLetter(o, error.rejected.get(o.id) ?? error.message)),
-      error,
-    };
+  let rest = outputs;
+  const rejected = new Map<string, string>();
+  let last: SinkOutputError | undefined;
+  while (rest.length > 0) {
+    try {
+      await sink.publish(rest);
+      break;
+    } catch (error) {
+      if (!(error instanceof SinkOutputError)) throw error;
+      const setAside = rest.filter((o) => error.rejected.has(o.id));
+      // Nothing to set aside (the error names no output of ours), or a dead letter: fail.
+      if (setAside.length === 0 || setAside.some((o) => o.sink === DEAD_LETTER_SINK)) throw error;
+      for (const o of setAside) rejected.set(o.id, error.rejected.get(o.id) ?? error.message);
+      rest = rest.filter((o) => !error.rejected.has(o.id));
+      last = error;
+    }
   }
+  const deadLetters = outputs
+    .filter((o) => rejected.has(o.id))
+    .map((o) => sinkDeadLetter(o, rejected.get(o.id)!));
+  return { published: rest, deadLetters, ...(last === undefined ? {} : { error: last }) };
 }
 
 function firstError(results: PromiseSettledResult<Published>[]): SinkOutputError | undefined {
