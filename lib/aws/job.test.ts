@@ -1,6 +1,8 @@
-import { describe, expect, it } from 'vitest';
-import { ConfigurationError } from '../core/index.ts';
-import { awsJobConfigFromEnv } from './job.ts';
+import net from 'node:net';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { ConfigurationError, TransientBackendError } from '../core/index.ts';
+import { awsClients, awsJobConfigFromEnv } from './job.ts';
+import { DynamoDbUpsertSink, KinesisStreamSink, S3ObjectSink } from './sinks.ts';
 
 const base = {
   FLOE_JOB: 'pv',
@@ -90,4 +92,50 @@ describe('awsJobConfigFromEnv: FLOE_GENERATION', () => {
       );
     }
   });
+});
+
+describe('awsClients: a request without an answer', () => {
+  afterEach(() => {
+    vi.unstubAllEnvs();
+  });
+
+  // A connection the service never answers (dropped without a reset): the publish used to wait
+  // forever, holding the shard (and, under floe run, the round of every shard). The 30 s
+  // requestTimeout given to emulator clients only logged a warning; DynamoDB had no timeout at all.
+  it('fails after the idle timeout, as a retryable error of the sink, for every service', async () => {
+    const server = net.createServer(() => {}); // accepts connections, never answers
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    const env = {
+      AWS_REGION: 'us-east-1',
+      AWS_ACCESS_KEY_ID: 'test',
+      AWS_SECRET_ACCESS_KEY: 'test',
+      AWS_ENDPOINT_URL: url,
+      AWS_MAX_ATTEMPTS: '1',
+    };
+    for (const [name, value] of Object.entries(env)) vi.stubEnv(name, value);
+    const clients = awsClients(env, { socketIdleTimeoutMs: 500 });
+    const retry = { maxAttempts: 1 };
+    const sinks = [
+      new DynamoDbUpsertSink({ client: clients.dynamodb, table: 'table', key: () => ({ k: 'a' }), retry }),
+      new KinesisStreamSink({ client: clients.kinesis, stream: 'stream', retry }),
+      new S3ObjectSink({ client: clients.s3, bucket: 'bucket' }),
+    ];
+    try {
+      const started = Date.now();
+      const outcomes = await Promise.all(
+        sinks.map((sink) =>
+          Promise.race([
+            sink.publish([{ id: 'j/s/1/0', sink: 'x', value: {} }]).catch((e: unknown) => e),
+            new Promise((resolve) => setTimeout(() => resolve('still waiting'), 10_000)),
+          ]),
+        ),
+      );
+      for (const outcome of outcomes) expect(outcome).toBeInstanceOf(TransientBackendError);
+      expect(Date.now() - started).toBeLessThan(10_000);
+    } finally {
+      clients.destroy();
+      server.close();
+    }
+  }, 20_000);
 });

@@ -55,17 +55,37 @@ export interface AwsClientsBundle {
 }
 
 /**
+ * How long a request may wait without a byte from the service (a connection dropped without a
+ * reset, a black-holed endpoint) before it fails with a TimeoutError, which the SDK and the
+ * callers retry. Without it such a request waits forever: a sink's publish or a commit, and with
+ * it the shard (or, under `floe run`, every shard of the round). Idle time, not total time: a
+ * long upload that makes progress is not cut.
+ */
+export const SOCKET_IDLE_TIMEOUT_MS = 30_000;
+
+/**
  * Clients for the configured region and endpoints. With a custom endpoint (an emulator or
  * LocalStack, via AWS_ENDPOINT_URL[_SERVICE]) Kinesis uses HTTP/1.1 and S3 path-style URLs.
+ * Every request fails after `socketIdleTimeoutMs` without activity (SOCKET_IDLE_TIMEOUT_MS).
  */
-export function awsClients(env: NodeJS.ProcessEnv = process.env): AwsClientsBundle {
+export function awsClients(
+  env: NodeJS.ProcessEnv = process.env,
+  options: { readonly socketIdleTimeoutMs?: number } = {},
+): AwsClientsBundle {
   const custom = (service: string): boolean =>
     env.AWS_ENDPOINT_URL !== undefined || env[`AWS_ENDPOINT_URL_${service}`] !== undefined;
+  const idle = options.socketIdleTimeoutMs ?? SOCKET_IDLE_TIMEOUT_MS;
+  // requestTimeout alone only logs a warning (unless throwOnRequestTimeout): socketTimeout fails.
   const handler = (): NodeHttpHandler =>
-    new NodeHttpHandler({ connectionTimeout: 5_000, requestTimeout: 30_000 });
-  const kinesis = new KinesisClient(custom('KINESIS') ? { requestHandler: handler() } : {});
-  const dynamodb = new DynamoDBClient({});
-  const s3 = new S3Client(custom('S3') ? { forcePathStyle: true, requestHandler: handler() } : {});
+    new NodeHttpHandler({ connectionTimeout: 5_000, socketTimeout: idle });
+  // Kinesis on AWS keeps the SDK's HTTP/2 handler, whose requestTimeout is a stream's idle time.
+  const kinesis = new KinesisClient({
+    requestHandler: custom('KINESIS') ? handler() : { requestTimeout: idle },
+  });
+  const dynamodb = new DynamoDBClient({ requestHandler: handler() });
+  const s3 = new S3Client(
+    custom('S3') ? { forcePathStyle: true, requestHandler: handler() } : { requestHandler: handler() },
+  );
   return {
     kinesis,
     dynamodb,
