@@ -66,3 +66,19 @@ export function bar(fraction: number, width = 30): string {
   const full = Math.round(f * width);
   return `[${'#'.repeat(full)}${'.'.repeat(width - full)}] ${(f * 100).toFixed(0).padStart(3)}%`;
 }
+
+/**
+ * runJob's onLeaseBusy for the CLI: says why a shard stopped and is run again next round (another
+ * worker's lease, throttling, a sink that keeps failing), once per shard and kind of failure, so
+ * that a run that does not progress says why instead of retrying without a word.
+ */
+export function retryNotice(write: (line: string) => void): (shardId: string, error: Error) => void {
+  const said = new Map<string, string>();
+  return (shardId, error) => {
+    // The digits are times and counts (a lease's expiry, attempts): the same failure again.
+    const kind = `${error.name}: ${error.message.replace(/\d+/g, '#')}`;
+    if (said.get(shardId) === kind) return;
+    said.set(shardId, kind);
+    write(`  ${shardId}: ${error.message}; retrying`);
+  };
+}

@@ -5,7 +5,7 @@ import { checkResources, createBucket, createStream, createTables } from '../aws
 import { openAwsJobForRun } from '../aws/run-job.ts';
 import { ConfigurationError, type PipelinePlan } from '../core/index.ts';
 import { runJob } from '../runtime/local-runner.ts';
-import { formatCount, formatTime } from './args.ts';
+import { formatCount, formatTime, retryNotice } from './args.ts';
 
 export interface RunAwsOptions {
   readonly plan: PipelinePlan;
@@ -95,6 +95,13 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
       maxCachedKeys: options.maxCachedKeys,
       leaseTtlMs: options.leaseTtlMs,
       signal: controller.signal,
+      // A shard stopped on a retryable failure (throttling, a sink that keeps failing, another
+      // worker's lease) runs again next round: say why (a warning, not progress: also with
+      // --progress none), or the run just waits.
+      onLeaseBusy: retryNotice((line) => {
+        if (!options.quiet && process.stderr.isTTY) process.stderr.write('\n'); // below the progress line
+        console.error(line);
+      }),
       onCommit: (p) => {
         if (!options.quiet && process.stderr.isTTY) {
           process.stderr.write(

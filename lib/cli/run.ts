@@ -8,7 +8,16 @@ import { openEmbeddedJobForRun } from '../embedded/run-job.ts';
 import { jobStatus } from '../embedded/status.ts';
 import { runJob } from '../runtime/local-runner.ts';
 import { DEFAULT_MAX_CACHED_KEYS } from '../runtime/worker.ts';
-import { bar, formatCount, formatTime, nonNegativeInt, oneOf, positiveInt, UsageError } from './args.ts';
+import {
+  bar,
+  formatCount,
+  formatTime,
+  nonNegativeInt,
+  oneOf,
+  positiveInt,
+  retryNotice,
+  UsageError,
+} from './args.ts';
 import { loadPipeline } from './load-pipeline.ts';
 
 export const RUN_HELP = `floe run <pipeline.ts> [options]
@@ -230,13 +239,14 @@ export async function runRun(args: string[]): Promise<number> {
         if (progressMode !== 'none' && !live && reason !== pausedFor) console.error(`  paused: ${reason}`);
         pausedFor = reason;
       },
-      onLeaseBusy: (shardId) => {
-        if (progressMode !== 'none' && !live)
-          console.error(`  ${shardId}: lease held by another worker; waiting`);
-      },
+      // Not only a lease another worker holds: any retryable failure of a shard (see retryNotice).
+      onLeaseBusy: retryNotice((line) => {
+        // A warning, not progress (also with --progress none); not into the live view's lines.
+        if (!live) console.error(line);
+      }),
       onCheckedRetry: (error) => {
-        // Rare and worth seeing: records are about to be dead-lettered.
-        if (progressMode !== 'none') {
+        // A warning too: records are about to be dead-lettered.
+        if (!live) {
           const what = error.message.split('; ')[0];
           console.error(`  ${what}: processing the uncommitted records again in the checked pass`);
         }
