@@ -92,6 +92,22 @@ describe('KinesisStreamSink', () => {
     await sink.publish(outputs(3, (i) => i));
     expect(inputs).toHaveLength(3);
 
+    // Retried as the backend retries (isTransientAwsError): HTTP 429, a DNS failure.
+    const tooMany = Object.assign(new Error('Too Many Requests'), {
+      name: 'UnknownError',
+      $metadata: { httpStatusCode: 429 },
+    });
+    const dns = Object.assign(new Error('getaddrinfo EAI_AGAIN kinesis'), { code: 'EAI_AGAIN' });
+    const flaky = fakeKinesis((_input, call) => {
+      if (call === 0) throw tooMany;
+      if (call === 1) throw dns;
+      return undefined;
+    });
+    await new KinesisStreamSink({ client: flaky.client, stream: 's', retry: { baseDelayMs: 1 } }).publish(
+      outputs(1, () => 1),
+    );
+    expect(flaky.inputs).toHaveLength(3);
+
     const always = fakeKinesis(() => {
       throw throttled;
     });

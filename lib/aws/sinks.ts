@@ -47,6 +47,7 @@ import {
 } from '../core/errors.ts';
 import { outputValueJson } from '../core/outputs.ts';
 import type { Output, Sink } from '../core/ports.ts';
+import { isTransientAwsError } from './retry.ts';
 
 export { SinkOutputError } from '../core/errors.ts';
 export { RoutingSink } from '../runtime/routing-sink.ts';
@@ -88,19 +89,8 @@ function backoff(retry: ResolvedRetry, attempt: number): Promise<void> {
   return sleep(Math.random() * cap);
 }
 
-const TRANSIENT_ERROR =
-  /Throttl|ProvisionedThroughputExceeded|RequestLimitExceeded|LimitExceeded|InternalServerError|InternalFailure|ServiceUnavailable|SlowDown|RequestTimeout|TimeoutError|ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT|socket hang up/;
-
 function errorName(error: unknown): string {
   return (error as { name?: string } | undefined)?.name ?? '';
-}
-
-function isTransient(error: unknown): boolean {
-  const status = (error as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata
-    ?.httpStatusCode;
-  if (status !== undefined && status >= 500) return true;
-  const code = (error as { code?: string } | undefined)?.code ?? '';
-  return TRANSIENT_ERROR.test(errorName(error)) || TRANSIENT_ERROR.test(code);
 }
 
 /** Maps an SDK error: transient ones to TransientBackendError, missing resources to ConfigurationError. */
@@ -111,7 +101,9 @@ function mapError(what: string, error: unknown, missingHint: string): unknown {
   if (name === 'ResourceNotFoundException' || name === 'NoSuchBucket') {
     return new ConfigurationError(`${what} failed: ${name}: ${message}; ${missingHint}`, { cause: error });
   }
-  if (isTransient(error)) {
+  // The classification every AWS call of floe uses (throttling, 429/5xx, timeouts, dropped
+  // connections), so that a sink retries what the backend retries.
+  if (isTransientAwsError(error)) {
     return new TransientBackendError(`${what} failed transiently: ${name}: ${message}`, { cause: error });
   }
   return error;
