@@ -292,7 +292,8 @@ function tableDestination(
 function grantUpsert(table: dynamodb.ITable, grantee: IGrantable): void {
   // DynamoDbUpsertSink writes conditional PutItems (ordered, the default) or BatchWriteItem puts.
   table.grant(grantee, 'dynamodb:BatchWriteItem', 'dynamodb:PutItem');
-  table.encryptionKey?.grantEncrypt(grantee);
+  // A conditional PutItem reads the stored item: decrypt too, as the table's grantWriteData does.
+  table.encryptionKey?.grantEncryptDecrypt(grantee);
 }
 
 function bucketConfig(bucket: s3.IBucket, prefix: string, merge: boolean | undefined): SinkTargetConfig {

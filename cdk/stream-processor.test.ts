@@ -806,6 +806,28 @@ describe('StreamProcessor options', () => {
     expect(processor.job).toBe('card-fraud');
   });
 
+  it("grants a customer-managed key's encrypt and decrypt for a table sink: conditional writes read the item", () => {
+    const app = testApp();
+    const stack = new Stack(app, 'KeySinks');
+    const table = new dynamodb.Table(stack, 'Encrypted', {
+      partitionKey: { name: 'card', type: dynamodb.AttributeType.STRING },
+      encryption: dynamodb.TableEncryption.CUSTOMER_MANAGED,
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+    });
+    new StreamProcessor(stack, 'Job', {
+      pipeline: 'examples/card-fraud.ts',
+      sinks: { 'fraud-alerts': SinkTarget.table(table, { partitionKey: 'card' }) },
+    });
+    const statements = policyStatements(Template.fromStack(stack), 'JobWorkerRole');
+    const keyStatement = statements.find(
+      (st) =>
+        JSON.stringify(st.Resource).includes('EncryptedKey') && JSON.stringify(st.Action).includes('kms:'),
+    );
+    expect(keyStatement?.Action).toEqual(
+      expect.arrayContaining(['kms:Decrypt', 'kms:Encrypt', 'kms:GenerateDataKey*']),
+    );
+  });
+
   it("sets the worker's FLOE_DELTA_APPLY from deltaApply, and only the worker's", () => {
     const { stack } = processorStack({ deltaApply: 'transactions' });
     const t = Template.fromStack(stack);
