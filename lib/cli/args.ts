@@ -82,3 +82,12 @@ export function retryNotice(write: (line: string) => void): (shardId: string, er
     write(`  ${shardId}: ${error.message}; retrying`);
   };
 }
+
+/**
+ * runJob's onCheckedRetry for the CLI: the line saying that a shard's uncommitted records are
+ * processed again in the checked pass, and why (the record or value, the first clause of the
+ * error's message).
+ */
+export function checkedRetryLine(error: Error): string {
+  return `  ${error.message.split('; ')[0]}: processing the uncommitted records again in the checked pass`;
+}

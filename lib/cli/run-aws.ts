@@ -5,7 +5,7 @@ import { checkResources, createBucket, createStream, createTables } from '../aws
 import { openAwsJobForRun } from '../aws/run-job.ts';
 import { ConfigurationError, type PipelinePlan } from '../core/index.ts';
 import { runJob } from '../runtime/local-runner.ts';
-import { formatCount, formatTime, retryNotice } from './args.ts';
+import { checkedRetryLine, formatCount, formatTime, retryNotice } from './args.ts';
 
 export interface RunAwsOptions {
   readonly plan: PipelinePlan;
@@ -102,6 +102,10 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
         if (!options.quiet && process.stderr.isTTY) process.stderr.write('\n'); // below the progress line
         console.error(line);
       }),
+      onCheckedRetry: (error) => {
+        if (!options.quiet && process.stderr.isTTY) process.stderr.write('\n');
+        console.error(checkedRetryLine(error));
+      },
       onCommit: (p) => {
         if (!options.quiet && process.stderr.isTTY) {
           process.stderr.write(

@@ -10,6 +10,7 @@ import { runJob } from '../runtime/local-runner.ts';
 import { DEFAULT_MAX_CACHED_KEYS } from '../runtime/worker.ts';
 import {
   bar,
+  checkedRetryLine,
   formatCount,
   formatTime,
   nonNegativeInt,
@@ -246,10 +247,7 @@ export async function runRun(args: string[]): Promise<number> {
       }),
       onCheckedRetry: (error) => {
         // A warning too: records are about to be dead-lettered.
-        if (!live) {
-          const what = error.message.split('; ')[0];
-          console.error(`  ${what}: processing the uncommitted records again in the checked pass`);
-        }
+        if (!live) console.error(checkedRetryLine(error));
       },
       onCommit: (p) => {
         records += p.records;
