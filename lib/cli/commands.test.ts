@@ -308,3 +308,30 @@ describe.concurrent('floe demo says what happened', () => {
     expect(readdirSync(dir)).toContain('floe.db');
   });
 });
+
+describe.concurrent('floe demo deletes only its own data directory', () => {
+  it('refuses a directory holding files it did not write, and leaves them there', async () => {
+    const dir = join(TMP, 'demo-foreign');
+    mkdirSync(join(dir, 'src'), { recursive: true });
+    writeFileSync(join(dir, 'src', 'code.ts'), 'important');
+    const result = await floe('demo', '--events', '5', '--data-dir', dir);
+    expectOneLineError(result, 1, /--data-dir .*demo-foreign holds files the demo did not write \(src\)/);
+    expect(readdirSync(dir)).toEqual(['src']);
+    expect(readdirSync(join(dir, 'src'))).toEqual(['code.ts']);
+  });
+
+  it('refuses a data directory of other jobs, and recreates its own on the next run', async () => {
+    const other = await produced('demo-other-jobs');
+    expectOneLineError(
+      await floe('demo', '--events', '5', '--data-dir', other),
+      1,
+      /holds files the demo did not write \(floe\.db/,
+    );
+    expect(existsSync(join(other, 'floe.db'))).toBe(true);
+    const own = join(TMP, 'demo-own');
+    for (let run = 0; run < 2; run++) {
+      const result = await floe('demo', '--events', '5', '--no-kill', '--data-dir', own);
+      expect(result.code, result.stderr).toBe(0);
+    }
+  });
+});

@@ -4,11 +4,11 @@
  * resume it, then summarize the results and check that every event was counted exactly once.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { DEAD_LETTER_SINK, DEFAULT_LATE_SINK } from '../core/index.ts';
+import { ConfigurationError, DEAD_LETTER_SINK, DEFAULT_LATE_SINK } from '../core/index.ts';
 import { databasePath } from '../embedded/job.ts';
 import { outputTableName } from '../embedded/sinks.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
@@ -25,7 +25,8 @@ Generates a clickstream (default 200,000 events over 4 shards, ~5% out of order,
 runs examples/page-views.ts and examples/user-sessions.ts on the embedded backend as two
 worker processes, kills the page-view worker with SIGKILL once it has processed 40% of its
 records (unless --no-kill, or it finishes first) and resumes it, and prints a summary. Data goes
-to --data-dir (default .floe/demo, recreated on every run).`;
+to --data-dir (default .floe/demo, deleted and recreated on every run; a directory holding
+anything the demo did not write is refused).`;
 
 interface DemoJob {
   readonly job: string;
@@ -68,6 +69,57 @@ function startWorker(job: DemoJob, dataDir: string): void {
   );
 }
 
+/** Written into the data directory the demo creates: only such a directory is deleted again. */
+const DEMO_MARKER = '.floe-demo';
+/** What the demo's SQLite database leaves in its directory. */
+const DATABASE_FILES = ['floe.db', 'floe.db-wal', 'floe.db-shm'];
+const DEMO_STREAMS = ['page-views', 'user-sessions'];
+
+/**
+ * Empties the demo's data directory. The demo deletes it whole, so it refuses a directory it did
+ * not create (a `--data-dir .` or `--data-dir .floe` would otherwise take the user's files or
+ * jobs with it): only a missing or empty one, one with the demo's marker, or one holding nothing
+ * but a database of the demo's two streams (left by a demo before the marker) is recreated.
+ */
+function recreateDemoDir(dataDir: string): void {
+  if (existsSync(dataDir)) {
+    if (!statSync(dataDir).isDirectory()) {
+      throw new ConfigurationError(`--data-dir ${dataDir} is not a directory; pass a new directory`);
+    }
+    const entries = readdirSync(dataDir);
+    if (entries.length > 0 && !entries.includes(DEMO_MARKER) && !holdsOnlyDemoDatabase(dataDir, entries)) {
+      throw new ConfigurationError(
+        `--data-dir ${dataDir} holds files the demo did not write (${entries.slice(0, 5).join(', ')}${entries.length > 5 ? ', ...' : ''}); the demo deletes and recreates its data directory, so pass a new or empty directory (default .floe/demo)`,
+      );
+    }
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+  mkdirSync(dataDir, { recursive: true });
+  writeFileSync(
+    join(dataDir, DEMO_MARKER),
+    'written by floe demo: it deletes this directory on its next run\n',
+  );
+}
+
+function holdsOnlyDemoDatabase(dataDir: string, entries: readonly string[]): boolean {
+  if (!entries.includes('floe.db') || entries.some((e) => !DATABASE_FILES.includes(e))) return false;
+  let db: ReturnType<typeof openSqlite> | undefined;
+  try {
+    db = openSqlite(databasePath(dataDir));
+    const table = db.prepare('SELECT 1 FROM sqlite_master WHERE name = ?').get('floe_log_stream');
+    if (table === undefined) return false;
+    const streams = db
+      .prepare<[], { name: string }>('SELECT name FROM floe_log_stream ORDER BY name')
+      .all()
+      .map((r) => r.name);
+    return streams.join() === DEMO_STREAMS.join();
+  } catch {
+    return false; // not a database the demo could have written
+  } finally {
+    db?.close();
+  }
+}
+
 export async function runDemo(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
@@ -87,7 +139,7 @@ export async function runDemo(args: string[]): Promise<number> {
     throw new UsageError(`demo takes no positional arguments; received "${positionals[0]}"`);
   const events = positiveInt('--events', values.events, 200_000);
   const dataDir = resolve(values['data-dir'] ?? '.floe/demo');
-  rmSync(dataDir, { recursive: true, force: true });
+  recreateDemoDir(dataDir);
   const tty = Boolean(process.stdout.isTTY);
   const out = (line: string): void => {
     process.stdout.write(`${line}\n`);
