@@ -10,6 +10,13 @@ export class UsageError extends ConfigurationError {}
  */
 export const MAX_SHARDS = 1024;
 
+/**
+ * The most records one read returns: Kinesis GetRecords' limit, which the embedded local log
+ * enforces too (lib/embedded/local-log.ts MAX_READ_LIMIT), so a larger --batch-size would only
+ * fail once the job had started.
+ */
+export const MAX_BATCH_SIZE = 10_000;
+
 /** A whole number >= 1 (and <= `max` when given), or `fallback` when the flag is absent. */
 export function positiveInt(flag: string, value: string | undefined, fallback: number, max?: number): number {
   if (value === undefined) return fallback;

@@ -176,7 +176,7 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
     expectOneLineError(
       await floe('run', 'examples/page-views.ts', '--batch-size=-5'),
       2,
-      /--batch-size must be a whole number >= 1; received "-5"/,
+      /--batch-size must be a whole number from 1 to 10000; received "-5"/,
     );
   });
 
@@ -184,12 +184,12 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
     expectOneLineError(
       await floe('run', 'examples/page-views.ts', '--batch-size', '0'),
       2,
-      /--batch-size must be a whole number >= 1; received "0"/,
+      /--batch-size must be a whole number from 1 to 10000; received "0"/,
     );
     expectOneLineError(
       await floe('run', 'examples/page-views.ts', '--batch-size', 'many'),
       2,
-      /--batch-size must be a whole number >= 1; received "many"/,
+      /--batch-size must be a whole number from 1 to 10000; received "many"/,
     );
     expectOneLineError(
       await floe('run', 'examples/page-views.ts', '--lease-ttl=1.5', '--data-dir', join(TMP, 'e3')),

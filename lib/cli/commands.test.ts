@@ -8,8 +8,8 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { MAX_SHARDS as LOG_MAX_SHARDS } from '../embedded/local-log.ts';
-import { MAX_SHARDS } from './args.ts';
+import { MAX_SHARDS as LOG_MAX_SHARDS, MAX_READ_LIMIT } from '../embedded/local-log.ts';
+import { MAX_BATCH_SIZE, MAX_SHARDS } from './args.ts';
 import { type Exit, expectOneLineError, killRunningCli, runCli } from './testing/run-cli.ts';
 
 const TMP = mkdtempSync(join(tmpdir(), 'floe-commands-test-'));
@@ -50,6 +50,45 @@ describe.concurrent('usage errors exit 2', () => {
     const help = await floe('help');
     expect(help.code).toBe(0);
     expect(help.stdout).toBe(result.stderr);
+  });
+
+  it("run and replay --batch-size above a read's limit name the flag before the job is touched", async () => {
+    expect(MAX_BATCH_SIZE).toBe(MAX_READ_LIMIT);
+    const dir = await produced('batch-too-large', 10);
+    expectOneLineError(
+      await floe(
+        'run',
+        'examples/page-views.ts',
+        '--job',
+        'pv-big',
+        '--batch-size',
+        '10001',
+        '--data-dir',
+        dir,
+      ),
+      2,
+      /^floe: --batch-size must be a whole number from 1 to 10000; received "10001"$/,
+    );
+    expectOneLineError(
+      await floe(
+        'replay',
+        '--from-timestamp',
+        '0',
+        '--pipeline',
+        'examples/page-views.ts',
+        '--as-job',
+        'pv-big',
+        '--batch-size',
+        '10001',
+        '--data-dir',
+        dir,
+      ),
+      2,
+      /--batch-size must be a whole number from 1 to 10000; received "10001"/,
+    );
+    // Neither wrote a job record (nor took a lease) for the job.
+    const status = await floe('status', '--job', 'pv-big', '--stream', 'page-views', '--data-dir', dir);
+    expect(status.stdout).toMatch(/^job pv-big on stream page-views\n/);
   });
 
   it('produce --shards above the local log limit names the flag and the limit', async () => {

@@ -6,7 +6,15 @@ import { parseArgs } from 'node:util';
 import { asStateMigration, ConfigurationError, compile, type StateMigration } from '../core/index.ts';
 import { checkJobId } from '../embedded/job.ts';
 import { prepareTimestampReplay, readManifest, restoreSavepoint } from '../runtime/savepoints.ts';
-import { formatCount, formatTime, nonNegativeInt, oneOf, positiveInt, UsageError } from './args.ts';
+import {
+  formatCount,
+  formatTime,
+  MAX_BATCH_SIZE,
+  nonNegativeInt,
+  oneOf,
+  positiveInt,
+  UsageError,
+} from './args.ts';
 import { loadPipeline } from './load-pipeline.ts';
 import { checkBackendFlags, checkSinkBindings, runRun } from './run.ts';
 import {
@@ -89,7 +97,7 @@ export async function runReplay(args: string[]): Promise<number> {
   // The options for the run are checked before anything is restored, as 'floe run' checks them.
   const backend = oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
   checkBackendFlags(backend, { sink: values.sink });
-  positiveInt('--batch-size', values['batch-size'], 1000);
+  positiveInt('--batch-size', values['batch-size'], 1000, MAX_BATCH_SIZE);
   nonNegativeInt('--commit-interval', values['commit-interval'], 0);
   positiveInt('--lease-ttl', values['lease-ttl'], 10_000);
   positiveInt('--max-cached-keys', values['max-cached-keys'], 1);

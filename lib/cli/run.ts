@@ -13,6 +13,7 @@ import {
   checkedRetryLine,
   formatCount,
   formatTime,
+  MAX_BATCH_SIZE,
   nonNegativeInt,
   oneOf,
   positiveInt,
@@ -32,7 +33,7 @@ Options:
   --stream, -s <name>       input stream (default: the job's stream, else the pipeline name)
   --job <id>                job id: scopes state, checkpoints and outputs (default: the pipeline name)
   --until-idle              stop once every shard is caught up (default: run until Ctrl-C)
-  --batch-size <N>          records per read (default 1000)
+  --batch-size <N>          records per read, 1 to 10000 (default 1000)
   --commit-interval <ms>    reads of this long share one commit: fewer state writes, outputs
                             published up to this much later (default 0: commit every read)
   --lease-ttl <ms>          shard lease time to live; a crashed worker's shards are taken over
@@ -153,7 +154,7 @@ export async function runRun(args: string[]): Promise<number> {
   }
   const backend = oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
   checkBackendFlags(backend, values);
-  const batchSize = positiveInt('--batch-size', values['batch-size'], 1000);
+  const batchSize = positiveInt('--batch-size', values['batch-size'], 1000, MAX_BATCH_SIZE);
   const commitIntervalMs = nonNegativeInt('--commit-interval', values['commit-interval'], 0);
   const progressMode = oneOf('--progress', values.progress, ['auto', 'lines', 'none'], 'auto');
   const pipeline = await loadPipeline(positionals[0]);
