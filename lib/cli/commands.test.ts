@@ -226,6 +226,28 @@ describe.concurrent('commands that read a data directory do not create one', () 
     expect(existsSync(dir)).toBe(false);
   });
 
+  it('floe produce --file refuses an arrival that is not epoch ms and a field a record does not have', async () => {
+    const dir = join(TMP, 'bad-arrival');
+    const iso = join(TMP, 'iso-arrival.ndjson');
+    writeFileSync(iso, '{"partitionKey": "a", "data": 1, "arrival": "2026-01-01T00:00:00Z"}\n');
+    expectOneLineError(
+      await floe('produce', '--stream', 's', '--file', iso, '--data-dir', dir),
+      1,
+      /^floe: line 1: "arrival" must be epoch milliseconds \(a number\); received "2026-01-01T00:00:00Z"$/,
+    );
+    const misspelt = join(TMP, 'misspelt-arrival.ndjson');
+    writeFileSync(
+      misspelt,
+      '{"partitionKey": "a", "data": 1, "arrival": 5}\n{"partitionKey": "a", "data": 2, "arival": 5}\n',
+    );
+    expectOneLineError(
+      await floe('produce', '--stream', 's', '--file', misspelt, '--data-dir', dir),
+      1,
+      /^floe: line 2: unknown field "arival" \(misspelt\?\); a record has only "partitionKey", "data" and "arrival"/,
+    );
+    expect(existsSync(dir)).toBe(false);
+  });
+
   it('floe produce --file <a directory> says it is a directory; a BOM at the start is skipped', async () => {
     const dir = join(TMP, 'produce-dir');
     mkdirSync(join(TMP, 'a-directory'), { recursive: true });

@@ -13,8 +13,8 @@ Appends events to a stream of the embedded local log (created if missing). --fil
 line first: a bad line creates and appends nothing.
 
 Input:
-  --file, -f <file|->     NDJSON: {"partitionKey": "...", "data": <JSON>, "arrival"?: <epoch ms>} lines, or plain JSON
-                          events with --partition-key naming the field to partition by
+  --file, -f <file|->     NDJSON: {"partitionKey": "...", "data": <JSON>, "arrival"?: <epoch ms>} lines (no other
+                          field), or plain JSON events with --partition-key naming the field to partition by
   --generate clickstream  synthetic clicks {user, page, ts}: sessions, Zipf-popular pages,
                           out-of-order and late events; arrival times follow event time and
                           end about now, so windows closed only by idleness (e.g. the last
@@ -104,6 +104,27 @@ export function* clickRecords(options: {
   }
 }
 
+const RECORD_FIELDS = ['partitionKey', 'data', 'arrival'];
+
+/**
+ * Refuses what a record line would otherwise lose without a word: an arrival time that is not
+ * epoch milliseconds (an ISO string would be replaced by the time of the append) and a field
+ * the record does not have (a misspelt "arrival", or a simulate line's "shard").
+ */
+function checkRecordLine(obj: Record<string, unknown>, line: number): void {
+  const unknown = Object.keys(obj).filter((field) => !RECORD_FIELDS.includes(field));
+  if (unknown.length > 0) {
+    throw new ConfigurationError(
+      `line ${line}: unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((f) => `"${f}"`).join(', ')} (misspelt?); a record has only "partitionKey", "data" and "arrival", or pass --partition-key <field> for plain events`,
+    );
+  }
+  if (obj.arrival !== undefined && (typeof obj.arrival !== 'number' || !Number.isFinite(obj.arrival))) {
+    throw new ConfigurationError(
+      `line ${line}: "arrival" must be epoch milliseconds (a number); received ${describeValue(obj.arrival)}`,
+    );
+  }
+}
+
 /** Records of an NDJSON file's lines (see PRODUCE_HELP); a bad line is an error naming it. */
 async function* fileRecords(
   lines: AsyncIterable<string>,
@@ -126,10 +147,11 @@ async function* fileRecords(
           `line ${line}: expected {"partitionKey": "...", "data": ...}, or pass --partition-key <field> for plain events; received ${text.slice(0, 80)}`,
         );
       }
+      checkRecordLine(obj, line);
       yield {
         partitionKey: obj.partitionKey,
         data: JSON.stringify(obj.data),
-        ...(typeof obj.arrival === 'number' ? { arrivalTime: obj.arrival } : {}),
+        ...(obj.arrival === undefined ? {} : { arrivalTime: obj.arrival as number }),
       };
     } else {
       const key = obj?.[partitionField];
