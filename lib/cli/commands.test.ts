@@ -248,6 +248,50 @@ describe.concurrent('commands that read a data directory do not create one', () 
     expect(existsSync(dir)).toBe(false);
   });
 
+  it("floe produce refuses records already past the stream's retention instead of appending them to be trimmed", async () => {
+    const dir = join(TMP, 'past-retention');
+    // 90,000 events at 1 a second: 25 h of arrival times ending now, over the default 24 h.
+    expectOneLineError(
+      await floe(
+        'produce',
+        '--stream',
+        's',
+        '--generate',
+        'clickstream',
+        '--events',
+        '90000',
+        '--rate',
+        '1',
+        '--data-dir',
+        dir,
+      ),
+      1,
+      /^floe: the records' arrival times span 25\.0 h up to .*, beyond the 24\.0 h retention of stream "s": the oldest would be trimmed as soon as they are appended; pass --retention-hours 26 or infinite/,
+    );
+    expect(existsSync(dir)).toBe(false);
+    const old = join(TMP, 'two-days-old.ndjson');
+    writeFileSync(old, `{"partitionKey": "a", "data": 1, "arrival": ${Date.now() - 48 * 3_600_000}}\n`);
+    expectOneLineError(
+      await floe('produce', '--stream', 's', '--file', old, '--data-dir', dir),
+      1,
+      /beyond the 24\.0 h retention of stream "s"/,
+    );
+    expect(existsSync(dir)).toBe(false);
+    const kept = await floe(
+      'produce',
+      '--stream',
+      's',
+      '--file',
+      old,
+      '--retention-hours',
+      'infinite',
+      '--data-dir',
+      dir,
+    );
+    expect(kept.code, kept.stderr).toBe(0);
+    expect(kept.stderr).toContain('1 records appended to stream "s"');
+  });
+
   it('floe produce --file <a directory> says it is a directory; a BOM at the start is skipped', async () => {
     const dir = join(TMP, 'produce-dir');
     mkdirSync(join(TMP, 'a-directory'), { recursive: true });

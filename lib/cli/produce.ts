@@ -1,8 +1,11 @@
 /** `floe produce`: append events to a stream of the embedded local log. */
+
+import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigurationError, describeValue } from '../core/index.ts';
 import { DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
-import { type AppendRecord, LocalLog } from '../embedded/local-log.ts';
+import { type AppendRecord, DEFAULT_RETENTION_MS, LocalLog } from '../embedded/local-log.ts';
+import { openSqlite } from '../embedded/sqlite.ts';
 import { clickstream } from '../runtime/clickstream.ts';
 import { bar, formatCount, fraction, MAX_SHARDS, oneOf, positiveInt, UsageError } from './args.ts';
 import { inputLines } from './files.ts';
@@ -72,6 +75,60 @@ export async function produceRecords(
   } finally {
     await log.close();
   }
+}
+
+/** The arrival times of the records to append: the first one's, and the newest. */
+interface Arrivals {
+  readonly first: number;
+  readonly newest: number;
+}
+
+/** The retention and latest arrival of a stream that already exists, without creating anything. */
+function existingStream(
+  options: ProduceOptions,
+): { retentionMs: number | null; lastArrival: number } | undefined {
+  const path = databasePath(options.dataDir);
+  if (!existsSync(path)) return undefined;
+  const db = openSqlite(path);
+  try {
+    if (db.prepare('SELECT 1 FROM sqlite_master WHERE name = ?').get('floe_log_stream') === undefined) return;
+    const row = db
+      .prepare<[string], { retention_ms: number | null; last_arrival: number }>(
+        'SELECT retention_ms, last_arrival FROM floe_log_stream WHERE name = ?',
+      )
+      .get(options.stream);
+    return row === undefined ? undefined : { retentionMs: row.retention_ms, lastArrival: row.last_arrival };
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * Refuses records that would be past the stream's retention as they are appended: the log trims
+ * them at once, so they would be reported as appended and yet be gone before any job reads them.
+ * Arrivals never decrease within a stream, so the first record's is the oldest.
+ */
+function checkWithinRetention(options: ProduceOptions, arrivals: Arrivals, now = Date.now()): void {
+  const stream = existingStream(options);
+  const retentionMs =
+    stream === undefined
+      ? options.retentionMs === Number.POSITIVE_INFINITY
+        ? null
+        : (options.retentionMs ?? DEFAULT_RETENTION_MS)
+      : stream.retentionMs;
+  if (retentionMs === null) return;
+  const lastArrival = stream?.lastArrival ?? Number.NEGATIVE_INFINITY;
+  const oldest = Math.max(arrivals.first, lastArrival);
+  const newest = Math.max(arrivals.newest, lastArrival, now);
+  if (oldest >= newest - retentionMs) return;
+  const hours = (ms: number): string => `${(ms / 3_600_000).toFixed(1)} h`;
+  const remedy =
+    stream === undefined
+      ? `pass --retention-hours ${Math.ceil((newest - oldest) / 3_600_000) + 1} or infinite (it applies when the stream is created)`
+      : `produce into a new stream with --retention-hours ${Math.ceil((newest - oldest) / 3_600_000) + 1} or infinite`;
+  throw new ConfigurationError(
+    `the records' arrival times span ${hours(newest - oldest)} up to ${new Date(newest).toISOString()}, beyond the ${hours(retentionMs)} retention of stream "${options.stream}": the oldest would be trimmed as soon as they are appended; ${remedy}`,
+  );
 }
 
 /** Generated clicks as log records; arrival follows event time (a replay of recent history). */
@@ -222,6 +279,9 @@ export async function runProduce(args: string[]): Promise<number> {
     oneOf('--generate', values.generate, ['clickstream'], 'clickstream');
     const events = positiveInt('--events', values.events, 200_000);
     const rate = positiveInt('--rate', values.rate, 200);
+    // The generated history ends about now.
+    const start = Date.now() - Math.ceil((events / rate) * 1000);
+    checkWithinRetention(options, { first: start, newest: Date.now() });
     written = await produceRecords(
       options,
       clickRecords({
@@ -234,8 +294,7 @@ export async function runProduce(args: string[]): Promise<number> {
         seed: positiveInt('--seed', values.seed, 42),
         partitionKey: oneOf('--partition-key', values['partition-key'], ['user', 'page'], 'user'),
         poison: values.poison === undefined ? 0 : Number(positiveInt('--poison', values.poison, 1)),
-        // The generated history ends about now.
-        start: Date.now() - Math.ceil((events / rate) * 1000),
+        start,
       }),
       events,
     );
@@ -245,14 +304,24 @@ export async function runProduce(args: string[]): Promise<number> {
     const path = values.file!;
     const records = async (): Promise<AsyncIterable<AppendRecord>> =>
       fileRecords(await inputLines(path, '--file'), values['partition-key']);
+    const now = Date.now();
+    let arrivals: { first: number; newest: number } | undefined;
+    const note = (record: AppendRecord): void => {
+      const arrival = record.arrivalTime ?? now;
+      arrivals ??= { first: arrival, newest: arrival };
+      arrivals.newest = Math.max(arrivals.newest, arrival);
+    };
     if (path === '-') {
       const all: AppendRecord[] = [];
-      for await (const record of await records()) all.push(record);
+      for await (const record of await records()) {
+        note(record);
+        all.push(record);
+      }
+      if (arrivals !== undefined) checkWithinRetention(options, arrivals, now);
       written = await produceRecords(options, all);
     } else {
-      for await (const _ of await records()) {
-        // validation only
-      }
+      for await (const record of await records()) note(record);
+      if (arrivals !== undefined) checkWithinRetention(options, arrivals, now);
       written = await produceRecords(options, await records());
     }
   }
