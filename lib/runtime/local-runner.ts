@@ -6,7 +6,7 @@
 import { type Commit, FencedError, FloeError, type Lease } from '../core/index.ts';
 import { CoPartitioningCheck } from './co-partitioning.ts';
 import { runnableShards, shardsAndCheckpoints } from './coordinator.ts';
-import type { JobRuntime, WorkerOptions } from './job.ts';
+import type { JobRuntime, ShardProgress, WorkerOptions } from './job.ts';
 import { WarmTasks } from './warm-tasks.ts';
 import { emptyWorkerResult, publishPending, runShardWorker, type WorkerResult } from './worker.ts';
 
@@ -82,11 +82,25 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
     const results: WorkerResult[] = await Promise.all(
       plans.map(async (plan) => {
         seen.add(plan.shard.shardId);
+        // What the worker committed and published, for when it ends in an error below: its result,
+        // with its counts, is lost with it, yet those commits stand.
+        const committed = { records: 0, commits: 0 };
+        const onCommit = (progress: ShardProgress): void => {
+          committed.records += progress.records;
+          committed.commits++;
+          options.onCommit?.(progress);
+        };
         try {
           return await runShardWorker(
             checked,
             plan.shard.shardId,
-            { ...options, owner: `${owner}-${plan.shard.shardId}`, untilIdle: options.untilIdle, warmTasks },
+            {
+              ...options,
+              owner: `${owner}-${plan.shard.shardId}`,
+              untilIdle: options.untilIdle,
+              warmTasks,
+              onCommit,
+            },
             plan.initial,
           );
         } catch (error) {
@@ -98,7 +112,7 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
           if (!retry) throw error;
           leaseBusy = true;
           options.onLeaseBusy?.(plan.shard.shardId, error as FloeError);
-          return emptyWorkerResult(plan.shard.shardId);
+          return { ...emptyWorkerResult(plan.shard.shardId), ...committed };
         }
       }),
     );
