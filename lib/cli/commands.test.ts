@@ -308,6 +308,36 @@ describe.concurrent('commands that read a data directory do not create one', () 
   });
 });
 
+describe('floe status after a replay', () => {
+  it("counts the outputs of the job's current generation, not every generation's", async () => {
+    const dir = await produced('status-generations');
+    const D = ['--data-dir', dir];
+    const outputs = async (): Promise<Record<string, number>> => {
+      const status = await floe('status', '--job', 'page-views', ...D, '--json');
+      expect(status.code, status.stderr).toBe(0);
+      return JSON.parse(status.stdout).outputs;
+    };
+    const run = await floe('run', 'examples/page-views.ts', ...D, '--until-idle', '--progress', 'none');
+    expect(run.code, run.stderr).toBe(0);
+    const first = await outputs();
+    expect(Object.values(first).reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
+    // The same records again into generation 1: the same outputs, under new ids in the same table.
+    const replay = await floe(
+      'replay',
+      '--from-timestamp',
+      '0',
+      '--pipeline',
+      'examples/page-views.ts',
+      ...D,
+      '--until-idle',
+      '--progress',
+      'none',
+    );
+    expect(replay.code, replay.stderr).toBe(0);
+    expect(await outputs()).toEqual(first);
+  });
+});
+
 describe('floe replay', () => {
   it('takes the run options of docs/cli.md, checks them before restoring, and reports the entries it wrote', async () => {
     const dir = await produced('replay');

@@ -1,5 +1,6 @@
 /** Job status on the embedded backend: per shard position, lag, watermark and last commit. */
 import { DEAD_LETTER_SINK, deserializeCheckpoint, type ShardCheckpoint } from '../core/index.ts';
+import { outputJobId } from '../runtime/job-control.ts';
 import { outputTableName } from './sinks.ts';
 import type { SqliteDatabase } from './sqlite.ts';
 
@@ -17,7 +18,7 @@ export interface JobStatus {
   readonly job: string;
   readonly stream: string;
   readonly shards: readonly ShardStatus[];
-  /** Published outputs per sink. */
+  /** Published outputs per sink, of the generation shown (the table holds every generation's). */
   readonly outputs: Readonly<Record<string, number>>;
   readonly deadLetters: number;
 }
@@ -50,9 +51,14 @@ export function jobStatus(db: SqliteDatabase, job: string, stream: string, gener
   const outputs: Record<string, number> = {};
   const table = outputTableName(job);
   if (tableExists(db, table)) {
+    // Output ids start with the generation's job id (`job/...`, `job@2/...`): a replay's new
+    // generation publishes into the same table, and its status counts only its own outputs.
+    const prefix = `${outputJobId(job, generation)}/`;
     for (const row of db
-      .prepare<[], { sink: string; n: number }>(`SELECT sink, count(*) AS n FROM "${table}" GROUP BY sink`)
-      .all()) {
+      .prepare<[{ prefix: string }], { sink: string; n: number }>(
+        `SELECT sink, count(*) AS n FROM "${table}" WHERE substr(id, 1, length(@prefix)) = @prefix GROUP BY sink`,
+      )
+      .all({ prefix })) {
       outputs[row.sink] = row.n;
     }
   }
