@@ -634,6 +634,11 @@ export class LocalLogSource implements ShardSource {
   }
 }
 
+/** How long readers may keep the event loop busy before a read yields to it (wall ms). */
+const YIELD_INTERVAL_MS = 10;
+/** When a read last yielded to the event loop; shared by the readers of the process. */
+let lastYield = 0;
+
 export class LocalLogReader implements ShardReader {
   private closed = false;
 
@@ -656,6 +661,15 @@ export class LocalLogReader implements ShardReader {
       throw new ConfigurationError(
         `read limit must be a whole number from 1 to ${MAX_READ_LIMIT}; received ${describeValue(limit)}`,
       );
+    }
+    // SQLite answers synchronously, so a worker catching up would otherwise run read after read
+    // on microtasks alone and starve the event loop: no signal handler (Ctrl-C), timer (progress
+    // view) or other I/O would run until the shard is caught up. Yield as a network read does,
+    // though at most every few milliseconds, so small batches do not each pay a turn of the loop.
+    if (Date.now() - lastYield >= YIELD_INTERVAL_MS) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      lastYield = Date.now();
+      if (this.closed) throw new ConfigurationError(`the reader of shard ${this.shardId} is closed`);
     }
     const { position, result } = this.log.readAfter(
       this.stream,
