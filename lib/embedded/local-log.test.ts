@@ -333,7 +333,10 @@ describe('LocalLog', () => {
       expect(trimmed.retryable).toBe(false);
       expect(trimmed.position).toBe(old[0]!.sequenceNumber);
       expect(trimmed.trimmedThrough).toBe(old[1]!.sequenceNumber);
-      expect(trimmed.message).toContain('savepoint');
+      // The remedies are ones a `floe run` user can take: a savepoint from before the checkpoint has
+      // lost the same records, and onTrimmed is an API option, not a flag.
+      expect(trimmed.message).toContain('nor from a savepoint taken before it');
+      expect(trimmed.message).toContain("'floe replay --from-timestamp <time> --pipeline <module.ts>'");
       expect((await log.describeStream('s')).records).toBe(1);
 
       // A checkpoint at the last trimmed record lost nothing.

@@ -56,8 +56,9 @@ CREATE INDEX IF NOT EXISTS floe_log_record_arrival ON floe_log_record (stream, s
 
 /**
  * Reading from a position whose following records were already trimmed by retention: those
- * records are lost to this reader. Restore from a savepoint, or accept the loss by reading
- * with `onTrimmed: 'skip'` (or from TRIM_HORIZON).
+ * records are lost to this reader (and to a savepoint taken before that position). Accept the
+ * loss by reading with `onTrimmed: 'skip'` (or from TRIM_HORIZON); the CLI's way is
+ * `floe replay --from-timestamp`, which `floe run`'s user can reach.
  */
 export class TrimmedPositionError extends TerminalError {
   readonly code = 'TRIMMED_POSITION';
@@ -71,7 +72,7 @@ export class TrimmedPositionError extends TerminalError {
     readonly trimmedThrough: string,
   ) {
     super(
-      `records of shard ${shardId} of stream "${stream}" after position ${position} were trimmed by the stream's retention (trimmed through ${trimmedThrough}), so they cannot be processed. Restore the job from a savepoint, or read with onTrimmed: 'skip' to continue from the oldest available record, accepting the loss.`,
+      `records of shard ${shardId} of stream "${stream}" after position ${position} were trimmed by the stream's retention (trimmed through ${trimmedThrough}), so they cannot be processed: the job cannot resume from its checkpoint, nor from a savepoint taken before it. To go on, accepting the loss, start the job again from the oldest record kept, with empty state ('floe replay --from-timestamp <time> --pipeline <module.ts>'), or, through the API, read with onTrimmed: 'skip' (the job keeps its state).`,
     );
   }
 }
