@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { nonNegativeInt, positiveInt, UsageError } from './args.ts';
+import { nonNegativeInt, positiveInt, throttled, UsageError } from './args.ts';
 
 describe('numeric flags', () => {
   it('nonNegativeInt takes 0 and whole numbers, with the flag and the value in the error', () => {
@@ -26,5 +26,30 @@ describe('numeric flags', () => {
   it('positiveInt rejects 0', () => {
     expect(positiveInt('--batch-size', '1', 9)).toBe(1);
     expect(() => positiveInt('--batch-size', '0', 9)).toThrow('--batch-size must be a whole number >= 1');
+  });
+});
+
+describe('throttled', () => {
+  it('skips calls until the last one is at most a tenth of the time since it started', () => {
+    let now = 0;
+    let calls = 0;
+    // Every call takes 50 ms (a progress render over a long stream).
+    const render = throttled(
+      () => {
+        calls++;
+        now += 50;
+      },
+      0.1,
+      () => now,
+    );
+    const ticks: number[] = [];
+    for (let t = 0; t <= 1_000; t += 100) {
+      now = Math.max(now, t);
+      const before = calls;
+      render();
+      if (calls > before) ticks.push(t);
+    }
+    // 50 ms of work per call: at most one call per 500 ms.
+    expect(ticks).toEqual([0, 500, 1_000]);
   });
 });

@@ -67,6 +67,22 @@ export function formatCount(n: number): string {
   return n.toLocaleString('en-US');
 }
 
+/**
+ * Wraps a periodic, synchronous job so that it takes at most `share` of the wall time: after a
+ * call that took d ms, calls in the next d / share ms are skipped. The progress views count log
+ * records in SQLite, which takes longer the longer the stream (over half a second at 1M records):
+ * run every 250 ms, they would leave the workers of the same process little time.
+ */
+export function throttled(fn: () => void, share = 0.1, clock: () => number = Date.now): () => void {
+  let next = Number.NEGATIVE_INFINITY;
+  return () => {
+    const start = clock();
+    if (start < next) return;
+    fn();
+    next = start + (clock() - start) / share;
+  };
+}
+
 /** A text progress bar of `width` cells. */
 export function bar(fraction: number, width = 30): string {
   const f = Math.max(0, Math.min(1, fraction));

@@ -18,6 +18,7 @@ import {
   oneOf,
   positiveInt,
   retryNotice,
+  throttled,
   UsageError,
 } from './args.ts';
 import { loadPipeline } from './load-pipeline.ts';
@@ -226,7 +227,10 @@ export async function runRun(args: string[]): Promise<number> {
       lastLines = 0;
     }
   };
-  const timer = setInterval(() => render(), live ? 250 : 5000);
+  const timer = setInterval(
+    throttled(() => render()),
+    live ? 250 : 5000,
+  );
   try {
     const summary = await runJob(job.runtime, {
       untilIdle: values['until-idle'],
