@@ -19,7 +19,7 @@ import type {
   StartPosition,
 } from '../core/ports.ts';
 import { ensureSchema } from './schema.ts';
-import { openSqlite, type SqliteDatabase, type SqliteOpenOptions } from './sqlite.ts';
+import { openSqlite, retryIfBusy, type SqliteDatabase, type SqliteOpenOptions } from './sqlite.ts';
 
 export const LOCAL_LOG_SCHEMA_VERSION = 1;
 
@@ -583,12 +583,11 @@ export class LocalLog {
       return oldest === undefined ? s.closed_at !== null && s.closed_at < cutoff : oldest.arrival < cutoff;
     });
     if (due) {
-      this.db
-        .transaction(() => {
-          const current = this.stream(name);
-          this.trimStream(current, Math.max(this.clock(), current.last_arrival));
-        })
-        .immediate();
+      const trim = this.db.transaction(() => {
+        const current = this.stream(name);
+        this.trimStream(current, Math.max(this.clock(), current.last_arrival));
+      });
+      retryIfBusy(`trimming stream "${name}"`, () => trim.immediate());
     }
   }
 

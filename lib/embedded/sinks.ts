@@ -15,7 +15,7 @@ import type { Output, Sink } from '../core/ports.ts';
 export { RoutingSink } from '../runtime/routing-sink.ts';
 
 import { ensureSchema } from './schema.ts';
-import { openSqlite, type SqliteDatabase, type SqliteOpenOptions } from './sqlite.ts';
+import { openSqlite, retryIfBusy, type SqliteDatabase, type SqliteOpenOptions } from './sqlite.ts';
 
 export const SINK_TABLE_SCHEMA_VERSION = 1;
 export const DEFAULT_SINK_TABLE = 'floe_sink_output';
@@ -127,13 +127,12 @@ export class SqliteTableSink implements Sink {
     if (outputs.length === 0) return;
     const values = outputs.map((o) => outputValueJson(o) ?? null);
     const now = this.clock();
-    this.db
-      .transaction(() => {
-        outputs.forEach((o, i) => {
-          this.sql.insert.run(o.id, o.sink, values[i] ?? null, now);
-        });
-      })
-      .immediate();
+    const insert = this.db.transaction(() => {
+      outputs.forEach((o, i) => {
+        this.sql.insert.run(o.id, o.sink, values[i] ?? null, now);
+      });
+    });
+    retryIfBusy(`publishing to table ${this.table}`, () => insert.immediate());
   }
 
   /** The stored outputs (of one sink, or all), in first-publish order. */

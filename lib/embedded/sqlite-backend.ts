@@ -23,7 +23,7 @@ import {
 } from '../core/errors.ts';
 import type { CheckpointStore, Commit, Lease, Output, StateAddress, StateStore } from '../core/ports.ts';
 import { ensureSchema } from './schema.ts';
-import { openSqlite, type SqliteDatabase, type SqliteOpenOptions } from './sqlite.ts';
+import { openSqlite, retryIfBusy, type SqliteDatabase, type SqliteOpenOptions } from './sqlite.ts';
 
 export const SQLITE_BACKEND_SCHEMA_VERSION = 1;
 
@@ -171,25 +171,26 @@ export class SqliteBackend implements StateStore, CheckpointStore {
 
   async acquireLease(shardId: string, owner: string, now: number, ttlMs: number): Promise<Lease> {
     this.assertOpen();
-    return this.db
-      .transaction((): Lease => {
-        const current = this.sql.readLease.get(this.job, this.generation, shardId);
-        if (current !== undefined && current.expires_at > now && current.owner !== owner) {
-          throw new LeaseUnavailableError(
-            `shard ${shardId} of job ${this.job} (generation ${this.generation}) is leased by ${current.owner} until ${isoTime(current.expires_at)}; retry after it expires`,
-          );
-        }
-        const lease: Lease = { shardId, owner, fence: (current?.fence ?? 0) + 1, expiresAt: now + ttlMs };
-        this.sql.writeLease.run(this.job, this.generation, shardId, owner, lease.fence, lease.expiresAt);
-        return lease;
-      })
-      .immediate();
+    const acquire = this.db.transaction((): Lease => {
+      const current = this.sql.readLease.get(this.job, this.generation, shardId);
+      if (current !== undefined && current.expires_at > now && current.owner !== owner) {
+        throw new LeaseUnavailableError(
+          `shard ${shardId} of job ${this.job} (generation ${this.generation}) is leased by ${current.owner} until ${isoTime(current.expires_at)}; retry after it expires`,
+        );
+      }
+      const lease: Lease = { shardId, owner, fence: (current?.fence ?? 0) + 1, expiresAt: now + ttlMs };
+      this.sql.writeLease.run(this.job, this.generation, shardId, owner, lease.fence, lease.expiresAt);
+      return lease;
+    });
+    return retryIfBusy(`taking the lease of shard ${shardId}`, () => acquire.immediate());
   }
 
   async renewLease(lease: Lease, now: number, ttlMs: number): Promise<Lease> {
     this.assertOpen();
     const expiresAt = now + ttlMs;
-    const result = this.sql.renewLease.run(expiresAt, this.job, this.generation, lease.shardId, lease.fence);
+    const result = retryIfBusy(`renewing the lease of shard ${lease.shardId}`, () =>
+      this.sql.renewLease.run(expiresAt, this.job, this.generation, lease.shardId, lease.fence),
+    );
     if (result.changes === 0) throw this.fenced(lease);
     return { shardId: lease.shardId, owner: lease.owner, fence: lease.fence, expiresAt };
   }
@@ -223,45 +224,44 @@ export class SqliteBackend implements StateStore, CheckpointStore {
     // Serialize everything before the transaction: a bad value fails the commit up front.
     const checkpointText = serializeCheckpoint(checkpoint);
     const outputValues = commit.outputs.map(encodeOutputValue);
-    this.db
-      .transaction(() => {
-        const current = this.sql.readLease.get(this.job, this.generation, lease.shardId);
-        if (current === undefined || current.fence !== lease.fence) throw this.fenced(lease, current);
-        const previous = this.sql.readCheckpoint.get(this.job, this.generation, lease.shardId);
-        if (previous !== undefined) {
-          if (checkpoint.commitNumber !== previous.commit_number + 1) {
-            throw new FencedError(
-              `commit ${checkpoint.commitNumber} of shard ${lease.shardId} does not follow the stored commit ${previous.commit_number}; another invocation committed in between`,
-            );
-          }
-          if (
-            previous.position !== null &&
-            checkpoint.position !== undefined &&
-            compareSequenceNumbers(checkpoint.position, previous.position) < 0
-          ) {
-            throw new StateFormatError(
-              `checkpoint position of shard ${lease.shardId} would move backwards (from ${previous.position} to ${checkpoint.position})`,
-            );
-          }
+    const write = this.db.transaction(() => {
+      const current = this.sql.readLease.get(this.job, this.generation, lease.shardId);
+      if (current === undefined || current.fence !== lease.fence) throw this.fenced(lease, current);
+      const previous = this.sql.readCheckpoint.get(this.job, this.generation, lease.shardId);
+      if (previous !== undefined) {
+        if (checkpoint.commitNumber !== previous.commit_number + 1) {
+          throw new FencedError(
+            `commit ${checkpoint.commitNumber} of shard ${lease.shardId} does not follow the stored commit ${previous.commit_number}; another invocation committed in between`,
+          );
         }
-        const { job, generation } = this;
-        for (const m of commit.mutations) {
-          if (m.value === null) this.sql.deleteState.run(job, generation, m.address);
-          else this.sql.putState.run(job, generation, m.address, m.value);
+        if (
+          previous.position !== null &&
+          checkpoint.position !== undefined &&
+          compareSequenceNumbers(checkpoint.position, previous.position) < 0
+        ) {
+          throw new StateFormatError(
+            `checkpoint position of shard ${lease.shardId} would move backwards (from ${previous.position} to ${checkpoint.position})`,
+          );
         }
-        commit.outputs.forEach((o, i) => {
-          this.sql.appendOutbox.run(job, generation, lease.shardId, o.id, o.sink, outputValues[i]);
-        });
-        this.sql.writeCheckpoint.run(
-          job,
-          generation,
-          lease.shardId,
-          checkpoint.commitNumber,
-          checkpoint.position ?? null,
-          checkpointText,
-        );
-      })
-      .immediate();
+      }
+      const { job, generation } = this;
+      for (const m of commit.mutations) {
+        if (m.value === null) this.sql.deleteState.run(job, generation, m.address);
+        else this.sql.putState.run(job, generation, m.address, m.value);
+      }
+      commit.outputs.forEach((o, i) => {
+        this.sql.appendOutbox.run(job, generation, lease.shardId, o.id, o.sink, outputValues[i]);
+      });
+      this.sql.writeCheckpoint.run(
+        job,
+        generation,
+        lease.shardId,
+        checkpoint.commitNumber,
+        checkpoint.position ?? null,
+        checkpointText,
+      );
+    });
+    retryIfBusy(`committing shard ${lease.shardId}`, () => write.immediate());
   }
 
   async unpublishedOutputs(shardId: string): Promise<Output[]> {
@@ -276,18 +276,17 @@ export class SqliteBackend implements StateStore, CheckpointStore {
   async markPublished(shardId: string, ids: readonly string[]): Promise<void> {
     this.assertOpen();
     if (ids.length === 0) return;
-    this.db
-      .transaction(() => {
-        for (let i = 0; i < ids.length; i += MARK_CHUNK) {
-          this.sql.markPublished.run({
-            job: this.job,
-            generation: this.generation,
-            shard: shardId,
-            ids: JSON.stringify(ids.slice(i, i + MARK_CHUNK)),
-          });
-        }
-      })
-      .immediate();
+    const mark = this.db.transaction(() => {
+      for (let i = 0; i < ids.length; i += MARK_CHUNK) {
+        this.sql.markPublished.run({
+          job: this.job,
+          generation: this.generation,
+          shard: shardId,
+          ids: JSON.stringify(ids.slice(i, i + MARK_CHUNK)),
+        });
+      }
+    });
+    retryIfBusy(`marking outputs of shard ${shardId} published`, () => mark.immediate());
   }
 
   /**

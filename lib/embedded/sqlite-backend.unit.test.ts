@@ -10,8 +10,10 @@ import {
   LeaseUnavailableError,
   StateFormatError,
   StateSerializationError,
+  TransientBackendError,
 } from '../core/errors.ts';
 import type { Lease, StateMutation } from '../core/ports.ts';
+import { SqliteTableSink } from './sinks.ts';
 import { openSqlite } from './sqlite.ts';
 import { SqliteBackend } from './sqlite-backend.ts';
 
@@ -195,5 +197,40 @@ describe('SqliteBackend', () => {
     db.close();
     expect(() => SqliteBackend.open(path, { job: 'j' })).toThrow(StateFormatError);
     backend = SqliteBackend.open(join(dir, `fresh-${n}.db`), { job: 'j' });
+  });
+});
+
+describe('a database locked by another process', () => {
+  it('fails writes with a retryable TransientBackendError that changed nothing, and works once the lock is gone', async () => {
+    const path = join(dir, `locked-${++n}.db`);
+    const backend = SqliteBackend.open(path, { job: 'j', busyTimeoutMs: 20 });
+    const sink = new SqliteTableSink(backend.db, { table: 'floe_out_j' });
+    const lease = await backend.acquireLease(SHARD, 'w', T0, TTL);
+    // Another process (a long append, a sqlite3 shell) holds the write lock past the busy timeout.
+    const other = openSqlite(path);
+    other.exec('BEGIN IMMEDIATE');
+    const commit = { checkpoint: next(undefined, { position: '1' }), mutations: [], outputs: [] };
+    const output = { id: 'j/s/1/0', sink: 'out', value: 1 };
+    for (const write of [
+      () => backend.commit(lease, commit),
+      () => backend.acquireLease(SHARD, 'w', T0, TTL),
+      () => backend.renewLease(lease, T0, TTL),
+      () => backend.markPublished(SHARD, ['x']),
+      () => sink.publish([output]),
+    ]) {
+      const error = await write().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(TransientBackendError);
+      expect((error as TransientBackendError).retryable).toBe(true);
+      expect((error as Error).message).toMatch(/^the SQLite database is locked by another process \(/);
+    }
+    expect(await backend.readCheckpoint(SHARD)).toBeUndefined();
+    other.exec('COMMIT');
+    other.close();
+    await backend.commit(lease, commit);
+    expect((await backend.readCheckpoint(SHARD))?.commitNumber).toBe(1);
+    await backend.close();
   });
 });

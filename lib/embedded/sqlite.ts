@@ -5,7 +5,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import { ConfigurationError, errorMessage } from '../core/errors.ts';
+import { ConfigurationError, errorMessage, TransientBackendError } from '../core/errors.ts';
 
 export type SqliteDatabase = Database.Database;
 
@@ -41,4 +41,26 @@ export function openSqlite(path: string, options: SqliteOpenOptions = {}): Sqlit
   db.pragma('journal_mode = WAL');
   db.pragma(`synchronous = ${options.synchronous ?? 'NORMAL'}`);
   return db;
+}
+
+/**
+ * Runs `fn`, a write to the shared file, turning SQLite's "database is locked" (another process
+ * held the write lock for longer than the busy timeout: a long `floe produce` transaction, a
+ * `sqlite3` shell) into a TransientBackendError. The runtime retries those, so a worker resumes
+ * from its last commit in the next round instead of `floe run` stopping with an unexpected error.
+ * A write that timed out this way changed nothing: the lock is taken when its transaction begins.
+ */
+export function retryIfBusy<T>(what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (error) {
+    const code = (error as { code?: unknown } | undefined)?.code;
+    if (typeof code === 'string' && (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED'))) {
+      throw new TransientBackendError(
+        `the SQLite database is locked by another process (${what}): ${errorMessage(error)}`,
+        { cause: error },
+      );
+    }
+    throw error;
+  }
 }
