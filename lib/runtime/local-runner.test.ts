@@ -44,3 +44,35 @@ describe('runJob summary', () => {
     expect(summary.records).toBe(1000);
   });
 });
+
+describe('runJob stopping on an error', () => {
+  it("lets the other shards' workers stop and release their leases before it throws", async () => {
+    // The page-views pipeline over a stream partitioned by user: its first commit of a page
+    // another shard already wrote fails the co-partitioning check (a ConfigurationError).
+    const stream = new MemoryStream(4, () => 0);
+    const encoder = new TextEncoder();
+    const T0 = Date.UTC(2026, 0, 2);
+    for (const view of clickstream({ events: 2000, pages: 30, users: 200, seed: 4 })) {
+      stream.put(view.user, encoder.encode(JSON.stringify(view)), T0);
+    }
+    const backend = new MemoryBackend();
+    const now = T0 + 86_400_000;
+    await expect(
+      runJob(
+        {
+          job: 'stops',
+          plan: compile(pageViews),
+          source: stream,
+          backend,
+          sink: { publish: async () => {} },
+          clock: () => now,
+        },
+        { untilIdle: true, idlePollMs: 1, roundPauseMs: 1, batchSize: 10 },
+      ),
+    ).rejects.toThrow(/does not follow the stream's partition key/);
+    // Nothing of the run goes on after it threw: a new run takes every shard at once.
+    for (const shard of await stream.listShards()) {
+      await backend.acquireLease(shard.shardId, 'next-run', now, 30_000);
+    }
+  });
+});

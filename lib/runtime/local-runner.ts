@@ -79,7 +79,14 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
       continue;
     }
     let leaseBusy = false;
-    const results: WorkerResult[] = await Promise.all(
+    // A worker failing for good stops the round's other workers at their next batch boundary
+    // (they commit what they processed and release their leases) before runJob throws: else
+    // they would run on after it, against a backend its caller closes, and keep their leases.
+    const round = new AbortController();
+    const abortRound = (): void => round.abort();
+    options.signal?.addEventListener('abort', abortRound, { once: true });
+    if (options.signal?.aborted) round.abort();
+    const settled = await Promise.allSettled(
       plans.map(async (plan) => {
         seen.add(plan.shard.shardId);
         // What the worker committed and published, for when it ends in an error below: its result,
@@ -100,6 +107,7 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
               untilIdle: options.untilIdle,
               warmTasks,
               onCommit,
+              signal: round.signal,
             },
             plan.initial,
           );
@@ -109,13 +117,20 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
           // retries: this invocation's work is abandoned and the shard resumes from its last
           // commit next round.
           const retry = error instanceof FloeError && (error.retryable || error instanceof FencedError);
-          if (!retry) throw error;
+          if (!retry) {
+            round.abort();
+            throw error;
+          }
           leaseBusy = true;
           options.onLeaseBusy?.(plan.shard.shardId, error as FloeError);
           return { ...emptyWorkerResult(plan.shard.shardId), ...committed };
         }
       }),
     );
+    options.signal?.removeEventListener('abort', abortRound);
+    const failed = settled.find((s) => s.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+    const results = settled.map((s) => (s as PromiseFulfilledResult<WorkerResult>).value);
     if (leaseBusy) await sleep(options.roundPauseMs ?? 500);
     let paused = false;
     for (const r of results) {
