@@ -292,6 +292,37 @@ describe.concurrent('commands that read a data directory do not create one', () 
     expect(kept.stderr).toContain('1 records appended to stream "s"');
   });
 
+  it('floe produce --file checks partition keys and record sizes by line before it appends anything', async () => {
+    const dir = join(TMP, 'over-limits');
+    // 7,000 lines, more than one append chunk of 5,000; line 6,501 has a 300-character key.
+    const lines = Array.from({ length: 7_000 }, (_, i) =>
+      JSON.stringify({ partitionKey: i === 6_500 ? 'x'.repeat(300) : `k${i}`, data: { i } }),
+    );
+    const long = join(TMP, 'long-key.ndjson');
+    writeFileSync(long, `${lines.join('\n')}\n`);
+    expectOneLineError(
+      await floe('produce', '--stream', 's', '--file', long, '--data-dir', dir),
+      1,
+      /^floe: line 6501: the partition key must be 1 to 256 characters; received 300 characters/,
+    );
+    expect(existsSync(dir)).toBe(false);
+    const empty = join(TMP, 'empty-key.ndjson');
+    writeFileSync(empty, '{"partitionKey": "", "data": 1}\n');
+    expectOneLineError(
+      await floe('produce', '--stream', 's', '--file', empty, '--data-dir', dir),
+      1,
+      /^floe: line 1: the partition key must be 1 to 256 characters; received an empty one$/,
+    );
+    const large = join(TMP, 'large-record.ndjson');
+    writeFileSync(large, `{"page": "a", "pad": "${'x'.repeat(1_100_000)}"}\n`);
+    expectOneLineError(
+      await floe('produce', '--stream', 's', '--file', large, '--partition-key', 'page', '--data-dir', dir),
+      1,
+      /^floe: line 1: the record's data is 1100024 bytes; a record holds at most 1048576 \(1 MiB\)$/,
+    );
+    expect(existsSync(dir)).toBe(false);
+  });
+
   it('floe produce --file <a directory> says it is a directory; a BOM at the start is skipped', async () => {
     const dir = join(TMP, 'produce-dir');
     mkdirSync(join(TMP, 'a-directory'), { recursive: true });

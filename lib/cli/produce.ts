@@ -4,7 +4,13 @@ import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigurationError, describeValue } from '../core/index.ts';
 import { DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
-import { type AppendRecord, DEFAULT_RETENTION_MS, LocalLog } from '../embedded/local-log.ts';
+import {
+  type AppendRecord,
+  DEFAULT_RETENTION_MS,
+  LocalLog,
+  MAX_PARTITION_KEY_LENGTH,
+  MAX_RECORD_BYTES,
+} from '../embedded/local-log.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import { clickstream } from '../runtime/clickstream.ts';
 import { bar, formatCount, fraction, MAX_SHARDS, oneOf, positiveInt, UsageError } from './args.ts';
@@ -182,6 +188,30 @@ function checkRecordLine(obj: Record<string, unknown>, line: number): void {
   }
 }
 
+const utf8 = new TextEncoder();
+
+/**
+ * Checks a line's record against the log's limits (Kinesis'), which the append would otherwise
+ * enforce only once earlier chunks of the file were appended, naming a record of the chunk
+ * instead of the line.
+ */
+function withinLimits(record: AppendRecord, line: number): AppendRecord {
+  const key = record.partitionKey;
+  if (key.length === 0 || key.length > MAX_PARTITION_KEY_LENGTH) {
+    throw new ConfigurationError(
+      `line ${line}: the partition key must be 1 to ${MAX_PARTITION_KEY_LENGTH} characters; received ${key.length === 0 ? 'an empty one' : `${key.length} characters (${describeValue(key)})`}`,
+    );
+  }
+  const bytes =
+    typeof record.data === 'string' ? utf8.encode(record.data).byteLength : record.data.byteLength;
+  if (bytes > MAX_RECORD_BYTES) {
+    throw new ConfigurationError(
+      `line ${line}: the record's data is ${bytes} bytes; a record holds at most ${MAX_RECORD_BYTES} (1 MiB)`,
+    );
+  }
+  return record;
+}
+
 /** Records of an NDJSON file's lines (see PRODUCE_HELP); a bad line is an error naming it. */
 async function* fileRecords(
   lines: AsyncIterable<string>,
@@ -205,11 +235,14 @@ async function* fileRecords(
         );
       }
       checkRecordLine(obj, line);
-      yield {
-        partitionKey: obj.partitionKey,
-        data: JSON.stringify(obj.data),
-        ...(obj.arrival === undefined ? {} : { arrivalTime: obj.arrival as number }),
-      };
+      yield withinLimits(
+        {
+          partitionKey: obj.partitionKey,
+          data: JSON.stringify(obj.data),
+          ...(obj.arrival === undefined ? {} : { arrivalTime: obj.arrival as number }),
+        },
+        line,
+      );
     } else {
       const key = obj?.[partitionField];
       if (typeof key !== 'string' && typeof key !== 'number') {
@@ -217,7 +250,7 @@ async function* fileRecords(
           `line ${line}: field "${partitionField}" must be a string or number to partition by; received ${describeValue(key)}`,
         );
       }
-      yield { partitionKey: String(key), data: text };
+      yield withinLimits({ partitionKey: String(key), data: text }, line);
     }
   }
 }
