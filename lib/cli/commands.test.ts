@@ -339,6 +339,27 @@ describe.concurrent('commands that read a data directory do not create one', () 
   });
 });
 
+describe('floe status of a job that has not run', () => {
+  it('says no such job has run, and which have, rather than blame the stream', async () => {
+    const dir = await produced('status-typo', 10);
+    const run = await floe(
+      'run',
+      'examples/page-views.ts',
+      '--data-dir',
+      dir,
+      '--until-idle',
+      '--progress',
+      'none',
+    );
+    expect(run.code, run.stderr).toBe(0);
+    expectOneLineError(
+      await floe('status', '--job', 'page-view', '--data-dir', dir),
+      1,
+      /^floe: no job "page-view" has run in .*floe\.db \(jobs: page-views\), and without a job record its stream is taken to be "page-view": unknown stream "page-view" \(streams: page-views\)\. Check --job, or pass --stream <name>/,
+    );
+  });
+});
+
 describe('floe status after a replay', () => {
   it("counts the outputs of the job's current generation, not every generation's", async () => {
     const dir = await produced('status-generations');

@@ -75,11 +75,26 @@ export async function runStatus(args: string[]): Promise<number> {
   const db = openSqlite(path);
   try {
     // The job record (written by floe run, savepoints and replays) names the stream and generation.
-    const record = await new SqliteJobStore(db).get(job);
+    const jobs = new SqliteJobStore(db);
+    const record = await jobs.get(job);
     const stream = values.stream ?? record?.stream ?? job;
     const known =
       db.prepare('SELECT 1 FROM sqlite_master WHERE name = ?').get('floe_log_stream') !== undefined;
     if (!known || db.prepare('SELECT 1 FROM floe_log_stream WHERE name = ?').get(stream) === undefined) {
+      // Without a job record the stream was guessed from the job id: a misspelt job id lands
+      // here, so say that no such job has run, and which ones have.
+      if (record === undefined && values.stream === undefined) {
+        const names = (await jobs.list()).map((r) => r.job);
+        const streams = known
+          ? db
+              .prepare<[], { name: string }>('SELECT name FROM floe_log_stream ORDER BY name')
+              .all()
+              .map((r) => r.name)
+          : [];
+        throw new ConfigurationError(
+          `no job "${job}" has run in ${path} (jobs: ${names.join(', ') || 'none'}), and without a job record its stream is taken to be "${stream}": unknown stream "${stream}" (streams: ${streams.join(', ') || 'none'}). Check --job, or pass --stream <name> for a job that has not run yet`,
+        );
+      }
       throw new ConfigurationError(`unknown stream "${stream}" in ${path}; pass --stream <name>`);
     }
     const status = jobStatus(db, job, stream, record?.generation ?? 0);
