@@ -13,7 +13,16 @@ import {
 } from '../embedded/local-log.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import { clickstream } from '../runtime/clickstream.ts';
-import { bar, formatCount, fraction, MAX_SHARDS, oneOf, positiveInt, UsageError } from './args.ts';
+import {
+  bar,
+  formatCount,
+  fraction,
+  MAX_SHARDS,
+  nonNegativeInt,
+  oneOf,
+  positiveInt,
+  UsageError,
+} from './args.ts';
 import { inputLines } from './files.ts';
 
 export const PRODUCE_HELP = `floe produce --stream <name> (--file <events.ndjson|-> | --generate clickstream) [options]
@@ -152,12 +161,14 @@ export function* clickRecords(options: {
 }): Generator<AppendRecord> {
   let arrival = options.start;
   let n = 0;
-  const poisonEvery = options.poison > 0 ? Math.max(1, Math.floor(options.events / options.poison)) : 0;
+  let poisoned = 0;
   for (const click of clickstream(options)) {
     arrival = Math.max(arrival, click.ts);
     n++;
     yield { partitionKey: click[options.partitionKey], data: JSON.stringify(click), arrivalTime: arrival };
-    if (poisonEvery > 0 && n % poisonEvery === 0) {
+    // Exactly `poison` invalid records, spread evenly: after the n-th click, as many as bring the
+    // count to floor(n * poison / events) (several after each click when poison > events).
+    for (const due = Math.floor((n * options.poison) / options.events); poisoned < due; poisoned++) {
       yield {
         partitionKey: click[options.partitionKey],
         data: `{"user": "${click.user}", "ts": oops}`,
@@ -326,7 +337,7 @@ export async function runProduce(args: string[]): Promise<number> {
         late: fraction('--late', values.late, 0.005),
         seed: positiveInt('--seed', values.seed, 42),
         partitionKey: oneOf('--partition-key', values['partition-key'], ['user', 'page'], 'user'),
-        poison: values.poison === undefined ? 0 : Number(positiveInt('--poison', values.poison, 1)),
+        poison: nonNegativeInt('--poison', values.poison, 0),
         start,
       }),
       events,
