@@ -116,6 +116,22 @@ describe('simulate script lines: one kind per line, known fields only', () => {
     );
   });
 
+  it('refuses the records of one key on two shards, as floe run does, instead of counting them apart', async () => {
+    const view = (ts: number, shard: number) =>
+      JSON.stringify({ partitionKey: '/a', data: { page: '/a', ts }, shard });
+    const outputs: Output[] = [];
+    const run = (lines: string[]) =>
+      simulate(pageViews, lines, { shards: 2, endOfInput: true, onOutput: (o) => outputs.push(o) });
+    // Three views of /a: two on shard 0, one on shard 1, whose own copy of /a's window says 1.
+    await expect(run([view(1000, 0), view(2000, 1), view(3000, 0)])).rejects.toThrow(
+      /^records of one key reached two shards, which floe run refuses too \(a record's "shard" sends it to that shard, whatever its partition key; .*keyed state entry page-view-counts\/"\/a" was written by shard shardId-000000000000 and now by shard shardId-000000000001/,
+    );
+    // One shard per key is fine, whichever shard it is.
+    outputs.length = 0;
+    await run([view(1000, 1), view(2000, 1), view(3000, 1)]);
+    expect(outputs.map((o) => (o.value as { views: number }).views)).toEqual([3]);
+  });
+
   it('an unknown shard on a watermark line lists the shards, as on a record line', async () => {
     const run = (line: string) => simulate(pageViews, [line], { shards: 2, onOutput: () => {} });
     const shards =

@@ -4,6 +4,7 @@
  */
 import { ConfigurationError, describeValue, type Output, type Pipeline, shardName } from '../core/index.ts';
 import { type DriverRecord, TestDriver } from '../core/testing/test-driver.ts';
+import { CoPartitioningCheck } from './co-partitioning.ts';
 
 export interface SimulateOptions {
   /** Number of shards records are hashed over by partition key. @default 1 */
@@ -185,7 +186,21 @@ export async function simulate(
   lines: AsyncIterable<string> | Iterable<string>,
   options: SimulateOptions,
 ): Promise<{ records: number; outputs: number }> {
-  const driver = new TestDriver(pipeline, { shards: options.shards ?? 1 });
+  // As `floe run` does: a key whose records reach two shards (a record's "shard" overrides the
+  // partition key's) has two copies of its state, and its results would be silently wrong.
+  const coPartitioning = new CoPartitioningCheck();
+  const driver = new TestDriver(pipeline, {
+    shards: options.shards ?? 1,
+    beforeCommit: (shard, commit) => {
+      try {
+        coPartitioning.check(shard, commit.mutations);
+      } catch (error) {
+        throw new ConfigurationError(
+          `records of one key reached two shards, which floe run refuses too (a record's "shard" sends it to that shard, whatever its partition key; give all records of a key the same shard, or none): ${(error as Error).message}`,
+        );
+      }
+    },
+  });
   let emitted = 0;
   const flushOutputs = (): void => {
     const all = driver.outputs();

@@ -10,7 +10,7 @@ import { ConfigurationError, describeValue, RollbackNeedsReplayError } from '../
 import { MemoryBackend } from '../memory-backend.ts';
 import { outputValueJson } from '../outputs.ts';
 import { shardIndexFor, shardName } from '../partitioning.ts';
-import type { Lease, Output, SourceRecord } from '../ports.ts';
+import type { Commit, Lease, Output, SourceRecord } from '../ports.ts';
 import { type BatchResult, ShardTask } from '../shard-task.ts';
 import type { StateKey } from '../state.ts';
 import { type TimerLogOptions, withInlineTimers } from '../timer-log.ts';
@@ -31,6 +31,11 @@ export interface TestDriverOptions {
   readonly job?: string;
   /** Timer log limits (small ones make tests write, delete and compact timer chunks). */
   readonly timerLog?: TimerLogOptions;
+  /**
+   * Called with every commit before it is stored; throwing fails it, and nothing of it is
+   * stored (floe simulate checks co-partitioning here, as the local runner does).
+   */
+  readonly beforeCommit?: (shardId: string, commit: Commit) => void;
 }
 
 const LEASE_TTL = 2 ** 40;
@@ -198,6 +203,7 @@ export class TestDriver {
 
   private async commit(shard: string, lease: Lease, result: BatchResult): Promise<void> {
     if (!result.changed) return;
+    this.options.beforeCommit?.(shard, result);
     // Outputs as a durable backend stores them, as JSON: a value JSON cannot hold (a BigInt, a
     // cycle) fails the commit before anything of it is stored, as in production, and a Date
     // is published as its string.
