@@ -91,6 +91,26 @@ describe.concurrent('usage errors exit 2', () => {
     expect(status.stdout).toMatch(/^job pv-big on stream page-views\n/);
   });
 
+  it('produce --stream with an invalid name is a usage error that creates nothing', async () => {
+    const dir = join(TMP, 'bad-stream-name');
+    expectOneLineError(
+      await floe(
+        'produce',
+        '--stream',
+        'a/b',
+        '--generate',
+        'clickstream',
+        '--events',
+        '5',
+        '--data-dir',
+        dir,
+      ),
+      2,
+      /^floe: --stream: a stream name is 1 to 128 characters of letters, digits, "_", "\." and "-" \(as in Kinesis\); received "a\/b"$/,
+    );
+    expect(existsSync(dir)).toBe(false);
+  });
+
   it('produce --shards above the local log limit names the flag and the limit', async () => {
     expect(MAX_SHARDS).toBe(LOG_MAX_SHARDS);
     const dir = join(TMP, 'too-many-shards');

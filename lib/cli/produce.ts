@@ -6,6 +6,7 @@ import { ConfigurationError, describeValue } from '../core/index.ts';
 import { DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
 import {
   type AppendRecord,
+  checkStreamName,
   DEFAULT_RETENTION_MS,
   LocalLog,
   MAX_PARTITION_KEY_LENGTH,
@@ -296,6 +297,12 @@ export async function runProduce(args: string[]): Promise<number> {
   if (positionals.length > 0)
     throw new UsageError(`produce takes no positional arguments; received "${positionals[0]}"`);
   if (values.stream === undefined) throw new UsageError('produce needs --stream <name>');
+  // Before anything is read or created: a bad name would otherwise leave an empty data directory.
+  try {
+    checkStreamName(values.stream);
+  } catch (error) {
+    throw new UsageError(`--stream: ${(error as Error).message}`);
+  }
   if ((values.file === undefined) === (values.generate === undefined)) {
     throw new UsageError('produce needs exactly one of --file <events.ndjson|-> or --generate clickstream');
   }

@@ -840,7 +840,8 @@ function parseSequenceNumber(text: string): number {
   return value > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(value);
 }
 
-function checkStreamName(name: string): void {
+/** Throws a ConfigurationError unless `name` is a valid stream name (Kinesis' rules). */
+export function checkStreamName(name: string): void {
   if (typeof name !== 'string' || !/^[a-zA-Z0-9_.-]{1,128}$/.test(name)) {
     throw new ConfigurationError(
       `a stream name is 1 to 128 characters of letters, digits, "_", "." and "-" (as in Kinesis); received ${describeValue(name)}`,
