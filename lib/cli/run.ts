@@ -2,7 +2,7 @@
 
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { compile, LeaseUnavailableError, type PipelinePlan } from '../core/index.ts';
+import { compile, type PipelinePlan } from '../core/index.ts';
 import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { openEmbeddedJobForRun } from '../embedded/run-job.ts';
 import { jobStatus } from '../embedded/status.ts';
