@@ -331,8 +331,11 @@ export async function runProduce(args: string[]): Promise<number> {
     const events = positiveInt('--events', values.events, 200_000);
     const rate = positiveInt('--rate', values.rate, 200);
     // The generated history ends about now.
-    const start = Date.now() - Math.ceil((events / rate) * 1000);
-    checkWithinRetention(options, { first: start, newest: Date.now() });
+    // One clock reading, so the span checked is exactly events / rate (a second reading could add a
+    // millisecond and round the suggested retention up by an hour).
+    const now = Date.now();
+    const start = now - Math.ceil((events / rate) * 1000);
+    checkWithinRetention(options, { first: start, newest: now }, now);
     written = await produceRecords(
       options,
       clickRecords({
