@@ -7,7 +7,7 @@ export * from './errors.ts';
 export { MemoryBackend } from './memory-backend.ts';
 export { outputValueJson } from './outputs.ts';
 export * from './partitioning.ts';
-export type * from './ports.ts';
+export * from './ports.ts';
 export type * from './processor.ts';
 export { processFunction } from './processor.ts';
 export { seededRandom } from './random.ts';

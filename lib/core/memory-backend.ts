@@ -15,7 +15,15 @@ import {
   StateSerializationError,
   wholeNumberOption,
 } from './errors.ts';
-import type { CheckpointStore, Commit, Lease, Output, StateAddress, StateStore } from './ports.ts';
+import {
+  type CheckpointStore,
+  type Commit,
+  type Lease,
+  type Output,
+  type StateAddress,
+  type StateStore,
+  stateEntryBytes,
+} from './ports.ts';
 
 interface LeaseRecord {
   owner: string;
@@ -112,7 +120,7 @@ export class MemoryBackend implements StateStore, CheckpointStore {
     const limit = this.maxEntryBytes;
     if (limit !== undefined) {
       for (const m of commit.mutations) {
-        const bytes = m.value === null ? 0 : Buffer.byteLength(m.address) + Buffer.byteLength(m.value);
+        const bytes = m.value === null ? 0 : stateEntryBytes(m.address, m.value);
         if (bytes > limit) {
           throw new StateSerializationError(
             `state entry ${m.address} is ${bytes} bytes; this store holds at most ${limit} (maxEntryBytes)`,

@@ -44,6 +44,11 @@ export interface StateStore {
   readonly maxEntryBytes?: number;
 }
 
+/** An entry's size as StateStore.maxEntryBytes counts it: UTF-8 bytes of address and value. */
+export function stateEntryBytes(address: StateAddress, value: string): number {
+  return Buffer.byteLength(address) + Buffer.byteLength(value);
+}
+
 /** A lease on one shard. The fence increases on every acquisition. */
 export interface Lease {
   readonly shardId: string;

@@ -31,9 +31,17 @@ import {
 } from './errors.ts';
 import { Journal } from './journal.ts';
 import { outputValueJson } from './outputs.ts';
-import type { Output, SourceRecord, StateAddress, StateMutation, StateStore } from './ports.ts';
+import {
+  type Output,
+  type SourceRecord,
+  type StateAddress,
+  type StateMutation,
+  type StateStore,
+  stateEntryBytes,
+} from './ports.ts';
 import type { KeyedProcessFunction, ProcessContext, Timer, TimerService } from './processor.ts';
 import {
+  jsonCopy,
   type KeyEntry,
   KeyedStateBackend,
   type StateHandles,
@@ -205,16 +213,14 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
     if (typeof value !== 'object' || value === null || !(journal.objectRead || journal.objectWritten)) {
       return value;
     }
-    let text: string | undefined;
     try {
-      text = JSON.stringify(value);
+      return jsonCopy(value);
     } catch (error) {
       throw new RecordError(
         'serialization',
         `an emitted value is not JSON-serializable: ${errorMessage(error)}`,
       );
     }
-    return text === undefined ? value : JSON.parse(text);
   }
 
   output(sideOutput: string, value: unknown): void {
@@ -849,8 +855,7 @@ export class ShardTask {
     }
     const limit = this.maxEntryBytes;
     if (limit === undefined || text === null) return;
-    // Counted as the store counts it (StateStore.maxEntryBytes): UTF-8 bytes of address and value.
-    const bytes = Buffer.byteLength(op.backend.address(key)) + Buffer.byteLength(text);
+    const bytes = stateEntryBytes(op.backend.address(key), text);
     if (bytes > limit) {
       throw new RecordError(
         'state-size',

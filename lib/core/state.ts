@@ -581,6 +581,15 @@ function checkMapKey(key: unknown): void {
 const isObject = (value: unknown): value is object => typeof value === 'object' && value !== null;
 
 /**
+ * A deep copy through JSON: what the value becomes after a commit and a restart. Throws what
+ * JSON.stringify throws (a cycle, a BigInt); a value JSON has no text for is returned as it is.
+ */
+export function jsonCopy<T>(value: T): T {
+  const text = JSON.stringify(value);
+  return text === undefined ? value : (JSON.parse(text) as T);
+}
+
+/**
  * A state value as a user function gets it. Objects are handed out by reference, so the journal
  * notes the read: a record that fails after changing one in place cannot be undone by restoring
  * references (RollbackNeedsReplayError). In the checked pass (copyOnRead) the function gets a
@@ -588,7 +597,7 @@ const isObject = (value: unknown): value is object => typeof value === 'object' 
  */
 function readState<T>(rt: KeyedStateBackend, value: T): T {
   if (!isObject(value)) return value;
-  if (rt.copyOnRead) return JSON.parse(JSON.stringify(value)) as T;
+  if (rt.copyOnRead) return jsonCopy(value);
   rt.journal.objectRead = true;
   return value;
 }
