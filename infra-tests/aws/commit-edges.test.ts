@@ -9,6 +9,7 @@
  * - outputs a savepoint carried (committed, not delivered) put back into a new generation's
  *   outbox: one item per commit, a commit's outputs over an item's size in an S3 object;
  * - item sizes are UTF-8 bytes, as DynamoDB counts them;
+ * - `maxTransactionActions` moves commits of more actions to the delta path;
  * - a state entry over an item (400 KB), or an output that is not JSON, fails the commit with a
  *   StateSerializationError naming it, and nothing of the commit is stored; the worker then
  *   dead-letters the record that produced it (a key that outgrows an item keeps what fits, and
@@ -283,6 +284,34 @@ describe('DynamoDB + S3 commit edges', () => {
       );
       expect(await f.open().readCheckpoint(shard)).toBeUndefined();
       expect((await f.open().getMany(['op/"k"'])).size).toBe(0);
+    });
+  });
+
+  it('maxTransactionActions: a commit of more actions takes the delta path, one within it a transaction; bad values are refused', async () => {
+    const shard = 'shardId-000000000000';
+    await withTables(async (f) => {
+      const backend = f.open({ maxTransactionActions: 4 });
+      const lease = await backend.acquireLease(shard, 'A', 0, TTL);
+      const entries = (from: number, n: number): StateMutation[] =>
+        Array.from({ length: n }, (_, i) => ({ address: `op/"k${from + i}"`, value: String(from + i) }));
+      // 1 checkpoint + 3 mutations = 4 actions: a transaction.
+      await backend.commit(lease, firstCommit(shard, entries(0, 3)));
+      expect(backend.metrics).toMatchObject({ transactions: 1, deltaCommits: 0 });
+      // 1 checkpoint + 4 mutations = 5 actions: the delta path.
+      await backend.commit(lease, {
+        checkpoint: { ...initialCheckpoint(shard), commitNumber: 2, position: '2' },
+        mutations: entries(3, 4),
+        outputs: [],
+      });
+      expect(backend.metrics).toMatchObject({ transactions: 1, deltaCommits: 1 });
+      const addresses = entries(0, 7).map((m) => m.address);
+      const stored = await f.open().getMany(addresses);
+      expect(addresses.map((a) => stored.get(a))).toEqual(['0', '1', '2', '3', '4', '5', '6']);
+      for (const bad of [0, 101, 2.5, Number.NaN]) {
+        expect(() => f.open({ maxTransactionActions: bad }), String(bad)).toThrow(
+          /^maxTransactionActions must be an integer from 1 to 100 \(DynamoDB's limit per TransactWriteItems\); received /,
+        );
+      }
     });
   });
 });

@@ -4,8 +4,8 @@
  *
  * - "TransactWriteItems commits": every commit has at most 100 actions and is one
  *   TransactWriteItems. Adapter fault point: before-transaction.
- * - "S3 delta commits": commits exceed 100 actions and take the S3 delta + commit point + apply
- *   path. Adapter fault points: after-delta-upload, after-commit-point, mid-apply, after-apply.
+ * - "S3 delta commits": commits exceed the backend's maxTransactionActions (padded, see below)
+ *   and take the S3 delta + commit point + apply path. Adapter fault points: after-delta-upload, after-commit-point, mid-apply, after-apply.
  *   Run with both apply variants (DynamoBackendOptions.deltaApply): the default, one conditional
  *   PutItem per item, and TransactWriteItems chunks (a subset: the fault-free run and crashes
  *   after the commit point and halfway through the apply, each followed by a redo).
@@ -13,12 +13,15 @@
  * Batch size does not choose the path with the harness's data: it has 100 keys over 4 shards,
  * so a commit carries at most ~25 state mutations (one per key touched) however many records a
  * batch holds (measured: 21 items per commit at 500 records per batch). The delta fixtures
- * therefore pad commits with inert state entries up to 101 actions (`padCommits`), which is
- * what a commit touching 100+ keys looks like to DynamoBackend. To keep the run inside the
- * infra budget every fourth commit is left unpadded (with FLOE_EO_FULL=1 every commit is
- * padded): each shard's commits go delta, delta, delta, transaction, ..., so the delta fixtures
- * also test the hand-over between the paths, e.g. a redo of a pending delta followed by a
- * transaction commit.
+ * therefore open their backends with `maxTransactionActions: DELTA_FIXTURE_MAX_ACTIONS` (32,
+ * above any unpadded commit of this data) and pad commits with inert state entries to one
+ * action more (`padCommits`), which is what a commit over the limit looks like to DynamoBackend;
+ * the limit of 100 itself is reached by the end-to-end test (250+ keys per commit). Padding to
+ * 33 rather than 101 actions writes a third of the items per delta: moto spends ~4 ms of its one
+ * core on each. To keep the run inside the infra budget every fourth commit is left unpadded
+ * (with FLOE_EO_FULL=1 every commit is padded): each shard's commits go delta, delta, delta,
+ * transaction, ..., so the delta fixtures also test the hand-over between the paths, e.g. a redo
+ * of a pending delta followed by a transaction commit.
  *
  * Each configuration ends with a test that sums DynamoBackend.metrics over every backend its
  * fixtures opened, to show which path the commits took.
@@ -44,12 +47,7 @@
  * default), so evicted keys are read back from DynamoDB through every fault point.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import {
-  type DeltaApplyMode,
-  type DynamoBackend,
-  type DynamoCommitStep,
-  TRANSACTION_MAX_ACTIONS,
-} from '../../lib/aws/dynamodb-backend.ts';
+import type { DeltaApplyMode, DynamoBackend, DynamoCommitStep } from '../../lib/aws/dynamodb-backend.ts';
 import { createBucket } from '../../lib/aws/resources.ts';
 import type { Commit, Lease, StateMutation } from '../../lib/core/index.ts';
 import {
@@ -85,8 +83,11 @@ const point = (step: DynamoCommitStep): string => `dynamo.${step}`;
 /** Prefix of the inert state entries that pad commits onto the delta path (nothing reads them). */
 const PADDING_PREFIX = 'floe-test-padding/';
 
+/** The delta fixtures' DynamoBackendOptions.maxTransactionActions (see the header). */
+const DELTA_FIXTURE_MAX_ACTIONS = 32;
+
 /**
- * The backend, with the commits `pad` selects padded to TRANSACTION_MAX_ACTIONS + 1 actions by
+ * The backend, with the commits `pad` selects padded to DELTA_FIXTURE_MAX_ACTIONS + 1 actions by
  * inert state entries. The padding is a function of (shard, commit number), so a retried commit
  * is the same commit.
  */
@@ -105,7 +106,7 @@ function padCommits(backend: DynamoBackend, pad: (commitNumber: number) => boole
       if (!pad(commitNumber)) return backend.commit(lease, commit);
       const actions = 1 + (commit.outputs.length > 0 ? 1 : 0) + commit.mutations.length;
       const padding: StateMutation[] = Array.from(
-        { length: Math.max(0, TRANSACTION_MAX_ACTIONS + 1 - actions) },
+        { length: Math.max(0, DELTA_FIXTURE_MAX_ACTIONS + 1 - actions) },
         (_, i) => ({ address: `${PADDING_PREFIX}${shardId}/${i}`, value: String(commitNumber) }),
       );
       return backend.commit(lease, { ...commit, mutations: [...commit.mutations, ...padding] });
@@ -152,6 +153,7 @@ function dynamoKinesisFactory(
     const open = (): Backend => {
       const backend = tables.open({
         ...(deltaApply === undefined ? {} : { deltaApply }),
+        ...(path === 'deltas' ? { maxTransactionActions: DELTA_FIXTURE_MAX_ACTIONS } : {}),
         onStep: (step) => faultHook(point(step), { step }),
       });
       stats.backends.push(backend);
@@ -225,7 +227,7 @@ const CONFIGS: readonly Config[] = [
   },
   {
     path: 'deltas',
-    title: `S3 delta commits (batch 500, ${FULL ? 'every commit' : '3 commits in 4'} padded over 100 actions)`,
+    title: `S3 delta commits (batch 500, ${FULL ? 'every commit' : '3 commits in 4'} padded over ${DELTA_FIXTURE_MAX_ACTIONS} actions)`,
     batchSize: 500,
     steps: DELTA_STEPS,
     resharding: false,

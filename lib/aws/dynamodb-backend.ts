@@ -56,6 +56,7 @@ import {
   StateSerializationError,
   type StateStore,
   serializeCheckpoint,
+  stateEntryBytes,
   TransientBackendError,
 } from '../core/index.ts';
 import { type BackoffOptions, isTransientAwsError, withBackoff } from './retry.ts';
@@ -103,6 +104,16 @@ export interface DynamoBackendOptions {
    * @default 'items'
    */
   readonly deltaApply?: DeltaApplyMode;
+  /**
+   * Commits of more actions than this (the checkpoint, the outbox item and one per state
+   * mutation) take the S3 delta path instead of one TransactWriteItems. Lowering it moves
+   * mid-sized commits to the delta path, whose items are plain conditional puts (1 WCU per KB
+   * with `deltaApply: 'items'`, where transactional writes cost 2) at the price of an S3 PUT and GET
+   * and a commit-point update per commit. Tests also use it to reach the delta path with few
+   * writes. An integer from 1 to 100.
+   * @default 100 (DynamoDB's limit of actions per TransactWriteItems)
+   */
+  readonly maxTransactionActions?: number;
 }
 
 /** See DynamoBackendOptions.deltaApply. */
@@ -122,6 +133,8 @@ export const TRANSACTION_MAX_ACTIONS = 100;
 export const TRANSACTION_MAX_BYTES = 4_000_000;
 /** Keep items comfortably below DynamoDB's 400 KB item limit. */
 const ITEM_SOFT_LIMIT = 350_000;
+/** What a state item holds beyond its address and value (attribute names, version attributes). */
+const ITEM_OVERHEAD_BYTES = 64;
 const CHECKPOINT_INLINE_LIMIT = 200_000;
 
 interface LeaseItem {
@@ -212,7 +225,7 @@ function itemBytes(item: Record<string, unknown>): number {
 
 export class DynamoBackend implements StateStore, CheckpointStore {
   /** A state item is its address, value and about 64 bytes of attributes (commit's size check). */
-  readonly maxEntryBytes = ITEM_SOFT_LIMIT - 64;
+  readonly maxEntryBytes = ITEM_SOFT_LIMIT - ITEM_OVERHEAD_BYTES;
   private readonly ddb: DynamoDBDocumentClient;
   private readonly s3: S3Client;
   private readonly scope: string;
@@ -250,6 +263,15 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     if (options.deltaApply !== undefined && !DELTA_APPLY_MODES.includes(options.deltaApply)) {
       throw new ConfigurationError(
         `deltaApply must be one of ${DELTA_APPLY_MODES.join(', ')}; received ${describeValue(options.deltaApply)}`,
+      );
+    }
+    const maxActions = options.maxTransactionActions;
+    if (
+      maxActions !== undefined &&
+      !(Number.isInteger(maxActions) && maxActions >= 1 && maxActions <= TRANSACTION_MAX_ACTIONS)
+    ) {
+      throw new ConfigurationError(
+        `maxTransactionActions must be an integer from 1 to ${TRANSACTION_MAX_ACTIONS} (DynamoDB's limit per TransactWriteItems); received ${describeValue(maxActions)}`,
       );
     }
     this.chunkRetry = {
@@ -418,7 +440,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     let bytes = (cpInline ? checkpointBytes : 0) + outputsBytes;
     let oversizedItem = outputsBytes > ITEM_SOFT_LIMIT;
     for (const m of commit.mutations) {
-      const size = Buffer.byteLength(m.address) + (m.value === null ? 0 : Buffer.byteLength(m.value)) + 64;
+      const size = stateEntryBytes(m.address, m.value ?? '') + ITEM_OVERHEAD_BYTES;
       bytes += size;
       if (size > ITEM_SOFT_LIMIT) {
         // Serialization-class: the worker processes the batch again and dead-letters the record
@@ -432,7 +454,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     const cpRef = cpInline
       ? undefined
       : await this.putCheckpointObject(lease.shardId, `${pad(commitNumber)}-${lease.fence}`, checkpointText);
-    if (actions <= TRANSACTION_MAX_ACTIONS && !oversizedItem) {
+    if (actions <= (this.options.maxTransactionActions ?? TRANSACTION_MAX_ACTIONS) && !oversizedItem) {
       await this.commitTransaction(lease, commit, checkpointText, cpRef, outputsText);
     } else {
       await this.commitDelta(lease, commit, checkpointText, cpRef);
