@@ -10,7 +10,10 @@
  * out-of-order events and 2 % late ones), the page-view stream partitioned by page (1,200 pages, over
  * 1,000 of them seen) and the session stream by user (1,500 users), plus poison records: invalid
  * JSON and events without a timestamp (in both), and events of one page that the "strict" test
- * pipeline's map function refuses (it throws).
+ * pipeline's map function refuses (it throws). The fault run (the strict pipeline with ~10 % of
+ * the AWS calls failing) reads a third stream of 15,000 page clicks made the same way, in smaller
+ * batches: moto serves one request at a time, and on the 50,000-event stream that run alone took
+ * two minutes.
  *
  * Production of the data: kinesis-local 0.6.2 spends time proportional to the records already in a
  * shard on every put (measured: ~0.2 ms per record on an empty 4-shard stream, ~2 ms per record at
@@ -74,6 +77,13 @@ const bucket = uniqueName('floe-e2e');
 const streams: string[] = [];
 
 const EVENTS = 50_000;
+/**
+ * Events of the fault run's own stream (page clicks, as the page stream). Its ~10 % of failed
+ * calls need no more data to hit every path; on the 50,000-event stream it took 110 s of moto.
+ */
+const FAULT_EVENTS = 15_000;
+/** Records per batch in the fault run: smaller, so it makes more commits and Kinesis calls. */
+const FAULT_BATCH = 2_500;
 const SHARDS = 4;
 /** User records per KPL aggregate (at most). */
 const AGGREGATE = 100;
@@ -147,6 +157,7 @@ interface StreamData {
 
 let pageStream: StreamData;
 let sessionStream: StreamData;
+let faultStream: StreamData;
 
 /** Events with poison records mixed in: invalid JSON and a missing timestamp, alternating. */
 function withPoison(clicks: readonly Click[], key: (c: Click) => string): Produced[] {
@@ -220,17 +231,20 @@ async function produce(prefix: string, produced: Produced[], validKeys: Set<stri
 beforeAll(async () => {
   admin = awsClients(env);
   await createBucket(admin.s3, bucket);
-  const pageClicks = [
-    ...clickstream({
-      events: EVENTS,
-      pages: 1_200,
-      users: 5_000,
-      rate: 60,
-      outOfOrder: 0.1,
-      late: 0.02,
-      seed: 101,
-    }),
-  ].map((c, n) => (n % BOOM_EVERY === BOOM_EVERY / 2 ? { ...c, page: BOOM_PAGE } : c));
+  const pageClicks = (events: number, seed: number): Click[] =>
+    [
+      ...clickstream({
+        events,
+        pages: 1_200,
+        users: 5_000,
+        rate: 60,
+        outOfOrder: 0.1,
+        late: 0.02,
+        seed,
+      }),
+    ].map((c, n) => (n % BOOM_EVERY === BOOM_EVERY / 2 ? { ...c, page: BOOM_PAGE } : c));
+  const clicks = pageClicks(EVENTS, 101);
+  const faultClicks = pageClicks(FAULT_EVENTS, 303);
   const sessionClicks = [
     ...clickstream({
       events: EVENTS,
@@ -244,8 +258,13 @@ beforeAll(async () => {
   ];
   pageStream = await produce(
     'e2e-pages',
-    withPoison(pageClicks, (c) => c.page),
-    new Set(pageClicks.map((c) => c.page)),
+    withPoison(clicks, (c) => c.page),
+    new Set(clicks.map((c) => c.page)),
+  );
+  faultStream = await produce(
+    'e2e-faults',
+    withPoison(faultClicks, (c) => c.page),
+    new Set(faultClicks.map((c) => c.page)),
   );
   sessionStream = await produce(
     'e2e-sessions',
@@ -376,6 +395,8 @@ interface FaultRates {
 
 interface RunOptions {
   readonly faults?: FaultRates;
+  /** Records per batch. @default BATCH */
+  readonly batchSize?: number;
 }
 
 interface BodyLike {
@@ -472,7 +493,7 @@ async function runPipeline(p: Pipeline, data: StreamData, sinks: Sinks, options:
       {
         owner: `e2e-${n}`,
         untilIdle: true,
-        batchSize: BATCH,
+        batchSize: options.batchSize ?? BATCH,
         leaseTtlMs: 60_000,
         idlePollMs: 1,
         roundPauseMs: 20,
@@ -581,21 +602,26 @@ const PAGE_SINKS: Sinks = {
 const SESSION_SINKS: Sinks = { upsert: { sink: 'sessions', hash: 'user', range: 'start' } };
 
 /**
- * ~10 % of all AWS calls fail. The job makes few Kinesis calls (~30: a GetRecords returns a shard's
- * aggregates in one or two calls), so Kinesis gets 25 % to see a handful of faults; DynamoDB (~4,000
- * calls) and S3 get 10 %. A fifth of the faults are ambiguous: thrown after the call took effect.
+ * ~10 % of all AWS calls fail. The job makes few Kinesis calls (25 on the fault stream: a
+ * GetRecords returns a shard's aggregates in one or two calls), so Kinesis gets 25 % to see a
+ * handful of faults; DynamoDB (~6,500 calls) and S3 get 10 %. A fifth of the faults are
+ * ambiguous: thrown after the call took effect.
  */
 const FAULTS: FaultRates = { kinesis: 0.25, dynamodb: 0.1, s3: 0.1, ambiguous: 0.2 };
 
 describe('end to end: Kinesis -> floe (DynamoDB + S3) -> DynamoDB and S3 sinks', () => {
-  it('the streams hold what was produced: 4 shards, >= 50,000 events, >= 1,000 keys', () => {
-    for (const data of [pageStream, sessionStream]) {
+  it('the streams hold what was produced: 4 shards, >= 50,000 events, >= 1,000 keys (the fault stream 15,000)', () => {
+    for (const [data, events] of [
+      [pageStream, EVENTS],
+      [sessionStream, EVENTS],
+      [faultStream, FAULT_EVENTS],
+    ] as const) {
       expect(data.shardIds.length).toBe(SHARDS);
       const read = data.records.flat();
       expect(read.length).toBe(data.produced.length);
-      expect(read.length).toBeGreaterThanOrEqual(EVENTS);
+      expect(read.length).toBeGreaterThanOrEqual(events);
       expect(data.keys).toBeGreaterThanOrEqual(1000);
-      expect(Math.min(...data.records.map((r) => r.length))).toBeGreaterThan(EVENTS / 10);
+      expect(Math.min(...data.records.map((r) => r.length))).toBeGreaterThan(events / 10);
       // Same multiset of payloads as produced (per-key order: kept by construction).
       expect(read.map((r) => r.text).sort()).toEqual(data.produced.map((r) => r.text).sort());
       console.log(
@@ -624,8 +650,9 @@ describe('end to end: Kinesis -> floe (DynamoDB + S3) -> DynamoDB and S3 sinks',
   }, 300_000);
 
   it('throttling and transient errors on ~10 % of the AWS calls, on all three clients (strict pipeline: a map function throws for one page): exact', async () => {
-    const { actual, injectors } = await runPipeline(strictPageViews, pageStream, PAGE_SINKS, {
+    const { actual, injectors } = await runPipeline(strictPageViews, faultStream, PAGE_SINKS, {
       faults: FAULTS,
+      batchSize: FAULT_BATCH,
     });
     let calls = 0;
     let injected = 0;
@@ -636,12 +663,12 @@ describe('end to end: Kinesis -> floe (DynamoDB + S3) -> DynamoDB and S3 sinks',
     }
     expect(injected / calls).toBeGreaterThan(0.08);
     expect(injected / calls).toBeLessThan(0.13);
-    const { deadReasons } = await expectExact(strictPageViews, pageStream, PAGE_SINKS, actual);
-    const { invalid, noTimestamp } = poisonCount(EVENTS);
+    const { deadReasons } = await expectExact(strictPageViews, faultStream, PAGE_SINKS, actual);
+    const { invalid, noTimestamp } = poisonCount(FAULT_EVENTS);
     expect(deadReasons).toEqual({
       deserialize: invalid,
       timestamp: noTimestamp,
-      'user-function': EVENTS / BOOM_EVERY,
+      'user-function': FAULT_EVENTS / BOOM_EVERY,
     });
   }, 300_000);
 });
