@@ -277,4 +277,39 @@ describe('savepoints on AWS (emulators)', () => {
     expect(run.generation).toBe(2);
     expect((await openAwsJobFromRecord(compile(v1), deployed, bundle)).runtime?.job).toBe('gr@2');
   });
+
+  it('floe savepoint create --generation saves the generation of a job without a record, and refuses another once it has one', async () => {
+    const deployed = { ...config('gc'), generation: 2 };
+    await put(CLICKS.slice(0, 100)); // (the stream is empty when this test runs alone)
+    const opened = await openAwsJobFromRecord(compile(v1), deployed, bundle);
+    await runJob({ ...opened.runtime!, sink: collector('gc') }, { untilIdle: true, controlPollMs: 20 });
+    const floe = (...args: string[]) =>
+      promisify(execFile)(process.execPath, [join(import.meta.dirname, '../../bin/floe.js'), ...args], {
+        env: { ...process.env, ...awsProcessEnv(env), FLOE_DEBUG: '' },
+      });
+    const create = ['savepoint', 'create', '--job', 'gc', '--stream', stream, '--progress', 'none'];
+    const aws = [
+      '--backend',
+      'aws',
+      '--state-table',
+      stateTable,
+      '--control-table',
+      controlTable,
+      '--bucket',
+      bucket,
+    ];
+    const created = await floe(...create, ...aws, '--generation', '2');
+    const id = created.stdout.trim();
+    const manifest = (await listSavepoints(backend().snapshots)).find((s) => s.id === id)?.manifest;
+    expect(manifest?.generation).toBe(2);
+    expect(manifest?.entries).toBeGreaterThan(0);
+    expect((await new DynamoJobStore(clients.dynamodb, controlTable).get('gc'))?.generation).toBe(2);
+    const refused = await floe(...create, ...aws, '--generation', '0').catch(
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect(refused).toMatchObject({ code: 1 });
+    expect((refused as { stderr: string }).stderr.trim()).toBe(
+      'floe: --generation 0: job "gc" has a job record, which names generation 2 (a replay moves it); drop --generation, which is only for a job without a record',
+    );
+  }, 60_000);
 });

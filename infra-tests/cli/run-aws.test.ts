@@ -73,4 +73,32 @@ describe('floe run --backend aws', () => {
     expect(counts.size).toBe(12);
     expect([...counts.values()].reduce((a, b) => a + b, 0)).toBe(240);
   });
+
+  it('--generation runs the generation of a job without a record; a job whose record names another refuses it', async () => {
+    const job = uniqueName('gen');
+    const stream = uniqueName('clicks');
+    await createStream(clients.kinesis, stream, 2);
+    await putSamplePageViews(clients.kinesis, stream);
+    const r = floe([...samplePageViewsRunArgs(job, stream), '--generation', '2']);
+    expect(r.stderr).toMatch(/processed 300 records/);
+    expect(r.code).toBe(0);
+    // Output ids name the generation (<job>@<generation>/...).
+    const listed = await clients.s3.send(
+      new ListObjectsV2Command({ Bucket: `floe-${job}`, Prefix: `outputs/${job}/` }),
+    );
+    const ids: string[] = [];
+    for (const o of listed.Contents ?? []) {
+      const body = await clients.s3.send(new GetObjectCommand({ Bucket: `floe-${job}`, Key: o.Key! }));
+      for (const l of (await body.Body!.transformToString()).split('\n')) if (l) ids.push(JSON.parse(l).id);
+    }
+    expect(ids.length).toBeGreaterThan(0);
+    for (const id of ids) expect(id.startsWith(`${job}@2/`), id).toBe(true);
+    // The run wrote the job record at generation 2: another generation is refused, the same one runs.
+    const refused = floe([...samplePageViewsRunArgs(job, stream), '--generation', '0']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr.trim()).toBe(
+      `floe: --generation 0: job "${job}" has a job record, which names generation 2 (a replay moves it); drop --generation, which is only for a job without a record`,
+    );
+    expect(floe([...samplePageViewsRunArgs(job, stream), '--generation', '2']).code).toBe(0);
+  });
 });

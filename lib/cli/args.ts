@@ -114,3 +114,19 @@ export function retryNotice(write: (line: string) => void): (shardId: string, er
 export function checkedRetryLine(error: Error): string {
   return `  ${error.message.split('; ')[0]}: processing the uncommitted records again in the checked pass`;
 }
+
+/**
+ * `--generation` names the state generation of a job that has no job record yet (a Lambda job
+ * deployed with the construct's `generation`). Once the job has a record, the record decides
+ * (a replay moves it); a flag naming another generation is refused rather than ignored.
+ */
+export function checkGenerationFlag(
+  job: string,
+  generation: number | undefined,
+  record: { readonly generation: number } | undefined,
+): void {
+  if (generation === undefined || record === undefined || record.generation === generation) return;
+  throw new ConfigurationError(
+    `--generation ${generation}: job "${job}" has a job record, which names generation ${record.generation} (a replay moves it); drop --generation, which is only for a job without a record`,
+  );
+}

@@ -145,6 +145,10 @@ describe.concurrent('usage errors exit 2', () => {
       ],
       [['--shards', '3'], /^floe: --shards applies to --backend aws only; .*'floe produce --shards N'/],
       [['--state-table', 't'], /^floe: --state-table applies to --backend aws only/],
+      [
+        ['--generation', '1'],
+        /^floe: --generation applies to --backend aws only; the embedded backend runs the generation its job record names/,
+      ],
     ] as const) {
       expectOneLineError(
         await floe('run', 'examples/page-views.ts', '--data-dir', dir, ...flags),
@@ -152,6 +156,11 @@ describe.concurrent('usage errors exit 2', () => {
         pattern,
       );
     }
+    expectOneLineError(
+      await floe('savepoint', 'create', '--job', 'j', '--generation', '1', '--data-dir', dir),
+      2,
+      /^floe: --generation needs --backend aws: an embedded job's generation is in its job record/,
+    );
     expectOneLineError(
       await floe('run', 'examples/page-views.ts', '--backend', 'aws', '--data-dir', dir),
       2,

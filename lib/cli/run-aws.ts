@@ -1,11 +1,12 @@
 /** `floe run --backend aws`: the local runner against the endpoints the AWS SDK is configured for. */
 
 import { type AwsJobConfig, awsClients, defaultResourceNames } from '../aws/job.ts';
+import { DynamoJobStore } from '../aws/job-store.ts';
 import { checkResources, createBucket, createStream, createTables } from '../aws/resources.ts';
 import { openAwsJobForRun } from '../aws/run-job.ts';
 import { ConfigurationError, type PipelinePlan } from '../core/index.ts';
 import { runJob } from '../runtime/local-runner.ts';
-import { checkedRetryLine, formatCount, formatTime, retryNotice } from './args.ts';
+import { checkedRetryLine, checkGenerationFlag, formatCount, formatTime, retryNotice } from './args.ts';
 
 export interface RunAwsOptions {
   readonly plan: PipelinePlan;
@@ -17,6 +18,8 @@ export interface RunAwsOptions {
   readonly sinks: readonly string[];
   readonly createResources: boolean;
   readonly shards: number;
+  /** State generation of a job without a job record (checkGenerationFlag). @default 0 */
+  readonly generation?: number;
   readonly untilIdle: boolean;
   readonly batchSize: number;
   readonly commitIntervalMs: number;
@@ -67,6 +70,7 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
     controlTable: options.controlTable ?? defaults.controlTable,
     bucket: options.bucket ?? defaults.bucket,
     sinks: options.sinks,
+    ...(options.generation === undefined ? {} : { generation: options.generation }),
   };
   const clients = awsClients();
   const controller = new AbortController();
@@ -81,6 +85,10 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
       await createBucket(clients.s3, config.bucket);
     }
     await checkResources(clients, config);
+    if (options.generation !== undefined) {
+      const record = await new DynamoJobStore(clients.dynamodb, config.controlTable).get(config.job);
+      checkGenerationFlag(config.job, options.generation, record);
+    }
     const { runtime } = await openAwsJobForRun(options.plan, config, clients, {
       pipeline: {
         name: options.plan.name,

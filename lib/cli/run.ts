@@ -52,6 +52,8 @@ AWS backend (endpoints from AWS_ENDPOINT_URL[_SERVICE], region and credentials a
                             s3:bucket/prefix/ (unbound sinks go to s3://<bucket>/outputs/<job>/)
   --create-resources        create the stream, tables and bucket if missing (for emulators)
   --shards <N>              shards of a stream --create-resources creates (default 4)
+  --generation <N>          state generation of a job without a job record (default 0; the
+                            StreamProcessor's generation prop); a job with one runs its generation
 The AWS options are refused on the embedded backend, and --data-dir on the AWS backend.`;
 
 /** The flags of `floe run` that only one backend takes, with what to do instead. */
@@ -62,6 +64,7 @@ const AWS_ONLY: Record<string, string> = {
   'state-table': 'the embedded backend keeps state in <data-dir>/floe.db',
   'control-table': 'the embedded backend keeps checkpoints in <data-dir>/floe.db',
   bucket: 'the embedded backend keeps everything in <data-dir>',
+  generation: "the embedded backend runs the generation its job record names ('floe replay' moves it)",
 };
 
 /**
@@ -139,6 +142,7 @@ export async function runRun(args: string[]): Promise<number> {
       sink: { type: 'string', multiple: true },
       'create-resources': { type: 'boolean' },
       shards: { type: 'string' },
+      generation: { type: 'string' },
       'data-dir': { type: 'string' },
       progress: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -176,6 +180,9 @@ export async function runRun(args: string[]): Promise<number> {
       sinks: values.sink ?? [],
       createResources: values['create-resources'] === true,
       shards: positiveInt('--shards', values.shards, 4),
+      ...(values.generation === undefined
+        ? {}
+        : { generation: nonNegativeInt('--generation', values.generation, 0) }),
       untilIdle: values['until-idle'],
       batchSize,
       commitIntervalMs,

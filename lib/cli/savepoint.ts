@@ -17,7 +17,14 @@ import {
   readManifest,
   verifySavepoint,
 } from '../runtime/savepoints.ts';
-import { formatCount, formatTime, positiveInt, UsageError } from './args.ts';
+import {
+  checkGenerationFlag,
+  formatCount,
+  formatTime,
+  nonNegativeInt,
+  positiveInt,
+  UsageError,
+} from './args.ts';
 import { loadPipeline } from './load-pipeline.ts';
 import {
   BACKEND_HELP,
@@ -44,6 +51,8 @@ export const SAVEPOINT_HELP = `floe savepoint <create|list|inspect|delete> [opti
         --timeout <s>       how long to wait for workers to pause (default 120)
         --lease-ttl <ms>    the savepoint's hold on the job; renewed at a third of it (default 30000)
         --chunk-entries <N> state entries per file (default 50000; at most 64 MiB of text each)
+        --generation <N>    aws: the state generation of a job without a job record (default 0;
+                            the StreamProcessor's generation prop)
   floe savepoint list [--job <id>] [--json]
   floe savepoint inspect <id> [--verify] [--json]
       --verify reads every file and checks its sha256, size and entry count.
@@ -91,6 +100,7 @@ async function create(args: string[]): Promise<number> {
       timeout: { type: 'string' },
       'lease-ttl': { type: 'string' },
       'chunk-entries': { type: 'string' },
+      generation: { type: 'string' },
       progress: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -103,6 +113,13 @@ async function create(args: string[]): Promise<number> {
     throw new UsageError(`savepoint create takes no positional arguments; received "${positionals[0]}"`);
   if (values.job === undefined) throw new UsageError('savepoint create needs --job <id>');
   const job = checkJobId(values.job);
+  if (values.generation !== undefined && values.backend !== 'aws') {
+    throw new UsageError(
+      "--generation needs --backend aws: an embedded job's generation is in its job record ('floe replay' moves it)",
+    );
+  }
+  const generation =
+    values.generation === undefined ? undefined : nonNegativeInt('--generation', values.generation, 0);
   let pipeline: SavepointPipeline | undefined;
   let operators: ReturnType<typeof operatorSchemas> | undefined;
   if (values.pipeline !== undefined) {
@@ -113,6 +130,7 @@ async function create(args: string[]): Promise<number> {
   const opened = await openSavepointBackend(values, job);
   const progress = progressPrinter(values.progress === 'none');
   try {
+    if (generation !== undefined) checkGenerationFlag(job, generation, await opened.backend.jobs.get(job));
     const onStep = faultHook('savepoint');
     const manifest = await createSavepoint(opened.backend, {
       job,
@@ -121,6 +139,7 @@ async function create(args: string[]): Promise<number> {
       ...(values.stream === undefined ? {} : { stream: values.stream }),
       ...(pipeline === undefined ? {} : { pipeline }),
       ...(operators === undefined ? {} : { operators }),
+      ...(generation === undefined ? {} : { generation }),
       timeoutMs: positiveInt('--timeout', values.timeout, 120) * 1000,
       leaseTtlMs: positiveInt('--lease-ttl', values['lease-ttl'], 30_000),
       chunkEntries: positiveInt('--chunk-entries', values['chunk-entries'], 50_000),
