@@ -67,6 +67,21 @@ afterAll(() => clients?.destroy());
 
 const config = (job: string): AwsJobConfig => ({ job, stream, stateTable, controlTable, bucket, sinks: [] });
 const backend = () => awsSavepointBackend({ clients: bundle, stateTable, controlTable, bucket });
+/** The floe CLI as a child process, on this file's resources. */
+const floe = (...args: string[]) =>
+  promisify(execFile)(process.execPath, [join(import.meta.dirname, '../../bin/floe.js'), ...args], {
+    env: { ...process.env, ...awsProcessEnv(env), FLOE_DEBUG: '' },
+  });
+const aws = [
+  '--backend',
+  'aws',
+  '--state-table',
+  stateTable,
+  '--control-table',
+  controlTable,
+  '--bucket',
+  bucket,
+];
 
 async function put(clicks: readonly Click[]): Promise<void> {
   const outcomes = await putRecords(
@@ -225,20 +240,6 @@ describe('savepoints on AWS (emulators)', () => {
     expect((await jobs.get('a'))?.state).toBe('running');
 
     // The CLI on the aws backend: inspect --verify and list.
-    const floe = (...args: string[]) =>
-      promisify(execFile)(process.execPath, [join(import.meta.dirname, '../../bin/floe.js'), ...args], {
-        env: { ...process.env, ...awsProcessEnv(env), FLOE_DEBUG: '' },
-      });
-    const aws = [
-      '--backend',
-      'aws',
-      '--state-table',
-      stateTable,
-      '--control-table',
-      controlTable,
-      '--bucket',
-      bucket,
-    ];
     const inspected = await floe('savepoint', 'inspect', result.id, '--verify', ...aws);
     expect(inspected.stdout).toMatch(/on the aws backend/);
     expect(inspected.stdout).toMatch(/verified: every file matches its sha256/);
@@ -283,21 +284,7 @@ describe('savepoints on AWS (emulators)', () => {
     await put(CLICKS.slice(0, 100)); // (the stream is empty when this test runs alone)
     const opened = await openAwsJobFromRecord(compile(v1), deployed, bundle);
     await runJob({ ...opened.runtime!, sink: collector('gc') }, { untilIdle: true, controlPollMs: 20 });
-    const floe = (...args: string[]) =>
-      promisify(execFile)(process.execPath, [join(import.meta.dirname, '../../bin/floe.js'), ...args], {
-        env: { ...process.env, ...awsProcessEnv(env), FLOE_DEBUG: '' },
-      });
     const create = ['savepoint', 'create', '--job', 'gc', '--stream', stream, '--progress', 'none'];
-    const aws = [
-      '--backend',
-      'aws',
-      '--state-table',
-      stateTable,
-      '--control-table',
-      controlTable,
-      '--bucket',
-      bucket,
-    ];
     const created = await floe(...create, ...aws, '--generation', '2');
     const id = created.stdout.trim();
     const manifest = (await listSavepoints(backend().snapshots)).find((s) => s.id === id)?.manifest;
