@@ -1,5 +1,5 @@
 /** Unit tests of the AWS sinks with fake clients (the emulator tests are infra-tests/aws/sinks.test.ts). */
-import type { BatchWriteItemCommandInput, DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import type { AttributeValue, BatchWriteItemCommandInput, DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import type { KinesisClient, PutRecordsCommandInput } from '@aws-sdk/client-kinesis';
 import { describe, expect, it } from 'vitest';
 import { ConfigurationError, StateSerializationError, TransientBackendError } from '../core/errors.ts';
@@ -211,5 +211,22 @@ describe('helpers', () => {
         b: { M: { c: { N: '1.5' } } },
       },
     });
+  });
+
+  it("refuses lists and maps nested over DynamoDB's 32 levels (31 around a scalar) as one output's error", () => {
+    const nested = (containers: number): unknown => {
+      let v: unknown = 'leaf';
+      for (let i = 0; i < containers; i++) v = i % 2 === 0 ? { n: v } : [v];
+      return v;
+    };
+    let depth = 0;
+    for (let a: AttributeValue | undefined = toAttributeValue(nested(31)); a !== undefined; depth++) {
+      a = a.M?.n ?? a.L?.[0];
+    }
+    expect(depth).toBe(32); // 31 containers and the leaf: the deepest item DynamoDB stores
+    expect(() => toAttributeValue(nested(32))).toThrow(SinkOutputError);
+    expect(() => toAttributeValue(nested(32))).toThrow(
+      /nested more than 31 deep; DynamoDB stores at most 32 levels/,
+    );
   });
 });

@@ -630,10 +630,18 @@ const DYNAMODB_MIN_MAGNITUDE = 1e-130;
 const DYNAMODB_MAX_MAGNITUDE = 1e126;
 
 /**
- * Marshals a JSON value (as JSON.parse returns it) to a DynamoDB AttributeValue; a number that
- * DynamoDB cannot store (magnitude over 9.99E+125 or under 1E-130) is a SinkOutputError.
+ * Lists and maps one attribute may nest. DynamoDB stores 32 levels, the attribute itself being
+ * the first, and answers a deeper item with ValidationException ("Nesting Levels have exceeded
+ * supported limits"): 31 maps around a scalar are taken, 32 refused. (moto does not check it.)
  */
-export function toAttributeValue(value: unknown): AttributeValue {
+const DYNAMODB_MAX_NESTED_CONTAINERS = 31;
+
+/**
+ * Marshals a JSON value (as JSON.parse returns it) to a DynamoDB AttributeValue. What DynamoDB
+ * would refuse in an item is a SinkOutputError: a number outside its range (magnitude over
+ * 9.99E+125 or under 1E-130), or lists and maps nested over its 32 levels.
+ */
+export function toAttributeValue(value: unknown, containers = 0): AttributeValue {
   if (value === null || value === undefined) return { NULL: true };
   switch (typeof value) {
     case 'string':
@@ -652,10 +660,16 @@ export function toAttributeValue(value: unknown): AttributeValue {
     case 'boolean':
       return { BOOL: value };
     case 'object': {
-      if (Array.isArray(value)) return { L: value.map(toAttributeValue) };
+      const depth = containers + 1;
+      if (depth > DYNAMODB_MAX_NESTED_CONTAINERS) {
+        throw new SinkOutputError(
+          `value with lists or maps nested more than ${DYNAMODB_MAX_NESTED_CONTAINERS} deep; DynamoDB stores at most 32 levels in an attribute (the attribute is the first)`,
+        );
+      }
+      if (Array.isArray(value)) return { L: value.map((v) => toAttributeValue(v, depth)) };
       const map: Record<string, AttributeValue> = Object.create(null);
       for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
-        if (v !== undefined) map[k] = toAttributeValue(v);
+        if (v !== undefined) map[k] = toAttributeValue(v, depth);
       }
       return { M: map };
     }
