@@ -9,7 +9,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MAX_SHARDS as LOG_MAX_SHARDS, MAX_READ_LIMIT } from '../embedded/local-log.ts';
+import { openSqlite } from '../embedded/sqlite.ts';
 import { MAX_BATCH_SIZE, MAX_SHARDS } from './args.ts';
+import { summarizeDemo } from './demo.ts';
 import { type Exit, expectOneLineError, killRunningCli, runCli } from './testing/run-cli.ts';
 
 const TMP = mkdtempSync(join(tmpdir(), 'floe-commands-test-'));
@@ -504,6 +506,18 @@ describe.concurrent('floe demo says what happened', () => {
     expect(result.stdout).not.toMatch(/killed|the kill|restart/);
     expect(result.stdout).toContain('including process start-up).');
     expect(result.stdout).toMatch(/= 301 of 301 records \(every record exactly once\)\./);
+    // Results that do not add up (here: the dead letter lost) fail the demo.
+    const db = openSqlite(join(dir, 'floe.db'));
+    try {
+      expect(summarizeDemo(db, () => {}, 301, 1, dir, false)).toBe(true);
+      const lost = db.prepare(`DELETE FROM "floe_out_page-views" WHERE sink = 'floe.dead-letter'`).run();
+      expect(lost.changes).toBeGreaterThan(0);
+      const lines: string[] = [];
+      expect(summarizeDemo(db, (l) => lines.push(l), 301, 1, dir, false)).toBe(false);
+      expect(lines.join('\n')).toMatch(/of 301 records \(MISMATCH\)/);
+    } finally {
+      db.close();
+    }
   });
 
   it('a kill is claimed only when it happened mid-run, and then the summary mentions it', async () => {

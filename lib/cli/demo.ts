@@ -261,19 +261,29 @@ export async function runDemo(args: string[]): Promise<number> {
       '  (the page-views worker finished before it could be killed: nothing was killed; try more --events)',
     );
 
-  summarize(db, out, total, elapsed, dataDir, killed);
+  const exact = summarizeDemo(db, out, total, elapsed, dataDir, killed);
   db.close();
+  if (!exact) {
+    // The demo exists to show exactly-once results: counts that do not add up are a failure.
+    out('floe demo: the page-views results do not account for every record exactly once (see above)');
+    return 1;
+  }
   return 0;
 }
 
-function summarize(
+/**
+ * Prints what the demo's jobs computed. Returns whether the page-views results account for
+ * every record exactly once (final window counts + late + dead letters = records) and the job
+ * finished its input.
+ */
+export function summarizeDemo(
   db: ReturnType<typeof openSqlite>,
   out: (line: string) => void,
   recordsPerStream: number,
   elapsed: number,
   dataDir: string,
   killed: boolean,
-): void {
+): boolean {
   const rows = (job: string, sink: string): Array<{ id: string; value: unknown }> =>
     db
       .prepare<[string], { id: string; value: string }>(
@@ -366,5 +376,7 @@ function summarize(
   );
   out(`Inspect: npx floe status --job page-views --data-dir ${dataDir}`);
   const status = jobStatus(db, 'page-views', 'page-views');
-  if (status.shards.some((s) => s.lag > 0)) out('warning: the page-views job did not finish its input');
+  const finished = status.shards.every((s) => s.lag === 0);
+  if (!finished) out('warning: the page-views job did not finish its input');
+  return exact && finished;
 }
