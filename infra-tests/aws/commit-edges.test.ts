@@ -10,6 +10,7 @@
  *   outbox: one item per commit, a commit's outputs over an item's size in an S3 object;
  * - item sizes are UTF-8 bytes, as DynamoDB counts them;
  * - `maxTransactionActions` moves commits of more actions to the delta path;
+ * - a restore's state writes (importEntries) never overwrite an item a commit wrote or deleted;
  * - a state entry over an item (400 KB), or an output that is not JSON, fails the commit with a
  *   StateSerializationError naming it, and nothing of the commit is stored; the worker then
  *   dead-letters the record that produced it (a key that outgrows an item keeps what fits, and
@@ -313,5 +314,39 @@ describe('DynamoDB + S3 commit edges', () => {
         );
       }
     });
+  });
+
+  it("a stalled restore's writes never overwrite what the generation's workers committed (both apply modes)", async () => {
+    const shard = 'shardId-000000000000';
+    for (const deltaApply of ['items', 'transactions'] as const) {
+      await withTables(async (f) => {
+        const restore = f.open({ deltaApply });
+        const saved: Array<readonly [string, string]> = [
+          ['op/"a"', '"saved"'],
+          ['op/"b"', '"saved"'],
+        ];
+        await restore.importEntries(saved);
+        await restore.importCheckpoint({ ...initialCheckpoint(shard), commitNumber: 3, position: '3' });
+        // The generation goes live: a worker changes a and deletes b.
+        const worker = f.open();
+        const lease = await worker.acquireLease(shard, 'W', 0, TTL);
+        await worker.commit(lease, {
+          checkpoint: { ...initialCheckpoint(shard), commitNumber: 4, position: '4' },
+          mutations: [
+            { address: 'op/"a"', value: '"committed"' },
+            { address: 'op/"b"', value: null },
+          ],
+          outputs: [],
+        });
+        // The first restore process wakes up and writes its batch (plus an entry nobody wrote).
+        await restore.importEntries([...saved, ['op/"c"', '"saved"']]);
+        const stored = await f.open().getMany(['op/"a"', 'op/"b"', 'op/"c"']);
+        expect(Object.fromEntries(stored), deltaApply).toEqual({
+          'op/"a"': '"committed"',
+          'op/"c"': '"saved"',
+        });
+        expect(restore.metrics.skippedNewer, deltaApply).toBe(2);
+      });
+    }
   });
 });

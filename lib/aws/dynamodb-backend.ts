@@ -214,6 +214,19 @@ interface ApplyCondition {
   readonly ExpressionAttributeValues: Record<string, unknown>;
 }
 
+/** How applyItems / applyTransactions write: a committed delta's apply, or a restore's writes. */
+interface ApplyOptions {
+  readonly kind: 'delta' | 'restore';
+  /** Requests in flight. */
+  readonly concurrency: number;
+}
+
+/** The version restored state carries (no `d`): any later commit's condition accepts it. */
+const RESTORE_SHARD = '~restore';
+
+const applyWhat = (options: ApplyOptions): string =>
+  options.kind === 'delta' ? 'applying a delta' : 'restoring state';
+
 /** Approximate stored size of a state item (UTF-8 of its names and values) for the 4 MB limit. */
 function itemBytes(item: Record<string, unknown>): number {
   let bytes = 0;
@@ -584,9 +597,9 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       },
     };
     if ((this.options.deltaApply ?? 'items') === 'transactions') {
-      await this.applyTransactions(items, condition);
+      await this.applyTransactions(items, condition, { kind: 'delta', concurrency: 4 });
     } else {
-      await this.applyItems(items, condition);
+      await this.applyItems(items, condition, { kind: 'delta', concurrency: 16 });
     }
     const pending =
       delta.outputs.length === 0 || (await this.writeDeltaOutbox(lease.shardId, key, delta, commitNumber));
@@ -681,19 +694,22 @@ export class DynamoBackend implements StateStore, CheckpointStore {
   private async applyItems(
     items: readonly Record<string, unknown>[],
     condition: ApplyCondition,
+    options: ApplyOptions,
   ): Promise<void> {
     let applied = 0;
-    await mapLimit(items, 16, async (item) => {
+    await mapLimit(items, options.concurrency, async (item) => {
       try {
         this.metrics.writeRequests++;
         this.metrics.itemsWritten++;
         await this.ddb.send(new PutCommand({ TableName: this.options.stateTable, Item: item, ...condition }));
       } catch (error) {
         if (!isConditionFailure(error))
-          throw isTransient(error) ? transient('applying a delta', error) : error;
+          throw isTransient(error) ? transient(applyWhat(options), error) : error;
         this.metrics.skippedNewer++;
       }
-      if (++applied === Math.ceil(items.length / 2)) await this.options.onStep?.('mid-apply');
+      if (++applied === Math.ceil(items.length / 2) && options.kind === 'delta') {
+        await this.options.onStep?.('mid-apply');
+      }
     });
   }
 
@@ -706,6 +722,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
   private async applyTransactions(
     items: readonly Record<string, unknown>[],
     condition: ApplyCondition,
+    options: ApplyOptions,
   ): Promise<void> {
     const table = this.options.stateTable;
     const chunks = planChunks(items, itemBytes, {
@@ -714,14 +731,14 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       minChunks: 2,
     });
     let applied = 0;
-    await mapLimit(chunks, 4, async (chunk) => {
+    await mapLimit(chunks, options.concurrency, async (chunk) => {
       try {
         const outcome = await writeChunk(
           chunk,
           (pending) => {
             this.metrics.writeRequests++;
             this.metrics.transactions++;
-            this.metrics.applyTransactions++;
+            if (options.kind === 'delta') this.metrics.applyTransactions++;
             this.metrics.itemsWritten += pending.length;
             return this.ddb.send(
               new TransactWriteCommand({
@@ -733,9 +750,11 @@ export class DynamoBackend implements StateStore, CheckpointStore {
         );
         this.metrics.skippedNewer += outcome.skipped;
       } catch (error) {
-        throw isTransient(error) ? transient('applying a delta', error) : error;
+        throw isTransient(error) ? transient(applyWhat(options), error) : error;
       }
-      if (++applied === Math.ceil(chunks.length / 2)) await this.options.onStep?.('mid-apply');
+      if (++applied === Math.ceil(chunks.length / 2) && options.kind === 'delta') {
+        await this.options.onStep?.('mid-apply');
+      }
     });
   }
 
@@ -1041,28 +1060,31 @@ export class DynamoBackend implements StateStore, CheckpointStore {
   }
 
   /**
-   * Writes state entries directly (restoring a savepoint into a generation no worker runs yet):
-   * idempotent puts, 25 per BatchWriteItem, with a restore version that any later commit
-   * overwrites.
+   * Writes state entries directly (restoring a savepoint into a generation no worker runs yet),
+   * with the restore version, which any later commit overwrites. Fenced by item: an entry is
+   * written only over nothing or over another restored entry, never over an item a commit wrote
+   * (or deleted: a tombstone). A restore that stalled after its check of the job record, while
+   * a rerun completed it and the generation's workers committed, so changes nothing of theirs.
+   * Conditional writes rule out BatchWriteItem: one conditional PutItem per entry, 32 in
+   * flight, or with `deltaApply: 'transactions'` TransactWriteItems chunks of up to 100.
    */
   async importEntries(entries: ReadonlyArray<readonly [StateAddress, string]>): Promise<void> {
-    const chunks: Array<ReadonlyArray<readonly [StateAddress, string]>> = [];
-    for (let i = 0; i < entries.length; i += 25) chunks.push(entries.slice(i, i + 25));
-    await mapLimit(chunks, 8, async (chunk) => {
-      let requests: Array<Record<string, unknown>> = chunk.map(([address, value]) => ({
-        PutRequest: { Item: { pk: `${this.scope}#${address}`, v: value, sh: '~restore', f: 0, c: 0 } },
-      }));
-      for (let attempt = 0; requests.length > 0; attempt++) {
-        if (attempt > 0) await sleep(Math.min(1000, 25 * 2 ** attempt));
-        if (attempt > 12) throw new TransientBackendError('BatchWriteItem kept returning unprocessed items');
-        this.metrics.writeRequests++;
-        this.metrics.itemsWritten += requests.length;
-        const res = await this.ddb.send(
-          new BatchWriteCommand({ RequestItems: { [this.options.stateTable]: requests as never } }),
-        );
-        requests = (res.UnprocessedItems?.[this.options.stateTable] ?? []) as Array<Record<string, unknown>>;
-      }
-    });
+    const items = entries.map(([address, value]) => ({
+      pk: `${this.scope}#${address}`,
+      v: value,
+      sh: RESTORE_SHARD,
+      f: 0,
+      c: 0,
+    }));
+    const condition = {
+      ConditionExpression: 'attribute_not_exists(pk) OR sh = :restore',
+      ExpressionAttributeValues: { ':restore': RESTORE_SHARD },
+    };
+    if ((this.options.deltaApply ?? 'items') === 'transactions') {
+      await this.applyTransactions(items, condition, { kind: 'restore', concurrency: 8 });
+    } else {
+      await this.applyItems(items, condition, { kind: 'restore', concurrency: 32 });
+    }
   }
 
   /**

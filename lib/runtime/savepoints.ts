@@ -85,7 +85,11 @@ export interface StateScope {
   entries(): AsyncIterable<readonly [StateAddress, string]>;
   /** Number of live entries, for progress (undefined if costly to know). */
   countEntries(): Promise<number | undefined>;
-  /** Idempotent upserts, not fenced: only for a generation no worker runs yet. */
+  /**
+   * Idempotent upserts, for a generation no worker runs yet. A backend should never replace an
+   * entry a commit wrote (DynamoBackend's writes are conditional), as a stalled restore may
+   * write after the generation went live (see restoreSavepoint).
+   */
   importEntries(entries: ReadonlyArray<readonly [StateAddress, string]>): Promise<void>;
   /** Sets a shard's checkpoint; an identical existing one is fine, a different one is an error. */
   importCheckpoint(checkpoint: ShardCheckpoint): Promise<void>;
@@ -888,9 +892,10 @@ export async function restoreSavepoint(
     now,
   );
   const scope = backend.scope(target, generation);
-  // The writes below are not fenced. A restore that stalled (a suspended process) while a rerun
-  // completed it and workers of the generation committed would put the savepoint's values back
-  // over theirs: before each batch, check that the restore is still ours and not switched yet.
+  // A restore that stalled (a suspended process) while a rerun completed it and workers of the
+  // generation committed would put the savepoint's values back over theirs: before each batch,
+  // check that the restore is still ours and not switched yet. A batch already past this check
+  // is fenced only where the backend's writes are (DynamoBackend: per item; docs/savepoints.md).
   const stillRestoring = async (): Promise<void> => {
     const current = await backend.jobs.get(target);
     if (current?.restore?.savepointId === manifest.id && current.restore.generation === generation) return;
