@@ -41,8 +41,11 @@ export function dynamoStateScope(options: AwsSavepointOptions, job: string, gene
     backend,
     entries: () => backend.entries(),
     countEntries: async () => undefined,
+    // Fenced per item (never over an item a commit wrote), so the guard is not needed here.
     importEntries: (entries) => backend.importEntries(entries),
     importCheckpoint: (checkpoint) => backend.importCheckpoint(checkpoint),
+    // Not fenced: a stalled restore can put back an outbox item the live generation delivered,
+    // which is then delivered again under the same ids (docs/savepoints.md).
     importOutputs: (shardId, outputs) => backend.importOutputs(shardId, outputs),
     // Every commit writes a checkpoint with its state, so a scope without checkpoints is empty.
     isEmpty: async () => (await backend.listCheckpoints()).length === 0,

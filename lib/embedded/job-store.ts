@@ -27,6 +27,11 @@ export class SqliteJobStore implements JobStore {
   }
 
   async get(job: string): Promise<JobRecord | undefined> {
+    return this.read(job);
+  }
+
+  /** The record as it is now, synchronously: inside a SQLite transaction that depends on it. */
+  read(job: string): JobRecord | undefined {
     const row = this.sql.get.get(job);
     return row === undefined ? undefined : parse(row.body, job);
   }

@@ -22,6 +22,7 @@ import {
   listSavepoints,
   prepareTimestampReplay,
   restoreSavepoint,
+  type SavepointBackend,
   SavepointTrimmedError,
   SimulatedCrash,
 } from '../runtime/savepoints.ts';
@@ -530,6 +531,55 @@ describe('savepoints on the embedded backend', () => {
         .prepare('SELECT address, value FROM floe_state WHERE job = ? AND generation = ? ORDER BY address')
         .all(job, generation);
     expect(state('zr', 1)).toEqual(state('zr-ref', 0));
+    expect(String(error)).toMatch(/was completed or superseded by another replay/);
+    data.close();
+  });
+
+  it('a restore that stalled between its check of the job record and its write writes nothing: the check is in the write transaction', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST);
+    await Promise.all([runUntilIdle(data, 'zw', v1), runUntilIdle(data, 'zw-ref', v1)]);
+    const manifest = await createSavepoint(backend, { job: 'zw', stop: true, chunkEntries: 3 });
+    let resume!: () => void;
+    const stall = new Promise<void>((resolve) => {
+      resume = resolve;
+    });
+    let stalled!: () => void;
+    const atStall = new Promise<void>((resolve) => {
+      stalled = resolve;
+    });
+    // The first restore passes its check of the job record for its second batch, then stalls
+    // (a suspended process) before the batch's transaction.
+    let batches = 0;
+    const stalling: SavepointBackend = {
+      ...backend,
+      scope(job, generation) {
+        const scope = backend.scope(job, generation);
+        return {
+          ...scope,
+          async importEntries(entries, guard) {
+            if (++batches === 2) {
+              stalled();
+              await stall;
+            }
+            await scope.importEntries(entries, guard);
+          },
+        };
+      },
+    };
+    const first = restoreSavepoint(stalling, { savepointId: manifest.id, plan: compile(v1) });
+    await atStall;
+    await restoreSavepoint(backend, { savepointId: manifest.id, plan: compile(v1) });
+    await produce(data.log, SECOND);
+    await Promise.all([runUntilIdle(data, 'zw', v1), runUntilIdle(data, 'zw-ref', v1)]);
+    resume();
+    const error = await first.catch((e: Error) => e);
+    const state = (job: string, generation: number) =>
+      data.db
+        .prepare('SELECT address, value FROM floe_state WHERE job = ? AND generation = ? ORDER BY address')
+        .all(job, generation);
+    expect(state('zw', 1)).toEqual(state('zw-ref', 0));
     expect(String(error)).toMatch(/was completed or superseded by another replay/);
     data.close();
   });

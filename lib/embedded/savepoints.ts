@@ -11,7 +11,14 @@ import {
   type SnapshotStore,
   serializeCheckpoint,
 } from '../core/index.ts';
-import type { ResumePoint, SavepointBackend, StateScope } from '../runtime/savepoints.ts';
+import {
+  namesRestore,
+  type RestoreGuard,
+  type ResumePoint,
+  type SavepointBackend,
+  type StateScope,
+  supersededRestore,
+} from '../runtime/savepoints.ts';
 import { SqliteJobStore } from './job-store.ts';
 import { LocalLog, TrimmedPositionError } from './local-log.ts';
 import { DirectorySnapshotStore } from './snapshot-dir.ts';
@@ -22,9 +29,21 @@ export function defaultSavepointDir(dataDir: string): string {
   return join(dataDir, 'savepoints');
 }
 
-/** The state of one (job, generation) of a SQLite file, for export and restore. */
-export function sqliteStateScope(db: SqliteDatabase, job: string, generation: number): StateScope {
+/**
+ * The state of one (job, generation) of a SQLite file, for export and restore. A restore's
+ * writes check its guard against the job record (in `jobs`, the same file) in the transaction
+ * that writes them.
+ */
+export function sqliteStateScope(
+  db: SqliteDatabase,
+  job: string,
+  generation: number,
+  jobs: SqliteJobStore = new SqliteJobStore(db),
+): StateScope {
   const backend = new SqliteBackend(db, { job, generation });
+  const check = (guard: RestoreGuard) => (): void => {
+    if (!namesRestore(jobs.read(guard.job), guard)) throw supersededRestore(guard);
+  };
   return {
     backend,
     async *entries() {
@@ -33,8 +52,8 @@ export function sqliteStateScope(db: SqliteDatabase, job: string, generation: nu
     async countEntries() {
       return backend.countEntries();
     },
-    async importEntries(entries) {
-      backend.importEntries(entries);
+    async importEntries(entries, guard) {
+      backend.importEntries(entries, undefined, check(guard));
     },
     async importCheckpoint(checkpoint: ShardCheckpoint) {
       const existing = await backend.readCheckpoint(checkpoint.shardId);
@@ -48,8 +67,8 @@ export function sqliteStateScope(db: SqliteDatabase, job: string, generation: nu
         );
       }
     },
-    async importOutputs(shardId, outputs) {
-      backend.importOutputs(shardId, outputs);
+    async importOutputs(shardId, outputs, guard) {
+      backend.importOutputs(shardId, outputs, check(guard));
     },
     async isEmpty() {
       return backend.countEntries() === 0 && (await backend.listCheckpoints()).length === 0;
@@ -72,11 +91,12 @@ export function embeddedSavepointBackend(options: EmbeddedSavepointOptions): Sav
     typeof options.savepoints === 'string'
       ? new DirectorySnapshotStore(options.savepoints)
       : options.savepoints;
+  const jobs = new SqliteJobStore(options.db);
   return {
     kind: 'embedded',
-    jobs: new SqliteJobStore(options.db),
+    jobs,
     snapshots,
-    scope: (job, generation) => sqliteStateScope(options.db, job, generation),
+    scope: (job, generation) => sqliteStateScope(options.db, job, generation, jobs),
     source: (stream) => log.source(stream),
     checkResumable: (stream, shard) => localLogResumable(log, stream, shard),
   };

@@ -319,13 +319,20 @@ export class SqliteBackend implements StateStore, CheckpointStore {
 
   /**
    * Writes state entries directly (restoring a savepoint into this generation), in
-   * transactions of `batchSize` entries. Not fenced: run it before any worker starts.
+   * transactions of `batchSize` entries. `guard` runs first in each transaction (holding the
+   * write lock) and throws to write nothing: a restore checks there that the job record still
+   * names it, so a restore that stalled cannot write over a generation that went live.
    */
-  importEntries(entries: Iterable<readonly [StateAddress, string]>, batchSize = 5_000): number {
+  importEntries(
+    entries: Iterable<readonly [StateAddress, string]>,
+    batchSize = 5_000,
+    guard?: () => void,
+  ): number {
     this.assertOpen();
     let count = 0;
     let batch: Array<readonly [StateAddress, string]> = [];
     const flush = this.db.transaction((rows: Array<readonly [StateAddress, string]>) => {
+      guard?.();
       for (const [address, value] of rows) this.sql.putState.run(this.job, this.generation, address, value);
     });
     for (const entry of entries) {
@@ -371,11 +378,12 @@ export class SqliteBackend implements StateStore, CheckpointStore {
    * it already holds; one already there by id is left as it is. Not fenced: run it before any
    * worker starts.
    */
-  importOutputs(shardId: string, outputs: readonly Output[]): void {
+  importOutputs(shardId: string, outputs: readonly Output[], guard?: () => void): void {
     this.assertOpen();
     const values = outputs.map(encodeOutputValue);
     this.db
       .transaction(() => {
+        guard?.();
         const present = new Set(
           this.sql.unpublished.all(this.job, this.generation, shardId).map((row) => row.output_id),
         );

@@ -78,6 +78,29 @@ import { type JobRecord, type JobStore, updateJob } from './job-control.ts';
 
 // ---- ports --------------------------------------------------------------------------------------
 
+/**
+ * The restore a write belongs to. Its writes may land only while the job record still names it
+ * (`restore` of the record): once a rerun completed it or another replay superseded it, the
+ * generation may be live.
+ */
+export interface RestoreGuard {
+  readonly job: string;
+  readonly savepointId: string;
+  readonly generation: number;
+}
+
+/** Whether `record` still names the restore `guard` describes. */
+export function namesRestore(record: JobRecord | undefined, guard: RestoreGuard): boolean {
+  return record?.restore?.savepointId === guard.savepointId && record.restore.generation === guard.generation;
+}
+
+/** What a restore whose job record no longer names it throws, before it writes anything more. */
+export function supersededRestore(guard: RestoreGuard): ConfigurationError {
+  return new ConfigurationError(
+    `the restore of savepoint ${guard.savepointId} into job ${guard.job} (generation ${guard.generation}) was completed or superseded by another replay while this one was writing; it stopped without writing more`,
+  );
+}
+
 /** Direct access to one (job, generation) of a backend, for export and restore. */
 export interface StateScope {
   readonly backend: StateStore & CheckpointStore;
@@ -86,18 +109,19 @@ export interface StateScope {
   /** Number of live entries, for progress (undefined if costly to know). */
   countEntries(): Promise<number | undefined>;
   /**
-   * Idempotent upserts, for a generation no worker runs yet. A backend should never replace an
-   * entry a commit wrote (DynamoBackend's writes are conditional), as a stalled restore may
-   * write after the generation went live (see restoreSavepoint).
+   * Idempotent upserts, for a generation no worker runs yet. A restore that stalled may write
+   * after the generation went live (see restoreSavepoint), so a backend fences these writes: it
+   * checks `guard` in the transaction that writes (the embedded backend), or never replaces an
+   * entry a commit wrote (DynamoBackend's conditional writes).
    */
-  importEntries(entries: ReadonlyArray<readonly [StateAddress, string]>): Promise<void>;
+  importEntries(entries: ReadonlyArray<readonly [StateAddress, string]>, guard: RestoreGuard): Promise<void>;
   /** Sets a shard's checkpoint; an identical existing one is fine, a different one is an error. */
   importCheckpoint(checkpoint: ShardCheckpoint): Promise<void>;
   /**
    * Puts outputs into a shard's outbox, as their commits (in the output ids) had left them, to
    * be published by the shard's next worker. Idempotent; only for a generation no worker runs yet.
    */
-  importOutputs(shardId: string, outputs: readonly Output[]): Promise<void>;
+  importOutputs(shardId: string, outputs: readonly Output[], guard: RestoreGuard): Promise<void>;
   /** True when the scope holds no state and no checkpoints. */
   isEmpty(): Promise<boolean>;
 }
@@ -895,17 +919,14 @@ export async function restoreSavepoint(
   // A restore that stalled (a suspended process) while a rerun completed it and workers of the
   // generation committed would put the savepoint's values back over theirs: before each batch,
   // check that the restore is still ours and not switched yet. A batch already past this check
-  // is fenced only where the backend's writes are (DynamoBackend: per item; docs/savepoints.md).
+  // is fenced by the backend (StateScope.importEntries; docs/savepoints.md).
+  const guard: RestoreGuard = { job: target, savepointId: manifest.id, generation };
   const stillRestoring = async (): Promise<void> => {
-    const current = await backend.jobs.get(target);
-    if (current?.restore?.savepointId === manifest.id && current.restore.generation === generation) return;
-    throw new ConfigurationError(
-      `the restore of savepoint ${manifest.id} into job ${target} (generation ${generation}) was completed or superseded by another replay while this one was writing; it stopped without writing more`,
-    );
+    if (!namesRestore(await backend.jobs.get(target), guard)) throw supersededRestore(guard);
   };
   const importEntries = async (entries: ReadonlyArray<readonly [StateAddress, string]>): Promise<void> => {
     await stillRestoring();
-    await scope.importEntries(entries);
+    await scope.importEntries(entries, guard);
   };
 
   // State, file by file (each verified again as it is read), in idempotent batches.
@@ -953,7 +974,7 @@ export async function restoreSavepoint(
     outputs += pending.length;
     if (target === manifest.job) {
       await stillRestoring();
-      await scope.importOutputs(checkpoints[i]!.shardId, pending);
+      await scope.importOutputs(checkpoints[i]!.shardId, pending, guard);
     }
   }
   if (outputs > 0 && target !== manifest.job) {
