@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DynamoBackend } from '../../lib/aws/dynamodb-backend.ts';
 import type { AwsClientsBundle, AwsJobConfig } from '../../lib/aws/job.ts';
 import { openAwsJob } from '../../lib/aws/job.ts';
 import { DynamoJobStore } from '../../lib/aws/job-store.ts';
@@ -299,4 +300,41 @@ describe('savepoints on AWS (emulators)', () => {
       'floe: --generation 0: job "gc" has a job record, which names generation 2 (a replay moves it); drop --generation, which is only for a job without a record',
     );
   }, 60_000);
+
+  it("a stalled restore cannot put back outputs the live generation delivered: each outbox item is checked against the job record's restore", async () => {
+    const jobs = new DynamoJobStore(clients.dynamodb, controlTable);
+    const restoring = {
+      job: 'ob',
+      generation: 0,
+      nextGeneration: 2,
+      state: 'running' as const,
+      stream,
+      restore: { savepointId: 'sp-ob', generation: 1, startedAt: 1 },
+      version: 1,
+      updatedAt: 1,
+    };
+    expect(await jobs.put(restoring, undefined)).toBe(true);
+    const guard = { job: 'ob', savepointId: 'sp-ob', generation: 1 };
+    const scope = backend().scope('ob', 1);
+    const shard = 'shardId-000000000000';
+    const outputs = [
+      { id: `ob/${shard}/7/0`, sink: 'out', value: 1 },
+      { id: `ob/${shard}/8/0`, sink: 'out', value: 2 },
+    ];
+    await scope.importOutputs(shard, outputs, guard);
+    const live = scope.backend as DynamoBackend;
+    expect((await live.unpublishedOutputs(shard)).map((o) => o.id)).toEqual(outputs.map((o) => o.id));
+    // The restore completes (a rerun); the generation's worker delivers the outputs.
+    const { restore: _r, ...done } = restoring;
+    expect(await jobs.put({ ...done, generation: 1, version: 2, updatedAt: 2 }, 1)).toBe(true);
+    await live.markPublished(
+      shard,
+      outputs.map((o) => o.id),
+    );
+    // The stalled restore wakes up and writes its outputs: refused, nothing put back.
+    await expect(scope.importOutputs(shard, outputs, guard)).rejects.toThrow(
+      /restore of savepoint sp-ob into job ob \(generation 1\) was completed or superseded by another replay/,
+    );
+    expect(await live.unpublishedOutputs(shard)).toEqual([]);
+  });
 });

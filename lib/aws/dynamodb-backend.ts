@@ -59,6 +59,7 @@ import {
   stateEntryBytes,
   TransientBackendError,
 } from '../core/index.ts';
+import { jobRecordKey } from './job-store.ts';
 import { type BackoffOptions, isTransientAwsError, withBackoff } from './retry.ts';
 import {
   cancellationOf,
@@ -824,9 +825,16 @@ export class DynamoBackend implements StateStore, CheckpointStore {
    * Puts outputs into a shard's outbox (restoring a savepoint's undelivered outputs): one item
    * per commit, as the commits had left them (markPublished finds them by the commit number in
    * their ids); a commit's outputs too large for an item go to an S3 object it points at, as a
-   * delta's do. Idempotent. Not fenced: run it before any worker starts.
+   * delta's do. Idempotent. With `restore` (a restore's marker, restoreMarker), each item is
+   * written in a transaction with a check that the job record (`job`'s, in the control table)
+   * still has that marker; returns false, having written no item since, when it has not: a
+   * restore that stalled must not put back outputs the live generation already delivered.
    */
-  async importOutputs(shardId: string, outputs: readonly Output[]): Promise<void> {
+  async importOutputs(
+    shardId: string,
+    outputs: readonly Output[],
+    restore?: { readonly job: string; readonly marker: string },
+  ): Promise<boolean> {
     const byCommit = new Map<number, Output[]>();
     for (const o of outputs) {
       const c = commitOf(o.id);
@@ -850,13 +858,37 @@ export class DynamoBackend implements StateStore, CheckpointStore {
         );
         body = { delta: key };
       }
-      await this.ddb.send(
-        new PutCommand({
-          TableName: this.options.controlTable,
-          Item: { pk: this.scope, sk: this.outboxSk(shardId, commitNumber), ...body },
-        }),
-      );
+      const put = {
+        TableName: this.options.controlTable,
+        Item: { pk: this.scope, sk: this.outboxSk(shardId, commitNumber), ...body },
+      };
+      if (restore === undefined) {
+        await this.ddb.send(new PutCommand(put));
+        continue;
+      }
+      try {
+        await this.ddb.send(
+          new TransactWriteCommand({
+            TransactItems: [
+              {
+                ConditionCheck: {
+                  TableName: this.options.controlTable,
+                  Key: jobRecordKey(restore.job),
+                  ConditionExpression: 'restoring = :marker',
+                  ExpressionAttributeValues: { ':marker': restore.marker },
+                },
+              },
+              { Put: put },
+            ],
+          }),
+        );
+      } catch (error) {
+        const cancelled = cancellationOf(error, 2);
+        if (cancelled?.conditionFailed.has(0)) return false;
+        throw isTransient(error) || cancelled?.transient ? transient('restoring outputs', error) : error;
+      }
     }
+    return true;
   }
 
   // ---- helpers ----

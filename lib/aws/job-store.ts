@@ -10,6 +10,22 @@ import { StateFormatError } from '../core/index.ts';
 import type { JobRecord, JobStore } from '../runtime/job-control.ts';
 import { withBackoff } from './retry.ts';
 
+/** The key of job `job`'s record in its control table. */
+export function jobRecordKey(job: string): { pk: string; sk: string } {
+  return { pk: `@job/${job}`, sk: 'job' };
+}
+
+/**
+ * The `restoring` attribute of a record with a restore in progress: what a restore's writes
+ * that cannot check the JSON body condition on (DynamoBackend.importOutputs).
+ */
+export function restoreMarker(restore: {
+  readonly savepointId: string;
+  readonly generation: number;
+}): string {
+  return `${restore.savepointId}#${restore.generation}`;
+}
+
 export class DynamoJobStore implements JobStore {
   private readonly ddb: DynamoDBDocumentClient;
 
@@ -21,7 +37,7 @@ export class DynamoJobStore implements JobStore {
   }
 
   private key(job: string): { pk: string; sk: string } {
-    return { pk: `@job/${job}`, sk: 'job' };
+    return jobRecordKey(job);
   }
 
   async get(job: string): Promise<JobRecord | undefined> {
@@ -47,7 +63,12 @@ export class DynamoJobStore implements JobStore {
         this.ddb.send(
           new PutCommand({
             TableName: this.controlTable,
-            Item: { ...this.key(record.job), version: record.version, body: JSON.stringify(record) },
+            Item: {
+              ...this.key(record.job),
+              version: record.version,
+              body: JSON.stringify(record),
+              ...(record.restore === undefined ? {} : { restoring: restoreMarker(record.restore) }),
+            },
             ConditionExpression: expectedVersion === undefined ? 'attribute_not_exists(pk)' : 'version = :v',
             ...(expectedVersion === undefined
               ? {}

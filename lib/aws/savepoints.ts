@@ -10,10 +10,15 @@ import {
   type SnapshotStore,
   trimmedReason,
 } from '../core/index.ts';
-import type { ResumePoint, SavepointBackend, StateScope } from '../runtime/savepoints.ts';
+import {
+  type ResumePoint,
+  type SavepointBackend,
+  type StateScope,
+  supersededRestore,
+} from '../runtime/savepoints.ts';
 import { DynamoBackend } from './dynamodb-backend.ts';
 import { type AwsClientsBundle, awsClients, defaultResourceNames } from './job.ts';
-import { DynamoJobStore } from './job-store.ts';
+import { DynamoJobStore, restoreMarker } from './job-store.ts';
 import { KinesisSource } from './kinesis-source.ts';
 import { parseS3Url, S3SnapshotStore } from './snapshot-s3.ts';
 
@@ -44,9 +49,14 @@ export function dynamoStateScope(options: AwsSavepointOptions, job: string, gene
     // Fenced per item (never over an item a commit wrote), so the guard is not needed here.
     importEntries: (entries) => backend.importEntries(entries),
     importCheckpoint: (checkpoint) => backend.importCheckpoint(checkpoint),
-    // Not fenced: a stalled restore can put back an outbox item the live generation delivered,
-    // which is then delivered again under the same ids (docs/savepoints.md).
-    importOutputs: (shardId, outputs) => backend.importOutputs(shardId, outputs),
+    // Each outbox item is written with a check of the job record's restore marker.
+    async importOutputs(shardId, outputs, guard) {
+      const written = await backend.importOutputs(shardId, outputs, {
+        job: guard.job,
+        marker: restoreMarker(guard),
+      });
+      if (!written) throw supersededRestore(guard);
+    },
     // Every commit writes a checkpoint with its state, so a scope without checkpoints is empty.
     isEmpty: async () => (await backend.listCheckpoints()).length === 0,
   };

@@ -119,7 +119,9 @@ export interface StateScope {
   importCheckpoint(checkpoint: ShardCheckpoint): Promise<void>;
   /**
    * Puts outputs into a shard's outbox, as their commits (in the output ids) had left them, to
-   * be published by the shard's next worker. Idempotent; only for a generation no worker runs yet.
+   * be published by the shard's next worker. Idempotent; for a generation no worker runs yet.
+   * Fenced by `guard`, checked in the write's transaction: a stalled restore must not put back
+   * outputs the live generation already delivered.
    */
   importOutputs(shardId: string, outputs: readonly Output[], guard: RestoreGuard): Promise<void>;
   /** True when the scope holds no state and no checkpoints. */
