@@ -101,4 +101,15 @@ describe('floe run --backend aws', () => {
     );
     expect(floe([...samplePageViewsRunArgs(job, stream), '--generation', '2']).code).toBe(0);
   });
+
+  it('without --stream, a job runs on the stream its job record names', async () => {
+    const job = uniqueName('again');
+    const stream = uniqueName('clicks');
+    await createStream(clients.kinesis, stream, 2);
+    await putSamplePageViews(clients.kinesis, stream);
+    expect(floe(samplePageViewsRunArgs(job, stream)).code).toBe(0);
+    const again = floe(['run', 'examples/page-views.ts', '--backend', 'aws', '--job', job, '--until-idle']);
+    expect(again.stderr).toMatch(new RegExp(`job "${job}" processed 0 records from ${stream} `));
+    expect(again.code).toBe(0);
+  });
 });

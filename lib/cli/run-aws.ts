@@ -1,10 +1,12 @@
 /** `floe run --backend aws`: the local runner against the endpoints the AWS SDK is configured for. */
 
+import { DescribeTableCommand } from '@aws-sdk/client-dynamodb';
 import { type AwsJobConfig, awsClients, defaultResourceNames } from '../aws/job.ts';
 import { DynamoJobStore } from '../aws/job-store.ts';
 import { checkResources, createBucket, createStream, createTables } from '../aws/resources.ts';
 import { openAwsJobForRun } from '../aws/run-job.ts';
 import { ConfigurationError, type PipelinePlan } from '../core/index.ts';
+import type { JobRecord } from '../runtime/job-control.ts';
 import { runJob } from '../runtime/local-runner.ts';
 import { checkedRetryLine, checkGenerationFlag, formatCount, formatTime, retryNotice } from './args.ts';
 
@@ -28,6 +30,23 @@ export interface RunAwsOptions {
   readonly quiet: boolean;
   /** The pipeline module's path (recorded in the job record; savepoints name it). */
   readonly pipelineModule?: string;
+}
+
+/** The job's record, or undefined when it has none or its control table does not exist (yet). */
+async function recordedJob(
+  clients: ReturnType<typeof awsClients>,
+  controlTable: string,
+  job: string,
+): Promise<JobRecord | undefined> {
+  try {
+    // Unretried, so an unreachable endpoint or missing credentials fail at once (explainAwsError).
+    await clients.dynamodb.send(new DescribeTableCommand({ TableName: controlTable }));
+  } catch (error) {
+    // A missing table is reported with every other missing resource by checkResources.
+    if ((error as { name?: string })?.name === 'ResourceNotFoundException') return undefined;
+    throw error;
+  }
+  return new DynamoJobStore(clients.dynamodb, controlTable).get(job);
 }
 
 /** Turns the SDK's configuration failures into one clear line. */
@@ -63,15 +82,7 @@ export function explainAwsError(error: unknown): unknown {
 
 export async function runAws(options: RunAwsOptions): Promise<number> {
   const defaults = defaultResourceNames(options.job);
-  const config: AwsJobConfig = {
-    job: options.job,
-    stream: options.stream ?? defaults.stream,
-    stateTable: options.stateTable ?? defaults.stateTable,
-    controlTable: options.controlTable ?? defaults.controlTable,
-    bucket: options.bucket ?? defaults.bucket,
-    sinks: options.sinks,
-    ...(options.generation === undefined ? {} : { generation: options.generation }),
-  };
+  const controlTable = options.controlTable ?? defaults.controlTable;
   const clients = awsClients();
   const controller = new AbortController();
   const stop = (): void => controller.abort();
@@ -79,16 +90,25 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
   process.once('SIGTERM', stop);
   const started = Date.now();
   try {
+    // The stream: --stream, else the one the job record names (a job keeps its stream), else the
+    // pipeline name, as on the embedded backend.
+    const record = await recordedJob(clients, controlTable, options.job);
+    const config: AwsJobConfig = {
+      job: options.job,
+      stream: options.stream ?? record?.stream ?? options.plan.name,
+      stateTable: options.stateTable ?? defaults.stateTable,
+      controlTable,
+      bucket: options.bucket ?? defaults.bucket,
+      sinks: options.sinks,
+      ...(options.generation === undefined ? {} : { generation: options.generation }),
+    };
     if (options.createResources) {
       await createStream(clients.kinesis, config.stream, options.shards);
       await createTables(clients.dynamodb, config.stateTable, config.controlTable);
       await createBucket(clients.s3, config.bucket);
     }
     await checkResources(clients, config);
-    if (options.generation !== undefined) {
-      const record = await new DynamoJobStore(clients.dynamodb, config.controlTable).get(config.job);
-      checkGenerationFlag(config.job, options.generation, record);
-    }
+    checkGenerationFlag(config.job, options.generation, record);
     const { runtime } = await openAwsJobForRun(options.plan, config, clients, {
       pipeline: {
         name: options.plan.name,

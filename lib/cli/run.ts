@@ -45,7 +45,7 @@ Options:
   --data-dir <dir>          embedded data directory (default .floe); it must exist: 'floe produce'
                             creates it
 AWS backend (endpoints from AWS_ENDPOINT_URL[_SERVICE], region and credentials as the SDK finds them):
-  --stream <name>           Kinesis stream (default: the pipeline name)
+  --stream <name>           Kinesis stream (default: the job's, else the pipeline name)
   --state-table, --control-table <name>  DynamoDB tables (default floe-<job>-state / -control)
   --bucket <name>           S3 bucket for deltas, large checkpoints and default outputs (default floe-<job>)
   --sink <name=destination> bind a sink, repeatable: name=dynamodb:Table?key=a,b | kinesis:Stream |
