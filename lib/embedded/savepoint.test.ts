@@ -436,9 +436,14 @@ describe('savepoints on the embedded backend', () => {
       leaseTtlMs: 600,
       onStep: async (step) => {
         if (step !== 'manifest-written') return;
-        // New records arrive while the savepoint stalls (a GC pause, a suspended VM) past its hold.
+        // New records arrive while the savepoint stalls (a GC pause, a suspended VM) past its hold:
+        // it stalls until the job has run on, i.e. a worker took the expired hold's leases and
+        // committed past the cut (however long that takes on a loaded machine).
+        const commits = () =>
+          countRows(data.db, "SELECT sum(commit_number) AS n FROM floe_checkpoint WHERE job = 'sl'");
+        const atCut = commits();
         await produce(data.log, SECOND.slice(0, 1000));
-        await new Promise((resolve) => setTimeout(resolve, 2500));
+        while (commits() === atCut) await new Promise((resolve) => setTimeout(resolve, 20));
       },
     });
     await expect(stalled).rejects.toThrow(
