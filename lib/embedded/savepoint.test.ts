@@ -4,7 +4,7 @@
  */
 import { readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import {
   ConfigurationError,
   compile,
@@ -665,6 +665,26 @@ describe('savepoints on the embedded backend', () => {
     await nothingRestored(data, 'c5');
     // The original job is untouched and runs on.
     expect((await new SqliteJobStore(data.db).get('c'))?.state).toBe('running');
+    data.close();
+  });
+
+  it('savepoints of a job taken in the same second whose random id suffixes are equal get distinct ids', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST.slice(0, 500));
+    await runUntilIdle(data, 'same-second', v1);
+    // The id is <job>-<UTC second>-<4 random hex digits>: equal for both here (1 in 65,536 in a run).
+    const now = () => 1_767_261_600_000;
+    const random = vi.spyOn(Math, 'random').mockReturnValue(0.25);
+    try {
+      const first = await createSavepoint(backend, { job: 'same-second', now });
+      const second = await createSavepoint(backend, { job: 'same-second', now });
+      expect(first.id).toBe('same-second-20260101T100000Z-4000');
+      expect(second.id).toBe('same-second-20260101T100000Z-4001');
+    } finally {
+      random.mockRestore();
+    }
+    expect((await listSavepoints(backend.snapshots)).map((s) => s.status)).toEqual(['complete', 'complete']);
     data.close();
   });
 

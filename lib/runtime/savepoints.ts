@@ -271,7 +271,7 @@ export async function createSavepoint(
           `savepoint ${marker.id} of job ${job} is being taken (by ${marker.owner}, started ${new Date(marker.startedAt).toISOString()}); wait for it to finish, or if it was interrupted, rerun after its hold expires at ${new Date(marker.expiresAt).toISOString()}`,
         );
       }
-      id ??= marker?.id ?? newSavepointId(job, now());
+      id ??= marker?.id ?? (await unusedSavepointId(backend.snapshots, job, now()));
       owner ??= `savepoint:${id}`;
       resumed = marker?.id === id;
       wasStopped = base.state === 'stopped';
@@ -541,6 +541,23 @@ export async function createSavepoint(
     ).catch(() => {});
     throw error;
   }
+}
+
+/**
+ * A new savepoint id (newSavepointId) that no savepoint in the store has yet. Two savepoints of a
+ * job taken in the same second differ only by their 4 random hex digits, which can be equal (1 in
+ * 65,536): the second would then be refused as "already exists" (or remove the files an
+ * interrupted one left). On a collision, the next suffix is taken instead.
+ */
+async function unusedSavepointId(snapshots: SnapshotStore, job: string, now: number): Promise<string> {
+  const first = Math.floor(Math.random() * 0x10000);
+  for (let step = 0; step < 0x10000; step++) {
+    const id = newSavepointId(job, now, () => ((first + step) % 0x10000) / 0x10000);
+    if ((await snapshots.listFiles(id)).length === 0) return id;
+  }
+  throw new ConfigurationError(
+    `job ${job} has 65,536 savepoints taken in the second of ${new Date(now).toISOString()}; pass --id`,
+  );
 }
 
 async function acquireAllLeases(
