@@ -122,7 +122,7 @@ describe('awsClients: a request without an answer', () => {
       new S3ObjectSink({ client: clients.s3, bucket: 'bucket' }),
     ];
     try {
-      const started = Date.now();
+      // A request that hangs loses the race (the outcome is then 'still waiting', not an error).
       const outcomes = await Promise.all(
         sinks.map((sink) =>
           Promise.race([
@@ -132,7 +132,6 @@ describe('awsClients: a request without an answer', () => {
         ),
       );
       for (const outcome of outcomes) expect(outcome).toBeInstanceOf(TransientBackendError);
-      expect(Date.now() - started).toBeLessThan(10_000);
     } finally {
       clients.destroy();
       server.close();
