@@ -54,6 +54,17 @@ describe.concurrent('usage errors exit 2', () => {
     expect(help.stdout).toBe(result.stderr);
   });
 
+  it('every savepoint subcommand takes --help and -h: the savepoint help on stdout, exit 0', async () => {
+    for (const sub of ['create', 'list', 'inspect', 'delete']) {
+      for (const flag of ['--help', '-h']) {
+        const result = await floe('savepoint', sub, flag);
+        expect(result.code, `savepoint ${sub} ${flag}: ${result.stderr}`).toBe(0);
+        expect(result.stderr).toBe('');
+        expect(result.stdout).toMatch(/^floe savepoint <create\|list\|inspect\|delete> \[options\]\n/);
+      }
+    }
+  });
+
   it("run and replay --batch-size above a read's limit name the flag before the job is touched", async () => {
     expect(MAX_BATCH_SIZE).toBe(MAX_READ_LIMIT);
     const dir = await produced('batch-too-large', 10);

@@ -164,8 +164,17 @@ async function list(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { ...BACKEND_OPTIONS, job: { type: 'string' }, json: { type: 'boolean', default: false } },
+    options: {
+      ...BACKEND_OPTIONS,
+      job: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h' },
+    },
   });
+  if (values.help) {
+    console.log(SAVEPOINT_HELP);
+    return 0;
+  }
   if (positionals.length > 0)
     throw new UsageError(`savepoint list takes no positional arguments; received "${positionals[0]}"`);
   const opened = await openSavepointBackend(values, values.job);
@@ -221,8 +230,13 @@ async function inspect(args: string[]): Promise<number> {
       job: { type: 'string' },
       verify: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h' },
     },
   });
+  if (values.help) {
+    console.log(SAVEPOINT_HELP);
+    return 0;
+  }
   if (positionals.length !== 1) throw new UsageError('savepoint inspect takes one savepoint id');
   const opened = await openSavepointBackend(values, values.job);
   try {
@@ -272,8 +286,12 @@ async function remove(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { ...BACKEND_OPTIONS, job: { type: 'string' } },
+    options: { ...BACKEND_OPTIONS, job: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
   });
+  if (values.help) {
+    console.log(SAVEPOINT_HELP);
+    return 0;
+  }
   if (positionals.length !== 1) throw new UsageError('savepoint delete takes one savepoint id');
   const opened = await openSavepointBackend(values, values.job);
   try {
