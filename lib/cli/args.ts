@@ -1,5 +1,6 @@
 /** Shared argument helpers for the floe commands. */
 import { ConfigurationError } from '../core/index.ts';
+import { isJobId, JOB_ID_RULE } from '../core/job-id.ts';
 
 /** A bad command line: exit code 2. */
 export class UsageError extends ConfigurationError {}
@@ -55,6 +56,17 @@ export function oneOf<T extends string>(
     throw new UsageError(`${flag} must be one of ${allowed.join(', ')}; received "${value}"`);
   }
   return value as T;
+}
+
+/**
+ * A job id given as `flag` (`--job`, `--as-job`), or undefined when the flag is absent: a value
+ * that is not a job id is a usage error naming the flag and saying what a job id is.
+ */
+export function jobIdFlag(flag: string, value: string): string;
+export function jobIdFlag(flag: string, value: string | undefined): string | undefined;
+export function jobIdFlag(flag: string, value: string | undefined): string | undefined {
+  if (value === undefined || isJobId(value)) return value;
+  throw new UsageError(`${flag}: ${JOB_ID_RULE}; received "${value}"`);
 }
 
 export function formatTime(t: number): string {

@@ -65,6 +65,58 @@ describe.concurrent('usage errors exit 2', () => {
     }
   });
 
+  it('an invalid --job or --as-job is a usage error naming the flag, in every command that takes it', async () => {
+    const dir = join(TMP, 'bad-job-id');
+    const noRegion = { AWS_REGION: '', AWS_CONFIG_FILE: join(TMP, 'no-config') };
+    const cases: Array<[string[], string]> = [
+      [['status', '--job', 'bad id'], '--job'],
+      [['savepoint', 'create', '--job', 'bad id'], '--job'],
+      [['savepoint', 'list', '--job', 'bad id'], '--job'],
+      [['savepoint', 'inspect', 'sp-1', '--job', 'bad id'], '--job'],
+      [['savepoint', 'delete', 'sp-1', '--job', 'bad id'], '--job'],
+      [['replay', '--from-savepoint', 'sp-1', '--job', 'bad id'], '--job'],
+      [
+        ['replay', '--from-timestamp', '0', '--pipeline', 'examples/page-views.ts', '--job', 'bad id'],
+        '--job',
+      ],
+      [['replay', '--from-savepoint', 'sp-1', '--as-job', 'bad id'], '--as-job'],
+      [['run', 'examples/page-views.ts', '--job', 'bad id'], '--job'],
+    ];
+    for (const [args, flag] of cases) {
+      expectOneLineError(
+        await floe(...args, '--data-dir', dir),
+        2,
+        new RegExp(
+          `^floe: ${flag}: a job id is 1-100 letters, digits, '\\.', '_' or '-' starting with a letter or digit; received "bad id"$`,
+        ),
+      );
+    }
+    // Before any AWS call: no region is needed to be told.
+    expectOneLineError(
+      await runCli(['run', 'examples/page-views.ts', '--backend', 'aws', '--job', 'a#b'], noRegion),
+      2,
+      /^floe: --job: a job id is 1-100 letters.*; received "a#b"$/,
+    );
+    expectOneLineError(
+      await runCli(['status', '--job', 'a#b', '--backend', 'aws'], noRegion),
+      2,
+      /^floe: --job: a job id is 1-100 letters.*; received "a#b"$/,
+    );
+    expect(existsSync(dir)).toBe(false);
+  });
+
+  it('floe savepoint refuses an unknown --backend as a usage error', async () => {
+    const dir = join(TMP, 'bad-backend');
+    for (const args of [['create', '--job', 'j'], ['list'], ['inspect', 'sp-1'], ['delete', 'sp-1']]) {
+      expectOneLineError(
+        await floe('savepoint', ...args, '--backend', 'foo', '--data-dir', dir),
+        2,
+        /^floe: --backend must be one of embedded, aws; received "foo"$/,
+      );
+    }
+    expect(existsSync(dir)).toBe(false);
+  });
+
   it("run and replay --batch-size above a read's limit name the flag before the job is touched", async () => {
     expect(MAX_BATCH_SIZE).toBe(MAX_READ_LIMIT);
     const dir = await produced('batch-too-large', 10);

@@ -78,16 +78,24 @@ export interface OutputFile {
 }
 
 /**
+ * Refuses an output path that is a directory: a usage error (exit 2), as an output that is the
+ * input file is. Commands call it before they start, openOutput again when it opens the file.
+ */
+export function checkOutputPath(path: string, flag: string): void {
+  if (statOf(path)?.isDirectory()) {
+    throw new UsageError(
+      `${flag} ${path} is a directory; pass a file path, e.g. ${join(path, 'out.ndjson')}`,
+    );
+  }
+}
+
+/**
  * Creates (or truncates) an output file. Refuses a directory, a file in a directory that does
  * not exist and `inputPath` itself (which truncating would destroy) before touching anything.
  */
 export async function openOutput(path: string, flag: string, inputPath?: string): Promise<OutputFile> {
+  checkOutputPath(path, flag);
   const stats = statOf(path);
-  if (stats?.isDirectory()) {
-    throw new ConfigurationError(
-      `${flag} ${path} is a directory; pass a file path, e.g. ${join(path, 'out.ndjson')}`,
-    );
-  }
   if (stats !== undefined && inputPath !== undefined && inputPath !== '-') {
     const input = statOf(inputPath);
     if (input !== undefined && input.dev === stats.dev && input.ino === stats.ino) {

@@ -4,11 +4,11 @@ import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { asStateMigration, ConfigurationError, compile, type StateMigration } from '../core/index.ts';
-import { checkJobId } from '../embedded/job.ts';
 import { prepareTimestampReplay, readManifest, restoreSavepoint } from '../runtime/savepoints.ts';
 import {
   formatCount,
   formatTime,
+  jobIdFlag,
   MAX_BATCH_SIZE,
   nonNegativeInt,
   oneOf,
@@ -93,7 +93,8 @@ export async function runReplay(args: string[]): Promise<number> {
   if ((fromSavepoint === undefined) === (fromTimestamp === undefined)) {
     throw new UsageError('replay needs exactly one of --from-savepoint <id> or --from-timestamp <time>');
   }
-  const asJob = values['as-job'] === undefined ? undefined : checkJobId(values['as-job']);
+  const asJob = jobIdFlag('--as-job', values['as-job']);
+  const jobFlag = jobIdFlag('--job', values.job);
   // The options for the run are checked before anything is restored, as 'floe run' checks them.
   const backend = oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
   checkBackendFlags(backend, { sink: values.sink });
@@ -115,7 +116,7 @@ export async function runReplay(args: string[]): Promise<number> {
   let module: string;
   let runArgs: readonly string[];
   if (fromSavepoint !== undefined) {
-    const opened = await openSavepointBackend(values, values.job ?? asJob);
+    const opened = await openSavepointBackend(values, jobFlag ?? asJob);
     const progress = progressPrinter(quiet);
     try {
       const manifest = await readManifest(opened.backend.snapshots, fromSavepoint);
@@ -159,7 +160,7 @@ export async function runReplay(args: string[]): Promise<number> {
     const pipeline = await loadPipeline(values.pipeline);
     const plan = compile(pipeline);
     if (backend === 'aws') await checkSinkBindings(values.sink ?? [], plan);
-    job = asJob ?? (values.job === undefined ? pipeline.name : checkJobId(values.job));
+    job = asJob ?? jobFlag ?? pipeline.name;
     const opened = await openSavepointBackend(values, job);
     try {
       stream = values.stream ?? (await opened.backend.jobs.get(job))?.stream ?? pipeline.name;

@@ -13,6 +13,7 @@ import {
   checkedRetryLine,
   formatCount,
   formatTime,
+  jobIdFlag,
   MAX_BATCH_SIZE,
   nonNegativeInt,
   oneOf,
@@ -159,12 +160,13 @@ export async function runRun(args: string[]): Promise<number> {
   }
   const backend = oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
   checkBackendFlags(backend, values);
+  const jobFlag = jobIdFlag('--job', values.job);
   const batchSize = positiveInt('--batch-size', values['batch-size'], 1000, MAX_BATCH_SIZE);
   const commitIntervalMs = nonNegativeInt('--commit-interval', values['commit-interval'], 0);
   const progressMode = oneOf('--progress', values.progress, ['auto', 'lines', 'none'], 'auto');
   const pipeline = await loadPipeline(positionals[0]);
   const plan = compile(pipeline);
-  const jobId = values.job ?? pipeline.name;
+  const jobId = jobFlag ?? pipeline.name;
   const leaseTtlMs = positiveInt('--lease-ttl', values['lease-ttl'], 10_000);
   const maxCachedKeys = positiveInt('--max-cached-keys', values['max-cached-keys'], DEFAULT_MAX_CACHED_KEYS);
   if (backend === 'aws') {

@@ -1,9 +1,9 @@
-import { ConfigurationError, type SavepointManifest } from '../core/index.ts';
+import type { SavepointManifest } from '../core/index.ts';
 import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { defaultSavepointDir, embeddedSavepointBackend } from '../embedded/savepoints.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import type { SavepointBackend, SavepointProgress, SavepointStep } from '../runtime/savepoints.ts';
-import { bar, formatCount } from './args.ts';
+import { bar, formatCount, oneOf } from './args.ts';
 
 /** Options every savepoint/replay command accepts (parseArgs definitions). */
 export const BACKEND_OPTIONS = {
@@ -41,6 +41,11 @@ export interface OpenedBackend {
   close(): Promise<void>;
 }
 
+/** The --backend value: embedded (the default) or aws, else a usage error. */
+export function backendKind(values: BackendValues): 'embedded' | 'aws' {
+  return oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
+}
+
 /**
  * Opens the savepoint backend. `job` names the job whose resources are meant (AWS default
  * resource names derive from it).
@@ -49,8 +54,7 @@ export async function openSavepointBackend(
   values: BackendValues,
   job: string | undefined,
 ): Promise<OpenedBackend> {
-  const kind = values.backend ?? 'embedded';
-  if (kind === 'embedded') {
+  if (backendKind(values) === 'embedded') {
     const dataDir = values['data-dir'] ?? DEFAULT_DATA_DIR;
     const path = existingDatabase(dataDir, "run 'floe produce' and 'floe run' first, or pass --data-dir");
     const db = openSqlite(path);
@@ -64,7 +68,6 @@ export async function openSavepointBackend(
       },
     };
   }
-  if (kind !== 'aws') throw new ConfigurationError(`--backend must be embedded or aws; received "${kind}"`);
   const { openAwsSavepointBackend } = await import('../aws/savepoints.ts');
   return openAwsSavepointBackend(values, job);
 }

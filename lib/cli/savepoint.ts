@@ -9,7 +9,6 @@ import {
   type SavepointManifest,
   type SavepointPipeline,
 } from '../core/index.ts';
-import { checkJobId } from '../embedded/job.ts';
 import {
   createSavepoint,
   deleteSavepoint,
@@ -21,6 +20,7 @@ import {
   checkGenerationFlag,
   formatCount,
   formatTime,
+  jobIdFlag,
   nonNegativeInt,
   positiveInt,
   UsageError,
@@ -29,6 +29,7 @@ import { loadPipeline } from './load-pipeline.ts';
 import {
   BACKEND_HELP,
   BACKEND_OPTIONS,
+  backendKind,
   describeManifest,
   faultHook,
   formatBytes,
@@ -112,8 +113,9 @@ async function create(args: string[]): Promise<number> {
   if (positionals.length > 0)
     throw new UsageError(`savepoint create takes no positional arguments; received "${positionals[0]}"`);
   if (values.job === undefined) throw new UsageError('savepoint create needs --job <id>');
-  const job = checkJobId(values.job);
-  if (values.generation !== undefined && values.backend !== 'aws') {
+  const job = jobIdFlag('--job', values.job);
+  const backend = backendKind(values);
+  if (values.generation !== undefined && backend !== 'aws') {
     throw new UsageError(
       "--generation needs --backend aws: an embedded job's generation is in its job record ('floe replay' moves it)",
     );
@@ -177,13 +179,14 @@ async function list(args: string[]): Promise<number> {
   }
   if (positionals.length > 0)
     throw new UsageError(`savepoint list takes no positional arguments; received "${positionals[0]}"`);
-  const opened = await openSavepointBackend(values, values.job);
+  const job = jobIdFlag('--job', values.job);
+  const opened = await openSavepointBackend(values, job);
   try {
     const all = (await listSavepoints(opened.backend.snapshots)).filter(
       (s) =>
-        values.job === undefined ||
-        s.manifest?.job === values.job ||
-        (s.manifest === undefined && s.id.startsWith(`${values.job}-`)),
+        job === undefined ||
+        s.manifest?.job === job ||
+        (s.manifest === undefined && s.id.startsWith(`${job}-`)),
     );
     if (values.json) {
       console.log(
@@ -238,7 +241,8 @@ async function inspect(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length !== 1) throw new UsageError('savepoint inspect takes one savepoint id');
-  const opened = await openSavepointBackend(values, values.job);
+  const job = jobIdFlag('--job', values.job);
+  const opened = await openSavepointBackend(values, job);
   try {
     const manifest = await readManifest(opened.backend.snapshots, positionals[0]!);
     if (values.verify) await verifySavepoint(opened.backend.snapshots, manifest);
@@ -293,13 +297,10 @@ async function remove(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length !== 1) throw new UsageError('savepoint delete takes one savepoint id');
-  const opened = await openSavepointBackend(values, values.job);
+  const job = jobIdFlag('--job', values.job);
+  const opened = await openSavepointBackend(values, job);
   try {
-    await deleteSavepoint(
-      opened.backend,
-      positionals[0]!,
-      values.job === undefined ? {} : { job: values.job },
-    );
+    await deleteSavepoint(opened.backend, positionals[0]!, job === undefined ? {} : { job });
     console.error(`floe savepoint: deleted ${positionals[0]} from ${opened.backend.snapshots.location}`);
     return 0;
   } finally {

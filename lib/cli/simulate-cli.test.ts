@@ -172,7 +172,7 @@ describe('simulate files and flags', () => {
     expect(ok.code, ok.stderr).toBe(0);
   });
 
-  it('an --output in a directory that does not exist, or that is a directory: one line, exit 1', async () => {
+  it('an --output in a directory that does not exist: one line, exit 1', async () => {
     expectOneLineError(
       await floe(
         'simulate',
@@ -185,10 +185,18 @@ describe('simulate files and flags', () => {
       1,
       /^floe: cannot write --output .*no\/such\/dir\/out\.ndjson: there is no directory .*no\/such\/dir; create it first/,
     );
+  });
+
+  it('an --output that is a directory is a usage error (exit 2), refused before the input is opened', async () => {
     expectOneLineError(
       await floe('simulate', 'examples/page-views.ts', '-i', INPUT, '-o', TMP),
-      1,
+      2,
       /^floe: --output .* is a directory; pass a file path, e\.g\. .*out\.ndjson$/,
+    );
+    expectOneLineError(
+      await floe('simulate', 'examples/page-views.ts', '-i', join(TMP, 'none.ndjson'), '-o', TMP),
+      2,
+      /^floe: --output .* is a directory; pass a file path/,
     );
   });
 

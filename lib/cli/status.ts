@@ -1,10 +1,10 @@
 import { parseArgs } from 'node:util';
 import { ConfigurationError } from '../core/index.ts';
-import { checkJobId, DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
+import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { SqliteJobStore } from '../embedded/job-store.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import { jobStatus } from '../embedded/status.ts';
-import { formatCount, formatTime, nonNegativeInt, oneOf, UsageError } from './args.ts';
+import { formatCount, formatTime, jobIdFlag, nonNegativeInt, oneOf, UsageError } from './args.ts';
 
 export const STATUS_HELP = `floe status --job <id> [--backend embedded|aws] [--stream <name>] [options] [--json]
 
@@ -49,7 +49,7 @@ export async function runStatus(args: string[]): Promise<number> {
   if (positionals.length > 0)
     throw new UsageError(`status takes no positional arguments; received "${positionals[0]}"`);
   if (values.job === undefined) throw new UsageError('status needs --job <id>');
-  const job = checkJobId(values.job);
+  const job = jobIdFlag('--job', values.job);
   const backend = oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
   if (backend === 'aws') {
     if (values['data-dir'] !== undefined)

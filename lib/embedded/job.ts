@@ -4,7 +4,8 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { ConfigurationError, describeValue, type PipelinePlan, type StartPosition } from '../core/index.ts';
+import { ConfigurationError, type PipelinePlan, type StartPosition } from '../core/index.ts';
+import { checkJobId } from '../core/job-id.ts';
 import type { JobRuntime } from '../runtime/job.ts';
 import { type JobControl, outputJobId } from '../runtime/job-control.ts';
 import { LocalLog } from './local-log.ts';
@@ -27,15 +28,6 @@ export function existingDatabase(dataDir: string, remedy: string): string {
   const path = databasePath(dataDir);
   if (!existsSync(path)) throw new ConfigurationError(`no embedded data at ${path}; ${remedy}`);
   return path;
-}
-
-export function checkJobId(job: unknown): string {
-  if (typeof job !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/.test(job)) {
-    throw new ConfigurationError(
-      `a job id is 1-100 letters, digits, '.', '_' or '-' starting with a letter or digit; received ${describeValue(job)}`,
-    );
-  }
-  return job;
 }
 
 export interface EmbeddedJob {

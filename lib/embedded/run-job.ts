@@ -9,8 +9,9 @@ import {
   type PipelinePlan,
   type SavepointPipeline,
 } from '../core/index.ts';
+import { checkJobId } from '../core/job-id.ts';
 import { type JobRecord, resolveJobForRun } from '../runtime/job-control.ts';
-import { checkJobId, databasePath, type EmbeddedJob, openEmbeddedJob } from './job.ts';
+import { databasePath, type EmbeddedJob, openEmbeddedJob } from './job.ts';
 import { SqliteJobStore } from './job-store.ts';
 import { LocalLog } from './local-log.ts';
 import { openSqlite } from './sqlite.ts';
