@@ -117,6 +117,16 @@ describe.concurrent('usage errors exit 2', () => {
     expect(existsSync(dir)).toBe(false);
   });
 
+  it('floe savepoint create --progress takes auto or none only', async () => {
+    const dir = join(TMP, 'bad-progress');
+    expectOneLineError(
+      await floe('savepoint', 'create', '--job', 'j', '--progress', 'lines', '--data-dir', dir),
+      2,
+      /^floe: --progress must be one of auto, none; received "lines"$/,
+    );
+    expect(existsSync(dir)).toBe(false);
+  });
+
   it("run and replay --batch-size above a read's limit name the flag before the job is touched", async () => {
     expect(MAX_BATCH_SIZE).toBe(MAX_READ_LIMIT);
     const dir = await produced('batch-too-large', 10);

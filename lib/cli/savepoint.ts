@@ -22,6 +22,7 @@ import {
   formatTime,
   jobIdFlag,
   nonNegativeInt,
+  oneOf,
   positiveInt,
   UsageError,
 } from './args.ts';
@@ -122,6 +123,7 @@ async function create(args: string[]): Promise<number> {
   }
   const generation =
     values.generation === undefined ? undefined : nonNegativeInt('--generation', values.generation, 0);
+  const progressMode = oneOf('--progress', values.progress, ['auto', 'none'], 'auto');
   let pipeline: SavepointPipeline | undefined;
   let operators: ReturnType<typeof operatorSchemas> | undefined;
   if (values.pipeline !== undefined) {
@@ -130,7 +132,7 @@ async function create(args: string[]): Promise<number> {
     operators = operatorSchemas(plan);
   }
   const opened = await openSavepointBackend(values, job);
-  const progress = progressPrinter(values.progress === 'none');
+  const progress = progressPrinter(progressMode === 'none');
   try {
     if (generation !== undefined) checkGenerationFlag(job, generation, await opened.backend.jobs.get(job));
     const onStep = faultHook('savepoint');
