@@ -83,6 +83,62 @@ async function nothingRestored(data: DataDir, job: string): Promise<void> {
   expect(countRows(data.db, 'SELECT count(*) AS n FROM floe_checkpoint WHERE job = ?', job)).toBe(0);
 }
 
+/** Where one side waits (`wait`) until the test lets it go on (`release`). */
+function pausePoint(): { wait(): Promise<void>; reached: Promise<void>; release(): void } {
+  let release!: () => void;
+  let reach!: () => void;
+  const released = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const reached = new Promise<void>((resolve) => {
+    reach = resolve;
+  });
+  return {
+    reached,
+    release,
+    wait() {
+      reach();
+      return released;
+    },
+  };
+}
+
+/**
+ * Job `job` (and `<job>-ref` beside it, on the same records) runs, is stopped with a savepoint,
+ * and `startStalled` restores it, stalling at `pause`. Meanwhile the operator reruns the replay,
+ * which completes, and the job runs on in the new generation. Then the stalled restore goes on:
+ * it must fail as superseded and leave the new generation's state equal to the reference job's.
+ */
+async function expectStalledRestoreChangesNothing(
+  job: string,
+  startStalled: (
+    backend: SavepointBackend,
+    savepointId: string,
+    pause: ReturnType<typeof pausePoint>,
+  ) => Promise<unknown>,
+): Promise<void> {
+  const data = await dataDir(ROOT);
+  const backend = backendOf(data);
+  await produce(data.log, FIRST);
+  await Promise.all([runUntilIdle(data, job, v1), runUntilIdle(data, `${job}-ref`, v1)]);
+  const manifest = await createSavepoint(backend, { job, stop: true, chunkEntries: 3 });
+  const pause = pausePoint();
+  const first = startStalled(backend, manifest.id, pause);
+  await pause.reached;
+  await restoreSavepoint(backend, { savepointId: manifest.id, plan: compile(v1) });
+  await produce(data.log, SECOND);
+  await Promise.all([runUntilIdle(data, job, v1), runUntilIdle(data, `${job}-ref`, v1)]);
+  pause.release();
+  const error = await first.catch((e: Error) => e);
+  const state = (id: string, generation: number) =>
+    data.db
+      .prepare('SELECT address, value FROM floe_state WHERE job = ? AND generation = ? ORDER BY address')
+      .all(id, generation);
+  expect(state(job, 1)).toEqual(state(`${job}-ref`, 0));
+  expect(String(error)).toMatch(/was completed or superseded by another replay/);
+  data.close();
+}
+
 describe('savepoints on the embedded backend', () => {
   it('takes a savepoint while the job runs; a replay into a new job id reproduces the rest of the run exactly', async () => {
     const data = await dataDir(ROOT);
@@ -500,93 +556,38 @@ describe('savepoints on the embedded backend', () => {
   });
 
   it('a restore that stalled while its rerun completed and the job ran on writes nothing more', async () => {
-    const data = await dataDir(ROOT);
-    const backend = backendOf(data);
-    await produce(data.log, FIRST);
-    await Promise.all([runUntilIdle(data, 'zr', v1), runUntilIdle(data, 'zr-ref', v1)]);
-    const manifest = await createSavepoint(backend, { job: 'zr', stop: true, chunkEntries: 3 });
     // The first restore stalls (a suspended process) after its first state file.
-    let resume!: () => void;
-    const stall = new Promise<void>((resolve) => {
-      resume = resolve;
-    });
-    let stalled!: () => void;
-    const atStall = new Promise<void>((resolve) => {
-      stalled = resolve;
-    });
-    const first = restoreSavepoint(backend, {
-      savepointId: manifest.id,
-      plan: compile(v1),
-      onStep: async (step, index) => {
-        if (step !== 'entries-written' || index !== 0) return;
-        stalled();
-        await stall;
-      },
-    });
-    await atStall;
-    // The operator reruns the replay, which completes; the job runs on in the new generation.
-    await restoreSavepoint(backend, { savepointId: manifest.id, plan: compile(v1) });
-    await produce(data.log, SECOND);
-    await Promise.all([runUntilIdle(data, 'zr', v1), runUntilIdle(data, 'zr-ref', v1)]);
-    resume();
-    const error = await first.catch((e: Error) => e);
-    // Its remaining files did not put the savepoint's values back over the newer state.
-    const state = (job: string, generation: number) =>
-      data.db
-        .prepare('SELECT address, value FROM floe_state WHERE job = ? AND generation = ? ORDER BY address')
-        .all(job, generation);
-    expect(state('zr', 1)).toEqual(state('zr-ref', 0));
-    expect(String(error)).toMatch(/was completed or superseded by another replay/);
-    data.close();
+    await expectStalledRestoreChangesNothing('zr', (backend, savepointId, pause) =>
+      restoreSavepoint(backend, {
+        savepointId,
+        plan: compile(v1),
+        onStep: async (step, index) => {
+          if (step === 'entries-written' && index === 0) await pause.wait();
+        },
+      }),
+    );
   });
 
   it('a restore that stalled between its check of the job record and its write writes nothing: the check is in the write transaction', async () => {
-    const data = await dataDir(ROOT);
-    const backend = backendOf(data);
-    await produce(data.log, FIRST);
-    await Promise.all([runUntilIdle(data, 'zw', v1), runUntilIdle(data, 'zw-ref', v1)]);
-    const manifest = await createSavepoint(backend, { job: 'zw', stop: true, chunkEntries: 3 });
-    let resume!: () => void;
-    const stall = new Promise<void>((resolve) => {
-      resume = resolve;
-    });
-    let stalled!: () => void;
-    const atStall = new Promise<void>((resolve) => {
-      stalled = resolve;
-    });
     // The first restore passes its check of the job record for its second batch, then stalls
-    // (a suspended process) before the batch's transaction.
-    let batches = 0;
-    const stalling: SavepointBackend = {
-      ...backend,
-      scope(job, generation) {
-        const scope = backend.scope(job, generation);
-        return {
-          ...scope,
-          async importEntries(entries, guard) {
-            if (++batches === 2) {
-              stalled();
-              await stall;
-            }
-            await scope.importEntries(entries, guard);
-          },
-        };
-      },
-    };
-    const first = restoreSavepoint(stalling, { savepointId: manifest.id, plan: compile(v1) });
-    await atStall;
-    await restoreSavepoint(backend, { savepointId: manifest.id, plan: compile(v1) });
-    await produce(data.log, SECOND);
-    await Promise.all([runUntilIdle(data, 'zw', v1), runUntilIdle(data, 'zw-ref', v1)]);
-    resume();
-    const error = await first.catch((e: Error) => e);
-    const state = (job: string, generation: number) =>
-      data.db
-        .prepare('SELECT address, value FROM floe_state WHERE job = ? AND generation = ? ORDER BY address')
-        .all(job, generation);
-    expect(state('zw', 1)).toEqual(state('zw-ref', 0));
-    expect(String(error)).toMatch(/was completed or superseded by another replay/);
-    data.close();
+    // before the batch's transaction.
+    await expectStalledRestoreChangesNothing('zw', (backend, savepointId, pause) => {
+      let batches = 0;
+      const stalling: SavepointBackend = {
+        ...backend,
+        scope(job, generation) {
+          const scope = backend.scope(job, generation);
+          return {
+            ...scope,
+            async importEntries(entries, guard) {
+              if (++batches === 2) await pause.wait();
+              await scope.importEntries(entries, guard);
+            },
+          };
+        },
+      };
+      return restoreSavepoint(stalling, { savepointId, plan: compile(v1) });
+    });
   });
 
   it("a restore whose switch landed but whose reply was lost completes, not 'superseded'", async () => {
