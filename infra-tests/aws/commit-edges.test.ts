@@ -194,6 +194,30 @@ describe('DynamoDB + S3 commit edges', () => {
     });
   });
 
+  it("marks part of a large commit's outputs published: what is left, over an item's 400 KB, stays readable", async () => {
+    const shard = 'shardId-000000000000';
+    await withTables(async (f) => {
+      const { backend, lease } = await firstLease(f, shard);
+      // 6 outputs of 100 KB: over an item, so the outbox item points at the S3 delta.
+      const outputs: Output[] = Array.from({ length: 6 }, (_, i) => ({
+        id: `job/${shard}/1/${i}`,
+        sink: 'out',
+        value: { i, big: 'x'.repeat(100_000) },
+      }));
+      await backend.commit(lease, firstCommit(shard, [], outputs));
+      // A reader that did not commit them marks one published (the slow path: read, rewrite).
+      await f.open().markPublished(shard, [outputs[0]!.id]);
+      expect(await f.open().unpublishedOutputs(shard)).toEqual(outputs.slice(1));
+      await f.open().markPublished(shard, [outputs[1]!.id, outputs[5]!.id]);
+      expect(await f.open().unpublishedOutputs(shard)).toEqual(outputs.slice(2, 5));
+      await f.open().markPublished(
+        shard,
+        outputs.map((o) => o.id),
+      );
+      expect(await f.open().unpublishedOutputs(shard)).toEqual([]);
+    });
+  });
+
   it('measures state items in UTF-8 bytes: 130,000 characters of € (390 KB) are refused before DynamoDB sees them', async () => {
     const shard = 'shardId-000000000000';
     await withTables(async (f) => {
@@ -263,6 +287,49 @@ describe('DynamoDB + S3 commit edges', () => {
       const bytes = Buffer.byteLength('process-0/"big"') + Buffer.byteLength(big);
       expect(bytes).toBeLessThanOrEqual(backend.maxEntryBytes);
       expect(bytes + 10_000).toBeGreaterThan(backend.maxEntryBytes); // one more note would not fit
+    });
+  });
+
+  it('a key too long for a DynamoDB partition key (2 KB) does not stop its shard: its records are dead-lettered', async () => {
+    await withTables(async (f) => {
+      const stream = new MemoryStream(1);
+      const shard = (await stream.listShards())[0]!.shardId;
+      const encoder = new TextEncoder();
+      const long = 'u'.repeat(3_000);
+      for (let i = 0; i < 3; i++) {
+        stream.put('p', encoder.encode(JSON.stringify({ user: 'small', ts: i })));
+        stream.put('p', encoder.encode(JSON.stringify({ user: long, ts: i })));
+      }
+      const p = pipeline('long-keys');
+      p.source<{ user: string; ts: number }>()
+        .withTimestamps((n) => n.ts, boundedOutOfOrderness(0))
+        .keyBy((n) => n.user)
+        .process<{ user: string; n: number }, { n: ReturnType<typeof listState<number>> }>({
+          state: { n: listState<number>() },
+          processElement(e, ctx) {
+            ctx.state.n.add(e.ts);
+            ctx.emit({ user: e.user.slice(0, 5), n: ctx.state.n.get().length });
+          },
+        })
+        .sink('out');
+      const published: Output[] = [];
+      const backend = f.open();
+      const result = await runShardWorker(
+        {
+          job: f.job,
+          plan: compile(p),
+          source: stream,
+          backend,
+          sink: { publish: async (outputs) => void published.push(...outputs) },
+        },
+        shard,
+        { owner: 'w', batchSize: 2, untilIdle: true },
+      );
+      expect(result.records).toBe(6);
+      const out = published.filter((o) => o.sink === 'out').map((o) => o.value);
+      expect(out).toEqual([1, 2, 3].map((n) => ({ user: 'small', n })));
+      const dead = published.filter((o) => o.sink === DEAD_LETTER_SINK).map((o) => o.value as DeadLetter);
+      expect(dead.map((d) => d.reason)).toEqual(['state-size', 'state-size', 'state-size']);
     });
   });
 

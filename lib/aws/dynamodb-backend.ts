@@ -137,6 +137,8 @@ const ITEM_SOFT_LIMIT = 350_000;
 /** What a state item holds beyond its address and value (attribute names, version attributes). */
 const ITEM_OVERHEAD_BYTES = 64;
 const CHECKPOINT_INLINE_LIMIT = 200_000;
+/** DynamoDB's limit on a partition key value. */
+const PARTITION_KEY_MAX_BYTES = 2048;
 
 interface LeaseItem {
   pk: string;
@@ -240,6 +242,8 @@ function itemBytes(item: Record<string, unknown>): number {
 export class DynamoBackend implements StateStore, CheckpointStore {
   /** A state item is its address, value and about 64 bytes of attributes (commit's size check). */
   readonly maxEntryBytes = ITEM_SOFT_LIMIT - ITEM_OVERHEAD_BYTES;
+  /** A state item's partition key, `${job}#${generation}#${address}`, holds at most 2048 bytes. */
+  readonly maxAddressBytes: number;
   private readonly ddb: DynamoDBDocumentClient;
   private readonly s3: S3Client;
   private readonly scope: string;
@@ -294,6 +298,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       ...(options.retry?.random !== undefined ? { random: options.retry.random } : {}),
     };
     this.scope = `${options.job}#${options.generation ?? 0}`;
+    this.maxAddressBytes = PARTITION_KEY_MAX_BYTES - Buffer.byteLength(`${this.scope}#`);
     this.prefix = `${options.bucketPrefix ?? ''}${options.job}/${options.generation ?? 0}/`;
   }
 
@@ -301,7 +306,9 @@ export class DynamoBackend implements StateStore, CheckpointStore {
 
   async getMany(addresses: readonly StateAddress[]): Promise<Map<StateAddress, string>> {
     const out = new Map<StateAddress, string>();
-    const unique = [...new Set(addresses)];
+    // An address too long for a partition key holds nothing (no commit can write it), and
+    // DynamoDB would refuse the whole request over it.
+    const unique = [...new Set(addresses)].filter((a) => Buffer.byteLength(a) <= this.maxAddressBytes);
     const chunks: string[][] = [];
     for (let i = 0; i < unique.length; i += 100) chunks.push(unique.slice(i, i + 100));
     await mapLimit(chunks, 8, async (chunk) => {
@@ -454,6 +461,12 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     let bytes = (cpInline ? checkpointBytes : 0) + outputsBytes;
     let oversizedItem = outputsBytes > ITEM_SOFT_LIMIT;
     for (const m of commit.mutations) {
+      if (Buffer.byteLength(m.address) > this.maxAddressBytes) {
+        // Serialization-class too: the worker's checked pass dead-letters the record (maxAddressBytes).
+        throw new StateSerializationError(
+          `state address ${m.address.slice(0, 100)}... is ${Buffer.byteLength(m.address)} bytes; with the job and generation it is over DynamoDB's 2048-byte partition key limit (${this.maxAddressBytes} bytes left for the address). Key by something shorter (an id, or a hash of the long value).`,
+        );
+      }
       const size = stateEntryBytes(m.address, m.value ?? '') + ITEM_OVERHEAD_BYTES;
       bytes += size;
       if (size > ITEM_SOFT_LIMIT) {
@@ -811,11 +824,25 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       if (remaining.length === 0) {
         await this.ddb.send(new DeleteCommand({ TableName: this.options.controlTable, Key: key }));
       } else {
+        // What is left of a large commit's outputs can still be over an item: then it goes to an
+        // S3 object (named by its content, so a retry writes the same one) the item points at.
+        const text = JSON.stringify(remaining);
+        let body: Record<string, string> = { outputs: text };
+        if (Buffer.byteLength(text) > ITEM_SOFT_LIMIT) {
+          const hash = createHash('sha256').update(text).digest('hex').slice(0, 16);
+          const object = `${this.prefix}outbox/${shardId}/${pad(commitNumber)}-${hash}.json`;
+          await this.s3.send(
+            new PutObjectCommand({
+              Bucket: this.options.bucket,
+              Key: object,
+              Body: JSON.stringify({ outputs: remaining }),
+              ContentType: 'application/json',
+            }),
+          );
+          body = { delta: object };
+        }
         await this.ddb.send(
-          new PutCommand({
-            TableName: this.options.controlTable,
-            Item: { ...key, outputs: JSON.stringify(remaining) },
-          }),
+          new PutCommand({ TableName: this.options.controlTable, Item: { ...key, ...body } }),
         );
       }
     }

@@ -42,6 +42,13 @@ export interface StateStore {
    * record that grew it (ShardTaskOptions.checked). @default no limit
    */
   readonly maxEntryBytes?: number;
+  /**
+   * The longest address the store holds, in UTF-8 bytes (DynamoDB: a partition key holds at most
+   * 2 KB). An entry at a longer address cannot exist: a commit that writes one fails with a
+   * StateSerializationError, and the worker then dead-letters the record that wrote it, as for
+   * maxEntryBytes. @default no limit
+   */
+  readonly maxAddressBytes?: number;
 }
 
 /** An entry's size as StateStore.maxEntryBytes counts it: UTF-8 bytes of address and value. */

@@ -333,6 +333,8 @@ export class ShardTask {
   private readonly checked: boolean;
   /** The store's StateStore.maxEntryBytes, from the last process call (checked in the checked pass). */
   private maxEntryBytes: number | undefined;
+  /** The store's StateStore.maxAddressBytes, from the last process call (checked in the checked pass). */
+  private maxAddressBytes: number | undefined;
   private readonly journal = new Journal();
   private readonly eventTimers = new TimerQueue();
   private readonly processingTimers = new TimerQueue();
@@ -499,6 +501,7 @@ export class ShardTask {
     await this.restoreTimers(store);
     this.setProcessingTime(now);
     this.maxEntryBytes = store.maxEntryBytes;
+    this.maxAddressBytes = store.maxAddressBytes;
     const fresh = this.freshRecords(records);
     this.pendingRecords += fresh.length;
     this.pendingDuplicates += records.length - fresh.length;
@@ -699,6 +702,7 @@ export class ShardTask {
     await this.restoreTimers(store);
     this.setProcessingTime(now);
     this.maxEntryBytes = store.maxEntryBytes;
+    this.maxAddressBytes = store.maxAddressBytes;
     await this.prefetch(store, Math.max(this.watermark, watermark));
     this.advanceWatermark(watermark);
     this.fireProcessingTimers();
@@ -853,9 +857,17 @@ export class ShardTask {
     } catch (error) {
       throw new RecordError('serialization', errorMessage(error));
     }
+    const address = op.backend.address(key);
+    const addressLimit = this.maxAddressBytes;
+    if (addressLimit !== undefined && Buffer.byteLength(address) > addressLimit) {
+      throw new RecordError(
+        'state-size',
+        `the state address of key ${describeValue(key)} in operator "${op.plan.uid}" takes ${Buffer.byteLength(address)} bytes, over the ${addressLimit} the state store holds (on AWS, DynamoDB's 2 KB partition key limit). Key by something shorter (an id, or a hash of the long value).`,
+      );
+    }
     const limit = this.maxEntryBytes;
     if (limit === undefined || text === null) return;
-    const bytes = stateEntryBytes(op.backend.address(key), text);
+    const bytes = stateEntryBytes(address, text);
     if (bytes > limit) {
       throw new RecordError(
         'state-size',
