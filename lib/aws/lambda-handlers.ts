@@ -123,7 +123,8 @@ export function createWorkerHandler(deps: HandlerDeps) {
         const start = await startOfShard(job, event.shardId);
         if (start === undefined) {
           logger.warn('worker not started', {
-            reason: 'the shard is not in the stream, or a parent shard has not finished yet',
+            reason:
+              'the shard is not in the stream, or a parent shard has not finished yet or not published its last outputs',
           });
           result = emptyWorkerResult(event.shardId);
           return result;

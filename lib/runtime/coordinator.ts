@@ -145,20 +145,36 @@ export async function coordinateRound(
       round.failed.push({ shardId, error });
     }
   };
+  const unpublished = new Set<string>();
   for (const c of checkpoints.values()) {
     if (!c.finished) continue;
     round.finished.push(c.shardId);
-    if ((await job.backend.unpublishedOutputs(c.shardId)).length > 0) await start(c.shardId, undefined);
+    if ((await job.backend.unpublishedOutputs(c.shardId)).length > 0) {
+      unpublished.add(c.shardId);
+      await start(c.shardId, undefined);
+    }
   }
-  for (const plan of runnableShards(shards, checkpoints)) await start(plan.shard.shardId, plan.initial);
+  for (const plan of runnableShards(shards, checkpoints)) {
+    if (waitsForParentOutputs(plan.shard, unpublished)) continue;
+    await start(plan.shard.shardId, plan.initial);
+  }
   return round;
+}
+
+/**
+ * A child of a reshard starts only once its parents' last outputs are published (a later round):
+ * an upsert sink orders a key's writes within one shard only, so a parent's older output for a
+ * key, published after the child's newer one, would replace it.
+ */
+function waitsForParentOutputs(shard: ShardInfo, unpublished: ReadonlySet<string>): boolean {
+  return shard.parentShardIds.some((id) => unpublished.has(id));
 }
 
 /**
  * Where a worker of `shardId` starts when the shard has no checkpoint of its own: `initial` is
  * the checkpoint a child of a reshard inherits from its parents (undefined for a shard without
  * parents, which starts at the job's start position). Undefined when the shard may not run yet
- * (a parent is not finished) or is not in the stream.
+ * (a parent is not finished, or its last outputs are not published yet) or is not in the stream.
  */
 export async function startOfShard(
   job: Pick<import('./job.ts').JobRuntime, 'source' | 'backend'>,
@@ -166,5 +182,10 @@ export async function startOfShard(
 ): Promise<{ readonly initial: ShardCheckpoint | undefined } | undefined> {
   const { shards, checkpoints } = await shardsAndCheckpoints(job);
   const plan = runnableShards(shards, checkpoints).find((p) => p.shard.shardId === shardId);
-  return plan === undefined ? undefined : { initial: plan.initial };
+  if (plan === undefined) return undefined;
+  const unpublished = new Set<string>();
+  for (const parent of plan.shard.parentShardIds) {
+    if ((await job.backend.unpublishedOutputs(parent)).length > 0) unpublished.add(parent);
+  }
+  return waitsForParentOutputs(plan.shard, unpublished) ? undefined : { initial: plan.initial };
 }
