@@ -824,28 +824,39 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       if (remaining.length === 0) {
         await this.ddb.send(new DeleteCommand({ TableName: this.options.controlTable, Key: key }));
       } else {
-        // What is left of a large commit's outputs can still be over an item: then it goes to an
-        // S3 object (named by its content, so a retry writes the same one) the item points at.
-        const text = JSON.stringify(remaining);
-        let body: Record<string, string> = { outputs: text };
-        if (Buffer.byteLength(text) > ITEM_SOFT_LIMIT) {
+        // What is left of a large commit's outputs can still be over an item: its S3 object is
+        // named by its content, so a retry writes the same one.
+        const body = await this.outboxBody(remaining, (text) => {
           const hash = createHash('sha256').update(text).digest('hex').slice(0, 16);
-          const object = `${this.prefix}outbox/${shardId}/${pad(commitNumber)}-${hash}.json`;
-          await this.s3.send(
-            new PutObjectCommand({
-              Bucket: this.options.bucket,
-              Key: object,
-              Body: JSON.stringify({ outputs: remaining }),
-              ContentType: 'application/json',
-            }),
-          );
-          body = { delta: object };
-        }
+          return `${this.prefix}outbox/${shardId}/${pad(commitNumber)}-${hash}.json`;
+        });
         await this.ddb.send(
           new PutCommand({ TableName: this.options.controlTable, Item: { ...key, ...body } }),
         );
       }
     }
+  }
+
+  /**
+   * An outbox item's body for `outputs`: inline, or, over an item's size, in an S3 object at
+   * `objectKey(text)` that the item points at (`delta`, as a delta commit's outbox item does).
+   */
+  private async outboxBody(
+    outputs: readonly Output[],
+    objectKey: (text: string) => string,
+  ): Promise<Record<string, string>> {
+    const text = JSON.stringify(outputs);
+    if (Buffer.byteLength(text) <= ITEM_SOFT_LIMIT) return { outputs: text };
+    const key = objectKey(text);
+    await this.s3.send(
+      new PutObjectCommand({
+        Bucket: this.options.bucket,
+        Key: key,
+        Body: JSON.stringify({ outputs }),
+        ContentType: 'application/json',
+      }),
+    );
+    return { delta: key };
   }
 
   /**
@@ -870,21 +881,10 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       else group.push(o);
     }
     for (const [commitNumber, group] of byCommit) {
-      const text = JSON.stringify(group);
-      let body: Record<string, string> = { outputs: text };
-      if (Buffer.byteLength(text) > ITEM_SOFT_LIMIT) {
-        const key = `${this.prefix}restored-outbox/${shardId}/${pad(commitNumber)}.json`;
-        const object = { outputs: group };
-        await this.s3.send(
-          new PutObjectCommand({
-            Bucket: this.options.bucket,
-            Key: key,
-            Body: JSON.stringify(object),
-            ContentType: 'application/json',
-          }),
-        );
-        body = { delta: key };
-      }
+      const body = await this.outboxBody(
+        group,
+        () => `${this.prefix}restored-outbox/${shardId}/${pad(commitNumber)}.json`,
+      );
       const put = {
         TableName: this.options.controlTable,
         Item: { pk: this.scope, sk: this.outboxSk(shardId, commitNumber), ...body },
