@@ -30,6 +30,7 @@ import {
   type Lease,
   listState,
   type Output,
+  type Pipeline,
   pipeline,
   type ShardCheckpoint,
   type ShardInfo,
@@ -38,6 +39,7 @@ import {
   type TimerSpec,
 } from '../../lib/core/index.ts';
 import { runnableShards } from '../../lib/runtime/coordinator.ts';
+import type { WorkerOptions } from '../../lib/runtime/job.ts';
 import { MemoryStream } from '../../lib/runtime/testing/memory-stream.ts';
 import { runShardWorker } from '../../lib/runtime/worker.ts';
 import { type AwsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
@@ -94,6 +96,30 @@ function largeCheckpoint(shardId: string, commitNumber: number, position: string
     namespace: 'ns',
   }));
   return { ...initialCheckpoint(shardId), commitNumber, position, timers };
+}
+
+/** Runs pipeline `p` on `shard` of `stream` to idle with one worker on `backend`; what it published. */
+async function runToIdle(
+  f: BackendTables,
+  backend: DynamoBackend,
+  p: Pipeline,
+  stream: MemoryStream,
+  shard: string,
+  options: Pick<WorkerOptions, 'batchSize' | 'onCheckedRetry'>,
+) {
+  const published: Output[] = [];
+  const result = await runShardWorker(
+    {
+      job: f.job,
+      plan: compile(p),
+      source: stream,
+      backend,
+      sink: { publish: async (outputs) => void published.push(...outputs) },
+    },
+    shard,
+    { owner: 'w', untilIdle: true, ...options },
+  );
+  return { result, published };
 }
 
 describe('DynamoDB + S3 commit edges', () => {
@@ -253,20 +279,12 @@ describe('DynamoDB + S3 commit edges', () => {
           },
         })
         .sink('out');
-      const published: Output[] = [];
       const retries: Error[] = [];
       const backend = f.open();
-      const result = await runShardWorker(
-        {
-          job: f.job,
-          plan: compile(p),
-          source: stream,
-          backend,
-          sink: { publish: async (outputs) => void published.push(...outputs) },
-        },
-        shard,
-        { owner: 'w', batchSize: 20, untilIdle: true, onCheckedRetry: (e) => retries.push(e) },
-      );
+      const { result, published } = await runToIdle(f, backend, p, stream, shard, {
+        batchSize: 20,
+        onCheckedRetry: (e) => retries.push(e),
+      });
 
       expect(retries).toEqual([expect.any(StateSerializationError)]);
       expect(result.records).toBe(100);
@@ -312,19 +330,8 @@ describe('DynamoDB + S3 commit edges', () => {
           },
         })
         .sink('out');
-      const published: Output[] = [];
       const backend = f.open();
-      const result = await runShardWorker(
-        {
-          job: f.job,
-          plan: compile(p),
-          source: stream,
-          backend,
-          sink: { publish: async (outputs) => void published.push(...outputs) },
-        },
-        shard,
-        { owner: 'w', batchSize: 2, untilIdle: true },
-      );
+      const { result, published } = await runToIdle(f, backend, p, stream, shard, { batchSize: 2 });
       expect(result.records).toBe(6);
       const out = published.filter((o) => o.sink === 'out').map((o) => o.value);
       expect(out).toEqual([1, 2, 3].map((n) => ({ user: 'small', n })));
