@@ -8,12 +8,14 @@
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { marshall } from '@aws-sdk/util-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DynamoBackend } from '../../lib/aws/dynamodb-backend.ts';
 import type { AwsClientsBundle, AwsJobConfig } from '../../lib/aws/job.ts';
 import { openAwsJob } from '../../lib/aws/job.ts';
-import { DynamoJobStore } from '../../lib/aws/job-store.ts';
+import { DynamoJobStore, jobRecordKey } from '../../lib/aws/job-store.ts';
 import { putRecords } from '../../lib/aws/kinesis-source.ts';
 import { createBucket, createStream, createTables } from '../../lib/aws/resources.ts';
 import { openAwsJobForRun, openAwsJobFromRecord } from '../../lib/aws/run-job.ts';
@@ -299,6 +301,39 @@ describe('savepoints on AWS (emulators)', () => {
     expect((refused as { stderr: string }).stderr.trim()).toBe(
       'floe: --generation 0: job "gc" has a job record, which names generation 2 (a replay moves it); drop --generation, which is only for a job without a record',
     );
+  }, 60_000);
+
+  it('a rerun completes a restore whose job record lacks the restoring attribute (written by an older floe): it rewrites the record first', async () => {
+    await put(CLICKS.slice(0, 40)); // so that every shard has a checkpoint even when run alone
+    await run('up', v1);
+    const shard = 'shardId-000000000000';
+    const undelivered = { id: `up/${shard}/999999/0`, sink: 'counts', value: 'undelivered' };
+    const gen0 = backend().scope('up', 0).backend as DynamoBackend;
+    expect(await gen0.importOutputs(shard, [undelivered])).toBe(true);
+    const manifest = await createSavepoint(backend(), { job: 'up' });
+    const crash = new Error('crashed after the state files');
+    await expect(
+      restoreSavepoint(backend(), {
+        savepointId: manifest.id,
+        plan: compile(v1),
+        onStep: (step) => {
+          if (step === 'entries-written') throw crash;
+        },
+      }),
+    ).rejects.toBe(crash);
+    // The record of a restore an older floe started carries no `restoring` attribute.
+    await clients.dynamodb.send(
+      new UpdateItemCommand({
+        TableName: controlTable,
+        Key: marshall(jobRecordKey('up')),
+        UpdateExpression: 'REMOVE restoring',
+        ConditionExpression: 'attribute_exists(restoring)',
+      }),
+    );
+    const done = await restoreSavepoint(backend(), { savepointId: manifest.id, plan: compile(v1) });
+    expect(done).toMatchObject({ job: 'up', generation: 1 });
+    const gen1 = backend().scope('up', 1).backend as DynamoBackend;
+    expect((await gen1.unpublishedOutputs(shard)).map((o) => o.id)).toContain(undelivered.id);
   }, 60_000);
 
   it("a stalled restore cannot put back outputs the live generation delivered: each outbox item is checked against the job record's restore", async () => {

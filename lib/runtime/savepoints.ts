@@ -890,8 +890,12 @@ export async function restoreSavepoint(
         operators: [...targetSchemas.values()],
       };
       if (current?.restore !== undefined && current.restore.savepointId === manifest.id) {
-        generation = current.restore.generation; // a rerun of a crashed restore
-        return undefined;
+        // A rerun of a crashed restore. The record is written again, unchanged, so that the
+        // store's own markers of the restore are there even if an older floe wrote it (on
+        // DynamoDB, the `restoring` attribute each restored outbox item is checked against).
+        generation = current.restore.generation;
+        const { version: _v, updatedAt: _u, ...same } = current;
+        return same;
       }
       if (current === undefined) {
         if (!(await backend.scope(target, 0).isEmpty())) {
