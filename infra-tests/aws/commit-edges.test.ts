@@ -22,6 +22,7 @@ import { createBucket } from '../../lib/aws/resources.ts';
 import {
   boundedOutOfOrderness,
   type Commit,
+  ConfigurationError,
   compile,
   DEAD_LETTER_SINK,
   type DeadLetter,
@@ -31,12 +32,14 @@ import {
   listState,
   type Output,
   type Pipeline,
+  passthroughDeserializer,
   pipeline,
   type ShardCheckpoint,
   type ShardInfo,
   type StateMutation,
   StateSerializationError,
   type TimerSpec,
+  valueState,
 } from '../../lib/core/index.ts';
 import { runnableShards } from '../../lib/runtime/coordinator.ts';
 import type { WorkerOptions } from '../../lib/runtime/job.ts';
@@ -337,6 +340,40 @@ describe('DynamoDB + S3 commit edges', () => {
       expect(out).toEqual([1, 2, 3].map((n) => ({ user: 'small', n })));
       const dead = published.filter((o) => o.sink === DEAD_LETTER_SINK).map((o) => o.value as DeadLetter);
       expect(dead.map((d) => d.reason)).toEqual(['state-size', 'state-size', 'state-size']);
+    });
+  });
+
+  it("a key whose events reach two unrelated shards stops the second when it reads the first one's state, naming both (Lambda workers run one shard each)", async () => {
+    await withTables(async (f) => {
+      const stream = new MemoryStream(2);
+      const [a, b] = (await stream.listShards()).map((s) => s.shardId) as [string, string];
+      // The partition key is not the key: the same user reaches both shards.
+      for (let i = 0; i < 8; i++) stream.put(`p${i}`, { user: 'shared', ts: i });
+      expect(stream.records(a).length).toBeGreaterThan(0);
+      expect(stream.records(b).length).toBeGreaterThan(0);
+      const p = pipeline('not-co-partitioned');
+      p.source<{ user: string; ts: number }>({ deserializer: passthroughDeserializer() })
+        .withTimestamps((e) => e.ts, boundedOutOfOrderness(0))
+        .keyBy((e) => e.user)
+        .process<number, { n: ReturnType<typeof valueState<number>> }>({
+          state: { n: valueState<number>() },
+          processElement(_e, ctx) {
+            const n = (ctx.state.n.value() ?? 0) + 1;
+            ctx.state.n.update(n);
+            ctx.emit(n);
+          },
+        })
+        .sink('out');
+      const first = await runToIdle(f, f.open(), p, stream, a, {});
+      expect(first.published.map((o) => o.value)).toEqual(stream.records(a).map((_, i) => i + 1));
+      const error = await runToIdle(f, f.open(), p, stream, b, {}).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ConfigurationError);
+      expect((error as Error).message).toContain(
+        `keyed state entry process-0/"shared" was written by shard ${a} and is now read by shard ${b} for events of its key, and neither shard descends from the other`,
+      );
+      // A child of the first shard (one deeper) takes its keys over as usual.
+      const child = await f.open().getMany(['process-0/"shared"'], { shardId: 'child', depth: 1 });
+      expect(child.get('process-0/"shared"')).toBeDefined();
     });
   });
 

@@ -41,10 +41,12 @@ import {
   type CheckpointStore,
   type Commit,
   ConfigurationError,
+  coPartitioningError,
   depthOf,
   describeValue,
   deserializeCheckpoint,
   FencedError,
+  isInternalAddress,
   type Lease,
   LeaseUnavailableError,
   type Output,
@@ -53,6 +55,7 @@ import {
   type StateAddress,
   StateFormatError,
   type StateMutation,
+  type StateReader,
   StateSerializationError,
   type StateStore,
   serializeCheckpoint,
@@ -304,8 +307,19 @@ export class DynamoBackend implements StateStore, CheckpointStore {
 
   // ---- StateStore ----
 
-  async getMany(addresses: readonly StateAddress[]): Promise<Map<StateAddress, string>> {
+  /**
+   * Reads state items. With `reader`, an item another shard of the reader's depth wrote (a value
+   * or a tombstone) fails the read with coPartitioningError: neither shard descends from the
+   * other (a split or merge child is one deeper than its parents), so the key's events reach
+   * both. Items of lower depth are an ancestor's, or an unrelated shard's that this cannot tell
+   * apart; items without a depth were restored from a savepoint.
+   */
+  async getMany(
+    addresses: readonly StateAddress[],
+    reader?: StateReader,
+  ): Promise<Map<StateAddress, string>> {
     const out = new Map<StateAddress, string>();
+    let foreign: { address: StateAddress; shard: string } | undefined;
     // An address too long for a partition key holds nothing (no commit can write it), and
     // DynamoDB would refuse the whole request over it.
     const unique = [...new Set(addresses)].filter((a) => Buffer.byteLength(a) <= this.maxAddressBytes);
@@ -319,18 +333,35 @@ export class DynamoBackend implements StateStore, CheckpointStore {
         const res = await this.ddb.send(
           new BatchGetCommand({
             RequestItems: {
-              [this.options.stateTable]: { Keys: keys, ConsistentRead: true, ProjectionExpression: 'pk, v' },
+              [this.options.stateTable]: {
+                Keys: keys,
+                ConsistentRead: true,
+                ProjectionExpression: reader === undefined ? 'pk, v' : 'pk, v, sh, d',
+              },
             },
           }),
         );
         for (const item of res.Responses?.[this.options.stateTable] ?? []) {
-          if (typeof item.v === 'string') out.set((item.pk as string).slice(this.scope.length + 1), item.v);
+          const address = (item.pk as string).slice(this.scope.length + 1);
+          if (
+            reader !== undefined &&
+            item.d === reader.depth &&
+            typeof item.sh === 'string' &&
+            item.sh !== reader.shardId &&
+            !isInternalAddress(address)
+          ) {
+            foreign ??= { address, shard: item.sh };
+          }
+          if (typeof item.v === 'string') out.set(address, item.v);
         }
         keys = (res.UnprocessedKeys?.[this.options.stateTable]?.Keys ?? []) as Array<Record<string, unknown>>;
         if (attempt > 12 && keys.length > 0)
           throw new TransientBackendError('BatchGetItem kept returning unprocessed keys');
       }
     });
+    if (foreign !== undefined && reader !== undefined) {
+      throw coPartitioningError(foreign.address, foreign.shard, reader.shardId, 'read');
+    }
     return out;
   }
 

@@ -3,6 +3,7 @@
  * implement them; every adapter runs the same contract test suite.
  */
 import type { ShardCheckpoint } from './checkpoint.ts';
+import { ConfigurationError } from './errors.ts';
 
 /** One record of a shard, as a Kinesis GetRecords call or the local log returns it. */
 export interface SourceRecord {
@@ -32,10 +33,25 @@ export interface StateMutation {
   readonly value: string | null;
 }
 
+/** The shard task reading keyed state (StateStore.getMany). */
+export interface StateReader {
+  readonly shardId: string;
+  /** The shard's lineage depth (ShardCheckpoint.depth). */
+  readonly depth: number;
+}
+
 /** Bulk, read-only access to the committed keyed state of one job generation. */
 export interface StateStore {
-  /** Reads many entries at once. Entries that do not exist are absent from the result. */
-  getMany(addresses: readonly StateAddress[]): Promise<Map<StateAddress, string>>;
+  /**
+   * Reads many entries at once. Entries that do not exist are absent from the result.
+   *
+   * A store that records which shard wrote each entry, and at which lineage depth, checks
+   * co-partitioning with `reader`: an entry (or a delete of one) that another shard of the
+   * reader's depth wrote cannot be the reader's, since neither shard descends from the other,
+   * so the key's events reach two shards (docs/dsl.md, "Keys and shards"). Such a read throws a
+   * ConfigurationError (coPartitioningError) rather than let each shard count its own copy.
+   */
+  getMany(addresses: readonly StateAddress[], reader?: StateReader): Promise<Map<StateAddress, string>>;
   /**
    * The largest entry the store holds: UTF-8 bytes of its address and serialized value. A commit
    * with a larger one fails with a StateSerializationError, and the worker then dead-letters the
@@ -49,6 +65,31 @@ export interface StateStore {
    * maxEntryBytes. @default no limit
    */
   readonly maxAddressBytes?: number;
+}
+
+/**
+ * Whether an address is floe's own (timer chunks, `floe.timers/...`: operator uids starting with
+ * `floe.` are reserved), which belongs to one shard by name rather than to a stream key.
+ */
+export function isInternalAddress(address: StateAddress): boolean {
+  return address.startsWith('floe.');
+}
+
+/**
+ * The error for a keyed state entry that two shards write, neither descending from the other:
+ * the pipeline's keyBy does not follow the stream's partition key.
+ */
+export function coPartitioningError(
+  address: StateAddress,
+  previous: string,
+  shardId: string,
+  when: 'read' | 'write',
+): ConfigurationError {
+  const now =
+    when === 'write' ? `now by shard ${shardId}` : `is now read by shard ${shardId} for events of its key`;
+  return new ConfigurationError(
+    `keyed state entry ${address} was written by shard ${previous} and ${now}, and neither shard descends from the other: the pipeline's keyBy does not follow the stream's partition key, so each shard holds its own copy of the key's state and the results are not exact. Partition the stream by the key the pipeline keys by (e.g. \`floe produce --partition-key <field>\`), or key by the partition key; see docs/dsl.md#keys-and-shards.`,
+  );
 }
 
 /** An entry's size as StateStore.maxEntryBytes counts it: UTF-8 bytes of address and value. */

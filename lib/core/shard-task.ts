@@ -951,7 +951,7 @@ export class ShardTask {
     this.eventTimers.forEachDue(watermarkLimit, (t) => want(this.operators[t.operator]!, t.key));
     this.processingTimers.forEachDue(this.now, (t) => want(this.operators[t.operator]!, t.key));
     if (wanted.size === 0) return;
-    const loaded = await store.getMany([...wanted.keys()]);
+    const loaded = await store.getMany([...wanted.keys()], { shardId: this.shardId, depth: this.depth });
     for (const [address, { op, key }] of wanted) op.backend.load(key, loaded.get(address));
   }
 

@@ -8,7 +8,7 @@
  * shard (a split or merge child takes over its parents' keys) fails the commit before anything
  * is written.
  */
-import { ConfigurationError, type ShardInfo, type StateMutation } from '../core/index.ts';
+import { coPartitioningError, isInternalAddress, type ShardInfo, type StateMutation } from '../core/index.ts';
 
 /** Entries remembered at most; beyond that only remembered entries are checked (memory stays bounded). */
 const MAX_TRACKED_ENTRIES = 200_000;
@@ -27,14 +27,11 @@ export class CoPartitioningCheck {
 
   /** Throws a ConfigurationError if `shardId` writes an entry another, unrelated shard wrote. */
   check(shardId: string, mutations: readonly StateMutation[]): void {
-    // Internal entries (timer chunks, `floe.timers/...`) belong to one shard by name.
-    const keyed = mutations.filter((m) => !m.address.startsWith('floe.'));
+    const keyed = mutations.filter((m) => !isInternalAddress(m.address));
     for (const m of keyed) {
       const previous = this.writers.get(m.address);
       if (previous === undefined || previous === shardId || this.descends(shardId, previous)) continue;
-      throw new ConfigurationError(
-        `keyed state entry ${m.address} was written by shard ${previous} and now by shard ${shardId}, and neither shard descends from the other: the pipeline's keyBy does not follow the stream's partition key, so each shard holds its own copy of the key's state and the results are not exact. Partition the stream by the key the pipeline keys by (e.g. \`floe produce --partition-key <field>\`), or key by the partition key; see docs/dsl.md#keys-and-shards.`,
-      );
+      throw coPartitioningError(m.address, previous, shardId, 'write');
     }
     for (const m of keyed) {
       if (this.writers.size < this.maxEntries || this.writers.has(m.address))

@@ -24,6 +24,7 @@ import type {
   Sink,
   StartPosition,
   StateAddress,
+  StateReader,
   StateStore,
 } from '../../core/index.ts';
 import { seededRandom } from '../../core/index.ts';
@@ -248,9 +249,10 @@ export function faultyBackend(
 ): StateStore & CheckpointStore {
   return {
     ...(backend.maxEntryBytes === undefined ? {} : { maxEntryBytes: backend.maxEntryBytes }),
-    getMany: (addresses: readonly StateAddress[]) =>
+    ...(backend.maxAddressBytes === undefined ? {} : { maxAddressBytes: backend.maxAddressBytes }),
+    getMany: (addresses: readonly StateAddress[], reader?: StateReader) =>
       injector.call(async () => {
-        const result = await backend.getMany(addresses);
+        const result = await backend.getMany(addresses, reader);
         await injector.at(FAULT_POINTS.getMany, { addresses });
         return result;
       }),
