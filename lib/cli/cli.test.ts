@@ -57,16 +57,27 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
   });
   const input = join(ROOT, 'examples/data/page-views.ndjson');
 
-  it('missing pipeline module', async () => {
+  it('a missing pipeline module, or a directory, is a usage error (exit 2)', async () => {
     expectOneLineError(
       await floe('run', join(modules, 'missing.ts'), '--data-dir', join(TMP, 'e1')),
-      1,
-      /pipeline module not found: .*missing\.ts/,
+      2,
+      /^floe: pipeline module not found: .*missing\.ts \(resolved to .*missing\.ts\); check the path$/,
     );
     expectOneLineError(
       await floe('simulate', 'nope/missing.ts', '--input', input),
-      1,
+      2,
       /pipeline module not found/,
+    );
+    // Was "Directory import ... is not supported resolving ES modules", exit 1.
+    expectOneLineError(
+      await floe('run', modules, '--data-dir', join(TMP, 'e1')),
+      2,
+      /^floe: pipeline module .* is a directory; pass the path of the module's \.ts file$/,
+    );
+    expectOneLineError(
+      await floe('simulate', modules, '--input', input),
+      2,
+      /^floe: pipeline module .* is a directory/,
     );
   });
 
@@ -228,10 +239,10 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
     expectOneLineError(await floe('status'), 2, /status needs --job <id>/);
   });
 
-  it('missing input files', async () => {
+  it('a missing input file is a usage error (exit 2)', async () => {
     expectOneLineError(
       await floe('simulate', 'examples/page-views.ts', '--input', join(TMP, 'none.ndjson')),
-      1,
+      2,
       /input file not found: .*none\.ndjson/,
     );
     expectOneLineError(
@@ -244,8 +255,8 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
         '--data-dir',
         join(TMP, 'e4'),
       ),
-      1,
-      /input file not found/,
+      2,
+      /^floe: input file not found: .*none\.ndjson \(--file\); check the path, or pass - for stdin$/,
     );
     expectOneLineError(await floe('simulate', 'examples/page-views.ts'), 2, /simulate needs --input/);
   });

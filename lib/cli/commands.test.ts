@@ -427,14 +427,15 @@ describe.concurrent('commands that read a data directory do not create one', () 
     expect(existsSync(dir)).toBe(false);
   });
 
-  it('floe produce --file <a directory> says it is a directory; a BOM at the start is skipped', async () => {
+  it('floe produce --file <a directory> is a usage error (exit 2) that says so; a BOM at the start is skipped', async () => {
     const dir = join(TMP, 'produce-dir');
     mkdirSync(join(TMP, 'a-directory'), { recursive: true });
     expectOneLineError(
       await floe('produce', '--stream', 's', '--file', join(TMP, 'a-directory'), '--data-dir', dir),
-      1,
+      2,
       /^floe: --file .*a-directory is a directory; pass an NDJSON file \(or - for stdin\)$/,
     );
+    expect(existsSync(dir)).toBe(false);
     const bom = join(TMP, 'bom.ndjson');
     writeFileSync(bom, '\uFEFF{"partitionKey": "a", "data": 1}\n');
     const result = await floe('produce', '--stream', 's', '--file', bom, '--data-dir', dir);

@@ -1,10 +1,11 @@
 /**
- * The files the floe commands read and write (`--input`, `--file`, `--output`), with one clear
- * line for every way opening them can fail: missing, a directory, unreadable, no such directory.
+ * The files the floe commands read and write (`--input`, `--file`, `--output`, pipeline and
+ * migration modules), with one clear line for every way opening them can fail: missing, a
+ * directory (both usage errors, exit 2), unreadable, no such directory.
  */
 import { createReadStream, type Stats, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { ConfigurationError } from '../core/index.ts';
@@ -25,20 +26,43 @@ function errnoMessage(error: unknown): string {
 }
 
 /**
- * Opens an input file (or stdin for `-`) and resolves once it is open: a missing file, a
- * directory or an unreadable file is a ConfigurationError naming the flag and the path.
+ * Refuses an input path (`--input`, `--file`) that does not exist or is a directory: a usage
+ * error (exit 2), as such an `--output` is. `-` (stdin) passes.
+ */
+export function checkInputPath(path: string, flag: string): void {
+  if (path === '-') return;
+  const stats = statOf(path);
+  if (stats === undefined) {
+    throw new UsageError(`input file not found: ${path} (${flag}); check the path, or pass - for stdin`);
+  }
+  if (stats.isDirectory()) {
+    throw new UsageError(`${flag} ${path} is a directory; pass an NDJSON file (or - for stdin)`);
+  }
+}
+
+/**
+ * Refuses a module path (a pipeline or migration module) that does not exist or is a directory:
+ * a usage error (exit 2). `what` names it ("pipeline module", "--migration module").
+ */
+export function checkModulePath(path: string, what: string): void {
+  const absolute = resolve(path);
+  const stats = statOf(absolute);
+  if (stats === undefined) {
+    throw new UsageError(`${what} not found: ${path} (resolved to ${absolute}); check the path`);
+  }
+  if (stats.isDirectory()) {
+    throw new UsageError(`${what} ${path} is a directory; pass the path of the module's .ts file`);
+  }
+}
+
+/**
+ * Opens an input file (or stdin for `-`) and resolves once it is open: a missing file or a
+ * directory is a usage error (checkInputPath), an unreadable file a ConfigurationError, each
+ * naming the flag and the path.
  */
 async function openInput(path: string, flag: string): Promise<Readable> {
   if (path === '-') return process.stdin;
-  const stats = statOf(path);
-  if (stats === undefined) {
-    throw new ConfigurationError(
-      `input file not found: ${path} (${flag}); check the path, or pass - for stdin`,
-    );
-  }
-  if (stats.isDirectory()) {
-    throw new ConfigurationError(`${flag} ${path} is a directory; pass an NDJSON file (or - for stdin)`);
-  }
+  checkInputPath(path, flag);
   const input = createReadStream(path);
   await new Promise<void>((resolve, reject) => {
     input.once('open', () => resolve());

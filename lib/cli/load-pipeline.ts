@@ -1,8 +1,8 @@
 /** Loads a pipeline module (a plain .ts file whose default export is built with the DSL). */
-import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ConfigurationError, isPipeline, type Pipeline } from '../core/index.ts';
+import { checkModulePath } from './files.ts';
 
 export async function loadPipeline(modulePath: string | undefined): Promise<Pipeline> {
   if (modulePath === undefined || modulePath === '') {
@@ -10,10 +10,9 @@ export async function loadPipeline(modulePath: string | undefined): Promise<Pipe
       'missing pipeline module: pass the path of a .ts file, e.g. examples/page-views.ts',
     );
   }
+  // A missing path or a directory is a usage error (exit 2), as a missing --input file is.
+  checkModulePath(modulePath, 'pipeline module');
   const absolute = resolve(modulePath);
-  if (!existsSync(absolute)) {
-    throw new ConfigurationError(`pipeline module not found: ${modulePath} (resolved to ${absolute})`);
-  }
   let module: { default?: unknown };
   try {
     module = (await import(pathToFileURL(absolute).href)) as { default?: unknown };

@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { FloeError } from '../core/index.ts';
 import { simulate } from '../runtime/simulate.ts';
 import { MAX_SHARDS, positiveInt, UsageError } from './args.ts';
-import { checkOutputPath, inputLines, type OutputFile, openOutput } from './files.ts';
+import { checkInputPath, checkOutputPath, inputLines, type OutputFile, openOutput } from './files.ts';
 import { loadPipeline } from './load-pipeline.ts';
 
 const USAGE = `floe — stateful stream processing with Flink semantics
@@ -69,6 +69,7 @@ async function runSimulate(args: string[]): Promise<number> {
     throw new UsageError("simulate needs --input <events.ndjson> (or '-' for stdin)");
   const shards = positiveInt('--shards', values.shards, 1, MAX_SHARDS);
   if (values.output !== undefined) checkOutputPath(values.output, '--output');
+  checkInputPath(values.input, '--input');
   const pipeline = await loadPipeline(positionals[0]);
   // The input opens first: a missing input leaves an existing --output file as it was.
   const lines = await inputLines(values.input, '--input');

@@ -24,7 +24,7 @@ import {
   positiveInt,
   UsageError,
 } from './args.ts';
-import { inputLines } from './files.ts';
+import { checkInputPath, inputLines } from './files.ts';
 
 export const PRODUCE_HELP = `floe produce --stream <name> (--file <events.ndjson|-> | --generate clickstream) [options]
 
@@ -306,6 +306,7 @@ export async function runProduce(args: string[]): Promise<number> {
   if ((values.file === undefined) === (values.generate === undefined)) {
     throw new UsageError('produce needs exactly one of --file <events.ndjson|-> or --generate clickstream');
   }
+  if (values.file !== undefined) checkInputPath(values.file, '--file');
   const options: ProduceOptions = {
     dataDir: values['data-dir'] ?? DEFAULT_DATA_DIR,
     stream: values.stream,

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { asStateMigration, ConfigurationError, compile, type StateMigration } from '../core/index.ts';
+import { asStateMigration, compile, type StateMigration } from '../core/index.ts';
 import { prepareTimestampReplay, readManifest, restoreSavepoint } from '../runtime/savepoints.ts';
 import {
   formatCount,
@@ -15,6 +15,7 @@ import {
   positiveInt,
   UsageError,
 } from './args.ts';
+import { checkModulePath } from './files.ts';
 import { loadPipeline } from './load-pipeline.ts';
 import { checkBackendFlags, checkSinkBindings, runRun } from './run.ts';
 import {
@@ -207,8 +208,8 @@ function parseTime(text: string): number {
 }
 
 async function loadMigration(path: string): Promise<StateMigration> {
+  checkModulePath(path, '--migration module');
   const absolute = resolve(path);
-  if (!existsSync(absolute)) throw new ConfigurationError(`migration module not found: ${path}`);
   const loaded = (await import(pathToFileURL(absolute).href)) as { default?: unknown; migrate?: unknown };
   return asStateMigration(loaded.default ?? loaded.migrate);
 }

@@ -200,10 +200,10 @@ describe('simulate files and flags', () => {
     );
   });
 
-  it('an --input that is a directory says so', async () => {
+  it('an --input that is a directory is a usage error (exit 2) that says so', async () => {
     expectOneLineError(
       await floe('simulate', 'examples/page-views.ts', '-i', TMP),
-      1,
+      2,
       /^floe: --input .* is a directory; pass an NDJSON file \(or - for stdin\)$/,
     );
   });
@@ -212,7 +212,7 @@ describe('simulate files and flags', () => {
     const out = file('keep.ndjson', 'previous results\n');
     expectOneLineError(
       await floe('simulate', 'examples/page-views.ts', '-i', join(TMP, 'none.ndjson'), '-o', out),
-      1,
+      2,
       /input file not found: .*none\.ndjson/,
     );
     expect(readFileSync(out, 'utf8')).toBe('previous results\n');

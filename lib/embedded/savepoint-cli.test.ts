@@ -79,6 +79,24 @@ describe('floe savepoint and floe replay (embedded, as processes)', () => {
       (await floe(['savepoint', 'inspect', id!, '--json', ...D])).stdout,
     ) as SavepointManifest;
     expect(manifest.pipeline.module).toBe(V1);
+    // A --migration module that is missing or a directory is a usage error, before any restore.
+    for (const [migration, said] of [
+      [join(TMP, 'no-such-migration.ts'), /^floe: --migration module not found: .*no-such-migration\.ts /],
+      [TMP, /^floe: --migration module .* is a directory; pass the path of the module's \.ts file$/],
+    ] as const) {
+      const refused = await floe([
+        'replay',
+        '--from-savepoint',
+        id!,
+        '--as-job',
+        'm',
+        ...D,
+        '--migration',
+        migration,
+      ]);
+      expect(refused.code, refused.stderr).toBe(2);
+      expect(refused.stderr.trim()).toMatch(said);
+    }
 
     await produce(data.log, CLICKS.slice(1500));
     // A real crash during the restore; the half-restored job refuses to run; a rerun completes it.
