@@ -1,5 +1,5 @@
 // Runs the floe CLI synchronously against the test environment's AWS endpoints (the CLI tests).
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { awsProcessEnv } from '../env/aws-clients.ts';
 import type { AwsTestEnv } from '../env/types.ts';
 
@@ -29,6 +29,39 @@ export function floeCli(
       timeout: 120_000,
     });
     return { code: result.status, stdout: result.stdout, stderr: result.stderr };
+  };
+}
+
+/**
+ * As floeCli, but asynchronous: the test's event loop keeps running while the child does (for a
+ * proxy in the test process that the child's requests go through, e.g. env/request-log.ts).
+ */
+export function floeCliAsync(
+  env: AwsTestEnv,
+): (args: string[], extraEnv?: Record<string, string | undefined>) => Promise<CliResult> {
+  return (args, extraEnv = {}) => {
+    const childEnv: Record<string, string | undefined> = {
+      ...process.env,
+      ...awsProcessEnv(env),
+      ...extraEnv,
+    };
+    for (const [k, v] of Object.entries(childEnv)) if (v === undefined) delete childEnv[k];
+    const child = spawn(process.execPath, ['bin/floe.js', ...args], {
+      env: childEnv as NodeJS.ProcessEnv,
+      timeout: 120_000,
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => {
+      stdout += String(chunk);
+    });
+    child.stderr.on('data', (chunk) => {
+      stderr += String(chunk);
+    });
+    return new Promise((resolve, reject) => {
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+    });
   };
 }
 

@@ -87,12 +87,14 @@ const RUN_MISSING_RESOURCES_HINT =
 
 /**
  * Checks that every resource exists; throws one ConfigurationError naming what is missing, in
- * which region, and `hint` (what to do about it).
+ * which region, and `hint` (what to do about it). `describedTables`: tables the caller has just
+ * described (true: it exists), which are not described again.
  */
 export async function checkResources(
   clients: { kinesis: KinesisClient; dynamodb: DynamoDBClient; s3: S3Client },
   resources: JobResources,
   hint: string = RUN_MISSING_RESOURCES_HINT,
+  describedTables: ReadonlyMap<string, boolean> = new Map(),
 ): Promise<void> {
   const missing: string[] = [];
   try {
@@ -102,6 +104,11 @@ export async function checkResources(
     else throw error;
   }
   for (const table of [resources.stateTable, resources.controlTable]) {
+    const exists = describedTables.get(table);
+    if (exists !== undefined) {
+      if (!exists) missing.push(`DynamoDB table "${table}"`);
+      continue;
+    }
     try {
       await clients.dynamodb.send(new DescribeTableCommand({ TableName: table }));
     } catch (error) {

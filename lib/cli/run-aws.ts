@@ -32,21 +32,27 @@ export interface RunAwsOptions {
   readonly pipelineModule?: string;
 }
 
-/** The job's record, or undefined when it has none or its control table does not exist (yet). */
+/**
+ * Whether the control table exists and the job's record (undefined when it has none or its
+ * control table does not exist (yet)). checkResources is told whether the table exists rather
+ * than describing it again.
+ */
 async function recordedJob(
   clients: ReturnType<typeof awsClients>,
   controlTable: string,
   job: string,
-): Promise<JobRecord | undefined> {
+): Promise<{ readonly tableExists: boolean; readonly record: JobRecord | undefined }> {
   try {
     // Unretried, so an unreachable endpoint or missing credentials fail at once (explainAwsError).
     await clients.dynamodb.send(new DescribeTableCommand({ TableName: controlTable }));
   } catch (error) {
     // A missing table is reported with every other missing resource by checkResources.
-    if ((error as { name?: string })?.name === 'ResourceNotFoundException') return undefined;
+    if ((error as { name?: string })?.name === 'ResourceNotFoundException') {
+      return { tableExists: false, record: undefined };
+    }
     throw error;
   }
-  return new DynamoJobStore(clients.dynamodb, controlTable).get(job);
+  return { tableExists: true, record: await new DynamoJobStore(clients.dynamodb, controlTable).get(job) };
 }
 
 /** Turns the SDK's configuration failures into one clear line. */
@@ -92,7 +98,7 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
   try {
     // The stream: --stream, else the one the job record names (a job keeps its stream), else the
     // pipeline name, as on the embedded backend.
-    const record = await recordedJob(clients, controlTable, options.job);
+    const { tableExists, record } = await recordedJob(clients, controlTable, options.job);
     const config: AwsJobConfig = {
       job: options.job,
       stream: options.stream ?? record?.stream ?? options.plan.name,
@@ -107,7 +113,21 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
       await createTables(clients.dynamodb, config.stateTable, config.controlTable);
       await createBucket(clients.s3, config.bucket);
     }
-    await checkResources(clients, config);
+    // The tables were just described: by recordedJob, or by createTables, which waits until
+    // both exist.
+    await checkResources(
+      clients,
+      config,
+      undefined,
+      new Map(
+        options.createResources
+          ? [
+              [config.stateTable, true],
+              [config.controlTable, true],
+            ]
+          : [[controlTable, tableExists]],
+      ),
+    );
     checkGenerationFlag(config.job, options.generation, record);
     const { runtime } = await openAwsJobForRun(options.plan, config, clients, {
       pipeline: {
