@@ -44,6 +44,7 @@ import {
   setupAwsTestEnv,
   uniqueName,
 } from '../env/aws-clients.ts';
+import { startRequestLog } from '../env/request-log.ts';
 
 const env = await setupAwsTestEnv();
 let clients: AwsClients;
@@ -70,11 +71,12 @@ afterAll(() => clients?.destroy());
 
 const config = (job: string): AwsJobConfig => ({ job, stream, stateTable, controlTable, bucket, sinks: [] });
 const backend = () => awsSavepointBackend({ clients: bundle, stateTable, controlTable, bucket });
-/** The floe CLI as a child process, on this file's resources. */
-const floe = (...args: string[]) =>
+/** The floe CLI as a child process, on this file's resources (with `extraEnv` over its environment). */
+const floeWith = (extraEnv: Record<string, string>, ...args: string[]) =>
   promisify(execFile)(process.execPath, [join(import.meta.dirname, '../../bin/floe.js'), ...args], {
-    env: { ...process.env, ...awsProcessEnv(env), FLOE_DEBUG: '' },
+    env: { ...process.env, ...awsProcessEnv(env), FLOE_DEBUG: '', ...extraEnv },
   });
+const floe = (...args: string[]) => floeWith({}, ...args);
 const aws = [
   '--backend',
   'aws',
@@ -288,7 +290,28 @@ describe('savepoints on AWS (emulators)', () => {
     const opened = await openAwsJobFromRecord(compile(v1), deployed, bundle);
     await runJob({ ...opened.runtime!, sink: collector('gc') }, { untilIdle: true, controlPollMs: 20 });
     const create = ['savepoint', 'create', '--job', 'gc', '--stream', stream, '--progress', 'none'];
-    const created = await floe(...create, ...aws, '--generation', '2');
+    // Through a proxy that logs the DynamoDB requests: the job record is read once before the
+    // savepoint writes it (before, once more for the --generation check).
+    const log = await startRequestLog(env.endpoints.dynamodb!);
+    const created = await floeWith(
+      { AWS_ENDPOINT_URL_DYNAMODB: log.url },
+      ...create,
+      ...aws,
+      '--generation',
+      '2',
+    ).finally(() => log.close());
+    type Keyed = { pk?: unknown; sk?: unknown } | undefined;
+    const isRecord = (key: Keyed) =>
+      JSON.stringify({ pk: key?.pk, sk: key?.sk }) ===
+      JSON.stringify({ pk: { S: '@job/gc' }, sk: { S: 'job' } });
+    const firstWrite = log.requests.findIndex(
+      (r) => r.operation === 'PutItem' && isRecord(r.body?.Item as Keyed),
+    );
+    expect(firstWrite).toBeGreaterThan(0);
+    const readsBefore = log.requests
+      .slice(0, firstWrite)
+      .filter((r) => r.operation === 'GetItem' && isRecord(r.body?.Key as Keyed));
+    expect(readsBefore).toHaveLength(1);
     const id = created.stdout.trim();
     const manifest = (await listSavepoints(backend().snapshots)).find((s) => s.id === id)?.manifest;
     expect(manifest?.generation).toBe(2);

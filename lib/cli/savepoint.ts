@@ -134,7 +134,6 @@ async function create(args: string[]): Promise<number> {
   const opened = await openSavepointBackend(values, job);
   const progress = progressPrinter(progressMode === 'none');
   try {
-    if (generation !== undefined) checkGenerationFlag(job, generation, await opened.backend.jobs.get(job));
     const onStep = faultHook('savepoint');
     const manifest = await createSavepoint(opened.backend, {
       job,
@@ -143,7 +142,10 @@ async function create(args: string[]): Promise<number> {
       ...(values.stream === undefined ? {} : { stream: values.stream }),
       ...(pipeline === undefined ? {} : { pipeline }),
       ...(operators === undefined ? {} : { operators }),
-      ...(generation === undefined ? {} : { generation }),
+      // Checked on the record that the savepoint reads anyway (not read once more for it).
+      ...(generation === undefined
+        ? {}
+        : { generation, checkRecord: (record) => checkGenerationFlag(job, generation, record) }),
       timeoutMs: positiveInt('--timeout', values.timeout, 120) * 1000,
       leaseTtlMs: positiveInt('--lease-ttl', values['lease-ttl'], 30_000),
       chunkEntries: positiveInt('--chunk-entries', values['chunk-entries'], 50_000),

@@ -227,6 +227,12 @@ export interface CreateSavepointOptions extends Hooks {
   readonly chunkEntries?: number;
   /** Lease owner. @default savepoint:<id> */
   readonly owner?: string;
+  /**
+   * Checks the job record (undefined: none) before anything is written, e.g. that a flag agrees
+   * with it; throws to refuse. Called with the record that the pause request updates, so the
+   * caller need not read it again (and again after another writer changed it in between).
+   */
+  readonly checkRecord?: (record: JobRecord | undefined) => void;
 }
 
 export async function createSavepoint(
@@ -246,6 +252,7 @@ export async function createSavepoint(
     backend.jobs,
     job,
     async (current) => {
+      options.checkRecord?.(current);
       if (current === undefined && (await backend.scope(job, initialGeneration).isEmpty())) {
         throw new ConfigurationError(
           `job ${job} is unknown: it has no job record and no checkpoints; run it first ('floe run ... --job ${job}'), or check the job id and the backend options`,
