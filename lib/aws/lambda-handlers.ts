@@ -17,7 +17,6 @@ import {
   LeaseUnavailableError,
   type Pipeline,
   type PipelinePlan,
-  type ShardCheckpoint,
 } from '../core/index.ts';
 import { coordinateRound, startOfShard } from '../runtime/coordinator.ts';
 import { RoutingSink } from '../runtime/routing-sink.ts';
@@ -116,52 +115,44 @@ export function createWorkerHandler(deps: HandlerDeps) {
           });
         });
       }
-      let initial: ShardCheckpoint | undefined;
-      if ((await job.backend.readCheckpoint(event.shardId)) === undefined) {
+      result = await runShardWorker(job, event.shardId, {
+        owner: context.awsRequestId,
         // The shard's first run: a child of a reshard inherits its parents' checkpoint, and may
         // run only once they are finished (the coordinator checks; a manual invocation may not).
-        const start = await startOfShard(job, event.shardId);
-        if (start === undefined) {
-          logger.warn('worker not started', {
-            reason:
-              'the shard is not in the stream, or a parent shard has not finished yet or not published its last outputs',
-          });
-          result = emptyWorkerResult(event.shardId);
-          return result;
-        }
-        initial = start.initial;
-      }
-      result = await runShardWorker(
-        job,
-        event.shardId,
-        {
-          owner: context.awsRequestId,
-          timeBudgetMs: Math.max(1_000, context.getRemainingTimeInMillis() - SAFETY_MARGIN_MS),
-          warmTasks,
-          ...(config.commitIntervalMs === undefined ? {} : { commitIntervalMs: config.commitIntervalMs }),
-          ...(config.maxCachedKeys === undefined ? {} : { maxCachedKeys: config.maxCachedKeys }),
-          onCheckedRetry: (error) => {
-            logger.warn(
-              'processing the uncommitted records again from the last commit in the checked pass, which dead-letters exactly the records that produce a value DynamoDB cannot store (not JSON, or a state entry over the item size limit) or that failed after reading state objects',
-              { error: error.name, message: error.message },
-            );
-          },
-          onCommit: (p) => {
-            commits++;
-            records += p.records;
-            metrics.onCommit(p);
-            logger.debug('commit', {
-              commitNumber: p.commitNumber,
-              records: p.records,
-              outputs: p.outputs,
-              deadLetters: p.deadLetters,
-              watermark: Number.isFinite(p.watermark) ? p.watermark : String(p.watermark),
-              millisBehindLatest: p.millisBehindLatest,
-            });
-          },
+        // Worked out by the worker under the lease, only when the checkpoint it reads there is
+        // missing: the shard's checkpoint is read once per invocation, after the lease.
+        startOfShard: () => startOfShard(job, event.shardId),
+        timeBudgetMs: Math.max(1_000, context.getRemainingTimeInMillis() - SAFETY_MARGIN_MS),
+        warmTasks,
+        ...(config.commitIntervalMs === undefined ? {} : { commitIntervalMs: config.commitIntervalMs }),
+        ...(config.maxCachedKeys === undefined ? {} : { maxCachedKeys: config.maxCachedKeys }),
+        onCheckedRetry: (error) => {
+          logger.warn(
+            'processing the uncommitted records again from the last commit in the checked pass, which dead-letters exactly the records that produce a value DynamoDB cannot store (not JSON, or a state entry over the item size limit) or that failed after reading state objects',
+            { error: error.name, message: error.message },
+          );
         },
-        initial,
-      );
+        onCommit: (p) => {
+          commits++;
+          records += p.records;
+          metrics.onCommit(p);
+          logger.debug('commit', {
+            commitNumber: p.commitNumber,
+            records: p.records,
+            outputs: p.outputs,
+            deadLetters: p.deadLetters,
+            watermark: Number.isFinite(p.watermark) ? p.watermark : String(p.watermark),
+            millisBehindLatest: p.millisBehindLatest,
+          });
+        },
+      });
+      if (result.notStarted) {
+        logger.warn('worker not started', {
+          reason:
+            'the shard is not in the stream, or a parent shard has not finished yet or not published its last outputs',
+        });
+        return result;
+      }
       logger.info('worker finished', { ...result });
       return result;
     } catch (error) {

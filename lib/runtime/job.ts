@@ -80,6 +80,17 @@ export interface WorkerOptions {
    * state again. @default none: every invocation starts from the stored checkpoint
    */
   readonly warmTasks?: import('./warm-tasks.ts').WarmTasks;
+  /**
+   * Where the shard starts when it has no checkpoint of its own, for a worker that does not know
+   * beforehand (a Lambda invocation names only its shard; see startOfShard in coordinator.ts).
+   * Called at most once, under the lease, when the checkpoint read there finds none; it gives the
+   * checkpoint a child shard inherits (undefined: the job's start position), or undefined when
+   * the shard may not run yet: the worker then ends without processing (WorkerResult.notStarted).
+   * Given, it takes the place of runShardWorker's `initial`. @default none: `initial`
+   */
+  readonly startOfShard?: () => Promise<
+    { readonly initial: import('../core/index.ts').ShardCheckpoint | undefined } | undefined
+  >;
 }
 
 export interface ShardProgress {

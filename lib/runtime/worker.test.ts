@@ -389,6 +389,58 @@ describe('runShardWorker state cache', () => {
   });
 });
 
+describe('runShardWorker startOfShard (a worker told only its shard, as a Lambda invocation)', () => {
+  /** The harness's job, whose backend counts its checkpoint reads. */
+  const counted = (h: Harness): { job: JobRuntime; checkpointReads: () => number } => {
+    const job = h.job({ readMs: 0, commitMs: 0 });
+    let reads = 0;
+    const read = job.backend.readCheckpoint.bind(job.backend);
+    job.backend.readCheckpoint = (shardId) => {
+      reads++;
+      return read(shardId);
+    };
+    return { job, checkpointReads: () => reads };
+  };
+
+  it('is asked under the lease only when the checkpoint read there finds none; the checkpoint is read once', async () => {
+    const h = await harness();
+    const first = counted(h);
+    const asked: string[] = [];
+    const startOfShard = async () => {
+      // Under the worker's lease: another owner cannot take the shard.
+      const probe = h.backend.acquireLease(h.shardId, 'probe', T0 + 86_400_000, 1000);
+      asked.push(
+        await probe.then(
+          () => 'not held',
+          (error: Error) => error.name,
+        ),
+      );
+      return { initial: undefined };
+    };
+    const result = await runShardWorker(first.job, h.shardId, { ...options, startOfShard });
+    expect(result).toMatchObject({ records: 1500, caughtUp: true });
+    expect(result.notStarted).toBeUndefined();
+    expect(asked).toEqual(['LeaseUnavailableError']);
+    expect(first.checkpointReads()).toBe(1);
+    // A later run has a checkpoint: not asked; one read.
+    const later = counted(h);
+    await runShardWorker(later.job, h.shardId, { ...options, startOfShard });
+    expect(asked).toHaveLength(1);
+    expect(later.checkpointReads()).toBe(1);
+  });
+
+  it('a shard that may not run yet: nothing read or committed, notStarted, the lease released', async () => {
+    const h = await harness();
+    const { job } = counted(h);
+    const result = await runShardWorker(job, h.shardId, { ...options, startOfShard: async () => undefined });
+    expect(result).toMatchObject({ records: 0, commits: 0, finished: false, notStarted: true });
+    expect(h.events).toEqual([]);
+    expect(await h.backend.readCheckpoint(h.shardId)).toBeUndefined();
+    // Released: another owner takes the shard at once.
+    await expect(h.backend.acquireLease(h.shardId, 'other', T0 + 86_400_000, 1000)).resolves.toBeDefined();
+  });
+});
+
 describe('runShardWorker lease expiry at a commit', () => {
   it('a worker whose lease ran out while it committed publishes nothing more: the new owner publishes that commit, once', async () => {
     const expected = await reference();

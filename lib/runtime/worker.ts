@@ -50,6 +50,11 @@ export interface WorkerResult {
    * invocation published before.
    */
   readonly superseded?: 'fenced' | 'lease-unavailable';
+  /**
+   * The shard has no checkpoint and may not run yet (WorkerOptions.startOfShard: a parent shard is
+   * not finished or has not published its last outputs, or the shard is not in the stream).
+   */
+  readonly notStarted?: true;
 }
 
 /** The result of an invocation that processed nothing of its shard (it did not run, or stopped at once). */
@@ -119,6 +124,8 @@ export async function runShardWorker(
   // The job control is read at start and then at most every controlPollMs, between batches.
   const pollMs = options.controlPollMs ?? 500;
   let nextControlCheck = 0;
+  /** WorkerOptions.startOfShard's answer, asked once (the checked pass may need it again). */
+  let startOnce: ReturnType<NonNullable<WorkerOptions['startOfShard']>> | undefined;
   const mustPause = async (): Promise<boolean> => {
     if (job.control === undefined || Date.now() < nextControlCheck) return false;
     nextControlCheck = Date.now() + pollMs;
@@ -133,7 +140,17 @@ export async function runShardWorker(
       return { shardId, records, commits, finished: false, childShardIds, caughtUp: false, paused: true };
     }
     await publishPending(job.backend, job.sink, shardId);
-    const checkpoint = (await job.backend.readCheckpoint(shardId)) ?? initial;
+    // Read under the lease (after acquireLease applied any pending delta): the one read of the
+    // checkpoint this attempt starts from. Without one, the shard's start is worked out now.
+    let checkpoint = await job.backend.readCheckpoint(shardId);
+    if (checkpoint === undefined && options.startOfShard !== undefined) {
+      startOnce ??= options.startOfShard();
+      const start = await startOnce;
+      if (start === undefined) return { ...emptyWorkerResult(shardId), records, commits, notStarted: true };
+      checkpoint = start.initial;
+    } else {
+      checkpoint ??= initial;
+    }
     if (checkpoint?.finished) {
       return { shardId, records, commits, finished: true, childShardIds, caughtUp: true };
     }
