@@ -377,6 +377,31 @@ describe('DynamoDB + S3 commit edges', () => {
     });
   });
 
+  it("a commit over a key another shard of the same depth committed fails with the co-partitioning error, storing nothing; a child shard writes its parent's keys", async () => {
+    await withTables(async (f) => {
+      const [a, b] = ['shardId-000000000000', 'shardId-000000000001'];
+      const k = { address: 'op/"k"', value: '{"k":"k","s":{"n":1}}' };
+      const first = await firstLease(f, a);
+      await first.backend.commit(first.lease, firstCommit(a, [k]));
+      // Shard b created the same key on its own (it never read a's item) and commits it.
+      const second = await firstLease(f, b);
+      const error = await second.backend.commit(second.lease, firstCommit(b, [k])).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ConfigurationError);
+      expect((error as Error).message).toContain(
+        `keyed state entry op/"k" was written by shard ${a} and now by shard ${b}, and neither shard descends from the other`,
+      );
+      expect(await second.backend.readCheckpoint(b)).toBeUndefined();
+      // A child of a (one deeper) takes the key over.
+      const child = await firstLease(f, 'shardId-000000000002');
+      const childCommit = firstCommit('shardId-000000000002', [{ ...k, value: '{"k":"k","s":{"n":2}}' }]);
+      await child.backend.commit(child.lease, {
+        ...childCommit,
+        checkpoint: { ...childCommit.checkpoint, depth: 1 },
+      });
+      expect((await child.backend.getMany([k.address])).get(k.address)).toBe('{"k":"k","s":{"n":2}}');
+    });
+  });
+
   it('refuses an output that is not JSON with a StateSerializationError naming it, storing nothing', async () => {
     const shard = 'shardId-000000000000';
     await withTables(async (f) => {

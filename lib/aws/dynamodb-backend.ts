@@ -540,9 +540,22 @@ export class DynamoBackend implements StateStore, CheckpointStore {
         },
       });
     }
+    const firstState = items.length;
+    const depth = depthOf(commit.checkpoint);
     for (const m of commit.mutations) {
+      const item = this.stateItem(m, lease, commit.checkpoint);
       items.push({
-        Put: { TableName: this.options.stateTable, Item: this.stateItem(m, lease, commit.checkpoint) },
+        Put: isInternalAddress(m.address)
+          ? { TableName: this.options.stateTable, Item: item }
+          : // Co-partitioning: never over an item another shard of this depth wrote (it cannot be
+            // an ancestor's or a descendant's, which differ in depth; see getMany).
+            {
+              TableName: this.options.stateTable,
+              Item: item,
+              ConditionExpression:
+                'attribute_not_exists(pk) OR attribute_not_exists(d) OR d <> :d OR sh = :sh',
+              ExpressionAttributeValues: { ':d': depth, ':sh': shardId },
+            },
       });
     }
     await this.options.onStep?.('before-transaction');
@@ -562,12 +575,34 @@ export class DynamoBackend implements StateStore, CheckpointStore {
         }),
       );
     } catch (error) {
+      const failed = cancellationOf(error, items.length)?.conditionFailed;
+      const foreign = failed === undefined || failed.has(0) ? undefined : Math.max(...failed) - firstState;
+      if (foreign !== undefined && foreign >= 0) {
+        // Only a state item's condition failed, and the commit point's held: not fenced.
+        const address = commit.mutations[foreign]!.address;
+        const writer = await this.stateWriter(address);
+        throw coPartitioningError(address, writer ?? 'another shard', shardId, 'write');
+      }
       if (isConditionFailure(error)) {
         if (await this.alreadyCommitted(lease, commitNumber, checkpointText)) return; // an earlier attempt succeeded
         throw this.fenced(lease, commitNumber);
       }
       throw isTransient(error) ? transient('the commit transaction', error) : error;
     }
+  }
+
+  /** The shard that last wrote a state item (for an error message). */
+  private async stateWriter(address: StateAddress): Promise<string | undefined> {
+    const res = await this.ddb.send(
+      new GetCommand({
+        TableName: this.options.stateTable,
+        Key: { pk: `${this.scope}#${address}` },
+        ProjectionExpression: 'sh',
+        ConsistentRead: true,
+      }),
+    );
+    const sh = res.Item?.sh;
+    return typeof sh === 'string' ? sh : undefined;
   }
 
   private async commitDelta(
