@@ -13,13 +13,19 @@
  *   deeper, ShardCheckpoint.depth) wrote some of its keys: the child's items stay;
  * - zombie and outbox: the next lease holder redoes the delta and publishes its outputs (deleting
  *   the outbox item); the stale writer's apply does not write the outbox item again, and its
- *   commit is rejected with FencedError (it took effect, but its worker must not publish again).
+ *   commit is rejected with FencedError (it took effect, but its worker must not publish again);
+ * - heartbeat: a holder whose apply (or redo) outlasts the lease TTL keeps its lease, so no other
+ *   invocation takes the shard over meanwhile; a holder whose lease was taken over regardless
+ *   learns it at its next renewal and stops its apply with FencedError, writing nothing more.
+ *
+ * The zombie tests turn the heartbeat off (DynamoBackendOptions.leaseHeartbeat): they model a
+ * writer stalled past its lease, a frozen process that renews nothing.
  *
  * Every test has its own tables: moto's TransactWriteItems deep-copies the table once per action,
  * and its transactions are not isolated from concurrent requests (./moto-transactions.ts, which
  * the client here goes through).
  */
-import { GetItemCommand, PutItemCommand } from '@aws-sdk/client-dynamodb';
+import { GetItemCommand, PutItemCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DeltaApplyMode, DynamoBackend, DynamoCommitStep } from '../../lib/aws/dynamodb-backend.ts';
 import { createBucket } from '../../lib/aws/resources.ts';
@@ -27,6 +33,7 @@ import {
   type Commit,
   FencedError,
   initialCheckpoint,
+  LeaseUnavailableError,
   type Output,
   type ShardCheckpoint,
   type StateMutation,
@@ -48,6 +55,8 @@ beforeAll(async () => {
 afterAll(() => clients?.destroy());
 
 class Crash extends Error {}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 let fixtures = 0;
 /** Fresh tables; its backends apply deltas the `mode` way. */
@@ -86,6 +95,22 @@ async function stateOf(backend: DynamoBackend): Promise<Record<string, string>> 
   return Object.fromEntries([...(await backend.getMany(allKeys))].sort());
 }
 
+/** The lease item of SHARD (owner, leaseExpiresAt, fence, pendingDelta, ...). */
+async function leaseItem(f: BackendTables): Promise<Record<string, string | undefined>> {
+  const res = await clients.dynamodb.send(
+    new GetItemCommand({
+      TableName: f.controlTable,
+      Key: { pk: { S: `${f.job}#0` }, sk: { S: `shard#${SHARD}` } },
+      ConsistentRead: true,
+    }),
+  );
+  return Object.fromEntries(Object.entries(res.Item ?? {}).map(([k, v]) => [k, v.S ?? v.N]));
+}
+
+/** State after deltaCommit(): keys 0..139 hold `v1-i`. */
+const committedState = (): Record<string, string> =>
+  Object.fromEntries(allKeys.slice(0, 140).map((address, i) => [address, `v1-${i}`]));
+
 /** The raw item of a state key (tombstones included), or undefined. */
 async function rawItem(f: BackendTables, address: string): Promise<Record<string, unknown> | undefined> {
   const res = await clients.dynamodb.send(
@@ -113,6 +138,7 @@ async function stalledWriter(f: BackendTables, step: DynamoCommitStep) {
     wake = resolve;
   });
   const zombie = f.open({
+    leaseHeartbeat: false,
     onStep: async (s: DynamoCommitStep) => {
       if (s !== step) return;
       stalled();
@@ -174,8 +200,10 @@ for (const mode of ['transactions', 'items'] as const) {
           );
         }
 
-        // The next lease holder redoes the pending delta.
-        const next = f.open();
+        // The next lease holder redoes the pending delta. Its clock stands still, as the test's
+        // `now`s do: its heartbeat does not move its lease past C's acquisition by the redo's
+        // real duration.
+        const next = f.open({ clock: () => 0 });
         await next.acquireLease(SHARD, 'B', TTL + 1, TTL);
         const expected: Record<string, string> = {};
         for (const [i, address] of allKeys.entries()) {
@@ -342,5 +370,130 @@ for (const mode of ['transactions', 'items'] as const) {
         }
       });
     }
+
+    it('heartbeat: a holder whose apply outlasts the lease keeps it; a takeover attempt meanwhile fails', async () => {
+      const f = await fixture(mode);
+      try {
+        // A's apply stalls halfway for 2.5 TTLs (an apply of very many keys), in real time.
+        let stalled!: () => void;
+        const reached = new Promise<void>((resolve) => {
+          stalled = resolve;
+        });
+        const a = f.open({
+          onStep: async (s: DynamoCommitStep) => {
+            if (s !== 'mid-apply') return;
+            stalled();
+            await sleep(2.5 * TTL);
+          },
+        });
+        const leaseA = await a.acquireLease(SHARD, 'A', Date.now(), TTL);
+        const commitA = a.commit(leaseA, deltaCommit());
+        commitA.catch(() => {});
+        await reached;
+        // Past the expiry A's lease had at acquisition, another invocation tries to take the shard.
+        await sleep(leaseA.expiresAt + TTL / 4 - Date.now());
+        await expect(f.open().acquireLease(SHARD, 'B', Date.now(), TTL)).rejects.toBeInstanceOf(
+          LeaseUnavailableError,
+        );
+        // A's commit completes under its own lease.
+        await commitA;
+        const b = f.open();
+        expect(await stateOf(b)).toEqual(committedState());
+        expect(await leaseItem(f)).toMatchObject({
+          owner: 'A',
+          fence: String(leaseA.fence),
+          commitNumber: '1',
+        });
+        expect((await leaseItem(f)).pendingDelta).toBeUndefined();
+        expect(Number((await leaseItem(f)).leaseExpiresAt)).toBeGreaterThan(leaseA.expiresAt + TTL);
+      } finally {
+        await f.close();
+      }
+    });
+
+    it('heartbeat: a holder whose redo outlasts the lease keeps it; a takeover attempt meanwhile fails', async () => {
+      const f = await fixture(mode);
+      try {
+        // A passes its commit point and dies: the delta is pending.
+        const a = f.open({
+          onStep: (s: DynamoCommitStep) => {
+            if (s === 'after-commit-point') throw new Crash('after the commit point');
+          },
+        });
+        await expect(
+          a.commit(await a.acquireLease(SHARD, 'A', 0, TTL), deltaCommit()),
+        ).rejects.toBeInstanceOf(Crash);
+        // B takes the lease and redoes the delta, stalling halfway for 2.5 TTLs.
+        let stalled!: () => void;
+        const reached = new Promise<void>((resolve) => {
+          stalled = resolve;
+        });
+        const b = f.open({
+          onStep: async (s: DynamoCommitStep) => {
+            if (s !== 'mid-apply') return;
+            stalled();
+            await sleep(2.5 * TTL);
+          },
+        });
+        const acquiredAt = Date.now();
+        const acquiring = b.acquireLease(SHARD, 'B', acquiredAt, TTL);
+        acquiring.catch(() => {});
+        await reached;
+        await sleep(acquiredAt + TTL + TTL / 4 - Date.now());
+        await expect(f.open().acquireLease(SHARD, 'C', Date.now(), TTL)).rejects.toBeInstanceOf(
+          LeaseUnavailableError,
+        );
+        const leaseB = await acquiring;
+        expect(await stateOf(b)).toEqual(committedState());
+        expect(await leaseItem(f)).toMatchObject({ owner: 'B', fence: String(leaseB.fence) });
+        expect((await leaseItem(f)).pendingDelta).toBeUndefined();
+      } finally {
+        await f.close();
+      }
+    });
+
+    it('heartbeat: a holder whose lease was taken over stops its apply with FencedError and writes nothing more', async () => {
+      const f = await fixture(mode);
+      try {
+        // Right after A's commit point, another holder takes the lease by force (a new fence, as
+        // an acquisition would set), and A stalls until its heartbeat has tried to renew.
+        const a = f.open({
+          onStep: async (s: DynamoCommitStep) => {
+            if (s !== 'after-commit-point') return;
+            await clients.dynamodb.send(
+              new UpdateItemCommand({
+                TableName: f.controlTable,
+                Key: { pk: { S: `${f.job}#0` }, sk: { S: `shard#${SHARD}` } },
+                UpdateExpression: 'SET fence = fence + :one, leaseExpiresAt = :zero',
+                ExpressionAttributeValues: { ':one': { N: '1' }, ':zero': { N: '0' } },
+              }),
+            );
+            await sleep(TTL / 3 + TTL / 2);
+          },
+        });
+        const leaseA = await a.acquireLease(SHARD, 'A', Date.now(), TTL);
+        const error = await a.commit(leaseA, deltaCommit()).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(error).toBeInstanceOf(FencedError);
+        // A wrote no state item and no outbox item after the commit point; the delta is still
+        // pending, for the new holder to redo.
+        expect(a.metrics.itemsWritten).toBe(0);
+        expect((error as Error).message).toMatch(
+          /^commit 1 of shard .* stopped: the lease with fence 1 was taken over/,
+        );
+        expect(await stateOf(f.open())).toEqual({});
+        expect(await f.open().unpublishedOutputs(SHARD)).toEqual([]);
+        expect((await leaseItem(f)).pendingDelta).toMatch(/deltas\/.*-1\.json$/);
+        // The next holder redoes it: the commit is complete.
+        const c = f.open();
+        await c.acquireLease(SHARD, 'C', Date.now(), TTL);
+        expect(await stateOf(c)).toEqual(committedState());
+        expect((await c.unpublishedOutputs(SHARD)).map((o) => o.id)).toEqual(outputs(1, 3).map((o) => o.id));
+      } finally {
+        await f.close();
+      }
+    });
   });
 }

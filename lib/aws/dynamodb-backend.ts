@@ -15,7 +15,8 @@
  * conditional on the fence and the previous commit number. Larger commits write one immutable
  * S3 delta, then commit by a conditional update of the lease item pointing at it (the commit
  * point), then apply the delta with version-conditioned writes and clear the pointer. A new
- * lease holder re-applies a pending delta before it reads anything (redo).
+ * lease holder re-applies a pending delta before it reads anything (redo). A heartbeat renews the
+ * lease while a delta is applied or redone, which can take longer than the lease (withHeartbeat).
  */
 import { createHash } from 'node:crypto';
 import {
@@ -118,6 +119,20 @@ export interface DynamoBackendOptions {
    * @default 100 (DynamoDB's limit of actions per TransactWriteItems)
    */
   readonly maxTransactionActions?: number;
+  /**
+   * Renew the lease while a delta is uploaded and applied (commit) or redone (acquireLease), every
+   * third of its TTL: the worker renews only between batches, and an apply can outlast the TTL.
+   * Tests that model a writer stalled past its lease (a frozen process renews nothing) turn it off.
+   * @default true
+   */
+  readonly leaseHeartbeat?: boolean;
+  /**
+   * Measures the time elapsed since a lease was acquired or renewed, for the heartbeat (which
+   * renews to the caller's `now` of then, plus that time, plus the TTL, so it follows whatever
+   * clock the caller passes). Tests with a virtual clock that stands still pass a constant.
+   * @default Date.now
+   */
+  readonly clock?: () => number;
 }
 
 /** See DynamoBackendOptions.deltaApply. */
@@ -225,6 +240,8 @@ interface ApplyOptions {
   readonly kind: 'delta' | 'restore';
   /** Requests in flight. */
   readonly concurrency: number;
+  /** Once aborted, no further write is sent; its reason is thrown (a delta's heartbeat was fenced). */
+  readonly signal?: AbortSignal;
 }
 
 /** The version restored state carries (no `d`): any later commit's condition accepts it. */
@@ -254,6 +271,12 @@ export class DynamoBackend implements StateStore, CheckpointStore {
   private readonly chunkRetry: WriteChunkOptions;
   /** Outbox items committed by this object and not yet marked published: sk -> output ids. */
   private readonly outboxWritten = new Map<string, readonly string[]>();
+  /**
+   * Per shard, the lease this object last acquired or renewed, for the heartbeat (withHeartbeat):
+   * its fence and TTL, the caller's `now` then and this object's clock() then.
+   */
+  private readonly held = new Map<string, { fence: number; ttlMs: number; now: number; at: number }>();
+  private readonly clock: () => number;
   /**
    * Counters, for benchmarks and tests. writeRequests: commit, apply and outbox write requests
    * sent (including conditional writes that failed and cancelled transactions); itemsWritten: the
@@ -300,6 +323,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       ...(options.retry?.sleep !== undefined ? { sleep: options.retry.sleep } : {}),
       ...(options.retry?.random !== undefined ? { random: options.retry.random } : {}),
     };
+    this.clock = options.clock ?? Date.now;
     this.scope = `${options.job}#${options.generation ?? 0}`;
     this.maxAddressBytes = PARTITION_KEY_MAX_BYTES - Buffer.byteLength(`${this.scope}#`);
     this.prefix = `${options.bucketPrefix ?? ''}${options.job}/${options.generation ?? 0}/`;
@@ -399,7 +423,13 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       throw isTransient(error) ? transient('acquiring the lease', error) : error;
     }
     const lease: Lease = { shardId, owner, fence: item.fence!, expiresAt: item.leaseExpiresAt! };
-    if (item.pendingDelta !== undefined) await this.redo(lease, item.pendingDelta);
+    this.hold(lease, now, ttlMs);
+    const pending = item.pendingDelta;
+    if (pending !== undefined) {
+      await this.withHeartbeat(lease, `the redo of delta ${pending}`, (signal) =>
+        this.redo(lease, pending, signal),
+      );
+    }
     return lease;
   }
 
@@ -418,10 +448,12 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       if (isConditionFailure(error)) throw this.fenced(lease);
       throw isTransient(error) ? transient('renewing the lease', error) : error;
     }
+    this.hold(lease, now, ttlMs);
     return { ...lease, expiresAt: now + ttlMs };
   }
 
   async releaseLease(lease: Lease): Promise<void> {
+    if (this.held.get(lease.shardId)?.fence === lease.fence) this.held.delete(lease.shardId);
     try {
       await this.ddb.send(
         new UpdateCommand({
@@ -515,7 +547,9 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     if (actions <= (this.options.maxTransactionActions ?? TRANSACTION_MAX_ACTIONS) && !oversizedItem) {
       await this.commitTransaction(lease, commit, checkpointText, cpRef, outputsText);
     } else {
-      await this.commitDelta(lease, commit, checkpointText, cpRef);
+      await this.withHeartbeat(lease, `commit ${commitNumber}`, (signal) =>
+        this.commitDelta(lease, commit, checkpointText, cpRef, signal),
+      );
     }
     if (commit.outputs.length > 0) this.rememberOutbox(lease.shardId, commitNumber, commit.outputs);
   }
@@ -610,6 +644,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     commit: Commit,
     checkpointText: string,
     cpRef: string | undefined,
+    signal: AbortSignal,
   ): Promise<void> {
     const shardId = lease.shardId;
     const commitNumber = commit.checkpoint.commitNumber;
@@ -623,6 +658,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     // Exists already: an earlier attempt of this same (deterministic) commit under this lease.
     await this.putObjectIfAbsent(key, JSON.stringify(delta), 'a commit delta');
     await this.options.onStep?.('after-delta-upload');
+    signal.throwIfAborted();
     try {
       this.metrics.deltaCommits++;
       this.metrics.writeRequests++;
@@ -636,7 +672,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       } else throw isTransient(error) ? transient('the commit point update', error) : error;
     }
     await this.options.onStep?.('after-commit-point');
-    if (await this.apply(lease, key, delta, commit.checkpoint)) return;
+    if (await this.apply(lease, key, delta, commit.checkpoint, signal)) return;
     // This writer did not finish the delta under its own lease. If a newer lease holder took the
     // shard over (it redoes the delta and publishes its outputs), stop here: the commit took
     // effect, but a worker that went on would publish the outputs from memory once more.
@@ -652,13 +688,15 @@ export class DynamoBackend implements StateStore, CheckpointStore {
    * clears the pointer, if `lease` still holds the shard. Returns false when this writer did not
    * finish the delta under its lease: the delta was no longer pending when its outbox item was
    * due (see writeDeltaOutbox), or the pointer could not be cleared (another holder's fence, or
-   * already cleared).
+   * already cleared). Throws the reason of `signal` (a FencedError: see withHeartbeat) once it is
+   * aborted, before its next write.
    */
   private async apply(
     lease: Lease,
     key: string,
     delta: Delta,
     checkpoint: ShardCheckpoint,
+    signal: AbortSignal,
   ): Promise<boolean> {
     const commitNumber = checkpoint.commitNumber;
     const writerLease = { ...lease, fence: delta.fence };
@@ -677,13 +715,15 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       },
     };
     if ((this.options.deltaApply ?? 'items') === 'transactions') {
-      await this.applyTransactions(items, condition, { kind: 'delta', concurrency: 4 });
+      await this.applyTransactions(items, condition, { kind: 'delta', concurrency: 4, signal });
     } else {
-      await this.applyItems(items, condition, { kind: 'delta', concurrency: 16 });
+      await this.applyItems(items, condition, { kind: 'delta', concurrency: 16, signal });
     }
+    signal.throwIfAborted();
     const pending =
       delta.outputs.length === 0 || (await this.writeDeltaOutbox(lease.shardId, key, delta, commitNumber));
     await this.options.onStep?.('after-apply');
+    signal.throwIfAborted();
     try {
       await this.ddb.send(
         new UpdateCommand({
@@ -778,6 +818,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
   ): Promise<void> {
     let applied = 0;
     await mapLimit(items, options.concurrency, async (item) => {
+      options.signal?.throwIfAborted();
       try {
         this.metrics.writeRequests++;
         this.metrics.itemsWritten++;
@@ -816,6 +857,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
         const outcome = await writeChunk(
           chunk,
           (pending) => {
+            options.signal?.throwIfAborted();
             this.metrics.writeRequests++;
             this.metrics.transactions++;
             if (options.kind === 'delta') this.metrics.applyTransactions++;
@@ -838,9 +880,62 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     });
   }
 
-  private async redo(lease: Lease, key: string): Promise<void> {
+  private async redo(lease: Lease, key: string, signal: AbortSignal): Promise<void> {
     const delta = JSON.parse(await this.getObject(key)) as Delta;
-    await this.apply(lease, key, delta, deserializeCheckpoint(delta.checkpoint));
+    await this.apply(lease, key, delta, deserializeCheckpoint(delta.checkpoint), signal);
+  }
+
+  /**
+   * Runs `work` (a delta commit's upload, commit point and apply, or a redo) while keeping
+   * `lease` alive. The worker renews its lease only between batches; without this, an apply longer
+   * than the TTL (100,000 keys on DynamoDB) lets another invocation take the shard over and redo
+   * the whole delta, which can take as long again, and so on, without progress. Every third of the
+   * TTL, renewLease runs beside the work (fenced on the lease's fence; its `now` is the caller's
+   * `now` at the last acquisition or renewal plus the time elapsed since, so it follows the
+   * caller's clock). When the lease was taken over, `signal` is aborted with a FencedError and
+   * the work stops before its next write rather than write on for nothing. A renewal that fails
+   * otherwise (throttling past the retries) is left to the next one. Runs `work` without a heartbeat when this object did not
+   * acquire or renew `lease` itself (no TTL known) or with leaseHeartbeat false.
+   */
+  private async withHeartbeat<T>(
+    lease: Lease,
+    what: string,
+    work: (signal: AbortSignal) => Promise<T>,
+  ): Promise<T> {
+    const controller = new AbortController();
+    const held = this.held.get(lease.shardId);
+    if (held?.fence !== lease.fence || this.options.leaseHeartbeat === false) return work(controller.signal);
+    let beat = Promise.resolve();
+    const renew = async (): Promise<void> => {
+      if (controller.signal.aborted) return;
+      try {
+        await this.renewLease(lease, held.now + (this.clock() - held.at), held.ttlMs);
+      } catch (error) {
+        if (!(error instanceof FencedError)) return;
+        controller.abort(
+          new FencedError(
+            `${what} of shard ${lease.shardId} stopped: the lease with fence ${lease.fence} was taken over meanwhile (its renewal was rejected). A commit that had passed its commit point took effect: the new lease holder applies its delta and publishes its outputs. Stop this invocation; the new lease holder resumes from the last commit.`,
+            { cause: error },
+          ),
+        );
+      }
+    };
+    // Node runs a timer of over 2^31 - 1 ms after 1 ms instead; a lease that long needs no heartbeat.
+    const every = Math.min(held.ttlMs / 3, 2 ** 31 - 1);
+    const timer = setInterval(() => {
+      beat = beat.then(renew); // one renewal at a time
+    }, every);
+    try {
+      return await work(controller.signal);
+    } finally {
+      clearInterval(timer);
+      await beat; // no renewal outlives the work
+    }
+  }
+
+  /** Records the lease this object acquired or renewed, for withHeartbeat. */
+  private hold(lease: Lease, now: number, ttlMs: number): void {
+    this.held.set(lease.shardId, { fence: lease.fence, ttlMs, now, at: this.clock() });
   }
 
   // ---- Outbox ----
