@@ -894,8 +894,9 @@ export class DynamoBackend implements StateStore, CheckpointStore {
    * `now` at the last acquisition or renewal plus the time elapsed since, so it follows the
    * caller's clock). When the lease was taken over, `signal` is aborted with a FencedError and
    * the work stops before its next write rather than write on for nothing. A renewal that fails
-   * otherwise (throttling past the retries) is left to the next one. Runs `work` without a heartbeat when this object did not
-   * acquire or renew `lease` itself (no TTL known) or with leaseHeartbeat false.
+   * otherwise (throttling past the retries) is left to the next one. Runs `work` without a
+   * heartbeat when this object did not acquire or renew `lease` itself (no TTL known) or with
+   * leaseHeartbeat false.
    */
   private async withHeartbeat<T>(
     lease: Lease,
