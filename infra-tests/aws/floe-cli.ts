@@ -9,6 +9,13 @@ export interface CliResult {
   readonly stderr: string;
 }
 
+/** The test's environment, the endpoints, and `extraEnv` over them (undefined removes a variable). */
+function cliEnv(env: AwsTestEnv, extraEnv: Record<string, string | undefined>): NodeJS.ProcessEnv {
+  const childEnv: Record<string, string | undefined> = { ...process.env, ...awsProcessEnv(env), ...extraEnv };
+  for (const [k, v] of Object.entries(childEnv)) if (v === undefined) delete childEnv[k];
+  return childEnv as NodeJS.ProcessEnv;
+}
+
 /**
  * A `floe(args, extraEnv)` for `env`: the child gets the test's environment, the endpoints, and
  * `extraEnv` over them (an undefined value removes the variable). 2 minutes at most.
@@ -17,15 +24,10 @@ export function floeCli(
   env: AwsTestEnv,
 ): (args: string[], extraEnv?: Record<string, string | undefined>) => CliResult {
   return (args, extraEnv = {}) => {
-    const childEnv: Record<string, string | undefined> = {
-      ...process.env,
-      ...awsProcessEnv(env),
-      ...extraEnv,
-    };
-    for (const [k, v] of Object.entries(childEnv)) if (v === undefined) delete childEnv[k];
+    const childEnv = cliEnv(env, extraEnv);
     const result = spawnSync(process.execPath, ['bin/floe.js', ...args], {
       encoding: 'utf8',
-      env: childEnv as NodeJS.ProcessEnv,
+      env: childEnv,
       timeout: 120_000,
     });
     return { code: result.status, stdout: result.stdout, stderr: result.stderr };
@@ -40,14 +42,9 @@ export function floeCliAsync(
   env: AwsTestEnv,
 ): (args: string[], extraEnv?: Record<string, string | undefined>) => Promise<CliResult> {
   return (args, extraEnv = {}) => {
-    const childEnv: Record<string, string | undefined> = {
-      ...process.env,
-      ...awsProcessEnv(env),
-      ...extraEnv,
-    };
-    for (const [k, v] of Object.entries(childEnv)) if (v === undefined) delete childEnv[k];
+    const childEnv = cliEnv(env, extraEnv);
     const child = spawn(process.execPath, ['bin/floe.js', ...args], {
-      env: childEnv as NodeJS.ProcessEnv,
+      env: childEnv,
       timeout: 120_000,
     });
     let stdout = '';

@@ -5,45 +5,24 @@
  * Kinesis emulator that answers the sink's PutRecords with a 500 (the emulators never fail so).
  */
 import { spawn } from 'node:child_process';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, expect, it } from 'vitest';
 import { createStream } from '../../lib/aws/resources.ts';
 import { putSamplePageViews, samplePageViewsRunArgs } from '../aws/sample-page-views.ts';
 import { awsClients, awsProcessEnv, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
+import { startRequestLog } from '../env/request-log.ts';
 
 const env = await setupAwsTestEnv();
 const clients = awsClients(env);
 afterAll(() => clients.destroy());
 
 /** Forwards to `target`, but answers every PutRecords with a 500 InternalFailure. */
-async function failingPutRecordsProxy(target: string): Promise<{ url: string; close(): void }> {
-  const upstream = new URL(target);
-  const server = http.createServer((req, res) => {
-    if (String(req.headers['x-amz-target']).endsWith('.PutRecords')) {
-      req.resume();
-      res.writeHead(500, { 'content-type': 'application/x-amz-json-1.1' });
-      res.end(JSON.stringify({ __type: 'InternalFailure', message: 'injected by the test proxy' }));
-      return;
-    }
-    const forward = http.request(
-      {
-        host: upstream.hostname,
-        port: upstream.port,
-        path: req.url,
-        method: req.method,
-        headers: req.headers,
-      },
-      (answer) => {
-        res.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(res);
-      },
-    );
-    req.pipe(forward);
+const failingPutRecordsProxy = (target: string) =>
+  startRequestLog(target, {
+    answer: (operation) =>
+      operation === 'PutRecords'
+        ? { status: 500, body: { __type: 'InternalFailure', message: 'injected by the test proxy' } }
+        : undefined,
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, close: () => server.close() };
-}
 
 it.skipIf(!env.endpoints.kinesis?.startsWith('http://'))(
   'says which shard and why while a sink keeps failing transiently',

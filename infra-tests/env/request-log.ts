@@ -29,7 +29,15 @@ export interface RequestLog {
   close(): void;
 }
 
-export async function startRequestLog(target: string): Promise<RequestLog> {
+export interface RequestLogOptions {
+  /**
+   * A reply to send instead of forwarding the request (undefined: forward it), e.g. a 500 for
+   * every PutRecords to inject a transient failure the emulators never produce.
+   */
+  readonly answer?: (operation: string) => { readonly status: number; readonly body: unknown } | undefined;
+}
+
+export async function startRequestLog(target: string, options: RequestLogOptions = {}): Promise<RequestLog> {
   const upstream = new URL(target);
   const requests: LoggedRequest[] = [];
   const server = http.createServer((req, res) => {
@@ -46,6 +54,12 @@ export async function startRequestLog(target: string): Promise<RequestLog> {
         body = undefined;
       }
       requests.push({ operation, body });
+      const answer = options.answer?.(operation);
+      if (answer !== undefined) {
+        res.writeHead(answer.status, { 'content-type': 'application/x-amz-json-1.1' });
+        res.end(JSON.stringify(answer.body));
+        return;
+      }
       const forward = http.request(
         {
           host: upstream.hostname,
