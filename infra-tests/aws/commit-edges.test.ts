@@ -402,6 +402,35 @@ describe('DynamoDB + S3 commit edges', () => {
     });
   });
 
+  it('a delta commit over a key another shard of the same depth committed completes without it, then fails with the co-partitioning error (both apply modes)', async () => {
+    for (const deltaApply of ['items', 'transactions'] as const) {
+      await withTables(async (f) => {
+        const [a, b] = ['shardId-000000000000', 'shardId-000000000001'];
+        const first = await firstLease(f, a);
+        await first.backend.commit(first.lease, firstCommit(a, [{ address: 'op/"k"', value: '"a"' }]));
+        // Shard b's commit of the same key and three of its own takes the delta path.
+        const backend = f.open({ maxTransactionActions: 2, deltaApply });
+        const lease = await backend.acquireLease(b, 'B', 0, TTL);
+        const mutations = ['k', 'b1', 'b2', 'b3'].map((k) => ({ address: `op/"${k}"`, value: '"b"' }));
+        const error = await backend.commit(lease, firstCommit(b, mutations)).catch((e: unknown) => e);
+        expect(error, deltaApply).toBeInstanceOf(ConfigurationError);
+        expect((error as Error).message).toContain(
+          `keyed state entry op/"k" was written by shard ${a} and now by shard ${b}`,
+        );
+        expect(backend.metrics.deltaCommits).toBe(1);
+        // The commit took effect without the key: a's value stays, b's own keys are there.
+        const stored = await f.open().getMany(mutations.map((m) => m.address));
+        expect(Object.fromEntries(stored)).toEqual({
+          'op/"k"': '"a"',
+          'op/"b1"': '"b"',
+          'op/"b2"': '"b"',
+          'op/"b3"': '"b"',
+        });
+        expect((await f.open().readCheckpoint(b))?.commitNumber).toBe(1);
+      });
+    }
+  });
+
   it('refuses an output that is not JSON with a StateSerializationError naming it, storing nothing', async () => {
     const shard = 'shardId-000000000000';
     await withTables(async (f) => {

@@ -343,12 +343,30 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     reader?: StateReader,
   ): Promise<Map<StateAddress, string>> {
     const out = new Map<StateAddress, string>();
+    const foreign = await this.readStateItems(addresses, reader, true, (address, v) => out.set(address, v));
+    if (foreign !== undefined)
+      throw coPartitioningError(foreign.address, foreign.shard, reader!.shardId, 'read');
+    return out;
+  }
+
+  /**
+   * BatchGetItem of state items (100 per call, 8 in flight, unprocessed keys retried), calling
+   * `onValue` for each value (when `values`). Returns an item another shard of `reader`'s depth
+   * wrote, if any (see getMany).
+   */
+  private async readStateItems(
+    addresses: readonly StateAddress[],
+    reader: StateReader | undefined,
+    values: boolean,
+    onValue: (address: StateAddress, value: string) => void,
+  ): Promise<{ address: StateAddress; shard: string } | undefined> {
     let foreign: { address: StateAddress; shard: string } | undefined;
     // An address too long for a partition key holds nothing (no commit can write it), and
     // DynamoDB would refuse the whole request over it.
     const unique = [...new Set(addresses)].filter((a) => Buffer.byteLength(a) <= this.maxAddressBytes);
     const chunks: string[][] = [];
     for (let i = 0; i < unique.length; i += 100) chunks.push(unique.slice(i, i + 100));
+    const projection = ['pk', ...(values ? ['v'] : []), ...(reader === undefined ? [] : ['sh', 'd'])];
     await mapLimit(chunks, 8, async (chunk) => {
       let keys: Array<Record<string, unknown>> = chunk.map((a) => ({ pk: `${this.scope}#${a}` }));
       for (let attempt = 0; keys.length > 0; attempt++) {
@@ -360,7 +378,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
               [this.options.stateTable]: {
                 Keys: keys,
                 ConsistentRead: true,
-                ProjectionExpression: reader === undefined ? 'pk, v' : 'pk, v, sh, d',
+                ProjectionExpression: projection.join(', '),
               },
             },
           }),
@@ -376,17 +394,14 @@ export class DynamoBackend implements StateStore, CheckpointStore {
           ) {
             foreign ??= { address, shard: item.sh };
           }
-          if (typeof item.v === 'string') out.set(address, item.v);
+          if (typeof item.v === 'string') onValue(address, item.v);
         }
         keys = (res.UnprocessedKeys?.[this.options.stateTable]?.Keys ?? []) as Array<Record<string, unknown>>;
         if (attempt > 12 && keys.length > 0)
           throw new TransientBackendError('BatchGetItem kept returning unprocessed keys');
       }
     });
-    if (foreign !== undefined && reader !== undefined) {
-      throw coPartitioningError(foreign.address, foreign.shard, reader.shardId, 'read');
-    }
-    return out;
+    return foreign;
   }
 
   // ---- Leases ----
@@ -703,22 +718,23 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     const items = delta.mutations.map((m) => this.stateItem(m, writerLease, checkpoint));
     // A stale writer (a zombie applying an old delta) never overwrites newer state: an item of a
     // deeper shard (a descendant: the key's newer owner), or of this shard's later commits.
-    // Items without `d` (restored from a savepoint) are older than any commit.
+    // Items without `d` (restored from a savepoint) are older than any commit. Nor does it write
+    // over another shard of its depth (co-partitioning: see getMany); that is reported below.
+    const depth = depthOf(checkpoint);
     const condition = {
       ConditionExpression:
-        'attribute_not_exists(pk) OR attribute_not_exists(d) OR d < :d OR (d = :d AND (sh <> :sh OR f < :f OR (f = :f AND c <= :c)))',
+        'attribute_not_exists(pk) OR attribute_not_exists(d) OR d < :d OR (d = :d AND sh = :sh AND (f < :f OR (f = :f AND c <= :c)))',
       ExpressionAttributeValues: {
-        ':d': depthOf(checkpoint),
+        ':d': depth,
         ':sh': lease.shardId,
         ':f': delta.fence,
         ':c': commitNumber,
       },
     };
-    if ((this.options.deltaApply ?? 'items') === 'transactions') {
-      await this.applyTransactions(items, condition, { kind: 'delta', concurrency: 4, signal });
-    } else {
-      await this.applyItems(items, condition, { kind: 'delta', concurrency: 16, signal });
-    }
+    const skipped =
+      (this.options.deltaApply ?? 'items') === 'transactions'
+        ? await this.applyTransactions(items, condition, { kind: 'delta', concurrency: 4, signal })
+        : await this.applyItems(items, condition, { kind: 'delta', concurrency: 16, signal });
     signal.throwIfAborted();
     const pending =
       delta.outputs.length === 0 || (await this.writeDeltaOutbox(lease.shardId, key, delta, commitNumber));
@@ -739,6 +755,16 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     } catch (error) {
       if (!isConditionFailure(error)) throw error;
       return false;
+    }
+    // The commit is complete, but without the state of any key another shard of this depth wrote
+    // (a skipped item is mostly newer state of this shard's or a descendant's): stop rather than
+    // go on from a cached copy the table does not hold.
+    if (skipped.length > 0) {
+      const reader = { shardId: lease.shardId, depth };
+      const addresses = skipped.map((pk) => pk.slice(this.scope.length + 1));
+      const foreign = await this.readStateItems(addresses, reader, false, () => {});
+      if (foreign !== undefined)
+        throw coPartitioningError(foreign.address, foreign.shard, lease.shardId, 'write');
     }
     return pending;
   }
@@ -815,8 +841,9 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     items: readonly Record<string, unknown>[],
     condition: ApplyCondition,
     options: ApplyOptions,
-  ): Promise<void> {
+  ): Promise<string[]> {
     let applied = 0;
+    const skipped: string[] = [];
     await mapLimit(items, options.concurrency, async (item) => {
       options.signal?.throwIfAborted();
       try {
@@ -827,11 +854,13 @@ export class DynamoBackend implements StateStore, CheckpointStore {
         if (!isConditionFailure(error))
           throw isTransient(error) ? transient(applyWhat(options), error) : error;
         this.metrics.skippedNewer++;
+        skipped.push(item.pk as string);
       }
       if (++applied === Math.ceil(items.length / 2) && options.kind === 'delta') {
         await this.options.onStep?.('mid-apply');
       }
     });
+    return skipped;
   }
 
   /**
@@ -844,8 +873,9 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     items: readonly Record<string, unknown>[],
     condition: ApplyCondition,
     options: ApplyOptions,
-  ): Promise<void> {
+  ): Promise<string[]> {
     const table = this.options.stateTable;
+    const skipped: string[] = [];
     const chunks = planChunks(items, itemBytes, {
       maxActions: TRANSACTION_MAX_ACTIONS,
       maxBytes: TRANSACTION_MAX_BYTES - 100_000,
@@ -871,6 +901,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
           this.chunkRetry,
         );
         this.metrics.skippedNewer += outcome.skipped;
+        for (const item of outcome.skippedItems) skipped.push(item.pk as string);
       } catch (error) {
         throw isTransient(error) ? transient(applyWhat(options), error) : error;
       }
@@ -878,6 +909,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
         await this.options.onStep?.('mid-apply');
       }
     });
+    return skipped;
   }
 
   private async redo(lease: Lease, key: string, signal: AbortSignal): Promise<void> {

@@ -98,7 +98,7 @@ describe('writeChunk', () => {
       range(5).map((key) => ({ key, version: 1 })),
       table.send,
     );
-    expect(outcome).toEqual({ requests: 1, itemsSent: 5, skipped: 0 });
+    expect(outcome).toEqual({ requests: 1, itemsSent: 5, skipped: 0, skippedItems: [] });
     expect([...stored.keys()].sort()).toEqual(range(5));
   });
 
@@ -116,7 +116,15 @@ describe('writeChunk', () => {
       [0, 1, 2, 3, 4],
       [0, 2, 4],
     ]);
-    expect(outcome).toEqual({ requests: 2, itemsSent: 8, skipped: 2 });
+    expect(outcome).toEqual({
+      requests: 2,
+      itemsSent: 8,
+      skipped: 2,
+      skippedItems: [
+        { key: 1, version: 2 },
+        { key: 3, version: 2 },
+      ],
+    });
     expect([...stored.entries()].sort((a, b) => a[0] - b[0])).toEqual([
       [0, 2],
       [1, 9],
@@ -133,7 +141,8 @@ describe('writeChunk', () => {
       range(3).map((key) => ({ key, version: 2 })),
       table.send,
     );
-    expect(outcome).toEqual({ requests: 1, itemsSent: 3, skipped: 3 });
+    expect(outcome).toMatchObject({ requests: 1, itemsSent: 3, skipped: 3 });
+    expect(outcome.skippedItems.map((i) => i.key)).toEqual([0, 1, 2]);
     expect(table.sent).toHaveLength(1);
   });
 
@@ -150,7 +159,7 @@ describe('writeChunk', () => {
       random: () => 0.999,
       baseDelayMs: 10,
     });
-    expect(outcome).toEqual({ requests: 3, itemsSent: 6, skipped: 0 });
+    expect(outcome).toEqual({ requests: 3, itemsSent: 6, skipped: 0, skippedItems: [] });
     expect(waits).toEqual([10, 20]);
 
     const always = async () => {

@@ -57,13 +57,15 @@ export function planChunks<T>(items: readonly T[], sizeOf: (item: T) => number, 
   return chunks;
 }
 
-export interface ChunkOutcome {
+export interface ChunkOutcome<T = unknown> {
   /** Transactions sent (including cancelled ones). */
   readonly requests: number;
   /** Items carried by the transactions sent. */
   readonly itemsSent: number;
   /** Items left out because their condition failed. */
   readonly skipped: number;
+  /** Those items. */
+  readonly skippedItems: readonly T[];
 }
 
 export interface WriteChunkOptions {
@@ -116,14 +118,14 @@ export async function writeChunk<T>(
   items: readonly T[],
   send: (items: readonly T[]) => Promise<unknown>,
   options: WriteChunkOptions = {},
-): Promise<ChunkOutcome> {
+): Promise<ChunkOutcome<T>> {
   const maxRetries = options.maxTransientRetries ?? 5;
   const sleep = options.sleep ?? defaultSleep;
   const random = options.random ?? Math.random;
   let pending = items;
   let requests = 0;
   let itemsSent = 0;
-  let skipped = 0;
+  const skippedItems: T[] = [];
   let transientRetries = 0;
   while (pending.length > 0) {
     requests++;
@@ -135,7 +137,7 @@ export async function writeChunk<T>(
       const cancellation = cancellationOf(error, pending.length);
       if (cancellation === undefined) throw error;
       if (cancellation.conditionFailed.size > 0) {
-        skipped += cancellation.conditionFailed.size;
+        skippedItems.push(...pending.filter((_, i) => cancellation.conditionFailed.has(i)));
         pending = pending.filter((_, i) => !cancellation.conditionFailed.has(i));
       }
       if (cancellation.transient) {
@@ -145,5 +147,5 @@ export async function writeChunk<T>(
       }
     }
   }
-  return { requests, itemsSent, skipped };
+  return { requests, itemsSent, skipped: skippedItems.length, skippedItems };
 }
