@@ -629,8 +629,8 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       if (foreign !== undefined && foreign >= 0) {
         // Only a state item's condition failed, and the commit point's held: not fenced.
         const address = commit.mutations[foreign]!.address;
-        const writer = await this.stateWriter(address);
-        throw coPartitioningError(address, writer ?? 'another shard', shardId, 'write');
+        const writer = await this.readStateItems([address], { shardId, depth }, false, () => {});
+        throw coPartitioningError(address, writer?.shard ?? 'another shard', shardId, 'write');
       }
       if (isConditionFailure(error)) {
         if (await this.alreadyCommitted(lease, commitNumber, checkpointText)) return; // an earlier attempt succeeded
@@ -638,20 +638,6 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       }
       throw isTransient(error) ? transient('the commit transaction', error) : error;
     }
-  }
-
-  /** The shard that last wrote a state item (for an error message). */
-  private async stateWriter(address: StateAddress): Promise<string | undefined> {
-    const res = await this.ddb.send(
-      new GetCommand({
-        TableName: this.options.stateTable,
-        Key: { pk: `${this.scope}#${address}` },
-        ProjectionExpression: 'sh',
-        ConsistentRead: true,
-      }),
-    );
-    const sh = res.Item?.sh;
-    return typeof sh === 'string' ? sh : undefined;
   }
 
   private async commitDelta(
