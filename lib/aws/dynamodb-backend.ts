@@ -283,7 +283,8 @@ export class DynamoBackend implements StateStore, CheckpointStore {
    * items those requests carried; transactions: the TransactWriteItems requests of commits and
    * delta chunks, of which applyTransactions applied delta chunks (the outbox writes of delta
    * applies are TransactWriteItems too, counted in writeRequests only); skippedNewer: delta items
-   * not written because the stored item was newer; outboxSkipped: outbox items of delta applies
+   * not written because the stored item was newer (or another shard's of the same depth, which
+   * then fails the commit: co-partitioning); outboxSkipped: outbox items of delta applies
    * not written because the delta was no longer pending or the item existed; deltaCommits:
    * commits that took the S3 delta path.
    */
