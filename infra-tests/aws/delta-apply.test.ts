@@ -152,6 +152,25 @@ async function stalledWriter(f: BackendTables, step: DynamoCommitStep) {
   return { zombie, leaseA, zombieCommit, wake };
 }
 
+/**
+ * A backend on `f` whose apply (a commit's or a redo's) stalls halfway for 2.5 TTLs, in real
+ * time, with the heartbeat on; `reached` resolves when it stalls.
+ */
+function slowApplier(f: BackendTables): { backend: DynamoBackend; reached: Promise<void> } {
+  let stalled!: () => void;
+  const reached = new Promise<void>((resolve) => {
+    stalled = resolve;
+  });
+  const backend = f.open({
+    onStep: async (s: DynamoCommitStep) => {
+      if (s !== 'mid-apply') return;
+      stalled();
+      await sleep(2.5 * TTL);
+    },
+  });
+  return { backend, reached };
+}
+
 for (const mode of ['transactions', 'items'] as const) {
   describe(`delta apply: ${mode}`, () => {
     it('partial redo: items already newer are left untouched, the others are applied', async () => {
@@ -375,17 +394,7 @@ for (const mode of ['transactions', 'items'] as const) {
       const f = await fixture(mode);
       try {
         // A's apply stalls halfway for 2.5 TTLs (an apply of very many keys), in real time.
-        let stalled!: () => void;
-        const reached = new Promise<void>((resolve) => {
-          stalled = resolve;
-        });
-        const a = f.open({
-          onStep: async (s: DynamoCommitStep) => {
-            if (s !== 'mid-apply') return;
-            stalled();
-            await sleep(2.5 * TTL);
-          },
-        });
+        const { backend: a, reached } = slowApplier(f);
         const leaseA = await a.acquireLease(SHARD, 'A', Date.now(), TTL);
         const commitA = a.commit(leaseA, deltaCommit());
         commitA.catch(() => {});
@@ -424,17 +433,7 @@ for (const mode of ['transactions', 'items'] as const) {
           a.commit(await a.acquireLease(SHARD, 'A', 0, TTL), deltaCommit()),
         ).rejects.toBeInstanceOf(Crash);
         // B takes the lease and redoes the delta, stalling halfway for 2.5 TTLs.
-        let stalled!: () => void;
-        const reached = new Promise<void>((resolve) => {
-          stalled = resolve;
-        });
-        const b = f.open({
-          onStep: async (s: DynamoCommitStep) => {
-            if (s !== 'mid-apply') return;
-            stalled();
-            await sleep(2.5 * TTL);
-          },
-        });
+        const { backend: b, reached } = slowApplier(f);
         const acquiredAt = Date.now();
         const acquiring = b.acquireLease(SHARD, 'B', acquiredAt, TTL);
         acquiring.catch(() => {});
