@@ -58,6 +58,11 @@ export function oneOf<T extends string>(
   return value as T;
 }
 
+/** The --backend value: embedded (the default) or aws, else a usage error. */
+export function backendKind(values: { readonly backend?: string | undefined }): 'embedded' | 'aws' {
+  return oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
+}
+
 /**
  * A job id given as `flag` (`--job`, `--as-job`), or undefined when the flag is absent: a value
  * that is not a job id is a usage error naming the flag and saying what a job id is.

@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { asStateMigration, compile, type StateMigration } from '../core/index.ts';
 import { prepareTimestampReplay, readManifest, restoreSavepoint } from '../runtime/savepoints.ts';
 import {
+  backendKind,
   formatCount,
   formatTime,
   jobIdFlag,
@@ -97,7 +98,7 @@ export async function runReplay(args: string[]): Promise<number> {
   const asJob = jobIdFlag('--as-job', values['as-job']);
   const jobFlag = jobIdFlag('--job', values.job);
   // The options for the run are checked before anything is restored, as 'floe run' checks them.
-  const backend = oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
+  const backend = backendKind(values);
   checkBackendFlags(backend, { sink: values.sink });
   positiveInt('--batch-size', values['batch-size'], 1000, MAX_BATCH_SIZE);
   nonNegativeInt('--commit-interval', values['commit-interval'], 0);

@@ -9,6 +9,7 @@ import { jobStatus } from '../embedded/status.ts';
 import { runJob } from '../runtime/local-runner.ts';
 import { DEFAULT_MAX_CACHED_KEYS } from '../runtime/worker.ts';
 import {
+  backendKind,
   bar,
   checkedRetryLine,
   formatCount,
@@ -158,7 +159,7 @@ export async function runRun(args: string[]): Promise<number> {
       `run takes exactly one pipeline module; received ${positionals.length}. See 'floe run --help'.`,
     );
   }
-  const backend = oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
+  const backend = backendKind(values);
   checkBackendFlags(backend, values);
   const jobFlag = jobIdFlag('--job', values.job);
   const batchSize = positiveInt('--batch-size', values['batch-size'], 1000, MAX_BATCH_SIZE);

@@ -3,7 +3,7 @@ import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { defaultSavepointDir, embeddedSavepointBackend } from '../embedded/savepoints.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import type { SavepointBackend, SavepointProgress, SavepointStep } from '../runtime/savepoints.ts';
-import { bar, formatCount, oneOf } from './args.ts';
+import { backendKind, bar, formatCount } from './args.ts';
 
 /** Options every savepoint/replay command accepts (parseArgs definitions). */
 export const BACKEND_OPTIONS = {
@@ -39,11 +39,6 @@ export interface OpenedBackend {
   /** Arguments that make `floe run` use the same backend and resources. */
   readonly runArgs: readonly string[];
   close(): Promise<void>;
-}
-
-/** The --backend value: embedded (the default) or aws, else a usage error. */
-export function backendKind(values: BackendValues): 'embedded' | 'aws' {
-  return oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
 }
 
 /**

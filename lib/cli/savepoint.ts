@@ -17,6 +17,7 @@ import {
   verifySavepoint,
 } from '../runtime/savepoints.ts';
 import {
+  backendKind,
   checkGenerationFlag,
   formatCount,
   formatTime,
@@ -30,7 +31,6 @@ import { loadPipeline } from './load-pipeline.ts';
 import {
   BACKEND_HELP,
   BACKEND_OPTIONS,
-  backendKind,
   describeManifest,
   faultHook,
   formatBytes,

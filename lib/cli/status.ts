@@ -4,7 +4,7 @@ import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { SqliteJobStore } from '../embedded/job-store.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import { jobStatus } from '../embedded/status.ts';
-import { formatCount, formatTime, jobIdFlag, nonNegativeInt, oneOf, UsageError } from './args.ts';
+import { backendKind, formatCount, formatTime, jobIdFlag, nonNegativeInt, UsageError } from './args.ts';
 
 export const STATUS_HELP = `floe status --job <id> [--backend embedded|aws] [--stream <name>] [options] [--json]
 
@@ -50,7 +50,7 @@ export async function runStatus(args: string[]): Promise<number> {
     throw new UsageError(`status takes no positional arguments; received "${positionals[0]}"`);
   if (values.job === undefined) throw new UsageError('status needs --job <id>');
   const job = jobIdFlag('--job', values.job);
-  const backend = oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
+  const backend = backendKind(values);
   if (backend === 'aws') {
     if (values['data-dir'] !== undefined)
       throw new UsageError('--data-dir is for the embedded backend; on --backend aws name the resources');
