@@ -47,7 +47,7 @@ import {
   describeValue,
   deserializeCheckpoint,
   FencedError,
-  isInternalAddress,
+  isTimerChunkAddress,
   type Lease,
   LeaseUnavailableError,
   type Output,
@@ -391,7 +391,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
             item.d === reader.depth &&
             typeof item.sh === 'string' &&
             item.sh !== reader.shardId &&
-            !isInternalAddress(address)
+            !isTimerChunkAddress(address)
           ) {
             foreign ??= { address, shard: item.sh };
           }
@@ -595,7 +595,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
     for (const m of commit.mutations) {
       const item = this.stateItem(m, lease, commit.checkpoint);
       items.push({
-        Put: isInternalAddress(m.address)
+        Put: isTimerChunkAddress(m.address)
           ? { TableName: this.options.stateTable, Item: item }
           : // Co-partitioning: never over an item another shard of this depth wrote (it cannot be
             // an ancestor's or a descendant's, which differ in depth; see getMany).

@@ -68,14 +68,6 @@ export interface StateStore {
 }
 
 /**
- * Whether an address is floe's own (timer chunks, `floe.timers/...`: operator uids starting with
- * `floe.` are reserved), which belongs to one shard by name rather than to a stream key.
- */
-export function isInternalAddress(address: StateAddress): boolean {
-  return address.startsWith('floe.');
-}
-
-/**
  * The error for a keyed state entry that two shards write, neither descending from the other:
  * the pipeline's keyBy does not follow the stream's partition key.
  */

@@ -8,7 +8,12 @@
  * shard (a split or merge child takes over its parents' keys) fails the commit before anything
  * is written.
  */
-import { coPartitioningError, isInternalAddress, type ShardInfo, type StateMutation } from '../core/index.ts';
+import {
+  coPartitioningError,
+  isTimerChunkAddress,
+  type ShardInfo,
+  type StateMutation,
+} from '../core/index.ts';
 
 /** Entries remembered at most; beyond that only remembered entries are checked (memory stays bounded). */
 const MAX_TRACKED_ENTRIES = 200_000;
@@ -27,7 +32,8 @@ export class CoPartitioningCheck {
 
   /** Throws a ConfigurationError if `shardId` writes an entry another, unrelated shard wrote. */
   check(shardId: string, mutations: readonly StateMutation[]): void {
-    const keyed = mutations.filter((m) => !isInternalAddress(m.address));
+    // Timer chunks (`floe.timers/...`) belong to one shard by name, not to a stream key.
+    const keyed = mutations.filter((m) => !isTimerChunkAddress(m.address));
     for (const m of keyed) {
       const previous = this.writers.get(m.address);
       if (previous === undefined || previous === shardId || this.descends(shardId, previous)) continue;
