@@ -20,13 +20,8 @@ import {
 } from '../core/index.ts';
 import { coordinateRound, startOfShard } from '../runtime/coordinator.ts';
 import { RoutingSink } from '../runtime/routing-sink.ts';
-import { WarmTasks } from '../runtime/warm-tasks.ts';
-import {
-  DEFAULT_MAX_CACHED_KEYS,
-  emptyWorkerResult,
-  runShardWorker,
-  type WorkerResult,
-} from '../runtime/worker.ts';
+import { taskKeyLimit, WarmTasks } from '../runtime/warm-tasks.ts';
+import { emptyWorkerResult, runShardWorker, type WorkerResult } from '../runtime/worker.ts';
 import { type AwsClientsBundle, type AwsJobConfig, awsClients, awsJobConfigFromEnv } from './job.ts';
 import { openAwsJobFromRecord } from './run-job.ts';
 import { WorkerMetrics } from './worker-metrics.ts';
@@ -47,15 +42,6 @@ export interface HandlerDeps {
   readonly logger?: Logger;
   /** Worker metrics sink. @default - Powertools Metrics in namespace POWERTOOLS_METRICS_NAMESPACE (else 'Floe') */
   readonly metrics?: Metrics;
-}
-
-/** The WarmTasks limits of a worker container running `plan` with this cache limit. */
-export function warmTaskLimits(
-  plan: PipelinePlan,
-  maxCachedKeys = DEFAULT_MAX_CACHED_KEYS,
-): { maxKeys: number; maxTotalKeys: number } {
-  const keys = maxCachedKeys * Math.max(1, plan.operators.length);
-  return { maxKeys: keys, maxTotalKeys: keys };
 }
 
 /** Time kept back from the Lambda timeout to commit the last batch and release the lease. */
@@ -82,7 +68,10 @@ export function createWorkerHandler(deps: HandlerDeps) {
     // A container may run any shard of the job, one at a time: the tasks it keeps together cache
     // at most what one invocation may (maxCachedKeys per keyed operator), so its memory stays
     // within twice one invocation's state however many shards it has served.
-    warmTasks ??= new WarmTasks(warmTaskLimits(plan, config.maxCachedKeys));
+    if (warmTasks === undefined) {
+      const keys = taskKeyLimit(plan, config.maxCachedKeys);
+      warmTasks = new WarmTasks({ maxKeys: keys, maxTotalKeys: keys });
+    }
     const clients = (deps.clients ?? awsClients)();
     logger.appendKeys({ job: config.job, shardId: event.shardId });
     const metrics = new WorkerMetrics({

@@ -7,7 +7,7 @@ import { type Commit, FencedError, FloeError, type Lease } from '../core/index.t
 import { CoPartitioningCheck } from './co-partitioning.ts';
 import { runnableShards, shardsAndCheckpoints } from './coordinator.ts';
 import type { JobRuntime, ShardProgress, WorkerOptions } from './job.ts';
-import { WarmTasks } from './warm-tasks.ts';
+import { taskKeyLimit, WarmTasks } from './warm-tasks.ts';
 import { emptyWorkerResult, publishPending, runShardWorker, type WorkerResult } from './worker.ts';
 
 export interface RunOptions extends Omit<WorkerOptions, 'owner' | 'untilIdle'> {
@@ -22,8 +22,9 @@ export interface RunOptions extends Omit<WorkerOptions, 'owner' | 'untilIdle'> {
   /** Called while the job control pauses the job (a savepoint is being taken). */
   readonly onPaused?: (reason: string) => void;
   /**
-   * Tasks kept between rounds (see warm-tasks.ts). @default a new WarmTasks for this run: a
-   * shard's next round goes on with its task unless another owner committed in between
+   * Tasks kept between rounds (see warm-tasks.ts). @default a new WarmTasks for this run, keeping
+   * tasks that cache up to maxCachedKeys per keyed operator: a shard's next round goes on with
+   * its task unless another owner committed in between
    */
   readonly warmTasks?: WarmTasks;
 }
@@ -41,7 +42,9 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 
 export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise<RunSummary> {
   const owner = options.owner ?? `local-${process.pid}`;
-  const warmTasks = options.warmTasks ?? new WarmTasks();
+  // Every shard runs in this process at once, so only each task's own cache is bounded.
+  const warmTasks =
+    options.warmTasks ?? new WarmTasks({ maxKeys: taskKeyLimit(job.plan, options.maxCachedKeys) });
   // Every shard runs here, so keyed state written by two unrelated shards can be caught.
   const coPartitioning = new CoPartitioningCheck();
   const checked: JobRuntime = { ...job, backend: checkedBackend(job.backend, coPartitioning) };

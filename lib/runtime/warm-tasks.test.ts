@@ -14,13 +14,14 @@ import {
   MemoryBackend,
   type Output,
   type PipelinePlan,
+  pipeline,
   type StateAddress,
 } from '../core/index.ts';
 import { clickstream } from './clickstream.ts';
 import type { JobRuntime } from './job.ts';
 import { MemoryStream } from './testing/memory-stream.ts';
-import { WarmTasks } from './warm-tasks.ts';
-import { runShardWorker, type WorkerResult } from './worker.ts';
+import { taskKeyLimit, WarmTasks } from './warm-tasks.ts';
+import { DEFAULT_MAX_CACHED_KEYS, runShardWorker, type WorkerResult } from './worker.ts';
 
 const T0 = Date.UTC(2026, 0, 2);
 const plan: PipelinePlan = compile(pageViews);
@@ -239,5 +240,28 @@ describe('warm tasks', () => {
       ),
       { numRuns: 15, seed: 20261126 },
     );
+  });
+});
+
+describe('taskKeyLimit', () => {
+  it('allows maxCachedKeys per keyed operator', () => {
+    const onePlan = compile(pageViews);
+    expect(onePlan.operators).toHaveLength(1);
+    expect(taskKeyLimit(onePlan)).toBe(DEFAULT_MAX_CACHED_KEYS);
+    expect(taskKeyLimit(onePlan, 500_000)).toBe(500_000);
+
+    const two = pipeline('two-operators');
+    const events = two.source<{ k: string; n: number }>();
+    events
+      .keyBy((e) => e.k)
+      .process({ processElement: (e, ctx) => ctx.emit(e.n) })
+      .sink('a');
+    events
+      .keyBy((e) => e.k)
+      .process({ processElement: (e, ctx) => ctx.emit(-e.n) })
+      .sink('b');
+    const twoPlan = compile(two);
+    expect(twoPlan.operators).toHaveLength(2);
+    expect(taskKeyLimit(twoPlan, 1_000)).toBe(2_000);
   });
 });

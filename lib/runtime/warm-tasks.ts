@@ -17,6 +17,7 @@ import {
   serializeCheckpoint,
   wholeNumberOption,
 } from '../core/index.ts';
+import { DEFAULT_MAX_CACHED_KEYS } from './worker.ts';
 
 export interface WarmTasksOptions {
   /**
@@ -32,6 +33,15 @@ export interface WarmTasksOptions {
   readonly maxTotalKeys?: number;
   /** Tasks kept at most; the least recently kept is dropped first. @default 64 */
   readonly maxTasks?: number;
+}
+
+/**
+ * Keys a shard's task caches at most when it runs `plan` with this per-operator cache limit
+ * (WorkerOptions.maxCachedKeys): the limit a kept task must fit, so raising the cache limit, or
+ * adding keyed operators, does not stop tasks from being kept.
+ */
+export function taskKeyLimit(plan: PipelinePlan, maxCachedKeys = DEFAULT_MAX_CACHED_KEYS): number {
+  return maxCachedKeys * Math.max(1, plan.operators.length);
 }
 
 export interface WarmTaskStats {
