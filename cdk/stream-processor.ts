@@ -139,10 +139,12 @@ export interface StreamProcessorProps {
   readonly commitInterval?: Duration;
 
   /**
-   * How a worker applies the delta of a large commit (over 100 write actions or 4 MB: the state
-   * mutations and outputs go to S3 first and are committed by one conditional update of the
-   * checkpoint) to the state table. The commit is durable and exactly once either way, and both
-   * write every item under the same version condition (a stale writer never overwrites newer state).
+   * How a worker applies the delta of a large commit to the state table. A commit is large when
+   * it has over 100 write actions, about 3.9 MB, or outputs over one 350 KB outbox item
+   * (docs/protocol.md); its state mutations and outputs go to S3 first and are committed by one
+   * conditional update of the checkpoint. The commit is durable and exactly once either way, and
+   * both write every item under the same version condition (a stale writer never overwrites
+   * newer state).
    *
    * - `'items'`: one conditional PutItem per changed key, 16 in flight; 1 WCU per KB written.
    * - `'transactions'`: TransactWriteItems of up to 100 keys (under 4 MB), 4 in flight. Each

@@ -11,12 +11,13 @@
  *           checkpoints; `${commit}-restored-${hash}.json` when imported from a savepoint)
  * Objects are written with If-None-Match, so no writer replaces another's.
  *
- * Small commits (<= 100 actions, < 4 MB) are one TransactWriteItems whose lease update is
- * conditional on the fence and the previous commit number. Larger commits write one immutable
- * S3 delta, then commit by a conditional update of the lease item pointing at it (the commit
- * point), then apply the delta with version-conditioned writes and clear the pointer. A new
- * lease holder re-applies a pending delta before it reads anything (redo). A heartbeat renews the
- * lease while a delta is applied or redone, which can take longer than the lease (withHeartbeat).
+ * Small commits (<= 100 actions, under 3.9 MB, outputs that fit one 350 KB outbox item) are one
+ * TransactWriteItems whose lease update is conditional on the fence and the previous commit
+ * number. Larger commits write one immutable S3 delta, then commit by a conditional update of
+ * the lease item pointing at it (the commit point), then apply the delta with version-conditioned
+ * writes and clear the pointer. A new lease holder re-applies a pending delta before it reads
+ * anything (redo). A heartbeat renews the lease while a delta is applied or redone, which can
+ * take longer than the lease (withHeartbeat).
  */
 import { createHash } from 'node:crypto';
 import {
