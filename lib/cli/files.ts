@@ -1,7 +1,7 @@
 /**
  * The files the floe commands read and write (`--input`, `--file`, `--output`, pipeline and
  * migration modules), with one clear line for every way opening them can fail: missing, a
- * directory (both usage errors, exit 2), unreadable, no such directory.
+ * directory, no such directory (usage errors, exit 2), unreadable.
  */
 import { createReadStream, type Stats, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
@@ -102,8 +102,9 @@ export interface OutputFile {
 }
 
 /**
- * Refuses an output path that is a directory: a usage error (exit 2), as an output that is the
- * input file is. Commands call it before they start, openOutput again when it opens the file.
+ * Refuses an output path that is a directory, or whose directory does not exist: usage errors
+ * (exit 2), as an output that is the input file is. Commands call it before they start,
+ * openOutput again when it opens the file.
  */
 export function checkOutputPath(path: string, flag: string): void {
   if (statOf(path)?.isDirectory()) {
@@ -111,11 +112,18 @@ export function checkOutputPath(path: string, flag: string): void {
       `${flag} ${path} is a directory; pass a file path, e.g. ${join(path, 'out.ndjson')}`,
     );
   }
+  const parent = dirname(path);
+  const parentStats = statOf(parent);
+  if (parentStats === undefined || !parentStats.isDirectory()) {
+    throw new UsageError(
+      `cannot write ${flag} ${path}: ${parentStats === undefined ? 'there is no directory' : 'not a directory:'} ${parent}; create it first or pass another path`,
+    );
+  }
 }
 
 /**
  * Creates (or truncates) an output file. Refuses a directory, a file in a directory that does
- * not exist and `inputPath` itself (which truncating would destroy) before touching anything.
+ * not exist (checkOutputPath) and `inputPath` itself (which truncating would destroy) before touching anything.
  */
 export async function openOutput(path: string, flag: string, inputPath?: string): Promise<OutputFile> {
   checkOutputPath(path, flag);
@@ -127,13 +135,6 @@ export async function openOutput(path: string, flag: string, inputPath?: string)
         `${flag} ${path} is the input file; writing it would destroy the input. Pass another path`,
       );
     }
-  }
-  const parent = dirname(path);
-  const parentStats = statOf(parent);
-  if (parentStats === undefined || !parentStats.isDirectory()) {
-    throw new ConfigurationError(
-      `cannot write ${flag} ${path}: ${parentStats === undefined ? 'there is no directory' : 'not a directory:'} ${parent}; create it first or pass another path`,
-    );
   }
   let handle: Awaited<ReturnType<typeof open>>;
   try {

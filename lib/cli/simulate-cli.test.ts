@@ -172,7 +172,7 @@ describe('simulate files and flags', () => {
     expect(ok.code, ok.stderr).toBe(0);
   });
 
-  it('an --output in a directory that does not exist: one line, exit 1', async () => {
+  it('an --output in a directory that does not exist is a usage error (exit 2), refused before the input is opened', async () => {
     expectOneLineError(
       await floe(
         'simulate',
@@ -182,8 +182,20 @@ describe('simulate files and flags', () => {
         '--output',
         join(TMP, 'no/such/dir/out.ndjson'),
       ),
-      1,
+      2,
       /^floe: cannot write --output .*no\/such\/dir\/out\.ndjson: there is no directory .*no\/such\/dir; create it first/,
+    );
+    expectOneLineError(
+      await floe(
+        'simulate',
+        'examples/page-views.ts',
+        '-i',
+        join(TMP, 'none.ndjson'),
+        '-o',
+        join(TMP, 'no/out.ndjson'),
+      ),
+      2,
+      /^floe: cannot write --output .*no\/out\.ndjson: there is no directory/,
     );
   });
 
