@@ -149,6 +149,14 @@ describe('floe status --backend aws', () => {
       ),
     );
     expect(lines).toHaveLength(4);
+
+    // The job record names the generation: a flag agreeing with it is fine, another is refused.
+    expect(floe(['status', '--backend', 'aws', '--job', job, '--generation', '0']).code).toBe(0);
+    const refused = floe(['status', '--backend', 'aws', '--job', job, '--generation', '2']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr.trim()).toBe(
+      `floe: --generation 2: job "${job}" has a job record, which names generation 0 (a replay moves it); drop --generation, which is only for a job without a record`,
+    );
     await store.releaseLease(lease);
   });
 

@@ -15,7 +15,7 @@ import {
   type ShardInfo,
   type StartPosition,
 } from '../core/index.ts';
-import type { JobState } from '../runtime/job-control.ts';
+import type { JobRecord, JobState } from '../runtime/job-control.ts';
 import { DynamoBackend, mapLimit } from './dynamodb-backend.ts';
 import type { AwsClientsBundle } from './job.ts';
 import { DynamoJobStore } from './job-store.ts';
@@ -31,6 +31,8 @@ export interface AwsStatusOptions extends Omit<JobResources, 'stream'> {
    * the job record's wins). @default 0
    */
   readonly generation?: number;
+  /** Called with the job record (undefined: none) once read; throwing refuses the status. */
+  readonly checkRecord?: (record: JobRecord | undefined) => void;
   /** Shards read at once. @default 8 */
   readonly concurrency?: number;
   /** The error message's advice when a resource is missing. */
@@ -141,6 +143,7 @@ export async function awsJobStatus(
     await checkResources(clients, resources(options.stream ?? options.job), options.missingResourcesHint);
     throw error;
   }
+  options.checkRecord?.(record);
   const stream = options.stream ?? record?.stream ?? options.job;
   await checkResources(clients, resources(stream), options.missingResourcesHint);
 

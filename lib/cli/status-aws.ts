@@ -1,7 +1,7 @@
 /** `floe status --backend aws`: the status of a job on Kinesis, DynamoDB and S3 (lib/aws/status.ts). */
 import { awsClients, defaultResourceNames } from '../aws/job.ts';
 import { type AwsJobStatus, type AwsShardStatus, awsJobStatus } from '../aws/status.ts';
-import { formatCount, formatTime } from './args.ts';
+import { checkGenerationFlag, formatCount, formatTime } from './args.ts';
 import { explainAwsError } from './run-aws.ts';
 
 export interface StatusAwsOptions {
@@ -10,8 +10,8 @@ export interface StatusAwsOptions {
   readonly stateTable: string | undefined;
   readonly controlTable: string | undefined;
   readonly bucket: string | undefined;
-  /** State generation of a job without a job record. */
-  readonly generation: number;
+  /** State generation of a job without a job record (checkGenerationFlag). @default 0 */
+  readonly generation: number | undefined;
   readonly json: boolean;
 }
 
@@ -25,7 +25,12 @@ export async function runStatusAws(options: StatusAwsOptions): Promise<number> {
       stateTable: options.stateTable ?? defaults.stateTable,
       controlTable: options.controlTable ?? defaults.controlTable,
       bucket: options.bucket ?? defaults.bucket,
-      generation: options.generation,
+      ...(options.generation === undefined
+        ? {}
+        : {
+            generation: options.generation,
+            checkRecord: (record) => checkGenerationFlag(options.job, options.generation, record),
+          }),
       missingResourcesHint:
         'pass the job\'s resources with --stream, --state-table, --control-table and --bucket (a StreamProcessor stack\'s outputs name them; the defaults are those of "floe run --backend aws"), and check AWS_REGION',
     });

@@ -23,7 +23,7 @@ AWS backend (endpoints from AWS_ENDPOINT_URL[_SERVICE], region and credentials a
   --state-table, --control-table <name>  DynamoDB tables (default floe-<job>-state / -control)
   --bucket <name>           S3 bucket of deltas and large checkpoints (default floe-<job>)
   --generation <N>          state generation of a job without a job record (default 0; the
-                            StreamProcessor's generation prop)`;
+                            StreamProcessor's generation prop); refused when the record names another`;
 
 export async function runStatus(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -61,7 +61,8 @@ export async function runStatus(args: string[]): Promise<number> {
       stateTable: values['state-table'],
       controlTable: values['control-table'],
       bucket: values.bucket,
-      generation: nonNegativeInt('--generation', values.generation, 0),
+      generation:
+        values.generation === undefined ? undefined : nonNegativeInt('--generation', values.generation, 0),
       json: values.json,
     });
   }
