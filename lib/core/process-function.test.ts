@@ -862,16 +862,18 @@ describe('timer arguments are checked', () => {
     await driver.send([
       rec({ k: 'a', ts: 0, at: 1.5 }),
       rec({ k: 'a', ts: 0, at: 1e300 }),
+      rec({ k: 'a', ts: 0, at: -8840000000000001 }),
       rec({ k: 'a', ts: 0, at: Number.NaN }),
       rec({ k: 'a', ts: 0, at: 10, ns: Number.NaN as unknown as string }),
       rec({ k: 'a', ts: 0, at: 10, ns: 7 }),
       rec({ k: 'a', ts: 0, at: Number.POSITIVE_INFINITY }),
     ]);
     const time = (t: string) =>
-      `TypeError: timer time must be whole epoch milliseconds within ±8640000000000000 (a JavaScript Date's range), or ±Infinity; received ${t}. Round it with Math.floor.`;
+      `TypeError: timer time must be whole epoch milliseconds within ±8840000000000000 (a JavaScript Date's range plus twice the longest duration), or ±Infinity; received ${t}. Round it with Math.floor.`;
     expect(driver.values<{ message: string }>('floe.dead-letter').map((l) => l.message)).toEqual([
       time('1.5'),
       time('1e+300'),
+      time('-8840000000000001'),
       time('NaN'),
       'TypeError: timer namespace must be a string or a finite number; received NaN',
     ]);

@@ -48,7 +48,7 @@ import {
   type StateKey,
   type StateSpec,
 } from './state.ts';
-import { MAX_EVENT_TIME } from './time.ts';
+import { MAX_EVENT_TIME, MAX_TIMER_TIME } from './time.ts';
 import { loadTimerChunks, replayTimerLog, TimerLog, type TimerLogOptions } from './timer-log.ts';
 import { type QueuedTimer, TimerQueue } from './timers.ts';
 import { generatedWatermark, idleWatermark } from './watermarks.ts';
@@ -291,14 +291,17 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
   }
 }
 
-/** Timer times are whole milliseconds within a Date's range, as element timestamps, or ±Infinity. */
+/**
+ * Timer times are whole milliseconds within ±MAX_TIMER_TIME (a Date's range plus two durations,
+ * room for a window's timers: end - 1 + allowed lateness), or ±Infinity.
+ */
 function checkTime(time: number): number {
   if (
     typeof time !== 'number' ||
-    !(Number.isInteger(time) ? Math.abs(time) <= MAX_EVENT_TIME : Math.abs(time) === Number.POSITIVE_INFINITY)
+    !(Number.isInteger(time) ? Math.abs(time) <= MAX_TIMER_TIME : Math.abs(time) === Number.POSITIVE_INFINITY)
   ) {
     throw new TypeError(
-      `timer time must be whole epoch milliseconds within ±${MAX_EVENT_TIME} (a JavaScript Date's range), or ±Infinity; received ${describeValue(time)}. Round it with Math.floor.`,
+      `timer time must be whole epoch milliseconds within ±${MAX_TIMER_TIME} (a JavaScript Date's range plus twice the longest duration), or ±Infinity; received ${describeValue(time)}. Round it with Math.floor.`,
     );
   }
   return time;

@@ -12,6 +12,11 @@ export type Millis = number;
 export const MAX_EVENT_TIME = 8.64e15;
 /** The longest window, gap, lateness or out-of-orderness bound: 1e14 ms, about 3,170 years. */
 export const MAX_DURATION = 1e14;
+/**
+ * The latest (and, negated, the earliest) timer time: a timestamp plus two durations, as a
+ * window's cleanup timer (end - 1 + allowed lateness) is. Still an exact integer below 2^53.
+ */
+export const MAX_TIMER_TIME = MAX_EVENT_TIME + 2 * MAX_DURATION;
 
 /**
  * Checks a duration option: a whole number of milliseconds from `min` (0 or 1) to

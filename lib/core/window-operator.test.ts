@@ -6,9 +6,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import { type AggregateFunction, collect, count, sum } from './aggregates.ts';
-import { DEFAULT_LATE_SINK, passthroughDeserializer, pipeline } from './dsl.ts';
+import { DEAD_LETTER_SINK, DEFAULT_LATE_SINK, passthroughDeserializer, pipeline } from './dsl.ts';
 import { type DriverRecord, TestDriver } from './testing/test-driver.ts';
-import { MAX_WATERMARK } from './time.ts';
+import { MAX_DURATION, MAX_EVENT_TIME, MAX_WATERMARK } from './time.ts';
 import { boundedOutOfOrderness, monotonic, type WatermarkStrategy } from './watermarks.ts';
 import type { WindowResult } from './window-operator.ts';
 import { session, sliding, tumbling, type WindowAssigner } from './windows.ts';
@@ -830,6 +830,64 @@ describe('offsets and negative window starts', () => {
     expect(await alignedStarts(d, 'a')).toEqual([-10, 0]);
     await d.send([ev('a', -13)]);
     expect(late(d)).toEqual([e('a', -13)]);
+  });
+});
+
+describe("timestamps at the ends of a Date's range", () => {
+  // Found by the model-based test (window-model.test.ts): a window's timers (end - 1, and
+  // end - 1 + lateness) lie up to two durations past its element, so past ±8.64e15 near the end
+  // of the range, where the timer check used to refuse them and dead-letter the element.
+  const top = MAX_EVENT_TIME - 1;
+  const dead = (d: TestDriver): unknown[] => d.values(DEAD_LETTER_SINK);
+
+  it('tumbling windows with the longest size and lateness fire and clean up', async () => {
+    const size = MAX_DURATION;
+    const d = collecting(tumbling({ size }), { lateness: MAX_DURATION });
+    await d.send([ev('a', top), ev('a', -MAX_EVENT_TIME)]);
+    const start = top - (top % size);
+    await d.advanceWatermark(start + size - 2);
+    expect(out(d)).toEqual([]);
+    await d.advanceWatermark(start + size - 1);
+    expect(out(d)).toEqual([`a[${start},${start + size})=${top}`]);
+    await d.send([ev('a', top - 1)]); // within the lateness: fires again
+    expect(out(d)).toHaveLength(2);
+    await d.advanceWatermark(MAX_WATERMARK);
+    expect(dead(d)).toEqual([]);
+    expect(await timers(d)).toEqual([]);
+  });
+
+  it('sliding and session windows past the end of the range', async () => {
+    const s = collecting(sliding({ size: MAX_DURATION, slide: MAX_DURATION / 4 }), { lateness: 7 });
+    const g = collecting(session({ gap: MAX_DURATION }), { lateness: MAX_DURATION });
+    for (const d of [s, g]) {
+      await d.send([ev('a', top - 3), ev('a', top)]);
+      await d.advanceWatermark(MAX_WATERMARK);
+      expect(dead(d)).toEqual([]);
+    }
+    expect(out(s)).toHaveLength(4);
+    expect(out(g)).toEqual([`a[${top - 3},${top + MAX_DURATION})=${top - 3},${top}`]);
+  });
+
+  it('process-function timers up to two durations past the range are accepted', async () => {
+    const p = pipeline('edge-timers');
+    p.source<Ev>()
+      .withTimestamps((x) => x.ts, boundedOutOfOrderness(0))
+      .keyBy((x) => x.k)
+      .process({
+        processElement(_x: Ev, ctx) {
+          ctx.timers.registerEventTimeTimer(ctx.timestamp + 2 * MAX_DURATION);
+          ctx.timers.registerEventTimeTimer(-ctx.timestamp - 2 * MAX_DURATION);
+        },
+        onTimer(t, ctx) {
+          ctx.emit(t.time);
+        },
+      })
+      .sink('out');
+    const d = new TestDriver(p);
+    await d.send([ev('a', MAX_EVENT_TIME)]);
+    await d.advanceWatermark(MAX_WATERMARK);
+    expect(dead(d)).toEqual([]);
+    expect(d.values('out')).toEqual([-MAX_EVENT_TIME - 2 * MAX_DURATION, MAX_EVENT_TIME + 2 * MAX_DURATION]);
   });
 });
 
