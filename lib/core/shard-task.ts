@@ -903,6 +903,7 @@ export class ShardTask {
     const op = this.operators[timer.operator]!;
     const mark = this.outputs.length;
     this.journal.reset();
+    this.timerLog.fired(timer);
     this.timersFired++;
     this.timerVersion++;
     try {

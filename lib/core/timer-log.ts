@@ -372,8 +372,8 @@ export class TimerLog implements Undoable {
   /** Processing time up to which every processing-time timer has fired. */
   processingFiredThrough: number;
   private readonly tailOps: number;
-  // Ops of the open commit: the timer and ADD | PROCESSING flags.
-  private readonly opTimers: QueuedTimer[] = [];
+  // Ops of the open commit: the timer (undefined once it fired, see `fired`) and ADD | PROCESSING flags.
+  private readonly opTimers: Array<QueuedTimer | undefined> = [];
   private readonly opFlags: number[] = [];
 
   constructor(
@@ -407,6 +407,17 @@ export class TimerLog implements Undoable {
     this.opFlags.push((add ? ADD : 0) | (domain === 'processing' ? PROCESSING : 0));
   }
 
+  /**
+   * A fired timer's add is dead at the next commit (its time is at or before what its domain
+   * fired through), so the log lets go of it now: with a commit interval, the open commit would
+   * otherwise keep every timer it registered, fired or not, alive until the commit (most of the
+   * young-generation survivors a scavenge copies).
+   */
+  fired(timer: QueuedTimer): void {
+    const i = timer.logAt;
+    if (i >= 0 && this.opTimers[i] === timer) this.opTimers[i] = undefined;
+  }
+
   /** Records an op that no record can roll back (restoring inline timers). */
   append(timer: QueuedTimer, add: boolean, domain: TimeDomain): void {
     this.opTimers.push(timer);
@@ -437,7 +448,8 @@ export class TimerLog implements Undoable {
     const tail = this.tail;
     tail.retain((i) => isLive(tail.time[i]!, tail.processing[i]!, watermark, fired));
     for (let i = 0; i < this.opTimers.length; i++) {
-      const t = this.opTimers[i]!;
+      const t = this.opTimers[i];
+      if (t === undefined) continue; // fired
       const flags = this.opFlags[i]!;
       const processing = (flags & PROCESSING) !== 0;
       if ((flags & CANCELLED) !== 0 || !isLive(t.time, processing, watermark, fired)) continue;
