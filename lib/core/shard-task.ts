@@ -40,14 +40,7 @@ import {
   stateEntryBytes,
 } from './ports.ts';
 import type { KeyedProcessFunction, ProcessContext, Timer, TimerService } from './processor.ts';
-import {
-  jsonCopy,
-  type KeyEntry,
-  KeyedStateBackend,
-  type StateHandles,
-  type StateKey,
-  type StateSpec,
-} from './state.ts';
+import { jsonCopy, KeyedStateBackend, type StateHandles, type StateKey, type StateSpec } from './state.ts';
 import { MAX_EVENT_TIME, MAX_TIMER_TIME } from './time.ts';
 import { loadTimerChunks, replayTimerLog, TimerLog, type TimerLogOptions } from './timer-log.ts';
 import { type QueuedTimer, TimerQueue } from './timers.ts';
@@ -258,14 +251,10 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
     this.task.deleteTimer('processing', this.plan.index, time, this.key, namespace);
   }
 
-  /** `entry`: the key's cached state entry when the caller already looked it up. */
-  processElement(key: StateKey, value: unknown, timestamp: number, entry?: KeyEntry): void {
-    if (entry === undefined) this.backend.setCurrentKey(key);
-    else {
-      entry.used = true;
-      this.backend.current = entry;
-      this.backend.currentKey = key;
-    }
+  /** `slot`: the key's state slot when the caller looked it up (-1: look it up). */
+  processElement(key: StateKey, value: unknown, timestamp: number, slot: number): void {
+    if (slot < 0) this.backend.setCurrentKey(key);
+    else this.backend.enter(key, slot);
     this.key = key;
     this.timestamp = timestamp;
     // Only a plain function returning a Promise gets here (the DSL refuses async ones).
@@ -274,15 +263,13 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
   }
 
   onTimer(timer: QueuedTimer, domain: TimeDomain): void {
-    const entry = this.backend.cache.get(timer.key);
-    if (entry === undefined) {
+    const slot = this.backend.cache.get(timer.key);
+    if (slot === undefined) {
       throw new Error(
         `internal: state of key ${describeValue(timer.key)} was not prefetched before its timer fired`,
       );
     }
-    entry.used = true;
-    this.backend.current = entry;
-    this.backend.currentKey = timer.key;
+    this.backend.enter(timer.key, slot);
     this.key = timer.key;
     this.timestamp = timer.time;
     const t: Timer = { time: timer.time, domain, namespace: timer.namespace };
@@ -378,8 +365,8 @@ export class ShardTask {
   private readonly aKey: StateKey[] = [];
   private readonly aValue: unknown[] = [];
   private readonly aTs: number[] = [];
-  /** The element's cached state entry, found by prefetch (undefined: look it up when applying). */
-  private readonly aEntry: Array<KeyEntry | undefined> = [];
+  /** The element's key's state slot, found by prefetch (-1: look it up when applying). */
+  private readonly aSlot: number[] = [];
   private recordMaxTs = Number.NEGATIVE_INFINITY;
   // Per-record results of phase A (valid up to the batch's record count).
   private readonly rStart: number[] = [];
@@ -531,7 +518,6 @@ export class ShardTask {
     if (options.shardEnded) this.finished = true;
     // Drop the batch's values (the buffers keep their capacity).
     this.aValue.fill(undefined, 0, this.aLen);
-    this.aEntry.fill(undefined, 0, this.aLen);
     this.rError.fill(undefined, 0, fresh.length);
     this.aLen = 0;
   }
@@ -798,7 +784,7 @@ export class ShardTask {
             this.aKey[i]!,
             this.aValue[i],
             this.aTs[i]!,
-            this.aEntry[i],
+            this.aSlot[i]!,
           );
         } else {
           this.outputs.push({
@@ -852,7 +838,7 @@ export class ShardTask {
   }
 
   private checkStateSerializable(op: OperatorRuntime, key: StateKey): void {
-    const entry = op.backend.cache.get(key);
+    const entry = op.backend.entry(key);
     if (entry === undefined) return;
     let text: string | null;
     try {
@@ -945,12 +931,12 @@ export class ShardTask {
     };
     for (let i = 0; i < this.aLen; i++) {
       if (this.aKind[i] !== 0) continue;
-      // Remember the cached entry, so applying the element needs no second lookup.
+      // Remember the slot, so applying the element needs no second lookup.
       const op = this.operators[this.aTarget[i]!]!;
       const key = this.aKey[i]!;
-      const entry = op.backend.cache.get(key);
-      this.aEntry[i] = entry;
-      if (entry === undefined) wanted.set(op.backend.address(key), { op, key });
+      const slot = op.backend.cache.get(key);
+      this.aSlot[i] = slot ?? -1;
+      if (slot === undefined) wanted.set(op.backend.address(key), { op, key });
     }
     this.eventTimers.forEachDue(watermarkLimit, (t) => want(this.operators[t.operator]!, t.key));
     this.processingTimers.forEachDue(this.now, (t) => want(this.operators[t.operator]!, t.key));
@@ -1008,7 +994,6 @@ export class ShardTask {
 
   private truncateRouted(length: number): void {
     this.aValue.fill(undefined, length, this.aLen);
-    this.aEntry.fill(undefined, length, this.aLen);
     this.aLen = length;
   }
 

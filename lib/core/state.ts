@@ -134,9 +134,6 @@ type Cell = ValueCell | MapCell | ListCell | undefined;
 
 /** All state of one key in one operator: the unit loaded, cached and written. */
 export class KeyEntry {
-  dirty = false;
-  /** Used since the last eviction sweep (KeyedStateBackend.evict spares it once). */
-  used = true;
   /** The state address and the key as JSON, computed once. */
   address: StateAddress | undefined = undefined;
   json: string | undefined = undefined;
@@ -164,11 +161,19 @@ export class KeyEntry {
 
 /** The keyed state of one operator inside one shard task. */
 export class KeyedStateBackend {
-  readonly cache = new Map<StateKey, KeyEntry>();
+  /**
+   * The cached keys, each with its slot; `entryAt(slot)` is its entry. The map holds slots, not
+   * entries, so processing an element (prefetch finds its slot) never loads its key's entry: at
+   * 10k keys, scattered over the heap, each such load is a cache miss of its own.
+   */
+  readonly cache = new Map<StateKey, number>();
+  /** Entries by slot (undefined: a free slot). */
+  private readonly entries: Array<KeyEntry | undefined> = [];
   readonly dirty: KeyEntry[] = [];
   current!: KeyEntry;
-  /** current.key, kept here so a read needs no load of the entry. */
+  /** current.key and current.slot, kept here so reads and writes need no load of the entry. */
   currentKey: StateKey = '';
+  currentSlot = 0;
   now = 0;
   /** The checked pass: user functions get copies of object state values (see readState). */
   copyOnRead = false;
@@ -180,6 +185,13 @@ export class KeyedStateBackend {
   /** Slots of dropped keys, for reuse; `slots` is one more than the highest slot handed out. */
   private readonly freeSlots: number[] = [];
   private slots = 0;
+  /**
+   * Per slot, 1 or 0: whether its key changed since the mutations were last taken (it is in
+   * `dirty`), and whether it was used since the last eviction sweep (evict spares it once).
+   * Kept by slot rather than on the entries (see `cache`).
+   */
+  private readonly dirtySlots: number[] = [];
+  private readonly usedSlots: number[] = [];
 
   constructor(
     readonly uid: string,
@@ -221,32 +233,49 @@ export class KeyedStateBackend {
 
   /** Makes `key` current, creating an empty entry when the key has no state yet. */
   setCurrentKey(key: StateKey): KeyEntry {
-    let entry = this.cache.get(key);
-    if (entry === undefined) {
-      entry = new KeyEntry(key, this.takeSlot(), new Array(this.names.length).fill(undefined));
-      this.cache.set(key, entry);
+    let slot = this.cache.get(key);
+    if (slot === undefined) {
+      slot = this.takeSlot();
+      this.entries[slot] = new KeyEntry(key, slot, new Array(this.names.length).fill(undefined));
+      this.cache.set(key, slot);
     }
-    entry.used = true;
-    this.current = entry;
+    this.enter(key, slot);
+    return this.current;
+  }
+
+  /** Makes the cached key `key`, of slot `slot`, current. */
+  enter(key: StateKey, slot: number): void {
+    this.current = this.entries[slot]!;
     this.currentKey = key;
-    return entry;
+    this.currentSlot = slot;
+    this.usedSlots[slot] = 1;
+  }
+
+  /** The cached entry of `key`, if any. */
+  entry(key: StateKey): KeyEntry | undefined {
+    const slot = this.cache.get(key);
+    return slot === undefined ? undefined : this.entries[slot];
   }
 
   isCached(key: StateKey): boolean {
     return this.cache.has(key);
   }
 
-  touch(entry: KeyEntry): void {
-    if (!entry.dirty) {
-      entry.dirty = true;
-      this.dirty.push(entry);
+  /** Marks the current key changed. */
+  touch(): void {
+    const slot = this.currentSlot;
+    if (this.dirtySlots[slot] === 0) {
+      this.dirtySlots[slot] = 1;
+      this.dirty.push(this.current);
     }
   }
 
-  setCell(entry: KeyEntry, index: number, cell: Cell): void {
-    this.journal.recordSlot(entry.cells, index);
-    entry.cells[index] = cell;
-    this.touch(entry);
+  /** Sets a cell of the current key. */
+  setCell(index: number, cell: Cell): void {
+    const cells = this.current.cells;
+    this.journal.recordSlot(cells, index);
+    cells[index] = cell;
+    this.touch();
   }
 
   /** How many slots were handed out: one more than the highest in use. */
@@ -255,7 +284,12 @@ export class KeyedStateBackend {
   }
 
   private takeSlot(): number {
-    return this.freeSlots.pop() ?? this.slots++;
+    const slot = this.freeSlots.pop() ?? this.slots++;
+    // In order: a new slot is the arrays' next element, so they stay packed.
+    this.entries[slot] = undefined;
+    this.dirtySlots[slot] = 0;
+    this.usedSlots[slot] = 1;
+    return slot;
   }
 
   /** Installs an entry read from the store (or an empty one if absent). */
@@ -272,7 +306,8 @@ export class KeyedStateBackend {
         throw error;
       }
     }
-    this.cache.set(key, new KeyEntry(key, slot, cells, serialized !== undefined));
+    this.entries[slot] = new KeyEntry(key, slot, cells, serialized !== undefined);
+    this.cache.set(key, slot);
   }
 
   /** Decodes a stored entry into `cells` and the shared tables' `slot`, checking its shape. */
@@ -380,22 +415,23 @@ export class KeyedStateBackend {
     }
     const target = Math.floor(limit * 0.75);
     const before = cache.size;
-    for (const entry of cache.values()) {
+    for (const [key, slot] of cache) {
       if (cache.size <= target) break;
-      if (entry.used) entry.used = false;
-      else this.drop(entry);
+      if (this.usedSlots[slot] === 1) this.usedSlots[slot] = 0;
+      else this.drop(key, slot);
     }
-    for (const entry of cache.values()) {
+    for (const [key, slot] of cache) {
       if (cache.size <= target) break;
-      this.drop(entry);
+      this.drop(key, slot);
     }
     return before - cache.size;
   }
 
-  private drop(entry: KeyEntry): void {
-    this.cache.delete(entry.key);
-    for (const table of this.tables) table?.forget(entry.slot);
-    this.freeSlots.push(entry.slot);
+  private drop(key: StateKey, slot: number): void {
+    this.cache.delete(key);
+    this.entries[slot] = undefined;
+    for (const table of this.tables) table?.forget(slot);
+    this.freeSlots.push(slot);
   }
 
   /** Drains the dirty list into `out`: one mutation per changed key. */
@@ -406,7 +442,7 @@ export class KeyedStateBackend {
     const dirty = this.dirty;
     for (let i = 0; i < dirty.length; i++) {
       const entry = dirty[i]!;
-      entry.dirty = false;
+      this.dirtySlots[entry.slot] = 0;
       entry.address ??= this.address(entry.key);
       const value = this.serialize(entry);
       // Born and gone within this commit: the store has nothing to delete.
@@ -425,7 +461,7 @@ export class KeyedStateBackend {
 
   /** Inspection for tests and the test driver: JSON view of one key's state. */
   inspect(key: StateKey): Record<string, unknown> | undefined {
-    const entry = this.cache.get(key);
+    const entry = this.entry(key);
     if (entry === undefined) return undefined;
     const text = this.serialize(entry);
     return text === null ? undefined : (JSON.parse(text).s as Record<string, unknown>);
@@ -562,10 +598,10 @@ class ValueStateHandle<T> implements ValueState<T> {
       return;
     }
     noteWrite(this.rt, value);
-    this.rt.setCell(this.rt.current, this.i, { v: value, t: this.rt.now });
+    this.rt.setCell(this.i, { v: value, t: this.rt.now });
   }
   clear(): void {
-    if (this.rt.current.cells[this.i] !== undefined) this.rt.setCell(this.rt.current, this.i, undefined);
+    if (this.rt.current.cells[this.i] !== undefined) this.rt.setCell(this.i, undefined);
   }
 }
 
@@ -673,7 +709,7 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> {
     let c = entry.cells[this.i] as MapCell | undefined;
     if (c === undefined && create) {
       c = new MapCell(this.ttl === undefined ? undefined : new Map());
-      this.rt.setCell(entry, this.i, c);
+      this.rt.setCell(this.i, c);
     }
     return c;
   }
@@ -706,7 +742,7 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> {
       journal.recordMap(c.t as Map<unknown, unknown>, key);
       c.t.set(key, this.rt.now);
     }
-    this.rt.touch(this.rt.current);
+    this.rt.touch();
   }
   remove(key: K): void {
     const c = this.cell(false);
@@ -717,7 +753,7 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> {
       this.rt.journal.recordMap(c.t as Map<unknown, unknown>, key);
       c.t.delete(key);
     }
-    this.rt.touch(this.rt.current);
+    this.rt.touch();
   }
   storedEntries(): Array<[K, V]> {
     const c = this.cell(false);
@@ -730,7 +766,7 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> {
     return readEntries(this.rt, this.storedEntries());
   }
   clear(): void {
-    if (this.rt.current.cells[this.i] !== undefined) this.rt.setCell(this.rt.current, this.i, undefined);
+    if (this.rt.current.cells[this.i] !== undefined) this.rt.setCell(this.i, undefined);
   }
 }
 
@@ -950,28 +986,27 @@ class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> {
     super();
   }
   stored(key: K): V | undefined {
-    return this.table.find(key)?.get(this.rt.current.slot) as V | undefined;
+    return this.table.find(key)?.get(this.rt.currentSlot) as V | undefined;
   }
   get(key: K): V | undefined {
     // The window operators' hot path: a number accumulator costs one typeof here.
-    return readState(this.rt, this.table.find(key)?.get(this.rt.current.slot) as V | undefined);
+    return readState(this.rt, this.table.find(key)?.get(this.rt.currentSlot) as V | undefined);
   }
   put(key: K, value: V): void {
     checkMapKey(key);
     noteWrite(this.rt, value);
-    const entry = this.rt.current;
-    this.table.write(key, entry.slot, value, this.rt.journal, this.rt.slotCount);
-    this.rt.touch(entry);
+    this.table.write(key, this.rt.currentSlot, value, this.rt.journal, this.rt.slotCount);
+    this.rt.touch();
   }
   remove(key: K): void {
-    const entry = this.rt.current;
+    const slot = this.rt.currentSlot;
     const column = this.table.find(key);
-    if (column === undefined || column.get(entry.slot) === undefined) return;
-    this.table.write(key, entry.slot, undefined, this.rt.journal, this.rt.slotCount);
-    this.rt.touch(entry);
+    if (column === undefined || column.get(slot) === undefined) return;
+    this.table.write(key, slot, undefined, this.rt.journal, this.rt.slotCount);
+    this.rt.touch();
   }
   storedEntries(): Array<[K, V]> {
-    return this.table.entriesOf(this.rt.current.slot) as Array<[K, V]>;
+    return this.table.entriesOf(this.rt.currentSlot) as Array<[K, V]>;
   }
   entries(): Array<[K, V]> {
     return readEntries(this.rt, this.storedEntries());
@@ -1003,7 +1038,7 @@ class ListStateHandle<T> implements ListState<T> {
     const items = c === undefined ? [value] : [...c.items, value];
     const t = this.ttl === undefined ? undefined : [...(c?.t ?? []), this.rt.now];
     // Copy-on-write keeps rollback trivial; lists are expected to stay small per key.
-    this.rt.setCell(this.rt.current, this.i, { items, t });
+    this.rt.setCell(this.i, { items, t });
   }
   update(values: readonly T[]): void {
     if (values.length === 0) {
@@ -1012,12 +1047,12 @@ class ListStateHandle<T> implements ListState<T> {
     }
     if (values.some(isObject)) this.rt.journal.objectWritten = true;
     const now = this.rt.now;
-    this.rt.setCell(this.rt.current, this.i, {
+    this.rt.setCell(this.i, {
       items: [...values],
       t: this.ttl === undefined ? undefined : values.map(() => now),
     });
   }
   clear(): void {
-    if (this.rt.current.cells[this.i] !== undefined) this.rt.setCell(this.rt.current, this.i, undefined);
+    if (this.rt.current.cells[this.i] !== undefined) this.rt.setCell(this.i, undefined);
   }
 }
