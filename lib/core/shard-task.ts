@@ -263,7 +263,7 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
   }
 
   onTimer(timer: QueuedTimer, domain: TimeDomain): void {
-    const slot = this.backend.cache.get(timer.key);
+    const slot = this.backend.timerSlot(timer);
     if (slot === undefined) {
       throw new Error(
         `internal: state of key ${describeValue(timer.key)} was not prefetched before its timer fired`,
@@ -738,6 +738,10 @@ export class ShardTask {
     const queue = domain === 'event' ? this.eventTimers : this.processingTimers;
     const added = queue.insert(op, time, key, ns);
     if (added !== undefined) {
+      // Registered for the operator's current key (see QueuedTimer.slot).
+      const backend = this.operators[op]!.backend;
+      added.slot = backend.currentSlot;
+      added.slotEpoch = backend.dropEpoch;
       this.timerVersion++;
       this.journal.recordUndo(queue, added, 1);
       this.timerLog.record(added, true, domain, this.journal);
@@ -926,8 +930,9 @@ export class ShardTask {
 
   private async prefetch(store: StateStore, watermarkLimit: number): Promise<void> {
     const wanted = new Map<StateAddress, { op: OperatorRuntime; key: StateKey }>();
-    const want = (op: OperatorRuntime, key: StateKey): void => {
-      if (!op.backend.isCached(key)) wanted.set(op.backend.address(key), { op, key });
+    const wantTimer = (t: QueuedTimer): void => {
+      const op = this.operators[t.operator]!;
+      if (op.backend.timerSlot(t) === undefined) wanted.set(op.backend.address(t.key), { op, key: t.key });
     };
     for (let i = 0; i < this.aLen; i++) {
       if (this.aKind[i] !== 0) continue;
@@ -938,8 +943,8 @@ export class ShardTask {
       this.aSlot[i] = slot ?? -1;
       if (slot === undefined) wanted.set(op.backend.address(key), { op, key });
     }
-    this.eventTimers.forEachDue(watermarkLimit, (t) => want(this.operators[t.operator]!, t.key));
-    this.processingTimers.forEachDue(this.now, (t) => want(this.operators[t.operator]!, t.key));
+    this.eventTimers.forEachDue(watermarkLimit, wantTimer);
+    this.processingTimers.forEachDue(this.now, wantTimer);
     if (wanted.size === 0) return;
     const loaded = await store.getMany([...wanted.keys()], { shardId: this.shardId, depth: this.depth });
     for (const [address, { op, key }] of wanted) op.backend.load(key, loaded.get(address));

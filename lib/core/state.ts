@@ -12,6 +12,7 @@ import {
 import { Journal, type Undoable } from './journal.ts';
 import type { StateAddress } from './ports.ts';
 import { checkDuration, type Millis } from './time.ts';
+import type { QueuedTimer } from './timers.ts';
 
 export type StateKey = string | number;
 
@@ -185,6 +186,8 @@ export class KeyedStateBackend {
   /** Slots of dropped keys, for reuse; `slots` is one more than the highest slot handed out. */
   private readonly freeSlots: number[] = [];
   private slots = 0;
+  /** Bumped whenever a cached key is dropped (its slot may go to another key). */
+  dropEpoch = 0;
   /**
    * Per slot, 1 or 0: whether its key changed since the mutations were last taken (it is in
    * `dirty`), and whether it was used since the last eviction sweep (evict spares it once).
@@ -249,6 +252,11 @@ export class KeyedStateBackend {
     this.currentKey = key;
     this.currentSlot = slot;
     this.usedSlots[slot] = 1;
+  }
+
+  /** The slot of `timer`'s key if it is cached (the timer is of this operator), else undefined. */
+  timerSlot(timer: QueuedTimer): number | undefined {
+    return timer.slot >= 0 && timer.slotEpoch === this.dropEpoch ? timer.slot : this.cache.get(timer.key);
   }
 
   /** The cached entry of `key`, if any. */
@@ -428,6 +436,7 @@ export class KeyedStateBackend {
   }
 
   private drop(key: StateKey, slot: number): void {
+    this.dropEpoch++;
     this.cache.delete(key);
     this.entries[slot] = undefined;
     for (const table of this.tables) table?.forget(slot);

@@ -8,6 +8,13 @@ export class QueuedTimer {
   logAt = -1;
   /** Set once the timer has fired, or was deleted while its time was firing (TimerQueue.fireDue). */
   done = false;
+  /**
+   * The shard task's bookkeeping: the state slot of the timer's key in its operator when it was
+   * registered (-1: unknown), valid while that operator's state has dropped no key since
+   * (`slotEpoch`, KeyedStateBackend.dropEpoch). Firing it then needs no lookup of the key.
+   */
+  slot = -1;
+  slotEpoch = 0;
   constructor(
     readonly operator: number,
     readonly time: number,
