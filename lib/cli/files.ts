@@ -107,6 +107,7 @@ export interface OutputFile {
  * openOutput again when it opens the file.
  */
 export function checkOutputPath(path: string, flag: string): void {
+  if (path === '') throw new UsageError(`${flag} needs a file path; received ""`);
   if (statOf(path)?.isDirectory()) {
     throw new UsageError(
       `${flag} ${path} is a directory; pass a file path, e.g. ${join(path, 'out.ndjson')}`,
@@ -152,10 +153,14 @@ export async function openOutput(path: string, flag: string, inputPath?: string)
       if (failed === undefined) stream.write(text);
     },
     async close() {
+      // 'close' comes after 'error': resolving on 'finish' (end's callback) could miss a
+      // failed write (ENOSPC, EIO) reported just after it.
       await new Promise<void>((resolve) => {
         if (stream.destroyed) resolve();
-        else stream.end(() => resolve());
-        stream.once('close', () => resolve());
+        else {
+          stream.once('close', () => resolve());
+          stream.end();
+        }
       });
       if (failed !== undefined)
         throw new ConfigurationError(`cannot write ${flag} ${path}: ${errnoMessage(failed)}`);

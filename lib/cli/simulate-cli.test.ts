@@ -3,7 +3,7 @@
  * contract (one kind of line, known fields only, a BOM skipped), the input and output files,
  * the shard limit, and the `floe/core` import docs/dsl.md shows.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -211,6 +211,25 @@ describe('simulate files and flags', () => {
       /^floe: --output .* is a directory; pass a file path/,
     );
   });
+
+  it('an empty --output is a usage error (exit 2) naming the flag', async () => {
+    expectOneLineError(
+      await floe('simulate', 'examples/page-views.ts', '-i', INPUT, '-o', ''),
+      2,
+      /^floe: --output needs a file path; received ""$/,
+    );
+  });
+
+  it.skipIf(!existsSync('/dev/full'))(
+    'a failed write to --output (a full disk) is an error (exit 1), not a success',
+    async () => {
+      expectOneLineError(
+        await floe('simulate', 'examples/page-views.ts', '-i', INPUT, '-o', '/dev/full'),
+        1,
+        /^floe: cannot write --output \/dev\/full: ENOSPC/,
+      );
+    },
+  );
 
   it('an --input that is a directory is a usage error (exit 2) that says so', async () => {
     expectOneLineError(
