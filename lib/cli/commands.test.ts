@@ -117,6 +117,34 @@ describe.concurrent('usage errors exit 2', () => {
     expect(existsSync(dir)).toBe(false);
   });
 
+  it('the embedded --savepoint-dir must be a local directory: not s3://, empty or a file', async () => {
+    const dir = join(TMP, 'bad-savepoint-dir');
+    const file = join(TMP, 'savepoint-dir-file');
+    writeFileSync(file, 'x');
+    for (const [args, pattern] of [
+      [
+        ['create', '--job', 'j', '--savepoint-dir', 's3://bucket/sp/'],
+        /^floe: --savepoint-dir s3:\/\/bucket\/sp\/: savepoints in S3 need --backend aws;/,
+      ],
+      [
+        ['list', '--savepoint-dir', 's3://'],
+        /^floe: --savepoint-dir s3:\/\/: savepoints in S3 need --backend aws;/,
+      ],
+      [
+        ['create', '--job', 'j', '--savepoint-dir', ''],
+        /^floe: --savepoint-dir needs a directory path; received ""$/,
+      ],
+      [
+        ['create', '--job', 'j', '--savepoint-dir', file],
+        /^floe: --savepoint-dir .*savepoint-dir-file is not a directory; pass a directory path$/,
+      ],
+    ] as const) {
+      expectOneLineError(await floe('savepoint', ...args, '--data-dir', dir), 2, pattern);
+    }
+    expect(existsSync(dir)).toBe(false);
+    expect(existsSync('s3:')).toBe(false);
+  });
+
   it('floe savepoint create --progress takes auto or none only', async () => {
     const dir = join(TMP, 'bad-progress');
     expectOneLineError(

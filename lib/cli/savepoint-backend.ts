@@ -1,9 +1,10 @@
+import { type Stats, statSync } from 'node:fs';
 import type { SavepointManifest } from '../core/index.ts';
 import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { defaultSavepointDir, embeddedSavepointBackend } from '../embedded/savepoints.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import type { SavepointBackend, SavepointProgress, SavepointStep } from '../runtime/savepoints.ts';
-import { backendKind, bar, formatCount } from './args.ts';
+import { backendKind, bar, formatCount, UsageError } from './args.ts';
 
 /** Options every savepoint/replay command accepts (parseArgs definitions). */
 export const BACKEND_OPTIONS = {
@@ -50,6 +51,7 @@ export async function openSavepointBackend(
   job: string | undefined,
 ): Promise<OpenedBackend> {
   if (backendKind(values) === 'embedded') {
+    checkEmbeddedSavepointDir(values['savepoint-dir']);
     const dataDir = values['data-dir'] ?? DEFAULT_DATA_DIR;
     const path = existingDatabase(dataDir, "run 'floe produce' and 'floe run' first, or pass --data-dir");
     const db = openSqlite(path);
@@ -65,6 +67,30 @@ export async function openSavepointBackend(
   }
   const { openAwsSavepointBackend } = await import('../aws/savepoints.ts');
   return openAwsSavepointBackend(values, job);
+}
+
+/**
+ * The embedded backend's --savepoint-dir is a local directory: an s3:// location (which only
+ * --backend aws reads), an empty path or a file is a usage error, where the first made a local
+ * directory named "s3:" and a file failed with ENOTDIR once the export had started.
+ */
+function checkEmbeddedSavepointDir(dir: string | undefined): void {
+  if (dir === undefined) return;
+  if (dir === '') throw new UsageError('--savepoint-dir needs a directory path; received ""');
+  if (dir.startsWith('s3://')) {
+    throw new UsageError(
+      `--savepoint-dir ${dir}: savepoints in S3 need --backend aws; the embedded backend keeps them in a local directory (default <data-dir>/savepoints)`,
+    );
+  }
+  let stats: Stats | undefined;
+  try {
+    stats = statSync(dir);
+  } catch {
+    return; // created when a savepoint is written
+  }
+  if (!stats.isDirectory()) {
+    throw new UsageError(`--savepoint-dir ${dir} is not a directory; pass a directory path`);
+  }
 }
 
 /** Exit the process at a fault-injection step named by FLOE_FAULT (`<command>:<step>[:<index>]`). */
