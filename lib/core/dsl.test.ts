@@ -6,6 +6,7 @@ import { DEAD_LETTER_SINK, DEFAULT_LATE_SINK, type Pipeline, pipeline } from './
 import { PipelineDefinitionError } from './errors.ts';
 import type { KeyedProcessFunction } from './processor.ts';
 import { valueState } from './state.ts';
+import { TestDriver } from './testing/test-driver.ts';
 import { thrownBy } from './testing/thrown.ts';
 import { minutes, seconds } from './time.ts';
 import { boundedOutOfOrderness, monotonic, withIdleness } from './watermarks.ts';
@@ -352,6 +353,85 @@ describe('argument validation', () => {
     expect(pipeline('x'.repeat(100)).name).toHaveLength(100);
     expect(pipeline('7').version).toBe('1');
     expect(pipeline('v', { version: '2024-06' }).version).toBe('2024-06');
+  });
+});
+
+describe('missing or null option objects (JavaScript callers)', () => {
+  const bad = <T>(value: unknown): T => value as T;
+
+  it('refuses them with what was received instead of a TypeError', () => {
+    definitionError(
+      () => tumbling(bad(undefined)),
+      'tumbling needs an options object, e.g. tumbling({ size: minutes(1) }); received undefined',
+    );
+    definitionError(() => sliding(bad(null)), 'sliding needs an options object', 'received null');
+    definitionError(
+      () => session(bad(undefined)),
+      'session needs an options object, e.g. session({ gap: minutes(30) })',
+    );
+    definitionError(
+      () => pipeline('p', bad(null)),
+      'pipeline "p": options must be an object',
+      'received null',
+    );
+    definitionError(
+      () => pipeline('p').source(bad(null)),
+      'source options must be an object',
+      'received null',
+    );
+    const s = pipeline('p').source<Ev>();
+    definitionError(
+      () => s.withTimestamps((e) => e.ts, bad(null)),
+      'withTimestamps needs a watermark strategy',
+      'received null',
+    );
+    const keyed = s.keyBy((e) => e.user);
+    definitionError(
+      () => keyed.window(bad(null)),
+      'window needs tumbling(...), sliding(...) or session(...); received null',
+    );
+    definitionError(
+      () => keyed.process(bad<KeyedProcessFunction<Ev, Ev>>(null)),
+      'process needs an object with a processElement(value, ctx) method; received null',
+    );
+    definitionError(
+      () => keyed.process(passThrough, bad(null)),
+      'process options must be an object',
+      'received null',
+    );
+  });
+
+  it('checks a window assigner written by hand as the assigner functions do', async () => {
+    const keyed = timed(pipeline('p')).keyBy((e) => e.user);
+    definitionError(
+      () => keyed.window(bad({ kind: 'tumbling', size: 0, offset: 0 })),
+      'tumbling window size must be a whole number of milliseconds',
+      'received 0',
+    );
+    definitionError(
+      () => keyed.window(bad({ kind: 'session', gap: '10' })),
+      'session gap must be',
+      'received "10"',
+    );
+    // Without an offset it is the default, 0 (it assigned no window at all).
+    const p = pipeline('hand-written');
+    timed(p)
+      .keyBy((e) => e.user)
+      .window(bad({ kind: 'tumbling', size: 10 }))
+      .aggregate(count())
+      .sink('out');
+    const driver = new TestDriver(p);
+    await driver.send([{ partitionKey: 'ana', data: JSON.stringify({ user: 'ana', ts: 3 }) }]);
+    await driver.advanceWatermark(Number.POSITIVE_INFINITY);
+    expect(driver.values('out')).toEqual([{ key: 'ana', window: { start: 0, end: 10 }, result: 1 }]);
+  });
+
+  it('refuses a version that is not a non-empty string (savepoints record it as one)', () => {
+    definitionError(
+      () => pipeline('p', { version: bad(2) }),
+      "version must be a non-empty string, e.g. { version: '2' }; received 2",
+    );
+    definitionError(() => pipeline('p', { version: '' }), 'received ""');
   });
 });
 

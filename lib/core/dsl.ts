@@ -15,7 +15,7 @@ import {
   type WindowFunction,
   type WindowResult,
 } from './window-operator.ts';
-import type { WindowAssigner } from './windows.ts';
+import { session, sliding, tumbling, type WindowAssigner } from './windows.ts';
 
 /** Sink receiving records that could not be processed, with the reason and position. */
 export const DEAD_LETTER_SINK = 'floe.dead-letter';
@@ -107,6 +107,17 @@ export class Pipeline {
         `pipeline name must be 1-100 letters, digits, '.', '_' or '-' starting with a letter or digit; received ${describeValue(name)}`,
       );
     }
+    if (typeof options !== 'object' || options === null) {
+      throw new PipelineDefinitionError(
+        `pipeline "${name}": options must be an object such as { version: '2' } or left out; received ${describeValue(options)}`,
+      );
+    }
+    // Savepoints record the version as a string; another value would make them unreadable.
+    if (options.version !== undefined && (typeof options.version !== 'string' || options.version === '')) {
+      throw new PipelineDefinitionError(
+        `pipeline "${name}": version must be a non-empty string, e.g. { version: '2' }; received ${describeValue(options.version)}`,
+      );
+    }
     this.version = options.version ?? '1';
   }
 
@@ -115,6 +126,11 @@ export class Pipeline {
     if (this.nodes.some((n) => n.kind === 'source')) {
       throw new PipelineDefinitionError(
         `pipeline "${this.name}" already has a source; a pipeline reads one stream. Reuse the DataStream returned by the first source() call to branch.`,
+      );
+    }
+    if (typeof options !== 'object' || options === null) {
+      throw new PipelineDefinitionError(
+        `source options must be an object such as { deserializer } or left out; received ${describeValue(options)}`,
       );
     }
     if (options.deserializer !== undefined) requireFunction('source deserializer', options.deserializer);
@@ -290,7 +306,7 @@ export class DataStream<T> {
       );
     }
     requireFunction('withTimestamps', timestamp);
-    if (watermarks === undefined || typeof watermarks.bound !== 'number') {
+    if (typeof watermarks !== 'object' || watermarks === null || typeof watermarks.bound !== 'number') {
       throw new PipelineDefinitionError(
         `withTimestamps needs a watermark strategy such as boundedOutOfOrderness(seconds(5)); received ${describeValue(watermarks)}`,
       );
@@ -323,12 +339,23 @@ export class KeyedStream<T, K extends StateKey> {
   ) {}
 
   window(assigner: WindowAssigner): WindowedStream<T, K> {
-    if (assigner === undefined || !['tumbling', 'sliding', 'session'].includes(assigner.kind)) {
+    if (
+      typeof assigner !== 'object' ||
+      assigner === null ||
+      !['tumbling', 'sliding', 'session'].includes(assigner.kind)
+    ) {
       throw new PipelineDefinitionError(
         `window needs tumbling(...), sliding(...) or session(...); received ${describeValue(assigner)}`,
       );
     }
-    return new WindowedStream<T, K>(this, assigner);
+    // Checked again (an object written by hand, e.g. without its offset, would assign no window).
+    const checked =
+      assigner.kind === 'tumbling'
+        ? tumbling(assigner)
+        : assigner.kind === 'sliding'
+          ? sliding(assigner)
+          : session(assigner);
+    return new WindowedStream<T, K>(this, checked);
   }
 
   /** A keyed process function with state and timers (see KeyedProcessFunction). */
@@ -336,12 +363,17 @@ export class KeyedStream<T, K extends StateKey> {
     fn: KeyedProcessFunction<T, Out, S>,
     options: { uid?: string } = {},
   ): ProcessedStream<Out> {
-    if (fn === undefined || typeof fn.processElement !== 'function') {
+    if (typeof fn !== 'object' || fn === null || typeof fn.processElement !== 'function') {
       throw new PipelineDefinitionError(
         `process needs an object with a processElement(value, ctx) method; received ${describeValue(fn)}`,
       );
     }
     refuseAsync('process: processElement', fn.processElement);
+    if (typeof options !== 'object' || options === null) {
+      throw new PipelineDefinitionError(
+        `process options must be an object such as { uid: 'my-operator' } or left out; received ${describeValue(options)}`,
+      );
+    }
     checkStateSpec(fn.state);
     if (fn.onTimer !== undefined) {
       if (typeof fn.onTimer !== 'function') {

@@ -42,14 +42,26 @@ function checkOffset(offset: unknown, size: number, what: string): number {
   return offset;
 }
 
+/** The options object of an assigner call, or an error showing the call to write. */
+function checkOptions<T>(options: T, call: string, example: string): T {
+  if (typeof options !== 'object' || options === null) {
+    throw new PipelineDefinitionError(
+      `${call} needs an options object, e.g. ${example}; received ${describeValue(options)}`,
+    );
+  }
+  return options;
+}
+
 /** Fixed-size, non-overlapping windows: [k*size + offset, (k+1)*size + offset). */
 export function tumbling(options: { size: Millis; offset?: Millis }): TumblingWindows {
+  checkOptions(options, 'tumbling', 'tumbling({ size: minutes(1) })');
   const size = checkDuration('tumbling window size', options.size, 1);
   return { kind: 'tumbling', size, offset: checkOffset(options.offset ?? 0, size, 'tumbling window') };
 }
 
 /** Windows of `size` starting every `slide`; an element belongs to ceil(size/slide) windows. */
 export function sliding(options: { size: Millis; slide: Millis; offset?: Millis }): SlidingWindows {
+  checkOptions(options, 'sliding', 'sliding({ size: minutes(10), slide: minutes(1) })');
   const size = checkDuration('sliding window size', options.size, 1);
   const slide = checkDuration('sliding window slide', options.slide, 1);
   return { kind: 'sliding', size, slide, offset: checkOffset(options.offset ?? 0, slide, 'sliding window') };
@@ -57,6 +69,7 @@ export function sliding(options: { size: Millis; slide: Millis; offset?: Millis 
 
 /** Per-key sessions: an element opens [ts, ts+gap); windows that overlap or touch merge. */
 export function session(options: { gap: Millis }): SessionWindows {
+  checkOptions(options, 'session', 'session({ gap: minutes(30) })');
   return { kind: 'session', gap: checkDuration('session gap', options.gap, 1) };
 }
 
