@@ -403,6 +403,24 @@ describe('ListState', () => {
     expect(await driver.state('process-0', 'b')).toEqual({ l: ['b1'] });
   });
 
+  it('update with something other than an array dead-letters the record, saying what it received', async () => {
+    const driver = driverFor(listFn);
+    await driver.send([
+      rec({ k: 'a', ts: 1, op: 'add', v: 1 }),
+      rec({ k: 'a', ts: 2, op: 'update', v: 5 }),
+      rec({ k: 'a', ts: 3, op: 'update', v: 'xy' }),
+    ]);
+    expect(driver.values('out')).toEqual([{ k: 'a', items: [1] }]);
+    const letters = driver.values<{ reason: string; message: string }>('floe.dead-letter');
+    expect(letters.map((l) => [l.reason, l.message])).toEqual(
+      ['5', '"xy"'].map((received) => [
+        'user-function',
+        `TypeError: list state update(values) needs an array; received ${received}. Use add(value) to append one value`,
+      ]),
+    );
+    expect(await driver.state('process-0', 'a')).toEqual({ l: [1] });
+  });
+
   it('persists across a restart', async () => {
     const driver = driverFor(listFn);
     await driver.send([rec({ k: 'a', ts: 1, op: 'add', v: 1 }), rec({ k: 'a', ts: 2, op: 'add', v: 2 })]);
@@ -1073,6 +1091,36 @@ describe('side outputs', () => {
         'TypeError: ctx.output("floe.late"): side output names starting with "floe." are reserved for floe\'s own sinks (floe.dead-letter, floe.late); choose another name',
       ],
     ]);
+  });
+
+  it('ctx.output without a usable name dead-letters the record, saying what it received', async () => {
+    const p = pipeline('side-unnamed');
+    p.source<Ev>({ deserializer: passthroughDeserializer<Ev>() })
+      .withTimestamps((e) => e.ts, boundedOutOfOrderness(0))
+      .keyBy((e) => e.k)
+      .process<{ main: StateKey }>({
+        processElement(e, ctx) {
+          ctx.emit({ main: ctx.key });
+          const name = { empty: '', number: 5, none: undefined }[e.op as string];
+          if (e.op !== undefined) ctx.output(name as string, { x: 1 });
+        },
+      })
+      .sink('out');
+    const driver = new TestDriver(p);
+    await driver.send([
+      rec({ k: 'a', ts: 5, op: 'empty' }),
+      rec({ k: 'b', ts: 6 }),
+      rec({ k: 'c', ts: 7, op: 'number' }),
+      rec({ k: 'd', ts: 8, op: 'none' }),
+    ]);
+    expect(driver.values('out')).toEqual([{ main: 'b' }]);
+    const letters = driver.values<{ reason: string; message: string }>('floe.dead-letter');
+    expect(letters.map((l) => [l.reason, l.message])).toEqual(
+      ['""', '5', 'undefined'].map((received) => [
+        'user-function',
+        `TypeError: ctx.output needs a side output name of 1 to 200 characters; received ${received}`,
+      ]),
+    );
   });
 
   it('consumed side outputs flow through their branch; unconsumed ones go to a sink of that name', async () => {

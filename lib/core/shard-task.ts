@@ -219,6 +219,12 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
   output(sideOutput: string, value: unknown): void {
     let emit = this.side.get(sideOutput);
     if (emit === undefined) {
+      // The name of a sink, as DataStream.sink requires it (else: a sink "" or a TypeError).
+      if (typeof sideOutput !== 'string' || sideOutput === '' || sideOutput.length > 200) {
+        throw new TypeError(
+          `ctx.output needs a side output name of 1 to 200 characters; received ${describeValue(sideOutput)}`,
+        );
+      }
       // floe's own sinks take no user data (a window's late output is floe's, under floe.late).
       if (this.plan.kind === 'process' && sideOutput.startsWith(RESERVED_SINK_PREFIX)) {
         throw new TypeError(

@@ -1050,6 +1050,11 @@ class ListStateHandle<T> implements ListState<T> {
     this.rt.setCell(this.i, { items, t });
   }
   update(values: readonly T[]): void {
+    if (!Array.isArray(values)) {
+      throw new TypeError(
+        `list state update(values) needs an array; received ${describeValue(values)}. Use add(value) to append one value`,
+      );
+    }
     if (values.length === 0) {
       this.clear();
       return;
