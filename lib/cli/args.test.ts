@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { nonNegativeInt, positiveInt, throttled, UsageError } from './args.ts';
+import { formatTime, fraction, nonNegativeInt, positiveInt, throttled, UsageError } from './args.ts';
 
 describe('numeric flags', () => {
   it('nonNegativeInt takes 0 and whole numbers, with the flag and the value in the error', () => {
@@ -19,6 +19,16 @@ describe('numeric flags', () => {
     for (const bad of ['0', '1025', '99999999', '2.5', 'x', '']) {
       expect(() => positiveInt('--shards', bad, 1, 1024)).toThrow(
         `--shards must be a whole number from 1 to 1024; received "${bad}"`,
+      );
+    }
+  });
+
+  it('fraction takes 0 to 1; an empty value is refused, not read as 0', () => {
+    expect(fraction('--late', '0', 0.5)).toBe(0);
+    expect(fraction('--late', '0.25', 0.5)).toBe(0.25);
+    for (const bad of ['', ' ', '-0.1', '1.5', 'NaN', 'x']) {
+      expect(() => fraction('--late', bad, 0.5)).toThrow(
+        `--late must be a number from 0 to 1; received "${bad}"`,
       );
     }
   });
@@ -51,5 +61,18 @@ describe('throttled', () => {
     }
     // 50 ms of work per call: at most one call per 500 ms.
     expect(ticks).toEqual([0, 500, 1_000]);
+  });
+});
+
+describe('formatTime', () => {
+  it('writes ISO times, the infinities, and times past a Date range as epoch ms instead of throwing', () => {
+    expect(formatTime(0)).toBe('1970-01-01T00:00:00Z');
+    expect(formatTime(1500)).toBe('1970-01-01T00:00:01.500Z');
+    expect(formatTime(Number.NEGATIVE_INFINITY)).toBe('-inf');
+    expect(formatTime(Number.POSITIVE_INFINITY)).toBe('+inf');
+    expect(formatTime(-8.64e15)).toBe('-271821-04-20T00:00:00Z');
+    // The watermark after an event at -8.64e15 with 5 s of out-of-orderness.
+    expect(formatTime(-8.64e15 - 5001)).toBe('-8640000000005001 ms');
+    expect(formatTime(8.64e15 + 1)).toBe('8640000000000001 ms');
   });
 });

@@ -40,7 +40,7 @@ export function nonNegativeInt(flag: string, value: string | undefined, fallback
 export function fraction(flag: string, value: string | undefined, fallback: number): number {
   if (value === undefined) return fallback;
   const n = Number(value);
-  if (!Number.isFinite(n) || n < 0 || n > 1)
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1)
     throw new UsageError(`${flag} must be a number from 0 to 1; received "${value}"`);
   return n;
 }
@@ -77,6 +77,9 @@ export function jobIdFlag(flag: string, value: string | undefined): string | und
 export function formatTime(t: number): string {
   if (t === Number.NEGATIVE_INFINITY) return '-inf';
   if (t === Number.POSITIVE_INFINITY) return '+inf';
+  // A watermark or timer may lie past a Date's range (±8.64e15 ms): a timestamp there minus the
+  // out-of-orderness bound. toISOString would throw a RangeError ("Invalid time value").
+  if (!(Math.abs(t) <= 8.64e15)) return `${t} ms`;
   return new Date(t).toISOString().replace('.000Z', 'Z');
 }
 
