@@ -18,6 +18,13 @@ export const MAX_SHARDS = 1024;
  */
 export const MAX_BATCH_SIZE = 10_000;
 
+/**
+ * The longest --lease-ttl: Node's longest timer delay, 2^31 - 1 ms (about 24.8 days). A
+ * savepoint renews its hold every third of it with setInterval, which runs a longer delay as
+ * 1 ms (printing a TimeoutOverflowWarning), and a lease's expiry must stay a printable time.
+ */
+export const MAX_LEASE_TTL = 2_147_483_647;
+
 /** A whole number >= 1 (and <= `max` when given), or `fallback` when the flag is absent. */
 export function positiveInt(flag: string, value: string | undefined, fallback: number, max?: number): number {
   if (value === undefined) return fallback;

@@ -205,7 +205,7 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
     expectOneLineError(
       await floe('run', 'examples/page-views.ts', '--lease-ttl=1.5', '--data-dir', join(TMP, 'e3')),
       2,
-      /--lease-ttl must be a whole number >= 1; received "1.5"/,
+      /--lease-ttl must be a whole number from 1 to 2147483647; received "1.5"/,
     );
     expectOneLineError(
       await floe('simulate', 'examples/page-views.ts', '--input', input, '--shards', '0'),

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MAX_SHARDS as LOG_MAX_SHARDS, MAX_READ_LIMIT } from '../embedded/local-log.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
-import { MAX_BATCH_SIZE, MAX_SHARDS } from './args.ts';
+import { MAX_BATCH_SIZE, MAX_LEASE_TTL, MAX_SHARDS } from './args.ts';
 import { summarizeDemo } from './demo.ts';
 import { type Exit, expectOneLineError, killRunningCli, runCli } from './testing/run-cli.ts';
 
@@ -192,6 +192,21 @@ describe.concurrent('usage errors exit 2', () => {
     // Neither wrote a job record (nor took a lease) for the job.
     const status = await floe('status', '--job', 'pv-big', '--stream', 'page-views', '--data-dir', dir);
     expect(status.stdout).toMatch(/^job pv-big on stream page-views\n/);
+  });
+
+  it('--lease-ttl is at most 2147483647 ms (a longer savepoint hold is renewed every 1 ms, with a warning)', async () => {
+    const dir = await produced('lease-too-long', 10);
+    const tooLong = String(MAX_LEASE_TTL + 1);
+    const pattern = new RegExp(
+      `--lease-ttl must be a whole number from 1 to ${MAX_LEASE_TTL}; received "${tooLong}"$`,
+    );
+    for (const args of [
+      ['run', 'examples/page-views.ts', '--job', 'pv-lease', '--until-idle'],
+      ['replay', '--from-timestamp', '0', '--pipeline', 'examples/page-views.ts', '--as-job', 'pv-lease'],
+      ['savepoint', 'create', '--job', 'page-views'],
+    ]) {
+      expectOneLineError(await floe(...args, '--lease-ttl', tooLong, '--data-dir', dir), 2, pattern);
+    }
   });
 
   it('produce --stream with an invalid name is a usage error that creates nothing', async () => {

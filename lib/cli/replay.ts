@@ -11,6 +11,7 @@ import {
   formatTime,
   jobIdFlag,
   MAX_BATCH_SIZE,
+  MAX_LEASE_TTL,
   nonNegativeInt,
   oneOf,
   positiveInt,
@@ -102,7 +103,7 @@ export async function runReplay(args: string[]): Promise<number> {
   checkBackendFlags(backend, { sink: values.sink });
   positiveInt('--batch-size', values['batch-size'], 1000, MAX_BATCH_SIZE);
   nonNegativeInt('--commit-interval', values['commit-interval'], 0);
-  positiveInt('--lease-ttl', values['lease-ttl'], 10_000);
+  positiveInt('--lease-ttl', values['lease-ttl'], 10_000, MAX_LEASE_TTL);
   positiveInt('--max-cached-keys', values['max-cached-keys'], 1);
   const quiet = oneOf('--progress', values.progress, ['auto', 'lines', 'none'], 'auto') === 'none';
   const runOptions = [

@@ -16,6 +16,7 @@ import {
   formatTime,
   jobIdFlag,
   MAX_BATCH_SIZE,
+  MAX_LEASE_TTL,
   nonNegativeInt,
   oneOf,
   positiveInt,
@@ -40,7 +41,7 @@ Options:
   --commit-interval <ms>    reads of this long share one commit: fewer state writes, outputs
                             published up to this much later (default 0: commit every read)
   --lease-ttl <ms>          shard lease time to live; a crashed worker's shards are taken over
-                            after it (default 10000)
+                            after it (default 10000, at most 2147483647)
   --max-cached-keys <N>     keys whose state a worker keeps in memory per keyed operator; the
                             least recently used beyond it are read again (default 100000)
   --progress <auto|lines|none>  live progress on a terminal, periodic lines otherwise (default auto)
@@ -168,7 +169,7 @@ export async function runRun(args: string[]): Promise<number> {
   const pipeline = await loadPipeline(positionals[0]);
   const plan = compile(pipeline);
   const jobId = jobFlag ?? pipeline.name;
-  const leaseTtlMs = positiveInt('--lease-ttl', values['lease-ttl'], 10_000);
+  const leaseTtlMs = positiveInt('--lease-ttl', values['lease-ttl'], 10_000, MAX_LEASE_TTL);
   const maxCachedKeys = positiveInt('--max-cached-keys', values['max-cached-keys'], DEFAULT_MAX_CACHED_KEYS);
   if (backend === 'aws') {
     await checkSinkBindings(values.sink ?? [], plan);

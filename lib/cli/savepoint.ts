@@ -22,6 +22,7 @@ import {
   formatCount,
   formatTime,
   jobIdFlag,
+  MAX_LEASE_TTL,
   nonNegativeInt,
   oneOf,
   positiveInt,
@@ -51,7 +52,7 @@ export const SAVEPOINT_HELP = `floe savepoint <create|list|inspect|delete> [opti
         --stream <name>     the job's stream, if the job was never run by this floe (default: the job id)
         --pipeline <m.ts>   describe the state with this pipeline (default: what 'floe run' last ran)
         --timeout <s>       how long to wait for workers to pause (default 120)
-        --lease-ttl <ms>    the savepoint's hold on the job; renewed at a third of it (default 30000)
+        --lease-ttl <ms>    the savepoint's hold on the job; renewed at a third of it (default 30000, at most 2147483647)
         --chunk-entries <N> state entries per file (default 50000; at most 64 MiB of text each)
         --generation <N>    aws: the state generation of a job without a job record (default 0;
                             the StreamProcessor's generation prop)
@@ -147,7 +148,7 @@ async function create(args: string[]): Promise<number> {
         ? {}
         : { generation, checkRecord: (record) => checkGenerationFlag(job, generation, record) }),
       timeoutMs: positiveInt('--timeout', values.timeout, 120) * 1000,
-      leaseTtlMs: positiveInt('--lease-ttl', values['lease-ttl'], 30_000),
+      leaseTtlMs: positiveInt('--lease-ttl', values['lease-ttl'], 30_000, MAX_LEASE_TTL),
       chunkEntries: positiveInt('--chunk-entries', values['chunk-entries'], 50_000),
       onProgress: progress.onProgress,
       ...(onStep === undefined ? {} : { onStep }),
