@@ -261,6 +261,21 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
     expectOneLineError(await floe('simulate', 'examples/page-views.ts'), 2, /simulate needs --input/);
   });
 
+  it('produce refuses an "arrival" outside a Date range, naming the line (it failed with "Invalid time value")', async () => {
+    const file = join(TMP, 'far-arrival.ndjson');
+    for (const arrival of ['1e20', '"x"', '-9e15']) {
+      writeFileSync(
+        file,
+        `{"partitionKey":"a","data":1,"arrival":0}\n{"partitionKey":"a","data":1,"arrival":${arrival}}\n`,
+      );
+      expectOneLineError(
+        await floe('produce', '--stream', 's', '--file', file, '--data-dir', join(TMP, 'far-arrival')),
+        1,
+        /^floe: line 2: "arrival" must be epoch milliseconds within ±8640000000000000 \(a Date's range\); received /,
+      );
+    }
+  });
+
   // Bug: when stdout is closed early (`floe simulate ... | head -1`), the EPIPE is an unhandled
   // 'error' event: Node prints a stack trace.
   it('a closed stdout is not a crash with a stack trace', async () => {

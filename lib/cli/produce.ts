@@ -2,7 +2,7 @@
 
 import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ConfigurationError, describeValue } from '../core/index.ts';
+import { ConfigurationError, describeValue, MAX_EVENT_TIME } from '../core/index.ts';
 import { DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
 import {
   type AppendRecord,
@@ -193,9 +193,13 @@ function checkRecordLine(obj: Record<string, unknown>, line: number): void {
       `line ${line}: unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((f) => `"${f}"`).join(', ')} (misspelt?); a record has only "partitionKey", "data" and "arrival", or pass --partition-key <field> for plain events`,
     );
   }
-  if (obj.arrival !== undefined && (typeof obj.arrival !== 'number' || !Number.isFinite(obj.arrival))) {
+  // Within a Date's range, as Kinesis arrival timestamps are (and so they can be printed).
+  if (
+    obj.arrival !== undefined &&
+    (typeof obj.arrival !== 'number' || !(Math.abs(obj.arrival) <= MAX_EVENT_TIME))
+  ) {
     throw new ConfigurationError(
-      `line ${line}: "arrival" must be epoch milliseconds (a number); received ${describeValue(obj.arrival)}`,
+      `line ${line}: "arrival" must be epoch milliseconds within ±${MAX_EVENT_TIME} (a Date's range); received ${describeValue(obj.arrival)}`,
     );
   }
 }
