@@ -83,6 +83,11 @@ describe('simulate script lines: one kind per line, known fields only', () => {
     expect(error('{"processingTime":"x"}')).toBe(
       'line 7: "processingTime" must be epoch milliseconds (a number); received "x"',
     );
+    for (const arrival of ['"x"', '1e400', '-1e20']) {
+      expect(error(`{"partitionKey":"a","data":1,"arrival":${arrival}}`)).toMatch(
+        /^line 7: "arrival" must be epoch milliseconds within ±8640000000000000 \(a Date's range\); received /,
+      );
+    }
     expect(error('{"watermark":null}')).toMatch(/"watermark" must be epoch milliseconds .*received null/);
     expect(error('{"partitionKey":"","data":1}')).toMatch(/non-empty string "partitionKey"; received ""/);
     expect(error('{"shard":1}')).toMatch(/^line 7: a line is one of .*; received \{"shard":1\}$/);

@@ -2,7 +2,14 @@
  * `floe simulate`: runs a pipeline in memory over an NDJSON script of records and control
  * lines, through the same ShardTask, commit and outbox path as a real job.
  */
-import { ConfigurationError, describeValue, type Output, type Pipeline, shardName } from '../core/index.ts';
+import {
+  ConfigurationError,
+  describeValue,
+  MAX_EVENT_TIME,
+  type Output,
+  type Pipeline,
+  shardName,
+} from '../core/index.ts';
 import { type DriverRecord, TestDriver } from '../core/testing/test-driver.ts';
 import { CoPartitioningCheck } from './co-partitioning.ts';
 
@@ -152,9 +159,13 @@ function parseRecord(raw: Record<string, unknown>, line: number): DriverRecord {
       `line ${line}: "raw" must be a string (the payload as is; use "data" for JSON); received ${describeValue(raw.raw)}`,
     );
   }
-  if (raw.arrival !== undefined && typeof raw.arrival !== 'number') {
+  // Within a Date's range, as floe produce requires (1e400 reads as Infinity: arrivalTime null).
+  if (
+    raw.arrival !== undefined &&
+    (typeof raw.arrival !== 'number' || !(Math.abs(raw.arrival) <= MAX_EVENT_TIME))
+  ) {
     throw new ConfigurationError(
-      `line ${line}: "arrival" must be epoch milliseconds (a number); received ${describeValue(raw.arrival)}`,
+      `line ${line}: "arrival" must be epoch milliseconds within ±${MAX_EVENT_TIME} (a Date's range); received ${describeValue(raw.arrival)}`,
     );
   }
   // The payload travels as bytes, as on Kinesis, so the pipeline's deserializer runs for real.
