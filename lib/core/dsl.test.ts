@@ -426,6 +426,22 @@ describe('missing or null option objects (JavaScript callers)', () => {
     expect(driver.values('out')).toEqual([{ key: 'ana', window: { start: 0, end: 10 }, result: 1 }]);
   });
 
+  it('refuses unknown (misspelt) assigner options, which were ignored', () => {
+    definitionError(
+      () => tumbling(bad({ size: 10, ofset: 5 })),
+      'tumbling options have unknown field "ofset" (misspelt?); tumbling takes "size", "offset"',
+    );
+    definitionError(() => sliding(bad({ size: 10, slide: 5, step: 1, x: 2 })), 'unknown fields "step", "x"');
+    definitionError(() => session(bad({ gap: 10, size: 5 })), 'session takes "gap"');
+    const keyed = timed(pipeline('p')).keyBy((e) => e.user);
+    definitionError(
+      () => keyed.window(bad({ kind: 'session', gap: 10, timeout: 5 })),
+      'unknown field "timeout"',
+    );
+    // An assigner made by the functions passes window() as it is.
+    expect(() => keyed.window(sliding({ size: 10, slide: 5, offset: 1 }))).not.toThrow();
+  });
+
   it('refuses a version that is not a non-empty string (savepoints record it as one)', () => {
     definitionError(
       () => pipeline('p', { version: bad(2) }),

@@ -42,11 +42,21 @@ function checkOffset(offset: unknown, size: number, what: string): number {
   return offset;
 }
 
-/** The options object of an assigner call, or an error showing the call to write. */
-function checkOptions<T>(options: T, call: string, example: string): T {
+/**
+ * The options object of an assigner call, or an error showing the call to write. A field it
+ * does not know (a misspelt `ofset`) is refused: it would be ignored without a word. `kind` is
+ * accepted, for an assigner object passed to window() again.
+ */
+function checkOptions<T>(options: T, call: string, example: string, fields: readonly string[]): T {
   if (typeof options !== 'object' || options === null) {
     throw new PipelineDefinitionError(
       `${call} needs an options object, e.g. ${example}; received ${describeValue(options)}`,
+    );
+  }
+  const unknown = Object.keys(options).filter((f) => f !== 'kind' && !fields.includes(f));
+  if (unknown.length > 0) {
+    throw new PipelineDefinitionError(
+      `${call} options have unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((f) => `"${f}"`).join(', ')} (misspelt?); ${call} takes ${fields.map((f) => `"${f}"`).join(', ')}`,
     );
   }
   return options;
@@ -54,14 +64,18 @@ function checkOptions<T>(options: T, call: string, example: string): T {
 
 /** Fixed-size, non-overlapping windows: [k*size + offset, (k+1)*size + offset). */
 export function tumbling(options: { size: Millis; offset?: Millis }): TumblingWindows {
-  checkOptions(options, 'tumbling', 'tumbling({ size: minutes(1) })');
+  checkOptions(options, 'tumbling', 'tumbling({ size: minutes(1) })', ['size', 'offset']);
   const size = checkDuration('tumbling window size', options.size, 1);
   return { kind: 'tumbling', size, offset: checkOffset(options.offset ?? 0, size, 'tumbling window') };
 }
 
 /** Windows of `size` starting every `slide`; an element belongs to ceil(size/slide) windows. */
 export function sliding(options: { size: Millis; slide: Millis; offset?: Millis }): SlidingWindows {
-  checkOptions(options, 'sliding', 'sliding({ size: minutes(10), slide: minutes(1) })');
+  checkOptions(options, 'sliding', 'sliding({ size: minutes(10), slide: minutes(1) })', [
+    'size',
+    'slide',
+    'offset',
+  ]);
   const size = checkDuration('sliding window size', options.size, 1);
   const slide = checkDuration('sliding window slide', options.slide, 1);
   return { kind: 'sliding', size, slide, offset: checkOffset(options.offset ?? 0, slide, 'sliding window') };
@@ -69,7 +83,7 @@ export function sliding(options: { size: Millis; slide: Millis; offset?: Millis 
 
 /** Per-key sessions: an element opens [ts, ts+gap); windows that overlap or touch merge. */
 export function session(options: { gap: Millis }): SessionWindows {
-  checkOptions(options, 'session', 'session({ gap: minutes(30) })');
+  checkOptions(options, 'session', 'session({ gap: minutes(30) })', ['gap']);
   return { kind: 'session', gap: checkDuration('session gap', options.gap, 1) };
 }
 
