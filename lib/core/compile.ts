@@ -7,7 +7,7 @@ import {
   type Pipeline,
   reservedSinkName,
 } from './dsl.ts';
-import { PipelineDefinitionError } from './errors.ts';
+import { describeValue, PipelineDefinitionError } from './errors.ts';
 import type { KeyedProcessFunction } from './processor.ts';
 import type { StateKey, StateSpec } from './state.ts';
 import type { WatermarkStrategy } from './watermarks.ts';
@@ -46,6 +46,11 @@ export function isPipeline(value: unknown): value is Pipeline {
 }
 
 export function compile(pipeline: Pipeline): PipelinePlan {
+  if (!isPipeline(pipeline)) {
+    throw new PipelineDefinitionError(
+      `compile needs a pipeline made with pipeline(name) (e.g. a pipeline module's default export); received ${describeValue(pipeline)}`,
+    );
+  }
   const where = `pipeline "${pipeline.name}"`;
   const source = pipeline.nodes.find((n) => n.kind === 'source');
   if (source === undefined) {

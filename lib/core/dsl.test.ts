@@ -401,6 +401,15 @@ describe('missing or null option objects (JavaScript callers)', () => {
     );
   });
 
+  it('compile (and so a TestDriver) refuses something that is not a pipeline', () => {
+    definitionError(
+      () => compile(bad(undefined)),
+      'compile needs a pipeline made with pipeline(name)',
+      'received undefined',
+    );
+    definitionError(() => new TestDriver(bad({})), 'compile needs a pipeline', 'received {}');
+  });
+
   it('checks a window assigner written by hand as the assigner functions do', async () => {
     const keyed = timed(pipeline('p')).keyBy((e) => e.user);
     definitionError(
