@@ -40,6 +40,15 @@ export interface TestDriverOptions {
 
 const LEASE_TTL = 2 ** 40;
 
+/** A time the driver is given: a number, not NaN (a string or NaN would stall watermarks or the clock). */
+function checkTime(what: string, value: unknown): void {
+  if (typeof value !== 'number' || Number.isNaN(value)) {
+    throw new ConfigurationError(
+      `${what} needs a time in epoch milliseconds (a number, or ±Infinity); received ${describeValue(value)}`,
+    );
+  }
+}
+
 export class TestDriver {
   readonly shardIds: string[];
   private backend = new MemoryBackend();
@@ -70,6 +79,12 @@ export class TestDriver {
 
   /** Sends records; consecutive records of one shard form one batch (one commit). */
   async send(records: readonly DriverRecord[]): Promise<void> {
+    if (!Array.isArray(records)) {
+      throw new ConfigurationError(
+        `send needs an array of records { partitionKey, data, shard?, arrival? }; received ${describeValue(records)}`,
+      );
+    }
+    for (const r of records) if (r.arrival !== undefined) checkTime("a record's arrival", r.arrival);
     let i = 0;
     while (i < records.length) {
       const shard = this.resolveShard(records[i]!);
@@ -91,6 +106,7 @@ export class TestDriver {
 
   /** Advances the watermark of one shard (or all) to at least `watermark`. */
   async advanceWatermark(watermark: number, shard?: string): Promise<void> {
+    checkTime('advanceWatermark', watermark);
     for (const id of shard === undefined ? this.shardIds : [this.checkShard(shard)]) {
       await this.run(id, (task) => task.processWatermark(watermark, this.backend, this.now));
     }
@@ -98,6 +114,7 @@ export class TestDriver {
 
   /** Advances processing time: fires processing-time timers and idleness on every shard. */
   async advanceProcessingTime(now: number): Promise<void> {
+    checkTime('advanceProcessingTime', now);
     this.now = Math.max(this.now, now);
     for (const id of this.shardIds) {
       await this.run(id, (task) => task.processBatch([], this.backend, this.now));
