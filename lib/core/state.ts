@@ -10,6 +10,7 @@ import {
   StateSerializationError,
 } from './errors.ts';
 import { Journal, type Undoable } from './journal.ts';
+import { jsonLoss } from './json-loss.ts';
 import type { StateAddress } from './ports.ts';
 import { checkDuration, type Millis } from './time.ts';
 import type { QueuedTimer } from './timers.ts';
@@ -392,7 +393,10 @@ export class KeyedStateBackend {
           json = mapCellJson(cell as MapCell);
         } else {
           const encoded = encodeCell(d, cell, this.now);
-          if (encoded !== undefined) json = JSON.stringify(encoded);
+          if (encoded !== undefined) {
+            if (jsonLoss(encoded) !== undefined) throw NOT_JSON;
+            json = JSON.stringify(encoded);
+          }
         }
         if (json === undefined) continue;
         text += `${text === '' ? '' : ','}${this.quotedNames[i]!}:${json}`;
@@ -401,10 +405,43 @@ export class KeyedStateBackend {
       entry.json ??= JSON.stringify(entry.key);
       return `{"k":${entry.json},"s":{${text}}}`;
     } catch (error) {
+      // The error path only: find what is not JSON, with the state's name, for the message.
+      const what = this.jsonLossIn(entry) ?? String(error);
       throw new StateSerializationError(
-        `state of operator "${this.uid}" for key ${describeValue(entry.key)} is not JSON-serializable (${String(error)}); keep state values to plain objects, arrays, strings, numbers, booleans and null`,
+        `state of operator "${this.uid}" for key ${describeValue(entry.key)} is not JSON-serializable: ${what}. A restart would read it back changed; keep state values to plain objects, arrays, strings, finite numbers, booleans and null`,
       );
     }
+  }
+
+  /** What in `entry`'s state JSON would not give back unchanged (see jsonLoss), by state name. */
+  private jsonLossIn(entry: KeyEntry): string | undefined {
+    for (let i = 0; i < this.names.length; i++) {
+      const name = this.names[i]!;
+      const table = this.tables[i];
+      const rows: Array<[string, unknown]> = [];
+      if (table !== undefined) {
+        for (const [mk, column] of table) {
+          const v = column.get(entry.slot);
+          if (v !== undefined) rows.push([`${name}[${JSON.stringify(mk)}]`, v]);
+        }
+      } else {
+        const cell = entry.cells[i];
+        if (cell === undefined) continue;
+        const d = this.descriptors[i]!;
+        if (d.kind === 'value') rows.push([name, (cell as ValueCell).v]);
+        else if (d.kind === 'map')
+          for (const [k, v] of cell as MapCell) rows.push([`${name}[${JSON.stringify(k)}]`, v]);
+        else {
+          const items = (cell as ListCell).items;
+          for (let j = 0; j < items.length; j++) rows.push([`${name}[${j}]`, items[j]]);
+        }
+      }
+      for (const [path, v] of rows) {
+        const loss = jsonLoss(v, path);
+        if (loss !== undefined) return loss;
+      }
+    }
+    return undefined;
   }
 
   /**
@@ -485,10 +522,13 @@ const expired = (t: number, ttl: number | undefined, now: number): boolean =>
 const numberCacheKeys = new Float64Array(512).fill(Number.NaN);
 const numberCacheText: string[] = new Array(512).fill('');
 
-/** JSON of one value inside an array (where undefined and functions become null). */
+/** Thrown where a state value is not JSON; serialize's message says what and where. */
+const NOT_JSON = new TypeError('a state value is not JSON');
+
+/** JSON of one value inside an array; throws NOT_JSON for what JSON would change (jsonLoss). */
 function itemJson(v: unknown): string {
   if (typeof v === 'number') {
-    if (!Number.isFinite(v)) return 'null';
+    if (!Number.isFinite(v)) throw NOT_JSON;
     const slot = Math.imul(v | 0, 0x9e3779b1) >>> 23;
     if (numberCacheKeys[slot] === v) return numberCacheText[slot]!; // -0 and 0 both print as "0"
     const text = String(v);
@@ -497,7 +537,8 @@ function itemJson(v: unknown): string {
     return text;
   }
   if (typeof v === 'string') return JSON.stringify(v);
-  return JSON.stringify(v) ?? 'null';
+  if (jsonLoss(v) !== undefined) throw NOT_JSON;
+  return JSON.stringify(v);
 }
 
 // mapCellJson's accumulator: Map.forEach with a shared callback allocates no entry arrays.
