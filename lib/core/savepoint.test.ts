@@ -192,6 +192,13 @@ describe('migration encoding', () => {
       /declares no state "zz"/,
     );
     expect(() => encodeMigratedEntry({ ...entry, state: { m: 3 } }, schemas, 1)).toThrow(StateFormatError);
+    // What JSON would change is refused, as a commit refuses it.
+    expect(() => encodeMigratedEntry({ ...entry, state: { n: Number.NaN } }, schemas, 1)).toThrow(
+      /migrated state of operator "p" for key "a": n is NaN, which JSON stores as null; a migration returns JSON state/,
+    );
+    expect(() => encodeMigratedEntry({ ...entry, state: { m: [['x', () => 1]] } }, schemas, 1)).toThrow(
+      /m\[0\]\[1\] is a function/,
+    );
   });
 });
 

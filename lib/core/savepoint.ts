@@ -21,6 +21,7 @@ import {
 } from './checkpoint.ts';
 import type { PipelinePlan } from './compile.ts';
 import { describeValue, StateFormatError } from './errors.ts';
+import { jsonLoss } from './json-loss.ts';
 import type { Output, StartPosition, StateAddress } from './ports.ts';
 import type { StateDescriptor, StateKey } from './state.ts';
 
@@ -465,7 +466,15 @@ export function encodeMigratedEntry(
       );
     }
     const cell = encodeCell(st, value, now, where);
-    if (cell !== undefined) s[name] = cell;
+    if (cell === undefined) continue;
+    // As a commit refuses it: the job would read back other state than the migration returned.
+    const loss = jsonLoss(value, name);
+    if (loss !== undefined) {
+      throw new StateFormatError(
+        `${where}: ${loss}; a migration returns JSON state (plain objects, arrays, strings, finite numbers, booleans, null)`,
+      );
+    }
+    s[name] = cell;
   }
   if (Object.keys(s).length === 0) return undefined;
   const address = `${entry.operator}/${JSON.stringify(entry.key)}`;
