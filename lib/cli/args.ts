@@ -1,5 +1,5 @@
 /** Shared argument helpers for the floe commands. */
-import { ConfigurationError, MAX_EVENT_TIME } from '../core/index.ts';
+import { ConfigurationError, checkSavepointId, MAX_EVENT_TIME } from '../core/index.ts';
 import { isJobId, JOB_ID_RULE } from '../core/job-id.ts';
 
 /** A bad command line: exit code 2. */
@@ -79,6 +79,18 @@ export function jobIdFlag(flag: string, value: string | undefined): string | und
 export function jobIdFlag(flag: string, value: string | undefined): string | undefined {
   if (value === undefined || isJobId(value)) return value;
   throw new UsageError(`${flag}: ${JOB_ID_RULE}; received "${value}"`);
+}
+
+/**
+ * A savepoint id given on the command line (`what`: the flag or argument): one that cannot be an
+ * id is a usage error, checked before any backend is opened.
+ */
+export function savepointIdArg(what: string, value: string): string {
+  try {
+    return checkSavepointId(value);
+  } catch (error) {
+    throw new UsageError(`${what}: ${(error as Error).message}`);
+  }
 }
 
 export function formatTime(t: number): string {

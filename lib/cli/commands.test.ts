@@ -145,6 +145,26 @@ describe.concurrent('usage errors exit 2', () => {
     expect(existsSync('s3:')).toBe(false);
   });
 
+  it('a savepoint id that cannot be one is a usage error, before any data directory is read', async () => {
+    const dir = join(TMP, 'bad-savepoint-id');
+    const rule = "a savepoint id is 1-151 letters, digits, '.', '_' or '-' starting with a letter or digit";
+    for (const [args, what, received] of [
+      [['savepoint', 'inspect', '../x'], 'savepoint inspect', '"../x"'],
+      [['savepoint', 'delete', 'a b'], 'savepoint delete', '"a b"'],
+      [['savepoint', 'create', '--job', 'j', '--id', 'a/b'], '--id', '"a/b"'],
+      [['replay', '--from-savepoint', ''], '--from-savepoint', '""'],
+    ] as const) {
+      expectOneLineError(
+        await floe(...args, '--data-dir', dir),
+        2,
+        new RegExp(
+          `^floe: ${what}: ${rule.replaceAll('.', '\\.')}; received ${received.replaceAll('.', '\\.')}$`,
+        ),
+      );
+    }
+    expect(existsSync(dir)).toBe(false);
+  });
+
   it('floe savepoint create --progress takes auto or none only', async () => {
     const dir = join(TMP, 'bad-progress');
     expectOneLineError(

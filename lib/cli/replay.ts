@@ -15,6 +15,7 @@ import {
   nonNegativeInt,
   oneOf,
   positiveInt,
+  savepointIdArg,
   UsageError,
 } from './args.ts';
 import { checkModulePath } from './files.ts';
@@ -96,6 +97,7 @@ export async function runReplay(args: string[]): Promise<number> {
   if ((fromSavepoint === undefined) === (fromTimestamp === undefined)) {
     throw new UsageError('replay needs exactly one of --from-savepoint <id> or --from-timestamp <time>');
   }
+  if (fromSavepoint !== undefined) savepointIdArg('--from-savepoint', fromSavepoint);
   const asJob = jobIdFlag('--as-job', values['as-job']);
   const jobFlag = jobIdFlag('--job', values.job);
   // The options for the run are checked before anything is restored, as 'floe run' checks them.

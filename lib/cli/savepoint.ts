@@ -26,6 +26,7 @@ import {
   nonNegativeInt,
   oneOf,
   positiveInt,
+  savepointIdArg,
   UsageError,
 } from './args.ts';
 import { loadPipeline } from './load-pipeline.ts';
@@ -124,6 +125,7 @@ async function create(args: string[]): Promise<number> {
   }
   const generation =
     values.generation === undefined ? undefined : nonNegativeInt('--generation', values.generation, 0);
+  const id = values.id === undefined ? undefined : savepointIdArg('--id', values.id);
   const progressMode = oneOf('--progress', values.progress, ['auto', 'none'], 'auto');
   let pipeline: SavepointPipeline | undefined;
   let operators: ReturnType<typeof operatorSchemas> | undefined;
@@ -139,7 +141,7 @@ async function create(args: string[]): Promise<number> {
     const manifest = await createSavepoint(opened.backend, {
       job,
       stop: values.stop,
-      ...(values.id === undefined ? {} : { id: values.id }),
+      ...(id === undefined ? {} : { id }),
       ...(values.stream === undefined ? {} : { stream: values.stream }),
       ...(pipeline === undefined ? {} : { pipeline }),
       ...(operators === undefined ? {} : { operators }),
@@ -246,10 +248,11 @@ async function inspect(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length !== 1) throw new UsageError('savepoint inspect takes one savepoint id');
+  const id = savepointIdArg('savepoint inspect', positionals[0]!);
   const job = jobIdFlag('--job', values.job);
   const opened = await openSavepointBackend(values, job);
   try {
-    const manifest = await readManifest(opened.backend.snapshots, positionals[0]!);
+    const manifest = await readManifest(opened.backend.snapshots, id);
     if (values.verify) await verifySavepoint(opened.backend.snapshots, manifest);
     if (values.json) {
       console.log(JSON.stringify(values.verify ? { ...manifest, verified: true } : manifest, null, 2));
@@ -302,11 +305,12 @@ async function remove(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length !== 1) throw new UsageError('savepoint delete takes one savepoint id');
+  const id = savepointIdArg('savepoint delete', positionals[0]!);
   const job = jobIdFlag('--job', values.job);
   const opened = await openSavepointBackend(values, job);
   try {
-    await deleteSavepoint(opened.backend, positionals[0]!, job === undefined ? {} : { job });
-    console.error(`floe savepoint: deleted ${positionals[0]} from ${opened.backend.snapshots.location}`);
+    await deleteSavepoint(opened.backend, id, job === undefined ? {} : { job });
+    console.error(`floe savepoint: deleted ${id} from ${opened.backend.snapshots.location}`);
     return 0;
   } finally {
     await opened.close();
