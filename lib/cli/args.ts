@@ -1,5 +1,5 @@
 /** Shared argument helpers for the floe commands. */
-import { ConfigurationError, checkSavepointId, MAX_EVENT_TIME } from '../core/index.ts';
+import { ConfigurationError, checkSavepointId, isEventTime } from '../core/index.ts';
 import { isJobId, JOB_ID_RULE } from '../core/job-id.ts';
 
 /** A bad command line: exit code 2. */
@@ -98,7 +98,7 @@ export function formatTime(t: number): string {
   if (t === Number.POSITIVE_INFINITY) return '+inf';
   // A watermark or timer may lie past a Date's range (±8.64e15 ms): a timestamp there minus the
   // out-of-orderness bound. toISOString would throw a RangeError ("Invalid time value").
-  if (!(Math.abs(t) <= MAX_EVENT_TIME)) return `${t} ms`;
+  if (!isEventTime(t)) return `${t} ms`;
   return new Date(t).toISOString().replace('.000Z', 'Z');
 }
 

@@ -2,7 +2,7 @@
 
 import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ConfigurationError, describeValue, MAX_EVENT_TIME } from '../core/index.ts';
+import { ConfigurationError, describeValue, isEventTime, MAX_EVENT_TIME } from '../core/index.ts';
 import { DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
 import {
   type AppendRecord,
@@ -194,10 +194,7 @@ function checkRecordLine(obj: Record<string, unknown>, line: number): void {
     );
   }
   // Within a Date's range, as Kinesis arrival timestamps are (and so they can be printed).
-  if (
-    obj.arrival !== undefined &&
-    (typeof obj.arrival !== 'number' || !(Math.abs(obj.arrival) <= MAX_EVENT_TIME))
-  ) {
+  if (obj.arrival !== undefined && !isEventTime(obj.arrival)) {
     throw new ConfigurationError(
       `line ${line}: "arrival" must be epoch milliseconds within ±${MAX_EVENT_TIME} (a Date's range); received ${describeValue(obj.arrival)}`,
     );

@@ -41,7 +41,7 @@ import {
 } from './ports.ts';
 import type { KeyedProcessFunction, ProcessContext, Timer, TimerService } from './processor.ts';
 import { jsonCopy, KeyedStateBackend, type StateHandles, type StateKey, type StateSpec } from './state.ts';
-import { MAX_EVENT_TIME, MAX_TIMER_TIME } from './time.ts';
+import { isEventTime, MAX_EVENT_TIME, MAX_TIMER_TIME } from './time.ts';
 import { loadTimerChunks, replayTimerLog, TimerLog, type TimerLogOptions } from './timer-log.ts';
 import { type QueuedTimer, TimerQueue } from './timers.ts';
 import { generatedWatermark, idleWatermark } from './watermarks.ts';
@@ -1069,7 +1069,7 @@ export class ShardTask {
         const n = next();
         return (v) => {
           const t = fn(v);
-          if (typeof t !== 'number' || !(Math.abs(t) <= MAX_EVENT_TIME)) {
+          if (!isEventTime(t)) {
             throw new RecordError(
               'timestamp',
               `timestamp extractor returned ${describeValue(t)}; expected epoch milliseconds within ±${MAX_EVENT_TIME} (a JavaScript Date's range)`,

@@ -164,7 +164,7 @@ export class KeyEntry {
 /** The keyed state of one operator inside one shard task. */
 export class KeyedStateBackend {
   /**
-   * The cached keys, each with its slot; `entryAt(slot)` is its entry. The map holds slots, not
+   * The cached keys, each with its slot; `entries[slot]` is its entry. The map holds slots, not
    * entries, so processing an element (prefetch finds its slot) never loads its key's entry: at
    * 10k keys, scattered over the heap, each such load is a cache miss of its own.
    */

@@ -10,6 +10,11 @@ export type Millis = number;
  * (|t| < 2^53), as Flink's longs are.
  */
 export const MAX_EVENT_TIME = 8.64e15;
+
+/** Whether `t` is a time within a Date's range (±MAX_EVENT_TIME ms): not NaN, not ±Infinity. */
+export function isEventTime(t: unknown): t is number {
+  return typeof t === 'number' && Math.abs(t) <= MAX_EVENT_TIME;
+}
 /** The longest window, gap, lateness or out-of-orderness bound: 1e14 ms, about 3,170 years. */
 export const MAX_DURATION = 1e14;
 /**

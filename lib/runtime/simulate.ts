@@ -5,6 +5,7 @@
 import {
   ConfigurationError,
   describeValue,
+  isEventTime,
   MAX_EVENT_TIME,
   type Output,
   type Pipeline,
@@ -160,10 +161,7 @@ function parseRecord(raw: Record<string, unknown>, line: number): DriverRecord {
     );
   }
   // Within a Date's range, as floe produce requires (1e400 reads as Infinity: arrivalTime null).
-  if (
-    raw.arrival !== undefined &&
-    (typeof raw.arrival !== 'number' || !(Math.abs(raw.arrival) <= MAX_EVENT_TIME))
-  ) {
+  if (raw.arrival !== undefined && !isEventTime(raw.arrival)) {
     throw new ConfigurationError(
       `line ${line}: "arrival" must be epoch milliseconds within ±${MAX_EVENT_TIME} (a Date's range); received ${describeValue(raw.arrival)}`,
     );
