@@ -3,8 +3,7 @@
  * cdk-nag AwsSolutions pack (no unacknowledged finding, every acknowledgment justified), and one
  * synthesis with real esbuild bundling whose output is loaded and checked.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { App, CfnParameter, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
@@ -16,7 +15,7 @@ import * as kinesis from 'aws-cdk-lib/aws-kinesis';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import type { IConstruct } from 'constructs';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DELTA_APPLY_MODES } from '../lib/aws/dynamodb-backend.ts';
 import { awsJobConfigFromEnv } from '../lib/aws/job.ts';
 import { WorkerMetric } from '../lib/aws/metric-names.ts';
@@ -24,19 +23,9 @@ import { parseSinkBindings } from '../lib/aws/sinks-config.ts';
 import { PageViewsStack } from './page-views-stack.ts';
 import { SinkTarget } from './sink-target.ts';
 import { nodeOptions, StreamProcessor, type StreamProcessorProps } from './stream-processor.ts';
-import { testApp } from './test-support.ts';
+import { testApp, tmpOutdir } from './test-support.ts';
 
 type Json = Record<string, unknown>;
-
-const tmpDirs: string[] = [];
-afterAll(() => {
-  for (const dir of tmpDirs) rmSync(dir, { recursive: true, force: true });
-});
-function tmp(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'floe-cdk-test-'));
-  tmpDirs.push(dir);
-  return dir;
-}
 
 function exampleTemplate(): { stack: PageViewsStack; template: Template } {
   const app = testApp();
@@ -1108,7 +1097,7 @@ function acknowledgments(root: IConstruct): Array<{ path: string; id: string; re
 
 describe('cdk-nag AwsSolutions', () => {
   it('finds nothing unacknowledged in the example app, and every acknowledgment says why', () => {
-    const outdir = tmp();
+    const outdir = tmpOutdir();
     const app = testApp({ outdir });
     const stack = new PageViewsStack(app, 'FloePageViews');
     Validations.of(app).addPlugins(new AwsSolutionsChecks(app, { verbose: true }));
@@ -1137,7 +1126,7 @@ describe('cdk-nag AwsSolutions', () => {
   });
 
   it('reports a violation when there is one (the pack really runs)', () => {
-    const app = testApp({ outdir: tmp() });
+    const app = testApp({ outdir: tmpOutdir() });
     const stack = new PageViewsStack(app, 'WithInsecureBucket');
     new s3.Bucket(stack, 'Insecure');
     Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
@@ -1151,7 +1140,7 @@ describe('StreamProcessor in an app without cdk.json (no feature flags)', () => 
     props: Partial<StreamProcessorProps> = {},
     extra?: (stack: Stack) => Partial<StreamProcessorProps>,
   ) {
-    const app = new App();
+    const app = new App({ outdir: tmpOutdir() });
     const stack = new Stack(app, 'Plain');
     const processor = new StreamProcessor(stack, 'Job', {
       pipeline: 'examples/page-views.ts',
@@ -1246,7 +1235,7 @@ describe('bundling (local esbuild, no Docker)', () => {
   it('bundles the pipeline into the three functions as ES modules that load', {
     timeout: 120_000,
   }, async () => {
-    const outdir = tmp();
+    const outdir = tmpOutdir();
     const app = testApp({ outdir, bundle: true, context: { 'aws:cdk:enable-asset-metadata': true } });
     const stack = new PageViewsStack(app, 'Bundled');
     const assembly = app.synth();
