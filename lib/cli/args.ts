@@ -1,6 +1,7 @@
 /** Shared argument helpers for the floe commands. */
 import { ConfigurationError, checkSavepointId, isEventTime } from '../core/index.ts';
 import { isJobId, JOB_ID_RULE } from '../core/job-id.ts';
+import { isStreamName, STREAM_NAME_RULE } from '../core/stream-name.ts';
 
 /** A bad command line: exit code 2. */
 export class UsageError extends ConfigurationError {}
@@ -79,6 +80,17 @@ export function jobIdFlag(flag: string, value: string | undefined): string | und
 export function jobIdFlag(flag: string, value: string | undefined): string | undefined {
   if (value === undefined || isJobId(value)) return value;
   throw new UsageError(`${flag}: ${JOB_ID_RULE}; received "${value}"`);
+}
+
+/**
+ * The --stream value, or undefined when the flag is absent: a value that is not a stream name is a
+ * usage error, found before anything is opened or created.
+ */
+export function streamFlag(value: string): string;
+export function streamFlag(value: string | undefined): string | undefined;
+export function streamFlag(value: string | undefined): string | undefined {
+  if (value === undefined || isStreamName(value)) return value;
+  throw new UsageError(`--stream: ${STREAM_NAME_RULE}; received "${value}"`);
 }
 
 /**

@@ -229,24 +229,26 @@ describe.concurrent('usage errors exit 2', () => {
     }
   });
 
-  it('produce --stream with an invalid name is a usage error that creates nothing', async () => {
+  it('an invalid --stream is a usage error in every command that takes it, and creates nothing', async () => {
     const dir = join(TMP, 'bad-stream-name');
-    expectOneLineError(
-      await floe(
-        'produce',
-        '--stream',
-        'a/b',
-        '--generate',
-        'clickstream',
-        '--events',
-        '5',
-        '--data-dir',
-        dir,
-      ),
-      2,
-      /^floe: --stream: a stream name is 1 to 128 characters of letters, digits, "_", "\." and "-" \(as in Kinesis\); received "a\/b"$/,
-    );
+    const rule =
+      /^floe: --stream: a stream name is 1 to 128 characters of letters, digits, "_", "\." and "-" \(as in Kinesis\); received "(a\/b|)"$/;
+    const cases: string[][] = [
+      ['produce', '--stream', 'a/b', '--generate', 'clickstream', '--events', '5'],
+      ['run', 'examples/page-views.ts', '--stream', ''],
+      ['replay', '--from-timestamp', '0', '--pipeline', 'examples/page-views.ts', '--stream', 'a/b'],
+      ['status', '--job', 'j', '--stream', ''],
+      ['savepoint', 'create', '--job', 'j', '--stream', 'a/b'],
+    ];
+    for (const args of cases) expectOneLineError(await floe(...args, '--data-dir', dir), 2, rule);
     expect(existsSync(dir)).toBe(false);
+    // Before any AWS call: no region is needed to be told.
+    const noRegion = { AWS_REGION: '', AWS_CONFIG_FILE: join(TMP, 'no-config') };
+    expectOneLineError(
+      await runCli(['run', 'examples/page-views.ts', '--backend', 'aws', '--stream', 'a/b'], noRegion),
+      2,
+      rule,
+    );
   });
 
   it('produce --shards above the local log limit names the flag and the limit', async () => {

@@ -6,7 +6,6 @@ import { ConfigurationError, describeValue, isEventTime, MAX_EVENT_TIME } from '
 import { DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
 import {
   type AppendRecord,
-  checkStreamName,
   DEFAULT_RETENTION_MS,
   LocalLog,
   MAX_PARTITION_KEY_LENGTH,
@@ -22,6 +21,7 @@ import {
   nonNegativeInt,
   oneOf,
   positiveInt,
+  streamFlag,
   UsageError,
 } from './args.ts';
 import { checkInputPath, inputLines } from './files.ts';
@@ -299,11 +299,7 @@ export async function runProduce(args: string[]): Promise<number> {
     throw new UsageError(`produce takes no positional arguments; received "${positionals[0]}"`);
   if (values.stream === undefined) throw new UsageError('produce needs --stream <name>');
   // Before anything is read or created: a bad name would otherwise leave an empty data directory.
-  try {
-    checkStreamName(values.stream);
-  } catch (error) {
-    throw new UsageError(`--stream: ${(error as Error).message}`);
-  }
+  streamFlag(values.stream);
   if ((values.file === undefined) === (values.generate === undefined)) {
     throw new UsageError('produce needs exactly one of --file <events.ndjson|-> or --generate clickstream');
   }

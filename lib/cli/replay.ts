@@ -16,6 +16,7 @@ import {
   oneOf,
   positiveInt,
   savepointIdArg,
+  streamFlag,
   UsageError,
 } from './args.ts';
 import { checkModulePath } from './files.ts';
@@ -100,6 +101,7 @@ export async function runReplay(args: string[]): Promise<number> {
   if (fromSavepoint !== undefined) savepointIdArg('--from-savepoint', fromSavepoint);
   const asJob = jobIdFlag('--as-job', values['as-job']);
   const jobFlag = jobIdFlag('--job', values.job);
+  const streamName = streamFlag(values.stream);
   // The options for the run are checked before anything is restored, as 'floe run' checks them.
   const backend = backendKind(values);
   checkBackendFlags(backend, { sink: values.sink });
@@ -168,7 +170,7 @@ export async function runReplay(args: string[]): Promise<number> {
     job = asJob ?? jobFlag ?? pipeline.name;
     const opened = await openSavepointBackend(values, job);
     try {
-      stream = values.stream ?? (await opened.backend.jobs.get(job))?.stream ?? pipeline.name;
+      stream = streamName ?? (await opened.backend.jobs.get(job))?.stream ?? pipeline.name;
       const record = await prepareTimestampReplay(opened.backend, {
         job,
         stream,

@@ -21,6 +21,7 @@ import {
   oneOf,
   positiveInt,
   retryNotice,
+  streamFlag,
   throttled,
   UsageError,
 } from './args.ts';
@@ -163,6 +164,7 @@ export async function runRun(args: string[]): Promise<number> {
   const backend = backendKind(values);
   checkBackendFlags(backend, values);
   const jobFlag = jobIdFlag('--job', values.job);
+  const streamName = streamFlag(values.stream);
   const batchSize = positiveInt('--batch-size', values['batch-size'], 1000, MAX_BATCH_SIZE);
   const commitIntervalMs = nonNegativeInt('--commit-interval', values['commit-interval'], 0);
   const progressMode = oneOf('--progress', values.progress, ['auto', 'lines', 'none'], 'auto');
@@ -177,7 +179,7 @@ export async function runRun(args: string[]): Promise<number> {
     return runAws({
       plan,
       job: jobId,
-      stream: values.stream,
+      stream: streamName,
       stateTable: values['state-table'],
       controlTable: values['control-table'],
       bucket: values.bucket,
@@ -200,7 +202,7 @@ export async function runRun(args: string[]): Promise<number> {
   checkEmbeddedData(dataDir);
   const job = await openEmbeddedJobForRun({
     dataDir,
-    stream: values.stream,
+    stream: streamName,
     job: jobId,
     plan,
     pipeline: { name: plan.name, version: plan.version, module: resolve(positionals[0]!) },

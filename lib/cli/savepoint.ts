@@ -27,6 +27,7 @@ import {
   oneOf,
   positiveInt,
   savepointIdArg,
+  streamFlag,
   UsageError,
 } from './args.ts';
 import { loadPipeline } from './load-pipeline.ts';
@@ -126,6 +127,7 @@ async function create(args: string[]): Promise<number> {
   const generation =
     values.generation === undefined ? undefined : nonNegativeInt('--generation', values.generation, 0);
   const id = values.id === undefined ? undefined : savepointIdArg('--id', values.id);
+  const stream = streamFlag(values.stream);
   const progressMode = oneOf('--progress', values.progress, ['auto', 'none'], 'auto');
   let pipeline: SavepointPipeline | undefined;
   let operators: ReturnType<typeof operatorSchemas> | undefined;
@@ -142,7 +144,7 @@ async function create(args: string[]): Promise<number> {
       job,
       stop: values.stop,
       ...(id === undefined ? {} : { id }),
-      ...(values.stream === undefined ? {} : { stream: values.stream }),
+      ...(stream === undefined ? {} : { stream }),
       ...(pipeline === undefined ? {} : { pipeline }),
       ...(operators === undefined ? {} : { operators }),
       // Checked on the record that the savepoint reads anyway (not read once more for it).

@@ -4,7 +4,15 @@ import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { SqliteJobStore } from '../embedded/job-store.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import { jobStatus } from '../embedded/status.ts';
-import { backendKind, formatCount, formatTime, jobIdFlag, nonNegativeInt, UsageError } from './args.ts';
+import {
+  backendKind,
+  formatCount,
+  formatTime,
+  jobIdFlag,
+  nonNegativeInt,
+  streamFlag,
+  UsageError,
+} from './args.ts';
 
 export const STATUS_HELP = `floe status --job <id> [--backend embedded|aws] [--stream <name>] [options] [--json]
 
@@ -50,6 +58,7 @@ export async function runStatus(args: string[]): Promise<number> {
     throw new UsageError(`status takes no positional arguments; received "${positionals[0]}"`);
   if (values.job === undefined) throw new UsageError('status needs --job <id>');
   const job = jobIdFlag('--job', values.job);
+  const streamName = streamFlag(values.stream);
   const backend = backendKind(values);
   if (backend === 'aws') {
     if (values['data-dir'] !== undefined)
@@ -57,7 +66,7 @@ export async function runStatus(args: string[]): Promise<number> {
     const { runStatusAws } = await import('./status-aws.ts');
     return runStatusAws({
       job,
-      stream: values.stream,
+      stream: streamName,
       stateTable: values['state-table'],
       controlTable: values['control-table'],
       bucket: values.bucket,
@@ -78,13 +87,13 @@ export async function runStatus(args: string[]): Promise<number> {
     // The job record (written by floe run, savepoints and replays) names the stream and generation.
     const jobs = new SqliteJobStore(db);
     const record = await jobs.get(job);
-    const stream = values.stream ?? record?.stream ?? job;
+    const stream = streamName ?? record?.stream ?? job;
     const known =
       db.prepare('SELECT 1 FROM sqlite_master WHERE name = ?').get('floe_log_stream') !== undefined;
     if (!known || db.prepare('SELECT 1 FROM floe_log_stream WHERE name = ?').get(stream) === undefined) {
       // Without a job record the stream was guessed from the job id: a misspelt job id lands
       // here, so say that no such job has run, and which ones have.
-      if (record === undefined && values.stream === undefined) {
+      if (record === undefined && streamName === undefined) {
         const names = (await jobs.list()).map((r) => r.job);
         const streams = known
           ? db

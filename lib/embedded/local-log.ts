@@ -18,6 +18,7 @@ import type {
   SourceRecord,
   StartPosition,
 } from '../core/ports.ts';
+import { checkStreamName } from '../core/stream-name.ts';
 import { ensureSchema } from './schema.ts';
 import { openSqlite, retryIfBusy, type SqliteDatabase, type SqliteOpenOptions } from './sqlite.ts';
 
@@ -838,15 +839,6 @@ function parseSequenceNumber(text: string): number {
   }
   const value = BigInt(text);
   return value > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(value);
-}
-
-/** Throws a ConfigurationError unless `name` is a valid stream name (Kinesis' rules). */
-export function checkStreamName(name: string): void {
-  if (typeof name !== 'string' || !/^[a-zA-Z0-9_.-]{1,128}$/.test(name)) {
-    throw new ConfigurationError(
-      `a stream name is 1 to 128 characters of letters, digits, "_", "." and "-" (as in Kinesis); received ${describeValue(name)}`,
-    );
-  }
 }
 
 function checkShardCount(shards: number): number {
