@@ -1162,7 +1162,9 @@ describe('StreamProcessor in an app without cdk.json (no feature flags)', () => 
   });
 
   it('synthesizes: access logs are delivered by bucket policy, with no ACL', { timeout: 120_000 }, () => {
-    expect(new App().node.tryGetContext('@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy')).toBeUndefined();
+    expect(
+      new App({ outdir: tmpOutdir() }).node.tryGetContext('@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy'),
+    ).toBeUndefined();
     const { stack, processor, template } = plainStack();
     const bucketId = stack.getLogicalId(processor.bucket.node.defaultChild as s3.CfnBucket);
     const logsId = Object.keys(template.findResources('AWS::S3::Bucket')).find((id) =>
@@ -1190,6 +1192,7 @@ describe('StreamProcessor in an app without cdk.json (no feature flags)', () => 
     timeout: 120_000,
   }, () => {
     const app = new App({
+      outdir: tmpOutdir(),
       context: { '@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy': false, 'aws:cdk:bundling-stacks': [] },
     });
     const stack = new Stack(app, 'FlagOff');
