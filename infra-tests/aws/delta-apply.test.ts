@@ -47,6 +47,9 @@ let clients: AwsClients;
 const bucket = uniqueName('floe-apply');
 const SHARD = 'shardId-000000000000';
 const TTL = 1_000;
+// The heartbeat tests run in real time and need a renewal (every third of the TTL) to land before
+// the lease expires: a few seconds of slack, so that a loaded machine or emulator does not fail them.
+const HEARTBEAT_TTL = 3_000;
 
 beforeAll(async () => {
   clients = jobClients(env);
@@ -153,8 +156,8 @@ async function stalledWriter(f: BackendTables, step: DynamoCommitStep) {
 }
 
 /**
- * A backend on `f` whose apply (a commit's or a redo's) stalls halfway for 2.5 TTLs, in real
- * time, with the heartbeat on; `reached` resolves when it stalls.
+ * A backend on `f` whose apply (a commit's or a redo's) stalls halfway for 2.5 HEARTBEAT_TTLs, in
+ * real time, with the heartbeat on; `reached` resolves when it stalls.
  */
 function slowApplier(f: BackendTables): { backend: DynamoBackend; reached: Promise<void> } {
   let stalled!: () => void;
@@ -165,7 +168,7 @@ function slowApplier(f: BackendTables): { backend: DynamoBackend; reached: Promi
     onStep: async (s: DynamoCommitStep) => {
       if (s !== 'mid-apply') return;
       stalled();
-      await sleep(2.5 * TTL);
+      await sleep(2.5 * HEARTBEAT_TTL);
     },
   });
   return { backend, reached };
@@ -395,13 +398,13 @@ for (const mode of ['transactions', 'items'] as const) {
       try {
         // A's apply stalls halfway for 2.5 TTLs (an apply of very many keys), in real time.
         const { backend: a, reached } = slowApplier(f);
-        const leaseA = await a.acquireLease(SHARD, 'A', Date.now(), TTL);
+        const leaseA = await a.acquireLease(SHARD, 'A', Date.now(), HEARTBEAT_TTL);
         const commitA = a.commit(leaseA, deltaCommit());
         commitA.catch(() => {});
         await reached;
         // Past the expiry A's lease had at acquisition, another invocation tries to take the shard.
-        await sleep(leaseA.expiresAt + TTL / 4 - Date.now());
-        await expect(f.open().acquireLease(SHARD, 'B', Date.now(), TTL)).rejects.toBeInstanceOf(
+        await sleep(leaseA.expiresAt + HEARTBEAT_TTL / 4 - Date.now());
+        await expect(f.open().acquireLease(SHARD, 'B', Date.now(), HEARTBEAT_TTL)).rejects.toBeInstanceOf(
           LeaseUnavailableError,
         );
         // A's commit completes under its own lease.
@@ -414,7 +417,7 @@ for (const mode of ['transactions', 'items'] as const) {
           commitNumber: '1',
         });
         expect((await leaseItem(f)).pendingDelta).toBeUndefined();
-        expect(Number((await leaseItem(f)).leaseExpiresAt)).toBeGreaterThan(leaseA.expiresAt + TTL);
+        expect(Number((await leaseItem(f)).leaseExpiresAt)).toBeGreaterThan(leaseA.expiresAt + HEARTBEAT_TTL);
       } finally {
         await f.close();
       }
@@ -430,16 +433,16 @@ for (const mode of ['transactions', 'items'] as const) {
           },
         });
         await expect(
-          a.commit(await a.acquireLease(SHARD, 'A', 0, TTL), deltaCommit()),
+          a.commit(await a.acquireLease(SHARD, 'A', 0, HEARTBEAT_TTL), deltaCommit()),
         ).rejects.toBeInstanceOf(Crash);
         // B takes the lease and redoes the delta, stalling halfway for 2.5 TTLs.
         const { backend: b, reached } = slowApplier(f);
         const acquiredAt = Date.now();
-        const acquiring = b.acquireLease(SHARD, 'B', acquiredAt, TTL);
+        const acquiring = b.acquireLease(SHARD, 'B', acquiredAt, HEARTBEAT_TTL);
         acquiring.catch(() => {});
         await reached;
-        await sleep(acquiredAt + TTL + TTL / 4 - Date.now());
-        await expect(f.open().acquireLease(SHARD, 'C', Date.now(), TTL)).rejects.toBeInstanceOf(
+        await sleep(acquiredAt + HEARTBEAT_TTL + HEARTBEAT_TTL / 4 - Date.now());
+        await expect(f.open().acquireLease(SHARD, 'C', Date.now(), HEARTBEAT_TTL)).rejects.toBeInstanceOf(
           LeaseUnavailableError,
         );
         const leaseB = await acquiring;
@@ -467,10 +470,10 @@ for (const mode of ['transactions', 'items'] as const) {
                 ExpressionAttributeValues: { ':one': { N: '1' }, ':zero': { N: '0' } },
               }),
             );
-            await sleep(TTL / 3 + TTL / 2);
+            await sleep(HEARTBEAT_TTL / 3 + HEARTBEAT_TTL / 2);
           },
         });
-        const leaseA = await a.acquireLease(SHARD, 'A', Date.now(), TTL);
+        const leaseA = await a.acquireLease(SHARD, 'A', Date.now(), HEARTBEAT_TTL);
         const error = await a.commit(leaseA, deltaCommit()).then(
           () => undefined,
           (e: unknown) => e,
@@ -487,7 +490,7 @@ for (const mode of ['transactions', 'items'] as const) {
         expect((await leaseItem(f)).pendingDelta).toMatch(/deltas\/.*-1\.json$/);
         // The next holder redoes it: the commit is complete.
         const c = f.open();
-        await c.acquireLease(SHARD, 'C', Date.now(), TTL);
+        await c.acquireLease(SHARD, 'C', Date.now(), HEARTBEAT_TTL);
         expect(await stateOf(c)).toEqual(committedState());
         expect((await c.unpublishedOutputs(SHARD)).map((o) => o.id)).toEqual(outputs(1, 3).map((o) => o.id));
       } finally {
