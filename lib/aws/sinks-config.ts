@@ -8,7 +8,8 @@
  *   *=s3://my-bucket/other/                       (the fallback for every other sink)
  *
  * Grammar: `SINK=TYPE:DESTINATION[?PARAM=VALUE[&PARAM=VALUE]...]`, split at the first '='
- * (so sink names cannot contain '='), TYPE one of kinesis | dynamodb | s3.
+ * (so sink names cannot contain '=': the DSL refuses them, see unbindableSinkName), TYPE one of
+ * kinesis | dynamodb | s3.
  *   kinesis:STREAM (name or ARN)       partitionKey=FIELD (top-level field of the value; default: output id)
  *   dynamodb:TABLE (name or ARN)       key=FIELD[,FIELD] (required: the table's key attributes, taken from the
  *                                      value's top-level fields), value=ATTRIBUTE (store the whole value there),

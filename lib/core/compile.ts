@@ -6,6 +6,7 @@ import {
   type GraphNode,
   type Pipeline,
   reservedSinkName,
+  unbindableSinkName,
 } from './dsl.ts';
 import { describeValue, PipelineDefinitionError } from './errors.ts';
 import type { KeyedProcessFunction } from './processor.ts';
@@ -139,16 +140,17 @@ export function compile(pipeline: Pipeline): PipelinePlan {
   // floe.late (the DSL calls refuse them too). The one exception is a window's late output
   // under its default name, and consuming it (lateData()).
   for (const node of pipeline.nodes) {
-    const reserved =
+    const named: [string, string] | undefined =
       node.kind === 'sink'
-        ? reservedSinkName('sink', node.name!)
+        ? ['sink', node.name!]
         : node.kind === 'keyed' && node.lateOutput !== DEFAULT_LATE_SINK && node.lateOutput !== undefined
-          ? reservedSinkName('sideOutputLateData', node.lateOutput)
+          ? ['sideOutputLateData', node.lateOutput]
           : node.kind === 'sideOutput' &&
               !(node.name === DEFAULT_LATE_SINK && node.input?.lateOutput === node.name)
-            ? reservedSinkName('sideOutput', node.name!)
+            ? ['sideOutput', node.name!]
             : undefined;
-    if (reserved !== undefined) throw new PipelineDefinitionError(`${where}: ${reserved}`);
+    const problem = named && (reservedSinkName(...named) ?? unbindableSinkName(...named));
+    if (problem !== undefined) throw new PipelineDefinitionError(`${where}: ${problem}`);
   }
 
   const sinks = new Set<string>();

@@ -592,6 +592,23 @@ describe('reserved sink and side-output names ("floe.")', () => {
     );
   });
 
+  it.each([
+    ['*', 'the name "*" stands for every other sink in sink bindings'],
+    ['a=b', 'the name "a=b" contains "=", which ends a sink\'s name in a sink binding (name=destination)'],
+    [' counts', 'the name " counts" starts or ends with white space, which sink bindings trim'],
+    ['counts\n', 'the name "counts\\n" starts or ends with white space'],
+  ])(
+    'a name no sink binding could address (%j) is refused by every call that names a sink',
+    (name, problem) => {
+      definitionError(() => pipeline('unbindable').source<Ev>().sink(name), `sink: ${problem}`);
+      definitionError(() => windowed().sideOutputLateData(name), `sideOutputLateData: ${problem}`);
+      definitionError(() => processed().sideOutput(name), `sideOutput: ${problem}`);
+      const graph = pipeline('graph-unbindable');
+      graph.add({ kind: 'sink', input: graph.source<Ev>().node, name });
+      definitionError(() => compile(graph), `pipeline "graph-unbindable": sink: ${problem}`);
+    },
+  );
+
   it('user-named late outputs and side outputs are not affected', () => {
     const p = pipeline('named');
     const source = p.source<Ev>();

@@ -39,6 +39,23 @@ export function reservedSinkName(call: string, name: string): string | undefined
   return `${call}: the name "${name}" is ${what}; choose a name that does not start with "${RESERVED_SINK_PREFIX}"`;
 }
 
+/**
+ * @internal Why `name` cannot be given to `call` because a sink binding could not address it
+ * (`name=destination`: the name ends at the first "=", is trimmed, and "*" binds every other
+ * sink), or undefined when it can. Used by the DSL calls, `compile` and `ctx.output`.
+ */
+export function unbindableSinkName(call: string, name: string): string | undefined {
+  if (name === '*')
+    return `${call}: the name "*" stands for every other sink in sink bindings; choose another name`;
+  if (name.includes('=')) {
+    return `${call}: the name "${name}" contains "=", which ends a sink's name in a sink binding (name=destination); choose a name without "="`;
+  }
+  if (name.trim() !== name) {
+    return `${call}: the name ${JSON.stringify(name)} starts or ends with white space, which sink bindings trim; choose a name without it`;
+  }
+  return undefined;
+}
+
 export type Deserializer<T> = (data: unknown, record: SourceRecord) => T;
 
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -183,11 +200,14 @@ function requireName(what: string, name: unknown): string {
   return name;
 }
 
-/** A sink or side-output name the user may choose: not one of floe's own ("floe.…"). */
+/**
+ * A sink or side-output name the user may choose: not one of floe's own ("floe.…"), and one a
+ * sink binding can address.
+ */
 function requireSinkName(call: string, name: unknown): string {
   const checked = requireName(call, name);
-  const reserved = reservedSinkName(call, checked);
-  if (reserved !== undefined) throw new PipelineDefinitionError(reserved);
+  const problem = reservedSinkName(call, checked) ?? unbindableSinkName(call, checked);
+  if (problem !== undefined) throw new PipelineDefinitionError(problem);
   return checked;
 }
 

@@ -1101,7 +1101,7 @@ describe('side outputs', () => {
       .process<{ main: StateKey }>({
         processElement(e, ctx) {
           ctx.emit({ main: ctx.key });
-          const name = { empty: '', number: 5, none: undefined }[e.op as string];
+          const name = { empty: '', number: 5, none: undefined, all: '*', eq: 'a=b' }[e.op as string];
           if (e.op !== undefined) ctx.output(name as string, { x: 1 });
         },
       })
@@ -1112,15 +1112,25 @@ describe('side outputs', () => {
       rec({ k: 'b', ts: 6 }),
       rec({ k: 'c', ts: 7, op: 'number' }),
       rec({ k: 'd', ts: 8, op: 'none' }),
+      rec({ k: 'e', ts: 9, op: 'all' }),
+      rec({ k: 'f', ts: 10, op: 'eq' }),
     ]);
     expect(driver.values('out')).toEqual([{ main: 'b' }]);
     const letters = driver.values<{ reason: string; message: string }>('floe.dead-letter');
-    expect(letters.map((l) => [l.reason, l.message])).toEqual(
-      ['""', '5', 'undefined'].map((received) => [
+    expect(letters.map((l) => [l.reason, l.message])).toEqual([
+      ...['""', '5', 'undefined'].map((received) => [
         'user-function',
         `TypeError: ctx.output needs a side output name of 1 to 200 characters; received ${received}`,
       ]),
-    );
+      [
+        'user-function',
+        'TypeError: ctx.output: the name "*" stands for every other sink in sink bindings; choose another name',
+      ],
+      [
+        'user-function',
+        'TypeError: ctx.output: the name "a=b" contains "=", which ends a sink\'s name in a sink binding (name=destination); choose a name without "="',
+      ],
+    ]);
   });
 
   it('consumed side outputs flow through their branch; unconsumed ones go to a sink of that name', async () => {

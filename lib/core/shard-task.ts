@@ -19,7 +19,7 @@ import {
   type TimerSpec,
 } from './checkpoint.ts';
 import type { KeyedOperatorPlan, PipelinePlan } from './compile.ts';
-import { DEAD_LETTER_SINK, type GraphNode, RESERVED_SINK_PREFIX } from './dsl.ts';
+import { DEAD_LETTER_SINK, type GraphNode, RESERVED_SINK_PREFIX, unbindableSinkName } from './dsl.ts';
 import {
   describeValue,
   errorMessage,
@@ -231,6 +231,8 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
           `ctx.output("${sideOutput}"): side output names starting with "floe." are reserved for floe's own sinks (floe.dead-letter, floe.late); choose another name`,
         );
       }
+      const unbindable = unbindableSinkName('ctx.output', sideOutput);
+      if (unbindable !== undefined) throw new TypeError(unbindable);
       // An unconsumed side output is written to the sink of the same name.
       emit = this.task.sinkEmitter(sideOutput);
       this.side.set(sideOutput, emit);
