@@ -393,7 +393,9 @@ for (const mode of ['transactions', 'items'] as const) {
       });
     }
 
-    it('heartbeat: a holder whose apply outlasts the lease keeps it; a takeover attempt meanwhile fails', async () => {
+    // The heartbeat tests run concurrently with each other: they mostly wait, in real time, and
+    // each has its own tables.
+    it.concurrent('heartbeat: a holder whose apply outlasts the lease keeps it; a takeover attempt meanwhile fails', async () => {
       const f = await fixture(mode);
       try {
         // A's apply stalls halfway for 2.5 TTLs (an apply of very many keys), in real time.
@@ -423,7 +425,7 @@ for (const mode of ['transactions', 'items'] as const) {
       }
     });
 
-    it('heartbeat: a holder whose redo outlasts the lease keeps it; a takeover attempt meanwhile fails', async () => {
+    it.concurrent('heartbeat: a holder whose redo outlasts the lease keeps it; a takeover attempt meanwhile fails', async () => {
       const f = await fixture(mode);
       try {
         // A passes its commit point and dies: the delta is pending.
@@ -454,7 +456,7 @@ for (const mode of ['transactions', 'items'] as const) {
       }
     });
 
-    it('heartbeat: a holder whose lease was taken over stops its apply with FencedError and writes nothing more', async () => {
+    it.concurrent('heartbeat: a holder whose lease was taken over stops its apply with FencedError and writes nothing more', async () => {
       const f = await fixture(mode);
       try {
         // Right after A's commit point, another holder takes the lease by force (a new fence, as
