@@ -709,6 +709,8 @@ export interface StoredMapState<K extends StateKey, V> extends MapState<K, V> {
   stored(key: K): V | undefined;
   /** The live entries as stored (new pairs), not passed through readState. */
   storedEntries(): Array<[K, V]>;
+  /** Calls `fn` for each live entry as stored, in storedEntries' order, allocating no pairs. */
+  forEachStored(fn: (value: V, key: K) => void): void;
   /** readState for a (part of a) stored value handed to a user function. */
   handOut<T>(value: T): T;
 }
@@ -721,6 +723,7 @@ abstract class MapStateViews<K extends StateKey, V> implements StoredMapState<K,
   protected abstract readonly rt: KeyedStateBackend;
   abstract stored(key: K): V | undefined;
   abstract storedEntries(): Array<[K, V]>;
+  abstract forEachStored(fn: (value: V, key: K) => void): void;
   abstract get(key: K): V | undefined;
   abstract put(key: K, value: V): void;
   abstract remove(key: K): void;
@@ -811,6 +814,12 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> {
     const out: Array<[K, V]> = [];
     for (const [k, v] of c) if (this.live(c, k)) out.push([k as K, v as V]);
     return out;
+  }
+  forEachStored(fn: (value: V, key: K) => void): void {
+    const c = this.cell(false);
+    if (c === undefined) return;
+    if (this.ttl === undefined) c.forEach(fn as (value: unknown, key: StateKey) => void);
+    else for (const [k, v] of this.storedEntries()) fn(v, k);
   }
   entries(): Array<[K, V]> {
     return readEntries(this.rt, this.storedEntries());
@@ -1057,6 +1066,9 @@ class SharedMapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> {
   }
   storedEntries(): Array<[K, V]> {
     return this.table.entriesOf(this.rt.currentSlot) as Array<[K, V]>;
+  }
+  forEachStored(fn: (value: V, key: K) => void): void {
+    for (const [k, v] of this.storedEntries()) fn(v, k);
   }
   entries(): Array<[K, V]> {
     return readEntries(this.rt, this.storedEntries());

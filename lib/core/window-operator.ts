@@ -130,24 +130,42 @@ export function sessionWindowOperator<In, Acc, R, Out>(
     const r: WindowResult<StateKey, R> = { key: ctx.key, window: { start, end }, result };
     ctx.emit(windowFunction === undefined ? (r as Out) : windowFunction(r), end - 1);
   };
+  // The sessions an element merges with, gathered by `collect` into [0, merged) of lists reused by
+  // every element (processElement does not nest), so an element allocates no list.
+  let newStart = 0;
+  let newEnd = 0;
+  let merged = 0;
+  let sessions = 0; // the key's sessions
+  const mergedStarts: number[] = [];
+  const mergedSessions: Array<[number, Acc]> = [];
+  const collect = (session: [number, Acc], s: number): void => {
+    sessions++;
+    // Existing sessions are pairwise disjoint and non-touching, so only those that intersect
+    // the new window take part in the merge (Flink's TimeWindow.intersects).
+    if (s <= newEnd && session[0] >= newStart) {
+      mergedStarts[merged] = s;
+      mergedSessions[merged] = session;
+      merged++;
+    }
+  };
   return {
     state: { w: mapState<number, [number, Acc]>() },
     processElement(value, ctx) {
       const wm = ctx.currentWatermark;
       // The sessions are read as stored; only accumulators reach user code, through handOut.
       const windows = ctx.state.w as StoredMapState<number, [number, Acc]>;
-      let start = ctx.timestamp;
-      let end = ctx.timestamp + assigner.gap;
-      // Existing sessions are pairwise disjoint and non-touching, so only those that
-      // intersect the new window take part in the merge (Flink's TimeWindow.intersects).
-      const merged: Array<[number, [number, Acc]]> = [];
-      for (const entry of windows.storedEntries()) {
-        if (entry[0] <= end && entry[1][0] >= start) merged.push(entry);
-      }
-      if (merged.length > 1) merged.sort((a, b) => a[0] - b[0]);
-      for (const [s, [e]] of merged) {
-        start = Math.min(start, s);
-        end = Math.max(end, e);
+      newStart = ctx.timestamp;
+      newEnd = ctx.timestamp + assigner.gap;
+      merged = 0;
+      sessions = 0;
+      windows.forEachStored(collect);
+      const n = merged;
+      if (n > 1) sortByStart(mergedStarts, mergedSessions, n);
+      let start = newStart;
+      let end = newEnd;
+      for (let i = 0; i < n; i++) {
+        start = Math.min(start, mergedStarts[i]!);
+        end = Math.max(end, mergedSessions[i]![0]);
       }
       const maxTs = end - 1;
       if (maxTs + lateness <= wm) {
@@ -156,10 +174,14 @@ export function sessionWindowOperator<In, Acc, R, Out>(
         return;
       }
       let acc: Acc | undefined;
-      for (const [s, [e, a]] of merged) {
+      for (let i = 0; i < n; i++) {
+        const s = mergedStarts[i]!;
+        const [e, a] = mergedSessions[i]!;
         ctx.timers.deleteEventTimeTimer(e - 1, s);
         if (lateness > 0) ctx.timers.deleteEventTimeTimer(e - 1 + lateness, s); // else the same timer
-        windows.remove(s);
+        // The key's one session, extended: put() below replaces it where it is, in one map write
+        // (a removal first would shrink the map and grow it again).
+        if (s !== start || sessions > 1) windows.remove(s);
         acc = acc === undefined ? windows.handOut(a) : merge!(acc, windows.handOut(a));
       }
       acc = aggregate.add(value, acc === undefined ? aggregate.create() : acc);
@@ -178,4 +200,14 @@ export function sessionWindowOperator<In, Acc, R, Out>(
       if (timer.time === end - 1 + lateness) ctx.state.w.remove(start);
     },
   };
+}
+
+/** Sorts [0, n) of the merged sessions by start (insertion sort: rarely more than two), lists kept parallel. */
+function sortByStart<T>(starts: number[], sessions: T[], n: number): void {
+  for (let i = 1; i < n; i++) {
+    for (let j = i; j > 0 && starts[j - 1]! > starts[j]!; j--) {
+      [starts[j - 1], starts[j]] = [starts[j]!, starts[j - 1]!];
+      [sessions[j - 1], sessions[j]] = [sessions[j]!, sessions[j - 1]!];
+    }
+  }
 }
