@@ -237,6 +237,11 @@ function encodeChunk(
   const domain = new Array<string>(n);
   const t0 = c.time[start]!;
   let relative = Number.isSafeInteger(t0);
+  // At least how long the text will be: a chunk sure to exceed CHUNK_MAX_CHARS is split before
+  // it is written. Per op: add, domain, op, time and 4 commas, 8 characters, plus ns and key;
+  // `digits`: the relative numbers' digits past their first.
+  let minChars = -4;
+  let digits = 0;
   for (let i = start; i < end; i++) {
     const uid = c.operator[i]!;
     let o = index.get(uid);
@@ -262,6 +267,15 @@ function encodeChunk(
     ) {
       relative = false;
     }
+    const k = c.key[i]!;
+    minChars += 8 + (typeof v === 'string' ? v.length + 2 : 1) + (typeof k === 'string' ? k.length + 2 : 1);
+    if (relative) digits += intChars(t - t0) - 1 + (typeof v === 'number' ? intChars(v - t0) - 1 : 0);
+  }
+  if (n > 1 && minChars + (relative ? digits : 0) > CHUNK_MAX_CHARS) {
+    const half = start + Math.ceil(n / 2);
+    encodeChunk(c, start, half, write);
+    encodeChunk(c, half, end, write);
+    return;
   }
   for (let i = start; i < end; i++) {
     const t = c.time[i]!;
@@ -288,6 +302,13 @@ function encodeChunk(
   const half = start + Math.ceil(n / 2);
   encodeChunk(c, start, half, write);
   encodeChunk(c, half, end, write);
+}
+
+/** The length of the safe integer x's JSON. */
+function intChars(x: number): number {
+  let chars = x < 0 ? 2 : 1;
+  for (let a = Math.abs(x); a >= 10; a = Math.floor(a / 10)) chars++;
+  return chars;
 }
 
 function decodeChunk(address: StateAddress, text: string): TimerOp[] {
