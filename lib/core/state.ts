@@ -139,7 +139,7 @@ export class KeyEntry {
   /** The state address and the key as JSON, computed once. */
   address: StateAddress | undefined = undefined;
   json: string | undefined = undefined;
-  /** `{"k":<key>,"s":{"<name>":` for operators with a single shared map state. */
+  /** `{"k":<key>,"s":{"<name>":` for operators with a single map state (shared, or per key without TTL). */
   head: string | undefined = undefined;
   /** `<head>[[<rowKey>,`: the text before the value when the entry has that one row. */
   rowHead: string | undefined = undefined;
@@ -184,6 +184,8 @@ export class KeyedStateBackend {
   private readonly descriptors: StateDescriptor[];
   /** Per state: the shared table of a 'by-map-key' map state (its cells stay undefined). */
   private readonly tables: Array<SharedMapTable | undefined>;
+  /** Whether the operator's only state is a 'per-key' map state without TTL. */
+  private readonly onePlainMap: boolean;
   /** Slots of dropped keys, for reuse; `slots` is one more than the highest slot handed out. */
   private readonly freeSlots: number[] = [];
   private slots = 0;
@@ -208,6 +210,8 @@ export class KeyedStateBackend {
     this.tables = this.descriptors.map((d) =>
       d.kind === 'map' && d.layout === 'by-map-key' ? new SharedMapTable() : undefined,
     );
+    const only = this.descriptors.length === 1 ? this.descriptors[0] : undefined;
+    this.onePlainMap = only?.kind === 'map' && only.layout === 'per-key' && only.ttl === undefined;
   }
 
   static address(uid: string, key: StateKey): StateAddress {
@@ -371,13 +375,19 @@ export class KeyedStateBackend {
           v = value;
         }
         if (rows === 0) return null;
-        entry.head ??= `{"k":${JSON.stringify(entry.key)},"s":{${this.quotedNames[0]!}:`;
-        if (rows > 1) return `${entry.head}${only.json(slot)!}}}`;
-        if (entry.rowKey !== mk || entry.rowHead === undefined) {
-          entry.rowKey = mk;
-          entry.rowHead = `${entry.head}[[${itemJson(mk)},`;
-        }
-        return `${entry.rowHead}${itemJson(v)}]]}}`;
+        if (rows > 1) return `${this.head(entry)}${only.json(slot)!}}}`;
+        return this.oneRowJson(entry, mk!, v);
+      }
+      if (this.onePlainMap) {
+        // The session windows' state, one map per key without TTL: most keys hold one session,
+        // whose start stays while it grows, so its row is written as above.
+        const cell = entry.cells[0] as MapCell | undefined;
+        if (cell === undefined || cell.size === 0) return null;
+        if (cell.size > 1) return `${this.head(entry)}${mapCellJson(cell)!}}}`;
+        cell.forEach(takeRow);
+        const v = rowValue;
+        rowValue = undefined;
+        return this.oneRowJson(entry, rowKey, v);
       }
       for (let i = 0; i < this.names.length; i++) {
         const d = this.descriptors[i]!;
@@ -411,6 +421,21 @@ export class KeyedStateBackend {
         `state of operator "${this.uid}" for key ${describeValue(entry.key)} is not JSON-serializable: ${what}. A restart would read it back changed; keep state values to plain objects, arrays, strings, finite numbers, booleans and null`,
       );
     }
+  }
+
+  /** `{"k":<key>,"s":{"<name>":`, for operators with a single state. */
+  private head(entry: KeyEntry): string {
+    entry.head ??= `{"k":${JSON.stringify(entry.key)},"s":{${this.quotedNames[0]!}:`;
+    return entry.head;
+  }
+
+  /** The entry's text when its single map state has the one row (mk, v). */
+  private oneRowJson(entry: KeyEntry, mk: StateKey, v: unknown): string {
+    if (entry.rowKey !== mk || entry.rowHead === undefined) {
+      entry.rowKey = mk;
+      entry.rowHead = `${this.head(entry)}[[${itemJson(mk)},`;
+    }
+    return `${entry.rowHead}${itemJson(v)}]]}}`;
   }
 
   /** What in `entry`'s state JSON would not give back unchanged (see jsonLoss), by state name. */
@@ -539,6 +564,14 @@ function itemJson(v: unknown): string {
   if (typeof v === 'string') return JSON.stringify(v);
   if (jsonLoss(v) !== undefined) throw NOT_JSON;
   return JSON.stringify(v);
+}
+
+// The row takeRow saw (serialize of a map with one row), read without allocating an entry.
+let rowKey: StateKey = '';
+let rowValue: unknown;
+function takeRow(v: unknown, k: StateKey): void {
+  rowKey = k;
+  rowValue = v;
 }
 
 // mapCellJson's accumulator: Map.forEach with a shared callback allocates no entry arrays.
