@@ -1003,19 +1003,22 @@ class SharedMapTable extends Map<StateKey, SlotColumn> {
 
   /** The stored JSON of one stream key's entries (as mapCellJson), or undefined if none. */
   json(slot: number): string | undefined {
-    // Hot at every commit (once per changed key): one pass, no arrays unless out of order.
-    let text: string | undefined;
-    let last: StateKey | undefined;
-    for (const [mk, column] of this) {
-      const v = column.get(slot);
-      if (v === undefined) continue;
-      if (last !== undefined && compareMapKeys(last, mk) > 0) {
-        return mapRowsJson(this.entriesOf(slot));
-      }
-      last = mk;
-      text = `${text === undefined ? '[[' : `${text},[`}${itemJson(mk)},${itemJson(v)}]`;
+    // Hot at every commit (once per changed key, a sliding window's key with several rows): the
+    // pieces are gathered in one pass and joined once, where building the text piece by piece
+    // made a string node per piece; entriesOf's arrays only when out of order.
+    rowsSlot = slot;
+    rowsLast = undefined;
+    rowsOrdered = true;
+    rowParts.length = 0;
+    try {
+      this.forEach(gatherRow);
+      if (!rowsOrdered) return mapRowsJson(this.entriesOf(slot));
+      if (rowParts.length === 0) return undefined;
+      rowParts.push(']');
+      return rowParts.join('');
+    } finally {
+      rowParts.length = 0;
     }
-    return text === undefined ? undefined : `${text}]`;
   }
 
   /**
@@ -1055,6 +1058,23 @@ class SharedMapTable extends Map<StateKey, SlotColumn> {
     for (const column of this.values()) if (column.isDense) dense++;
     return { columns: this.size, dense };
   }
+}
+
+// SharedMapTable.json's pass: Map.forEach with a shared callback allocates no entry arrays.
+let rowsSlot = 0;
+let rowsLast: StateKey | undefined;
+let rowsOrdered = true;
+/** `[[`, row key, `,`, value, `]`, then `,[` and so on for the next rows. */
+const rowParts: string[] = [];
+function gatherRow(column: SlotColumn, mk: StateKey): void {
+  const v = column.get(rowsSlot);
+  if (v === undefined || !rowsOrdered) return;
+  if (rowsLast !== undefined && compareMapKeys(rowsLast, mk) > 0) {
+    rowsOrdered = false;
+    return;
+  }
+  rowsLast = mk;
+  rowParts.push(rowParts.length === 0 ? '[[' : ',[', itemJson(mk), ',', itemJson(v), ']');
 }
 
 function mapRowsJson(rows: ReadonlyArray<readonly [StateKey, unknown]>): string {
