@@ -23,6 +23,7 @@ import type { KinesisClient } from '@aws-sdk/client-kinesis';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { ConfigurationError, describeValue } from '../core/errors.ts';
 import type { Sink } from '../core/ports.ts';
+import { isStreamName } from '../core/stream-name.ts';
 import {
   DynamoDbUpsertSink,
   KinesisStreamSink,
@@ -103,7 +104,7 @@ export function parseDestination(destination: string, spec: string = destination
   const params = parseParams(q < 0 ? '' : rest.slice(q + 1), spec, type as (typeof TYPES)[number]);
   switch (type as (typeof TYPES)[number]) {
     case 'kinesis': {
-      if (!target.startsWith('arn:') && !/^[a-zA-Z0-9_.-]{1,128}$/.test(target)) {
+      if (!target.startsWith('arn:') && !isStreamName(target)) {
         fail(
           spec,
           `Kinesis stream name ${JSON.stringify(target)} must be 1-128 characters of a-z A-Z 0-9 _ . - (or a stream ARN)`,
