@@ -6,10 +6,6 @@ export default defineConfig({
   test: {
     testTimeout: 60_000,
     hookTimeout: 120_000,
-    // Two test files at a time, also on two cores (Vitest's default there is one): the infra
-    // tests mostly wait on the emulators and the CLI tests on child processes. On this project's
-    // 2-core machine `npm test` took 563 s this way against 660-931 s one file at a time.
-    maxWorkers: 2,
     projects: [
       {
         extends: true,
