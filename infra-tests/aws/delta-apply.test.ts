@@ -179,8 +179,11 @@ for (const mode of ['transactions', 'items'] as const) {
     it('partial redo: items already newer are left untouched, the others are applied', async () => {
       const f = await fixture(mode);
       try {
-        // The writer commits (the commit point) and dies before applying anything.
+        // The writer commits (the commit point) and dies before applying anything. Its clock
+        // stands still too: a heartbeat during a slow commit would otherwise move its lease past
+        // B's acquisition below by the commit's real duration.
         const writer = f.open({
+          clock: () => 0,
           onStep: (step: DynamoCommitStep) => {
             if (step === 'after-commit-point') throw new Crash('after the commit point');
           },
