@@ -1059,20 +1059,27 @@ describe('side outputs', () => {
     return new TestDriver(p);
   }
 
-  it('ctx.output to a "floe." name dead-letters the record: floe.dead-letter and floe.late take no user data', async () => {
-    const p = pipeline('side-reserved');
+  /**
+   * A process function that emits { main: key } for every record and, for a record with an op,
+   * sends a side output to the name `names` gives that op.
+   */
+  function outputByOp(name: string, names: Record<string, unknown>): TestDriver {
+    const p = pipeline(name);
     p.source<Ev>({ deserializer: passthroughDeserializer<Ev>() })
       .withTimestamps((e) => e.ts, boundedOutOfOrderness(0))
       .keyBy((e) => e.k)
       .process<{ main: StateKey }>({
         processElement(e, ctx) {
           ctx.emit({ main: ctx.key });
-          if (e.op === 'dl') ctx.output('floe.dead-letter', { fake: true });
-          if (e.op === 'late') ctx.output('floe.late', { fake: true });
+          if (e.op !== undefined) ctx.output(names[e.op as string] as string, { x: 1 });
         },
       })
       .sink('out');
-    const driver = new TestDriver(p);
+    return new TestDriver(p);
+  }
+
+  it('ctx.output to a "floe." name dead-letters the record: floe.dead-letter and floe.late take no user data', async () => {
+    const driver = outputByOp('side-reserved', { dl: 'floe.dead-letter', late: 'floe.late' });
     await driver.send([
       rec({ k: 'a', ts: 5, op: 'dl' }),
       rec({ k: 'b', ts: 6 }),
@@ -1094,19 +1101,7 @@ describe('side outputs', () => {
   });
 
   it('ctx.output without a usable name dead-letters the record, saying what it received', async () => {
-    const p = pipeline('side-unnamed');
-    p.source<Ev>({ deserializer: passthroughDeserializer<Ev>() })
-      .withTimestamps((e) => e.ts, boundedOutOfOrderness(0))
-      .keyBy((e) => e.k)
-      .process<{ main: StateKey }>({
-        processElement(e, ctx) {
-          ctx.emit({ main: ctx.key });
-          const name = { empty: '', number: 5, none: undefined, all: '*', eq: 'a=b' }[e.op as string];
-          if (e.op !== undefined) ctx.output(name as string, { x: 1 });
-        },
-      })
-      .sink('out');
-    const driver = new TestDriver(p);
+    const driver = outputByOp('side-unnamed', { empty: '', number: 5, none: undefined, all: '*', eq: 'a=b' });
     await driver.send([
       rec({ k: 'a', ts: 5, op: 'empty' }),
       rec({ k: 'b', ts: 6 }),
