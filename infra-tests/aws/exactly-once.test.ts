@@ -13,15 +13,26 @@
  * Batch size does not choose the path with the harness's data: it has 100 keys over 4 shards,
  * so a commit carries at most ~25 state mutations (one per key touched) however many records a
  * batch holds (measured: 21 items per commit at 500 records per batch). The delta fixtures
- * therefore open their backends with `maxTransactionActions: DELTA_FIXTURE_MAX_ACTIONS` (32,
- * above any unpadded commit of this data) and pad commits with inert state entries to one
- * action more (`padCommits`), which is what a commit over the limit looks like to DynamoBackend;
- * the limit of 100 itself is reached by the end-to-end test (250+ keys per commit). Padding to
- * 33 rather than 101 actions writes a third of the items per delta: moto spends ~4 ms of its one
- * core on each. To keep the run inside the infra budget every fourth commit is left unpadded
- * (with FLOE_EO_FULL=1 every commit is padded): each shard's commits go delta, delta, delta,
- * transaction, ..., so the delta fixtures also test the hand-over between the paths, e.g. a redo
- * of a pending delta followed by a transaction commit.
+ * therefore lower the backend's `maxTransactionActions` and pad commits with inert state entries
+ * to one action more (`padCommits`), which is what a commit over the limit looks like to
+ * DynamoBackend; the limit of 100 itself is reached by the end-to-end test (250+ keys per commit).
+ * Moto spends ~4 ms of its one core on each item written, so the fewer padding entries the better:
+ * - Every commit on the delta path (the default): a limit of 1 action. Every commit that carries
+ *   a state mutation or outputs takes the delta path as it is; one that carries only its
+ *   checkpoint gets one padding entry.
+ * - Both paths (`mixPaths`, the delta-path fencing configuration): a limit of 32 actions, above
+ *   any unpadded commit of this data, and three commits in four padded to 33: each shard's commits
+ *   go delta, delta, delta, transaction, ..., so the run also tests the hand-over between the
+ *   paths, e.g. a redo of a pending delta followed by a transaction commit. With FLOE_EO_FULL=1
+ *   every commit takes the delta path here too.
+ * The crash tests are why the others put every commit on the delta path: a crash test at
+ * `dynamo.after-commit-point` needs the point's 7th occurrence, and a user-sessions run makes 16
+ * or more commits (4 shards, 4 or more each). Shards commit concurrently, and a crash kills the
+ * other shards' commits in flight; one that had passed its commit point reaches the point in the
+ * dead incarnation, where it is not an occurrence (FaultInjector.at). So each of the crashes at
+ * occurrences 1, 2 and 4 can take up to 3 occurrences with it, and 16 - 9 still leaves the 7th;
+ * with three commits in four on the delta path (12 of 16) a run under load lost 4 to 5 of its 12
+ * and reached the 7th only just, or not at all.
  *
  * Each configuration ends with a test that sums DynamoBackend.metrics over every backend its
  * fixtures opened, to show which path the commits took.
@@ -83,15 +94,23 @@ const point = (step: DynamoCommitStep): string => `dynamo.${step}`;
 /** Prefix of the inert state entries that pad commits onto the delta path (nothing reads them). */
 const PADDING_PREFIX = 'floe-test-padding/';
 
-/** The delta fixtures' DynamoBackendOptions.maxTransactionActions (see the header). */
-const DELTA_FIXTURE_MAX_ACTIONS = 32;
+/**
+ * The delta fixtures' DynamoBackendOptions.maxTransactionActions (see the header): with both
+ * paths in a run, and with every commit on the delta path.
+ */
+const MIXED_MAX_ACTIONS = 32;
+const DELTA_ONLY_MAX_ACTIONS = 1;
 
 /**
- * The backend, with the commits `pad` selects padded to DELTA_FIXTURE_MAX_ACTIONS + 1 actions by
- * inert state entries. The padding is a function of (shard, commit number), so a retried commit
- * is the same commit.
+ * The backend, with the commits `pad` selects padded to `maxActions` + 1 actions by inert state
+ * entries. The padding is a function of (shard, commit number), so a retried commit is the same
+ * commit.
  */
-function padCommits(backend: DynamoBackend, pad: (commitNumber: number) => boolean): Backend {
+function padCommits(
+  backend: DynamoBackend,
+  maxActions: number,
+  pad: (commitNumber: number) => boolean,
+): Backend {
   return {
     getMany: (addresses) => backend.getMany(addresses),
     acquireLease: (shardId, owner, now, ttlMs) => backend.acquireLease(shardId, owner, now, ttlMs),
@@ -106,7 +125,7 @@ function padCommits(backend: DynamoBackend, pad: (commitNumber: number) => boole
       if (!pad(commitNumber)) return backend.commit(lease, commit);
       const actions = 1 + (commit.outputs.length > 0 ? 1 : 0) + commit.mutations.length;
       const padding: StateMutation[] = Array.from(
-        { length: Math.max(0, DELTA_FIXTURE_MAX_ACTIONS + 1 - actions) },
+        { length: Math.max(0, maxActions + 1 - actions) },
         (_, i) => ({ address: `${PADDING_PREFIX}${shardId}/${i}`, value: String(commitNumber) }),
       );
       return backend.commit(lease, { ...commit, mutations: [...commit.mutations, ...padding] });
@@ -140,8 +159,7 @@ let fixtureCount = 0;
 
 function dynamoKinesisFactory(
   stats: Stats,
-  path: 'transactions' | 'deltas',
-  deltaApply: DeltaApplyMode | undefined,
+  { path, deltaApply, mixPaths }: Pick<Config, 'path' | 'deltaApply' | 'mixPaths'>,
 ): ExactlyOnceFactory {
   return async ({ shards, faultHook }) => {
     const n = ++fixtureCount;
@@ -150,10 +168,12 @@ function dynamoKinesisFactory(
       createTestStream(clients.kinesis, `eo-${n}`, shards),
       createBackendTables(clients, bucket, 'eo', n),
     ]);
+    const deltaOnly = deltaOnlyPath(mixPaths);
+    const maxActions = deltaOnly ? DELTA_ONLY_MAX_ACTIONS : MIXED_MAX_ACTIONS;
     const open = (): Backend => {
       const backend = tables.open({
         ...(deltaApply === undefined ? {} : { deltaApply }),
-        ...(path === 'deltas' ? { maxTransactionActions: DELTA_FIXTURE_MAX_ACTIONS } : {}),
+        ...(path === 'deltas' ? { maxTransactionActions: maxActions } : {}),
         onStep: (step) => faultHook(point(step), { step }),
         // The harness's processing time stands still while an incarnation runs and moves a lease
         // TTL on after a crash. A heartbeat measuring real time would keep a crashed incarnation's
@@ -163,10 +183,10 @@ function dynamoKinesisFactory(
         clock: () => 0,
       });
       stats.backends.push(backend);
-      // Three commits in four (both paths in one run, fewer padding writes); every commit with
-      // FLOE_EO_FULL=1, so that page-views, with fewer commits, also reaches the 7th occurrence of
-      // each delta step (the crash tests need 4 crashes: occurrences 1, 2, 4 and 7).
-      return path === 'deltas' ? padCommits(backend, (c) => FULL || c % 4 !== 0) : backend;
+      // Every commit onto the delta path, or three in four with mixPaths (see the header); every
+      // commit with FLOE_EO_FULL=1, so that page-views, with fewer commits, also reaches the 7th
+      // occurrence of each delta step (the crash tests need 4 crashes: occurrences 1, 2, 4 and 7).
+      return path === 'deltas' ? padCommits(backend, maxActions, (c) => deltaOnly || c % 4 !== 0) : backend;
     };
     return {
       backend: open(),
@@ -179,6 +199,13 @@ function dynamoKinesisFactory(
   };
 }
 
+/** Whether a delta configuration puts every commit on the delta path (see the header). */
+const deltaOnlyPath = (mixPaths: boolean | undefined): boolean => FULL || mixPaths !== true;
+const padding = (mixPaths?: boolean): string =>
+  deltaOnlyPath(mixPaths)
+    ? `every commit over ${DELTA_ONLY_MAX_ACTIONS} action`
+    : `3 commits in 4 padded over ${MIXED_MAX_ACTIONS} actions`;
+
 const crash = (scenario: string, points: readonly string[]): RegExp[] =>
   points.map((p) => new RegExp(`> ${scenario} > crashes at ${p.replaceAll('.', '\\.')} \\(`));
 const FENCING = /> fencing: /;
@@ -187,6 +214,12 @@ interface Config {
   readonly path: 'transactions' | 'deltas';
   /** DynamoBackendOptions.deltaApply of the delta path. @default the backend's default ('items') */
   readonly deltaApply?: DeltaApplyMode;
+  /**
+   * The delta path: every fourth commit takes the transaction path, so commits hand over between
+   * the two (except with FLOE_EO_FULL=1). @default false: every commit takes the delta path (see
+   * the header)
+   */
+  readonly mixPaths?: boolean;
   readonly title: string;
   readonly batchSize: number;
   readonly steps: readonly DynamoCommitStep[];
@@ -233,7 +266,7 @@ const CONFIGS: readonly Config[] = [
   },
   {
     path: 'deltas',
-    title: `S3 delta commits (batch 500, ${FULL ? 'every commit' : '3 commits in 4'} padded over ${DELTA_FIXTURE_MAX_ACTIONS} actions)`,
+    title: `S3 delta commits (batch 500, ${padding()})`,
     batchSize: 500,
     steps: DELTA_STEPS,
     resharding: false,
@@ -260,7 +293,7 @@ const CONFIGS: readonly Config[] = [
   {
     path: 'deltas',
     deltaApply: 'transactions',
-    title: `S3 delta commits applied with TransactWriteItems chunks (batch 500, ${FULL ? 'every commit' : '3 commits in 4'} padded)`,
+    title: `S3 delta commits applied with TransactWriteItems chunks (batch 500, ${padding()})`,
     batchSize: 500,
     steps: DELTA_STEPS,
     resharding: false,
@@ -274,7 +307,8 @@ const CONFIGS: readonly Config[] = [
   },
   {
     path: 'deltas',
-    title: `S3 delta commits, fencing (batch 50, ${FULL ? 'every commit' : '3 commits in 4'} padded)`,
+    title: `S3 delta commits, fencing (batch 50, ${padding(true)})`,
+    mixPaths: true,
     batchSize: 50,
     steps: DELTA_STEPS,
     resharding: false,
@@ -297,18 +331,14 @@ for (const config of CONFIGS) {
 
     const variant =
       config.deltaApply === undefined ? config.path : `${config.path} (${config.deltaApply} apply)`;
-    describeExactlyOnce(
-      `dynamodb+kinesis, ${variant}`,
-      dynamoKinesisFactory(stats, config.path, config.deltaApply),
-      {
-        events: EVENTS,
-        batchSize: config.batchSize,
-        adapterFaultPoints: config.steps.map(point),
-        timeoutMs: 180_000,
-        resharding: config.resharding,
-        ...(MAX_CACHED_KEYS === undefined ? {} : { maxCachedKeys: MAX_CACHED_KEYS }),
-      },
-    );
+    describeExactlyOnce(`dynamodb+kinesis, ${variant}`, dynamoKinesisFactory(stats, config), {
+      events: EVENTS,
+      batchSize: config.batchSize,
+      adapterFaultPoints: config.steps.map(point),
+      timeoutMs: 180_000,
+      resharding: config.resharding,
+      ...(MAX_CACHED_KEYS === undefined ? {} : { maxCachedKeys: MAX_CACHED_KEYS }),
+    });
 
     it(metricsTest, () => {
       const sum = totals(stats);
@@ -320,7 +350,7 @@ for (const config of CONFIGS) {
       } else {
         expect(sum.deltaCommits).toBeGreaterThan(0);
         const commitTransactions = sum.transactions - sum.applyTransactions;
-        if (FULL) expect(commitTransactions).toBe(0);
+        if (deltaOnlyPath(config.mixPaths)) expect(commitTransactions).toBe(0);
         else expect(commitTransactions).toBeGreaterThan(0);
         if (config.deltaApply === 'transactions') expect(sum.applyTransactions).toBeGreaterThan(0);
         else expect(sum.applyTransactions).toBe(0);
