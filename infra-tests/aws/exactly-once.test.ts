@@ -20,11 +20,12 @@
  * - Every commit on the delta path (the default): a limit of 1 action. Every commit that carries
  *   a state mutation or outputs takes the delta path as it is; one that carries only its
  *   checkpoint gets one padding entry.
- * - Both paths (`mixPaths`, the delta-path fencing configuration): a limit of 32 actions, above
- *   any unpadded commit of this data, and three commits in four padded to 33: each shard's commits
- *   go delta, delta, delta, transaction, ..., so the run also tests the hand-over between the
- *   paths, e.g. a redo of a pending delta followed by a transaction commit. With FLOE_EO_FULL=1
- *   every commit takes the delta path here too.
+ * - Both paths (`mixPaths`, the delta-path configuration of the fencing test and a crash test
+ *   after the commit point): a limit of 32 actions, above any unpadded commit of this data, and
+ *   three commits in four padded to 33: each shard's commits go delta, delta, delta, transaction,
+ *   ..., so the runs also test the hand-over between the paths, e.g. a redo of a pending delta
+ *   followed by a transaction commit. With FLOE_EO_FULL=1 every commit takes the delta path here
+ *   too. Its batches of 50 records make twice the commits, so the crash test's margin holds.
  * The crash tests are why the others put every commit on the delta path: a crash test at
  * `dynamo.after-commit-point` needs the point's 7th occurrence, and a user-sessions run makes 16
  * or more commits (4 shards, 4 or more each). Shards commit concurrently, and a crash kills the
@@ -307,13 +308,15 @@ const CONFIGS: readonly Config[] = [
   },
   {
     path: 'deltas',
-    title: `S3 delta commits, fencing (batch 50, ${padding(true)})`,
+    title: `S3 delta and transaction commits, fencing and redo (batch 50, ${padding(true)})`,
     mixPaths: true,
     batchSize: 50,
     steps: DELTA_STEPS,
     resharding: false,
-    selection: [FENCING],
-    never: [/^(?!.*> fencing: )/],
+    // Crashes after the commit point: a redo of the pending delta followed by a commit on either
+    // path (the hand-over).
+    selection: [FENCING, ...crash('user-sessions', ['dynamo.after-commit-point'])],
+    never: [/^(?!.*(> fencing: |> user-sessions > crashes at dynamo\.after-commit-point \())/],
   },
 ];
 
