@@ -749,6 +749,25 @@ describe('StreamProcessor options', () => {
     );
   });
 
+  it("binds a sink whose name has a '/' (the DSL and floe run --sink allow it)", () => {
+    const stack = new Stack(testApp(), 'Slash');
+    const processor = new StreamProcessor(stack, 'Job', {
+      pipeline: 'examples/page-views.ts',
+      sinks: {
+        'counts/daily': SinkTarget.newTable({
+          partitionKey: { name: 'page', type: dynamodb.AttributeType.STRING },
+        }),
+        'late/page-views': SinkTarget.bucket({ prefix: 'late/' }),
+      },
+    });
+    const t = Template.fromStack(stack);
+    const text = JSON.stringify(functionEnv(t, 'JobWorker').FLOE_SINKS);
+    expect(text).toContain('counts/daily=dynamodb:');
+    expect(text).toContain('late/page-views=s3:');
+    t.resourceCountIs('AWS::DynamoDB::Table', 3); // state, control and the sink's
+    expect(processor.sinkTables['counts/daily']?.node.path).toBe('Slash/Job/Sinks/counts--daily/Table');
+  });
+
   it('binds Kinesis, existing-table and external-bucket sinks with their grants', () => {
     const app = testApp();
     const stack = new Stack(app, 'Sinks');
@@ -1043,7 +1062,12 @@ describe('StreamProcessor rejects invalid props in the constructor', () => {
     [
       'a sink name with =',
       () => ({ sinks: { 'a=b': SinkTarget.bucket() } }),
-      /sink names must be non-empty, without surrounding spaces, '=' or '\/', got "a=b"/,
+      /sink names must be non-empty, without surrounding spaces or '=', got "a=b"/,
+    ],
+    [
+      "two sink names that meet in one construct id ('/' is written '--')",
+      () => ({ sinks: { 'a--b': SinkTarget.bucket(), 'a/b': SinkTarget.bucket({ prefix: 'ab/' }) } }),
+      /sinks "a--b" and "a\/b" would share the construct id "a--b" \(CDK writes '\/' in an id as '--'\); rename one/,
     ],
     [
       'a sink that is not a SinkTarget',

@@ -100,7 +100,8 @@ export interface StreamProcessorProps {
 
   /**
    * Where each of the pipeline's sinks goes, by DSL sink name ('*' binds every sink without a
-   * binding of its own).
+   * binding of its own). A binding's resources are named after its sink, with '/' written as
+   * '--' (CDK's construct ids): two names that meet that way, such as 'a/b' and 'a--b', are refused.
    * @default - every sink writes NDJSON objects to the bucket under 'outputs/<job>/', and
    * 'floe.dead-letter' under 'dead-letters/<job>/'
    */
@@ -1052,12 +1053,23 @@ function validate(props: StreamProcessorProps): Validated {
         `sinks must map sink names to SinkTarget.newTable(...) / .table(...) / .stream(...) / .bucket(...), got ${JSON.stringify(props.sinks)}`,
       );
     }
+    // Each binding gets a construct named after its sink; CDK writes '/' in an id as '--', so
+    // two names may meet in one id (then the second would fail with a less helpful message).
+    const byConstructId = new Map<string, string>();
     for (const [name, target] of Object.entries(props.sinks)) {
-      if (name.trim() === '' || name !== name.trim() || name.includes('=') || name.includes('/')) {
+      if (name.trim() === '' || name !== name.trim() || name.includes('=')) {
         throw new Error(
-          `sink names must be non-empty, without surrounding spaces, '=' or '/', got ${JSON.stringify(name)}`,
+          `sink names must be non-empty, without surrounding spaces or '=', got ${JSON.stringify(name)}`,
         );
       }
+      const id = name.replaceAll('/', '--');
+      const other = byConstructId.get(id);
+      if (other !== undefined) {
+        throw new Error(
+          `sinks ${JSON.stringify(other)} and ${JSON.stringify(name)} would share the construct id ${JSON.stringify(id)} (CDK writes '/' in an id as '--'); rename one of them in the pipeline`,
+        );
+      }
+      byConstructId.set(id, name);
       if (target === null || typeof target !== 'object' || typeof target.bind !== 'function') {
         throw new Error(
           `sink ${JSON.stringify(name)} must be bound with SinkTarget.newTable(...), .table(...), .stream(...), .bucket(...) or .externalBucket(...), got ${JSON.stringify(target)}`,
