@@ -30,7 +30,10 @@ export interface ProcessContext<Out, S extends StateSpec = StateSpec> {
   readonly currentProcessingTime: number;
   readonly state: StateHandles<S>;
   readonly timers: TimerService;
-  /** Emits downstream; the timestamp defaults to the context timestamp. */
+  /**
+   * Emits downstream; the timestamp defaults to the context timestamp. Nothing reads it yet: only
+   * stateless steps and sinks can follow a keyed operator (no repartitioning).
+   */
   emit(value: Out, timestamp?: number): void;
   /** Emits to a named side output (a sink of that name unless the side output is consumed). */
   output(sideOutput: string, value: unknown): void;
