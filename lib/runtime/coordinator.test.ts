@@ -285,10 +285,10 @@ describe('childCheckpoint', () => {
     expect(cp.timers).toEqual(timers);
   });
 
-  // BUG: a parent that never saw an element (a cold shard merged away when scaling down) has
-  // watermark and max timestamp -Infinity, so the child starts at -Infinity: it cannot go idle
-  // (idleness needs a max timestamp) and the windows inherited from the other parent wait for a
-  // new record. Proposed: take the minimum over the parents that saw elements.
+  // A parent that never saw an element (a cold shard merged away when scaling down) has
+  // watermark and max timestamp -Infinity; were the child to start there, it could not go idle
+  // (idleness needs a max timestamp) and the windows inherited from the other parent would wait
+  // for a new record. The child takes the minimum over the parents that saw elements.
   it('merge with a parent that never saw an element continues from the other parent’s event time', async () => {
     const stream = new MemoryStream(2);
     const [p0, p1] = (await stream.listShards()).map((s) => s.shardId);
@@ -305,9 +305,9 @@ describe('childCheckpoint', () => {
     expect(cp).toMatchObject({ watermark: 1_000, maxTimestamp: 6_001, timers: [timer('a', 2_000)] });
   });
 
-  // BUG: the child starts with lastRecordAt undefined, so idleness (which needs a last record
-  // time) never advances a child that receives no records, and the windows it inherited never
-  // fire. Proposed: inherit the latest lastRecordAt of the parents.
+  // Idleness needs a last record time: a child starting without one would never advance if it
+  // received no records, and the windows it inherited would never fire. It inherits the
+  // parents' latest.
   it('inherits the parents’ last record time, so an idle child still advances by idleness', async () => {
     const stream = new MemoryStream(1);
     const [p0] = (await stream.listShards()).map((s) => s.shardId);

@@ -1040,9 +1040,9 @@ export function describeExactlyOnce(
         );
       }
 
-      // BUG (lib/runtime/local-runner.ts + coordinator.ts): a crash between the commit that
-      // finishes a closed shard and the publish of its outputs loses those outputs: the
-      // finished shard is never run again, so nobody publishes its outbox.
+      // A finished shard is never run again, so the outbox of a crash between the commit that
+      // finishes a closed shard and the publish of its outputs must be published by someone
+      // else (lib/runtime/local-runner.ts, coordinator.ts), or those outputs are lost.
       it(
         'a crash after the final commit of a closed parent, before its publish, loses nothing',
         async () => {
@@ -1076,9 +1076,8 @@ export function describeExactlyOnce(
         timeout,
       );
 
-      // BUG (lib/runtime/coordinator.ts childCheckpoint): a child starts with lastRecordAt
-      // undefined, so a child that receives no records never goes idle and the windows it
-      // inherited from its parent never fire.
+      // A child that receives no records goes idle only if it inherits its parent's last record
+      // time (lib/runtime/coordinator.ts childCheckpoint); else the windows it inherited never fire.
       it(
         'a split child that receives no records still fires its inherited windows at idleness',
         async () => {
@@ -1111,9 +1110,9 @@ export function describeExactlyOnce(
         timeout,
       );
 
-      // BUG (lib/runtime/coordinator.ts childCheckpoint): merging a shard that never had a
-      // record gives the child watermark and max timestamp -Infinity (the minimum over the
-      // parents), so it cannot go idle and the windows inherited from the other parent never fire.
+      // Merging a shard that never had a record: the child's event time must come from the
+      // parent that had records (lib/runtime/coordinator.ts childCheckpoint); the minimum over
+      // both, -Infinity, would keep it from going idle, and the inherited windows would never fire.
       it(
         'merging a shard that never had a record: the inherited windows still fire at idleness',
         async () => {
