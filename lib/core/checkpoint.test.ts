@@ -94,7 +94,7 @@ describe('checkpoint serialization', () => {
   it('writes a versioned, compact JSON document', () => {
     const raw = JSON.parse(serializeCheckpoint(full)) as Record<string, unknown>;
     expect(raw.v).toBe(CHECKPOINT_FORMAT);
-    expect(CHECKPOINT_FORMAT).toBe(2);
+    expect(CHECKPOINT_FORMAT).toBe(3);
     expect(raw.timers).toEqual([
       ['window-0', 'e', 1_700_000_059_999, 'page-1', 1_700_000_000_000],
       ['window-0', 'e', -5, 3, ''],
@@ -102,7 +102,7 @@ describe('checkpoint serialization', () => {
     ]);
     const initial = JSON.parse(serializeCheckpoint(initialCheckpoint('s'))) as Record<string, unknown>;
     expect(initial).toEqual({
-      v: 2,
+      v: 3,
       shardId: 's',
       position: null,
       commitNumber: 0,
@@ -176,14 +176,16 @@ describe('checkpoint format errors', () => {
   });
 
   it('rejects another format version, saying which ones are involved', () => {
-    const v3 = serializeCheckpoint(full).replace('"v":2', '"v":3');
-    expect(() => deserializeCheckpoint(v3)).toThrow(StateFormatError);
-    expect(() => deserializeCheckpoint(v3)).toThrow(
-      'checkpoint format 3 is not supported (this floe reads formats 1 and 2); restore from a savepoint written by a compatible version',
+    const v4 = serializeCheckpoint(full).replace('"v":3', '"v":4');
+    expect(() => deserializeCheckpoint(v4)).toThrow(StateFormatError);
+    expect(() => deserializeCheckpoint(v4)).toThrow(
+      'checkpoint format 4 is not supported (this floe reads formats 1, 2 and 3); restore from a savepoint written by a compatible version',
     );
-    // Format 1 (every timer inline, no timer log) is still read.
-    const v1 = serializeCheckpoint(full).replace('"v":2', '"v":1');
+    // Format 1 (every timer inline, no timer log) and format 2 (the same encoding as 3) are still read.
+    const v1 = serializeCheckpoint(full).replace('"v":3', '"v":1');
     expect(deserializeCheckpoint(v1)).toStrictEqual(full);
+    const v2 = serializeCheckpoint(full).replace('"v":3', '"v":2');
+    expect(deserializeCheckpoint(v2)).toStrictEqual(full);
     const unversioned = JSON.stringify({ ...JSON.parse(serializeCheckpoint(full)), v: undefined });
     expect(() => deserializeCheckpoint(unversioned)).toThrow('checkpoint format undefined is not supported');
     expect(() => deserializeCheckpoint('[]')).toThrow(StateFormatError);

@@ -2,9 +2,19 @@
 import { StateFormatError } from './errors.ts';
 import { decodeTime, encodeTime } from './time.ts';
 
-/** 2 added the timer log; format 1 checkpoints (all timers inline) are still read. */
-export const CHECKPOINT_FORMAT = 2;
-export const READABLE_CHECKPOINT_FORMATS: readonly number[] = [1, 2];
+/**
+ * 2 added the timer log; format 1 checkpoints (all timers inline) are still read. 3: a session
+ * window's pending timer may be an alarm before its session's end (window-operator.ts), which
+ * earlier versions would not move on; the encoding is format 2's, so they must refuse it.
+ */
+export const CHECKPOINT_FORMAT = 3;
+export const READABLE_CHECKPOINT_FORMATS: readonly number[] = [1, 2, 3];
+
+/** The readable formats, for messages: "1, 2 and 3". */
+export function readableCheckpointFormats(): string {
+  const all = READABLE_CHECKPOINT_FORMATS.map(String);
+  return all.length < 2 ? all.join('') : `${all.slice(0, -1).join(', ')} and ${all.at(-1)}`;
+}
 
 export type TimeDomain = 'event' | 'processing';
 export type TimerNamespace = string | number;
@@ -157,7 +167,7 @@ export function deserializeCheckpoint(text: string): ShardCheckpoint {
   const o = raw as Record<string, unknown>;
   if (!READABLE_CHECKPOINT_FORMATS.includes(o.v as number)) {
     throw new StateFormatError(
-      `checkpoint format ${String(o.v)} is not supported (this floe reads formats ${READABLE_CHECKPOINT_FORMATS.join(' and ')}); restore from a savepoint written by a compatible version`,
+      `checkpoint format ${String(o.v)} is not supported (this floe reads formats ${readableCheckpointFormats()}); restore from a savepoint written by a compatible version`,
     );
   }
   if (typeof o.shardId !== 'string') fail('"shardId" is not a string');

@@ -15,6 +15,7 @@ import { gunzipSync, gzipSync } from 'node:zlib';
 import {
   deserializeCheckpoint,
   READABLE_CHECKPOINT_FORMATS,
+  readableCheckpointFormats,
   type ShardCheckpoint,
   serializeCheckpoint,
   type TimerSpec,
@@ -588,7 +589,7 @@ export function parseManifest(text: string, where: string): SavepointManifest {
   }
   if (!READABLE_CHECKPOINT_FORMATS.includes(m.checkpointFormat as number)) {
     throw new StateFormatError(
-      `${where} holds checkpoint format ${describeValue(m.checkpointFormat)}; this floe reads formats ${READABLE_CHECKPOINT_FORMATS.join(' and ')}`,
+      `${where} holds checkpoint format ${describeValue(m.checkpointFormat)}; this floe reads formats ${readableCheckpointFormats()}`,
     );
   }
   for (const field of ['id', 'job', 'stream', 'backend'] as const) {

@@ -6,9 +6,15 @@
  */
 import { describe, expect, it } from 'vitest';
 import { type AggregateFunction, collect, count, sum } from './aggregates.ts';
+import type { TimerSpec } from './checkpoint.ts';
+import { compile } from './compile.ts';
 import { DEAD_LETTER_SINK, DEFAULT_LATE_SINK, passthroughDeserializer, pipeline } from './dsl.ts';
+import { MemoryBackend } from './memory-backend.ts';
+import type { SourceRecord } from './ports.ts';
+import { ShardTask } from './shard-task.ts';
 import { type DriverRecord, TestDriver } from './testing/test-driver.ts';
 import { MAX_DURATION, MAX_EVENT_TIME, MAX_WATERMARK } from './time.ts';
+import { withInlineTimers } from './timer-log.ts';
 import { boundedOutOfOrderness, monotonic, type WatermarkStrategy } from './watermarks.ts';
 import type { WindowResult } from './window-operator.ts';
 import { session, sliding, tumbling, type WindowAssigner } from './windows.ts';
@@ -439,9 +445,11 @@ describe('session windows', () => {
     const d = gap10();
     await d.send([ev('a', 0), ev('a', 5)]);
     expect(await sessions(d, 'a')).toEqual([[0, 15]]);
-    expect(await timers(d)).toEqual([[14, 'a', 0]]);
+    // The session's alarm is still where its first element set it; it moves on to the end.
+    expect(await timers(d)).toEqual([[9, 'a', 0]]);
     await d.advanceWatermark(13);
     expect(out(d)).toEqual([]);
+    expect(await timers(d)).toEqual([[14, 'a', 0]]);
     await d.advanceWatermark(14);
     expect(out(d)).toEqual(['a[0,15)=0,5']);
     expect(await d.state('window-0', 'a')).toBeUndefined();
@@ -457,8 +465,8 @@ describe('session windows', () => {
       [11, 21],
     ]);
     expect(await timers(d)).toEqual([
+      [9, 'a', 0],
       [9, 'b', 0],
-      [19, 'a', 0],
       [20, 'b', 11],
     ]);
     await d.advanceWatermark(MAX_WATERMARK);
@@ -469,7 +477,11 @@ describe('session windows', () => {
     const d = gap10();
     await d.send([ev('a', 20), ev('a', 10)]);
     expect(await sessions(d, 'a')).toEqual([[10, 30]]);
-    expect(await timers(d)).toEqual([[29, 'a', 10]]);
+    // A new start, a new alarm; the merged session's alarm fires and finds no session.
+    expect(await timers(d)).toEqual([
+      [29, 'a', 10],
+      [29, 'a', 20],
+    ]);
     await d.advanceWatermark(29);
     expect(out(d)).toEqual(['a[10,30)=10,20']);
   });
@@ -478,7 +490,7 @@ describe('session windows', () => {
     const d = gap10();
     await d.send([ev('a', 0), ev('a', 8), ev('a', 3)]);
     expect(await sessions(d, 'a')).toEqual([[0, 18]]);
-    expect(await timers(d)).toEqual([[17, 'a', 0]]);
+    expect(await timers(d)).toEqual([[9, 'a', 0]]);
     await d.advanceWatermark(17);
     expect(out(d)).toEqual(['a[0,18)=0,3,8']);
   });
@@ -492,9 +504,16 @@ describe('session windows', () => {
     ]);
     await d.send([ev('a', 10)]);
     expect(await sessions(d, 'a')).toEqual([[0, 30]]);
-    expect(await timers(d)).toEqual([[29, 'a', 0]]);
+    expect(await timers(d)).toEqual([
+      [9, 'a', 0],
+      [29, 'a', 20],
+    ]);
     await d.advanceWatermark(28);
     expect(out(d)).toEqual([]);
+    expect(await timers(d)).toEqual([
+      [29, 'a', 0],
+      [29, 'a', 20],
+    ]);
     await d.advanceWatermark(29);
     expect(out(d)).toEqual(['a[0,30)=0,10,20']);
   });
@@ -519,7 +538,11 @@ describe('session windows', () => {
     await d.send([ev('a', 5)]);
     expect(out(d)).toEqual(['a[0,10)=0', 'a[13,23)=13', 'a[0,23)=0,5,13']);
     expect(await sessions(d, 'a')).toEqual([[0, 23]]);
-    expect(await timers(d)).toEqual([[42, 'a', 0]]);
+    // The merged session keeps the alarm of [0,10), its old cleanup, which moves on to the new one.
+    expect(await timers(d)).toEqual([
+      [29, 'a', 0],
+      [42, 'a', 13],
+    ]);
     expect(late(d)).toEqual([]);
     await d.advanceWatermark(41);
     expect(await sessions(d, 'a')).toEqual([[0, 23]]);
@@ -537,14 +560,22 @@ describe('session windows', () => {
     await d.send([ev('a', 8)]);
     expect(out(d)).toEqual(['a[0,10)=0']);
     expect(await sessions(d, 'a')).toEqual([[0, 18]]);
+    // Reopened: its alarm (the old cleanup at 29) is after its new end, so it gets a timer there.
     expect(await timers(d)).toEqual([
       [17, 'a', 0],
-      [37, 'a', 0],
+      [29, 'a', 0],
     ]);
     await d.advanceWatermark(16);
     expect(out(d)).toEqual(['a[0,10)=0']);
     await d.advanceWatermark(17);
     expect(out(d)).toEqual(['a[0,10)=0', 'a[0,18)=0,8']);
+    expect(await timers(d)).toEqual([
+      [29, 'a', 0],
+      [37, 'a', 0],
+    ]);
+    await d.advanceWatermark(37);
+    expect(await d.state('window-0', 'a')).toBeUndefined();
+    expect(out(d)).toHaveLength(2);
   });
 
   it('a late element forming its own already-late session goes to the late output', async () => {
@@ -562,14 +593,14 @@ describe('session windows', () => {
     expect(await timers(d)).toEqual([
       [50, 'a', 36],
       [59, 'a', 50],
-      [64, 'a', 50],
     ]);
     // [40,50) overlaps [36,46) and touches [50,60): one session [36,60), not yet due.
     await d.send([ev('a', 40)]);
     expect(await sessions(d, 'a')).toEqual([[36, 60]]);
     expect(await timers(d)).toEqual([
+      [50, 'a', 36],
       [59, 'a', 36],
-      [64, 'a', 36],
+      [59, 'a', 50],
     ]);
     expect(out(d)).toEqual(['a[36,46)=36']);
     await d.advanceWatermark(59);
@@ -617,6 +648,75 @@ describe('session windows', () => {
     expect(late(d)).toEqual([e('a', 9)]);
     await d.advanceWatermark(29);
     expect(out(d)).toEqual(['a[0,20)=0,10', 'a[20,30)=20']);
+  });
+
+  it("a checkpoint with exact session timers (end-1 and end-1+lateness, as format 2 held them) fires as Flink's", async () => {
+    // What a job checkpointed by an earlier version holds: the same state, and timers exactly at
+    // the sessions' ends and cleanups instead of alarms.
+    const p = pipeline('windows');
+    p.source<Ev>()
+      .withTimestamps((x) => x.ts, boundedOutOfOrderness(100))
+      .keyBy((x) => x.k)
+      .window(session({ gap: 10 }))
+      .allowedLateness(20)
+      .aggregate(collect<Ev>(), show)
+      .sink('out');
+    const plan = compile(p);
+    const shard = 'shardId-000000000000';
+    const backend = new MemoryBackend();
+    const lease = await backend.acquireLease(shard, 'a', 0, 1e12);
+    const records = (events: Array<[string, number]>, from: number): SourceRecord[] =>
+      events.map(([k, ts], i) => ({
+        data: JSON.stringify({ k, ts, v: ts }),
+        partitionKey: k,
+        sequenceNumber: String(from + i).padStart(21, '0'),
+        arrivalTime: 0,
+      }));
+    const first = new ShardTask(plan, shard);
+    // a: [0,15) and [30,40); b: [2,17); c: [20,30). The watermark stays at 30 - 100 - 1.
+    const r1 = await first.processBatch(
+      records(
+        [
+          ['a', 0],
+          ['b', 2],
+          ['a', 5],
+          ['b', 7],
+          ['c', 20],
+          ['a', 30],
+        ],
+        1,
+      ),
+      backend,
+      0,
+    );
+    await backend.commit(lease, r1);
+    expect(r1.outputs).toEqual([]);
+    const inline = await withInlineTimers((await backend.readCheckpoint(shard))!, backend);
+    const exact = (time: number, key: string, namespace: number): TimerSpec => ({
+      operator: 'window-0',
+      domain: 'event',
+      time,
+      key,
+      namespace,
+    });
+    const restored = new ShardTask(plan, {
+      ...inline,
+      timers: [
+        ...[exact(14, 'a', 0), exact(16, 'b', 2), exact(29, 'c', 20), exact(34, 'a', 0)],
+        ...[exact(36, 'b', 2), exact(39, 'a', 30), exact(49, 'c', 20), exact(59, 'a', 30)],
+      ],
+    });
+    // b@10 extends [2,17) to [2,20): its timer at 16 moves on to 19.
+    const r2 = await restored.processBatch(records([['b', 10]], 7), backend, 0);
+    await backend.commit(lease, r2);
+    const r3 = await restored.processWatermark(MAX_WATERMARK, backend, 0);
+    expect([...r2.outputs, ...r3.outputs].map((o) => o.value)).toEqual([
+      'a[0,15)=0,5',
+      'b[2,20)=2,7,10',
+      'c[20,30)=20',
+      'a[30,40)=30',
+    ]);
+    expect(await withInlineTimers(r3.checkpoint, backend)).toMatchObject({ timers: [] });
   });
 
   it('session with reduce and with a merging aggregate (count)', async () => {

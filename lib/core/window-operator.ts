@@ -174,11 +174,11 @@ export function sessionWindowOperator<In, Acc, R, Out>(
         return;
       }
       let acc: Acc | undefined;
+      let keptEnd: number | undefined; // the old end of the merged session whose start the result keeps
       for (let i = 0; i < n; i++) {
         const s = mergedStarts[i]!;
         const [e, a] = mergedSessions[i]!;
-        ctx.timers.deleteEventTimeTimer(e - 1, s);
-        if (lateness > 0) ctx.timers.deleteEventTimeTimer(e - 1 + lateness, s); // else the same timer
+        if (s === start) keptEnd = e;
         // The key's one session, extended: put() below replaces it where it is, in one map write
         // (a removal first would shrink the map and grow it again).
         if (s !== start || sessions > 1) windows.remove(s);
@@ -186,18 +186,36 @@ export function sessionWindowOperator<In, Acc, R, Out>(
       }
       acc = aggregate.add(value, acc === undefined ? aggregate.create() : acc);
       windows.put(start, [end, acc]);
-      if (maxTs > wm && lateness > 0) ctx.timers.registerEventTimeTimer(maxTs, start);
-      ctx.timers.registerEventTimeTimer(maxTs + lateness, start);
+      // Each session has a timer (an alarm) at or before its next action: its firing at end-1, or
+      // its cleanup at end-1+lateness once fired. An extended or merged session keeps the alarm of
+      // the session whose start it keeps, which is not later than its new next action, except when
+      // a late element reopens a fired session (its alarm is the old cleanup); onTimer moves the
+      // alarm on to the session's end as it is then. Flink deletes and registers the timers of
+      // every merged session per element instead: the same firings, at two timer operations per
+      // element. The alarms of sessions merged into another fire and find no session.
+      if (keptEnd === undefined)
+        ctx.timers.registerEventTimeTimer(maxTs > wm ? maxTs : maxTs + lateness, start);
+      else if (maxTs > wm && keptEnd - 1 <= wm) ctx.timers.registerEventTimeTimer(maxTs, start);
       if (maxTs <= wm) fire(ctx, start, end, acc);
     },
     onTimer(timer, ctx) {
       const start = timer.namespace as number;
       const windows = ctx.state.w as StoredMapState<number, [number, Acc]>;
       const session = windows.stored(start);
-      if (session === undefined) return;
+      if (session === undefined) return; // merged into another session, whose own timer fires it
       const [end, acc] = session;
-      if (timer.time === end - 1) fire(ctx, start, end, windows.handOut(acc));
-      if (timer.time === end - 1 + lateness) ctx.state.w.remove(start);
+      const fireAt = end - 1;
+      const cleanupAt = fireAt + lateness;
+      const t = timer.time;
+      if (t < fireAt) {
+        // Extended since its alarm was set: not fired yet (its end was past the watermark when it
+        // grew, or it would have fired then), so move the alarm to the end.
+        ctx.timers.registerEventTimeTimer(fireAt, start);
+        return;
+      }
+      if (t === fireAt) fire(ctx, start, end, windows.handOut(acc));
+      if (t === cleanupAt) ctx.state.w.remove(start);
+      else if (t < cleanupAt) ctx.timers.registerEventTimeTimer(cleanupAt, start); // fired: clean up later
     },
   };
 }
