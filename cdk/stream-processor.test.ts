@@ -1067,7 +1067,12 @@ describe('StreamProcessor rejects invalid props in the constructor', () => {
     [
       "two sink names that meet in one construct id ('/' is written '--')",
       () => ({ sinks: { 'a--b': SinkTarget.bucket(), 'a/b': SinkTarget.bucket({ prefix: 'ab/' }) } }),
-      /sinks "a--b" and "a\/b" would share the construct id "a--b" \(CDK writes '\/' in an id as '--'\); rename one/,
+      /sinks "a--b" and "a\/b" would share the construct id "a--b" \(CDK writes '\/' and line breaks in an id as '--'\); rename one/,
+    ],
+    [
+      'two sink names that meet in one construct id (a line break is written --)',
+      () => ({ sinks: { 'a\nb': SinkTarget.bucket(), 'a--b': SinkTarget.bucket({ prefix: 'ab/' }) } }),
+      /sinks "a\\nb" and "a--b" would share the construct id "a--b" \(CDK writes '\/' and line breaks in an id as '--'\); rename one/,
     ],
     [
       'a sink that is not a SinkTarget',

@@ -33,7 +33,7 @@ import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
-import { Construct } from 'constructs';
+import { Construct, type IConstruct } from 'constructs';
 import type { DeltaApplyMode } from '../lib/aws/dynamodb-backend.ts';
 import { DEFAULT_METRICS_NAMESPACE, JOB_DIMENSION, WorkerMetric } from '../lib/aws/metric-names.ts';
 import { allowObjects, grantObjects, type SinkTarget } from './sink-target.ts';
@@ -100,8 +100,9 @@ export interface StreamProcessorProps {
 
   /**
    * Where each of the pipeline's sinks goes, by DSL sink name ('*' binds every sink without a
-   * binding of its own). A binding's resources are named after its sink, with '/' written as
-   * '--' (CDK's construct ids): two names that meet that way, such as 'a/b' and 'a--b', are refused.
+   * binding of its own). A binding's resources are named after its sink, with '/' and line breaks
+   * written as '--' (CDK's construct ids): two names that meet that way, such as 'a/b' and 'a--b',
+   * are refused.
    * @default - every sink writes NDJSON objects to the bucket under 'outputs/<job>/', and
    * 'floe.dead-letter' under 'dead-letters/<job>/'
    */
@@ -393,10 +394,25 @@ export class StreamProcessor extends Construct {
 
     // --- Sinks.
     const sinksScope = new Construct(this, 'Sinks');
+    // Each binding's resources go in a construct named after its sink. CDK writes '/' and line
+    // breaks in an id as '--', so two sink names may meet in one id: say which, rather than
+    // CDK's "There is already a Construct with name".
+    const sinkOfScope = new Map<IConstruct, string>();
+    const sinkScope = (sinkName: string): Construct => {
+      const taken = sinksScope.node.tryFindChild(sinkName);
+      if (taken !== undefined) {
+        throw new Error(
+          `sinks ${JSON.stringify(sinkOfScope.get(taken))} and ${JSON.stringify(sinkName)} would share the construct id ${JSON.stringify(taken.node.id)} (CDK writes '/' and line breaks in an id as '--'); rename one of them in the pipeline`,
+        );
+      }
+      const scope = new Construct(sinksScope, sinkName);
+      sinkOfScope.set(scope, sinkName);
+      return scope;
+    };
     const bound = Object.entries(props.sinks ?? {}).map(([sinkName, target]) => ({
       sinkName,
       config: target.bind({
-        scope: new Construct(sinksScope, sinkName),
+        scope: sinkScope(sinkName),
         sinkName,
         job: this.job,
         bucket: this.bucket,
@@ -1053,23 +1069,12 @@ function validate(props: StreamProcessorProps): Validated {
         `sinks must map sink names to SinkTarget.newTable(...) / .table(...) / .stream(...) / .bucket(...), got ${JSON.stringify(props.sinks)}`,
       );
     }
-    // Each binding gets a construct named after its sink; CDK writes '/' in an id as '--', so
-    // two names may meet in one id (then the second would fail with a less helpful message).
-    const byConstructId = new Map<string, string>();
     for (const [name, target] of Object.entries(props.sinks)) {
       if (name.trim() === '' || name !== name.trim() || name.includes('=')) {
         throw new Error(
           `sink names must be non-empty, without surrounding spaces or '=', got ${JSON.stringify(name)}`,
         );
       }
-      const id = name.replaceAll('/', '--');
-      const other = byConstructId.get(id);
-      if (other !== undefined) {
-        throw new Error(
-          `sinks ${JSON.stringify(other)} and ${JSON.stringify(name)} would share the construct id ${JSON.stringify(id)} (CDK writes '/' in an id as '--'); rename one of them in the pipeline`,
-        );
-      }
-      byConstructId.set(id, name);
       if (target === null || typeof target !== 'object' || typeof target.bind !== 'function') {
         throw new Error(
           `sink ${JSON.stringify(name)} must be bound with SinkTarget.newTable(...), .table(...), .stream(...), .bucket(...) or .externalBucket(...), got ${JSON.stringify(target)}`,
