@@ -8,7 +8,13 @@ import { describe, expect, it } from 'vitest';
 import { type AggregateFunction, collect, count, sum } from './aggregates.ts';
 import type { TimerSpec } from './checkpoint.ts';
 import { compile } from './compile.ts';
-import { DEAD_LETTER_SINK, DEFAULT_LATE_SINK, passthroughDeserializer, pipeline } from './dsl.ts';
+import {
+  DEAD_LETTER_SINK,
+  DEFAULT_LATE_SINK,
+  type Pipeline,
+  passthroughDeserializer,
+  pipeline,
+} from './dsl.ts';
 import { MemoryBackend } from './memory-backend.ts';
 import type { SourceRecord } from './ports.ts';
 import { ShardTask } from './shard-task.ts';
@@ -46,8 +52,12 @@ interface Options {
   readonly shards?: number;
 }
 
-/** key -> window(assigner) -> collect -> show -> sink 'out'. */
+/** key -> window(assigner) -> collect -> show -> sink 'out', in a test driver. */
 function collecting(assigner: WindowAssigner, o: Options = {}): TestDriver {
+  return new TestDriver(collectingPipeline(assigner, o), { shards: o.shards ?? 1 });
+}
+
+function collectingPipeline(assigner: WindowAssigner, o: Options): Pipeline {
   const p = pipeline('windows');
   const w = p
     .source<Ev>()
@@ -57,7 +67,7 @@ function collecting(assigner: WindowAssigner, o: Options = {}): TestDriver {
   if (o.lateness !== undefined) w.allowedLateness(o.lateness);
   if (o.lateName !== undefined) w.sideOutputLateData(o.lateName);
   w.aggregate(collect<Ev>(), show).sink('out');
-  return new TestDriver(p, { shards: o.shards ?? 1 });
+  return p;
 }
 
 const out = (d: TestDriver): string[] => d.values<string>('out');
@@ -653,15 +663,9 @@ describe('session windows', () => {
   it("a checkpoint with exact session timers (end-1 and end-1+lateness, as format 2 held them) fires as Flink's", async () => {
     // What a job checkpointed by an earlier version holds: the same state, and timers exactly at
     // the sessions' ends and cleanups instead of alarms.
-    const p = pipeline('windows');
-    p.source<Ev>()
-      .withTimestamps((x) => x.ts, boundedOutOfOrderness(100))
-      .keyBy((x) => x.k)
-      .window(session({ gap: 10 }))
-      .allowedLateness(20)
-      .aggregate(collect<Ev>(), show)
-      .sink('out');
-    const plan = compile(p);
+    const plan = compile(
+      collectingPipeline(session({ gap: 10 }), { watermarks: boundedOutOfOrderness(100), lateness: 20 }),
+    );
     const shard = 'shardId-000000000000';
     const backend = new MemoryBackend();
     const lease = await backend.acquireLease(shard, 'a', 0, 1e12);
