@@ -917,6 +917,33 @@ describe('pipeline functions must be synchronous', () => {
     );
   });
 
+  it('checks a descriptor written by hand as valueState, mapState and listState check their options', () => {
+    const keyed = () => timed(pipeline('state')).keyBy((e) => e.user);
+    const withState = (state: unknown) => () => keyed().process({ state, processElement() {} } as never);
+    // A ttl of 0 would expire every write at once: data silently lost.
+    definitionError(withState({ n: { kind: 'value', ttl: 0 } }), 'process: state "n": state ttl must be');
+    definitionError(withState({ n: { kind: 'list', ttl: '1000' } }), 'process: state "n": state ttl must be');
+    definitionError(
+      withState({ m: { kind: 'map', layout: 'by-map-key', ttl: 5 } }),
+      `process: state "m": map state with layout 'by-map-key' does not support a ttl`,
+    );
+    definitionError(
+      withState({ m: { kind: 'map', layout: 'weird' } }),
+      `process: state "m": map state layout must be 'per-key' or 'by-map-key'; received "weird"`,
+    );
+    definitionError(
+      withState({ n: { kind: 'value', tll: 1000 } }),
+      'process: state "n" (value state) has unknown option "tll"; its options are ttl',
+    );
+    definitionError(
+      withState(JSON.parse('{"__proto__": {"kind": "value"}}')),
+      'process: "__proto__" cannot name a state',
+    );
+    expect(
+      withState({ n: { kind: 'value', ttl: 1000 }, m: { kind: 'map' }, l: { kind: 'list' } }),
+    ).not.toThrow();
+  });
+
   it('accepts plain functions and generators', () => {
     const p = pipeline('sync');
     p.source<Ev>()

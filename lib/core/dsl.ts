@@ -6,7 +6,7 @@ import { type AggregateFunction, reducing } from './aggregates.ts';
 import { describeValue, PipelineDefinitionError, SYNCHRONOUS_FUNCTIONS } from './errors.ts';
 import type { SourceRecord } from './ports.ts';
 import type { KeyedProcessFunction } from './processor.ts';
-import type { StateKey, StateSpec } from './state.ts';
+import { listState, mapState, type StateKey, type StateSpec, valueState } from './state.ts';
 import { checkDuration, type Millis } from './time.ts';
 import type { WatermarkStrategy } from './watermarks.ts';
 import {
@@ -261,12 +261,41 @@ function checkStateSpec(spec: unknown): void {
     );
   }
   for (const [name, descriptor] of Object.entries(spec)) {
+    if (name === '__proto__') {
+      // Assigned to a plain object, the name would set its prototype instead of a property.
+      throw new PipelineDefinitionError('process: "__proto__" cannot name a state; choose another name');
+    }
     const kind = (descriptor as { kind?: unknown } | null)?.kind;
-    if (kind === 'value' || kind === 'map' || kind === 'list') continue;
-    const hint = typeof descriptor === 'function' ? ' (call it: valueState(), not valueState)' : '';
+    if (kind !== 'value' && kind !== 'map' && kind !== 'list') {
+      const hint = typeof descriptor === 'function' ? ' (call it: valueState(), not valueState)' : '';
+      throw new PipelineDefinitionError(
+        `process: state "${name}" must be valueState(), mapState() or listState(); received ${describeValue(descriptor)}${hint}`,
+      );
+    }
+    checkDescriptor(name, kind, descriptor as Record<string, unknown>);
+  }
+}
+
+/**
+ * A descriptor written by hand ({ kind: 'value', ttl }) gets the checks of the function that
+ * makes it (valueState, mapState, listState): a ttl of 0 would otherwise expire every write.
+ */
+function checkDescriptor(name: string, kind: 'value' | 'map' | 'list', d: Record<string, unknown>): void {
+  const fields = kind === 'map' ? ['kind', 'ttl', 'layout'] : ['kind', 'ttl'];
+  const unknown = Object.keys(d).filter((f) => !fields.includes(f));
+  if (unknown.length > 0) {
     throw new PipelineDefinitionError(
-      `process: state "${name}" must be valueState(), mapState() or listState(); received ${describeValue(descriptor)}${hint}`,
+      `process: state "${name}" (${kind} state) has unknown option${unknown.length > 1 ? 's' : ''} ${unknown.map((f) => `"${f}"`).join(', ')}; its options are ${fields.slice(1).join(' and ')}`,
     );
+  }
+  const options = { ttl: d.ttl as number | undefined, layout: d.layout as 'per-key' | undefined };
+  try {
+    if (kind === 'value') valueState(options);
+    else if (kind === 'list') listState(options);
+    else mapState(options);
+  } catch (error) {
+    if (!(error instanceof PipelineDefinitionError)) throw error;
+    throw new PipelineDefinitionError(`process: state "${name}": ${error.message}`);
   }
 }
 

@@ -31,10 +31,33 @@ export class Journal {
   objectRead = false;
   /** Set when the current record wrote an object into state (OperatorRuntime.emit copies then). */
   objectWritten = false;
+  /**
+   * Set when the current record emitted an object without copying it (no state object read or
+   * written before): it may be, or be part of, an object the record writes into state next.
+   */
+  uncopiedOutputs = false;
+  /** Copies the current record's uncopied outputs (set by the task; see noteObjectWrite). */
+  copyOutputs: () => void = () => {};
+
+  /**
+   * Notes that the current record writes an object into state. Outputs it emitted before, not
+   * copied then, are copied now: a later record changing that state object in place would change
+   * them too before their commit stores them, so what is published would depend on where commits
+   * fall.
+   */
+  noteObjectWrite(): void {
+    if (this.objectWritten) return;
+    this.objectWritten = true;
+    if (this.uncopiedOutputs) {
+      this.uncopiedOutputs = false;
+      this.copyOutputs();
+    }
+  }
 
   reset(): void {
     this.objectRead = false;
     this.objectWritten = false;
+    this.uncopiedOutputs = false;
     const n = this.size;
     if (n === 0) return;
     // Drop references so the journal does not keep old state alive; the array keeps its capacity.

@@ -65,6 +65,34 @@ describe('outputs are snapshots', () => {
     expect(together).toEqual(apart);
   });
 
+  it('an object emitted and then written into state, changed in place by a later record', async () => {
+    const counting = (): Pipeline => {
+      const p = pipeline('visits');
+      p.source<Visit>()
+        .withTimestamps((v) => v.ts, boundedOutOfOrderness(0))
+        .keyBy((v) => v.user)
+        .process<{ first: { n: number } }, { visits: ReturnType<typeof valueState<{ n: number }>> }>({
+          state: { visits: valueState<{ n: number }>() },
+          processElement(_v, ctx) {
+            const visits = ctx.state.visits.value();
+            if (visits === undefined) {
+              const first = { n: 1 };
+              ctx.emit({ first }); // emitted (inside another object), then written
+              ctx.state.visits.update(first);
+            } else {
+              visits.n++;
+              ctx.state.visits.update(visits);
+            }
+          },
+        })
+        .sink('visits');
+      return p;
+    };
+    const [together, apart] = await oneCommitAndPerRecord(counting, 'visits');
+    expect(together).toEqual([{ first: { n: 1 } }]);
+    expect(together).toEqual(apart);
+  });
+
   it('a list element emitted and then changed in place', async () => {
     const listing = (): Pipeline => {
       const p = pipeline('lists');

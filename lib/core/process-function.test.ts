@@ -6,7 +6,15 @@
 import { describe, expect, it } from 'vitest';
 import { type DataStream, passthroughDeserializer, pipeline } from './dsl.ts';
 import type { KeyedProcessFunction, ProcessContext } from './processor.ts';
-import { listState, mapState, type StateKey, type StateSpec, valueState } from './state.ts';
+import {
+  listState,
+  type MapStateDescriptor,
+  mapState,
+  type StateKey,
+  type StateSpec,
+  type ValueStateDescriptor,
+  valueState,
+} from './state.ts';
 import { type DriverRecord, TestDriver } from './testing/test-driver.ts';
 import { MAX_WATERMARK } from './time.ts';
 import { boundedOutOfOrderness } from './watermarks.ts';
@@ -109,6 +117,41 @@ describe('ValueState', () => {
     expect(await driver.state('process-0', 'b')).toBeUndefined();
     expect(await driver.state('process-0', 1)).toEqual({ count: [200] });
     expect(await driver.state('process-0', '1')).toEqual({ count: [1000] });
+  });
+
+  it('names like Object.prototype members (constructor, toString) are states like any other, across a restart', async () => {
+    const driver = driverFor({
+      state: {
+        constructor: valueState<number>(),
+        toString: mapState<string, number>(),
+        other: valueState<number>(),
+      },
+      processElement(
+        e: Ev,
+        ctx: ProcessContext<
+          unknown,
+          {
+            constructor: ValueStateDescriptor<number>;
+            toString: MapStateDescriptor<string, number>;
+            other: ValueStateDescriptor<number>;
+          }
+        >,
+      ) {
+        ctx.state.other.update(e.ts);
+        if (e.ts === 2) ctx.state.constructor.update(7);
+        ctx.emit([ctx.state.constructor.value() ?? null, ctx.state.toString.size, ctx.state.other.value()]);
+      },
+    } as unknown as KeyedProcessFunction<Ev, unknown>);
+    await driver.send([rec({ k: 'a', ts: 1 })]);
+    driver.restart();
+    await driver.send([rec({ k: 'a', ts: 2 })]);
+    driver.restart();
+    await driver.send([rec({ k: 'a', ts: 3 })]);
+    expect(driver.values('out')).toEqual([
+      [null, 0, 1],
+      [7, 0, 2],
+      [7, 0, 3],
+    ]);
   });
 
   it('persists across a restart', async () => {
@@ -580,6 +623,44 @@ describe('state TTL (processing time since the last write)', () => {
     // The expired entry 'a' is not written back with the key.
     const stored = (await driver.state('process-0', 'x'))?.m as unknown[][] | undefined;
     expect(stored?.map((row) => row[0])).toEqual(['b', 'c']);
+  });
+
+  it('an expired map entry put again is a new entry, last in order, as after a restart', async () => {
+    const run = async (restart: boolean): Promise<unknown[]> => {
+      const driver = driverFor({
+        state: { m: mapState<string, number>({ ttl: 1000 }) },
+        processElement(e: Ev, ctx) {
+          ctx.state.m.put(e.v as string, e.ts);
+          ctx.emit(ctx.state.m.keys());
+        },
+      });
+      await driver.send([rec({ k: 'x', ts: 1, v: 'a' }, 0)]);
+      await driver.send([rec({ k: 'x', ts: 2, v: 'b' }, 500)]);
+      await driver.send([rec({ k: 'x', ts: 3, v: 'c' }, 1050)]); // 'a' has expired
+      if (restart) driver.restart();
+      await driver.send([rec({ k: 'x', ts: 4, v: 'a' }, 1100)]);
+      return driver.values('out');
+    };
+    expect(await run(false)).toEqual([['a'], ['a', 'b'], ['b', 'c'], ['b', 'c', 'a']]);
+    expect(await run(true)).toEqual(await run(false));
+  });
+
+  it('a record is processed at its own arrival, not at a later record of the same send', async () => {
+    const driver = driverFor({
+      state: { n: valueState<number>({ ttl: 5000 }) },
+      processElement(_e: Ev, ctx) {
+        const n = (ctx.state.n.value() ?? 0) + 1;
+        ctx.state.n.update(n);
+        ctx.emit({ at: ctx.currentProcessingTime, n });
+      },
+    });
+    // One send, one commit: the first record's value expires before the second arrives.
+    await driver.send([rec({ k: 'x', ts: 1 }, 1000), rec({ k: 'x', ts: 2 }, 9000)]);
+    expect(driver.values('out')).toEqual([
+      { at: 1000, n: 1 },
+      { at: 9000, n: 1 },
+    ]);
+    expect((await driver.checkpoint())?.commitNumber).toBe(1);
   });
 
   it('list state expires per item', async () => {

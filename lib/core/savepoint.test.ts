@@ -167,6 +167,17 @@ describe('state compatibility', () => {
     expect(messages(plan({ window: 'tumbling', process: false }))[0]).toMatch(
       /operator "p" has state in the savepoint but pipeline "compat" has no operator with that uid/,
     );
+    // A saved state named like an Object.prototype member, no longer declared: dropped, not fatal.
+    const withToString = saved.map((o) =>
+      o.uid === 'p' ? { ...o, state: { ...o.state, toString: o.state.n! } } : o,
+    );
+    expect(checkCompatibility(withToString, plan({ window: 'tumbling' })).issues).toEqual([
+      {
+        operator: 'p',
+        fatal: false,
+        message: 'state "toString" of operator "p" is no longer declared; its saved values are dropped',
+      },
+    ]);
     const allowed = checkCompatibility(saved, plan({ window: 'tumbling', process: false }), {
       allowNonRestoredState: true,
     });
@@ -190,6 +201,10 @@ describe('migration encoding', () => {
     );
     expect(() => encodeMigratedEntry({ ...entry, state: { zz: 1 } }, schemas, 1)).toThrow(
       /declares no state "zz"/,
+    );
+    // Not Object.prototype's members either.
+    expect(() => encodeMigratedEntry({ ...entry, state: { constructor: 1 } }, schemas, 1)).toThrow(
+      /declares no state "constructor"/,
     );
     expect(() => encodeMigratedEntry({ ...entry, state: { m: 3 } }, schemas, 1)).toThrow(StateFormatError);
     // What JSON would change is refused, as a commit refuses it.

@@ -180,6 +180,11 @@ function schemaOf(d: StateDescriptor): StateSchema {
   return { kind: d.kind, ttl: d.ttl !== undefined };
 }
 
+/** `record[name]` if it is the record's own: a state named "constructor" is not Object's. */
+function ownValue<T>(record: Readonly<Record<string, T>>, name: string): T | undefined {
+  return Object.hasOwn(record, name) ? record[name] : undefined;
+}
+
 /** The state layout of every keyed operator of a plan. */
 export function operatorSchemas(plan: PipelinePlan): OperatorSchema[] {
   return plan.operators.map((op) => {
@@ -295,7 +300,7 @@ export function compareOperatorSchemas(
       }
     }
     for (const [name, s] of Object.entries(from.state)) {
-      const t = to.state[name];
+      const t = ownValue(to.state, name);
       if (t === undefined) {
         issues.push({
           operator: from.uid,
@@ -432,7 +437,10 @@ export function decodeSavedEntry(
   const schema = schemas.get(operator);
   const state: Record<string, unknown> = {};
   for (const [name, cell] of Object.entries(raw.s as Record<string, unknown>)) {
-    state[name] = decodeCell(schema?.kind === 'unknown' ? undefined : schema?.state[name], cell);
+    state[name] = decodeCell(
+      schema === undefined || schema.kind === 'unknown' ? undefined : ownValue(schema.state, name),
+      cell,
+    );
   }
   return { operator, key: raw.k, state };
 }
@@ -460,7 +468,7 @@ export function encodeMigratedEntry(
   }
   const s: Record<string, unknown> = {};
   for (const [name, value] of Object.entries(entry.state ?? {})) {
-    const st = schema.state[name];
+    const st = ownValue(schema.state, name);
     if (st === undefined) {
       throw new StateFormatError(
         `${where}: operator "${entry.operator}" declares no state "${name}" (state: ${Object.keys(schema.state).join(', ') || 'none'})`,

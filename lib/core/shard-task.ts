@@ -203,17 +203,17 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
    */
   private snapshot(value: unknown): unknown {
     const journal = this.backend.journal;
-    if (typeof value !== 'object' || value === null || !(journal.objectRead || journal.objectWritten)) {
+    if (typeof value !== 'object' || value === null) return value;
+    if (!(journal.objectRead || journal.objectWritten)) {
+      // Not state's, unless the record writes it into state next: then it is copied as it is at
+      // that write (Journal.noteObjectWrite).
+      if (!journal.uncopiedOutputs) {
+        journal.uncopiedOutputs = true;
+        this.task.noteUncopiedOutputs();
+      }
       return value;
     }
-    try {
-      return jsonCopy(value);
-    } catch (error) {
-      throw new RecordError(
-        'serialization',
-        `an emitted value is not JSON-serializable: ${errorMessage(error)}`,
-      );
-    }
+    return emittedCopy(value);
   }
 
   output(sideOutput: string, value: unknown): void {
@@ -286,6 +286,18 @@ class OperatorRuntime implements ProcessContext<unknown, StateSpec>, TimerServic
   }
 }
 
+/** A JSON copy of an emitted value (see OperatorRuntime.snapshot). */
+function emittedCopy(value: unknown): unknown {
+  try {
+    return jsonCopy(value);
+  } catch (error) {
+    throw new RecordError(
+      'serialization',
+      `an emitted value is not JSON-serializable: ${errorMessage(error)}`,
+    );
+  }
+}
+
 /**
  * Timer times are whole milliseconds within ±MAX_TIMER_TIME (a Date's range plus two durations,
  * room for a window's timers: end - 1 + allowed lateness), or ±Infinity.
@@ -350,6 +362,8 @@ export class ShardTask {
   private readonly sinkEmitters = new Map<string, Emit>();
   /** The batch's outputs, created with their final ids (see outputPrefix). */
   private outputs: Output[] = [];
+  /** Index of the current record's first output emitted uncopied (valid while Journal.uncopiedOutputs). */
+  private uncopiedFrom = 0;
   /**
    * Id prefix of this batch's outputs. A batch with outputs always commits, as commit number
    * `commitNumber + 1`, so ids can be assigned when an output is emitted; a rolled-back record
@@ -407,6 +421,7 @@ export class ShardTask {
     this.finished = cp.finished;
     this.depth = depthOf(cp);
     this.outputPrefix = this.nextOutputPrefix();
+    this.journal.copyOutputs = () => this.copyUncopiedOutputs();
     this.operators = plan.operators.map((op) => new OperatorRuntime(this, op, this.journal));
     for (const op of this.operators) op.backend.copyOnRead = this.checked;
     this.operatorUids = this.operators.map((o) => o.plan.uid);
@@ -764,6 +779,20 @@ export class ShardTask {
       this.timerVersion++;
       this.journal.recordUndo(queue, removed, 0);
       this.timerLog.record(removed, false, domain, this.journal);
+    }
+  }
+
+  /** @internal The current record emits an object uncopied: its outputs from here on may need a copy. */
+  noteUncopiedOutputs(): void {
+    this.uncopiedFrom = this.outputs.length;
+  }
+
+  /** The current record's outputs since its first uncopied emission, as JSON copies. */
+  private copyUncopiedOutputs(): void {
+    const outputs = this.outputs;
+    for (let i = this.uncopiedFrom; i < outputs.length; i++) {
+      const o = outputs[i]!;
+      if (typeof o.value === 'object' && o.value !== null) outputs[i] = { ...o, value: emittedCopy(o.value) };
     }
   }
 

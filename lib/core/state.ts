@@ -339,7 +339,8 @@ export class KeyedStateBackend {
     const states = isRecord(raw) ? raw.s : undefined;
     if (!isRecord(states)) throw corrupt('expected {"k": <key>, "s": {<state name>: <value>}}');
     this.names.forEach((name, i) => {
-      const json = states[name];
+      // Own properties only: a state named "constructor" must not find Object.prototype's.
+      const json = Object.hasOwn(states, name) ? states[name] : undefined;
       if (json === undefined) return;
       const d = this.descriptors[i]!;
       const shape = cellShapeError(d, json);
@@ -723,7 +724,7 @@ function readState<T>(rt: KeyedStateBackend, value: T): T {
 
 /** Notes a write of an object: emitting it now would alias state (see OperatorRuntime.emit). */
 function noteWrite(rt: KeyedStateBackend, value: unknown): void {
-  if (isObject(value)) rt.journal.objectWritten = true;
+  if (isObject(value)) rt.journal.noteObjectWrite();
 }
 
 /** readState for the values of map entries (a new array of new pairs either way). */
@@ -822,6 +823,9 @@ class MapStateHandle<K extends StateKey, V> extends MapStateViews<K, V> {
     noteWrite(this.rt, value);
     const c = this.cell(true)!;
     const journal = this.rt.journal;
+    // An expired entry is not stored (serialize drops it): put after it as a new entry, last in
+    // iteration order, as it would be after a restart.
+    if (c.t !== undefined && c.has(key) && !this.live(c, key)) this.remove(key);
     journal.recordMap(c as Map<unknown, unknown>, key);
     c.set(key, value);
     if (c.t !== undefined) {
@@ -1165,7 +1169,7 @@ class ListStateHandle<T> implements ListState<T> {
       this.clear();
       return;
     }
-    if (values.some(isObject)) this.rt.journal.objectWritten = true;
+    if (values.some(isObject)) this.rt.journal.noteObjectWrite();
     const now = this.rt.now;
     this.rt.setCell(this.i, {
       items: [...values],

@@ -353,6 +353,45 @@ describe('tumbling windows', () => {
     expect(d.values('sessions')).toEqual([undefined, 'b[2,7)', undefined]);
   });
 
+  it("an add returning null empties the window, as in Flink's heap state: the next add starts from create(), result() and merge() never see null", async () => {
+    const p = pipeline('null-accumulators');
+    const keyed = p
+      .source<Ev>()
+      .withTimestamps((x) => x.ts, boundedOutOfOrderness(100))
+      .keyBy((x) => x.k);
+    // v = 0 resets: the accumulator becomes null.
+    const resetting: AggregateFunction<Ev, number[] | null, string> = {
+      create: () => [],
+      add: (x, acc) => (x.v === 0 ? null : [...acc!, x.v]),
+      result: (acc) => acc!.join('+'),
+      merge: (a, b) => [...a!, ...b!],
+    };
+    keyed
+      .window(tumbling({ size: 10 }))
+      .aggregate(resetting, ({ window, result }) => `${window.start}:${result}`)
+      .sink('aligned');
+    keyed
+      .window(session({ gap: 3 }))
+      .aggregate(resetting, ({ window, result }) => `[${window.start},${window.end}):${result}`)
+      .sink('sessions');
+    const d = new TestDriver(p);
+    // Sessions: [1,4) holds 1, then null; [6,9) holds 6; 3 bridges them into [1,9), where the
+    // null one is skipped. [11,14) holds 11, then 12 resets it into [11,15).
+    await d.send([
+      ev('a', 1, 1),
+      ev('a', 1, 0),
+      ev('a', 6, 6),
+      ev('a', 3, 3),
+      ev('a', 11, 11),
+      ev('a', 12, 0),
+    ]);
+    await d.advanceWatermark(MAX_WATERMARK);
+    expect(d.values(DEAD_LETTER_SINK)).toEqual([]);
+    // [0,10): 1, reset, 6, 3; [10,20) is null at its end and emits nothing.
+    expect(d.values('aligned')).toEqual(['0:6+3']);
+    expect(d.values('sessions')).toEqual(['[1,9):6+3']);
+  });
+
   it('works with already-decoded records (passthroughDeserializer)', async () => {
     const p = pipeline('passthrough');
     p.source<Ev>({ deserializer: passthroughDeserializer() })

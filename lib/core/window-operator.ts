@@ -54,6 +54,7 @@ export function alignedWindowOperator<In, Acc, R, Out>(
     acc: Acc,
     earlyAt?: number,
   ): void => {
+    if (acc === null) return; // as Flink's heap state: an empty window (add returned null)
     const result = aggregate.result(acc);
     if (result === null || result === undefined) return; // as Flink: a window with null contents emits nothing
     if (window.start !== start) window = { start, end: start + size };
@@ -84,7 +85,8 @@ export function alignedWindowOperator<In, Acc, R, Out>(
         if (maxTs + lateness <= wm) continue; // window already cleaned up: late for it
         accepted = true;
         const prev = windows.get(start);
-        const acc = aggregate.add(value, prev === undefined ? aggregate.create() : prev);
+        // An add that returned null emptied the window: the next one starts afresh (as Flink).
+        const acc = aggregate.add(value, prev === undefined || prev === null ? aggregate.create() : prev);
         windows.put(start, acc);
         if (prev === undefined) {
           // Timers live until cleanup, so registering them once per window is enough
@@ -125,6 +127,7 @@ export function sessionWindowOperator<In, Acc, R, Out>(
   const { aggregate, windowFunction, allowedLateness: lateness, lateOutput } = options;
   const merge = aggregate.merge;
   const fire = (ctx: ProcessContext<Out, SessionSpec<Acc>>, start: number, end: number, acc: Acc): void => {
+    if (acc === null) return; // as in aligned windows
     const result = aggregate.result(acc);
     if (result === null || result === undefined) return; // as in aligned windows
     const r: WindowResult<StateKey, R> = { key: ctx.key, window: { start, end }, result };
@@ -182,9 +185,11 @@ export function sessionWindowOperator<In, Acc, R, Out>(
         // The key's one session, extended: put() below replaces it where it is, in one map write
         // (a removal first would shrink the map and grow it again).
         if (s !== start || sessions > 1) windows.remove(s);
-        acc = acc === undefined ? windows.handOut(a) : merge!(acc, windows.handOut(a));
+        // Null accumulators (an add or merge returned null) are empty: skipped, as Flink merges.
+        if (a !== null)
+          acc = acc === undefined || acc === null ? windows.handOut(a) : merge!(acc, windows.handOut(a));
       }
-      acc = aggregate.add(value, acc === undefined ? aggregate.create() : acc);
+      acc = aggregate.add(value, acc === undefined || acc === null ? aggregate.create() : acc);
       windows.put(start, [end, acc]);
       // Each session has a timer (an alarm) at or before its next action: its firing at end-1, or
       // its cleanup at end-1+lateness once fired. An extended or merged session keeps the alarm of

@@ -230,6 +230,16 @@ describe('assigner definitions', () => {
     expect(definitionError(() => sliding({ size: 10, slide: -5 })).message).toContain('received -5');
   });
 
+  it('bounds the windows per element as Flink does (size / slide <= 10,000,000)', () => {
+    expect(sliding({ size: 10_000_000, slide: 1 }).size).toBe(10_000_000);
+    expect(sliding({ size: 20_000_001, slide: 2 }).size).toBe(20_000_001); // floor(size / slide), as Flink's long division
+    expect(definitionError(() => sliding({ size: 10_000_001, slide: 1 })).message).toBe(
+      'sliding windows need size / slide <= 10000000 (each element is added to size / slide windows); received size 10000001 and slide 1. Check the units: sliding({ size: hours(1), slide: minutes(1) })',
+    );
+    // A slide in the wrong unit: one element would be added to 10^14 windows.
+    expect(() => sliding({ size: 1e14, slide: 1 })).toThrow(/size \/ slide <= 10000000/);
+  });
+
   it('checks a sliding offset against the slide (Flink: abs(offset) < slide)', () => {
     const error = definitionError(() => sliding({ size: 10, slide: 5, offset: 5 }));
     expect(error.message).toContain('sliding window offset');

@@ -69,6 +69,9 @@ export function tumbling(options: { size: Millis; offset?: Millis }): TumblingWi
   return { kind: 'tumbling', size, offset: checkOffset(options.offset ?? 0, size, 'tumbling window') };
 }
 
+/** The most windows a sliding-window element may be added to, as Flink's MAX_WINDOW_NUM. */
+export const MAX_WINDOWS_PER_ELEMENT = 10_000_000;
+
 /** Windows of `size` starting every `slide`; an element belongs to ceil(size/slide) windows. */
 export function sliding(options: { size: Millis; slide: Millis; offset?: Millis }): SlidingWindows {
   checkOptions(options, 'sliding', 'sliding({ size: minutes(10), slide: minutes(1) })', [
@@ -78,6 +81,12 @@ export function sliding(options: { size: Millis; slide: Millis; offset?: Millis 
   ]);
   const size = checkDuration('sliding window size', options.size, 1);
   const slide = checkDuration('sliding window slide', options.slide, 1);
+  // Flink's bound (SlidingEventTimeWindows, since 2.1): each element is added to size/slide windows.
+  if (Math.floor(size / slide) > MAX_WINDOWS_PER_ELEMENT) {
+    throw new PipelineDefinitionError(
+      `sliding windows need size / slide <= ${MAX_WINDOWS_PER_ELEMENT} (each element is added to size / slide windows); received size ${size} and slide ${slide}. Check the units: sliding({ size: hours(1), slide: minutes(1) })`,
+    );
+  }
   return { kind: 'sliding', size, slide, offset: checkOffset(options.offset ?? 0, slide, 'sliding window') };
 }
 

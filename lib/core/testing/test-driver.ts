@@ -77,7 +77,12 @@ export class TestDriver {
     return this.shardIds[shardIndexFor(partitionKey, this.shardIds.length)]!;
   }
 
-  /** Sends records; consecutive records of one shard form one batch (one commit). */
+  /**
+   * Sends records. Consecutive records of one shard form one batch (one commit). A record whose
+   * arrival advances processing time starts a new read within it: each read is processed at its
+   * own processing time (ShardTask.process), so no record is processed at a later record's
+   * arrival (state TTL, processing-time timers, ctx.currentProcessingTime).
+   */
   async send(records: readonly DriverRecord[]): Promise<void> {
     if (!Array.isArray(records)) {
       throw new ConfigurationError(
@@ -88,11 +93,16 @@ export class TestDriver {
     let i = 0;
     while (i < records.length) {
       const shard = this.resolveShard(records[i]!);
-      const batch: SourceRecord[] = [];
+      const reads: Array<{ records: SourceRecord[]; now: number }> = [];
       while (i < records.length && this.resolveShard(records[i]!) === shard) {
         const r = records[i]!;
-        if (r.arrival !== undefined) this.now = Math.max(this.now, r.arrival);
-        batch.push({
+        if (r.arrival !== undefined && r.arrival > this.now) this.now = r.arrival;
+        let read = reads.at(-1);
+        if (read === undefined || read.now !== this.now) {
+          read = { records: [], now: this.now };
+          reads.push(read);
+        }
+        read.records.push({
           data: r.data,
           partitionKey: r.partitionKey,
           arrivalTime: r.arrival ?? this.now,
@@ -100,7 +110,10 @@ export class TestDriver {
         });
         i++;
       }
-      await this.run(shard, (task) => task.processBatch(batch, this.backend, this.now));
+      await this.run(shard, async (task) => {
+        for (const read of reads) await task.process(read.records, this.backend, read.now);
+        return task.takeCommit();
+      });
     }
   }
 
