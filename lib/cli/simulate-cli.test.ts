@@ -81,7 +81,7 @@ describe('simulate script lines: one kind per line, known fields only', () => {
     expect(error('{"restart": false}')).toBe('line 7: "restart" must be true; received false');
     expect(error('{"restart":"true"}')).toBe('line 7: "restart" must be true; received "true"');
     expect(error('{"processingTime":"x"}')).toBe(
-      'line 7: "processingTime" must be epoch milliseconds (a number); received "x"',
+      `line 7: "processingTime" must be epoch milliseconds within ±8640000000000000 (a Date's range); received "x"`,
     );
     for (const arrival of ['"x"', '1e400', '-1e20']) {
       expect(error(`{"partitionKey":"a","data":1,"arrival":${arrival}}`)).toMatch(
@@ -89,7 +89,11 @@ describe('simulate script lines: one kind per line, known fields only', () => {
       );
     }
     expect(error('{"watermark":null}')).toMatch(/"watermark" must be epoch milliseconds .*received null/);
-    expect(error('{"partitionKey":"","data":1}')).toMatch(/non-empty string "partitionKey"; received ""/);
+    expect(error('{"partitionKey":"","data":1}')).toMatch(
+      /"partitionKey" string of 1 to 256 characters, as Kinesis; received ""/,
+    );
+    expect(error(`{"partitionKey":"${'k'.repeat(257)}","data":1}`)).toMatch(/of 1 to 256 characters/);
+    expect(error('{"processingTime":1e999}')).toMatch(/"processingTime" must be epoch milliseconds within/);
     expect(error('{"shard":1}')).toMatch(/^line 7: a line is one of .*; received \{"shard":1\}$/);
   });
 

@@ -12,15 +12,27 @@ export function hashKey(partitionKey: string): bigint {
 
 const HASH_SPACE = 1n << 128n;
 
-/** The index of the shard owning `partitionKey` among `shardCount` shards of equal ranges. */
+/**
+ * The index of the shard owning `partitionKey` among `shardCount` shards of equal ranges: the
+ * last shard whose range starts at or before the key's hash (see hashRange).
+ */
 export function shardIndexFor(partitionKey: string, shardCount: number): number {
-  const index = (hashKey(partitionKey) * BigInt(shardCount)) / HASH_SPACE;
-  return Number(index);
+  return shardIndexForHash(hashKey(partitionKey), shardCount);
 }
 
-/** The hash-key range [start, end] of shard `index` among `shardCount` equal shards. */
+/** shardIndexFor of a hash key: the largest i with floor(i * 2^128 / shardCount) <= hash. */
+export function shardIndexForHash(hash: bigint, shardCount: number): number {
+  return Number(((hash + 1n) * BigInt(shardCount) - 1n) / HASH_SPACE);
+}
+
+/**
+ * The hash-key range [start, end] of shard `index` among `shardCount` equal shards. As Kinesis
+ * splits the space at CreateStream: shard i starts at floor(i * 2^128 / shardCount) (with 3
+ * shards the first ends at 113427455640312821154458202477256070484).
+ */
 export function hashRange(index: number, shardCount: number): { start: bigint; end: bigint } {
-  const start = (HASH_SPACE * BigInt(index) + BigInt(shardCount) - 1n) / BigInt(shardCount);
-  const end = (HASH_SPACE * BigInt(index + 1) + BigInt(shardCount) - 1n) / BigInt(shardCount) - 1n;
+  const n = BigInt(shardCount);
+  const start = (HASH_SPACE * BigInt(index)) / n;
+  const end = (HASH_SPACE * BigInt(index + 1)) / n - 1n;
   return { start, end };
 }

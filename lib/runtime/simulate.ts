@@ -128,9 +128,10 @@ export function parseScriptLine(text: string, line: number): ScriptLine | undefi
       }
       return { kind: 'watermark', watermark: raw.watermark, shard: shardId(raw.shard, line) };
     case 'processingTime':
-      if (typeof raw.processingTime !== 'number') {
+      // As "arrival": later records without one arrive at this time.
+      if (!isEventTime(raw.processingTime)) {
         throw new ConfigurationError(
-          `line ${line}: "processingTime" must be epoch milliseconds (a number); received ${describeValue(raw.processingTime)}`,
+          `line ${line}: "processingTime" must be epoch milliseconds within ±${MAX_EVENT_TIME} (a Date's range); received ${describeValue(raw.processingTime)}`,
         );
       }
       return { kind: 'processingTime', time: raw.processingTime };
@@ -139,10 +140,17 @@ export function parseScriptLine(text: string, line: number): ScriptLine | undefi
   }
 }
 
+/** Kinesis's limit (PutRecord), as floe produce and the embedded log apply it. */
+const MAX_PARTITION_KEY_LENGTH = 256;
+
 function parseRecord(raw: Record<string, unknown>, line: number): DriverRecord {
-  if (typeof raw.partitionKey !== 'string' || raw.partitionKey === '') {
+  if (
+    typeof raw.partitionKey !== 'string' ||
+    raw.partitionKey === '' ||
+    raw.partitionKey.length > MAX_PARTITION_KEY_LENGTH
+  ) {
     throw new ConfigurationError(
-      `line ${line}: a record needs a non-empty string "partitionKey"; received ${'partitionKey' in raw ? describeValue(raw.partitionKey) : 'none'}`,
+      `line ${line}: a record needs a "partitionKey" string of 1 to ${MAX_PARTITION_KEY_LENGTH} characters, as Kinesis; received ${'partitionKey' in raw ? describeValue(raw.partitionKey) : 'none'}`,
     );
   }
   if ('data' in raw && 'raw' in raw) {
