@@ -95,7 +95,7 @@ export async function loadTimerChunks(
 
 /**
  * The checkpoint with every pending timer inline and no timer log (for savepoints, children of a
- * reshard, tests and tools), timers in firing order.
+ * reshard, tests and tools), timers sorted by compareTimerSpecs.
  */
 export async function withInlineTimers(
   checkpoint: ShardCheckpoint,
@@ -115,7 +115,11 @@ export async function withInlineTimers(
   return { ...rest, timers: [...pending.values()].sort(compareTimerSpecs) };
 }
 
-/** Firing order: (time, key, namespace), then operator and domain. */
+/**
+ * (time, key, namespace), then operator uid and domain: a deterministic order for listings and
+ * savepoints. Within one domain it is the firing order except among operators, which fire at
+ * the same (time, key, namespace) in definition order (their index, see timers.ts), not by uid.
+ */
 export function compareTimerSpecs(a: TimerSpec, b: TimerSpec): number {
   return (
     a.time - b.time ||

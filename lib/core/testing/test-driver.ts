@@ -2,6 +2,8 @@
  * A deterministic test driver (like Kafka Streams' TopologyTestDriver or Flink's operator test
  * harness): feed records to shards, advance watermarks and processing time, restart from the
  * serialized backend, and inspect outputs, state and timers. Every call is one committed batch.
+ * Users import it as `floe/testing` (package.json "exports"); see docs/dsl.md, "Testing a
+ * pipeline (TestDriver)".
  */
 import type { ShardCheckpoint, TimerSpec } from '../checkpoint.ts';
 import { compile, type PipelinePlan } from '../compile.ts';
@@ -11,25 +13,51 @@ import { MemoryBackend } from '../memory-backend.ts';
 import { outputValueJson } from '../outputs.ts';
 import { shardIndexFor, shardName } from '../partitioning.ts';
 import type { Commit, Lease, Output, SourceRecord } from '../ports.ts';
+import { decodeSavedEntry, type OperatorSchema, operatorSchemas } from '../savepoint.ts';
 import { type BatchResult, ShardTask } from '../shard-task.ts';
 import type { StateKey } from '../state.ts';
 import { type TimerLogOptions, withInlineTimers } from '../timer-log.ts';
 
+/** One record given to {@link TestDriver.send}, as a Kinesis record would arrive. */
 export interface DriverRecord {
+  /** The Kinesis partition key: it picks the shard (unless `shard` is given); it is not the keyBy key. */
   readonly partitionKey: string;
+  /**
+   * The record's payload, exactly what the source's deserializer receives. With the default
+   * `jsonDeserializer()` that is the record's bytes (a `Uint8Array` or `Buffer` of UTF-8 JSON) or
+   * a JSON string, e.g. `JSON.stringify(event)`: anything else, a plain object included, is
+   * dead-lettered with reason `deserialize` ("expected the record data as bytes or a JSON
+   * string"). With `source({ deserializer: passthroughDeserializer() })` it is the element
+   * itself, any value. The driver keeps it in memory as given (not serialized).
+   */
   readonly data: unknown;
-  /** Shard id; by default the shard owning the MD5 hash of the partition key. */
+  /**
+   * Shard id (one of {@link TestDriver.shardIds}); an unknown id throws a ConfigurationError.
+   * @default the shard owning the MD5 hash of the partition key ({@link TestDriver.shardFor})
+   */
   readonly shard?: string;
-  /** Arrival time (epoch ms); also advances processing time. @default the driver's processing time */
+  /**
+   * Arrival time in Kinesis (epoch ms): `ctx.timestamp` without `withTimestamps`, and the time
+   * idleness is judged by. It also advances the driver's processing time to at least it
+   * (processing time never goes back; an earlier arrival is kept as the record's own).
+   * @default the driver's processing time
+   */
   readonly arrival?: number;
 }
 
+/** Options of {@link TestDriver}. */
 export interface TestDriverOptions {
-  /** Number of shards (named like Kinesis shards). @default 1 */
+  /**
+   * Number of shards, 1 to 1024, named like Kinesis shards (`shardId-000000000000`, ...) and
+   * owning equal MD5 hash-key ranges. @default 1
+   */
   readonly shards?: number;
-  /** Job id used in output ids. @default the pipeline name */
+  /** Job id, the first part of output ids (`<job>/<shard>/<commit>/<index>`). @default the pipeline name */
   readonly job?: string;
-  /** Timer log limits (small ones make tests write, delete and compact timer chunks). */
+  /**
+   * Timer log limits (small ones make tests write, delete and compact timer chunks).
+   * @default the shard task's defaults
+   */
   readonly timerLog?: TimerLogOptions;
   /**
    * Called with every commit before it is stored; throwing fails it, and nothing of it is
@@ -49,15 +77,34 @@ function checkTime(what: string, value: unknown): void {
   }
 }
 
+/**
+ * Runs a pipeline in memory, one call at a time, each call ending in commits to an in-memory
+ * backend exactly as a worker commits. Processing time starts at 0 and only moves when told
+ * (`arrival`, {@link TestDriver.advanceProcessingTime}); nothing depends on the wall clock.
+ *
+ * ```ts
+ * const driver = new TestDriver(pipeline);
+ * await driver.send([{ partitionKey: 'card-1', data: JSON.stringify(use) }]);
+ * await driver.advanceWatermark(minutes(10));
+ * driver.restart();
+ * expect(driver.values('alerts')).toEqual([...]);
+ * ```
+ */
 export class TestDriver {
+  /** The shard ids, in hash-key order (`shardId-000000000000`, ...). */
   readonly shardIds: string[];
   private backend = new MemoryBackend();
   private plan: PipelinePlan;
+  private readonly schemas: ReadonlyMap<string, OperatorSchema>;
   private readonly tasks = new Map<string, { task: ShardTask; lease: Lease }>();
   private readonly published: Output[] = [];
   private readonly sequences = new Map<string, bigint>();
   private now = 0;
 
+  /**
+   * Compiles the pipeline (a PipelineDefinitionError if it is invalid).
+   * @throws ConfigurationError when `options.shards` is not a whole number from 1 to 1024
+   */
   constructor(
     private readonly pipeline: Pipeline,
     private readonly options: TestDriverOptions = {},
@@ -70,6 +117,7 @@ export class TestDriver {
     }
     this.shardIds = Array.from({ length: shards }, (_, i) => shardName(i));
     this.plan = compile(pipeline);
+    this.schemas = new Map(operatorSchemas(this.plan).map((o) => [o.uid, o]));
   }
 
   /** The shard a partition key maps to (MD5 hash ranges, like Kinesis). */
@@ -117,7 +165,12 @@ export class TestDriver {
     }
   }
 
-  /** Advances the watermark of one shard (or all) to at least `watermark`. */
+  /**
+   * Advances the watermark of one shard (or of every shard, one commit each) to at least
+   * `watermark`, firing the event-time timers it reaches (window results included), as a
+   * watermark from the stream would. A lower watermark changes nothing: watermarks never regress.
+   * @param shard - a shard id; every shard by default
+   */
   async advanceWatermark(watermark: number, shard?: string): Promise<void> {
     checkTime('advanceWatermark', watermark);
     for (const id of shard === undefined ? this.shardIds : [this.checkShard(shard)]) {
@@ -125,7 +178,11 @@ export class TestDriver {
     }
   }
 
-  /** Advances processing time: fires processing-time timers and idleness on every shard. */
+  /**
+   * Advances processing time to at least `now` (it starts at 0 and never goes back) and runs
+   * an empty batch on every shard, as a caught-up worker polling would: processing-time timers
+   * due by `now` fire, and `withIdleness` watermarks advance.
+   */
   async advanceProcessingTime(now: number): Promise<void> {
     checkTime('advanceProcessingTime', now);
     this.now = Math.max(this.now, now);
@@ -134,46 +191,108 @@ export class TestDriver {
     }
   }
 
-  /** Drops every in-memory object and continues from the serialized backend. */
+  /**
+   * A worker restart: drops every in-memory object (shard tasks, their state caches and timer
+   * queues, the compiled pipeline) and continues from the backend's serialized form, as a new
+   * worker continues from the last commit. Every call has committed, so nothing is replayed:
+   * a pipeline whose results change across `restart()` keeps something outside its state.
+   * Published outputs, processing time and sequence numbers carry on.
+   */
   restart(): void {
     this.backend = MemoryBackend.deserialize(this.backend.serialize());
     this.tasks.clear();
     this.plan = compile(this.pipeline);
   }
 
-  /** Published outputs, in emission order; optionally of one sink. */
+  /**
+   * Published outputs `{ id, sink, value }`, in emission order; optionally of one sink
+   * (`'floe.dead-letter'`, `'floe.late'` included). Values are read back from their JSON, as a
+   * durable backend stores them (a `Date` becomes its string).
+   */
   outputs(sink?: string): Output[] {
     return sink === undefined ? [...this.published] : this.published.filter((o) => o.sink === sink);
   }
 
-  /** Values published to one sink, in emission order. */
+  /** The values published to one sink, in emission order (`outputs(sink)` without ids). */
   values<T = unknown>(sink: string): T[] {
     return this.outputs(sink).map((o) => o.value as T);
   }
 
-  /** Committed state of one key of one operator (by uid, e.g. "window-0"). */
+  /**
+   * The committed state of one key of one operator (by uid: `.uid(id)`, or `window-0`,
+   * `process-0`, ... in definition order) in its stored form, `{ <state name>: <cell> }`: a
+   * value state is `[value]`, `[value, write time]` with a TTL; a map state is `[[mapKey, value],
+   * ...]`, with the write time as third item with a TTL; a list state is `[item, ...]`,
+   * `[[item, write time], ...]` with a TTL. A window operator's accumulators are its map state
+   * `w` (`{"w": [[windowStart, acc]]}`; sessions: `[[start, [end, acc]]]`). For the values a
+   * process function reads, use {@link stateValues}.
+   * @returns undefined when the key has no stored state in the operator
+   */
   async state(operatorUid: string, key: StateKey): Promise<Record<string, unknown> | undefined> {
     const address = `${operatorUid}/${JSON.stringify(key)}`;
     const text = (await this.backend.getMany([address])).get(address);
     return text === undefined ? undefined : (JSON.parse(text).s as Record<string, unknown>);
   }
 
+  /**
+   * The committed state of one key of one operator as values, `{ <state name>: value }`, as a
+   * savepoint migration receives them (`SavedStateEntry.state`): a value state's value, a map
+   * state's `[[mapKey, value], ...]` pairs, a list state's items; TTL write times are left
+   * out. A window operator's `w` is `[[windowStart, acc], ...]` (sessions: `[start, [end, acc]]`
+   * pairs). Only states holding something appear. TTL applies when state is read or written,
+   * not here: a value whose TTL has expired but whose key has not been written since is still
+   * stored, and listed (a process function reads it as absent; the key's next write drops it).
+   * `state()` shows the write times.
+   * @returns undefined when the key has no stored state in the operator
+   * @throws ConfigurationError when the pipeline has no keyed operator `operatorUid`
+   */
+  async stateValues(operatorUid: string, key: StateKey): Promise<Record<string, unknown> | undefined> {
+    if (!this.schemas.has(operatorUid)) {
+      throw new ConfigurationError(
+        `pipeline "${this.plan.name}" has no keyed operator with uid ${describeValue(operatorUid)} (operators: ${[...this.schemas.keys()].join(', ') || 'none'})`,
+      );
+    }
+    const address = `${operatorUid}/${JSON.stringify(key)}`;
+    const text = (await this.backend.getMany([address])).get(address);
+    return text === undefined ? undefined : decodeSavedEntry(address, text, this.schemas).state;
+  }
+
+  /**
+   * The last committed checkpoint of a shard (position, commit number, watermark, ...), or
+   * undefined before its first commit. Its timers may be partly in timer-log chunks: use
+   * {@link timers} for the pending timers.
+   * @param shard - a shard id; the first shard by default
+   */
   async checkpoint(shard: string = this.shardIds[0]!): Promise<ShardCheckpoint | undefined> {
     return this.backend.readCheckpoint(this.checkShard(shard));
   }
 
-  /** Pending timers, in firing order: (time, key, namespace), then operator and domain. */
+  /**
+   * The pending timers of a shard, event- and processing-time, of every operator, sorted by
+   * (time, key, namespace), then operator uid, then domain. Within one domain that is the order
+   * they fire in, except among operators: timers of several operators at the same (time, key,
+   * namespace) fire in the order the operators are defined in the pipeline, not by uid.
+   * @param shard - a shard id; the first shard by default
+   */
   async timers(shard: string = this.shardIds[0]!): Promise<readonly TimerSpec[]> {
     const checkpoint = await this.checkpoint(shard);
     if (checkpoint === undefined) return [];
     return (await withInlineTimers(checkpoint, this.backend)).timers;
   }
 
+  /**
+   * The committed watermark of a shard.
+   * @param shard - a shard id; the first shard by default
+   * @returns -Infinity before the shard's first watermark
+   */
   async watermark(shard: string = this.shardIds[0]!): Promise<number> {
     return (await this.checkpoint(shard))?.watermark ?? Number.NEGATIVE_INFINITY;
   }
 
-  /** The backend (for contract checks and inspection). */
+  /**
+   * The in-memory backend holding the commits (for contract checks and inspection); `restart()`
+   * replaces it.
+   */
   get store(): MemoryBackend {
     return this.backend;
   }
