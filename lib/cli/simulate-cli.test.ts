@@ -133,7 +133,10 @@ describe('simulate script lines: one kind per line, known fields only', () => {
       simulate(pageViews, lines, { shards: 2, endOfInput: true, onOutput: (o) => outputs.push(o) });
     // Three views of /a: two on shard 0, one on shard 1, whose own copy of /a's window says 1.
     await expect(run([view(1000, 0), view(2000, 1), view(3000, 0)])).rejects.toThrow(
-      /^records of one key reached two shards, which floe run refuses too \(a record's "shard" sends it to that shard, whatever its partition key; .*keyed state entry page-view-counts\/"\/a" was written by shard shardId-000000000000 and now by shard shardId-000000000001/,
+      /^lines 1-3: records of one key reached two shards, which floe run refuses too \(a record's "shard" sends it to that shard, whatever its partition key; .*keyed state entry page-view-counts\/"\/a" was written by shard shardId-000000000000 and now by shard shardId-000000000001/,
+    );
+    await expect(run(['{"watermark":0}', view(1000, 0), '{"watermark":1}', view(2000, 1)])).rejects.toThrow(
+      /^line 4: records of one key reached two shards/,
     );
     // One shard per key is fine, whichever shard it is.
     outputs.length = 0;

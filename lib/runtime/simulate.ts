@@ -224,9 +224,20 @@ export async function simulate(
     for (; emitted < all.length; emitted++) options.onOutput(all[emitted]!);
   };
   let pending: DriverRecord[] = [];
+  let pendingFrom = 0; // the input line of pending[0]
+  let lastRecordLine = 0;
   const sendPending = async (): Promise<void> => {
     if (pending.length === 0) return;
-    await driver.send(pending);
+    try {
+      await driver.send(pending);
+    } catch (error) {
+      // Name the lines, as an invalid line is named (their outputs before the failing commit are written).
+      flushOutputs();
+      if (!(error instanceof ConfigurationError)) throw error;
+      const lines =
+        pendingFrom === lastRecordLine ? `line ${pendingFrom}` : `lines ${pendingFrom}-${lastRecordLine}`;
+      throw new ConfigurationError(`${lines}: ${error.message}`);
+    }
     pending = [];
     flushOutputs();
   };
@@ -254,6 +265,8 @@ export async function simulate(
     if (line === undefined) continue;
     if (line.kind === 'record') {
       records++;
+      if (pending.length === 0) pendingFrom = lineNumber;
+      lastRecordLine = lineNumber;
       pending.push(line.record);
       if (pending.length >= 1000) await sendPending();
       continue;
