@@ -68,6 +68,34 @@ describe('value selectors of sum, min, max and average', () => {
     expect(compile(p).sinks).toContain('totals');
   });
 
+  it('a selector returning anything but a finite number fails the element, rather than coercing it', () => {
+    const loose = (amount: unknown) => ({ shop: 'a', amount, ts: 1 }) as unknown as Sale;
+    const amount = (s: Sale) => s.amount;
+    // Coerced, these were "053", 0, 2.5, 26.5 and 1.
+    expect(() => sum(amount).add(loose('5'), 0)).toThrow(
+      new TypeError(
+        'sum: the value selector returned "5" for an element; it must return a finite number (filter out elements without one, or convert with Number())',
+      ),
+    );
+    expect(() => min(amount).add(loose(null), 5)).toThrow(/^min: the value selector returned null/);
+    expect(() => min(amount).add(loose(undefined), null)).toThrow(
+      /^min: the value selector returned undefined/,
+    );
+    expect(() => max(amount).add(loose(true), 1)).toThrow(/^max: the value selector returned true/);
+    expect(() => average(amount).add(loose(Number.NaN), [0, 0])).toThrow(
+      /^average: the value selector returned NaN/,
+    );
+    expect(() => sum(amount).add(loose(Number.POSITIVE_INFINITY), 0)).toThrow(/returned Infinity/);
+  });
+
+  it('collect() appends in place: a window of n elements is not n² / 2 copies', () => {
+    const agg = collect<number>();
+    const acc = agg.create();
+    expect(agg.add(1, acc)).toBe(acc);
+    expect(agg.add(2, acc)).toEqual([1, 2]);
+    expect(agg.merge!([1], [2, 3])).toEqual([1, 2, 3]);
+  });
+
   it('valid selectors compute as before', () => {
     const sales: Sale[] = [
       { shop: 'a', amount: 3, ts: 1 },

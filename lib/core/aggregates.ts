@@ -47,16 +47,35 @@ function requireSelector(aggregate: string, purpose: string, of: unknown): void 
   );
 }
 
+/**
+ * The selector's number for one element. Anything else is refused (a TypeError: the record is
+ * dead-lettered) rather than coerced: "5" + "3" would concatenate, Math.min(5, null) is 0.
+ */
+function numberOf<T>(aggregate: string, of: (value: T) => number, value: T): number {
+  const n: unknown = of(value);
+  if (typeof n !== 'number' || !Number.isFinite(n)) {
+    throw new TypeError(
+      `${aggregate}: the value selector returned ${describeValue(n)} for an element; it must return a finite number (filter out elements without one, or convert with Number())`,
+    );
+  }
+  return n;
+}
+
 export function sum<T>(of: (value: T) => number): AggregateFunction<T, number, number> {
   requireSelector('sum', 'add', of);
-  return { create: () => 0, add: (v, acc) => acc + of(v), merge: (a, b) => a + b, result: (acc) => acc };
+  return {
+    create: () => 0,
+    add: (v, acc) => acc + numberOf('sum', of, v),
+    merge: (a, b) => a + b,
+    result: (acc) => acc,
+  };
 }
 
 export function min<T>(of: (value: T) => number): AggregateFunction<T, number | null, number | null> {
   requireSelector('min', 'compare', of);
   return {
     create: () => null,
-    add: (v, acc) => (acc === null ? of(v) : Math.min(acc, of(v))),
+    add: (v, acc) => (acc === null ? numberOf('min', of, v) : Math.min(acc, numberOf('min', of, v))),
     merge: (a, b) => (a === null ? b : b === null ? a : Math.min(a, b)),
     result: (acc) => acc,
   };
@@ -66,7 +85,7 @@ export function max<T>(of: (value: T) => number): AggregateFunction<T, number | 
   requireSelector('max', 'compare', of);
   return {
     create: () => null,
-    add: (v, acc) => (acc === null ? of(v) : Math.max(acc, of(v))),
+    add: (v, acc) => (acc === null ? numberOf('max', of, v) : Math.max(acc, numberOf('max', of, v))),
     merge: (a, b) => (a === null ? b : b === null ? a : Math.max(a, b)),
     result: (acc) => acc,
   };
@@ -76,7 +95,7 @@ export function average<T>(of: (value: T) => number): AggregateFunction<T, [numb
   requireSelector('average', 'average', of);
   return {
     create: () => [0, 0],
-    add: (v, acc) => [acc[0] + of(v), acc[1] + 1],
+    add: (v, acc) => [acc[0] + numberOf('average', of, v), acc[1] + 1],
     merge: (a, b) => [a[0] + b[0], a[1] + b[1]],
     result: (acc) => (acc[1] === 0 ? 0 : acc[0] / acc[1]),
   };
@@ -86,7 +105,12 @@ export function average<T>(of: (value: T) => number): AggregateFunction<T, [numb
 export function collect<T>(): AggregateFunction<T, T[], T[]> {
   return {
     create: () => [],
-    add: (v, acc) => [...acc, v],
+    // In place (state objects may be changed in place and written back, docs/dsl.md): a copy
+    // per element made a window of n elements cost n² / 2 element copies.
+    add: (v, acc) => {
+      acc.push(v);
+      return acc;
+    },
     merge: (a, b) => [...a, ...b],
     result: (acc) => acc,
   };

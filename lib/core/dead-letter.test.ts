@@ -13,7 +13,7 @@ import { valueState } from './state.ts';
 import { type DriverRecord, TestDriver } from './testing/test-driver.ts';
 import { boundedOutOfOrderness } from './watermarks.ts';
 import type { WindowResult } from './window-operator.ts';
-import { sliding, tumbling } from './windows.ts';
+import { session, sliding, tumbling } from './windows.ts';
 
 interface Click {
   readonly user: string;
@@ -548,6 +548,105 @@ describe('dead letters from keyed operators roll back the record', () => {
     expect(driver.values('out')).toEqual([
       { user: 'u', count: 1 },
       { user: 'u', count: 2 },
+    ]);
+  });
+});
+
+describe('a window firing that fails', () => {
+  const failing = (build: (keyed: ReturnType<typeof clicks>) => void): TestDriver => {
+    const p = pipeline('dl');
+    build(clicks(p));
+    return new TestDriver(p);
+  };
+  const clicks = (p: ReturnType<typeof pipeline>) =>
+    p
+      .source<Click>()
+      .withTimestamps((c) => c.ts, boundedOutOfOrderness(0))
+      .keyBy((c) => c.user);
+  const unless = (bad: string) => (r: WindowResult<string, number>) => {
+    if (r.key === bad) throw new Error(`no result for ${r.key}`);
+    return `${r.key}@${r.window.start}:${r.result}${r.early ? ' (early)' : ''}`;
+  };
+
+  it('is dead-lettered, and its window is still cleaned up (tumbling, lateness 0: one timer fires and cleans)', async () => {
+    const driver = failing((k) =>
+      k
+        .window(tumbling({ size: 10 }))
+        .aggregate(count(), unless('bad'))
+        .sink('out'),
+    );
+    await driver.send([click({ user: 'bad', ts: 1 }), click({ user: 'ok', ts: 2 })]);
+    await driver.advanceWatermark(1_000);
+    expect(driver.values('out')).toEqual(['ok@0:1']);
+    expect(letters(driver)).toEqual([
+      {
+        reason: 'timer',
+        message: 'Error: no result for bad',
+        shardId: SHARD,
+        operator: 'window-0',
+        key: 'bad',
+        time: 9,
+        namespace: 0,
+      },
+    ]);
+    expect(await driver.state('window-0', 'bad')).toBeUndefined();
+    expect(await driver.timers()).toEqual([]);
+  });
+
+  it('is dead-lettered, and its session is still cleaned up (the cleanup timer is set by the firing)', async () => {
+    const driver = failing((k) =>
+      k
+        .window(session({ gap: 10 }))
+        .allowedLateness(5)
+        .aggregate(count(), unless('bad'))
+        .sink('out'),
+    );
+    await driver.send([click({ user: 'bad', ts: 1 }), click({ user: 'ok', ts: 2 })]);
+    await driver.advanceWatermark(1_000);
+    expect(driver.values('out')).toEqual(['ok@2:1']);
+    expect(letters(driver).map((l) => [l.reason, l.key, l.time])).toEqual([['timer', 'bad', 10]]);
+    expect(await driver.state('window-0', 'bad')).toBeUndefined();
+    expect(await driver.timers()).toEqual([]);
+  });
+
+  it('early: the next early firings still happen', async () => {
+    let failures = 1;
+    const driver = failing((k) =>
+      k
+        .window(tumbling({ size: 10 }))
+        .earlyFiring(2)
+        .aggregate(count(), (r) => {
+          if (r.early && failures-- > 0) throw new Error('once');
+          return `${r.result}${r.early ? 'e' : ''}`;
+        })
+        .sink('out'),
+    );
+    await driver.send([click({ user: 'a', ts: 0 })]);
+    for (let wm = 1; wm <= 12; wm++) await driver.advanceWatermark(wm);
+    // Early firings at 1 (failed), 3, 5 and 7; the end firing at 9.
+    expect(driver.values('out')).toEqual(['1e', '1e', '1e', '1']);
+    expect(letters(driver).map((l) => [l.reason, l.time])).toEqual([['timer', 1]]);
+  });
+
+  it("a window function cannot change another key's window: the shared window is frozen", async () => {
+    const driver = failing((k) =>
+      k
+        .window(tumbling({ size: 10 }))
+        .aggregate(count(), (r) => {
+          if (r.key === 'b') (r.window as { end: number }).end -= 1;
+          return `${r.key}:${r.window.start}-${r.window.end}`;
+        })
+        .sink('out'),
+    );
+    await driver.send([
+      click({ user: 'a', ts: 1 }),
+      click({ user: 'b', ts: 2 }),
+      click({ user: 'c', ts: 3 }),
+    ]);
+    await driver.advanceWatermark(100);
+    expect(driver.values('out')).toEqual(['a:0-10', 'c:0-10']);
+    expect(letters(driver).map((l) => [l.key, l.message])).toEqual([
+      ['b', "TypeError: Cannot assign to read only property 'end' of object '#<Object>'"],
     ]);
   });
 });

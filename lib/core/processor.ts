@@ -47,6 +47,19 @@ export interface KeyedProcessFunction<In, Out, S extends StateSpec = StateSpec> 
 }
 
 /**
+ * @internal Thrown by onTimer when its state and timer changes are complete and only its output
+ * failed (a window function that threw). The task dead-letters the timer as for any failure,
+ * but keeps those changes instead of rolling them back: a window whose firing failed is still
+ * cleaned up, and its early firings go on.
+ */
+export class TimerOutputError extends Error {
+  constructor(readonly error: unknown) {
+    super(error instanceof Error ? error.message : String(error));
+    this.name = 'TimerOutputError';
+  }
+}
+
+/**
  * Types a process function by its input and output while inferring its state:
  * `processFunction<Click, Alert>()({ state: { n: valueState<number>() }, processElement(...) {...} })`.
  * (TypeScript cannot infer the state type when the output type is given explicitly.)

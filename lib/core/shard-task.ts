@@ -39,7 +39,13 @@ import {
   type StateStore,
   stateEntryBytes,
 } from './ports.ts';
-import type { KeyedProcessFunction, ProcessContext, Timer, TimerService } from './processor.ts';
+import {
+  type KeyedProcessFunction,
+  type ProcessContext,
+  type Timer,
+  TimerOutputError,
+  type TimerService,
+} from './processor.ts';
 import { jsonCopy, KeyedStateBackend, type StateHandles, type StateKey, type StateSpec } from './state.ts';
 import { isEventTime, MAX_EVENT_TIME, MAX_TIMER_TIME } from './time.ts';
 import { loadTimerChunks, replayTimerLog, TimerLog, type TimerLogOptions } from './timer-log.ts';
@@ -941,16 +947,21 @@ export class ShardTask {
       }
       this.journal.reset();
     } catch (error) {
-      this.refuseInexactRollback(
-        error,
-        () =>
-          `the ${domain}-time timer (${timer.time}, ${describeValue(timer.key)}, ${describeValue(timer.namespace)}) of operator "${op.plan.uid}"`,
-      );
-      this.journal.rollback();
+      if (error instanceof TimerOutputError) {
+        // Its state and timer changes are complete; only its output failed (see TimerOutputError).
+        this.journal.reset();
+      } else {
+        this.refuseInexactRollback(
+          error,
+          () =>
+            `the ${domain}-time timer (${timer.time}, ${describeValue(timer.key)}, ${describeValue(timer.namespace)}) of operator "${op.plan.uid}"`,
+        );
+        this.journal.rollback();
+      }
       this.outputs.length = mark;
       this.deadLetter({
         reason: 'timer',
-        message: errorMessage(error),
+        message: errorMessage(error instanceof TimerOutputError ? error.error : error),
         shardId: this.shardId,
         operator: op.plan.uid,
         key: timer.key,

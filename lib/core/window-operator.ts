@@ -4,7 +4,7 @@
  * cleanup at end-1+lateness; session windows merge when they overlap or touch.
  */
 import type { AggregateFunction } from './aggregates.ts';
-import type { KeyedProcessFunction, ProcessContext, Timer } from './processor.ts';
+import { type KeyedProcessFunction, type ProcessContext, type Timer, TimerOutputError } from './processor.ts';
 import { type MapStateDescriptor, mapState, type StateKey, type StoredMapState } from './state.ts';
 import {
   type SessionWindows,
@@ -57,7 +57,8 @@ export function alignedWindowOperator<In, Acc, R, Out>(
     if (acc === null) return; // as Flink's heap state: an empty window (add returned null)
     const result = aggregate.result(acc);
     if (result === null || result === undefined) return; // as Flink: a window with null contents emits nothing
-    if (window.start !== start) window = { start, end: start + size };
+    // Frozen: every key's result shares it, so a function changing it would change the others'.
+    if (window.start !== start) window = Object.freeze({ start, end: start + size });
     const r: WindowResult<StateKey, R> =
       earlyAt === undefined
         ? { key: ctx.key, window, result }
@@ -104,16 +105,27 @@ export function alignedWindowOperator<In, Acc, R, Out>(
       const maxTs = start + size - 1;
       const acc = ctx.state.w.get(start);
       if (acc === undefined) return;
+      // A firing that fails (the window function throws) is dead-lettered, and the window's
+      // cleanup and next early firing still happen (TimerOutputError).
+      let failure: TimerOutputError | undefined;
+      const fireOrNote = (earlyAt?: number): void => {
+        try {
+          fire(ctx, start, acc, earlyAt);
+        } catch (error) {
+          failure = new TimerOutputError(error);
+        }
+      };
       if (timer.time < maxTs) {
         // An early firing: skipped if the pipeline no longer asks for them (a restore), or if
         // the watermark already completes the window (its end firing follows at once).
         if (every === undefined || ctx.currentWatermark >= maxTs) return;
-        fire(ctx, start, acc, timer.time);
+        fireOrNote(timer.time);
         registerNextEarly(ctx, start);
-        return;
+      } else {
+        if (timer.time === maxTs) fireOrNote();
+        if (timer.time === maxTs + lateness) ctx.state.w.remove(start);
       }
-      if (timer.time === maxTs) fire(ctx, start, acc);
-      if (timer.time === maxTs + lateness) ctx.state.w.remove(start);
+      if (failure !== undefined) throw failure;
     },
   };
 }
@@ -218,9 +230,18 @@ export function sessionWindowOperator<In, Acc, R, Out>(
         ctx.timers.registerEventTimeTimer(fireAt, start);
         return;
       }
-      if (t === fireAt) fire(ctx, start, end, windows.handOut(acc));
+      // As in aligned windows: a failed firing is dead-lettered, and the session still cleaned up.
+      let failure: TimerOutputError | undefined;
+      if (t === fireAt) {
+        try {
+          fire(ctx, start, end, windows.handOut(acc));
+        } catch (error) {
+          failure = new TimerOutputError(error);
+        }
+      }
       if (t === cleanupAt) ctx.state.w.remove(start);
       else if (t < cleanupAt) ctx.timers.registerEventTimeTimer(cleanupAt, start); // fired: clean up later
+      if (failure !== undefined) throw failure;
     },
   };
 }
