@@ -21,6 +21,9 @@ import type * as kinesis from 'aws-cdk-lib/aws-kinesis';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
 
+/** The sink that receives records that could not be processed (lib/core DEAD_LETTER_SINK). */
+export const DEAD_LETTER_SINK = 'floe.dead-letter';
+
 /** What a sink target needs from the processor it is bound to. */
 export interface SinkTargetBindOptions {
   /** Scope for resources the target defines (one per sink). */
@@ -127,6 +130,26 @@ function checkField(what: string, value: string): void {
   }
 }
 
+/**
+ * A sink in the processor's own bucket stays out of the prefixes floe keeps there (state deltas
+ * and large checkpoints under `<job>/`, `savepoints/`, the default dead letters): the worker is
+ * granted writes under the sink's prefix, which would reach them.
+ */
+function checkOwnBucketPrefix(prefix: string, o: SinkTargetBindOptions): void {
+  const reserved = [
+    `${o.job}/`,
+    'savepoints/',
+    ...(o.sinkName === DEAD_LETTER_SINK ? [] : [`dead-letters/${o.job}/`]),
+  ];
+  const clash =
+    prefix === '' ? 'every key' : reserved.find((r) => r.startsWith(prefix) || prefix.startsWith(r));
+  if (clash !== undefined) {
+    throw new Error(
+      `sink "${o.sinkName}": the prefix ${JSON.stringify(prefix)} in the processor's bucket overlaps ${clash === 'every key' ? clash : JSON.stringify(clash)}, where floe keeps its own objects (${reserved.map((r) => JSON.stringify(r)).join(', ')}); choose another prefix, e.g. "outputs/${o.job}/${o.sinkName}/"`,
+    );
+  }
+}
+
 function checkPrefix(prefix: string): string {
   if (typeof prefix !== 'string' || prefix.startsWith('/') || /[?&=\s]/.test(prefix)) {
     throw new Error(
@@ -220,7 +243,7 @@ export abstract class SinkTarget {
         return {
           destination: `kinesis:${ref}${params}`,
           grant: (grantee) => {
-            stream.grant(grantee, 'kinesis:PutRecords', 'kinesis:PutRecord');
+            stream.grant(grantee, 'kinesis:PutRecords'); // the sink's only call (KinesisStreamSink)
             stream.encryptionKey?.grantEncrypt(grantee);
           },
         };
@@ -233,7 +256,9 @@ export abstract class SinkTarget {
     const prefix = options.prefix === undefined ? undefined : checkPrefix(options.prefix);
     return new (class extends SinkTarget {
       bind(o: SinkTargetBindOptions): SinkTargetConfig {
-        return bucketConfig(o.bucket, prefix ?? `outputs/${o.job}/`, options.merge);
+        const p = prefix ?? `outputs/${o.job}/`;
+        checkOwnBucketPrefix(p, o);
+        return bucketConfig(o.bucket, p, options.merge);
       }
     })();
   }

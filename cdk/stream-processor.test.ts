@@ -630,6 +630,53 @@ describe('StreamProcessor options', () => {
     });
   });
 
+  it("reads a stream of another account by its ARN (a name would be looked up in the processor's account)", () => {
+    const app = testApp();
+    const stack = new Stack(app, 'CrossAccount', { env: { account: '111111111111', region: 'eu-west-1' } });
+    const arn = 'arn:aws:kinesis:eu-west-1:999999999999:stream/clicks';
+    const stream = kinesis.Stream.fromStreamArn(stack, 'S', arn);
+    new StreamProcessor(stack, 'Job', { pipeline: 'examples/page-views.ts', stream });
+    const t = Template.fromStack(stack);
+    const streams = Object.values(t.findResources('AWS::Lambda::Function')).map(
+      (f) =>
+        (f as { Properties: { Environment?: { Variables?: { FLOE_STREAM?: unknown } } } }).Properties
+          .Environment?.Variables?.FLOE_STREAM,
+    );
+    expect(streams.filter((v) => v !== undefined)).toEqual([arn, arn, arn]);
+  });
+
+  it('refuses a stream of another region, naming both', () => {
+    const app = testApp();
+    const stack = new Stack(app, 'CrossRegion', { env: { account: '111111111111', region: 'eu-west-1' } });
+    const stream = kinesis.Stream.fromStreamArn(
+      stack,
+      'S',
+      'arn:aws:kinesis:us-east-1:111111111111:stream/clicks',
+    );
+    expect(() => new StreamProcessor(stack, 'Job', { pipeline: 'examples/page-views.ts', stream })).toThrow(
+      "stream: the stream arn:aws:kinesis:us-east-1:111111111111:stream/clicks is in region us-east-1, but the processor runs in eu-west-1; deploy the processor in the stream's region",
+    );
+  });
+
+  it("binds floe.dead-letter to the default dead letters' prefix of the bucket, which other sinks may not use", () => {
+    expect(() =>
+      processorStack({
+        sinks: { 'floe.dead-letter': SinkTarget.bucket({ prefix: 'dead-letters/page-views/' }) },
+      }),
+    ).not.toThrow();
+  });
+
+  it('takes a metrics namespace from a token, and one with spaces', () => {
+    const app = testApp();
+    const stack = new Stack(app, 'Namespaces');
+    const ns = new CfnParameter(stack, 'Ns').valueAsString;
+    new StreamProcessor(stack, 'Job', { pipeline: 'examples/page-views.ts', metricsNamespace: ns });
+    Template.fromStack(stack).hasResourceProperties('AWS::Lambda::Function', {
+      Environment: { Variables: Match.objectLike({ POWERTOOLS_METRICS_NAMESPACE: { Ref: 'Ns' } }) },
+    });
+    expect(() => processorStack({ metricsNamespace: 'Acme Corp/Streams' })).not.toThrow();
+  });
+
   it('sizes the young generation from the function memory', () => {
     expect(nodeOptions(128)).toBe('--enable-source-maps');
     expect(nodeOptions(256)).toBe('--enable-source-maps');
@@ -800,7 +847,7 @@ describe('StreamProcessor options', () => {
     expect(JSON.stringify(statements)).not.toContain('dead-letters/');
     expect(statements).toContainEqual(
       expect.objectContaining({
-        Action: ['kinesis:PutRecord', 'kinesis:PutRecords'],
+        Action: 'kinesis:PutRecords',
         Resource: { 'Fn::GetAtt': [expect.stringMatching(/^Alerts/), 'Arn'] },
       }),
     );
@@ -1007,7 +1054,18 @@ describe('StreamProcessor rejects invalid props in the constructor', () => {
     [
       'an AWS/ namespace',
       () => ({ metricsNamespace: 'AWS/Floe' }),
-      /metricsNamespace must .* not start with 'AWS\/'/,
+      /metricsNamespace must .* not start with ':' or 'AWS\/'/,
+    ],
+    [
+      'a namespace starting with a colon (CloudFormation refuses it)',
+      () => ({ metricsNamespace: ':x' }),
+      /metricsNamespace must .* got ":x"/,
+    ],
+    ['a blank namespace', () => ({ metricsNamespace: '  ' }), /metricsNamespace must .* not blank/],
+    [
+      'a job from a token (it names prefixes and alarms)',
+      (s) => ({ job: new CfnParameter(s, 'JobId').valueAsString }),
+      /job must be a literal string known at synthesis, got an unresolved token/,
     ],
     [
       'a too short worker timeout',
@@ -1073,6 +1131,46 @@ describe('StreamProcessor rejects invalid props in the constructor', () => {
       'two sink names that meet in one construct id (a line break is written --)',
       () => ({ sinks: { 'a\nb': SinkTarget.bucket(), 'a--b': SinkTarget.bucket({ prefix: 'ab/' }) } }),
       /sinks "a\\nb" and "a--b" would share the construct id "a--b" \(CDK writes '\/' and line breaks in an id as '--'\); rename one/,
+    ],
+    [
+      "a bucket sink over the bucket's whole key space (the worker could overwrite savepoints)",
+      () => ({ sinks: { 'page-view-counts': SinkTarget.bucket({ prefix: '' }) } }),
+      /sink "page-view-counts": the prefix "" in the processor's bucket overlaps every key, where floe keeps its own objects \("page-views\/", "savepoints\/", "dead-letters\/page-views\/"\); choose another prefix, e\.g\. "outputs\/page-views\/page-view-counts\/"/,
+    ],
+    [
+      'a bucket sink under savepoints/',
+      () => ({ sinks: { 'page-view-counts': SinkTarget.bucket({ prefix: 'savepoints/mine' }) } }),
+      /the prefix "savepoints\/mine\/" in the processor's bucket overlaps "savepoints\/"/,
+    ],
+    [
+      "a bucket sink over the job's state deltas",
+      () => ({ sinks: { 'page-view-counts': SinkTarget.bucket({ prefix: 'page-views/out' }) } }),
+      /overlaps "page-views\/"/,
+    ],
+    [
+      "a bucket sink over the default dead letters (only floe.dead-letter's own binding may)",
+      () => ({ sinks: { 'page-view-counts': SinkTarget.bucket({ prefix: 'dead-letters' }) } }),
+      /the prefix "dead-letters\/" in the processor's bucket overlaps "dead-letters\/page-views\/"/,
+    ],
+    [
+      'a commit interval token not in milliseconds',
+      (s) => ({ commitInterval: Duration.seconds(numberParameter(s, 'Interval')) }),
+      /commitInterval from a token must be given as Duration\.millis\(\.\.\.\) \(the worker is given milliseconds\), got Duration\.seconds\(<token>\)/,
+    ],
+    [
+      'a worker timeout token not in seconds',
+      (s) => ({ workerTimeout: Duration.minutes(numberParameter(s, 'Timeout')) }),
+      /workerTimeout from a token must be given as Duration\.seconds\(\.\.\.\)/,
+    ],
+    [
+      'a worker timeout of part of a second (a Lambda timeout is whole seconds)',
+      () => ({ workerTimeout: Duration.millis(30_500) }),
+      /workerTimeout must be a whole number of seconds \(a Lambda timeout is whole seconds\), got Duration\.millis\(30500\)/,
+    ],
+    [
+      'a stream retention of part of an hour',
+      () => ({ streamRetention: Duration.minutes(1470) }),
+      /streamRetention must be a whole number of hours \(a Kinesis retention period is whole hours\), got Duration\.minutes\(1470\)/,
     ],
     [
       'a sink that is not a SinkTarget',

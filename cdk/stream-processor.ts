@@ -14,12 +14,14 @@ import { extname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   Annotations,
+  Arn,
   ArnFormat,
   Duration,
   Names,
   RemovalPolicy,
   Stack,
   Token,
+  TokenComparison,
   Tokenization,
   Validations,
 } from 'aws-cdk-lib';
@@ -36,7 +38,7 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct, type IConstruct } from 'constructs';
 import type { DeltaApplyMode } from '../lib/aws/dynamodb-backend.ts';
 import { DEFAULT_METRICS_NAMESPACE, JOB_DIMENSION, WorkerMetric } from '../lib/aws/metric-names.ts';
-import { allowObjects, grantObjects, type SinkTarget } from './sink-target.ts';
+import { allowObjects, DEAD_LETTER_SINK, grantObjects, type SinkTarget } from './sink-target.ts';
 
 /** The floe repository root: functions/ and package-lock.json live here. */
 export const FLOE_ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -53,9 +55,6 @@ const DELTA_APPLY_VALUES: readonly DeltaApplyMode[] = ['items', 'transactions'];
 /** Savepoint function: time for a pause, the export and the manifest (the Lambda maximum). */
 const SAVEPOINT_TIMEOUT = Duration.minutes(15);
 const SAVEPOINT_MEMORY_MIB = 1024;
-
-/** The sink that receives records that could not be processed (lib/core DEAD_LETTER_SINK). */
-const DEAD_LETTER_SINK = 'floe.dead-letter';
 
 /** Where the savepoint function writes savepoints (lib/aws/snapshot-s3.ts default prefix). */
 const SAVEPOINTS_PREFIX = 'savepoints/';
@@ -80,7 +79,10 @@ export interface StreamProcessorProps {
 
   /**
    * An existing Kinesis stream to read instead of defining one. Partition it by the pipeline's
-   * key (see docs/dsl.md, keys and shards).
+   * key (see docs/dsl.md, keys and shards). It must be in the processor's region; a stream of
+   * another account is read by its ARN, which needs a resource policy on the stream granting
+   * the functions' roles read access (and the Lag alarm needs CloudWatch cross-account
+   * observability to see that account's metric).
    * @default - a stream is defined with `shardCount` shards
    */
   readonly stream?: kinesis.IStream;
@@ -180,7 +182,7 @@ export interface StreamProcessorProps {
   readonly maxCachedKeys?: number;
 
   /**
-   * Least time between two GetRecords calls of a worker (or the savepoint function) on a shard,
+   * Least time between two GetRecords calls of a worker on a shard,
    * 200 ms to 10 s. A shard serves 5 reads a second to all the consumers of the stream: with n
    * consumers (another floe job on the same stream, for an A/B test, or any other reader) give
    * each n × 200 ms, or they throttle each other (a throttled worker waits 1 s). Each call
@@ -433,7 +435,7 @@ export class StreamProcessor extends Construct {
     // --- Functions.
     const environment: Record<string, string> = {
       FLOE_JOB: this.job,
-      FLOE_STREAM: this.stream.streamName,
+      FLOE_STREAM: streamReference(this, this.stream),
       FLOE_STATE_TABLE: this.stateTable.tableName,
       FLOE_CONTROL_TABLE: this.controlTable.tableName,
       FLOE_BUCKET: this.bucket.bucketName,
@@ -896,6 +898,27 @@ const JOB = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const RESERVED_JOBS = new Set(['outputs', 'dead-letters', 'savepoints']);
 
 /** Rejects invalid props with a message saying what to change. */
+/**
+ * The source stream as the functions name it: by name in the processor's account, by ARN in
+ * another (a name would be looked up in the processor's own account). A stream in another region
+ * is refused: the functions' Kinesis client is in the processor's region.
+ */
+function streamReference(scope: Construct, stream: kinesis.IStream): string {
+  const stack = Stack.of(scope);
+  const arn = stream.streamArn;
+  const env = Token.isUnresolved(arn) ? stream.env : Arn.split(arn, ArnFormat.SLASH_RESOURCE_NAME);
+  const region = env.region ?? stream.env.region;
+  if (Token.compareStrings(region, stack.region) === TokenComparison.DIFFERENT) {
+    throw new Error(
+      `stream: the stream ${arn} is in region ${region}, but the processor runs in ${stack.region}; deploy the processor in the stream's region`,
+    );
+  }
+  const account = Token.compareStrings(env.account ?? stream.env.account, stack.account);
+  return account === TokenComparison.SAME || account === TokenComparison.BOTH_UNRESOLVED
+    ? stream.streamName
+    : arn;
+}
+
 function validate(props: StreamProcessorProps): Validated {
   if (props === undefined || props === null || typeof props !== 'object') {
     throw new Error(
@@ -923,6 +946,11 @@ function validate(props: StreamProcessorProps): Validated {
   }
 
   const job = props.job ?? fileStem(absolute);
+  if (Token.isUnresolved(job)) {
+    throw new Error(
+      'job must be a literal string known at synthesis, got an unresolved token (e.g. a CfnParameter): it names S3 prefixes, lifecycle rules and alarm names. Pass the id itself, e.g. job: "page-views"',
+    );
+  }
   if (!JOB.test(job) || RESERVED_JOBS.has(job)) {
     throw new Error(
       `job must be 1-64 characters of a-z A-Z 0-9 . _ - starting with a letter or digit, and not one of ${[...RESERVED_JOBS].join(', ')}; got ${JSON.stringify(job)}${props.job === undefined ? ' (from the pipeline file name: set job explicitly)' : ''}`,
@@ -941,6 +969,14 @@ function validate(props: StreamProcessorProps): Validated {
   if (props.shardCount !== undefined && !Token.isUnresolved(props.shardCount)) {
     checkInteger('shardCount', props.shardCount, 1, 10_000);
   }
+  if (props.streamRetention !== undefined) {
+    checkDurationUnit(
+      'streamRetention',
+      props.streamRetention,
+      'hours',
+      'a Kinesis retention period is whole hours',
+    );
+  }
   if (props.streamRetention !== undefined && !props.streamRetention.isUnresolved()) {
     const hours = props.streamRetention.toHours({ integral: false });
     if (hours < 24 || hours > 8760) {
@@ -957,13 +993,22 @@ function validate(props: StreamProcessorProps): Validated {
   checkInteger('generation', generation, 0, Number.MAX_SAFE_INTEGER);
 
   const namespace = props.metricsNamespace ?? DEFAULT_METRICS_NAMESPACE;
-  if (!/^[A-Za-z0-9._\-/#:]{1,255}$/.test(namespace) || namespace.startsWith('AWS/')) {
+  // CloudWatch's characters (space included); CloudFormation refuses a leading colon. A token
+  // (a CfnParameter) is checked by CloudFormation at deploy time.
+  if (
+    !Token.isUnresolved(namespace) &&
+    (!/^[A-Za-z0-9._\-/#: ]{1,255}$/.test(namespace) ||
+      namespace.trim() === '' ||
+      namespace.startsWith(':') ||
+      namespace.startsWith('AWS/'))
+  ) {
     throw new Error(
-      `metricsNamespace must be 1-255 characters of a-z A-Z 0-9 . _ - / # : and not start with 'AWS/', got ${JSON.stringify(namespace)}`,
+      `metricsNamespace must be 1-255 characters of a-z A-Z 0-9 . _ - / # : and space, not blank, and not start with ':' or 'AWS/', got ${JSON.stringify(namespace)}`,
     );
   }
 
   const workerTimeout = props.workerTimeout ?? Duration.minutes(5);
+  checkDurationUnit('workerTimeout', workerTimeout, 'seconds', 'a Lambda timeout is whole seconds');
   if (!workerTimeout.isUnresolved()) {
     const seconds = workerTimeout.toSeconds({ integral: false });
     if (seconds < 30 || seconds > 900) {
@@ -973,6 +1018,7 @@ function validate(props: StreamProcessorProps): Validated {
     }
   }
   const commitInterval = props.commitInterval ?? Duration.seconds(1);
+  checkDurationUnit('commitInterval', commitInterval, 'milliseconds', 'the worker is given milliseconds');
   if (!commitInterval.isUnresolved()) {
     const ms = commitInterval.toMilliseconds({ integral: false });
     if (!Number.isInteger(ms) || ms < 0 || ms > 60_000) {
@@ -982,6 +1028,7 @@ function validate(props: StreamProcessorProps): Validated {
     }
   }
   const readInterval = props.readInterval ?? Duration.millis(200);
+  checkDurationUnit('readInterval', readInterval, 'milliseconds', 'the worker is given milliseconds');
   if (!readInterval.isUnresolved()) {
     const ms = readInterval.toMilliseconds({ integral: false });
     if (!Number.isInteger(ms) || ms < 200 || ms > 10_000) {
@@ -1109,6 +1156,33 @@ function checkInteger(name: string, value: number, min: number, max: number): vo
 }
 
 /** 'Duration.hours(12)', or 'Duration.hours(<token>)' for a token (its number is an encoding). */
+/**
+ * A duration rendered in whole `unit`s: a token converts only when given in that unit
+ * (Duration.seconds(param.valueAsNumber)), a literal only when it is a whole number of them.
+ * CDK's own error would not name the prop.
+ */
+function checkDurationUnit(
+  prop: string,
+  d: Duration,
+  unit: 'milliseconds' | 'seconds' | 'hours',
+  why: string,
+): void {
+  try {
+    if (unit === 'milliseconds') d.toMilliseconds();
+    else if (unit === 'seconds') d.toSeconds();
+    else d.toHours();
+  } catch {
+    const factory = { milliseconds: 'Duration.millis', seconds: 'Duration.seconds', hours: 'Duration.hours' }[
+      unit
+    ];
+    throw new Error(
+      d.isUnresolved()
+        ? `${prop} from a token must be given as ${factory}(...) (${why}), got ${describeDuration(d)}`
+        : `${prop} must be a whole number of ${unit} (${why}), got ${d}`,
+    );
+  }
+}
+
 function describeDuration(d: Duration): string {
   return d.isUnresolved() ? d.toString().replace(/\(.*\)$/, '(<token>)') : d.toString();
 }
