@@ -1,10 +1,13 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
+  boundedOutOfOrderness,
+  compile,
   hashKey,
   initialCheckpoint,
   MemoryBackend,
   type Output,
+  pipeline,
   type ShardCheckpoint,
   type ShardInfo,
   type TimerSpec,
@@ -16,7 +19,8 @@ import {
   runnableShards,
   startOfShard,
 } from './coordinator.ts';
-import { MemoryStream } from './testing/memory-stream.ts';
+import { runJob } from './local-runner.ts';
+import { MemorySink, MemoryStream } from './testing/memory-stream.ts';
 
 function checkpoint(shardId: string, changes: Partial<ShardCheckpoint> = {}): ShardCheckpoint {
   return { ...initialCheckpoint(shardId), commitNumber: 1, position: '1', ...changes };
@@ -402,6 +406,49 @@ describe('coordinateRound', () => {
 });
 
 describe('startOfShard (where a Lambda worker of a shard without a checkpoint starts)', () => {
+  it('a parent trimmed from the stream before it finished: its children inherit the timers its timer log holds', async () => {
+    const p = pipeline('trim');
+    p.source<{ k: string; ts: number }>()
+      .withTimestamps((e) => e.ts, boundedOutOfOrderness(0))
+      .keyBy((e) => e.k)
+      .process({
+        processElement(e, ctx) {
+          ctx.timers.registerEventTimeTimer(e.ts + 1_000_000); // still pending when the shard is trimmed
+        },
+      })
+      .sink('out');
+    const stream = new MemoryStream(1, () => 0);
+    const backend = new MemoryBackend();
+    for (let i = 0; i < 10; i++)
+      stream.put(`k${i}`, new TextEncoder().encode(JSON.stringify({ k: `k${i}`, ts: i })), 0);
+    const job = {
+      job: 'trim',
+      plan: compile(p),
+      source: stream,
+      backend,
+      sink: new MemorySink(),
+      clock: () => 0,
+    };
+    await runJob(job, { untilIdle: true, roundPauseMs: 1, idlePollMs: 1 });
+    const [p0] = (await stream.listShards()).map((s) => s.shardId);
+    // An unfinished shard's checkpoint keeps its timers in its timer log.
+    expect((await backend.readCheckpoint(p0!))?.timerLog).toBeDefined();
+    stream.split(p0!);
+    const listed = (await stream.listShards()).filter((s) => s.shardId !== p0); // the parent's retention ran out
+    const source = { listShards: async () => listed };
+    const inherited = [];
+    for (const child of listed) {
+      const start = await startOfShard({ source: source as never, backend }, child.shardId);
+      inherited.push(...(start?.initial?.timers ?? []));
+    }
+    expect(inherited.map((t) => t.key).sort()).toEqual(Array.from({ length: 10 }, (_, i) => `k${i}`).sort());
+    const round = await coordinateRound(
+      { source: source as never, backend },
+      { isLeaseLive: async () => false, startWorker: async () => {} },
+    );
+    expect(round.started).toEqual(listed.map((s) => s.shardId));
+  });
+
   it('a child inherits its finished parent: the same checkpoint the coordinator computes', async () => {
     const source = new MemoryStream(1);
     const [p0] = (await source.listShards()).map((s) => s.shardId);

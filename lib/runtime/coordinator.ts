@@ -10,6 +10,7 @@ import {
   type ShardCheckpoint,
   type ShardInfo,
   type TimerSpec,
+  withInlineTimers,
 } from '../core/index.ts';
 
 export interface ShardPlan {
@@ -74,7 +75,8 @@ export function childCheckpoint(
   const from = timed.length > 0 ? timed : parents;
   // Idleness needs a last record time: continue from the parents' latest.
   const recordTimes = parents.flatMap((p) => (p.lastRecordAt === undefined ? [] : [p.lastRecordAt]));
-  // A finished shard's last commit puts every timer inline (timer-log.ts), so they are all here.
+  // A finished shard's last commit puts every timer inline (timer-log.ts), and an unfinished
+  // parent trimmed from the stream has them put inline by shardsAndCheckpoints: all are here.
   const logged = parents.find((p) => p.timerLog !== undefined);
   if (logged !== undefined) {
     throw new Error(`internal: parent shard ${logged.shardId} finished with timers in its timer log`);
@@ -96,6 +98,15 @@ export async function shardsAndCheckpoints(
 ): Promise<{ shards: ShardInfo[]; checkpoints: Map<string, ShardCheckpoint> }> {
   const shards = await job.source.listShards();
   const checkpoints = new Map((await job.backend.listCheckpoints()).map((c) => [c.shardId, c]));
+  const listed = new Set(shards.map((s) => s.shardId));
+  for (const [shardId, checkpoint] of checkpoints) {
+    // A parent trimmed from the stream (retention) before it finished counts as finished
+    // (runnableShards), and its children inherit its pending timers, which its timer log may
+    // hold in chunks: only a finished shard's last commit puts them all inline.
+    if (!checkpoint.finished && !listed.has(shardId) && checkpoint.timerLog !== undefined) {
+      checkpoints.set(shardId, await withInlineTimers(checkpoint, job.backend));
+    }
+  }
   return { shards, checkpoints };
 }
 
