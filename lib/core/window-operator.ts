@@ -108,21 +108,24 @@ export function alignedWindowOperator<In, Acc, R, Out>(
       // A firing that fails (the window function throws) is dead-lettered, and the window's
       // cleanup and next early firing still happen (TimerOutputError).
       let failure: TimerOutputError | undefined;
-      const fireOrNote = (earlyAt?: number): void => {
-        try {
-          fire(ctx, start, acc, earlyAt);
-        } catch (error) {
-          failure = new TimerOutputError(error);
-        }
-      };
       if (timer.time < maxTs) {
         // An early firing: skipped if the pipeline no longer asks for them (a restore), or if
         // the watermark already completes the window (its end firing follows at once).
         if (every === undefined || ctx.currentWatermark >= maxTs) return;
-        fireOrNote(timer.time);
+        try {
+          fire(ctx, start, acc, timer.time);
+        } catch (error) {
+          failure = new TimerOutputError(error);
+        }
         registerNextEarly(ctx, start);
       } else {
-        if (timer.time === maxTs) fireOrNote();
+        if (timer.time === maxTs) {
+          try {
+            fire(ctx, start, acc);
+          } catch (error) {
+            failure = new TimerOutputError(error);
+          }
+        }
         if (timer.time === maxTs + lateness) ctx.state.w.remove(start);
       }
       if (failure !== undefined) throw failure;
