@@ -104,6 +104,8 @@ export interface GraphNode {
   readonly lateOutput?: string;
   /** Window operators: the assigner kind (its state layout; recorded in savepoints). */
   readonly windowKind?: WindowAssigner['kind'];
+  /** Tumbling and sliding window operators: the window size (open windows are stored by start). */
+  readonly windowSize?: number;
 }
 
 export interface PipelineOptions {
@@ -446,6 +448,7 @@ export class KeyedStream<T, K extends StateKey> {
     uid: string | undefined,
     lateOutput?: string,
     windowKind?: WindowAssigner['kind'],
+    windowSize?: number,
   ): ProcessedStream<Out> {
     const pipeline = this.stream.pipeline;
     const node = pipeline.add({
@@ -457,6 +460,7 @@ export class KeyedStream<T, K extends StateKey> {
       uid,
       lateOutput,
       windowKind,
+      windowSize,
     });
     return new ProcessedStream<Out>(pipeline, node);
   }
@@ -551,6 +555,7 @@ export class WindowedStream<T, K extends StateKey> {
       this.uidValue,
       this.lateName,
       this.assigner.kind,
+      this.assigner.kind === 'session' ? undefined : this.assigner.size,
     );
     stream.lateOutputName = this.lateName;
     return stream;

@@ -32,6 +32,8 @@ import {
 function plan(
   options: {
     window?: 'tumbling' | 'sliding' | 'session';
+    /** Tumbling and sliding windows. @default 10 */
+    size?: number;
     process?: boolean;
     ttl?: boolean;
     listN?: boolean;
@@ -47,8 +49,8 @@ function plan(
       options.window === 'session'
         ? session({ gap: 10 })
         : options.window === 'sliding'
-          ? sliding({ size: 10, slide: 5 })
-          : tumbling({ size: 10 });
+          ? sliding({ size: options.size ?? 10, slide: 5 })
+          : tumbling({ size: options.size ?? 10 });
     keyed.window(assigner).uid('w').aggregate(count()).sink('out');
   }
   if (options.process !== false) {
@@ -147,6 +149,20 @@ describe('state compatibility', () => {
     expect(report.compatible).toBe(true);
     expect(report.issues[0]?.message).toMatch(/changed from tumbling to sliding windows/);
     expect(checkCompatibility(operatorSchemas(plan()), plan({ window: 'tumbling' })).compatible).toBe(true);
+  });
+
+  it('refuses another window size (open windows are saved by start only); the same size in another assigner is restored', () => {
+    const saved = operatorSchemas(plan({ window: 'tumbling' }));
+    expect(saved.find((o) => o.uid === 'w')).toMatchObject({ window: 'tumbling', size: 10 });
+    const fatal = (p: ReturnType<typeof plan>) => checkCompatibility(saved, p).issues.filter((i) => i.fatal);
+    expect(fatal(plan({ window: 'tumbling', size: 20 })).map((i) => i.message)).toEqual([
+      'window operator "w" changed its window size from 10 to 20 ms: open windows are saved by their start only, so they cannot be restored with another size; keep the size, or give the changed operator a new uid (it starts empty) and drop the old one\'s state with --allow-non-restored-state',
+    ]);
+    expect(fatal(plan({ window: 'sliding', size: 20 }))).toHaveLength(1);
+    expect(checkCompatibility(saved, plan({ window: 'sliding', size: 10 })).compatible).toBe(true);
+    // Savepoints and job records written before sizes were recorded are not checked for it.
+    const unrecorded = saved.map(({ size: _, ...o }) => o);
+    expect(checkCompatibility(unrecorded, plan({ window: 'tumbling', size: 20 })).compatible).toBe(true);
   });
 
   it('refuses a changed layout with a message per problem', () => {

@@ -45,6 +45,12 @@ export interface OperatorSchema {
   readonly kind: 'window' | 'process' | 'unknown';
   /** Window operators: the assigner kind (sessions store [end, acc], aligned windows acc). */
   readonly window?: 'tumbling' | 'sliding' | 'session';
+  /**
+   * Tumbling and sliding windows: the window size in ms. An open window is stored by its start
+   * only (its end is start + size), so a restore needs the same size. Absent in savepoints and job
+   * records written before it was recorded.
+   */
+  readonly size?: number;
   readonly state: Readonly<Record<string, StateSchema>>;
 }
 
@@ -194,6 +200,7 @@ export function operatorSchemas(plan: PipelinePlan): OperatorSchema[] {
       uid: op.uid,
       kind: op.kind,
       ...(op.kind === 'window' && op.node.windowKind !== undefined ? { window: op.node.windowKind } : {}),
+      ...(op.kind === 'window' && op.node.windowSize !== undefined ? { size: op.node.windowSize } : {}),
       state,
     };
   });
@@ -288,6 +295,16 @@ export function compareOperatorSchemas(
           operator: from.uid,
           fatal: true,
           message: `window operator "${from.uid}" changed from ${from.window} to ${to.window} windows, which keep state in another layout`,
+        });
+        continue;
+      }
+      if (from.size !== undefined && to.size !== undefined && from.size !== to.size) {
+        // Flink keeps each window's end in its state and timers, so old windows fire as they were;
+        // floe keeps the start only and would read a saved window as one of the new size.
+        issues.push({
+          operator: from.uid,
+          fatal: true,
+          message: `window operator "${from.uid}" changed its window size from ${from.size} to ${to.size} ms: open windows are saved by their start only, so they cannot be restored with another size; keep the size, or give the changed operator a new uid (it starts empty) and drop the old one's state with --allow-non-restored-state`,
         });
         continue;
       }

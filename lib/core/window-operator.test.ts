@@ -1176,6 +1176,53 @@ describe('multiple shards', () => {
   });
 });
 
+describe('a restore into a pipeline with another allowed lateness (a savepoint replay)', () => {
+  const shard = 'shardId-000000000000';
+  const records = (events: Array<[string, number]>): SourceRecord[] =>
+    events.map(([k, ts], i) => ({
+      data: JSON.stringify({ k, ts, v: ts }),
+      partitionKey: k,
+      sequenceNumber: String(i + 1).padStart(21, '0'),
+      arrivalTime: 0,
+    }));
+  const cases: Array<[string, WindowAssigner, string[]]> = [
+    ['tumbling', tumbling({ size: 10 }), ['a[0,10)=0,5', 'b[30,40)=30']],
+    ['session', session({ gap: 10 }), ['a[0,15)=0,5', 'b[30,40)=30']],
+  ];
+  for (const [kind, assigner, expected] of cases) {
+    for (const [before, after] of [
+      [0, 30],
+      [30, 0],
+      [30, 8],
+      [8, 30],
+    ] as const) {
+      it(`${kind}: from ${before} to ${after} ms, each window fires once and its state and timers are removed`, async () => {
+        const backend = new MemoryBackend();
+        const lease = await backend.acquireLease(shard, 'a', 0, 1e12);
+        const planOf = (lateness: number) =>
+          compile(collectingPipeline(assigner, { watermarks: boundedOutOfOrderness(0), lateness }));
+        // a's window fires before the restore (the watermark reaches 29), b's after it.
+        const r0 = await new ShardTask(planOf(before), shard).processBatch(
+          records([
+            ['a', 0],
+            ['a', 5],
+            ['b', 30],
+          ]),
+          backend,
+          0,
+        );
+        await backend.commit(lease, r0);
+        const restored = new ShardTask(planOf(after), (await backend.readCheckpoint(shard))!);
+        const r1 = await restored.processWatermark(MAX_WATERMARK, backend, 0);
+        await backend.commit(lease, r1);
+        expect([...r0.outputs, ...r1.outputs].map((o) => o.value)).toEqual(expected);
+        expect(await withInlineTimers(r1.checkpoint, backend)).toMatchObject({ timers: [] });
+        expect([...(await backend.getMany(['window-0/"a"', 'window-0/"b"'])).keys()]).toEqual([]);
+      });
+    }
+  }
+});
+
 describe('restart between steps', () => {
   type Step = (d: TestDriver) => Promise<void>;
   const scenarios: Array<[string, () => TestDriver, Step[]]> = [

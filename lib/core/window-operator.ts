@@ -126,7 +126,11 @@ export function alignedWindowOperator<In, Acc, R, Out>(
             failure = new TimerOutputError(error);
           }
         }
-        if (timer.time === maxTs + lateness) ctx.state.w.remove(start);
+        // Cleanup at end-1+lateness. After a restore with another allowed lateness, a saved timer
+        // past that time cleans up too, and one before it makes sure the cleanup timer exists
+        // (registering an existing timer is a no-op).
+        if (timer.time >= maxTs + lateness) ctx.state.w.remove(start);
+        else ctx.timers.registerEventTimeTimer(maxTs + lateness, start);
       }
       if (failure !== undefined) throw failure;
     },
@@ -242,8 +246,9 @@ export function sessionWindowOperator<In, Acc, R, Out>(
           failure = new TimerOutputError(error);
         }
       }
-      if (t === cleanupAt) ctx.state.w.remove(start);
-      else if (t < cleanupAt) ctx.timers.registerEventTimeTimer(cleanupAt, start); // fired: clean up later
+      // Past its cleanup time (also a saved alarm after a restore with a shorter lateness): removed.
+      if (t >= cleanupAt) ctx.state.w.remove(start);
+      else ctx.timers.registerEventTimeTimer(cleanupAt, start); // fired: clean up later
       if (failure !== undefined) throw failure;
     },
   };
