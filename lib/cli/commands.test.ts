@@ -634,6 +634,40 @@ describe('floe replay', () => {
     expect(dropped.stderr).toContain(
       `into job pv-sessions, generation 0: 0 of ${entries} saved state entries written (${entries} dropped: their operators are not in the pipeline), 4 shard checkpoint(s)`,
     );
+
+    // A migration that fails on the last entry: one line naming it, and nothing restored, so
+    // the replay with the fixed migration starts from nothing (no claimed job, no entries).
+    const failing = join(TMP, 'migration-fails-last.ts');
+    writeFileSync(
+      failing,
+      `let n = 0;\nexport default (entry: unknown) => {\n  if (++n === ${entries}) throw new Error('boom');\n  return entry;\n};\n`,
+    );
+    const migrate = (module: string) =>
+      floe(
+        'replay',
+        '--from-savepoint',
+        id,
+        '--as-job',
+        'pv-mig',
+        '--migration',
+        module,
+        '--restore-only',
+        '--progress',
+        'none',
+        ...D,
+      );
+    expectOneLineError(
+      await migrate(failing),
+      1,
+      /^floe: the migration threw on the saved state entry of operator "\S+" for key \S+ \(state file .*\): Error: boom\. Nothing was restored: fix the migration and rerun the replay$/,
+    );
+    const fixed = join(TMP, 'migration-fixed.ts');
+    writeFileSync(fixed, 'export default (entry: unknown) => entry;\n');
+    const migrated = await migrate(fixed);
+    expect(migrated.code, migrated.stderr).toBe(0);
+    expect(migrated.stderr).toContain(
+      `into job pv-mig, generation 0: ${entries} state entries, 4 shard checkpoint(s)`,
+    );
   });
 });
 

@@ -150,7 +150,7 @@ export async function runReplay(args: string[]): Promise<number> {
       progress.done();
       for (const w of result.warnings) console.error(`floe replay: warning: ${w}`);
       console.error(
-        `floe replay: restored ${describeManifest(manifest)} into job ${result.job}, generation ${result.generation}: ${describeWritten(result.written, result.entries, migration !== undefined)}, ${result.shards} shard checkpoint(s)`,
+        `floe replay: restored ${describeManifest(manifest)} into job ${result.job}, generation ${result.generation}: ${describeWritten(result.written, result.entries, migration?.state !== undefined)}, ${result.shards} shard checkpoint(s)`,
       );
       job = result.job;
       stream = manifest.stream;

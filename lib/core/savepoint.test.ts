@@ -7,6 +7,7 @@ import { pipeline } from './dsl.ts';
 import { StateFormatError } from './errors.ts';
 import {
   checkCompatibility,
+  checkMigratedTimer,
   checkpointJson,
   compareSequenceNumbers,
   decodeSavedEntry,
@@ -14,6 +15,7 @@ import {
   encodeMigratedEntry,
   encodeStateFile,
   listState,
+  MAX_TIMER_TIME,
   mapState,
   monotonic,
   newSavepointId,
@@ -230,6 +232,62 @@ describe('migration encoding', () => {
     expect(() => encodeMigratedEntry({ ...entry, state: { m: [['x', () => 1]] } }, schemas, 1)).toThrow(
       /m\[0\]\[1\] is a function/,
     );
+  });
+
+  it('refuses an entry whose state is not a plain object, or whose key JSON would change', () => {
+    const entry = { operator: 'p', key: 'a', state: {} };
+    // Before, these were written as nothing: the entry silently dropped.
+    for (const state of [5, 'n', [['n', 1]], null, undefined, new Map([['n', 1]])]) {
+      expect(() => encodeMigratedEntry({ ...entry, state: state as never }, schemas, 1)).toThrow(
+        /migrated state of operator "p" for key "a": "state" must be a plain object of named states .*Return undefined to drop an entry/,
+      );
+    }
+    expect(
+      encodeMigratedEntry({ ...entry, state: Object.assign(Object.create(null), { n: 1 }) }, schemas, 1),
+    ).toEqual(['p/"a"', '{"k":"a","s":{"n":[1,1]}}']);
+    expect(() => encodeMigratedEntry({ ...entry, key: Number.NaN }, schemas, 1)).toThrow(
+      /a key is a string or a finite number/,
+    );
+  });
+
+  it('checks a migrated timer as a checkpoint stores it', () => {
+    const t = { operator: 'p', domain: 'event', time: 10, key: 'a', namespace: '' };
+    expect(checkMigratedTimer({ ...t, extra: 1 }, schemas, 'timer')).toEqual(t);
+    for (const time of [Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, -5, MAX_TIMER_TIME]) {
+      expect(checkMigratedTimer({ ...t, time }, schemas, 'timer').time).toBe(time);
+    }
+    expect(
+      checkMigratedTimer({ ...t, key: 3, namespace: 7, domain: 'processing' }, schemas, 'timer'),
+    ).toMatchObject({
+      key: 3,
+      namespace: 7,
+    });
+    for (const [bad, message] of [
+      [
+        { ...t, time: '10' },
+        /timer: the migration's timer\(\) returned a timer whose time is not whole epoch milliseconds.*received "10"/,
+      ],
+      [{ ...t, time: Number.NaN }, /whose time .*received NaN/],
+      [{ ...t, time: 1.5 }, /whose time/],
+      [{ ...t, time: MAX_TIMER_TIME + 1 }, /whose time/],
+      [
+        { ...t, operator: 'gone' },
+        /whose operator is not one of the pipeline's \(operators: w, p\); received "gone"/,
+      ],
+      [{ ...t, domain: 'e' }, /whose domain is not "event" or "processing"/],
+      [{ ...t, key: null }, /whose key is not a string or a finite number; received null/],
+      [{ ...t, key: Number.POSITIVE_INFINITY }, /whose key/],
+      [
+        { ...t, namespace: undefined },
+        /whose namespace is not a string or a finite number; received undefined/,
+      ],
+      [{ ...t, namespace: Number.NaN }, /whose namespace/],
+      [[t], /returned \[.*\]; expected \{operator, domain, time, key, namespace\}/],
+      [7, /returned 7/],
+    ] as const) {
+      expect(() => checkMigratedTimer(bad, schemas, 'timer')).toThrow(StateFormatError);
+      expect(() => checkMigratedTimer(bad, schemas, 'timer')).toThrow(message);
+    }
   });
 });
 

@@ -25,6 +25,7 @@ import { describeValue, StateFormatError } from './errors.ts';
 import { jsonLoss } from './json-loss.ts';
 import type { Output, StartPosition, StateAddress } from './ports.ts';
 import type { StateDescriptor, StateKey } from './state.ts';
+import { MAX_TIMER_TIME } from './time.ts';
 
 export const SAVEPOINT_FORMAT = 1;
 /** Version of the state entry encoding (`{"k": key, "s": {name: cell}}`, see state.ts). */
@@ -480,11 +481,18 @@ export function encodeMigratedEntry(
       `${where}: the pipeline has no operator "${entry.operator}" (operators: ${[...schemas.keys()].join(', ') || 'none'})`,
     );
   }
-  if (typeof entry.key !== 'string' && typeof entry.key !== 'number') {
-    throw new StateFormatError(`${where}: a key is a string or a number`);
+  if (typeof entry.key !== 'string' && (typeof entry.key !== 'number' || !Number.isFinite(entry.key))) {
+    throw new StateFormatError(`${where}: a key is a string or a finite number`);
+  }
+  // Anything else (a number, an array, a class instance, a missing state) has no named states:
+  // it would be written as nothing, silently dropping the entry. Return undefined to drop one.
+  if (!isPlainObject(entry.state)) {
+    throw new StateFormatError(
+      `${where}: "state" must be a plain object of named states ({ <state name>: value }); the migration returned ${describeValue(entry.state)}. Return undefined to drop an entry`,
+    );
   }
   const s: Record<string, unknown> = {};
-  for (const [name, value] of Object.entries(entry.state ?? {})) {
+  for (const [name, value] of Object.entries(entry.state)) {
     const st = ownValue(schema.state, name);
     if (st === undefined) {
       throw new StateFormatError(
@@ -505,6 +513,65 @@ export function encodeMigratedEntry(
   if (Object.keys(s).length === 0) return undefined;
   const address = `${entry.operator}/${JSON.stringify(entry.key)}`;
   return [address, JSON.stringify({ k: entry.key, s })];
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null) return false;
+  const proto = Object.getPrototypeOf(value) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
+/**
+ * Checks a timer a migration's timer() returned, as a checkpoint stores it and a shard task
+ * restores it (the rules of deserializeCheckpoint and ShardTask's checkTime/checkNamespace):
+ * an operator of the new pipeline, 'event' or 'processing', a whole-millisecond time within
+ * ±MAX_TIMER_TIME or ±Infinity, a string or finite-number key, a string or finite-number
+ * namespace. Returns the timer with only those fields; throws a StateFormatError saying `where`.
+ */
+export function checkMigratedTimer(
+  timer: unknown,
+  schemas: ReadonlyMap<string, OperatorSchema>,
+  where: string,
+): TimerSpec {
+  if (!isPlainObject(timer)) {
+    throw new StateFormatError(
+      `${where}: the migration's timer() returned ${describeValue(timer)}; expected {operator, domain, time, key, namespace}, or undefined to drop the timer`,
+    );
+  }
+  const t = timer as Partial<Record<keyof TimerSpec, unknown>>;
+  const fail = (what: string, value: unknown): never => {
+    throw new StateFormatError(
+      `${where}: the migration's timer() returned a timer whose ${what}; received ${describeValue(value)}`,
+    );
+  };
+  if (typeof t.operator !== 'string' || !schemas.has(t.operator)) {
+    fail(
+      `operator is not one of the pipeline's (operators: ${[...schemas.keys()].join(', ') || 'none'})`,
+      t.operator,
+    );
+  }
+  if (t.domain !== 'event' && t.domain !== 'processing')
+    fail('domain is not "event" or "processing"', t.domain);
+  const time = t.time;
+  if (
+    typeof time !== 'number' ||
+    !(Number.isInteger(time) ? Math.abs(time) <= MAX_TIMER_TIME : Math.abs(time) === Number.POSITIVE_INFINITY)
+  ) {
+    fail(`time is not whole epoch milliseconds within ±${MAX_TIMER_TIME}, or ±Infinity`, time);
+  }
+  if (typeof t.key !== 'string' && (typeof t.key !== 'number' || !Number.isFinite(t.key))) {
+    fail('key is not a string or a finite number', t.key);
+  }
+  if (typeof t.namespace !== 'string' && (typeof t.namespace !== 'number' || !Number.isFinite(t.namespace))) {
+    fail('namespace is not a string or a finite number', t.namespace);
+  }
+  return {
+    operator: t.operator as string,
+    domain: t.domain as TimerSpec['domain'],
+    time: time as number,
+    key: t.key as string | number,
+    namespace: t.namespace as string | number,
+  };
 }
 
 // ---- state files --------------------------------------------------------------------------------

@@ -846,3 +846,170 @@ describe('savepoints on the embedded backend', () => {
     data.close();
   });
 });
+
+describe('migrations are checked over every entry before a restore writes anything', () => {
+  /** A stopped savepoint of job `job` (FIRST processed: windows and bursts pending) in small files. */
+  async function saved(job: string) {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST);
+    await runUntilIdle(data, job, v1);
+    const manifest = await createSavepoint(backend, { job, stop: true, chunkEntries: 3 });
+    expect(manifest.files.length).toBeGreaterThan(3);
+    return { data, backend, manifest };
+  }
+  const rows = (data: DataDir, job: string, like = '%') =>
+    countRows(data.db, 'SELECT count(*) AS n FROM floe_state WHERE job = ? AND address LIKE ?', job, like);
+
+  it('a migration that throws or returns what cannot be stored on the last entry restores nothing; the fixed one restores exactly', async () => {
+    const { data, backend, manifest } = await saved('mf');
+    const restore = (migration: StateMigration) =>
+      restoreSavepoint(backend, { savepointId: manifest.id, plan: compile(v1), asJob: 'mf2', migration });
+    // Fails on the last entry: before, every earlier file was written into the claimed job.
+    let seen = 0;
+    const throwsLast: StateMigration = {
+      state(entry) {
+        if (++seen === manifest.entries) throw new Error('boom');
+        return entry;
+      },
+    };
+    const thrown = restore(throwsLast);
+    await expect(thrown).rejects.toBeInstanceOf(IncompatibleStateError);
+    await expect(thrown).rejects.toThrow(
+      /^the migration threw on the saved state entry of operator "(counts|bursts)" for key "\w+" \(state file .*state-\d+\.ndjson\.gz\): Error: boom\. Nothing was restored: fix the migration and rerun the replay$/,
+    );
+    await nothingRestored(data, 'mf2');
+    seen = 0;
+    const refusedLast: StateMigration = {
+      state: (entry) => (++seen === manifest.entries ? { ...entry, state: { w: 5, n: 5 } } : entry),
+    };
+    await expect(restore(refusedLast)).rejects.toThrow(
+      /state must be an array.*the migration returned 5 \(returned for the saved state entry of operator .*\)\. Nothing was restored/,
+    );
+    await nothingRestored(data, 'mf2');
+    // The fixed migration drops the windows: none of the failed attempts' entries are left.
+    const fixed = await restore({ state: (entry) => (entry.operator === 'counts' ? undefined : entry) });
+    expect(fixed.written).toBeGreaterThan(0);
+    expect(rows(data, 'mf2')).toBe(fixed.written);
+    expect(rows(data, 'mf2', 'counts/%')).toBe(0);
+    data.close();
+  });
+
+  it('a migration that fails only as the entries are written says it is not deterministic; a rerun completes', async () => {
+    const { data, backend, manifest } = await saved('mn');
+    let calls = 0;
+    const flaky: StateMigration = {
+      state(entry) {
+        if (++calls === manifest.entries + 4) throw new Error('only the second time');
+        return entry;
+      },
+    };
+    const restore = (migration: StateMigration) =>
+      restoreSavepoint(backend, {
+        savepointId: manifest.id,
+        plan: compile(v1),
+        asJob: 'mn2',
+        migration,
+        batchEntries: 1,
+      });
+    const failed = restore(flaky);
+    await expect(failed).rejects.toBeInstanceOf(StateFormatError);
+    await expect(failed).rejects.toThrow(
+      /^the migration threw on the saved state entry .*: Error: only the second time\. The migration passed on the same entry before anything was written.*must be deterministic\. 3 state entries were written and the restore is still in progress: rerun the same replay to complete it$/,
+    );
+    expect((await backend.jobs.get('mn2'))?.state).toBe('restoring');
+    const rerun = await restore({ state: (entry) => entry });
+    expect(rerun.written).toBe(manifest.entries);
+    expect(rows(data, 'mn2')).toBe(manifest.entries);
+    data.close();
+  });
+
+  it('refuses an entry whose state is not an object, and two entries for one operator and key', async () => {
+    const { data, backend, manifest } = await saved('md');
+    const restore = (migration: StateMigration) =>
+      restoreSavepoint(backend, { savepointId: manifest.id, plan: compile(v1), asJob: 'md2', migration });
+    await expect(restore({ state: (entry) => ({ ...entry, state: 5 as never }) })).rejects.toThrow(
+      /"state" must be a plain object of named states .*the migration returned 5.*Nothing was restored/,
+    );
+    await nothingRestored(data, 'md2');
+    // One entry split into two with the same key.
+    await expect(restore({ state: (entry) => [entry, { ...entry }] })).rejects.toThrow(
+      /the migration returned two state entries for operator "(counts|bursts)", key "\w+" from the saved state entry .*merge them in the migration\. Nothing was restored/,
+    );
+    await nothingRestored(data, 'md2');
+    // Two saved entries moved to one key.
+    await expect(
+      restore({ state: (entry) => (entry.operator === 'bursts' ? { ...entry, key: 'everyone' } : entry) }),
+    ).rejects.toThrow(
+      /the migration returned a second state entry for operator "bursts", key "everyone" \(from the saved entry of operator "bursts", key "\w+" in state file .*\).*Nothing was restored/,
+    );
+    await nothingRestored(data, 'md2');
+    data.close();
+  });
+
+  it('checks every timer a timer migration returns as a checkpoint stores it, before writing anything', async () => {
+    const { data, backend, manifest } = await saved('mt');
+    const restore = (timer: NonNullable<StateMigration['timer']>) =>
+      restoreSavepoint(backend, {
+        savepointId: manifest.id,
+        plan: compile(v1),
+        asJob: 'mt2',
+        migration: { timer },
+      });
+    const timer =
+      /the event-time timer of operator "(counts|bursts)" for key "\w+" at \d+ \(namespace .*\) of shard shardId-\d+: the migration's timer\(\) returned/;
+    for (const [map, refusal] of [
+      [
+        (t) => ({ ...t, time: String(t.time) }),
+        /a timer whose time is not whole epoch milliseconds.*received "\d+"/,
+      ],
+      [
+        (t) => ({ ...t, time: Number.NaN }),
+        /a timer whose time is not whole epoch milliseconds.*received NaN/,
+      ],
+      [(t) => ({ ...t, time: t.time + 0.5 }), /whose time is not whole epoch milliseconds/],
+      [(t) => ({ ...t, time: 1e300 }), /whose time is not whole epoch milliseconds/],
+      [(t) => ({ ...t, key: { user: t.key } }), /whose key is not a string or a finite number/],
+      [
+        (t) => ({ ...t, namespace: Number.NaN }),
+        /whose namespace is not a string or a finite number; received NaN/,
+      ],
+      [(t) => ({ ...t, domain: 'wall' }), /whose domain is not "event" or "processing"; received "wall"/],
+      [
+        (t) => ({ ...t, operator: 'gone' }),
+        /whose operator is not one of the pipeline's \(operators: counts, bursts\); received "gone"/,
+      ],
+      [() => 'later', /\) returned "later"; expected \{operator, domain, time, key, namespace\}/],
+    ] as Array<[NonNullable<StateMigration['timer']>, RegExp]>) {
+      const refused = restore(map);
+      await expect(refused).rejects.toBeInstanceOf(IncompatibleStateError);
+      await expect(refused).rejects.toThrow(timer);
+      await expect(refused).rejects.toThrow(refusal);
+      await expect(refused).rejects.toThrow(/Nothing was restored/);
+      await nothingRestored(data, 'mt2');
+    }
+    await expect(
+      restore(() => {
+        throw new Error('no timers today');
+      }),
+    ).rejects.toThrow(
+      /^the migration's timer\(\) threw on the event-time timer of operator .*: Error: no timers today\. Nothing was restored/,
+    );
+    await nothingRestored(data, 'mt2');
+    // ±Infinity is a timer time; extra fields are not stored.
+    const kept = await restore(
+      (t) =>
+        ({ ...t, time: t.operator === 'counts' ? t.time : Number.POSITIVE_INFINITY, note: 1 }) as typeof t,
+    );
+    expect(kept.shards).toBe(3);
+    const timers = (await backend.scope('mt2', 0).backend.listCheckpoints()).flatMap((cp) => cp.timers);
+    expect(timers.length).toBeGreaterThan(0);
+    expect(
+      timers.filter((t) => t.operator === 'bursts').every((t) => t.time === Number.POSITIVE_INFINITY),
+    ).toBe(true);
+    expect(timers.every((t) => Object.keys(t).sort().join() === 'domain,key,namespace,operator,time')).toBe(
+      true,
+    );
+    data.close();
+  });
+});

@@ -17,8 +17,9 @@
  * workers resume by themselves; rerunning the command reuses the id and starts the export over.
  *
  * Restoring (replay): verify the manifest and every file's checksum, check the state layout
- * against the new pipeline (or run the migration), check that the records after each saved
- * position are still in the stream — all before writing anything — then write the state and
+ * against the new pipeline (or run the migration over every entry and timer, checking what it
+ * returns), check that the records after each saved position are still in the stream — all
+ * before writing anything — then write the state (running the migration again) and
  * checkpoints into a fresh generation (of the same job, or of a new job id), and finally switch
  * the job record to it (the completion marker). A crash before the switch leaves the old
  * generation current; rerunning the same replay continues into the same generation with
@@ -31,14 +32,17 @@ import {
   type CompatibilityIssue,
   ConfigurationError,
   checkCompatibility,
+  checkMigratedTimer,
   checkpointJson,
   checkSavepointId,
   decodeOutboxFile,
   decodeSavedEntry,
   decodeStateFile,
+  describeValue,
   encodeMigratedEntry,
   encodeOutboxFile,
   encodeStateFile,
+  errorMessage,
   FencedError,
   isTimerChunkAddress,
   type Lease,
@@ -54,6 +58,7 @@ import {
   type PipelinePlan,
   parseManifest,
   SAVEPOINT_FORMAT,
+  type SavedStateEntry,
   type SavepointFile,
   type SavepointManifest,
   type SavepointPipeline,
@@ -709,14 +714,14 @@ export async function verifySavepoint(
   snapshots: SnapshotStore,
   manifest: SavepointManifest,
   onProgress?: (p: SavepointProgress) => void,
+  /** Called with each verified file's entries (a restore runs its migration over them here). */
+  check?: (rows: ReadonlyArray<readonly [StateAddress, string]>, where: string) => void,
 ): Promise<void> {
   let entries = 0;
   for (const [i, file] of manifest.files.entries()) {
-    const rows = decodeStateFile(
-      await snapshots.read(manifest.id, file.name),
-      file,
-      `state file ${snapshots.describe(manifest.id, file.name)}`,
-    );
+    const where = `state file ${snapshots.describe(manifest.id, file.name)}`;
+    const rows = decodeStateFile(await snapshots.read(manifest.id, file.name), file, where);
+    check?.(rows, where);
     entries += rows.length;
     onProgress?.({ phase: 'verify', entries, total: manifest.entries, files: i + 1 });
   }
@@ -822,9 +827,40 @@ export async function restoreSavepoint(
   const manifest = await readManifest(snapshots, options.savepointId);
   const target = options.asJob ?? manifest.job;
   const migration = options.migration === undefined ? undefined : asStateMigration(options.migration);
+  const targetSchemas = new Map(operatorSchemas(options.plan).map((o) => [o.uid, o]));
+  const savedSchemas = new Map(manifest.operators.map((o) => [o.uid, o]));
+  const restoredAt = now();
+  const migrate =
+    migration?.state === undefined ? undefined : migrator(migration, savedSchemas, targetSchemas, restoredAt);
 
-  // Everything that can refuse the restore runs before anything is written.
-  await verifySavepoint(snapshots, manifest, options.onProgress);
+  // Everything that can refuse the restore runs before anything is written: the migration too,
+  // over every entry, as it reads the files to verify them (it runs again as they are written).
+  // An entry it refuses, or a throw, after some files were written would leave them in the
+  // target generation, where a rerun with a fixed migration would keep them.
+  let migrated = 0;
+  const seen = new Set<string>();
+  await verifySavepoint(
+    snapshots,
+    manifest,
+    options.onProgress,
+    migrate === undefined
+      ? undefined
+      : (rows, where) => {
+          for (const [address, value] of rows) {
+            for (const [to, migratedValue] of migrate(address, value, where, 'verify')) {
+              // Two entries for one (operator, key): the store keeps one, the count says both.
+              if (seen.has(to)) {
+                throw new IncompatibleStateError(
+                  `the migration returned a second state entry for ${describeEntry(to, migratedValue)} (from the saved entry of ${describeEntry(address, value)} in ${where}); a key holds one entry per operator: merge them in the migration. Nothing was restored`,
+                );
+              }
+              seen.add(to);
+              migrated++;
+            }
+          }
+        },
+  );
+  seen.clear();
   const report = checkCompatibility(manifest.operators, options.plan, {
     allowNonRestoredState: options.allowNonRestoredState === true,
   });
@@ -849,29 +885,38 @@ export async function restoreSavepoint(
       `cannot replay savepoint ${manifest.id} of job ${manifest.job} (taken ${new Date(manifest.createdAt).toISOString()}): ${trimmed.join('; ')}. Nothing was restored. Replay from a newer savepoint, or start a new job from a timestamp with 'floe replay --from-timestamp'`,
     );
   }
-  const targetSchemas = new Map(operatorSchemas(options.plan).map((o) => [o.uid, o]));
-  const savedSchemas = new Map(manifest.operators.map((o) => [o.uid, o]));
   const dropped = new Set(report.dropped);
-  const restoredAt = now();
   /** Pending timers dropped by default (their operator is gone), by operator. */
   const droppedTimers = new Map<string, number>();
   const transformTimers = (cp: ShardCheckpoint): ShardCheckpoint => {
     const timers = cp.timers.flatMap((t) => {
       if (migration?.timer !== undefined) {
-        const mapped = migration.timer(t);
-        return mapped === undefined || mapped === null ? [] : [mapped];
+        const where = `the ${t.domain}-time timer of operator "${t.operator}" for key ${describeValue(t.key)} at ${describeValue(t.time)} (namespace ${describeValue(t.namespace)}) of shard ${cp.shardId}`;
+        let mapped: unknown;
+        try {
+          mapped = migration.timer({ ...t });
+        } catch (error) {
+          throw new IncompatibleStateError(
+            `the migration's timer() threw on ${where}: ${errorMessage(error)}. Nothing was restored: fix the migration and rerun the replay`,
+            { cause: error },
+          );
+        }
+        if (mapped === undefined || mapped === null) return [];
+        // As a checkpoint stores it and a worker restores it: a timer a checkpoint cannot hold
+        // would fail the shard ("checkpoint is corrupted"), or never fire (a NaN time).
+        try {
+          return [checkMigratedTimer(mapped, targetSchemas, where)];
+        } catch (error) {
+          throw new IncompatibleStateError(
+            `${(error as Error).message}. Nothing was restored: fix the migration and rerun the replay`,
+            { cause: error },
+          );
+        }
       }
       if (targetSchemas.has(t.operator)) return [t];
       droppedTimers.set(t.operator, (droppedTimers.get(t.operator) ?? 0) + 1);
       return [];
     });
-    for (const t of timers) {
-      if (!targetSchemas.has(t.operator)) {
-        throw new StateFormatError(
-          `the migration keeps a timer of operator "${t.operator}", which pipeline "${options.plan.name}" does not have`,
-        );
-      }
-    }
     return { ...cp, timers };
   };
   // Run the timer mapping before writing anything too (it can throw).
@@ -965,21 +1010,13 @@ export async function restoreSavepoint(
   let written = 0;
   options.onProgress?.({ phase: 'restore', entries: 0, total: manifest.entries, files: 0 });
   for (const [i, file] of manifest.files.entries()) {
-    const rows = decodeStateFile(
-      await snapshots.read(manifest.id, file.name),
-      file,
-      `state file ${snapshots.describe(manifest.id, file.name)}`,
-    );
+    const where = `state file ${snapshots.describe(manifest.id, file.name)}`;
+    const rows = decodeStateFile(await snapshots.read(manifest.id, file.name), file, where);
     let out: Array<readonly [StateAddress, string]> = [];
     for (const [address, value] of rows) {
-      if (migration?.state !== undefined) {
-        const entry = decodeSavedEntry(address, value, savedSchemas);
-        const mapped = migration.state(entry, { from: savedSchemas.get(entry.operator), to: targetSchemas });
-        const list = mapped === undefined || mapped === null ? [] : Array.isArray(mapped) ? mapped : [mapped];
-        for (const m of list as (typeof entry)[]) {
-          const encoded = encodeMigratedEntry(m, targetSchemas, restoredAt);
-          if (encoded !== undefined) out.push(encoded);
-        }
+      if (migrate !== undefined) {
+        for (const encoded of migrate(address, value, where, 'write', written + out.length))
+          out.push(encoded);
       } else if (dropped.size === 0 || !isDropped(address, value, dropped)) {
         out.push([address, value]);
       }
@@ -1006,6 +1043,11 @@ export async function restoreSavepoint(
       await stillRestoring();
       await scope.importOutputs(checkpoints[i]!.shardId, pending, guard);
     }
+  }
+  if (migrate !== undefined && written !== migrated) {
+    warnings.push(
+      `the migration returned ${written} state entries as they were written but ${migrated} as they were verified: it does not return the same for the same entry (it depends on time, randomness or its own state). A migration must be deterministic`,
+    );
   }
   if (outputs > 0 && target !== manifest.job) {
     warnings.push(
@@ -1066,6 +1108,75 @@ export async function restoreSavepoint(
     written,
     shards: restoredCheckpoints.length,
     warnings,
+  };
+}
+
+/** `operator "counts", key "p3"` of a state entry (its address and value JSON). */
+function describeEntry(address: StateAddress, value: string): string {
+  const key = (JSON.parse(value) as { k: string | number }).k;
+  return `operator "${operatorOfAddress(address, key)}", key ${describeValue(key)}`;
+}
+
+/**
+ * Runs a state migration over one saved entry and encodes what it returns for the new pipeline.
+ * Failures name the operator, key and file; in the verification pass (`verify`) they say that
+ * nothing was restored. In the write pass the same entries passed already: a failure there means
+ * the migration is not deterministic, and the restore stays in progress.
+ */
+function migrator(
+  migration: StateMigration,
+  savedSchemas: ReadonlyMap<string, OperatorSchema>,
+  targetSchemas: ReadonlyMap<string, OperatorSchema>,
+  restoredAt: number,
+): (
+  address: StateAddress,
+  value: string,
+  where: string,
+  pass: 'verify' | 'write',
+  written?: number,
+) => Array<[StateAddress, string]> {
+  const state = migration.state!.bind(migration);
+  return (address, value, where, pass, written = 0) => {
+    const entry = decodeSavedEntry(address, value, savedSchemas);
+    const saved = `the saved state entry of operator "${entry.operator}" for key ${describeValue(entry.key)} (${where})`;
+    const fail = (what: string, cause?: unknown): never => {
+      if (pass === 'verify') {
+        throw new IncompatibleStateError(
+          `${what}. Nothing was restored: fix the migration and rerun the replay`,
+          { cause },
+        );
+      }
+      throw new StateFormatError(
+        `${what}. The migration passed on the same entry before anything was written, so it does not return the same for the same entry: a migration must be deterministic. ${written} state entries were written and the restore is still in progress: rerun the same replay to complete it`,
+        { cause },
+      );
+    };
+    let mapped: ReturnType<NonNullable<StateMigration['state']>>;
+    try {
+      mapped = state(entry, { from: savedSchemas.get(entry.operator), to: targetSchemas });
+    } catch (error) {
+      return fail(`the migration threw on ${saved}: ${errorMessage(error)}`, error);
+    }
+    const list = mapped === undefined || mapped === null ? [] : Array.isArray(mapped) ? mapped : [mapped];
+    const out: Array<[StateAddress, string]> = [];
+    const here = new Set<string>();
+    for (const m of list as SavedStateEntry[]) {
+      let encoded: [StateAddress, string] | undefined;
+      try {
+        encoded = encodeMigratedEntry(m, targetSchemas, restoredAt);
+      } catch (error) {
+        return fail(`${(error as Error).message} (returned for ${saved})`, error);
+      }
+      if (encoded === undefined) continue;
+      if (here.has(encoded[0])) {
+        return fail(
+          `the migration returned two state entries for ${describeEntry(...encoded)} from ${saved}; a key holds one entry per operator: merge them in the migration`,
+        );
+      }
+      here.add(encoded[0]);
+      out.push(encoded);
+    }
+    return out;
   };
 }
 
