@@ -5,7 +5,13 @@
  * `version`.
  */
 import { ConditionalCheckFailedException, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand } from '@aws-sdk/lib-dynamodb';
+import {
+  DeleteCommand,
+  DynamoDBDocumentClient,
+  GetCommand,
+  PutCommand,
+  ScanCommand,
+} from '@aws-sdk/lib-dynamodb';
 import { StateFormatError } from '../core/index.ts';
 import type { JobRecord, JobStore } from '../runtime/job-control.ts';
 import { withBackoff } from './retry.ts';
@@ -89,5 +95,45 @@ export class DynamoJobStore implements JobStore {
 
   async delete(job: string): Promise<void> {
     await this.ddb.send(new DeleteCommand({ TableName: this.controlTable, Key: this.key(job) }));
+  }
+
+  /**
+   * A Scan of the control table for the job records (filtered by their key prefix), whose
+   * bodies are then checked: not by the `restoring` attribute, which a restore started by an
+   * older floe did not write. The control table holds a few items per shard and generation
+   * (leases with their checkpoints, undelivered outputs) beside the job records, so this reads
+   * all of them once: for `floe savepoint delete`, not for anything frequent.
+   */
+  async restoresFrom(savepointId: string): Promise<JobRecord[]> {
+    const out: JobRecord[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const page = await withBackoff('Scan', () =>
+        this.ddb.send(
+          new ScanCommand({
+            TableName: this.controlTable,
+            FilterExpression: 'begins_with(pk, :job) AND sk = :sk',
+            ExpressionAttributeValues: { ':job': '@job/', ':sk': 'job' },
+            ProjectionExpression: 'pk, body',
+            ConsistentRead: true,
+            ...(start === undefined ? {} : { ExclusiveStartKey: start }),
+          }),
+        ),
+      );
+      for (const item of page.Items ?? []) {
+        if (typeof item.body !== 'string') continue;
+        let record: JobRecord;
+        try {
+          record = JSON.parse(item.body) as JobRecord;
+        } catch (error) {
+          throw new StateFormatError(
+            `the record ${String(item.pk)} in ${this.controlTable} is not valid JSON: ${String(error)}`,
+          );
+        }
+        if (record.restore?.savepointId === savepointId) out.push(record);
+      }
+      start = page.LastEvaluatedKey;
+    } while (start !== undefined);
+    return out;
   }
 }

@@ -62,7 +62,8 @@ export const SAVEPOINT_HELP = `floe savepoint <create|list|inspect|delete> [opti
   floe savepoint inspect <id> [--verify] [--json]
       --verify reads every file and checks its sha256, size and entry count.
   floe savepoint delete <id>
-      Deletes a savepoint (complete or interrupted).
+      Deletes a savepoint (complete or interrupted); refused while an unfinished replay still
+      needs it (rerun that replay first).
 
 ${BACKEND_HELP}
   --progress <auto|none>       progress on stderr (default auto)`;

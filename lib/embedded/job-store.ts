@@ -52,6 +52,11 @@ export class SqliteJobStore implements JobStore {
   async list(): Promise<JobRecord[]> {
     return this.sql.list.all().map((row) => parse(row.body, '?'));
   }
+
+  /** A read of the whole floe_job table: one row per job. */
+  async restoresFrom(savepointId: string): Promise<JobRecord[]> {
+    return (await this.list()).filter((r) => r.restore?.savepointId === savepointId);
+  }
 }
 
 function parse(body: string, job: string): JobRecord {

@@ -18,6 +18,7 @@ import {
 import { runJob } from '../runtime/local-runner.ts';
 import {
   createSavepoint,
+  deleteSavepoint,
   IncompatibleStateError,
   listSavepoints,
   prepareTimestampReplay,
@@ -601,6 +602,7 @@ describe('savepoints on the embedded backend', () => {
     let lost = false;
     const jobs: typeof backend.jobs = {
       get: (job) => backend.jobs.get(job),
+      restoresFrom: (id) => backend.jobs.restoresFrom(id),
       async put(record, expected) {
         const ok = await backend.jobs.put(record, expected);
         if (!ok || record.restoredFrom === undefined || lost) return ok;
@@ -1010,6 +1012,33 @@ describe('migrations are checked over every entry before a restore writes anythi
     expect(timers.every((t) => Object.keys(t).sort().join() === 'domain,key,namespace,operator,time')).toBe(
       true,
     );
+    data.close();
+  });
+
+  it('savepoint delete refuses a savepoint an unfinished restore still reads, naming the job', async () => {
+    const { data, backend, manifest } = await saved('dl');
+    const crash = restoreSavepoint(backend, {
+      savepointId: manifest.id,
+      plan: compile(v1),
+      asJob: 'dl2',
+      onStep: (step) => {
+        if (step === 'entries-written') throw new SimulatedCrash('crash');
+      },
+    });
+    await expect(crash).rejects.toBeInstanceOf(SimulatedCrash);
+    expect((await backend.jobs.get('dl2'))?.state).toBe('restoring');
+    const refused = deleteSavepoint(backend, manifest.id);
+    await expect(refused).rejects.toBeInstanceOf(ConfigurationError);
+    await expect(refused).rejects.toThrow(
+      new RegExp(
+        `^savepoint ${manifest.id} is being restored into job dl2 \\(generation 0, started .*\\), which did not finish.*rerun that replay \\('floe replay --from-savepoint ${manifest.id} --as-job dl2 --restore-only'`,
+      ),
+    );
+    expect((await listSavepoints(backend.snapshots)).map((s) => s.status)).toEqual(['complete']);
+    // Completed, the restore no longer needs it.
+    await restoreSavepoint(backend, { savepointId: manifest.id, plan: compile(v1), asJob: 'dl2' });
+    await deleteSavepoint(backend, manifest.id);
+    expect(await listSavepoints(backend.snapshots)).toEqual([]);
     data.close();
   });
 });

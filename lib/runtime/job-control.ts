@@ -65,6 +65,12 @@ export interface JobStore {
    */
   put(record: JobRecord, expectedVersion: number | undefined): Promise<boolean>;
   delete?(job: string): Promise<void>;
+  /**
+   * The records with a restore in progress from savepoint `savepointId` (`restore.savepointId`),
+   * whatever their job id: `floe savepoint delete` refuses to delete a savepoint such a restore
+   * still reads (a rerun of the replay must find it, or the job stays `restoring`).
+   */
+  restoresFrom(savepointId: string): Promise<JobRecord[]>;
 }
 
 /** Another process changed the job record in between, repeatedly. */
@@ -271,5 +277,10 @@ export class MemoryJobStore implements JobStore {
   }
   async delete(job: string): Promise<void> {
     this.records.delete(job);
+  }
+  async restoresFrom(savepointId: string): Promise<JobRecord[]> {
+    return [...this.records.values()]
+      .map((text) => JSON.parse(text) as JobRecord)
+      .filter((r) => r.restore?.savepointId === savepointId);
   }
 }

@@ -750,7 +750,9 @@ async function readOutbox(
 
 /**
  * Deletes a savepoint's files. An interrupted savepoint's marker is cleared from its job
- * record; a savepoint being taken right now cannot be deleted.
+ * record; a savepoint being taken right now cannot be deleted, nor one that an unfinished
+ * restore still reads (a job record `restoring` from it: only a rerun of that replay, which
+ * reads the savepoint again, can complete it).
  */
 export async function deleteSavepoint(
   backend: Pick<SavepointBackend, 'snapshots' | 'jobs'>,
@@ -759,6 +761,20 @@ export async function deleteSavepoint(
 ): Promise<void> {
   const now = options.now ?? Date.now;
   checkSavepointId(id);
+  const restoring = await backend.jobs.restoresFrom(id);
+  if (restoring.length > 0) {
+    const r = restoring[0]!;
+    throw new ConfigurationError(
+      `savepoint ${id} is being restored into job ${r.job} (generation ${r.restore!.generation}, started ${new Date(r.restore!.startedAt).toISOString()})${
+        restoring.length > 1
+          ? ` and ${restoring.length - 1} other job(s) (${restoring
+              .slice(1)
+              .map((o) => o.job)
+              .join(', ')})`
+          : ''
+      }, which did not finish: only a rerun of that replay, which reads the savepoint again, can complete it. Finish it first: rerun that replay ('floe replay --from-savepoint ${id} --as-job ${r.job} --restore-only', with the same --pipeline, --migration and backend options), then delete the savepoint`,
+    );
+  }
   const files = await backend.snapshots.listFiles(id);
   let job = options.job;
   if (job === undefined) {
