@@ -35,6 +35,7 @@ import {
   generateClicks,
   WINDOW_MS,
 } from '../../lib/embedded/testing/savepoint-pipelines.ts';
+import type { JobRecord } from '../../lib/runtime/job-control.ts';
 import { runJob } from '../../lib/runtime/local-runner.ts';
 import { createSavepoint, listSavepoints, restoreSavepoint } from '../../lib/runtime/savepoints.ts';
 import {
@@ -394,5 +395,30 @@ describe('savepoints on AWS (emulators)', () => {
       /restore of savepoint sp-ob into job ob \(generation 1\) was completed or superseded by another replay/,
     );
     expect(await live.unpublishedOutputs(shard)).toEqual([]);
+  });
+
+  it('floe savepoint delete finds the restores that still need a savepoint: a Scan of the control table for job records', async () => {
+    const jobs = new DynamoJobStore(clients.dynamodb, controlTable);
+    const record = (job: string, savepointId: string | undefined): JobRecord => ({
+      job,
+      generation: 0,
+      nextGeneration: 1,
+      state: savepointId === undefined ? 'running' : 'restoring',
+      stream,
+      ...(savepointId === undefined ? {} : { restore: { savepointId, generation: 0, startedAt: 1 } }),
+      version: 1,
+      updatedAt: 1,
+    });
+    for (const r of [
+      record('rf-a', 'sp-rf'),
+      record('rf-x', undefined),
+      record('rf-b', 'sp-rf'),
+      record('rf-c', 'sp-rf0'),
+    ]) {
+      expect(await jobs.put(r, undefined)).toBe(true);
+    }
+    // The table also holds the leases, checkpoints and outboxes of the jobs of the tests above.
+    expect((await jobs.restoresFrom('sp-rf')).map((r) => r.job).sort()).toEqual(['rf-a', 'rf-b']);
+    expect(await jobs.restoresFrom('sp-none')).toEqual([]);
   });
 });
