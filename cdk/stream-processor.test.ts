@@ -858,6 +858,10 @@ describe('StreamProcessor options', () => {
       }),
     );
     expect(JSON.stringify(statements)).toContain(':s3:::archive-bucket/floe/other/*');
+    // The '*' binding takes every unbound sink: nothing goes to outputs/<job>/, which is not granted.
+    expect(JSON.stringify(statements)).not.toContain('outputs/');
+    const unbound = Template.fromStack(processorStack().stack); // without '*', they go there
+    expect(JSON.stringify(policyStatements(unbound, 'JobWorkerRole'))).toContain('outputs/page-views/*');
     expect(processor.job).toBe('card-fraud');
   });
 

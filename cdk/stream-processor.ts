@@ -563,9 +563,15 @@ export class StreamProcessor extends Construct {
       'dynamodb:ConditionCheckItem',
       'dynamodb:Query',
     );
+    // Unbound sinks go to outputs/<job>/ unless a '*' binding takes them (lib/aws/job.ts).
+    const fallbackToOutputs = !(props.sinks !== undefined && '*' in props.sinks);
     grantObjects(
       this.bucket,
-      [jobPrefix, outputsPrefix, ...(defaultDeadLetters ? [deadLetterPrefix] : [])],
+      [
+        jobPrefix,
+        ...(fallbackToOutputs ? [outputsPrefix] : []),
+        ...(defaultDeadLetters ? [deadLetterPrefix] : []),
+      ],
       this.worker,
     );
     for (const b of bound) b.config.grant(this.worker);
