@@ -15,7 +15,7 @@ import {
   type ShardInfo,
   type StartPosition,
 } from '../core/index.ts';
-import type { JobRecord, JobState } from '../runtime/job-control.ts';
+import { checkStatusStream, type JobRecord, type JobState } from '../runtime/job-control.ts';
 import { DynamoBackend, mapLimit } from './dynamodb-backend.ts';
 import type { AwsClientsBundle } from './job.ts';
 import { DynamoJobStore } from './job-store.ts';
@@ -144,6 +144,7 @@ export async function awsJobStatus(
     throw error;
   }
   options.checkRecord?.(record);
+  checkStatusStream(record, options.stream);
   const stream = options.stream ?? record?.stream ?? options.job;
   await checkResources(clients, resources(stream), options.missingResourcesHint);
 

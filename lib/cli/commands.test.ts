@@ -530,6 +530,70 @@ describe('floe status of a job that has not run', () => {
   });
 });
 
+describe('floe status of a job that has run', () => {
+  it('refuses a --stream the job does not read, as floe run does', async () => {
+    const dir = await produced('status-stream', 20);
+    const run = await floe(
+      'run',
+      'examples/page-views.ts',
+      '--data-dir',
+      dir,
+      '--until-idle',
+      '--progress',
+      'none',
+    );
+    expect(run.code, run.stderr).toBe(0);
+    const other = await floe(
+      'produce',
+      '--stream',
+      'other',
+      '--generate',
+      'clickstream',
+      '--events',
+      '5',
+      '--data-dir',
+      dir,
+    );
+    expect(other.code, other.stderr).toBe(0);
+    expectOneLineError(
+      await floe('status', '--job', 'page-views', '--stream', 'other', '--data-dir', dir),
+      1,
+      /^floe: job page-views reads stream "page-views", not "other"; its checkpoints are positions in "page-views"\. Leave out --stream, or pass --stream page-views$/,
+    );
+  });
+
+  it("counts a job's lag from its start: a job replayed from a timestamp lags by the records from then on", async () => {
+    const dir = await produced('status-from-timestamp', 400);
+    const db = openSqlite(join(dir, 'floe.db'));
+    const arrivals = db
+      .prepare<[], { arrival: number }>(
+        "SELECT arrival FROM floe_log_record WHERE stream = 'page-views' ORDER BY arrival",
+      )
+      .all()
+      .map((r) => r.arrival);
+    db.close();
+    const from = arrivals[300]!;
+    const after = arrivals.filter((a) => a >= from).length;
+    expect(after).toBeLessThan(400);
+    const replay = await floe(
+      'replay',
+      '--from-timestamp',
+      String(from),
+      '--pipeline',
+      'examples/page-views.ts',
+      '--restore-only',
+      '--data-dir',
+      dir,
+    );
+    expect(replay.code, replay.stderr).toBe(0);
+    const status = await floe('status', '--job', 'page-views', '--data-dir', dir, '--json');
+    expect(status.code, status.stderr).toBe(0);
+    const shards = JSON.parse(status.stdout).shards as Array<{ records: number; lag: number }>;
+    expect(shards.reduce((n, s) => n + s.lag, 0)).toBe(after);
+    expect(shards.reduce((n, s) => n + s.records, 0)).toBe(after);
+  });
+});
+
 describe('floe status after a replay', () => {
   it("counts the outputs of the job's current generation, not every generation's", async () => {
     const dir = await produced('status-generations');

@@ -219,7 +219,7 @@ export async function runRun(args: string[]): Promise<number> {
   let lastLines = 0;
   const render = (final = false): void => {
     if (progressMode === 'none') return;
-    const status = jobStatus(job.db, jobId, jobStream, generation);
+    const status = jobStatus(job.db, jobId, jobStream, generation, job.runtime.startPosition);
     const total = status.shards.reduce((n, s) => n + s.records, 0);
     const lag = status.shards.reduce((n, s) => n + s.lag, 0);
     const seconds = (Date.now() - started) / 1000;
@@ -273,7 +273,7 @@ export async function runRun(args: string[]): Promise<number> {
     });
     clearInterval(timer);
     render(true);
-    const status = jobStatus(job.db, jobId, jobStream, generation);
+    const status = jobStatus(job.db, jobId, jobStream, generation, job.runtime.startPosition);
     const seconds = (Date.now() - started) / 1000;
     console.error(
       `floe run: job "${jobId}" processed ${formatCount(summary.records)} records in ${seconds.toFixed(1)} s (${formatCount(Math.round(summary.records / Math.max(seconds, 0.001)))} records/s), ${summary.commits} commits`,

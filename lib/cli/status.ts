@@ -4,6 +4,7 @@ import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { SqliteJobStore } from '../embedded/job-store.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import { jobStatus } from '../embedded/status.ts';
+import { checkStatusStream } from '../runtime/job-control.ts';
 import {
   backendKind,
   formatCount,
@@ -87,6 +88,7 @@ export async function runStatus(args: string[]): Promise<number> {
     // The job record (written by floe run, savepoints and replays) names the stream and generation.
     const jobs = new SqliteJobStore(db);
     const record = await jobs.get(job);
+    checkStatusStream(record, streamName);
     const stream = streamName ?? record?.stream ?? job;
     const known =
       db.prepare('SELECT 1 FROM sqlite_master WHERE name = ?').get('floe_log_stream') !== undefined;
@@ -107,7 +109,7 @@ export async function runStatus(args: string[]): Promise<number> {
       }
       throw new ConfigurationError(`unknown stream "${stream}" in ${path}; pass --stream <name>`);
     }
-    const status = jobStatus(db, job, stream, record?.generation ?? 0);
+    const status = jobStatus(db, job, stream, record?.generation ?? 0, record?.startPosition);
     if (values.json) {
       console.log(
         JSON.stringify(status, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v), 2),

@@ -1,5 +1,5 @@
 /** SQLite-specific behaviour beyond the shared contract (sqlite-backend.test.ts runs that). */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -232,5 +232,24 @@ describe('a database locked by another process', () => {
     await backend.commit(lease, commit);
     expect((await backend.readCheckpoint(SHARD))?.commitNumber).toBe(1);
     await backend.close();
+  });
+});
+
+describe('opening the database file', () => {
+  it('a file that is not an SQLite database is a ConfigurationError naming it, not an unexpected error', () => {
+    const path = join(dir, `not-a-db-${n++}.db`);
+    writeFileSync(path, 'hello, not SQLite\n'.repeat(100));
+    const error = (() => {
+      try {
+        openSqlite(path);
+      } catch (e) {
+        return e;
+      }
+      return undefined;
+    })();
+    expect(error).toBeInstanceOf(ConfigurationError);
+    expect((error as Error).message).toBe(
+      `cannot open the SQLite database ${path}: it is not an SQLite database (is the data dir right?)`,
+    );
   });
 });

@@ -36,10 +36,25 @@ export function openSqlite(path: string, options: SqliteOpenOptions = {}): Sqlit
       cause: error,
     });
   }
-  db.pragma(`busy_timeout = ${Math.max(0, Math.floor(options.busyTimeoutMs ?? 5000))}`);
-  // ':memory:' databases answer "memory"; files switch to WAL (persistent for the file).
-  db.pragma('journal_mode = WAL');
-  db.pragma(`synchronous = ${options.synchronous ?? 'NORMAL'}`);
+  try {
+    db.pragma(`busy_timeout = ${Math.max(0, Math.floor(options.busyTimeoutMs ?? 5000))}`);
+    // ':memory:' databases answer "memory"; files switch to WAL (persistent for the file).
+    db.pragma('journal_mode = WAL');
+    db.pragma(`synchronous = ${options.synchronous ?? 'NORMAL'}`);
+  } catch (error) {
+    db.close();
+    // The first statements are where SQLite finds a file that is not a database, or a file or
+    // directory it cannot write (WAL needs files beside the database).
+    const code = (error as { code?: unknown } | undefined)?.code;
+    const why =
+      code === 'SQLITE_NOTADB'
+        ? 'it is not an SQLite database (is the data dir right?)'
+        : typeof code === 'string' &&
+            (code.startsWith('SQLITE_READONLY') || code.startsWith('SQLITE_CANTOPEN'))
+          ? `it cannot be written (${code}): floe needs write access to the file and its directory`
+          : errorMessage(error);
+    throw new ConfigurationError(`cannot open the SQLite database ${path}: ${why}`, { cause: error });
+  }
   return db;
 }
 

@@ -1,5 +1,10 @@
 /** Job status on the embedded backend: per shard position, lag, watermark and last commit. */
-import { DEAD_LETTER_SINK, deserializeCheckpoint, type ShardCheckpoint } from '../core/index.ts';
+import {
+  DEAD_LETTER_SINK,
+  deserializeCheckpoint,
+  type ShardCheckpoint,
+  type StartPosition,
+} from '../core/index.ts';
 import { outputJobId } from '../runtime/job-control.ts';
 import { outputTableName } from './sinks.ts';
 import type { SqliteDatabase } from './sqlite.ts';
@@ -7,9 +12,9 @@ import type { SqliteDatabase } from './sqlite.ts';
 export interface ShardStatus {
   readonly shardId: string;
   readonly closed: boolean;
-  /** Records stored in the shard (not trimmed). */
+  /** Records of the shard the job reads: stored (not trimmed), from its start position. */
   readonly records: number;
-  /** Records after the job's checkpoint position. */
+  /** Those after the job's checkpoint position (not processed yet). */
   readonly lag: number;
   readonly checkpoint: ShardCheckpoint | undefined;
 }
@@ -29,7 +34,17 @@ function tableExists(db: SqliteDatabase, name: string): boolean {
   );
 }
 
-export function jobStatus(db: SqliteDatabase, job: string, stream: string, generation = 0): JobStatus {
+/**
+ * `startPosition`: where the job's readers start in a shard without a checkpoint (the job record's,
+ * e.g. AT_TIMESTAMP after 'floe replay --from-timestamp'); records before it are not the job's.
+ */
+export function jobStatus(
+  db: SqliteDatabase,
+  job: string,
+  stream: string,
+  generation = 0,
+  startPosition?: StartPosition,
+): JobStatus {
   const shards = db
     .prepare<[string], { shard_id: string; closed_at: number | null }>(
       'SELECT shard_id, closed_at FROM floe_log_shard WHERE stream = ? AND deleted = 0 ORDER BY idx',
@@ -38,6 +53,14 @@ export function jobStatus(db: SqliteDatabase, job: string, stream: string, gener
   const countAfter = db.prepare<[string, string, number], { n: number }>(
     'SELECT count(*) AS n FROM floe_log_record WHERE stream = ? AND shard_id = ? AND seq > ?',
   );
+  // As LocalLog.startPosition: the last record that arrived before the timestamp.
+  const lastBefore = db.prepare<[string, string, number], { seq: number }>(
+    'SELECT seq FROM floe_log_record WHERE stream = ? AND shard_id = ? AND arrival < ? ORDER BY arrival DESC, seq DESC LIMIT 1',
+  );
+  const start = (shardId: string): number =>
+    startPosition?.type === 'AT_TIMESTAMP'
+      ? (lastBefore.get(stream, shardId, startPosition.timestamp)?.seq ?? 0)
+      : 0;
   const checkpoints = new Map<string, ShardCheckpoint>();
   if (tableExists(db, 'floe_checkpoint')) {
     for (const row of db
@@ -67,11 +90,13 @@ export function jobStatus(db: SqliteDatabase, job: string, stream: string, gener
     stream,
     shards: shards.map((s) => {
       const checkpoint = checkpoints.get(s.shard_id);
-      const position = checkpoint?.position === undefined ? 0 : Number(checkpoint.position);
+      const from = start(s.shard_id);
+      const position =
+        checkpoint?.position === undefined ? from : Math.max(from, Number(checkpoint.position));
       return {
         shardId: s.shard_id,
         closed: s.closed_at !== null,
-        records: countAfter.get(stream, s.shard_id, 0)!.n,
+        records: countAfter.get(stream, s.shard_id, from)!.n,
         lag: countAfter.get(stream, s.shard_id, position)!.n,
         checkpoint,
       };

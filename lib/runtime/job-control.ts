@@ -262,6 +262,20 @@ export function checkStateLayout(
   );
 }
 
+/**
+ * Refuses to show a job's status against a stream it does not read (`floe status --stream`), as
+ * resolveJobForRun refuses to run it: its checkpoints are positions in its own stream.
+ */
+export function checkStatusStream(
+  record: Pick<JobRecord, 'job' | 'stream'> | undefined,
+  stream: string | undefined,
+): void {
+  if (record === undefined || stream === undefined || record.stream === stream) return;
+  throw new ConfigurationError(
+    `job ${record.job} reads stream "${record.stream}", not "${stream}"; its checkpoints are positions in "${record.stream}". Leave out --stream, or pass --stream ${record.stream}`,
+  );
+}
+
 /** In-memory JobStore (tests, simulate). */
 export class MemoryJobStore implements JobStore {
   private readonly records = new Map<string, string>();
