@@ -193,10 +193,33 @@ describe('floe status --backend aws', () => {
     expect(r.stderr).toContain(
       `floe: missing Kinesis stream "${missing}", DynamoDB table "${n.stateTable}", DynamoDB table "${n.controlTable}", S3 bucket "${n.bucket}" in region us-east-1; pass the job's resources with --stream, --state-table, --control-table and --bucket`,
     );
-    // Only the stream missing: the tables and bucket exist.
-    const r2 = floe(['status', '--backend', 'aws', '--job', job, '--stream', missing]);
+    // Only the stream missing: the tables and bucket exist (those of `job`, for a job without a record).
+    const resources = [
+      '--state-table',
+      names.stateTable,
+      '--control-table',
+      names.controlTable,
+      '--bucket',
+      names.bucket,
+    ];
+    const r2 = floe([
+      'status',
+      '--backend',
+      'aws',
+      '--job',
+      uniqueName('fresh'),
+      '--stream',
+      missing,
+      ...resources,
+    ]);
     expect(r2.code).toBe(1);
     expect(r2.stderr).toMatch(new RegExp(`^floe: missing Kinesis stream "${missing}" in region`));
+    // A job with a record reads its own stream: another --stream is refused, as floe run refuses it.
+    const r3 = floe(['status', '--backend', 'aws', '--job', job, '--stream', missing]);
+    expect(r3.code).toBe(1);
+    expect(r3.stderr.trim()).toBe(
+      `floe: job ${job} reads stream "${stream}", not "${missing}"; its checkpoints are positions in "${stream}". Leave out --stream, or pass --stream ${stream}`,
+    );
   });
 
   it('says when no credentials are configured', () => {
