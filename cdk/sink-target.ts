@@ -224,7 +224,7 @@ export abstract class SinkTarget {
     return new (class extends SinkTarget {
       bind(o: SinkTargetBindOptions): SinkTargetConfig {
         const key = [options.partitionKey, ...(options.sortKey !== undefined ? [options.sortKey] : [])];
-        const ref = resourceRef(o, table, table.tableName, table.tableArn, 'table');
+        const ref = sinkReference(o, table, table.tableName, table.tableArn, 'table');
         return {
           destination: tableDestination(ref, key, options),
           grant: (grantee) => grantUpsert(table, grantee),
@@ -239,7 +239,7 @@ export abstract class SinkTarget {
     return new (class extends SinkTarget {
       bind(o: SinkTargetBindOptions): SinkTargetConfig {
         const params = options.partitionKey !== undefined ? `?partitionKey=${options.partitionKey}` : '';
-        const ref = resourceRef(o, stream, stream.streamName, stream.streamArn, 'stream');
+        const ref = sinkReference(o, stream, stream.streamName, stream.streamArn, 'stream');
         return {
           destination: `kinesis:${ref}${params}`,
           grant: (grantee) => {
@@ -281,27 +281,43 @@ export abstract class SinkTarget {
  * How the worker names an existing table or stream: by name when it is of the processor's account,
  * else (another account's, or one the synthesis cannot tell) by ARN. A name alone would reach the
  * table or stream of that name in the worker's own account, where the grant (on the ARN) does not
- * apply. Another region is refused: the worker's clients are of its own region, and an ARN does
- * not move a request to another region.
+ * apply. Another region is refused with `otherRegion(region, processorRegion)`: the worker's
+ * clients are of its own region, and an ARN does not move a request to another region.
+ * The processor's source stream is named the same way (stream-processor.ts).
  */
-function resourceRef(
+export function accountReference(
+  scope: Construct,
+  resource: IResource,
+  name: string,
+  arn: string,
+  otherRegion: (region: string, processorRegion: string) => string,
+): string {
+  const stack = Stack.of(scope);
+  // An imported resource's env is the stack's (Table.fromTableArn): a literal ARN says more.
+  const env = Token.isUnresolved(arn) ? resource.env : Arn.split(arn, ArnFormat.SLASH_RESOURCE_NAME);
+  const region = env.region ?? resource.env.region;
+  if (Token.compareStrings(region, stack.region) === TokenComparison.DIFFERENT) {
+    throw new Error(otherRegion(region, stack.region));
+  }
+  const account = Token.compareStrings(env.account ?? resource.env.account, stack.account);
+  return account === TokenComparison.SAME || account === TokenComparison.BOTH_UNRESOLVED ? name : arn;
+}
+
+function sinkReference(
   o: SinkTargetBindOptions,
   resource: IResource,
   name: string,
   arn: string,
   what: string,
 ): string {
-  const stack = Stack.of(o.scope);
-  // An imported table's env is the stack's (Table.fromTableArn): a literal ARN says more.
-  const env = Token.isUnresolved(arn) ? resource.env : Arn.split(arn, ArnFormat.SLASH_RESOURCE_NAME);
-  const region = env.region ?? resource.env.region;
-  if (Token.compareStrings(region, stack.region) === TokenComparison.DIFFERENT) {
-    throw new Error(
-      `sink "${o.sinkName}" is bound to a ${what} in region ${region}, but the processor runs in ${stack.region}: a sink ${what} must be in the processor's region`,
-    );
-  }
-  const account = Token.compareStrings(env.account ?? resource.env.account, stack.account);
-  return account === TokenComparison.SAME || account === TokenComparison.BOTH_UNRESOLVED ? name : arn;
+  return accountReference(
+    o.scope,
+    resource,
+    name,
+    arn,
+    (region, processorRegion) =>
+      `sink "${o.sinkName}" is bound to a ${what} in region ${region}, but the processor runs in ${processorRegion}: a sink ${what} must be in the processor's region`,
+  );
 }
 
 function tableDestination(

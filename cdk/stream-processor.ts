@@ -14,14 +14,12 @@ import { extname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   Annotations,
-  Arn,
   ArnFormat,
   Duration,
   Names,
   RemovalPolicy,
   Stack,
   Token,
-  TokenComparison,
   Tokenization,
   Validations,
 } from 'aws-cdk-lib';
@@ -38,7 +36,13 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct, type IConstruct } from 'constructs';
 import type { DeltaApplyMode } from '../lib/aws/dynamodb-backend.ts';
 import { DEFAULT_METRICS_NAMESPACE, JOB_DIMENSION, WorkerMetric } from '../lib/aws/metric-names.ts';
-import { allowObjects, DEAD_LETTER_SINK, grantObjects, type SinkTarget } from './sink-target.ts';
+import {
+  accountReference,
+  allowObjects,
+  DEAD_LETTER_SINK,
+  grantObjects,
+  type SinkTarget,
+} from './sink-target.ts';
 
 /** The floe repository root: functions/ and package-lock.json live here. */
 export const FLOE_ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -903,28 +907,23 @@ interface Validated {
 const JOB = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const RESERVED_JOBS = new Set(['outputs', 'dead-letters', 'savepoints']);
 
-/** Rejects invalid props with a message saying what to change. */
 /**
  * The source stream as the functions name it: by name in the processor's account, by ARN in
  * another (a name would be looked up in the processor's own account). A stream in another region
  * is refused: the functions' Kinesis client is in the processor's region.
  */
 function streamReference(scope: Construct, stream: kinesis.IStream): string {
-  const stack = Stack.of(scope);
-  const arn = stream.streamArn;
-  const env = Token.isUnresolved(arn) ? stream.env : Arn.split(arn, ArnFormat.SLASH_RESOURCE_NAME);
-  const region = env.region ?? stream.env.region;
-  if (Token.compareStrings(region, stack.region) === TokenComparison.DIFFERENT) {
-    throw new Error(
-      `stream: the stream ${arn} is in region ${region}, but the processor runs in ${stack.region}; deploy the processor in the stream's region`,
-    );
-  }
-  const account = Token.compareStrings(env.account ?? stream.env.account, stack.account);
-  return account === TokenComparison.SAME || account === TokenComparison.BOTH_UNRESOLVED
-    ? stream.streamName
-    : arn;
+  return accountReference(
+    scope,
+    stream,
+    stream.streamName,
+    stream.streamArn,
+    (region, processorRegion) =>
+      `stream: the stream ${stream.streamArn} is in region ${region}, but the processor runs in ${processorRegion}; deploy the processor in the stream's region`,
+  );
 }
 
+/** Rejects invalid props with a message saying what to change. */
 function validate(props: StreamProcessorProps): Validated {
   if (props === undefined || props === null || typeof props !== 'object') {
     throw new Error(
@@ -1056,14 +1055,12 @@ function validate(props: StreamProcessorProps): Validated {
 
   const deltaRetention = props.deltaRetention ?? Duration.days(7);
   if (deltaRetention.isUnresolved()) {
-    // A token converts to days only when given in days (Duration.days(param.valueAsNumber)).
-    try {
-      deltaRetention.toDays();
-    } catch {
-      throw new Error(
-        `deltaRetention from a token must be given as Duration.days(...) (an S3 lifecycle expiration counts whole days), got ${describeDuration(deltaRetention)}`,
-      );
-    }
+    checkDurationUnit(
+      'deltaRetention',
+      deltaRetention,
+      'days',
+      'an S3 lifecycle expiration counts whole days',
+    );
   } else {
     const days = deltaRetention.toDays({ integral: false });
     if (!Number.isInteger(days) || days < 1) {
@@ -1170,17 +1167,21 @@ function checkInteger(name: string, value: number, min: number, max: number): vo
 function checkDurationUnit(
   prop: string,
   d: Duration,
-  unit: 'milliseconds' | 'seconds' | 'hours',
+  unit: 'milliseconds' | 'seconds' | 'hours' | 'days',
   why: string,
 ): void {
   try {
     if (unit === 'milliseconds') d.toMilliseconds();
     else if (unit === 'seconds') d.toSeconds();
-    else d.toHours();
+    else if (unit === 'hours') d.toHours();
+    else d.toDays();
   } catch {
-    const factory = { milliseconds: 'Duration.millis', seconds: 'Duration.seconds', hours: 'Duration.hours' }[
-      unit
-    ];
+    const factory = {
+      milliseconds: 'Duration.millis',
+      seconds: 'Duration.seconds',
+      hours: 'Duration.hours',
+      days: 'Duration.days',
+    }[unit];
     throw new Error(
       d.isUnresolved()
         ? `${prop} from a token must be given as ${factory}(...) (${why}), got ${describeDuration(d)}`
