@@ -25,10 +25,16 @@ import {
   type DynamoDBClient,
   TransactionCanceledException,
 } from '@aws-sdk/client-dynamodb';
-import { GetObjectCommand, NoSuchKey, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  ListObjectsV2Command,
+  NoSuchKey,
+  PutObjectCommand,
+  type S3Client,
+} from '@aws-sdk/client-s3';
 import {
   BatchGetCommand,
-  BatchWriteCommand,
   DeleteCommand,
   DynamoDBDocumentClient,
   GetCommand,
@@ -1330,9 +1336,15 @@ export class DynamoBackend implements StateStore, CheckpointStore {
 
   /**
    * Sets the checkpoint of a shard that has none in this generation (restoring a savepoint).
-   * An identical existing checkpoint is accepted (a rerun); a different one is an error.
+   * An identical existing checkpoint is accepted (a rerun); a different one is an error. With
+   * `restore`, the item is written in a transaction with a check of the job record's restore
+   * marker, as importOutputs does; returns false, having written no item, when it is not there
+   * (a large checkpoint's object, named by its content, may have been written).
    */
-  async importCheckpoint(checkpoint: ShardCheckpoint): Promise<void> {
+  async importCheckpoint(
+    checkpoint: ShardCheckpoint,
+    restore?: { readonly job: string; readonly marker: string },
+  ): Promise<boolean> {
     const text = serializeCheckpoint(checkpoint);
     const inline = Buffer.byteLength(text) <= CHECKPOINT_INLINE_LIMIT;
     const cpRef = inline
@@ -1343,21 +1355,44 @@ export class DynamoBackend implements StateStore, CheckpointStore {
           `${pad(checkpoint.commitNumber)}-restored-${createHash('sha256').update(text).digest('hex').slice(0, 16)}`,
           text,
         );
+    const put = {
+      TableName: this.options.controlTable,
+      Item: {
+        ...this.leaseKey(checkpoint.shardId),
+        leaseExpiresAt: 0, // free: the first worker takes the lease
+        commitNumber: checkpoint.commitNumber,
+        ...(inline ? { cp: text } : { cpRef }),
+      },
+      ConditionExpression: 'attribute_not_exists(pk)',
+    };
     try {
-      await this.ddb.send(
-        new PutCommand({
-          TableName: this.options.controlTable,
-          Item: {
-            ...this.leaseKey(checkpoint.shardId),
-            leaseExpiresAt: 0, // free: the first worker takes the lease
-            commitNumber: checkpoint.commitNumber,
-            ...(inline ? { cp: text } : { cpRef }),
-          },
-          ConditionExpression: 'attribute_not_exists(pk)',
-        }),
-      );
+      if (restore === undefined) await this.ddb.send(new PutCommand(put));
+      else {
+        await this.ddb.send(
+          new TransactWriteCommand({
+            TransactItems: [
+              {
+                ConditionCheck: {
+                  TableName: this.options.controlTable,
+                  Key: jobRecordKey(restore.job),
+                  ConditionExpression: 'restoring = :marker',
+                  ExpressionAttributeValues: { ':marker': restore.marker },
+                },
+              },
+              { Put: put },
+            ],
+          }),
+        );
+      }
     } catch (error) {
-      if (!isConditionFailure(error)) throw error;
+      const cancelled = restore === undefined ? undefined : cancellationOf(error, 2);
+      if (cancelled?.conditionFailed.has(0)) return false;
+      if (cancelled !== undefined && !cancelled.conditionFailed.has(1)) {
+        throw cancelled.transient ? transient('restoring a checkpoint', error) : error;
+      }
+      if (cancelled === undefined && !isConditionFailure(error)) {
+        throw isTransient(error) ? transient('restoring a checkpoint', error) : error;
+      }
       const existing = await this.readCheckpoint(checkpoint.shardId);
       if (existing === undefined || serializeCheckpoint(existing) !== text) {
         throw new StateFormatError(
@@ -1365,27 +1400,83 @@ export class DynamoBackend implements StateStore, CheckpointStore {
         );
       }
     }
+    return true;
   }
 
-  /** Deletes every item of this job generation (tests and `floe` cleanup). */
-  async dropScope(): Promise<void> {
-    const res = await this.ddb.send(
-      new QueryCommand({
-        TableName: this.options.controlTable,
-        KeyConditionExpression: 'pk = :pk',
-        ExpressionAttributeValues: { ':pk': this.scope },
-      }),
-    );
-    const keys = (res.Items ?? []).map((i) => ({ pk: i.pk, sk: i.sk }));
-    for (let i = 0; i < keys.length; i += 25) {
-      await this.ddb.send(
-        new BatchWriteCommand({
-          RequestItems: {
-            [this.options.controlTable]: keys.slice(i, i + 25).map((Key) => ({ DeleteRequest: { Key } })),
-          },
+  /**
+   * Deletes every item of this job generation (an abandoned restore's, which no worker runs):
+   * its state items (a Scan of the state table filtered by this scope's key prefix, as entries()
+   * reads it, tombstones included), its outbox items, the objects under its bucket prefix (large
+   * checkpoints and outboxes), then its lease items (checkpoints) last, so that a scope
+   * interrupted halfway still has checkpoints (isEmpty is false). One DeleteItem per item, 32 in
+   * flight. Returns the state items and checkpoints it deleted.
+   */
+  async dropScope(): Promise<{ stateEntries: number; checkpoints: number }> {
+    const prefix = `${this.scope}#`;
+    const deleteKeys = (table: string, keys: readonly Record<string, unknown>[]) =>
+      mapLimit(keys, 32, async (Key) => {
+        await this.ddb.send(new DeleteCommand({ TableName: table, Key }));
+      });
+    let stateEntries = 0;
+    let start: Record<string, unknown> | undefined;
+    do {
+      const page = await this.ddb.send(
+        new ScanCommand({
+          TableName: this.options.stateTable,
+          FilterExpression: 'begins_with(pk, :prefix)',
+          ExpressionAttributeValues: { ':prefix': prefix },
+          ProjectionExpression: 'pk, v',
+          ConsistentRead: true,
+          ...(start === undefined ? {} : { ExclusiveStartKey: start }),
         }),
       );
-    }
+      const items = page.Items ?? [];
+      stateEntries += items.filter((i) => i.v !== undefined).length;
+      await deleteKeys(
+        this.options.stateTable,
+        items.map((i) => ({ pk: i.pk })),
+      );
+      start = page.LastEvaluatedKey;
+    } while (start !== undefined);
+    const control: Array<{ pk: string; sk: string }> = [];
+    start = undefined;
+    do {
+      const page: { Items?: Record<string, unknown>[]; LastEvaluatedKey?: Record<string, unknown> } =
+        await this.ddb.send(
+          new QueryCommand({
+            TableName: this.options.controlTable,
+            KeyConditionExpression: 'pk = :pk',
+            ExpressionAttributeValues: { ':pk': this.scope },
+            ProjectionExpression: 'pk, sk',
+            ConsistentRead: true,
+            ...(start === undefined ? {} : { ExclusiveStartKey: start }),
+          }),
+        );
+      for (const i of page.Items ?? []) control.push({ pk: i.pk as string, sk: i.sk as string });
+      start = page.LastEvaluatedKey;
+    } while (start !== undefined);
+    const leases = control.filter((k) => k.sk.startsWith('shard#'));
+    await deleteKeys(
+      this.options.controlTable,
+      control.filter((k) => !k.sk.startsWith('shard#')),
+    );
+    let token: string | undefined;
+    do {
+      const listed = await this.s3.send(
+        new ListObjectsV2Command({
+          Bucket: this.options.bucket,
+          Prefix: this.prefix,
+          ...(token === undefined ? {} : { ContinuationToken: token }),
+        }),
+      );
+      await mapLimit(listed.Contents ?? [], 32, async (o) => {
+        if (o.Key !== undefined)
+          await this.s3.send(new DeleteObjectCommand({ Bucket: this.options.bucket, Key: o.Key }));
+      });
+      token = listed.IsTruncated ? listed.NextContinuationToken : undefined;
+    } while (token !== undefined);
+    await deleteKeys(this.options.controlTable, leases);
+    return { stateEntries, checkpoints: leases.length };
   }
 }
 

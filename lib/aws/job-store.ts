@@ -84,17 +84,28 @@ export class DynamoJobStore implements JobStore {
       );
       return true;
     } catch (error) {
-      if (
-        error instanceof ConditionalCheckFailedException ||
-        (error as { name?: string }).name === 'ConditionalCheckFailedException'
-      )
-        return false;
+      if (isConditionFailed(error)) return false;
       throw error;
     }
   }
 
-  async delete(job: string): Promise<void> {
-    await this.ddb.send(new DeleteCommand({ TableName: this.controlTable, Key: this.key(job) }));
+  async delete(job: string, expectedVersion: number): Promise<boolean> {
+    try {
+      await withBackoff('DeleteItem', () =>
+        this.ddb.send(
+          new DeleteCommand({
+            TableName: this.controlTable,
+            Key: this.key(job),
+            ConditionExpression: 'version = :v',
+            ExpressionAttributeValues: { ':v': expectedVersion },
+          }),
+        ),
+      );
+      return true;
+    } catch (error) {
+      if (isConditionFailed(error)) return false;
+      throw error;
+    }
   }
 
   /**
@@ -136,4 +147,11 @@ export class DynamoJobStore implements JobStore {
     } while (start !== undefined);
     return out;
   }
+}
+
+function isConditionFailed(error: unknown): boolean {
+  return (
+    error instanceof ConditionalCheckFailedException ||
+    (error as { name?: string }).name === 'ConditionalCheckFailedException'
+  );
 }

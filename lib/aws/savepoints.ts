@@ -48,7 +48,14 @@ export function dynamoStateScope(options: AwsSavepointOptions, job: string, gene
     countEntries: async () => undefined,
     // Fenced per item (never over an item a commit wrote), so the guard is not needed here.
     importEntries: (entries) => backend.importEntries(entries),
-    importCheckpoint: (checkpoint) => backend.importCheckpoint(checkpoint),
+    // Written with a check of the job record's restore marker, as the outbox items are.
+    async importCheckpoint(checkpoint, guard) {
+      const written = await backend.importCheckpoint(checkpoint, {
+        job: guard.job,
+        marker: restoreMarker(guard),
+      });
+      if (!written) throw supersededRestore(guard);
+    },
     // Each outbox item is written with a check of the job record's restore marker.
     async importOutputs(shardId, outputs, guard) {
       const written = await backend.importOutputs(shardId, outputs, {
@@ -59,6 +66,7 @@ export function dynamoStateScope(options: AwsSavepointOptions, job: string, gene
     },
     // Every commit writes a checkpoint with its state, so a scope without checkpoints is empty.
     isEmpty: async () => (await backend.listCheckpoints()).length === 0,
+    discard: () => backend.dropScope(),
   };
 }
 

@@ -16,6 +16,7 @@ Usage:
   floe savepoint create --job <id> [--stop] | list | inspect <id> | delete <id>
   floe replay --from-savepoint <id> [--as-job <new-id>] [--pipeline <pipeline.ts>]
   floe replay --from-timestamp <time> --pipeline <pipeline.ts> [--as-job <id>]
+  floe replay --abandon --job <id>           give up an unfinished restore
   floe simulate <pipeline.ts> --input <events.ndjson|-> [--output <file>] [--shards N] [--end-of-input]
   floe help
 

@@ -4,7 +4,12 @@ import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { asStateMigration, compile, type StateMigration } from '../core/index.ts';
-import { prepareTimestampReplay, readManifest, restoreSavepoint } from '../runtime/savepoints.ts';
+import {
+  abandonRestore,
+  prepareTimestampReplay,
+  readManifest,
+  restoreSavepoint,
+} from '../runtime/savepoints.ts';
 import {
   backendKind,
   formatCount,
@@ -25,6 +30,7 @@ import { checkBackendFlags, checkSinkBindings, runRun } from './run.ts';
 import {
   BACKEND_HELP,
   BACKEND_OPTIONS,
+  type BackendValues,
   describeManifest,
   faultHook,
   openSavepointBackend,
@@ -33,6 +39,7 @@ import {
 
 export const REPLAY_HELP = `floe replay --from-savepoint <id> [--as-job <new-id>] [--pipeline <module.ts>] [options]
 floe replay --from-timestamp <time> --pipeline <module.ts> [--as-job <id>] [options]
+floe replay --abandon --job <id> [backend options]
 
 --from-savepoint restores a savepoint and runs the job from it: each shard resumes right after
 its savepoint position, with its watermark and timers. Without --as-job the savepoint's job is
@@ -46,6 +53,11 @@ crash is safe: rerun the same command.
 --from-timestamp starts a job (new, or a new generation of --as-job) with empty state, reading
 every shard from the first record that arrived at or after <time> (ISO 8601 or epoch ms).
 
+--abandon gives up the unfinished restore into job <id> (the --as-job id of the replay, if it
+had one): the job goes back to the generation it ran before (a job the restore created is
+removed), what the restore wrote is deleted, and a restore process still running stops. A later
+replay restores into a fresh generation.
+
 Options:
   --as-job <id>                  restore into / start this job id (default: the savepoint's job)
   --pipeline <module.ts>         the pipeline to run (default: the module the savepoint's job ran)
@@ -53,7 +65,9 @@ Options:
   --allow-non-restored-state     drop the state of operators the pipeline no longer has
   --stream <name>                (--from-timestamp) the stream (default: the job's, else the pipeline name)
   --restore-only                 restore, but do not run; start it later with 'floe run'
-  --job <id>                     (aws) the job whose resources hold the savepoint (default names)
+  --job <id>                     (aws) the job whose resources hold the savepoint (default names);
+                                 with --abandon, the job whose restore to give up (required)
+  --abandon                      give up the unfinished restore into --job (see above)
 Run options (as for 'floe run'; checked before anything is restored): --until-idle, --batch-size <N>,
   --commit-interval <ms>, --lease-ttl <ms>, --max-cached-keys <N>, --progress <mode>,
   --sink <name=destination> (aws)
@@ -74,6 +88,7 @@ export async function runReplay(args: string[]): Promise<number> {
       'allow-non-restored-state': { type: 'boolean', default: false },
       stream: { type: 'string', short: 's' },
       'restore-only': { type: 'boolean', default: false },
+      abandon: { type: 'boolean', default: false },
       'until-idle': { type: 'boolean', default: false },
       'batch-size': { type: 'string' },
       'commit-interval': { type: 'string' },
@@ -93,6 +108,7 @@ export async function runReplay(args: string[]): Promise<number> {
       `replay takes no positional arguments (use --pipeline <module.ts>); received "${positionals[0]}"`,
     );
   }
+  if (values.abandon) return runAbandon(values);
   const fromSavepoint = values['from-savepoint'];
   const fromTimestamp = values['from-timestamp'];
   if ((fromSavepoint === undefined) === (fromTimestamp === undefined)) {
@@ -192,6 +208,41 @@ export async function runReplay(args: string[]): Promise<number> {
     return 0;
   }
   return runRun([module, '--job', job, '--stream', stream, ...runArgs, ...runOptions]);
+}
+
+/** The options `--abandon` takes: the job and the backend options. */
+const ABANDON_OPTIONS = new Set(['abandon', 'job', ...Object.keys(BACKEND_OPTIONS)]);
+
+/** `floe replay --abandon --job <id>`: gives up the job's unfinished restore (abandonRestore). */
+async function runAbandon(values: Record<string, unknown>): Promise<number> {
+  const other = Object.keys(values).find(
+    (flag) => !ABANDON_OPTIONS.has(flag) && values[flag] !== undefined && values[flag] !== false,
+  );
+  if (other !== undefined) {
+    throw new UsageError(
+      `--abandon takes only --job <id> and the backend options; received --${other}${other === 'as-job' ? ' (pass the --as-job id of the replay as --job)' : ''}`,
+    );
+  }
+  if (values.job === undefined) {
+    throw new UsageError(
+      'replay --abandon needs --job <id>: the job whose restore to give up (the --as-job id of the replay, if it had one)',
+    );
+  }
+  const job = jobIdFlag('--job', values.job as string);
+  const opened = await openSavepointBackend(values as BackendValues, job);
+  try {
+    const result = await abandonRestore(opened.backend, { job });
+    const deleted = `${formatCount(result.discarded.stateEntries)} state entries and ${formatCount(result.discarded.checkpoints)} shard checkpoint(s)`;
+    const what = `the restore of savepoint ${result.savepointId} into job ${job} (generation ${result.generation})`;
+    console.error(
+      result.record === undefined
+        ? `floe replay: abandoned ${what}${result.resumed ? ' (finishing an interrupted abandon)' : ''}: job ${job}, which the restore had created, is removed with what the restore wrote (${deleted}); the id can be used again`
+        : `floe replay: abandoned ${what}${result.resumed ? ' (finishing an interrupted abandon)' : ''}: deleted what it wrote (${deleted}); job ${job} is back on generation ${result.record.generation} (${result.record.state}), and a later replay restores into a new generation`,
+    );
+    return 0;
+  } finally {
+    await opened.close();
+  }
 }
 
 /** "120 state entries", or what was read and written when they differ (dropped or migrated). */

@@ -21,7 +21,7 @@ export class SqliteJobStore implements JobStore {
       get: db.prepare<[string], { body: string }>('SELECT body FROM floe_job WHERE job = ?'),
       insert: db.prepare('INSERT OR IGNORE INTO floe_job (job, version, body) VALUES (?, ?, ?)'),
       update: db.prepare('UPDATE floe_job SET version = ?, body = ? WHERE job = ? AND version = ?'),
-      delete: db.prepare('DELETE FROM floe_job WHERE job = ?'),
+      delete: db.prepare('DELETE FROM floe_job WHERE job = ? AND version = ?'),
       list: db.prepare<[], { body: string }>('SELECT body FROM floe_job ORDER BY job'),
     };
   }
@@ -45,8 +45,8 @@ export class SqliteJobStore implements JobStore {
     return result.changes === 1;
   }
 
-  async delete(job: string): Promise<void> {
-    this.sql.delete.run(job);
+  async delete(job: string, expectedVersion: number): Promise<boolean> {
+    return this.sql.delete.run(job, expectedVersion).changes === 1;
   }
 
   async list(): Promise<JobRecord[]> {

@@ -195,4 +195,90 @@ describe('floe savepoint and floe replay (embedded, as processes)', () => {
     expect(after.map((s) => s.id)).toEqual([stopId]);
     data.close();
   }, 120_000);
+
+  it('floe replay --abandon --job gives up a restore killed halfway, into the same job or a new one', async () => {
+    const data = await dataDir(TMP);
+    const D = ['--data-dir', data.dir];
+    await produce(data.log, CLICKS.slice(0, 600));
+    const ran = await floe([
+      'run',
+      V1,
+      '--job',
+      'ab',
+      '--stream',
+      STREAM,
+      ...D,
+      '--until-idle',
+      '--progress',
+      'none',
+    ]);
+    expect(ran.code, ran.stderr).toBe(0);
+
+    // Usage errors, before anything is opened.
+    for (const [args, said] of [
+      [[], /^floe: replay --abandon needs --job <id>/],
+      [
+        ['--job', 'ab', '--as-job', 'x'],
+        /^floe: --abandon takes only --job <id> and the backend options; received --as-job \(pass the --as-job id of the replay as --job\)$/,
+      ],
+      [
+        ['--job', 'ab', '--from-savepoint', 'ab-1'],
+        /^floe: --abandon takes only --job <id> and the backend options; received --from-savepoint$/,
+      ],
+      [['--job', 'ab', '--restore-only'], /received --restore-only$/],
+      [['--job', '@ab'], /^floe: --job: /],
+    ] as const) {
+      const refused = await floe(['replay', '--abandon', ...args, ...D]);
+      expect(refused.code, refused.stderr).toBe(2);
+      expect(refused.stderr.trim()).toMatch(said);
+    }
+    const unknown = await floe(['replay', '--abandon', '--job', 'nope', ...D]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr.trim()).toMatch(
+      /^floe: job nope has no job record, so there is no restore to abandon/,
+    );
+
+    const created = await floe(['savepoint', 'create', '--job', 'ab', ...D, '--chunk-entries', '2']);
+    expect(created.code, created.stderr).toBe(0);
+    const id = created.stdout.trim();
+    const status = async () => (await floe(['status', '--job', 'ab', ...D])).stdout;
+    const before = await status();
+    const crashRestore = async (...asJob: string[]) => {
+      const crashed = await floe(['replay', '--from-savepoint', id, ...asJob, ...D, '--restore-only'], {
+        FLOE_FAULT: 'restore:entries-written:0',
+      });
+      expect(crashed.signal).toBe('SIGKILL');
+    };
+
+    // Into the same job: back on generation 0, as floe status shows it.
+    await crashRestore();
+    const same = await floe(['replay', '--abandon', '--job', 'ab', ...D]);
+    expect(same.code, same.stderr).toBe(0);
+    expect(same.stderr.trim()).toMatch(
+      new RegExp(
+        `^floe replay: abandoned the restore of savepoint ${id} into job ab \\(generation 1\\): deleted what it wrote \\(\\d+ state entries and 0 shard checkpoint\\(s\\)\\); job ab is back on generation 0 \\(running\\), and a later replay restores into a new generation$`,
+      ),
+    );
+    expect(await status()).toBe(before);
+    const nothing = await floe(['replay', '--abandon', '--job', 'ab', ...D]);
+    expect(nothing.code).toBe(1);
+    expect(nothing.stderr.trim()).toBe(
+      'floe: job ab has no restore in progress: it runs generation 0 (running); there is nothing to abandon',
+    );
+
+    // Into a new job: removed; the savepoint can be deleted.
+    await crashRestore('--as-job', 'ab2');
+    const refused = await floe(['savepoint', 'delete', id, ...D]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/is being restored into job ab2/);
+    const copy = await floe(['replay', '--abandon', '--job', 'ab2', ...D]);
+    expect(copy.code, copy.stderr).toBe(0);
+    expect(copy.stderr).toMatch(
+      /abandoned the restore of savepoint .* into job ab2 \(generation 0\): job ab2, which the restore had created, is removed with what the restore wrote \(\d+ state entries and 0 shard checkpoint\(s\)\); the id can be used again/,
+    );
+    expect(await new SqliteJobStore(data.db).get('ab2')).toBeUndefined();
+    const deleted = await floe(['savepoint', 'delete', id, ...D]);
+    expect(deleted.code, deleted.stderr).toBe(0);
+    data.close();
+  }, 120_000);
 });

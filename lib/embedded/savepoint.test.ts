@@ -603,6 +603,7 @@ describe('savepoints on the embedded backend', () => {
     const jobs: typeof backend.jobs = {
       get: (job) => backend.jobs.get(job),
       restoresFrom: (id) => backend.jobs.restoresFrom(id),
+      delete: (job, expected) => backend.jobs.delete(job, expected),
       async put(record, expected) {
         const ok = await backend.jobs.put(record, expected);
         if (!ok || record.restoredFrom === undefined || lost) return ok;

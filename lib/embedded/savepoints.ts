@@ -55,10 +55,10 @@ export function sqliteStateScope(
     async importEntries(entries, guard) {
       backend.importEntries(entries, undefined, check(guard));
     },
-    async importCheckpoint(checkpoint: ShardCheckpoint) {
+    async importCheckpoint(checkpoint: ShardCheckpoint, guard) {
       const existing = await backend.readCheckpoint(checkpoint.shardId);
       if (existing === undefined) {
-        backend.importCheckpoint(checkpoint);
+        backend.importCheckpoint(checkpoint, check(guard));
         return;
       }
       if (serializeCheckpoint(existing) !== serializeCheckpoint(checkpoint)) {
@@ -72,6 +72,9 @@ export function sqliteStateScope(
     },
     async isEmpty() {
       return backend.countEntries() === 0 && (await backend.listCheckpoints()).length === 0;
+    },
+    async discard() {
+      return backend.dropScope();
     },
   };
 }

@@ -349,13 +349,15 @@ export class SqliteBackend implements StateStore, CheckpointStore {
 
   /**
    * Sets the checkpoint of a shard that has none yet (restoring a savepoint). Throws
-   * ConfigurationError if the shard already has a checkpoint in this generation.
+   * ConfigurationError if the shard already has a checkpoint in this generation. `guard` runs
+   * first in the transaction, as in importEntries.
    */
-  importCheckpoint(checkpoint: ShardCheckpoint): void {
+  importCheckpoint(checkpoint: ShardCheckpoint, guard?: () => void): void {
     this.assertOpen();
     const text = serializeCheckpoint(checkpoint);
     this.db
       .transaction(() => {
+        guard?.();
         if (this.sql.readCheckpoint.get(this.job, this.generation, checkpoint.shardId) !== undefined) {
           throw new ConfigurationError(
             `shard ${checkpoint.shardId} of job ${this.job} already has a checkpoint in generation ${this.generation}; restore into a new generation or job`,
@@ -391,6 +393,23 @@ export class SqliteBackend implements StateStore, CheckpointStore {
           if (present.has(o.id)) return;
           this.sql.appendOutbox.run(this.job, this.generation, shardId, o.id, o.sink, values[i]);
         });
+      })
+      .immediate();
+  }
+
+  /**
+   * Deletes this job generation's state, outbox, leases and checkpoints in one transaction (an
+   * abandoned restore's generation, which no worker runs). Returns what it deleted.
+   */
+  dropScope(): { stateEntries: number; checkpoints: number } {
+    this.assertOpen();
+    const scope = { job: this.job, generation: this.generation };
+    return this.db
+      .transaction(() => {
+        const stateEntries = this.sql.dropState.run(scope).changes;
+        this.sql.dropOutbox.run(scope);
+        this.sql.dropLeases.run(scope);
+        return { stateEntries, checkpoints: this.sql.dropCheckpoints.run(scope).changes };
       })
       .immediate();
   }
@@ -465,6 +484,12 @@ function prepareStatements(db: SqliteDatabase) {
     ),
     unpublished: db.prepare<[string, number, string], OutboxRow>(
       'SELECT output_id, sink, value FROM floe_outbox WHERE job = ? AND generation = ? AND shard_id = ? ORDER BY id',
+    ),
+    dropState: db.prepare<[{ job: string; generation: number }]>(`DELETE FROM floe_state WHERE ${scoped}`),
+    dropOutbox: db.prepare<[{ job: string; generation: number }]>(`DELETE FROM floe_outbox WHERE ${scoped}`),
+    dropLeases: db.prepare<[{ job: string; generation: number }]>(`DELETE FROM floe_lease WHERE ${scoped}`),
+    dropCheckpoints: db.prepare<[{ job: string; generation: number }]>(
+      `DELETE FROM floe_checkpoint WHERE ${scoped}`,
     ),
     markPublished: db.prepare<[{ job: string; generation: number; shard: string; ids: string }]>(
       `DELETE FROM floe_outbox WHERE ${scoped} AND shard_id = @shard AND output_id IN (SELECT value FROM json_each(@ids))`,

@@ -34,6 +34,17 @@ export interface RestoreInProgress {
   readonly startedAt: number;
 }
 
+/**
+ * A restore that `floe replay --abandon` gave up (abandonRestore): set when the abandon removes
+ * `restore`, cleared (or, for a job the restore created, the record deleted) once the abandoned
+ * generation's partial state is deleted. A rerun of the abandon finishes an interrupted one.
+ */
+export interface AbandonInProgress {
+  readonly savepointId: string;
+  readonly generation: number;
+  readonly startedAt: number;
+}
+
 export interface JobRecord {
   readonly job: string;
   /** The current state generation. */
@@ -49,6 +60,7 @@ export interface JobRecord {
   readonly startPosition?: StartPosition;
   readonly savepoint?: SavepointInProgress;
   readonly restore?: RestoreInProgress;
+  readonly abandoning?: AbandonInProgress;
   readonly stoppedBy?: { readonly savepointId: string; readonly at: number };
   readonly restoredFrom?: { readonly savepointId: string; readonly at: number };
   /** Incremented on every write (compare-and-set). */
@@ -64,7 +76,11 @@ export interface JobStore {
    * Returns false (and writes nothing) when another writer got there first.
    */
   put(record: JobRecord, expectedVersion: number | undefined): Promise<boolean>;
-  delete?(job: string): Promise<void>;
+  /**
+   * Deletes the record if the stored version is `expectedVersion`. Returns false (and deletes
+   * nothing) when another writer changed it, or it is gone.
+   */
+  delete(job: string, expectedVersion: number): Promise<boolean>;
   /**
    * The records with a restore in progress from savepoint `savepointId` (`restore.savepointId`),
    * whatever their job id: `floe savepoint delete` refuses to delete a savepoint such a restore
@@ -104,6 +120,17 @@ export async function updateJob(
   }
   throw new JobRecordConflictError(
     `the record of job ${job} kept changing while it was being updated; retry the command`,
+  );
+}
+
+/**
+ * What refuses to start anything on a job whose abandoned restore was not cleaned up yet
+ * (`floe replay --abandon` was interrupted): rerunning the abandon finishes it.
+ */
+export function unfinishedAbandon(record: Pick<JobRecord, 'job' | 'abandoning'>): ConfigurationError {
+  const a = record.abandoning;
+  return new ConfigurationError(
+    `job ${record.job}: the restore of savepoint ${a?.savepointId ?? '?'} into generation ${a?.generation ?? '?'} was abandoned, but the abandon stopped before it had deleted what the restore wrote; rerun 'floe replay --abandon --job ${record.job}' (with the same backend options) to finish it`,
   );
 }
 
@@ -220,8 +247,10 @@ export async function resolveJobForRun(
         );
       }
       if (current.state === 'restoring') {
+        if (current.restore === undefined && current.abandoning !== undefined)
+          throw unfinishedAbandon(current);
         throw new ConfigurationError(
-          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'} and the restore has not completed; rerun the 'floe replay' command that started it (it continues where it stopped)`,
+          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'} and the restore has not completed; rerun the 'floe replay' command that started it (it continues where it stopped), or give it up with 'floe replay --abandon --job ${options.job}'`,
         );
       }
       checkStateLayout(current, options.pipeline.name, options.operators);
@@ -289,8 +318,9 @@ export class MemoryJobStore implements JobStore {
     this.records.set(record.job, JSON.stringify(record));
     return true;
   }
-  async delete(job: string): Promise<void> {
-    this.records.delete(job);
+  async delete(job: string, expectedVersion: number): Promise<boolean> {
+    if ((await this.get(job))?.version !== expectedVersion) return false;
+    return this.records.delete(job);
   }
   async restoresFrom(savepointId: string): Promise<JobRecord[]> {
     return [...this.records.values()]

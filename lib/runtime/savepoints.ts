@@ -79,7 +79,13 @@ import {
   TerminalError,
   withInlineTimers,
 } from '../core/index.ts';
-import { type JobRecord, type JobStore, updateJob } from './job-control.ts';
+import {
+  type JobRecord,
+  JobRecordConflictError,
+  type JobStore,
+  unfinishedAbandon,
+  updateJob,
+} from './job-control.ts';
 
 // ---- ports --------------------------------------------------------------------------------------
 
@@ -102,7 +108,7 @@ export function namesRestore(record: JobRecord | undefined, guard: RestoreGuard)
 /** What a restore whose job record no longer names it throws, before it writes anything more. */
 export function supersededRestore(guard: RestoreGuard): ConfigurationError {
   return new ConfigurationError(
-    `the restore of savepoint ${guard.savepointId} into job ${guard.job} (generation ${guard.generation}) was completed or superseded by another replay while this one was writing; it stopped without writing more`,
+    `the restore of savepoint ${guard.savepointId} into job ${guard.job} (generation ${guard.generation}) was completed or superseded by another replay, or abandoned ('floe replay --abandon'), while this one was writing; it stopped without writing more`,
   );
 }
 
@@ -120,8 +126,12 @@ export interface StateScope {
    * entry a commit wrote (DynamoBackend's conditional writes).
    */
   importEntries(entries: ReadonlyArray<readonly [StateAddress, string]>, guard: RestoreGuard): Promise<void>;
-  /** Sets a shard's checkpoint; an identical existing one is fine, a different one is an error. */
-  importCheckpoint(checkpoint: ShardCheckpoint): Promise<void>;
+  /**
+   * Sets a shard's checkpoint; an identical existing one is fine, a different one is an error.
+   * Fenced by `guard`, checked in the write's transaction: a stalled restore must not write a
+   * checkpoint into a generation whose restore was abandoned (its job id may be reused).
+   */
+  importCheckpoint(checkpoint: ShardCheckpoint, guard: RestoreGuard): Promise<void>;
   /**
    * Puts outputs into a shard's outbox, as their commits (in the output ids) had left them, to
    * be published by the shard's next worker. Idempotent; for a generation no worker runs yet.
@@ -131,6 +141,18 @@ export interface StateScope {
   importOutputs(shardId: string, outputs: readonly Output[], guard: RestoreGuard): Promise<void>;
   /** True when the scope holds no state and no checkpoints. */
   isEmpty(): Promise<boolean>;
+  /**
+   * Deletes everything of this (job, generation): state entries, undelivered outputs, leases and
+   * checkpoints (last, so that a scope interrupted halfway does not look empty). For a generation
+   * no worker runs: an abandoned restore's (abandonRestore).
+   */
+  discard(): Promise<DiscardedScope>;
+}
+
+/** What StateScope.discard deleted. */
+export interface DiscardedScope {
+  readonly stateEntries: number;
+  readonly checkpoints: number;
 }
 
 /** What savepoints and replay need from a backend. */
@@ -273,6 +295,7 @@ export async function createSavepoint(
         stream: options.stream ?? job,
       };
       if (base.state === 'restoring') {
+        if (base.restore === undefined && base.abandoning !== undefined) throw unfinishedAbandon(base);
         throw new ConfigurationError(
           `job ${job} is being restored from savepoint ${base.restore?.savepointId ?? '?'}; finish the restore (rerun the 'floe replay' command) before taking a savepoint`,
         );
@@ -957,6 +980,7 @@ export async function restoreSavepoint(
         pipeline: options.pipeline ?? { name: options.plan.name, version: options.plan.version },
         operators: [...targetSchemas.values()],
       };
+      if (current?.abandoning !== undefined) throw unfinishedAbandon(current);
       if (current?.restore !== undefined && current.restore.savepointId === manifest.id) {
         // A rerun of a crashed restore. The record is written again, unchanged, so that the
         // store's own markers of the restore are there even if an older floe wrote it (on
@@ -983,7 +1007,7 @@ export async function restoreSavepoint(
       }
       if (current.state === 'restoring') {
         throw new ConfigurationError(
-          `job ${target} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; rerun that replay to complete it, or choose another --as-job id`,
+          `job ${target} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; rerun that replay to complete it (or give it up: 'floe replay --abandon --job ${target}'), or choose another --as-job id`,
         );
       }
       if (target !== manifest.job) {
@@ -1070,7 +1094,8 @@ export async function restoreSavepoint(
       `${outputs} output(s) job ${manifest.job} had committed but not delivered at the savepoint were not copied into job ${target}: they are ${manifest.job}'s; restore the savepoint into ${manifest.job} (without --as-job) to deliver them`,
     );
   }
-  for (const cp of restoredCheckpoints) await scope.importCheckpoint(cp);
+  await stillRestoring();
+  for (const cp of restoredCheckpoints) await scope.importCheckpoint(cp, guard);
   await options.onStep?.('checkpoints-written');
   await options.onStep?.('before-activate');
 
@@ -1214,6 +1239,108 @@ function incompatible(
   );
 }
 
+// ---- abandon a restore ----------------------------------------------------------------------------
+
+/** `floe replay --abandon` of a job without a record, or without a restore in progress. */
+export class NoRestoreToAbandonError extends TerminalError {
+  readonly code = 'NO_RESTORE_TO_ABANDON';
+}
+
+export interface AbandonResult {
+  readonly job: string;
+  readonly savepointId: string;
+  /** The abandoned generation, whose partial state was deleted. */
+  readonly generation: number;
+  /**
+   * The job record now: the one before the restore began (the generation it ran, its state),
+   * with `nextGeneration` past the abandoned one; undefined when the restore had created the
+   * job (a replay with --as-job, or of a job without a record), whose record was deleted.
+   */
+  readonly record: JobRecord | undefined;
+  readonly discarded: DiscardedScope;
+  /** True when this call finished an abandon that had been interrupted. */
+  readonly resumed: boolean;
+}
+
+/**
+ * Gives up a restore that did not complete (`floe replay --abandon`). First, with the same
+ * compare-and-set on the job record that the restore's switch uses, the record loses `restore`
+ * (and, in the same write, gets `abandoning`): from then on the restore's checks fail — before
+ * each batch, and in the write of each batch, outbox item and checkpoint (StateScope) — and its
+ * switch is refused, so a restore process still running stops without completing. A job the
+ * restore created (state `restoring`) keeps that state meanwhile, so nothing runs it. Then the
+ * abandoned generation's state, outputs and checkpoints are deleted, and finally the record
+ * loses `abandoning` (the record as it was before the restore began, except `nextGeneration`,
+ * which stays past the abandoned generation: a later replay restores into a fresh one) or, for
+ * a job the restore created, is deleted (conditionally on its version), so that the id can be
+ * used again. Interrupted, a rerun finishes it.
+ */
+export async function abandonRestore(
+  backend: Pick<SavepointBackend, 'jobs' | 'scope'>,
+  options: { readonly job: string; readonly now?: () => number },
+): Promise<AbandonResult> {
+  const now = options.now ?? Date.now;
+  const { job } = options;
+  let resumed = false;
+  const marked = await updateJob(
+    backend.jobs,
+    job,
+    (current) => {
+      if (current === undefined) {
+        throw new NoRestoreToAbandonError(
+          `job ${job} has no job record, so there is no restore to abandon (received --job ${job}); pass the job the replay restores into (its --as-job id, if it had one) and the backend options it used`,
+        );
+      }
+      resumed = current.abandoning !== undefined;
+      if (resumed) return undefined; // an interrupted abandon: finish it
+      if (current.restore === undefined) {
+        throw new NoRestoreToAbandonError(
+          `job ${job} has no restore in progress: it runs generation ${current.generation} (${current.state})${
+            current.restoredFrom === undefined
+              ? ''
+              : `, restored from savepoint ${current.restoredFrom.savepointId} at ${new Date(current.restoredFrom.at).toISOString()}`
+          }; there is nothing to abandon`,
+        );
+      }
+      const { version: _v, updatedAt: _u, restore, ...rest } = current;
+      return { ...rest, abandoning: { ...restore, startedAt: now() } };
+    },
+    now,
+  );
+  const abandoning = marked!.abandoning!;
+  const discarded = await backend.scope(job, abandoning.generation).discard();
+  let record: JobRecord | undefined;
+  for (let attempt = 0; ; attempt++) {
+    const current = await backend.jobs.get(job);
+    // Gone, or another rerun of the abandon finished first.
+    if (current?.abandoning?.generation !== abandoning.generation) {
+      record = current;
+      break;
+    }
+    if (current.state === 'restoring') {
+      if (await backend.jobs.delete(job, current.version)) break;
+    } else {
+      const { version, updatedAt: _u, abandoning: _a, ...rest } = current;
+      record = { ...rest, version: version + 1, updatedAt: now() };
+      if (await backend.jobs.put(record, version)) break;
+    }
+    if (attempt >= 20) {
+      throw new JobRecordConflictError(
+        `the record of job ${job} kept changing while the abandon was finishing; rerun 'floe replay --abandon --job ${job}'`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 5 + Math.random() * 20 * (attempt + 1)));
+  }
+  return {
+    job,
+    savepointId: abandoning.savepointId,
+    generation: abandoning.generation,
+    record,
+    discarded,
+    resumed,
+  };
+}
+
 // ---- replay from a timestamp ----------------------------------------------------------------------
 
 /**
@@ -1254,9 +1381,10 @@ export async function prepareTimestampReplay(
         }
         return { job: options.job, generation: 0, nextGeneration: 1, state: 'running', ...base };
       }
+      if (current.abandoning !== undefined) throw unfinishedAbandon(current);
       if (current.state === 'restoring') {
         throw new ConfigurationError(
-          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; complete that replay first`,
+          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; complete that replay first (or give it up: 'floe replay --abandon --job ${options.job}')`,
         );
       }
       if (current.stream !== options.stream) {
