@@ -8,7 +8,7 @@
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { UpdateItemCommand } from '@aws-sdk/client-dynamodb';
+import { QueryCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { marshall } from '@aws-sdk/util-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -24,6 +24,7 @@ import { awsSavepointBackend } from '../../lib/aws/savepoints.ts';
 import {
   compile,
   deserializeCheckpoint,
+  initialCheckpoint,
   type Output,
   type Pipeline,
   type SavepointManifest,
@@ -37,7 +38,12 @@ import {
 } from '../../lib/embedded/testing/savepoint-pipelines.ts';
 import type { JobRecord } from '../../lib/runtime/job-control.ts';
 import { runJob } from '../../lib/runtime/local-runner.ts';
-import { createSavepoint, listSavepoints, restoreSavepoint } from '../../lib/runtime/savepoints.ts';
+import {
+  abandonRestore,
+  createSavepoint,
+  listSavepoints,
+  restoreSavepoint,
+} from '../../lib/runtime/savepoints.ts';
 import {
   type AwsClients,
   awsClients,
@@ -421,4 +427,143 @@ describe('savepoints on AWS (emulators)', () => {
     expect((await jobs.restoresFrom('sp-rf')).map((r) => r.job).sort()).toEqual(['rf-a', 'rf-b']);
     expect(await jobs.restoresFrom('sp-none')).toEqual([]);
   });
+
+  it('floe replay --abandon (in process): a restore stalled into the same job or a new one, resumed after the abandon, writes nothing more; the records are as before', async () => {
+    await put(CLICKS.slice(0, 40)); // so that every shard has a checkpoint even when run alone
+    await run('ab', v1);
+    const manifest = await createSavepoint(backend(), { job: 'ab', chunkEntries: 3 });
+    expect(manifest.files.length).toBeGreaterThan(1);
+    const jobs = backend().jobs;
+    const comparable = (r: JobRecord | undefined) => {
+      const { version: _v, updatedAt: _u, nextGeneration: _n, ...rest } = r!;
+      return rest;
+    };
+    for (const [target, asJob, generation] of [
+      ['ab', undefined, 1],
+      ['ab2', 'ab2', 0],
+    ] as const) {
+      const before = await jobs.get(target);
+      let release!: () => void;
+      let reached!: () => void;
+      const paused = new Promise<void>((resolve) => {
+        reached = resolve;
+      });
+      const stalled = restoreSavepoint(backend(), {
+        savepointId: manifest.id,
+        plan: compile(v1),
+        ...(asJob === undefined ? {} : { asJob }),
+        onStep: async (step, index) => {
+          if (step !== 'entries-written' || index !== 0) return;
+          reached();
+          await new Promise<void>((resolve) => {
+            release = resolve;
+          });
+        },
+      });
+      await paused;
+      const scope = backend().scope(target, generation);
+      const entries = async () => {
+        let n = 0;
+        for await (const _ of scope.entries()) n++;
+        return n;
+      };
+      const partial = await entries();
+      expect(partial).toBeGreaterThan(0);
+      const result = await abandonRestore(backend(), { job: target });
+      expect(result).toMatchObject({
+        generation,
+        discarded: { stateEntries: partial, checkpoints: 0 },
+        record: asJob === undefined ? { generation: 0, nextGeneration: 2, state: 'running' } : undefined,
+      });
+      const abandoned = await jobs.get(target);
+      release();
+      await expect(stalled).rejects.toThrow(
+        `the restore of savepoint ${manifest.id} into job ${target} (generation ${generation}) was completed or superseded by another replay, or abandoned`,
+      );
+      expect(await jobs.get(target)).toEqual(abandoned);
+      if (asJob === undefined) expect(comparable(abandoned)).toEqual(comparable(before));
+      else expect(abandoned).toBeUndefined();
+      expect(await entries()).toBe(0);
+      expect(await scope.isEmpty()).toBe(true);
+      const control = await clients.dynamodb.send(
+        new QueryCommand({
+          TableName: controlTable,
+          KeyConditionExpression: 'pk = :pk',
+          ExpressionAttributeValues: marshall({ ':pk': `${target}#${generation}` }),
+        }),
+      );
+      expect(control.Items).toEqual([]);
+    }
+    // The savepoint is needed by no restore any more; a later replay takes a fresh generation.
+    expect(await jobs.restoresFrom(manifest.id)).toEqual([]);
+    const replayed = await restoreSavepoint(backend(), { savepointId: manifest.id, plan: compile(v1) });
+    expect(replayed.generation).toBe(2);
+  }, 60_000);
+
+  it("a restore's checkpoint write is checked against the job record's restore in its transaction: none lands after an abandon", async () => {
+    const jobs = new DynamoJobStore(clients.dynamodb, controlTable);
+    const before: JobRecord = {
+      job: 'ac',
+      generation: 0,
+      nextGeneration: 1,
+      state: 'running',
+      stream,
+      version: 1,
+      updatedAt: 1,
+    };
+    const restoring: JobRecord = {
+      ...before,
+      nextGeneration: 2,
+      restore: { savepointId: 'sp-ac', generation: 1, startedAt: 1 },
+      version: 2,
+    };
+    expect(await jobs.put(before, undefined)).toBe(true);
+    expect(await jobs.put(restoring, 1)).toBe(true);
+    const guard = { job: 'ac', savepointId: 'sp-ac', generation: 1 };
+    const scope = backend().scope('ac', 1);
+    await scope.importCheckpoint({ ...initialCheckpoint('shardId-000000000000'), commitNumber: 3 }, guard);
+    const result = await abandonRestore(backend(), { job: 'ac' });
+    expect(result.discarded).toEqual({ stateEntries: 0, checkpoints: 1 });
+    const { version: _v, updatedAt: _u, ...after } = (await jobs.get('ac'))!;
+    expect(after).toEqual({ ...before, nextGeneration: 2, version: undefined, updatedAt: undefined });
+    await expect(
+      scope.importCheckpoint({ ...initialCheckpoint('shardId-000000000001'), commitNumber: 3 }, guard),
+    ).rejects.toThrow(/was completed or superseded by another replay, or abandoned/);
+    expect(await scope.isEmpty()).toBe(true);
+  });
+
+  it('floe replay --abandon --job (CLI): gives up a restore killed halfway into a new job; the savepoint can then be deleted', async () => {
+    await put(CLICKS.slice(0, 40));
+    await run('ak', v1);
+    const manifest = await createSavepoint(backend(), { job: 'ak', chunkEntries: 3 });
+    const crashed = await floeWith(
+      { FLOE_FAULT: 'restore:entries-written:0' },
+      'replay',
+      '--from-savepoint',
+      manifest.id,
+      '--as-job',
+      'ak2',
+      '--pipeline',
+      join(import.meta.dirname, '../../lib/embedded/testing/clicks-v1.ts'),
+      '--restore-only',
+      ...aws,
+    ).catch((e: { signal?: string }) => e);
+    expect((crashed as { signal?: string }).signal, JSON.stringify(crashed)).toBe('SIGKILL');
+    expect(await backend().jobs.get('ak2')).toMatchObject({ state: 'restoring' });
+    const abandoned = await floe('replay', '--abandon', '--job', 'ak2', ...aws);
+    expect(abandoned.stderr.trim()).toMatch(
+      new RegExp(
+        `^floe replay: abandoned the restore of savepoint ${manifest.id} into job ak2 \\(generation 0\\): job ak2, which the restore had created, is removed with what the restore wrote \\([1-9]\\d* state entries and 0 shard checkpoint\\(s\\)\\); the id can be used again$`,
+      ),
+    );
+    expect(await backend().jobs.get('ak2')).toBeUndefined();
+    await floe('savepoint', 'delete', manifest.id, ...aws);
+    expect((await listSavepoints(backend().snapshots)).map((s) => s.id)).not.toContain(manifest.id);
+    const again = await floe('replay', '--abandon', '--job', 'ak', ...aws).catch(
+      (e: { stderr: string }) => e,
+    );
+    expect(again.stderr.trim()).toBe(
+      'floe: job ak has no restore in progress: it runs generation 0 (running); there is nothing to abandon',
+    );
+  }, 60_000);
 });

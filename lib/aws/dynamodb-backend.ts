@@ -1390,9 +1390,7 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       if (cancelled !== undefined && !cancelled.conditionFailed.has(1)) {
         throw cancelled.transient ? transient('restoring a checkpoint', error) : error;
       }
-      if (cancelled === undefined && !isConditionFailure(error)) {
-        throw isTransient(error) ? transient('restoring a checkpoint', error) : error;
-      }
+      if (cancelled === undefined && !isConditionFailure(error)) throw error;
       const existing = await this.readCheckpoint(checkpoint.shardId);
       if (existing === undefined || serializeCheckpoint(existing) !== text) {
         throw new StateFormatError(
