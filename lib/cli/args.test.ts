@@ -33,6 +33,34 @@ describe('numeric flags', () => {
     }
   });
 
+  it('takes decimal digits only: no exponent, hex, sign, spaces or fraction, nor past 2^53 - 1', () => {
+    expect(positiveInt('--shards', '010', 1, 1024)).toBe(10);
+    expect(positiveInt('--seed', String(Number.MAX_SAFE_INTEGER), 1)).toBe(Number.MAX_SAFE_INTEGER);
+    for (const [bad, meant] of [
+      ['1e1', 10],
+      ['0x2', 2],
+      ['+3', 3],
+      [' 2', 2],
+      ['2 ', 2],
+      ['1.0', 1],
+    ] as const) {
+      expect(() => positiveInt('--shards', bad, 1, 1024)).toThrow(
+        `--shards must be a whole number from 1 to 1024; received "${bad}" (write it in decimal digits: ${meant})`,
+      );
+      expect(() => nonNegativeInt('--commit-interval', bad, 0)).toThrow(UsageError);
+    }
+    expect(() => positiveInt('--events', '1e21', 1)).toThrow(
+      '--events must be a whole number >= 1; received "1e21"',
+    );
+    expect(() => positiveInt('--events', '9007199254740992', 1)).toThrow(
+      '--events must be a whole number from 1 to 9007199254740991; received "9007199254740992"',
+    );
+    expect(() => nonNegativeInt('--poison', '99999999999999999999', 0)).toThrow(
+      '--poison must be a whole number from 0 to 9007199254740991; received "99999999999999999999"',
+    );
+    expect(() => nonNegativeInt('--poison', '-0', 0)).toThrow('received "-0"');
+  });
+
   it('positiveInt rejects 0', () => {
     expect(positiveInt('--batch-size', '1', 9)).toBe(1);
     expect(() => positiveInt('--batch-size', '0', 9)).toThrow('--batch-size must be a whole number >= 1');

@@ -26,23 +26,37 @@ export const MAX_BATCH_SIZE = 10_000;
  */
 export const MAX_LEASE_TTL = 2_147_483_647;
 
-/** A whole number >= 1 (and <= `max` when given), or `fallback` when the flag is absent. */
-export function positiveInt(flag: string, value: string | undefined, fallback: number, max?: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isInteger(n) || n < 1 || (max !== undefined && n > max)) {
-    const range = max === undefined ? '>= 1' : `from 1 to ${max}`;
-    throw new UsageError(`${flag} must be a whole number ${range}; received "${value}"`);
-  }
-  return n;
+/**
+ * A whole-number flag's value, written in decimal digits: `Number()` also reads "1e1", "0x2",
+ * "+3", " 2" and "2.0" as whole numbers, which a user would not expect `--shards` to take.
+ * Above 2^53 - 1 whole numbers are no longer exact: those are refused too, saying so.
+ */
+function wholeNumber(flag: string, value: string, min: 0 | 1, max: number | undefined): number {
+  const n = /^[0-9]+$/.test(value) ? Number(value) : Number.NaN;
+  if (n >= min && n <= (max ?? Number.MAX_SAFE_INTEGER)) return n;
+  const range =
+    max !== undefined
+      ? `from ${min} to ${max}`
+      : n > Number.MAX_SAFE_INTEGER
+        ? `from ${min} to ${Number.MAX_SAFE_INTEGER}`
+        : `>= ${min}`;
+  // "1e1" or "0x2": say how to write the number it meant.
+  const meant = Number(value);
+  const hint =
+    Number.isNaN(n) && value.trim() !== '' && Number.isSafeInteger(meant) && meant >= min
+      ? ` (write it in decimal digits: ${meant})`
+      : '';
+  throw new UsageError(`${flag} must be a whole number ${range}; received "${value}"${hint}`);
 }
 
+/** A whole number >= 1 (and <= `max` when given), or `fallback` when the flag is absent. */
+export function positiveInt(flag: string, value: string | undefined, fallback: number, max?: number): number {
+  return value === undefined ? fallback : wholeNumber(flag, value, 1, max);
+}
+
+/** A whole number >= 0, or `fallback` when the flag is absent. */
 export function nonNegativeInt(flag: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isInteger(n) || n < 0)
-    throw new UsageError(`${flag} must be a whole number >= 0; received "${value}"`);
-  return n;
+  return value === undefined ? fallback : wholeNumber(flag, value, 0, undefined);
 }
 
 export function fraction(flag: string, value: string | undefined, fallback: number): number {
