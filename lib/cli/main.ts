@@ -35,8 +35,8 @@ the start are skipped):
   {"watermark": <ms>, "shard"?: ...}                 advance the watermark to at least <ms>
   {"processingTime": <ms>}                           advance processing time (timers, idleness)
   {"restart": true}                                  serialize all state, drop it, continue from it
-An invalid line stops the run (exit 1) after the lines before it have run and their outputs
-have been written.
+Times (<ms>) are whole epoch milliseconds. An invalid line stops the run (exit 1) after the
+lines before it have run and their outputs have been written.
 
 Options:
   --input, -i <file>   NDJSON input, or - for stdin (required)

@@ -81,20 +81,49 @@ describe('simulate script lines: one kind per line, known fields only', () => {
     expect(error('{"restart": false}')).toBe('line 7: "restart" must be true; received false');
     expect(error('{"restart":"true"}')).toBe('line 7: "restart" must be true; received "true"');
     expect(error('{"processingTime":"x"}')).toBe(
-      `line 7: "processingTime" must be epoch milliseconds within ±8640000000000000 (a Date's range); received "x"`,
+      `line 7: "processingTime" must be whole epoch milliseconds within ±8640000000000000 (a Date's range); received "x"`,
     );
     for (const arrival of ['"x"', '1e400', '-1e20']) {
       expect(error(`{"partitionKey":"a","data":1,"arrival":${arrival}}`)).toMatch(
-        /^line 7: "arrival" must be epoch milliseconds within ±8640000000000000 \(a Date's range\); received /,
+        /^line 7: "arrival" must be whole epoch milliseconds within ±8640000000000000 \(a Date's range\); received /,
       );
     }
-    expect(error('{"watermark":null}')).toMatch(/"watermark" must be epoch milliseconds .*received null/);
+    expect(error('{"watermark":null}')).toMatch(
+      /"watermark" must be whole epoch milliseconds .*received null/,
+    );
     expect(error('{"partitionKey":"","data":1}')).toMatch(
       /"partitionKey" string of 1 to 256 characters, as Kinesis; received ""/,
     );
     expect(error(`{"partitionKey":"${'k'.repeat(257)}","data":1}`)).toMatch(/of 1 to 256 characters/);
-    expect(error('{"processingTime":1e999}')).toMatch(/"processingTime" must be epoch milliseconds within/);
+    expect(error('{"processingTime":1e999}')).toMatch(
+      /"processingTime" must be whole epoch milliseconds within/,
+    );
     expect(error('{"shard":1}')).toMatch(/^line 7: a line is one of .*; received \{"shard":1\}$/);
+  });
+
+  it('takes whole milliseconds for times: a fraction or a time out of range names the line and the value', () => {
+    expect(error('{"watermark":1.5}')).toBe(
+      'line 7: "watermark" must be whole epoch milliseconds within ±8840000000000000 (the range of timers; --end-of-input advances every shard to +Infinity); received 1.5',
+    );
+    for (const watermark of ['1e400', '-1e400', '1e300', '8840000000000001']) {
+      expect(error(`{"watermark":${watermark}}`)).toMatch(
+        /^line 7: "watermark" must be whole epoch milliseconds/,
+      );
+    }
+    expect(error('{"processingTime":2.5}')).toMatch(
+      /^line 7: "processingTime" must be whole epoch milliseconds within .*; received 2\.5$/,
+    );
+    expect(error('{"partitionKey":"a","data":1,"arrival":0.5}')).toMatch(
+      /^line 7: "arrival" must be whole epoch milliseconds within .*; received 0\.5$/,
+    );
+    // The same number written otherwise in JSON is the same number.
+    expect(parseScriptLine('{"watermark":1e3}', 1)).toEqual({
+      kind: 'watermark',
+      watermark: 1000,
+      shard: undefined,
+    });
+    expect(parseScriptLine('{"watermark":-8840000000000000}', 1)).toMatchObject({ watermark: -8.84e15 });
+    expect(parseScriptLine('{"processingTime":5.0}', 1)).toEqual({ kind: 'processingTime', time: 5 });
   });
 
   it('accepts every form of the README', () => {

@@ -5,8 +5,8 @@
 import {
   ConfigurationError,
   describeValue,
-  isEventTime,
   MAX_EVENT_TIME,
+  MAX_TIMER_TIME,
   type Output,
   type Pipeline,
   shardName,
@@ -28,6 +28,15 @@ export type ScriptLine =
   | { kind: 'watermark'; watermark: number; shard: string | undefined }
   | { kind: 'processingTime'; time: number }
   | { kind: 'restart' };
+
+/**
+ * Times on script lines are whole milliseconds, as Flink's are longs: JSON's 1.5 or 1e400
+ * (Infinity) would otherwise give fractional or infinite watermarks, processing times and
+ * arrival times. (1e3 or 1000.0 are the number 1000 once parsed, so they are taken.)
+ */
+function isWholeTime(t: unknown, bound: number): t is number {
+  return typeof t === 'number' && Number.isInteger(t) && Math.abs(t) <= bound;
+}
 
 function shardId(value: unknown, line: number): string | undefined {
   if (value === undefined) return undefined;
@@ -121,17 +130,20 @@ export function parseScriptLine(text: string, line: number): ScriptLine | undefi
       }
       return { kind: 'restart' };
     case 'watermark':
-      if (typeof raw.watermark !== 'number') {
+      // Any timer's time (a window's cleanup lies up to two durations past its timestamps), so a
+      // watermark line can fire every timer of a shard; +Infinity is --end-of-input's.
+      if (!isWholeTime(raw.watermark, MAX_TIMER_TIME)) {
         throw new ConfigurationError(
-          `line ${line}: "watermark" must be epoch milliseconds (a number); received ${describeValue(raw.watermark)}`,
+          `line ${line}: "watermark" must be whole epoch milliseconds within ±${MAX_TIMER_TIME} (the range of timers; --end-of-input advances every shard to +Infinity); received ${describeValue(raw.watermark)}`,
         );
       }
       return { kind: 'watermark', watermark: raw.watermark, shard: shardId(raw.shard, line) };
     case 'processingTime':
-      // As "arrival": later records without one arrive at this time.
-      if (!isEventTime(raw.processingTime)) {
+      // As "arrival": later records without one arrive at this time (whole milliseconds, as
+      // Flink's processing time is a long).
+      if (!isWholeTime(raw.processingTime, MAX_EVENT_TIME)) {
         throw new ConfigurationError(
-          `line ${line}: "processingTime" must be epoch milliseconds within ±${MAX_EVENT_TIME} (a Date's range); received ${describeValue(raw.processingTime)}`,
+          `line ${line}: "processingTime" must be whole epoch milliseconds within ±${MAX_EVENT_TIME} (a Date's range); received ${describeValue(raw.processingTime)}`,
         );
       }
       return { kind: 'processingTime', time: raw.processingTime };
@@ -168,10 +180,11 @@ function parseRecord(raw: Record<string, unknown>, line: number): DriverRecord {
       `line ${line}: "raw" must be a string (the payload as is; use "data" for JSON); received ${describeValue(raw.raw)}`,
     );
   }
-  // Within a Date's range, as floe produce requires (1e400 reads as Infinity: arrivalTime null).
-  if (raw.arrival !== undefined && !isEventTime(raw.arrival)) {
+  // Whole milliseconds within a Date's range, as floe produce requires (1e400 reads as Infinity:
+  // arrivalTime null) and as Kinesis arrival timestamps are.
+  if (raw.arrival !== undefined && !isWholeTime(raw.arrival, MAX_EVENT_TIME)) {
     throw new ConfigurationError(
-      `line ${line}: "arrival" must be epoch milliseconds within ±${MAX_EVENT_TIME} (a Date's range); received ${describeValue(raw.arrival)}`,
+      `line ${line}: "arrival" must be whole epoch milliseconds within ±${MAX_EVENT_TIME} (a Date's range); received ${describeValue(raw.arrival)}`,
     );
   }
   // The payload travels as bytes, as on Kinesis, so the pipeline's deserializer runs for real.
