@@ -271,7 +271,7 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
       expectOneLineError(
         await floe('produce', '--stream', 's', '--file', file, '--data-dir', join(TMP, 'far-arrival')),
         1,
-        /^floe: line 2: "arrival" must be epoch milliseconds within ±8640000000000000 \(a Date's range\); received /,
+        /^floe: line 2: "arrival" must be whole epoch milliseconds within ±8640000000000000 \(a Date's range\); received /,
       );
     }
   });

@@ -402,7 +402,14 @@ describe.concurrent('commands that read a data directory do not create one', () 
     expectOneLineError(
       await floe('produce', '--stream', 's', '--file', iso, '--data-dir', dir),
       1,
-      /^floe: line 1: "arrival" must be epoch milliseconds within ±8640000000000000 \(a Date's range\); received "2026-01-01T00:00:00Z"$/,
+      /^floe: line 1: "arrival" must be whole epoch milliseconds within ±8640000000000000 \(a Date's range\); received "2026-01-01T00:00:00Z"$/,
+    );
+    const fractional = join(TMP, 'fractional-arrival.ndjson');
+    writeFileSync(fractional, `{"partitionKey": "a", "data": 1, "arrival": ${Date.now()}.5}\n`);
+    expectOneLineError(
+      await floe('produce', '--stream', 's', '--file', fractional, '--data-dir', dir),
+      1,
+      /^floe: line 1: "arrival" must be whole epoch milliseconds within .*; received \d+\.5$/,
     );
     const misspelt = join(TMP, 'misspelt-arrival.ndjson');
     writeFileSync(

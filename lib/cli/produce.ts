@@ -193,10 +193,11 @@ function checkRecordLine(obj: Record<string, unknown>, line: number): void {
       `line ${line}: unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((f) => `"${f}"`).join(', ')} (misspelt?); a record has only "partitionKey", "data" and "arrival", or pass --partition-key <field> for plain events`,
     );
   }
-  // Within a Date's range, as Kinesis arrival timestamps are (and so they can be printed).
-  if (obj.arrival !== undefined && !isEventTime(obj.arrival)) {
+  // Whole milliseconds within a Date's range, as Kinesis arrival timestamps are (and so they can
+  // be printed); the log would store 1.5 rounded, without a word.
+  if (obj.arrival !== undefined && !(isEventTime(obj.arrival) && Number.isInteger(obj.arrival))) {
     throw new ConfigurationError(
-      `line ${line}: "arrival" must be epoch milliseconds within ±${MAX_EVENT_TIME} (a Date's range); received ${describeValue(obj.arrival)}`,
+      `line ${line}: "arrival" must be whole epoch milliseconds within ±${MAX_EVENT_TIME} (a Date's range); received ${describeValue(obj.arrival)}`,
     );
   }
 }
