@@ -1,7 +1,7 @@
 /** The `floe` command. Errors are one line on stderr with a non-zero exit, never a stack trace. */
 import { parseArgs } from 'node:util';
 import { FloeError } from '../core/index.ts';
-import { simulate } from '../runtime/simulate.ts';
+import { simulate, simulateOutputLine } from '../runtime/simulate.ts';
 import { MAX_SHARDS, positiveInt, UsageError } from './args.ts';
 import { checkInputPath, checkOutputPath, inputLines, type OutputFile, openOutput } from './files.ts';
 import { loadPipeline } from './load-pipeline.ts';
@@ -83,7 +83,7 @@ async function runSimulate(args: string[]): Promise<number> {
     result = await simulate(pipeline, lines, {
       shards,
       endOfInput: values['end-of-input'],
-      onOutput: (o) => out.write(`${JSON.stringify({ sink: o.sink, value: o.value })}\n`),
+      onOutput: (o) => out.write(`${simulateOutputLine(o)}\n`),
     });
   } catch (error) {
     // The outputs of the lines before the error stay in the file, as they would on stdout.

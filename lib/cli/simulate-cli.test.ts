@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import pageViews from '../../examples/page-views.ts';
-import type { Output } from '../core/index.ts';
-import { parseScriptLine, simulate } from '../runtime/simulate.ts';
+import { type Output, pipeline } from '../core/index.ts';
+import { parseScriptLine, simulate, simulateOutputLine } from '../runtime/simulate.ts';
 import {
   type Exit,
   expectOneLineError as expectOneLine,
@@ -199,6 +199,23 @@ describe('simulate script lines: one kind per line, known fields only', () => {
     const fromBom = await floe('simulate', 'examples/page-views.ts', '-i', bom);
     expect(fromBom.stderr).toBe('');
     expect(fromBom.stdout).toBe((await floe('simulate', 'examples/page-views.ts', '-i', INPUT)).stdout);
+  });
+});
+
+describe('simulate output lines', () => {
+  it('always have "sink" and "value": an undefined element is written as null, as JSON has no undefined', async () => {
+    const p = pipeline('maybe');
+    p.source<{ x?: number }>()
+      .map((e) => e.x)
+      .sink('out');
+    const lines: string[] = [];
+    await simulate(p, ['{"partitionKey":"a","data":{"x":1}}', '{"partitionKey":"a","data":{}}'], {
+      onOutput: (o) => lines.push(simulateOutputLine(o)),
+    });
+    expect(lines).toEqual(['{"sink":"out","value":1}', '{"sink":"out","value":null}']);
+    expect(simulateOutputLine({ id: 'j/s/1/0', sink: 'out', value: { a: undefined, b: [undefined] } })).toBe(
+      '{"sink":"out","value":{"b":[null]}}',
+    );
   });
 });
 

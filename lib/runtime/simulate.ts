@@ -198,6 +198,16 @@ function parseRecord(raw: Record<string, unknown>, line: number): DriverRecord {
   };
 }
 
+/**
+ * The NDJSON line `floe simulate` writes for an output: `{"sink", "value"}`, both always there.
+ * JSON has no `undefined`: an element that is `undefined` (a map returning nothing) is written
+ * as `"value": null`, as the embedded sink's table stores it, rather than leaving the line
+ * without its "value" field.
+ */
+export function simulateOutputLine(output: Output): string {
+  return JSON.stringify({ sink: output.sink, value: output.value === undefined ? null : output.value });
+}
+
 /** The shard ids of a driver, for error messages (long lists are abbreviated). */
 function describeShards(shardIds: readonly string[]): string {
   if (shardIds.length === 1) return `with --shards 1 the only shard is ${shardIds[0]} (index 0)`;
