@@ -90,7 +90,7 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
     expectOneLineError(
       await floe('simulate', join(modules, 'no-default.ts'), '--input', input),
       1,
-      /must export a pipeline as its default export.*received undefined/,
+      /must export a pipeline as its default export.*received undefined\); the module exports a pipeline as "p": add `export default p;`$/,
     );
     expectOneLineError(
       await floe('run', join(modules, 'default-not-pipeline.ts'), '--data-dir', join(TMP, 'e2')),

@@ -30,8 +30,16 @@ export async function loadPipeline(modulePath: string | undefined): Promise<Pipe
     ? module.default
     : (module.default as { default?: unknown } | undefined)?.default;
   if (!isPipeline(exported)) {
+    // `export const p = pipeline(...)` without `export default p`: say which export to make the default.
+    const named = Object.entries(module)
+      .filter(([name, value]) => name !== 'default' && isPipeline(value))
+      .map(([name]) => name);
+    const hint =
+      named.length === 0
+        ? ''
+        : `; the module exports a pipeline as ${named.map((n) => `"${n}"`).join(', ')}: add \`export default ${named[0]};\``;
     throw new ConfigurationError(
-      `pipeline module ${modulePath} must export a pipeline as its default export (export default pipeline('name')...; received ${typeof module.default})`,
+      `pipeline module ${modulePath} must export a pipeline as its default export (export default pipeline('name')...; received ${typeof module.default})${hint}`,
     );
   }
   return exported;
