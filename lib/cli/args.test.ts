@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { formatTime, fraction, nonNegativeInt, positiveInt, throttled, UsageError } from './args.ts';
+import {
+  formatTime,
+  fraction,
+  nonNegativeInt,
+  parseFlags,
+  positiveInt,
+  throttled,
+  UsageError,
+} from './args.ts';
 
 describe('numeric flags', () => {
   it('nonNegativeInt takes 0 and whole numbers, with the flag and the value in the error', () => {
@@ -64,6 +72,48 @@ describe('numeric flags', () => {
   it('positiveInt rejects 0', () => {
     expect(positiveInt('--batch-size', '1', 9)).toBe(1);
     expect(() => positiveInt('--batch-size', '0', 9)).toThrow('--batch-size must be a whole number >= 1');
+  });
+});
+
+describe('parseFlags', () => {
+  const options = {
+    'until-idle': { type: 'boolean' },
+    'data-dir': { type: 'string' },
+    job: { type: 'string' },
+    stop: { type: 'boolean' },
+  } as const;
+  const error = (args: string[]): string => {
+    try {
+      parseFlags('run', { args, options, allowPositionals: true });
+    } catch (e) {
+      expect(e).toBeInstanceOf(UsageError);
+      return (e as Error).message;
+    }
+    throw new Error(`accepted: ${args.join(' ')}`);
+  };
+
+  it('parses as node parseArgs does', () => {
+    expect(
+      parseFlags('run', { args: ['p.ts', '--job', 'j', '--until-idle'], options, allowPositionals: true }),
+    ).toEqual({
+      values: { job: 'j', 'until-idle': true },
+      positionals: ['p.ts'],
+    });
+  });
+
+  it('names the command and the closest option of a misspelt one, instead of node advice to use --', () => {
+    expect(error(['--untl-idle'])).toBe(
+      "unknown option --untl-idle for 'floe run' (did you mean --until-idle?); see 'floe run --help'",
+    );
+    expect(error(['--data_dir', 'x'])).toMatch(/did you mean --data-dir\?/);
+    expect(error(['--jbo', 'x'])).toMatch(/did you mean --job\?/);
+    expect(error(['--stp'])).toMatch(/did you mean --stop\?/);
+    expect(error(['--zzz'])).toBe("unknown option --zzz for 'floe run'; see 'floe run --help'");
+    expect(error(['-x'])).toBe("unknown option -x for 'floe run'; see 'floe run --help'");
+  });
+
+  it('leaves other parse errors to the caller', () => {
+    expect(() => parseFlags('run', { args: ['--job'], options })).toThrow(/argument missing/);
   });
 });
 

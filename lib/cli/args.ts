@@ -1,4 +1,5 @@
 /** Shared argument helpers for the floe commands. */
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { ConfigurationError, checkSavepointId, isEventTime } from '../core/index.ts';
 import { isJobId, JOB_ID_RULE } from '../core/job-id.ts';
 import { isStreamName, STREAM_NAME_RULE } from '../core/stream-name.ts';
@@ -25,6 +26,52 @@ export const MAX_BATCH_SIZE = 10_000;
  * 1 ms (printing a TimeoutOverflowWarning), and a lease's expiry must stay a printable time.
  */
 export const MAX_LEASE_TTL = 2_147_483_647;
+
+/** Edit distance (insertions, deletions, substitutions, transpositions of neighbours). */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) =>
+    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
+  );
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const row = d[i]!;
+      const prev = d[i - 1]!;
+      row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        row[j] = Math.min(row[j]!, d[i - 2]![j - 2]! + 1);
+      }
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
+/**
+ * node's parseArgs for the command `command` ('run', 'savepoint create', ...), with an unknown
+ * option reported as a usage error that names the command and the closest option it has (a
+ * typo: `--untl-idle`, `--data_dir`), instead of node's advice to put it after `--`.
+ */
+export function parseFlags<T extends ParseArgsConfig>(
+  command: string,
+  config: T,
+): ReturnType<typeof parseArgs<T>> {
+  try {
+    return parseArgs(config);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const unknown = /^Unknown option '([^']+)'/.exec((error as Error).message)?.[1];
+    if (code !== 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || unknown === undefined) throw error;
+    const name = unknown.replace(/^-+/, '').replace(/_/g, '-');
+    const known = Object.keys(config.options ?? {});
+    const closest = known
+      .map((option) => ({ option, distance: editDistance(name, option) }))
+      .filter(({ option, distance }) => distance <= Math.max(1, Math.floor(option.length / 4)))
+      .sort((a, b) => a.distance - b.distance)[0]?.option;
+    const hint = closest === undefined ? '' : ` (did you mean --${closest}?)`;
+    throw new UsageError(
+      `unknown option ${unknown} for 'floe ${command}'${hint}; see 'floe ${command} --help'`,
+    );
+  }
+}
 
 /**
  * A whole-number flag's value, written in decimal digits: `Number()` also reads "1e1", "0x2",

@@ -173,9 +173,22 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
   });
 
   it('unknown flag', async () => {
-    expectOneLineError(await floe('run', 'examples/page-views.ts', '--bogus'), 2, /Unknown option '--bogus'/);
-    expectOneLineError(await floe('status', '--job', 'x', '--verbose'), 2, /Unknown option '--verbose'/);
-    expectOneLineError(await floe('produce', '-z'), 2, /Unknown option '-z'/);
+    expectOneLineError(
+      await floe('run', 'examples/page-views.ts', '--bogus'),
+      2,
+      /^floe: unknown option --bogus for 'floe run'; see 'floe run --help'$/,
+    );
+    expectOneLineError(
+      await floe('status', '--job', 'x', '--verbose'),
+      2,
+      /unknown option --verbose for 'floe status'/,
+    );
+    expectOneLineError(await floe('produce', '-z'), 2, /unknown option -z for 'floe produce'/);
+    expectOneLineError(
+      await floe('run', 'examples/page-views.ts', '--untl-idle'),
+      2,
+      /^floe: unknown option --untl-idle for 'floe run' \(did you mean --until-idle\?\); see 'floe run --help'$/,
+    );
   });
 
   it('a negative number after a flag: says how to pass it', async () => {

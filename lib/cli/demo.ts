@@ -7,13 +7,12 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { ConfigurationError, DEAD_LETTER_SINK, DEFAULT_LATE_SINK } from '../core/index.ts';
 import { databasePath } from '../embedded/job.ts';
 import { outputTableName } from '../embedded/sinks.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import { jobStatus } from '../embedded/status.ts';
-import { bar, formatCount, formatTime, positiveInt, UsageError } from './args.ts';
+import { bar, formatCount, formatTime, parseFlags, positiveInt, UsageError } from './args.ts';
 import { clickRecords, produceRecords } from './produce.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -121,7 +120,7 @@ function holdsOnlyDemoDatabase(dataDir: string, entries: readonly string[]): boo
 }
 
 export async function runDemo(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags('demo', {
     args,
     allowPositionals: true,
     options: {

@@ -1,8 +1,7 @@
 /** The `floe` command. Errors are one line on stderr with a non-zero exit, never a stack trace. */
-import { parseArgs } from 'node:util';
 import { FloeError } from '../core/index.ts';
 import { simulate, simulateOutputLine } from '../runtime/simulate.ts';
-import { MAX_SHARDS, positiveInt, UsageError } from './args.ts';
+import { MAX_SHARDS, parseFlags, positiveInt, UsageError } from './args.ts';
 import { checkInputPath, checkOutputPath, inputLines, type OutputFile, openOutput } from './files.ts';
 import { loadPipeline } from './load-pipeline.ts';
 
@@ -46,7 +45,7 @@ Options:
 Special sinks: floe.dead-letter (records that could not be processed), floe.late (late data).`;
 
 async function runSimulate(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags('simulate', {
     args,
     allowPositionals: true,
     options: {

@@ -1,7 +1,6 @@
 /** `floe produce`: append events to a stream of the embedded local log. */
 
 import { existsSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { ConfigurationError, describeValue, isEventTime, MAX_EVENT_TIME } from '../core/index.ts';
 import { DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
 import {
@@ -20,6 +19,7 @@ import {
   MAX_SHARDS,
   nonNegativeInt,
   oneOf,
+  parseFlags,
   positiveInt,
   streamFlag,
   UsageError,
@@ -270,7 +270,7 @@ async function* fileRecords(
 }
 
 export async function runProduce(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags('produce', {
     args,
     allowPositionals: true,
     options: {

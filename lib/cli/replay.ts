@@ -2,7 +2,6 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { parseArgs } from 'node:util';
 import { asStateMigration, compile, type StateMigration } from '../core/index.ts';
 import {
   abandonRestore,
@@ -19,6 +18,7 @@ import {
   MAX_LEASE_TTL,
   nonNegativeInt,
   oneOf,
+  parseFlags,
   positiveInt,
   savepointIdArg,
   streamFlag,
@@ -74,7 +74,7 @@ Run options (as for 'floe run'; checked before anything is restored): --until-id
 ${BACKEND_HELP}`;
 
 export async function runReplay(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags('replay', {
     args,
     allowPositionals: true,
     options: {

@@ -1,7 +1,6 @@
 /** `floe run`: runs a pipeline with the local runner (embedded backend by default). */
 
 import { resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { compile, type PipelinePlan } from '../core/index.ts';
 import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { openEmbeddedJobForRun } from '../embedded/run-job.ts';
@@ -19,6 +18,7 @@ import {
   MAX_LEASE_TTL,
   nonNegativeInt,
   oneOf,
+  parseFlags,
   positiveInt,
   retryNotice,
   streamFlag,
@@ -128,7 +128,7 @@ export function checkEmbeddedData(dataDir: string): void {
 }
 
 export async function runRun(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags('run', {
     args,
     allowPositionals: true,
     options: {

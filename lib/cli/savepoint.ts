@@ -1,6 +1,5 @@
 /** `floe savepoint create | list | inspect | delete`. */
 import { resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import {
   compile,
   deserializeCheckpoint,
@@ -25,6 +24,7 @@ import {
   MAX_LEASE_TTL,
   nonNegativeInt,
   oneOf,
+  parseFlags,
   positiveInt,
   savepointIdArg,
   streamFlag,
@@ -93,7 +93,7 @@ export async function runSavepoint(args: string[]): Promise<number> {
 }
 
 async function create(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags('savepoint create', {
     args,
     allowPositionals: true,
     options: {
@@ -173,7 +173,7 @@ async function create(args: string[]): Promise<number> {
 }
 
 async function list(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags('savepoint list', {
     args,
     allowPositionals: true,
     options: {
@@ -235,7 +235,7 @@ async function list(args: string[]): Promise<number> {
 }
 
 async function inspect(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags('savepoint inspect', {
     args,
     allowPositionals: true,
     options: {
@@ -298,7 +298,7 @@ async function inspect(args: string[]): Promise<number> {
 }
 
 async function remove(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags('savepoint delete', {
     args,
     allowPositionals: true,
     options: { ...BACKEND_OPTIONS, job: { type: 'string' }, help: { type: 'boolean', short: 'h' } },

@@ -1,4 +1,3 @@
-import { parseArgs } from 'node:util';
 import { ConfigurationError } from '../core/index.ts';
 import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { SqliteJobStore } from '../embedded/job-store.ts';
@@ -11,6 +10,7 @@ import {
   formatTime,
   jobIdFlag,
   nonNegativeInt,
+  parseFlags,
   streamFlag,
   UsageError,
 } from './args.ts';
@@ -35,7 +35,7 @@ AWS backend (endpoints from AWS_ENDPOINT_URL[_SERVICE], region and credentials a
                             StreamProcessor's generation prop); refused when the record names another`;
 
 export async function runStatus(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags('status', {
     args,
     allowPositionals: true,
     options: {
