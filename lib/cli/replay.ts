@@ -2,7 +2,13 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { asStateMigration, compile, type StateMigration } from '../core/index.ts';
+import {
+  asStateMigration,
+  compile,
+  isEventTime,
+  MAX_EVENT_TIME,
+  type StateMigration,
+} from '../core/index.ts';
 import {
   abandonRestore,
   prepareTimestampReplay,
@@ -51,7 +57,8 @@ are reported and nothing is restored. Everything is checked before anything is w
 crash is safe: rerun the same command.
 
 --from-timestamp starts a job (new, or a new generation of --as-job) with empty state, reading
-every shard from the first record that arrived at or after <time> (ISO 8601 or epoch ms).
+every shard from the first record that arrived at or after <time>: epoch ms, or ISO 8601 as
+2026-01-01 (UTC), 2026-01-01T10:00:00Z or 2026-01-01T12:00:00+02:00 (a time needs its offset).
 
 --abandon gives up the unfinished restore into job <id> (the --as-job id of the replay, if it
 had one): the job goes back to the generation it ran before (a job the restore created is
@@ -254,14 +261,47 @@ function describeWritten(written: number, read: number, migrated: boolean): stri
   return `${formatCount(written)} of ${formatCount(read)} saved state entries written (${formatCount(read - written)} dropped: their operators are not in the pipeline)`;
 }
 
-function parseTime(text: string): number {
-  const n = /^\d+$/.test(text) ? Number(text) : Date.parse(text);
-  if (!Number.isFinite(n)) {
+/**
+ * `--from-timestamp`: epoch milliseconds (digits) or an ISO 8601 date (UTC midnight) or date and
+ * time with its offset (`Z`, `+02:00`). Date.parse alone would take far more, silently: "-5" as
+ * May 2001, "1.5" as January 5th 2001, "2026-02-30" as March 2nd, and a time without an offset in
+ * the local time zone of whoever runs the replay.
+ */
+export function parseTime(text: string): number {
+  const fail = (why: string): never => {
     throw new UsageError(
-      `--from-timestamp must be ISO 8601 (2026-01-01T10:00:00Z) or epoch ms; received "${text}"`,
+      `--from-timestamp must be epoch milliseconds or an ISO 8601 date, or date and time with its offset (2026-01-01, 2026-01-01T10:00:00Z, 2026-01-01T12:00:00+02:00)${why}; received "${text}"`,
     );
+  };
+  let t: number;
+  if (/^\d+$/.test(text)) t = Number(text);
+  else {
+    const iso =
+      /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,3})?)?(Z|[+-]\d{2}:\d{2})?)?$/.exec(
+        text,
+      );
+    if (iso === null) return fail('');
+    const [, year, month, day, hour, minute, second, offset] = iso.map((part) => part ?? '');
+    if (hour !== '' && offset === '') {
+      fail(': a time needs its offset (Z for UTC), or it would be read in the local time zone');
+    }
+    // Date.parse rolls an impossible date over ("2026-02-30" is March 2nd): compare the fields.
+    const midnight = new Date(Date.UTC(Number(year), Number(month) - 1, Number(day)));
+    if (
+      midnight.getUTCMonth() !== Number(month) - 1 ||
+      midnight.getUTCDate() !== Number(day) ||
+      Number(hour) > 23 ||
+      Number(minute) > 59 ||
+      Number(second) > 59
+    ) {
+      fail(': there is no such date or time');
+    }
+    t = Date.parse(text);
+    if (Number.isNaN(t)) fail(': there is no such date or time'); // an offset of +25:00
   }
-  return n;
+  // Within a Date's range: Kinesis AT_TIMESTAMP takes a Date.
+  if (!isEventTime(t)) fail(`, within ±${MAX_EVENT_TIME} ms (a Date's range)`);
+  return t;
 }
 
 async function loadMigration(path: string): Promise<StateMigration> {
