@@ -12,7 +12,7 @@ import { MAX_SHARDS as LOG_MAX_SHARDS, MAX_READ_LIMIT } from '../embedded/local-
 import { openSqlite } from '../embedded/sqlite.ts';
 import { MAX_BATCH_SIZE, MAX_LEASE_TTL, MAX_SHARDS } from './args.ts';
 import { summarizeDemo } from './demo.ts';
-import { type Exit, expectOneLineError, killRunningCli, runCli } from './testing/run-cli.ts';
+import { type Exit, expectOneLineError, killRunningCli, ROOT, runCli } from './testing/run-cli.ts';
 
 const TMP = mkdtempSync(join(tmpdir(), 'floe-commands-test-'));
 afterAll(() => {
@@ -381,6 +381,33 @@ describe.concurrent('commands that read a data directory do not create one', () 
       /no embedded data at/,
     );
     expect(existsSync(dir)).toBe(false);
+  });
+
+  it('a --data-dir that is a file (floe.db itself) says so and names the directory to pass', async () => {
+    const dir = join(TMP, 'db-file');
+    mkdirSync(dir, { recursive: true });
+    const db = join(dir, 'floe.db');
+    writeFileSync(db, '');
+    const expected =
+      /^floe: --data-dir .*db-file\/floe\.db is a file, not a directory; pass the directory that holds floe\.db \(.*db-file\)$/;
+    expectOneLineError(await floe('status', '--job', 'page-views', '--data-dir', db), 1, expected);
+    expectOneLineError(await floe('run', 'examples/page-views.ts', '--data-dir', db), 1, expected);
+    expectOneLineError(
+      await floe(
+        'produce',
+        '--stream',
+        's',
+        '--file',
+        join(ROOT, 'examples/data/page-views.ndjson'),
+        '--partition-key',
+        'page',
+        '--data-dir',
+        db,
+      ),
+      1,
+      expected,
+    );
+    expectOneLineError(await floe('savepoint', 'list', '--data-dir', db), 1, expected);
   });
 
   it('floe produce --file checks every line before it creates the stream or appends anything', async () => {

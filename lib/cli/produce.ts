@@ -2,7 +2,7 @@
 
 import { existsSync } from 'node:fs';
 import { ConfigurationError, describeValue, isEventTime, MAX_EVENT_TIME } from '../core/index.ts';
-import { DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
+import { checkDataDirNotFile, DEFAULT_DATA_DIR, databasePath } from '../embedded/job.ts';
 import {
   type AppendRecord,
   DEFAULT_RETENTION_MS,
@@ -305,6 +305,7 @@ export async function runProduce(args: string[]): Promise<number> {
     throw new UsageError('produce needs exactly one of --file <events.ndjson|-> or --generate clickstream');
   }
   if (values.file !== undefined) checkInputPath(values.file, '--file');
+  checkDataDirNotFile(values['data-dir'] ?? DEFAULT_DATA_DIR);
   const options: ProduceOptions = {
     dataDir: values['data-dir'] ?? DEFAULT_DATA_DIR,
     stream: values.stream,

@@ -2,8 +2,8 @@
  * The embedded backend for one job: one SQLite file (`<dataDir>/floe.db`) holds the local log,
  * the job's state, checkpoints and outbox, and a table per job with its published outputs.
  */
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, statSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { ConfigurationError, type PipelinePlan, type StartPosition } from '../core/index.ts';
 import { checkJobId } from '../core/job-id.ts';
 import type { JobRuntime } from '../runtime/job.ts';
@@ -24,10 +24,22 @@ export function databasePath(dataDir: string): string {
  * The database of an embedded data directory, which must exist (only `floe produce` creates
  * one): else a ConfigurationError saying there is none and, in `remedy`, what to do.
  */
+/**
+ * Refuses a data directory that is a file, such as `--data-dir .floe/floe.db` (the database
+ * itself, where its directory is meant), saying which directory to pass.
+ */
+export function checkDataDirNotFile(dataDir: string): void {
+  if (!existsSync(dataDir) || statSync(dataDir).isDirectory()) return;
+  throw new ConfigurationError(
+    `--data-dir ${dataDir} is a file, not a directory; pass the directory that holds floe.db${basename(dataDir) === 'floe.db' ? ` (${dirname(dataDir)})` : ''}`,
+  );
+}
+
 export function existingDatabase(dataDir: string, remedy: string): string {
   const path = databasePath(dataDir);
-  if (!existsSync(path)) throw new ConfigurationError(`no embedded data at ${path}; ${remedy}`);
-  return path;
+  if (existsSync(path)) return path;
+  checkDataDirNotFile(dataDir);
+  throw new ConfigurationError(`no embedded data at ${path}; ${remedy}`);
 }
 
 export interface EmbeddedJob {
