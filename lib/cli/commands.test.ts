@@ -766,6 +766,30 @@ describe('floe replay', () => {
     expect(migrated.stderr).toContain(
       `into job pv-mig, generation 0: ${entries} state entries, 4 shard checkpoint(s)`,
     );
+
+    // A migration module that cannot load, or exports no migration: one line naming the module
+    // (was "unexpected error: mig boom", and esbuild's two-line message for a syntax error).
+    const throws = join(TMP, 'migration-throws.ts');
+    writeFileSync(throws, "throw new Error('mig boom');\n");
+    expectOneLineError(
+      await migrate(throws),
+      1,
+      /^floe: could not load --migration module .*migration-throws\.ts: mig boom$/,
+    );
+    const syntax = join(TMP, 'migration-syntax.ts');
+    writeFileSync(syntax, 'export default {\n');
+    expectOneLineError(
+      await migrate(syntax),
+      1,
+      /^floe: could not load --migration module .*migration-syntax\.ts: .*migration-syntax\.ts:\d+:\d+: ERROR: /,
+    );
+    const misspelt = join(TMP, 'migration-misspelt.ts');
+    writeFileSync(misspelt, 'export default { stat: (entry: unknown) => entry };\n');
+    expectOneLineError(
+      await migrate(misspelt),
+      1,
+      /^floe: --migration module .*migration-misspelt\.ts: a migration is a function .*; received an object with "stat" and no state or timer function$/,
+    );
   });
 });
 

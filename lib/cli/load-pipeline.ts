@@ -4,6 +4,25 @@ import { pathToFileURL } from 'node:url';
 import { ConfigurationError, isPipeline, type Pipeline } from '../core/index.ts';
 import { checkModulePath } from './files.ts';
 
+/**
+ * Imports a user's module (`what`: "pipeline module", "--migration module"); one that fails to
+ * load (a syntax error, an error thrown at import, a missing import) is a ConfigurationError of
+ * one line naming the module and the reason.
+ */
+export async function importModule(modulePath: string, what: string): Promise<Record<string, unknown>> {
+  try {
+    return (await import(pathToFileURL(resolve(modulePath)).href)) as Record<string, unknown>;
+  } catch (error) {
+    const lines = (error instanceof Error ? error.message : String(error))
+      .split('\n')
+      .map((line) => line.trim())
+      .filter((line) => line !== '');
+    // esbuild's "Transform failed with 1 error:" is followed by the location and the reason.
+    const message = /^Transform failed/.test(lines[0] ?? '') && lines[1] !== undefined ? lines[1] : lines[0];
+    throw new ConfigurationError(`could not load ${what} ${modulePath}: ${message}`);
+  }
+}
+
 export async function loadPipeline(modulePath: string | undefined): Promise<Pipeline> {
   if (modulePath === undefined || modulePath === '') {
     throw new ConfigurationError(
@@ -12,19 +31,7 @@ export async function loadPipeline(modulePath: string | undefined): Promise<Pipe
   }
   // A missing path or a directory is a usage error (exit 2), as a missing --input file is.
   checkModulePath(modulePath, 'pipeline module');
-  const absolute = resolve(modulePath);
-  let module: { default?: unknown };
-  try {
-    module = (await import(pathToFileURL(absolute).href)) as { default?: unknown };
-  } catch (error) {
-    const lines = (error instanceof Error ? error.message : String(error))
-      .split('\n')
-      .map((line) => line.trim())
-      .filter((line) => line !== '');
-    // esbuild's "Transform failed with 1 error:" is followed by the location and the reason.
-    const message = /^Transform failed/.test(lines[0] ?? '') && lines[1] !== undefined ? lines[1] : lines[0];
-    throw new ConfigurationError(`could not load pipeline module ${modulePath}: ${message}`);
-  }
+  const module = await importModule(modulePath, 'pipeline module');
   // A CommonJS module (outside an ESM package) arrives as { default: module.exports }.
   const exported = isPipeline(module.default)
     ? module.default

@@ -1,9 +1,9 @@
 /** `floe replay`: restore a savepoint (or start from a timestamp) into a new generation or job, then run it. */
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import {
   asStateMigration,
+  ConfigurationError,
   compile,
   isEventTime,
   MAX_EVENT_TIME,
@@ -31,7 +31,7 @@ import {
   UsageError,
 } from './args.ts';
 import { checkModulePath } from './files.ts';
-import { loadPipeline } from './load-pipeline.ts';
+import { importModule, loadPipeline } from './load-pipeline.ts';
 import { checkBackendFlags, checkSinkBindings, runRun } from './run.ts';
 import {
   BACKEND_HELP,
@@ -306,7 +306,10 @@ export function parseTime(text: string): number {
 
 async function loadMigration(path: string): Promise<StateMigration> {
   checkModulePath(path, '--migration module');
-  const absolute = resolve(path);
-  const loaded = (await import(pathToFileURL(absolute).href)) as { default?: unknown; migrate?: unknown };
-  return asStateMigration(loaded.default ?? loaded.migrate);
+  const loaded = await importModule(path, '--migration module');
+  try {
+    return asStateMigration(loaded.default ?? loaded.migrate);
+  } catch (error) {
+    throw new ConfigurationError(`--migration module ${path}: ${(error as Error).message}`);
+  }
 }

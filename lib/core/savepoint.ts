@@ -390,8 +390,14 @@ export function asStateMigration(value: unknown): StateMigration {
   ) {
     return value as StateMigration;
   }
+  // An object's functions do not show in describeValue's JSON ({"stat": fn} reads as {}): name its keys.
+  const keys = typeof value === 'object' && value !== null ? Object.keys(value) : [];
+  const received =
+    keys.length === 0
+      ? describeValue(value)
+      : `an object with ${keys.map((k) => `"${k}"`).join(', ')} and no state or timer function`;
   throw new StateFormatError(
-    `a migration is a function (entry) => entry, or an object with state(entry) and/or timer(timer) methods; received ${describeValue(value)}`,
+    `a migration is a function (entry) => entry, or an object with state(entry) and/or timer(timer) methods; received ${received}`,
   );
 }
 
