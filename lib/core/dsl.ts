@@ -329,8 +329,10 @@ export class DataStream<T> {
     return new DataStream<U>(this.pipeline, this.pipeline.add({ kind: 'map', input: this.node, fn }));
   }
 
-  filter(predicate: (value: T) => boolean): DataStream<T>;
+  // The type guard first: a guard is also a (value: T) => boolean, so the other overload would
+  // take it and lose the narrowing.
   filter<S extends T>(predicate: (value: T) => value is S): DataStream<S>;
+  filter(predicate: (value: T) => boolean): DataStream<T>;
   filter(predicate: (value: T) => boolean): DataStream<T> {
     requireFunction('filter', predicate);
     return new DataStream<T>(
