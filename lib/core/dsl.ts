@@ -386,10 +386,18 @@ export class DataStream<T> {
 }
 
 export class KeyedStream<T, K extends StateKey> {
+  /**
+   * @internal The key selector. Typed without its element type, which as a parameter type would
+   * make streams invariant (a stream of a subtype would not be a stream of its supertype).
+   */
+  readonly key: (value: never) => K;
+
   constructor(
     /** @internal */ readonly stream: DataStream<T>,
-    /** @internal */ readonly key: (value: T) => K,
-  ) {}
+    key: (value: T) => K,
+  ) {
+    this.key = key;
+  }
 
   window(assigner: WindowAssigner): WindowedStream<T, K> {
     if (
@@ -456,7 +464,7 @@ export class KeyedStream<T, K extends StateKey> {
     const node = pipeline.add({
       kind: 'keyed',
       input: this.stream.node,
-      keySelector: this.key as (value: unknown) => StateKey,
+      keySelector: this.key as unknown as (value: unknown) => StateKey,
       process,
       operatorKind,
       uid,
