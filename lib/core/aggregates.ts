@@ -5,12 +5,17 @@
  */
 import { describeValue, PipelineDefinitionError } from './errors.ts';
 
+/**
+ * The members are function-typed properties rather than methods so that their parameters are
+ * checked strictly: an aggregate of elements with more fields than the stream's does not
+ * type-check on that stream (method parameters would be compared bivariantly).
+ */
 export interface AggregateFunction<In, Acc, Out> {
-  create(): Acc;
-  add(value: In, accumulator: Acc): Acc;
+  create: () => Acc;
+  add: (value: In, accumulator: Acc) => Acc;
   /** Needed by merging (session) windows; must be associative. */
-  merge?(a: Acc, b: Acc): Acc;
-  result(accumulator: Acc): Out;
+  merge?: (a: Acc, b: Acc) => Acc;
+  result: (accumulator: Acc) => Out;
 }
 
 /** Turns a reduce function into an aggregate whose accumulator is the reduced element. */
