@@ -18,6 +18,7 @@ export {
   listState,
   type MapState,
   type MapStateLayout,
+  type MapStateOptions,
   mapState,
   type StateHandles,
   type StateKey,

@@ -58,11 +58,23 @@ function ttlOption(options: { ttl?: Millis } | undefined): Millis | undefined {
 export function valueState<T>(options?: { ttl?: Millis }): ValueStateDescriptor<T> {
   return { kind: 'value', ttl: ttlOption(options) };
 }
-export function mapState<K extends StateKey, V>(options?: {
-  ttl?: Millis;
-  /** @default 'per-key' */
-  layout?: MapStateLayout;
-}): MapStateDescriptor<K, V> {
+/**
+ * The options of mapState: a `ttl` only with the 'per-key' layout (a union, so that the compiler
+ * refuses `{ layout: 'by-map-key', ttl }`, which mapState refuses when the pipeline is built).
+ */
+export type MapStateOptions =
+  | {
+      ttl?: Millis;
+      /** @default 'per-key' */
+      layout?: 'per-key';
+    }
+  | {
+      /** Expiring entries need the 'per-key' layout. */
+      ttl?: undefined;
+      layout: 'by-map-key';
+    };
+
+export function mapState<K extends StateKey, V>(options?: MapStateOptions): MapStateDescriptor<K, V> {
   const layout = options?.layout ?? 'per-key';
   if (layout !== 'per-key' && layout !== 'by-map-key') {
     throw new PipelineDefinitionError(
