@@ -421,7 +421,7 @@ export class KeyedStream<T, K extends StateKey> {
 
   /** A keyed process function with state and timers (see KeyedProcessFunction). */
   process<Out, S extends StateSpec = StateSpec>(
-    fn: KeyedProcessFunction<T, Out, S>,
+    fn: KeyedProcessFunction<T, Out, S, K>,
     options: { uid?: string } = {},
   ): ProcessedStream<Out> {
     if (typeof fn !== 'object' || fn === null || typeof fn.processElement !== 'function') {

@@ -21,9 +21,9 @@ export interface TimerService {
   deleteProcessingTimeTimer(time: number, namespace?: TimerNamespace): void;
 }
 
-export interface ProcessContext<Out, S extends StateSpec = StateSpec> {
-  /** The key being processed. */
-  readonly key: StateKey;
+export interface ProcessContext<Out, S extends StateSpec = StateSpec, K extends StateKey = StateKey> {
+  /** The key being processed: what the stream's keyBy selector returned. */
+  readonly key: K;
   /** The element's timestamp, or the timer's time inside onTimer. */
   readonly timestamp: number;
   readonly currentWatermark: number;
@@ -39,11 +39,22 @@ export interface ProcessContext<Out, S extends StateSpec = StateSpec> {
   output(sideOutput: string, value: unknown): void;
 }
 
-export interface KeyedProcessFunction<In, Out, S extends StateSpec = StateSpec> {
+/**
+ * `processElement` and `onTimer` are function-typed properties rather than methods so that their
+ * parameters are checked strictly: a function written for elements with more fields than the
+ * stream's (or for another key type) does not type-check where it is used (method parameters
+ * would be compared bivariantly).
+ */
+export interface KeyedProcessFunction<
+  In,
+  Out,
+  S extends StateSpec = StateSpec,
+  K extends StateKey = StateKey,
+> {
   /** State declared up front, by name; names are the stored format (keep them stable). */
   readonly state?: S;
-  processElement(value: In, ctx: ProcessContext<Out, S>): void;
-  onTimer?(timer: Timer, ctx: ProcessContext<Out, S>): void;
+  processElement: (value: In, ctx: ProcessContext<Out, S, K>) => void;
+  onTimer?: (timer: Timer, ctx: ProcessContext<Out, S, K>) => void;
 }
 
 /**
@@ -60,12 +71,14 @@ export class TimerOutputError extends Error {
 }
 
 /**
- * Types a process function by its input and output while inferring its state:
- * `processFunction<Click, Alert>()({ state: { n: valueState<number>() }, processElement(...) {...} })`.
- * (TypeScript cannot infer the state type when the output type is given explicitly.)
+ * Types a process function by its input and output (and optionally its key) while inferring its
+ * state: `processFunction<Click, Alert>()({ state: { n: valueState<number>() }, processElement(...) {...} })`.
+ * (TypeScript cannot infer the state type when the output type is given explicitly.) With a key
+ * type, `processFunction<Click, Alert, string>()`, `ctx.key` is a string and the function can
+ * only be used on a stream keyed by strings.
  */
-export function processFunction<In, Out>(): <S extends StateSpec>(
-  fn: KeyedProcessFunction<In, Out, S>,
-) => KeyedProcessFunction<In, Out, S> {
+export function processFunction<In, Out, K extends StateKey = StateKey>(): <S extends StateSpec>(
+  fn: KeyedProcessFunction<In, Out, S, K>,
+) => KeyedProcessFunction<In, Out, S, K> {
   return (fn) => fn;
 }
