@@ -423,7 +423,7 @@ export class KeyedStream<T, K extends StateKey> {
   process<Out, S extends StateSpec = StateSpec>(
     fn: KeyedProcessFunction<T, Out, S, K>,
     options: { uid?: string } = {},
-  ): ProcessedStream<Out> {
+  ): ProcessedStream<Out, never> {
     if (typeof fn !== 'object' || fn === null || typeof fn.processElement !== 'function') {
       throw new PipelineDefinitionError(
         `process needs an object with a processElement(value, ctx) method; received ${describeValue(fn)}`,
@@ -444,7 +444,7 @@ export class KeyedStream<T, K extends StateKey> {
       }
       refuseAsync('process: onTimer', fn.onTimer);
     }
-    return this.addOperator(
+    return this.addOperator<Out, never>(
       'process',
       fn as unknown as KeyedProcessFunction<unknown, unknown, StateSpec>,
       options.uid === undefined ? undefined : requireUid(options.uid),
@@ -452,14 +452,14 @@ export class KeyedStream<T, K extends StateKey> {
   }
 
   /** @internal */
-  addOperator<Out>(
+  addOperator<Out, Late>(
     operatorKind: 'window' | 'process',
     process: KeyedProcessFunction<unknown, unknown, StateSpec>,
     uid: string | undefined,
     lateOutput?: string,
     windowKind?: WindowAssigner['kind'],
     windowSize?: number,
-  ): ProcessedStream<Out> {
+  ): ProcessedStream<Out, Late> {
     const pipeline = this.stream.pipeline;
     const node = pipeline.add({
       kind: 'keyed',
@@ -472,7 +472,7 @@ export class KeyedStream<T, K extends StateKey> {
       windowKind,
       windowSize,
     });
-    return new ProcessedStream<Out>(pipeline, node);
+    return new ProcessedStream<Out, Late>(pipeline, node);
   }
 }
 
@@ -532,15 +532,15 @@ export class WindowedStream<T, K extends StateKey> {
     return this;
   }
 
-  aggregate<Acc, R>(aggregate: AggregateFunction<T, Acc, R>): ProcessedStream<WindowResult<K, R>>;
+  aggregate<Acc, R>(aggregate: AggregateFunction<T, Acc, R>): ProcessedStream<WindowResult<K, R>, T>;
   aggregate<Acc, R, Out>(
     aggregate: AggregateFunction<T, Acc, R>,
     windowFunction: WindowFunction<K, R, Out>,
-  ): ProcessedStream<Out>;
+  ): ProcessedStream<Out, T>;
   aggregate<Acc, R, Out>(
     aggregate: AggregateFunction<T, Acc, R>,
     windowFunction?: WindowFunction<K, R, Out>,
-  ): ProcessedStream<Out> {
+  ): ProcessedStream<Out, T> {
     checkAggregate('aggregate', aggregate);
     if (windowFunction !== undefined) requireFunction('aggregate window function', windowFunction);
     if (this.assigner.kind === 'session' && typeof aggregate.merge !== 'function') {
@@ -559,7 +559,7 @@ export class WindowedStream<T, K extends StateKey> {
       this.assigner.kind === 'session'
         ? sessionWindowOperator(this.assigner, options)
         : alignedWindowOperator(this.assigner, options);
-    const stream = this.keyed.addOperator<Out>(
+    const stream = this.keyed.addOperator<Out, T>(
       'window',
       fn as unknown as KeyedProcessFunction<unknown, unknown, StateSpec>,
       this.uidValue,
@@ -571,18 +571,25 @@ export class WindowedStream<T, K extends StateKey> {
     return stream;
   }
 
-  reduce(reduce: (a: T, b: T) => T): ProcessedStream<WindowResult<K, T>>;
-  reduce<Out>(reduce: (a: T, b: T) => T, windowFunction: WindowFunction<K, T, Out>): ProcessedStream<Out>;
-  reduce<Out>(reduce: (a: T, b: T) => T, windowFunction?: WindowFunction<K, T, Out>): ProcessedStream<Out> {
+  reduce(reduce: (a: T, b: T) => T): ProcessedStream<WindowResult<K, T>, T>;
+  reduce<Out>(reduce: (a: T, b: T) => T, windowFunction: WindowFunction<K, T, Out>): ProcessedStream<Out, T>;
+  reduce<Out>(
+    reduce: (a: T, b: T) => T,
+    windowFunction?: WindowFunction<K, T, Out>,
+  ): ProcessedStream<Out, T> {
     requireFunction('reduce', reduce);
     return windowFunction === undefined
-      ? (this.aggregate(reducing(reduce)) as unknown as ProcessedStream<Out>)
+      ? (this.aggregate(reducing(reduce)) as unknown as ProcessedStream<Out, T>)
       : this.aggregate(reducing(reduce), windowFunction);
   }
 }
 
-/** The output of a keyed operator, with access to its side outputs. */
-export class ProcessedStream<T> extends DataStream<T> {
+/**
+ * The output of a keyed operator, with access to its side outputs. `Late` is the type of the
+ * elements `lateData()` returns: a window's input elements; `never` for a process function,
+ * which has no late data (calling `lateData()` on it does not type-check).
+ */
+export class ProcessedStream<T, Late = unknown> extends DataStream<T> {
   /** @internal */ lateOutputName: string | undefined;
 
   /** The elements sent to `ctx.output(name, ...)`; unconsumed side outputs go to a sink of that name. */
@@ -592,11 +599,11 @@ export class ProcessedStream<T> extends DataStream<T> {
   }
 
   /** Elements no window accepted because they were later than the allowed lateness. */
-  lateData(): DataStream<unknown> {
+  lateData(this: ProcessedStream<T, Late> & LateDataOfWindows<Late>): DataStream<Late> {
     if (this.lateOutputName === undefined) {
       throw new PipelineDefinitionError('lateData() is only available on the result of a window aggregation');
     }
-    return this.consume(this.lateOutputName);
+    return this.consume<Late>(this.lateOutputName);
   }
 
   private consume<U>(name: string): DataStream<U> {
@@ -612,3 +619,11 @@ export class ProcessedStream<T> extends DataStream<T> {
     return this;
   }
 }
+
+/**
+ * Where a stream has no late data (a process function's output, `Late` = never), `lateData()`'s
+ * `this` must also be this message, which no stream is, so the call is a type error naming it.
+ */
+type LateDataOfWindows<Late> = [Late] extends [never]
+  ? 'lateData() is only available on the result of a window aggregation'
+  : unknown;

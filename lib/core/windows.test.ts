@@ -379,6 +379,7 @@ describe('windowing DSL validation', () => {
 
   it('lateData() is only available on a window result', () => {
     const processed = keyed().process({ processElement: () => {} });
+    // @ts-expect-error a process function has no late data (the compiler says so too)
     expect(definitionError(() => processed.lateData()).message).toContain(
       'lateData() is only available on the result of a window aggregation',
     );
