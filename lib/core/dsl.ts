@@ -5,7 +5,7 @@
 import { type AggregateFunction, reducing } from './aggregates.ts';
 import { describeValue, PipelineDefinitionError, SYNCHRONOUS_FUNCTIONS } from './errors.ts';
 import type { SourceRecord } from './ports.ts';
-import type { KeyedProcessFunction } from './processor.ts';
+import type { KeyedProcessFunction, OutputTag } from './processor.ts';
 import { listState, mapState, type StateKey, type StateSpec, valueState } from './state.ts';
 import { checkDuration, type Millis } from './time.ts';
 import type { WatermarkStrategy } from './watermarks.ts';
@@ -211,6 +211,15 @@ function requireSinkName(call: string, name: unknown): string {
   const problem = reservedSinkName(call, checked) ?? unbindableSinkName(call, checked);
   if (problem !== undefined) throw new PipelineDefinitionError(problem);
   return checked;
+}
+
+/**
+ * A typed side-output name for `ctx.output(tag, value)` and `sideOutput(tag)`: the compiler then
+ * checks that what a process function sends to it and what reads it agree. The name is checked as
+ * `sideOutput(name)` checks it (not "floe.…", addressable by a sink binding).
+ */
+export function outputTag<V>(name: string): OutputTag<V> {
+  return requireSinkName('outputTag', name);
 }
 
 const AGGREGATE_MEMBERS = [
@@ -592,8 +601,12 @@ export class WindowedStream<T, K extends StateKey> {
 export class ProcessedStream<T, Late = unknown> extends DataStream<T> {
   /** @internal */ lateOutputName: string | undefined;
 
-  /** The elements sent to `ctx.output(name, ...)`; unconsumed side outputs go to a sink of that name. */
-  sideOutput<U = unknown>(name: string): DataStream<U> {
+  /**
+   * The elements sent to `ctx.output(name, ...)`; unconsumed side outputs go to a sink of that name.
+   * With a tag from `outputTag<U>(name)` the stream's elements are U; with a plain name, `unknown`
+   * unless given (`sideOutput<U>(name)`, unchecked).
+   */
+  sideOutput<U = unknown>(name: OutputTag<U>): DataStream<U> {
     // "floe." names are floe's own: a window's late data (default "floe.late") is lateData().
     return this.consume<U>(requireSinkName('sideOutput', name));
   }

@@ -6,6 +6,15 @@
 import type { TimeDomain, TimerNamespace } from './checkpoint.ts';
 import type { StateHandles, StateKey, StateSpec } from './state.ts';
 
+declare const outputType: unique symbol;
+
+/**
+ * A side output's name, typed by its elements (Flink's OutputTag): made by `outputTag<V>(name)`,
+ * it makes `ctx.output(tag, value)` take only a V and `sideOutput(tag)` a `DataStream<V>`. At run
+ * time it is the name itself, so a plain string is a tag of unknown elements.
+ */
+export type OutputTag<V> = string & { readonly [outputType]?: V };
+
 export interface Timer {
   readonly time: number;
   readonly domain: TimeDomain;
@@ -35,8 +44,11 @@ export interface ProcessContext<Out, S extends StateSpec = StateSpec, K extends 
    * stateless steps and sinks can follow a keyed operator (no repartitioning).
    */
   emit(value: Out, timestamp?: number): void;
-  /** Emits to a named side output (a sink of that name unless the side output is consumed). */
-  output(sideOutput: string, value: unknown): void;
+  /**
+   * Emits to a named side output (a sink of that name unless the side output is consumed). With
+   * a tag made by `outputTag<V>(name)` the value must be a V; with a plain name, any value.
+   */
+  output<V = unknown>(sideOutput: OutputTag<V>, value: NoInfer<V>): void;
 }
 
 /**
