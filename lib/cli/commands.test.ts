@@ -42,7 +42,9 @@ async function produced(name: string, events = 300): Promise<string> {
   return dir;
 }
 
-describe.concurrent('usage errors exit 2', () => {
+// Up to five of these run at once, each spawning several CLI processes one after another: on a
+// loaded 2-core machine one test took over the default 60 s. The timeout only guards a hang.
+describe.concurrent('usage errors exit 2', { timeout: 180_000 }, () => {
   it('floe without a command prints the usage on stderr and exits 2', async () => {
     const result = await floe();
     expect(result.code).toBe(2);
