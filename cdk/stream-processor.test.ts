@@ -392,6 +392,7 @@ describe('StreamProcessor grants (least privilege)', () => {
 
   it('gives the coordinator listing, checkpoint reads and invoking the worker only', () => {
     expect(actionsOf(coordinator)).toEqual([
+      'dynamodb:BatchGetItem',
       'dynamodb:GetItem',
       'dynamodb:Query',
       'kinesis:ListShards',
@@ -407,6 +408,16 @@ describe('StreamProcessor grants (least privilege)', () => {
         Resource: { 'Fn::GetAtt': [expect.stringMatching(/^PageViewsWorker/), 'Arn'] },
       }),
     );
+  });
+
+  it("lets the coordinator read timer-log chunks in the state table (a trimmed parent's, which its children inherit)", () => {
+    // coordinateRound -> shardsAndCheckpoints -> withInlineTimers -> DynamoBackend.getMany: a
+    // BatchGetItem on the state table, and nothing else there.
+    const by = (resourceLike: RegExp): string[] =>
+      actionsOf(coordinator.filter((s) => resourceLike.test(JSON.stringify(s.Resource))));
+    expect(by(/PageViewsStateTable/)).toEqual(['dynamodb:BatchGetItem']);
+    expect(by(/PageViewsControlTable/)).toEqual(['dynamodb:GetItem', 'dynamodb:Query']);
+    expect(by(/PageViewsStream/)).toEqual(['kinesis:ListShards']);
   });
 
   it('gives the savepoint function exactly the calls of a savepoint: job record, leases, checkpoints, state, savepoint files', () => {

@@ -582,6 +582,10 @@ export class StreamProcessor extends Construct {
 
     streamRead(this.coordinator, ['kinesis:ListShards']);
     this.controlTable.grant(this.coordinator, 'dynamodb:GetItem', 'dynamodb:Query');
+    // The timer-log chunks of a parent shard trimmed from the stream before it finished, which
+    // its children inherit (lib/runtime/coordinator.ts shardsAndCheckpoints, withInlineTimers):
+    // state items, read with BatchGetItem.
+    this.stateTable.grant(this.coordinator, 'dynamodb:BatchGetItem');
     allowObjects(this.coordinator, this.bucket, [jobPrefix], ['s3:GetObject']);
     this.coordinator.addToRolePolicy(
       new iam.PolicyStatement({ actions: ['s3:ListBucket'], resources: [this.bucket.bucketArn] }),
