@@ -12,6 +12,7 @@ import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kinesis from 'aws-cdk-lib/aws-kinesis';
+import * as kms from 'aws-cdk-lib/aws-kms';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import type { IConstruct } from 'constructs';
@@ -639,6 +640,25 @@ describe('StreamProcessor options', () => {
         ]),
       },
     });
+  });
+
+  it("grants decrypt on an existing stream's key to the functions that read records, not to the coordinator", () => {
+    const app = testApp();
+    const stack = new Stack(app, 'KeyStream', { env: { account: '111111111111', region: 'eu-west-1' } });
+    const key = new kms.Key(stack, 'StreamKey');
+    const stream = kinesis.Stream.fromStreamAttributes(stack, 'S', {
+      streamArn: 'arn:aws:kinesis:eu-west-1:111111111111:stream/clicks',
+      encryptionKey: key,
+    });
+    new StreamProcessor(stack, 'Job', { pipeline: 'examples/page-views.ts', stream });
+    const t = Template.fromStack(stack);
+    const keyActions = (role: string): string[] =>
+      actionsOf(policyStatements(t, role).filter((s) => /StreamKey/.test(JSON.stringify(s.Resource))));
+    // GetRecords returns records the stream encrypted with the key.
+    expect(keyActions('JobWorkerRole')).toEqual(['kms:Decrypt']);
+    expect(keyActions('JobSavepointRole')).toEqual(['kms:Decrypt']);
+    // ListShards returns shard metadata only.
+    expect(keyActions('JobCoordinatorRole')).toEqual([]);
   });
 
   it("reads a stream of another account by its ARN (a name would be looked up in the processor's account)", () => {

@@ -580,7 +580,8 @@ export class StreamProcessor extends Construct {
     );
     for (const b of bound) b.config.grant(this.worker);
 
-    streamRead(this.coordinator, ['kinesis:ListShards']);
+    // The coordinator lists shards and reads no record: no decrypt on the stream's key.
+    this.stream.grant(this.coordinator, 'kinesis:ListShards');
     this.controlTable.grant(this.coordinator, 'dynamodb:GetItem', 'dynamodb:Query');
     // The timer-log chunks of a parent shard trimmed from the stream before it finished, which
     // its children inherit (lib/runtime/coordinator.ts shardsAndCheckpoints, withInlineTimers):
