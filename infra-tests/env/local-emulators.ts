@@ -381,6 +381,37 @@ async function startMoto(
   );
 }
 
+/**
+ * A moto_server of a test's own, through `wrapper` (a Python script that patches moto, then runs
+ * ./moto-server.py), on a free loopback port: for a test that changes the server's global
+ * settings (e.g. IAM enforcement, `POST /moto-api/reset-auth`), which the shared server must not
+ * see. The moto_server is found as for the shared one ($FLOE_MOTO_SERVER, PATH, `<repo>/.venv`),
+ * without installing one; its Python must import moto. Stop it with `stop()`.
+ */
+export async function startOwnMotoServer(
+  repoRoot: string,
+  wrapper: string,
+): Promise<{ url: string; stop(): Promise<void> }> {
+  const venvMoto = path.join(repoRoot, '.venv', 'bin', 'moto_server');
+  const candidates = [process.env.FLOE_MOTO_SERVER, findExecutable('moto_server'), venvMoto].filter(
+    (c, i, all): c is string => c !== undefined && existsSync(c) && all.indexOf(c) === i,
+  );
+  const failures: string[] = [];
+  for (const command of candidates) {
+    const python = pythonOf(command);
+    if (python === undefined) continue;
+    try {
+      const { url, proc } = await startMotoAt(python, [wrapper]);
+      return { url, stop: () => proc.stop() };
+    } catch (err) {
+      failures.push(`${python} ${wrapper}: ${(err as Error).message}`);
+    }
+  }
+  throw new LocalEmulatorsUnavailable(
+    `no moto_server whose Python runs ${wrapper} (${MOTO_PIP_SPEC}); tried: ${failures.join('; ') || 'none found'}`,
+  );
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /** Starts moto_server and kinesis-local in parallel; resolves when both answer. */
