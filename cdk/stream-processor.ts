@@ -86,7 +86,9 @@ export interface StreamProcessorProps {
    * key (see docs/dsl.md, keys and shards). It must be in the processor's region; a stream of
    * another account is read by its ARN, which needs a resource policy on the stream granting
    * the functions' roles read access (and the Lag alarm needs CloudWatch cross-account
-   * observability to see that account's metric).
+   * observability to see that account's metric). A stream encrypted with a customer managed key
+   * is imported with its key (`Stream.fromStreamAttributes({ streamArn, encryptionKey })`), so the
+   * functions that read records are granted `kms:Decrypt` on it.
    * @default - a stream is defined with `shardCount` shards
    */
   readonly stream?: kinesis.IStream;
