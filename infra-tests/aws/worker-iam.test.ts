@@ -281,7 +281,7 @@ async function workerRound(config: AwsJobConfig, credentials: Credentials): Prom
         { awsRequestId: `iam-${Date.now()}-${results.length}`, getRemainingTimeInMillis: () => 13_000 },
       ),
     );
-  } while (!results.at(-1)!.caughtUp && results.length < 5);
+  } while (!results.at(-1)!.caughtUp && results.length < 8);
   return results;
 }
 
