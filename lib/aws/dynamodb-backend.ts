@@ -1077,36 +1077,55 @@ export class DynamoBackend implements StateStore, CheckpointStore {
         TableName: this.options.controlTable,
         Item: { pk: this.scope, sk: this.outboxSk(shardId, commitNumber), ...body },
       };
-      if (restore === undefined) {
-        await this.ddb.send(new PutCommand(put));
-        continue;
-      }
-      try {
-        await this.ddb.send(
-          new TransactWriteCommand({
-            TransactItems: [
-              {
-                ConditionCheck: {
-                  TableName: this.options.controlTable,
-                  Key: jobRecordKey(restore.job),
-                  ConditionExpression: 'restoring = :marker',
-                  ExpressionAttributeValues: { ':marker': restore.marker },
-                },
-              },
-              { Put: put },
-            ],
-          }),
-        );
-      } catch (error) {
-        const cancelled = cancellationOf(error, 2);
-        if (cancelled?.conditionFailed.has(0)) return false;
-        throw isTransient(error) || cancelled?.transient ? transient('restoring outputs', error) : error;
-      }
+      if (restore === undefined) await this.ddb.send(new PutCommand(put));
+      else if ((await this.putWhileRestoring(put, restore, 'restoring outputs')) === 'superseded')
+        return false;
     }
     return true;
   }
 
   // ---- helpers ----
+
+  /**
+   * Writes `put` (a control-table item of a restore) in a transaction with a check that the job
+   * record still has the restore `restore.marker` in progress (its `restoring` attribute), so a
+   * restore that stalled writes nothing once it was completed, superseded or abandoned.
+   * 'superseded': the record no longer has it, nothing was written; 'put-condition-failed': the
+   * put's own condition failed, nothing was written.
+   */
+  private async putWhileRestoring(
+    put: {
+      readonly TableName: string;
+      readonly Item: Record<string, unknown>;
+      readonly ConditionExpression?: string;
+    },
+    restore: { readonly job: string; readonly marker: string },
+    what: string,
+  ): Promise<'written' | 'superseded' | 'put-condition-failed'> {
+    try {
+      await this.ddb.send(
+        new TransactWriteCommand({
+          TransactItems: [
+            {
+              ConditionCheck: {
+                TableName: this.options.controlTable,
+                Key: jobRecordKey(restore.job),
+                ConditionExpression: 'restoring = :marker',
+                ExpressionAttributeValues: { ':marker': restore.marker },
+              },
+            },
+            { Put: put },
+          ],
+        }),
+      );
+      return 'written';
+    } catch (error) {
+      const cancelled = cancellationOf(error, 2);
+      if (cancelled?.conditionFailed.has(0)) return 'superseded';
+      if (cancelled?.conditionFailed.has(1)) return 'put-condition-failed';
+      throw isTransient(error) || cancelled?.transient ? transient(what, error) : error;
+    }
+  }
 
   /** The output ids of an outbox item this backend committed (markPublished then skips reading it). */
   private rememberOutbox(shardId: string, commitNumber: number, outputs: readonly Output[]): void {
@@ -1365,32 +1384,21 @@ export class DynamoBackend implements StateStore, CheckpointStore {
       },
       ConditionExpression: 'attribute_not_exists(pk)',
     };
-    try {
-      if (restore === undefined) await this.ddb.send(new PutCommand(put));
-      else {
-        await this.ddb.send(
-          new TransactWriteCommand({
-            TransactItems: [
-              {
-                ConditionCheck: {
-                  TableName: this.options.controlTable,
-                  Key: jobRecordKey(restore.job),
-                  ConditionExpression: 'restoring = :marker',
-                  ExpressionAttributeValues: { ':marker': restore.marker },
-                },
-              },
-              { Put: put },
-            ],
-          }),
-        );
+    let exists: boolean;
+    if (restore === undefined) {
+      try {
+        await this.ddb.send(new PutCommand(put));
+        exists = false;
+      } catch (error) {
+        if (!isConditionFailure(error)) throw error;
+        exists = true;
       }
-    } catch (error) {
-      const cancelled = restore === undefined ? undefined : cancellationOf(error, 2);
-      if (cancelled?.conditionFailed.has(0)) return false;
-      if (cancelled !== undefined && !cancelled.conditionFailed.has(1)) {
-        throw cancelled.transient ? transient('restoring a checkpoint', error) : error;
-      }
-      if (cancelled === undefined && !isConditionFailure(error)) throw error;
+    } else {
+      const outcome = await this.putWhileRestoring(put, restore, 'restoring a checkpoint');
+      if (outcome === 'superseded') return false;
+      exists = outcome === 'put-condition-failed';
+    }
+    if (exists) {
       const existing = await this.readCheckpoint(checkpoint.shardId);
       if (existing === undefined || serializeCheckpoint(existing) !== text) {
         throw new StateFormatError(
