@@ -1,4 +1,6 @@
 /** `floe run --backend aws` as a real child process against the emulators. */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createStream } from '../../lib/aws/resources.ts';
@@ -48,6 +50,38 @@ describe('floe run --backend aws', () => {
     });
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^floe: no AWS region configured/);
+  });
+
+  it('says when the endpoint host cannot be resolved, naming the host', () => {
+    const r = floe(['run', 'examples/page-views.ts', '--backend', 'aws', '--until-idle'], {
+      AWS_ENDPOINT_URL_DYNAMODB: 'http://no-such-host.invalid:4566',
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(
+      /^floe: cannot resolve the AWS endpoint host "no-such-host\.invalid" \(ENOTFOUND\): check the host in AWS_ENDPOINT_URL/,
+    );
+  });
+
+  it('says when the endpoint answers with something that is not AWS (a web server, a wrong port)', async () => {
+    const server = createServer((_req, res) => {
+      res.writeHead(404, { 'content-type': 'text/html' });
+      res.end('<!doctype html><title>Not Found</title>');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const r = await floeAsync(['run', 'examples/page-views.ts', '--backend', 'aws', '--until-idle'], {
+        AWS_ENDPOINT_URL_DYNAMODB: `http://127.0.0.1:${port}`,
+      });
+      expect(r.code).toBe(1);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(
+        /^floe: the AWS endpoint answered with something that is not an AWS response \(HTTP 404\): check AWS_ENDPOINT_URL/,
+      );
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   it('creates resources only with --create-resources, then runs the job to idle and publishes its outputs', async () => {

@@ -78,12 +78,51 @@ export function explainAwsError(error: unknown): unknown {
       `AWS rejected the credentials (${name}): check AWS_PROFILE / the access keys and AWS_REGION`,
     );
   }
-  if (name === 'ECONNREFUSED' || /ECONNREFUSED/.test(message)) {
+  // A connection failure, also when it reached us as the last error of exhausted retries
+  // (TransientBackendError, whose advice — throttling, capacity — does not apply to it).
+  const network = networkFailure(error);
+  if (network?.code === 'ECONNREFUSED') {
     return new ConfigurationError(
-      `cannot reach the AWS endpoint (${message}); is the emulator running and AWS_ENDPOINT_URL right?`,
+      `cannot reach the AWS endpoint (${network.message}); is the emulator running and AWS_ENDPOINT_URL right?`,
+    );
+  }
+  if (network?.code === 'ENOTFOUND' || network?.code === 'EAI_AGAIN') {
+    const host = network.hostname ?? /(?:ENOTFOUND|EAI_AGAIN) (\S+)/.exec(network.message)?.[1] ?? '?';
+    return new ConfigurationError(
+      `cannot resolve the AWS endpoint host "${host}" (${network.code}): check the host in AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_<SERVICE>) and the region in AWS_REGION ("${process.env.AWS_REGION ?? ''}")`,
+    );
+  }
+  if (/Deserialization error/.test(message)) {
+    const status = (error as { $response?: { statusCode?: number } }).$response?.statusCode;
+    return new ConfigurationError(
+      `the AWS endpoint answered with something that is not an AWS response${status === undefined ? '' : ` (HTTP ${status})`}: check AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_<SERVICE>) points at the service, and AWS_REGION ("${process.env.AWS_REGION ?? ''}")`,
     );
   }
   return error;
+}
+
+const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN']);
+
+/** The connection error (refused, unresolvable host) in `error` or its causes, if any. */
+function networkFailure(
+  error: unknown,
+): { readonly code: string; readonly message: string; readonly hostname?: string } | undefined {
+  let e = error as { code?: unknown; message?: unknown; hostname?: unknown; cause?: unknown } | undefined;
+  for (let depth = 0; depth < 6 && typeof e === 'object' && e !== null; depth++) {
+    const code =
+      typeof e.code === 'string'
+        ? e.code
+        : /\b(ECONNREFUSED|ENOTFOUND|EAI_AGAIN)\b/.exec(String(e.message))?.[1];
+    if (code !== undefined && CONNECTION_CODES.has(code)) {
+      return {
+        code,
+        message: String(e.message),
+        ...(typeof e.hostname === 'string' ? { hostname: e.hostname } : {}),
+      };
+    }
+    e = e.cause as typeof e;
+  }
+  return undefined;
 }
 
 export async function runAws(options: RunAwsOptions): Promise<number> {
