@@ -3,6 +3,8 @@
  * Kinesis stream as the source, job records in the control table, savepoint files in S3
  * (`s3://<bucket>/savepoints/` by default).
  */
+import { DescribeTableCommand } from '@aws-sdk/client-dynamodb';
+import { HeadBucketCommand } from '@aws-sdk/client-s3';
 import {
   ConfigurationError,
   compareSequenceNumbers,
@@ -132,6 +134,7 @@ export async function openAwsSavepointBackend(values: AwsValues, job: string | u
   }
   const clients = awsClients();
   const savepointDir = values['savepoint-dir'];
+  const savepointBucket = savepointDir === undefined ? bucket : parseS3Url(savepointDir).bucket;
   const savepoints =
     savepointDir === undefined
       ? new S3SnapshotStore(clients.s3, bucket)
@@ -141,6 +144,41 @@ export async function openAwsSavepointBackend(values: AwsValues, job: string | u
         })();
   return {
     kind: 'aws' as const,
+    /**
+     * Checks, before the command starts, that the resources it uses exist: the savepoints'
+     * bucket, and with `needs: 'job'` the job's tables and bucket too. One unretried request
+     * each, so a missing region or credentials, or an unreachable endpoint, fail at once with
+     * the SDK's error (the CLI explains it); missing resources give one ConfigurationError
+     * naming them all.
+     */
+    async preflight(needs: 'savepoints' | 'job'): Promise<void> {
+      const missing: string[] = [];
+      if (needs === 'job') {
+        for (const table of [stateTable, controlTable]) {
+          try {
+            await clients.dynamodb.send(new DescribeTableCommand({ TableName: table }));
+          } catch (error) {
+            if ((error as { name?: string }).name !== 'ResourceNotFoundException') throw error;
+            missing.push(`DynamoDB table "${table}"`);
+          }
+        }
+      }
+      for (const b of needs === 'job' ? [...new Set([bucket, savepointBucket])] : [savepointBucket]) {
+        try {
+          await clients.s3.send(new HeadBucketCommand({ Bucket: b }));
+        } catch (error) {
+          const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+          if (status !== 404) throw error;
+          missing.push(`S3 bucket "${b}"`);
+        }
+      }
+      if (missing.length > 0) {
+        const region = await clients.dynamodb.config.region();
+        throw new ConfigurationError(
+          `missing ${missing.join(', ')} in region ${region}; pass the job's resources with --state-table, --control-table and --bucket (a StreamProcessor stack's outputs name them; the defaults are those of --job <id>: floe-<job>-state, floe-<job>-control, bucket floe-<job>), or create them (for an emulator: 'floe run --backend aws --create-resources'), and check AWS_REGION`,
+        );
+      }
+    },
     backend: awsSavepointBackend({ clients, stateTable, controlTable, bucket, savepoints }),
     runArgs: [
       '--backend',

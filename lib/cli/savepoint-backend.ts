@@ -44,11 +44,17 @@ export interface OpenedBackend {
 
 /**
  * Opens the savepoint backend. `job` names the job whose resources are meant (AWS default
- * resource names derive from it).
+ * resource names derive from it). On AWS, missing resources, region or credentials and an
+ * unreachable endpoint are reported here, in one line, before the command does anything.
  */
 export async function openSavepointBackend(
   values: BackendValues,
   job: string | undefined,
+  /**
+   * What the command uses, checked first on AWS: only the savepoints (list, inspect), or the
+   * job's tables and bucket too.
+   */
+  needs: 'savepoints' | 'job' = 'job',
 ): Promise<OpenedBackend> {
   if (backendKind(values) === 'embedded') {
     checkEmbeddedSavepointDir(values['savepoint-dir']);
@@ -66,7 +72,15 @@ export async function openSavepointBackend(
     };
   }
   const { openAwsSavepointBackend } = await import('../aws/savepoints.ts');
-  return openAwsSavepointBackend(values, job);
+  const { explainAwsError } = await import('./run-aws.ts');
+  const opened = await openAwsSavepointBackend(values, job);
+  try {
+    await opened.preflight(needs);
+  } catch (error) {
+    await opened.close();
+    throw explainAwsError(error);
+  }
+  return opened;
 }
 
 /**

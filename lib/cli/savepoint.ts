@@ -190,7 +190,7 @@ async function list(args: string[]): Promise<number> {
   if (positionals.length > 0)
     throw new UsageError(`savepoint list takes no positional arguments; received "${positionals[0]}"`);
   const job = jobIdFlag('--job', values.job);
-  const opened = await openSavepointBackend(values, job);
+  const opened = await openSavepointBackend(values, job, 'savepoints');
   try {
     const all = (await listSavepoints(opened.backend.snapshots)).filter(
       (s) =>
@@ -253,7 +253,7 @@ async function inspect(args: string[]): Promise<number> {
   if (positionals.length !== 1) throw new UsageError('savepoint inspect takes one savepoint id');
   const id = savepointIdArg('savepoint inspect', positionals[0]!);
   const job = jobIdFlag('--job', values.job);
-  const opened = await openSavepointBackend(values, job);
+  const opened = await openSavepointBackend(values, job, 'savepoints');
   try {
     const manifest = await readManifest(opened.backend.snapshots, id);
     if (values.verify) await verifySavepoint(opened.backend.snapshots, manifest);
