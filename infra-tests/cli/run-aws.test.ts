@@ -183,6 +183,36 @@ describe('floe run --backend aws', () => {
     60_000,
   );
 
+  it('a stopped job: the resume command floe prints names the AWS backend and the job, and works as printed', async () => {
+    const job = uniqueName('stopped');
+    const stream = uniqueName('clicks');
+    await createStream(clients.kinesis, stream, 2);
+    await putSamplePageViews(clients.kinesis, stream);
+    expect(floe(samplePageViewsRunArgs(job, stream)).code).toBe(0);
+    const stop = floe([
+      'savepoint',
+      'create',
+      '--backend',
+      'aws',
+      '--job',
+      job,
+      '--stop',
+      '--progress',
+      'none',
+    ]);
+    expect(stop.code).toBe(0);
+    const id = stop.stdout.trim();
+    const resume = `floe replay --from-savepoint ${id} --backend aws --job ${job}`;
+    expect(stop.stderr).toContain(`resume it with '${resume}'`);
+    const refused = floe(['run', 'examples/page-views.ts', '--backend', 'aws', '--job', job, '--until-idle']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(`resume it with '${resume}'`);
+    // The printed command, as a user pastes it (here without running the job afterwards).
+    const resumed = floe([...resume.split(' ').slice(1), '--restore-only']);
+    expect(resumed.stderr).toMatch(new RegExp(`restored savepoint ${id} .* into job ${job}, generation 1`));
+    expect(resumed.code).toBe(0);
+  });
+
   it('without --stream, a job runs on the stream its job record names', async () => {
     const job = uniqueName('again');
     const stream = uniqueName('clicks');

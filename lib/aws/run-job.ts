@@ -23,7 +23,11 @@ export async function openAwsJobForRun(
   plan: PipelinePlan,
   config: AwsJobConfig,
   clients: AwsClientsBundle,
-  options: { readonly pipeline?: SavepointPipeline } = {},
+  options: {
+    readonly pipeline?: SavepointPipeline;
+    /** Added to the commands a refusal suggests (resolveJobForRun's commandArgs). */
+    readonly commandArgs?: string;
+  } = {},
 ): Promise<{ runtime: AwsJobRuntime; record: JobRecord; generation: number }> {
   const jobs = new DynamoJobStore(clients.dynamodb, config.controlTable);
   const toRun = await resolveJobForRun(jobs, {
@@ -33,6 +37,7 @@ export async function openAwsJobForRun(
     operators: operatorSchemas(plan),
     // A job without a record is at the generation its Lambda workers run (openAwsJobFromRecord).
     ...(config.generation === undefined ? {} : { generation: config.generation }),
+    ...(options.commandArgs === undefined ? {} : { commandArgs: options.commandArgs }),
   });
   const runtime = openAwsJob(plan, { ...config, generation: toRun.generation }, clients);
   return {

@@ -55,6 +55,27 @@ async function recordedJob(
   return { tableExists: true, record: await new DynamoJobStore(clients.dynamodb, controlTable).get(job) };
 }
 
+/**
+ * The options that make another floe command (`floe replay`, `floe savepoint`) use this job's
+ * AWS resources: `--backend aws --job <job>` and the resource flags given explicitly.
+ */
+export function awsCommandArgs(
+  job: string,
+  flags: {
+    readonly 'state-table'?: string | undefined;
+    readonly 'control-table'?: string | undefined;
+    readonly bucket?: string | undefined;
+    readonly 'savepoint-dir'?: string | undefined;
+  },
+): string {
+  const args = ['--backend aws', `--job ${job}`];
+  for (const flag of ['state-table', 'control-table', 'bucket', 'savepoint-dir'] as const) {
+    const value = flags[flag];
+    if (value !== undefined) args.push(`--${flag} ${value}`);
+  }
+  return args.join(' ');
+}
+
 /** Turns the SDK's configuration failures into one clear line. */
 export function explainAwsError(error: unknown): unknown {
   const name = (error as { name?: string })?.name ?? '';
@@ -174,6 +195,11 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
         version: options.plan.version,
         ...(options.pipelineModule === undefined ? {} : { module: options.pipelineModule }),
       },
+      commandArgs: awsCommandArgs(config.job, {
+        'state-table': options.stateTable,
+        'control-table': options.controlTable,
+        bucket: options.bucket,
+      }),
     });
     const summary = await runJob(runtime, {
       untilIdle: options.untilIdle,

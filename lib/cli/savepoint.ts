@@ -162,7 +162,11 @@ async function create(args: string[]): Promise<number> {
     console.error(`floe savepoint: ${describeManifest(manifest)}`);
     console.error(`  at ${opened.backend.snapshots.describe(manifest.id)}`);
     if (manifest.stopped) {
-      console.error(`  job ${job} is stopped; resume it with 'floe replay --from-savepoint ${manifest.id}'`);
+      const args =
+        opened.kind === 'aws' ? ` ${(await import('./run-aws.ts')).awsCommandArgs(job, values)}` : '';
+      console.error(
+        `  job ${job} is stopped; resume it with 'floe replay --from-savepoint ${manifest.id}${args}'`,
+      );
     }
     console.log(manifest.id);
     return 0;

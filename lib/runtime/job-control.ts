@@ -216,11 +216,17 @@ export async function resolveJobForRun(
      * `generation`: its workers run it until a record names another). @default 0
      */
     readonly generation?: number;
+    /**
+     * The options that select this job's backend and resources (e.g. `--backend aws --job x`),
+     * added to the `floe replay` commands the refusals suggest. @default none (the embedded defaults)
+     */
+    readonly commandArgs?: string;
     readonly now?: () => number;
   },
 ): Promise<JobToRun> {
   const now = options.now ?? Date.now;
   const initialGeneration = options.generation ?? 0;
+  const args = options.commandArgs ? ` ${options.commandArgs}` : '';
   const record = await updateJob(
     store,
     options.job,
@@ -243,14 +249,14 @@ export async function resolveJobForRun(
       }
       if (current.state === 'stopped') {
         throw new ConfigurationError(
-          `job ${options.job} was stopped${current.stoppedBy ? ` with savepoint ${current.stoppedBy.savepointId} at ${new Date(current.stoppedBy.at).toISOString()}` : ''}; resume it with 'floe replay --from-savepoint ${current.stoppedBy?.savepointId ?? '<id>'}'`,
+          `job ${options.job} was stopped${current.stoppedBy ? ` with savepoint ${current.stoppedBy.savepointId} at ${new Date(current.stoppedBy.at).toISOString()}` : ''}; resume it with 'floe replay --from-savepoint ${current.stoppedBy?.savepointId ?? '<id>'}${args}'`,
         );
       }
       if (current.state === 'restoring') {
         if (current.restore === undefined && current.abandoning !== undefined)
           throw unfinishedAbandon(current);
         throw new ConfigurationError(
-          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'} and the restore has not completed; rerun the 'floe replay' command that started it (it continues where it stopped), or give it up with 'floe replay --abandon --job ${options.job}'`,
+          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'} and the restore has not completed; rerun the 'floe replay' command that started it (it continues where it stopped), or give it up with 'floe replay --abandon --job ${options.job}${args}'`,
         );
       }
       checkStateLayout(current, options.pipeline.name, options.operators);
