@@ -6,6 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createStream } from '../../lib/aws/resources.ts';
 import { floeCli, floeCliAsync, NO_CREDENTIALS } from '../aws/floe-cli.ts';
 import { putSamplePageViews, samplePageViewsRunArgs } from '../aws/sample-page-views.ts';
+import { createUpsertTable } from '../aws/upsert-tables.ts';
 import { awsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
 import { startRequestLog } from '../env/request-log.ts';
 
@@ -211,6 +212,69 @@ describe('floe run --backend aws', () => {
     const resumed = floe([...resume.split(' ').slice(1), '--restore-only']);
     expect(resumed.stderr).toMatch(new RegExp(`restored savepoint ${id} .* into job ${job}, generation 1`));
     expect(resumed.code).toBe(0);
+  });
+
+  it('refuses a --sink destination that does not exist, or a table key the binding does not name, before processing anything', async () => {
+    const job = uniqueName('sinkchk');
+    const stream = uniqueName('clicks');
+    const table = uniqueName('counts');
+    await createStream(clients.kinesis, stream, 2);
+    await putSamplePageViews(clients.kinesis, stream);
+    await createUpsertTable(clients.dynamodb, table, 'page', 'windowStart');
+    const run = (...sinks: string[]) =>
+      floe([...samplePageViewsRunArgs(job, stream), ...sinks.flatMap((s) => ['--sink', s])]);
+
+    // A key typo: every output would have been dead-lettered (no valid key), the run exiting 0.
+    const wrongKey = run(`page-view-counts=dynamodb:${table}?key=pgae,windowStart`);
+    expect(wrongKey.code).toBe(1);
+    expect(wrongKey.stderr.trim()).toBe(
+      `floe: --sink "page-view-counts=dynamodb:${table}?key=pgae,windowStart": table "${table}" has the key page (partition key), windowStart (sort key), but the binding names ?key=pgae,windowStart; pass ?key=page,windowStart (fields of the sink's values)`,
+    );
+    // Missing destinations: the run used to process and commit, then fail at the first publish.
+    const missing = run(
+      `page-view-counts=dynamodb:${table}-typo?key=page,windowStart`,
+      `late-page-views=kinesis:${stream}-typo`,
+      `floe.dead-letter=s3:${job}-typo/dead/`,
+    );
+    expect(missing.code).toBe(1);
+    expect(missing.stderr.trim()).toBe(
+      `floe: missing sink destination DynamoDB table "${table}-typo" (sink page-view-counts), Kinesis stream "${stream}-typo" (sink late-page-views), S3 bucket "${job}-typo" (sink floe.dead-letter) in region us-east-1: create them, or fix the --sink bindings`,
+    );
+    const replay = floe([
+      'replay',
+      '--from-timestamp',
+      '2026-01-01',
+      '--pipeline',
+      'examples/page-views.ts',
+      '--job',
+      job,
+      '--stream',
+      stream,
+      '--backend',
+      'aws',
+      '--restore-only',
+      '--sink',
+      `late-page-views=kinesis:${stream}-typo`,
+    ]);
+    expect(replay.code).toBe(1);
+    expect(replay.stderr).toMatch(/^floe: missing sink destination Kinesis stream/);
+    // Nothing was processed or recorded: no checkpoint, no job record.
+    const status = floe(['status', '--backend', 'aws', '--job', job, '--stream', stream, '--json']);
+    expect(status.code).toBe(0);
+    const parsed = JSON.parse(status.stdout) as {
+      record?: unknown;
+      shards: Array<{ checkpointed: boolean }>;
+    };
+    expect(parsed.record).toBeUndefined();
+    expect(parsed.shards.map((s) => s.checkpointed)).toEqual([false, false]);
+
+    // The order of ?key= does not matter; with the right bindings the job runs.
+    const ok = run(
+      `page-view-counts=dynamodb:${table}?key=windowStart,page`,
+      `late-page-views=kinesis:${stream}`,
+    );
+    expect(ok.stderr).toMatch(/processed 300 records/);
+    expect(ok.code).toBe(0);
   });
 
   it('without --stream, a job runs on the stream its job record names', async () => {

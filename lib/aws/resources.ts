@@ -16,6 +16,7 @@ import {
 } from '@aws-sdk/client-kinesis';
 import { CreateBucketCommand, HeadBucketCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ConfigurationError } from '../core/index.ts';
+import { parseSinkBindings } from './sinks-config.ts';
 
 export interface JobResources {
   readonly stream: string;
@@ -127,4 +128,70 @@ export async function checkResources(
     const region = await clients.kinesis.config.region();
     throw new ConfigurationError(`missing ${missing.join(', ')} in region ${region}; ${hint}`);
   }
+}
+
+/**
+ * Checks the destinations of `--sink` bindings before a job runs: each DynamoDB table, Kinesis
+ * stream and S3 bucket exists, and a table's key is the one its binding's `?key=` names (the
+ * sink writes each output under those attributes: with others, every output would be rejected
+ * and dead-lettered, or every write fail). Throws one ConfigurationError naming every problem.
+ */
+export async function checkSinkDestinations(
+  clients: { kinesis: KinesisClient; dynamodb: DynamoDBClient; s3: S3Client },
+  specs: readonly string[],
+): Promise<void> {
+  if (specs.length === 0) return;
+  const problems: string[] = [];
+  const missing: string[] = [];
+  for (const binding of parseSinkBindings(specs)) {
+    const of = `(sink ${binding.sink})`;
+    if (binding.type === 'dynamodb') {
+      let keySchema: readonly { AttributeName?: string; KeyType?: string }[];
+      try {
+        const described = await clients.dynamodb.send(new DescribeTableCommand({ TableName: binding.table }));
+        keySchema = described.Table?.KeySchema ?? [];
+      } catch (error) {
+        if (!(error instanceof ResourceNotFoundException)) throw error;
+        missing.push(`DynamoDB table "${binding.table}" ${of}`);
+        continue;
+      }
+      const hash = keySchema.find((k) => k.KeyType === 'HASH')?.AttributeName;
+      const range = keySchema.find((k) => k.KeyType === 'RANGE')?.AttributeName;
+      const tableKey = [hash, range].filter((k): k is string => k !== undefined);
+      // The order of ?key= does not matter: the fields become the item's attributes.
+      if ([...tableKey].sort().join(',') !== [...binding.key].sort().join(',')) {
+        problems.push(
+          `--sink ${JSON.stringify(binding.spec)}: table "${binding.table}" has the key ${tableKey.map((k, i) => `${k} (${i === 0 ? 'partition' : 'sort'} key)`).join(', ')}, but the binding names ?key=${binding.key.join(',')}; pass ?key=${tableKey.join(',')} (fields of the sink's values)`,
+        );
+      }
+    } else if (binding.type === 'kinesis') {
+      try {
+        await clients.kinesis.send(
+          new DescribeStreamSummaryCommand(
+            binding.stream.startsWith('arn:')
+              ? { StreamARN: binding.stream }
+              : { StreamName: binding.stream },
+          ),
+        );
+      } catch (error) {
+        if (!(error instanceof KinesisResourceNotFound)) throw error;
+        missing.push(`Kinesis stream "${binding.stream}" ${of}`);
+      }
+    } else {
+      try {
+        await clients.s3.send(new HeadBucketCommand({ Bucket: binding.bucket }));
+      } catch (error) {
+        const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+        if (status !== 404) throw error;
+        missing.push(`S3 bucket "${binding.bucket}" ${of}`);
+      }
+    }
+  }
+  if (missing.length > 0) {
+    const region = await clients.kinesis.config.region();
+    problems.unshift(
+      `missing sink destination ${missing.join(', ')} in region ${region}: create ${missing.length === 1 ? 'it' : 'them'}, or fix the --sink binding${missing.length === 1 ? '' : 's'}`,
+    );
+  }
+  if (problems.length > 0) throw new ConfigurationError(problems.join('; '));
 }

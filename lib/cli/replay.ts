@@ -157,7 +157,10 @@ export async function runReplay(args: string[]): Promise<number> {
         );
       }
       const plan = compile(await loadPipeline(modulePath));
-      if (backend === 'aws') await checkSinkBindings(values.sink ?? [], plan);
+      if (backend === 'aws') {
+        await checkSinkBindings(values.sink ?? [], plan);
+        await (await import('./run-aws.ts')).checkAwsSinkDestinations(values.sink ?? []);
+      }
       const migration = values.migration === undefined ? undefined : await loadMigration(values.migration);
       const onStep = faultHook('restore');
       const result = await restoreSavepoint(opened.backend, {
@@ -189,7 +192,10 @@ export async function runReplay(args: string[]): Promise<number> {
     const timestamp = parseTime(fromTimestamp!);
     const pipeline = await loadPipeline(values.pipeline);
     const plan = compile(pipeline);
-    if (backend === 'aws') await checkSinkBindings(values.sink ?? [], plan);
+    if (backend === 'aws') {
+      await checkSinkBindings(values.sink ?? [], plan);
+      await (await import('./run-aws.ts')).checkAwsSinkDestinations(values.sink ?? []);
+    }
     job = asJob ?? jobFlag ?? pipeline.name;
     const opened = await openSavepointBackend(values, job);
     try {

@@ -3,7 +3,13 @@
 import { DescribeTableCommand } from '@aws-sdk/client-dynamodb';
 import { type AwsJobConfig, awsClients, defaultResourceNames } from '../aws/job.ts';
 import { DynamoJobStore } from '../aws/job-store.ts';
-import { checkResources, createBucket, createStream, createTables } from '../aws/resources.ts';
+import {
+  checkResources,
+  checkSinkDestinations,
+  createBucket,
+  createStream,
+  createTables,
+} from '../aws/resources.ts';
 import { openAwsJobForRun } from '../aws/run-job.ts';
 import { ConfigurationError, type PipelinePlan } from '../core/index.ts';
 import type { JobRecord } from '../runtime/job-control.ts';
@@ -189,6 +195,7 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
       ),
     );
     checkGenerationFlag(config.job, options.generation, record);
+    await checkSinkDestinations(clients, options.sinks);
     const { runtime } = await openAwsJobForRun(options.plan, config, clients, {
       pipeline: {
         name: options.plan.name,
@@ -239,6 +246,22 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
   } finally {
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);
+    clients.destroy();
+  }
+}
+
+/**
+ * For `floe replay --backend aws` before it restores anything: the `--sink` destinations exist
+ * (checkSinkDestinations), explained as `floe run` explains AWS errors.
+ */
+export async function checkAwsSinkDestinations(specs: readonly string[]): Promise<void> {
+  if (specs.length === 0) return;
+  const clients = awsClients();
+  try {
+    await checkSinkDestinations(clients, specs);
+  } catch (error) {
+    throw explainAwsError(error);
+  } finally {
     clients.destroy();
   }
 }
