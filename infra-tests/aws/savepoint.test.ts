@@ -550,7 +550,16 @@ describe('savepoints on AWS (emulators)', () => {
     ).catch((e: { signal?: string }) => e);
     expect((crashed as { signal?: string }).signal, JSON.stringify(crashed)).toBe('SIGKILL');
     expect(await backend().jobs.get('ak2')).toMatchObject({ state: 'restoring' });
-    const abandoned = await floe('replay', '--abandon', '--job', 'ak2', ...aws);
+    // The savepoint cannot be deleted yet; the refusal gives both ways out, with the resources.
+    const refused = await floe('savepoint', 'delete', manifest.id, ...aws).catch(
+      (e: { stderr: string }) => e,
+    );
+    const abandon = `floe replay --abandon --job ak2 ${aws.join(' ')}`;
+    expect(refused.stderr).toContain(
+      `rerun that replay ('floe replay --from-savepoint ${manifest.id} --as-job ak2 --restore-only ${aws.join(' ')}', with the same --pipeline and --migration) — or give it up ('${abandon}')`,
+    );
+    // The abandon as printed.
+    const abandoned = await floe(...abandon.split(' ').slice(1));
     expect(abandoned.stderr.trim()).toMatch(
       new RegExp(
         `^floe replay: abandoned the restore of savepoint ${manifest.id} into job ak2 \\(generation 0\\): job ak2, which the restore had created, is removed with what the restore wrote \\([1-9]\\d* state entries and 0 shard checkpoint\\(s\\)\\); the id can be used again$`,

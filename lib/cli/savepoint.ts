@@ -316,7 +316,11 @@ async function remove(args: string[]): Promise<number> {
   const job = jobIdFlag('--job', values.job);
   const opened = await openSavepointBackend(values, job);
   try {
-    await deleteSavepoint(opened.backend, id, job === undefined ? {} : { job });
+    await deleteSavepoint(opened.backend, id, {
+      ...(job === undefined ? {} : { job }),
+      // The replay and the abandon it suggests must reach the resources this delete reads.
+      ...(opened.kind === 'aws' ? { commandArgs: opened.runArgs.join(' ') } : {}),
+    });
     console.error(`floe savepoint: deleted ${id} from ${opened.backend.snapshots.location}`);
     return 0;
   } finally {

@@ -1032,7 +1032,7 @@ describe('migrations are checked over every entry before a restore writes anythi
     await expect(refused).rejects.toBeInstanceOf(ConfigurationError);
     await expect(refused).rejects.toThrow(
       new RegExp(
-        `^savepoint ${manifest.id} is being restored into job dl2 \\(generation 0, started .*\\), which did not finish.*rerun that replay \\('floe replay --from-savepoint ${manifest.id} --as-job dl2 --restore-only'`,
+        `^savepoint ${manifest.id} is being restored into job dl2 \\(generation 0, started .*\\), which did not finish.*rerun that replay \\('floe replay --from-savepoint ${manifest.id} --as-job dl2 --restore-only', with the same --pipeline and --migration\\) — or give it up \\('floe replay --abandon --job dl2'\\)`,
       ),
     );
     expect((await listSavepoints(backend.snapshots)).map((s) => s.status)).toEqual(['complete']);

@@ -217,8 +217,9 @@ export async function resolveJobForRun(
      */
     readonly generation?: number;
     /**
-     * The options that select this job's backend and resources (e.g. `--backend aws --job x`),
-     * added to the `floe replay` commands the refusals suggest. @default none (the embedded defaults)
+     * The options that select this job, its backend and resources (e.g. `--backend aws --job x`,
+     * --job included), added to the `floe replay` commands the refusals suggest.
+     * @default `--job <job>` where a command needs it (the embedded defaults)
      */
     readonly commandArgs?: string;
     readonly now?: () => number;
@@ -227,6 +228,7 @@ export async function resolveJobForRun(
   const now = options.now ?? Date.now;
   const initialGeneration = options.generation ?? 0;
   const args = options.commandArgs ? ` ${options.commandArgs}` : '';
+  const jobArgs = options.commandArgs ?? `--job ${options.job}`;
   const record = await updateJob(
     store,
     options.job,
@@ -256,7 +258,7 @@ export async function resolveJobForRun(
         if (current.restore === undefined && current.abandoning !== undefined)
           throw unfinishedAbandon(current);
         throw new ConfigurationError(
-          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'} and the restore has not completed; rerun the 'floe replay' command that started it (it continues where it stopped), or give it up with 'floe replay --abandon --job ${options.job}${args}'`,
+          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'} and the restore has not completed; rerun the 'floe replay' command that started it (it continues where it stopped), or give it up with 'floe replay --abandon ${jobArgs}'`,
         );
       }
       checkStateLayout(current, options.pipeline.name, options.operators);

@@ -780,10 +780,20 @@ async function readOutbox(
 export async function deleteSavepoint(
   backend: Pick<SavepointBackend, 'snapshots' | 'jobs'>,
   id: string,
-  options: { readonly job?: string; readonly now?: () => number } = {},
+  options: {
+    readonly job?: string;
+    readonly now?: () => number;
+    /**
+     * The backend options of the commands the refusal suggests (e.g. `--backend aws
+     * --state-table ...`): the replay and the abandon must use the resources the restore wrote to.
+     * @default none
+     */
+    readonly commandArgs?: string;
+  } = {},
 ): Promise<void> {
   const now = options.now ?? Date.now;
   checkSavepointId(id);
+  const args = options.commandArgs ? ` ${options.commandArgs}` : '';
   const restoring = await backend.jobs.restoresFrom(id);
   if (restoring.length > 0) {
     const r = restoring[0]!;
@@ -795,7 +805,7 @@ export async function deleteSavepoint(
               .map((o) => o.job)
               .join(', ')})`
           : ''
-      }, which did not finish: only a rerun of that replay, which reads the savepoint again, can complete it. Finish it first: rerun that replay ('floe replay --from-savepoint ${id} --as-job ${r.job} --restore-only', with the same --pipeline, --migration and backend options), then delete the savepoint`,
+      }, which did not finish: only a rerun of that replay, which reads the savepoint again, can complete it. Finish it first — rerun that replay ('floe replay --from-savepoint ${id} --as-job ${r.job} --restore-only${args}', with the same --pipeline and --migration) — or give it up ('floe replay --abandon --job ${r.job}${args}'), then delete the savepoint`,
     );
   }
   const files = await backend.snapshots.listFiles(id);
