@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { progressPrinter } from './savepoint-backend.ts';
+import { UsageError } from './args.ts';
+import { openSavepointBackend, progressPrinter } from './savepoint-backend.ts';
 
 afterEach(() => vi.restoreAllMocks());
 
@@ -32,5 +33,17 @@ describe('savepoint progress', () => {
       p.onProgress({ phase: 'restore', entries: 100, total: 200, files: 1 });
     });
     expect(lines.at(-1)).toMatch(/^restoring \[#+\.+\]\s+50% 100\/200 entries, 1 file\(s\)$/);
+  });
+});
+
+describe('openSavepointBackend', () => {
+  it('--backend aws without --job or all three resources is a usage error (exit 2), naming what to pass', async () => {
+    for (const values of [{ backend: 'aws' }, { backend: 'aws', 'state-table': 't', bucket: 'b' }]) {
+      const opened = openSavepointBackend(values, undefined, 'savepoints');
+      await expect(opened).rejects.toBeInstanceOf(UsageError);
+      await expect(opened).rejects.toThrow(
+        /^on the aws backend, pass --job <id> \(its default resources: floe-<job>-state, floe-<job>-control, bucket floe-<job>\) or --state-table, --control-table and --bucket$/,
+      );
+    }
   });
 });

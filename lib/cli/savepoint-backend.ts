@@ -71,6 +71,17 @@ export async function openSavepointBackend(
       },
     };
   }
+  if (
+    job === undefined &&
+    (values['state-table'] === undefined ||
+      values['control-table'] === undefined ||
+      values.bucket === undefined)
+  ) {
+    // A missing option: a usage error (exit 2), before any AWS client is made.
+    throw new UsageError(
+      'on the aws backend, pass --job <id> (its default resources: floe-<job>-state, floe-<job>-control, bucket floe-<job>) or --state-table, --control-table and --bucket',
+    );
+  }
   const { openAwsSavepointBackend } = await import('../aws/savepoints.ts');
   const { explainAwsError } = await import('./run-aws.ts');
   const opened = await openAwsSavepointBackend(values, job);
