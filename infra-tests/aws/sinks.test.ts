@@ -27,6 +27,7 @@ import {
   DynamoDbUpsertSink,
   KinesisStreamSink,
   outputOrder,
+  putKinesisRecords,
   RoutingSink,
   S3ObjectSink,
   SinkOutputError,
@@ -338,6 +339,36 @@ describe('KinesisStreamSink', () => {
     expect((error as Error).message).toMatch(/1 record\(s\) still failed after 4 attempts/);
     expect((error as Error).message).toMatch(/ProvisionedThroughputExceededException/);
     expect(stuck.calls.map((c) => c.records)).toEqual([1, 1, 1, 1]);
+  });
+
+  it('putKinesisRecords: resends only the failed records, and counts those a later record of their key overtook', async () => {
+    const stream = uniqueName('put-records-order');
+    await createStream(clients.kinesis, stream, 1);
+    const client = own(kinesisClient(env));
+    // Call 0: a1 and b2 throttled; a2 (after a1) is written, nothing of b comes after b2.
+    const { calls } = instrumentKinesis(client, (call, i) => call === 0 && (i === 0 || i === 3));
+    const entry = (key: string, n: number) => ({ PartitionKey: key, Data: Buffer.from(`${key}${n}`) });
+    const result = await putKinesisRecords(
+      { client, target: { StreamName: stream }, stream, retry: FAST_RETRY, missingHint: '', exhausted: '' },
+      [entry('a', 1), entry('a', 2), entry('b', 1), entry('b', 2)],
+    );
+    expect(calls.map((c) => c.records)).toEqual([4, 2]);
+    expect(result).toEqual({ retried: 2, overtaken: 1 });
+    const { Shards = [] } = await clients.kinesis.send(new ListShardsCommand({ StreamName: stream }));
+    const { ShardIterator } = await clients.kinesis.send(
+      new GetShardIteratorCommand({
+        StreamName: stream,
+        ShardId: Shards[0]!.ShardId,
+        ShardIteratorType: 'TRIM_HORIZON',
+      }),
+    );
+    const out = await clients.kinesis.send(new GetRecordsCommand({ ShardIterator }));
+    expect((out.Records ?? []).map((r) => Buffer.from(r.Data ?? []).toString())).toEqual([
+      'a2',
+      'b1',
+      'a1',
+      'b2',
+    ]);
   });
 
   it('reports a missing stream as a ConfigurationError', async () => {

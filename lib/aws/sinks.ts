@@ -243,10 +243,7 @@ export class KinesisStreamSink implements Sink {
     let batch: PutRecordsRequestEntry[] = [];
     let batchBytes = 0;
     for (const { entry, bytes } of entries) {
-      if (
-        batch.length > 0 &&
-        (batch.length >= KINESIS_MAX_RECORDS_PER_REQUEST || batchBytes + bytes > KINESIS_MAX_REQUEST_BYTES)
-      ) {
+      if (kinesisRequestFull(batch.length, batchBytes, bytes)) {
         await this.put(batch);
         batch = [];
         batchBytes = 0;
@@ -298,46 +295,110 @@ export class KinesisStreamSink implements Sink {
 
   /** One PutRecords request, resending failed records with backoff. */
   private async put(records: PutRecordsRequestEntry[]): Promise<void> {
-    let pending = records;
-    let lastErrors = '';
-    for (let attempt = 1; attempt <= this.retry.maxAttempts; attempt++) {
-      if (attempt > 1) await backoff(this.retry, attempt - 1);
-      let result: PutRecordsCommandOutput;
-      try {
-        result = await this.client.send(new PutRecordsCommand({ ...this.target, Records: pending }));
-      } catch (error) {
-        const mapped = mapError(
-          `PutRecords to Kinesis stream "${this.stream}"`,
-          error,
-          'create the stream or fix the sink configuration',
-        );
-        if (mapped instanceof TransientBackendError && attempt < this.retry.maxAttempts) {
-          lastErrors = mapped.message;
-          continue;
-        }
-        throw mapped;
-      }
-      if (!result.FailedRecordCount) return;
-      const failed: PutRecordsRequestEntry[] = [];
-      const codes = new Map<string, number>();
-      const results = result.Records ?? [];
-      pending.forEach((entry, i) => {
-        const r = results[i];
-        // A missing result entry counts as failed: resending is safe (consumers deduplicate).
-        if (r === undefined || r.ErrorCode !== undefined) {
-          failed.push(entry);
-          const code = r?.ErrorCode ?? 'Missing';
-          codes.set(code, (codes.get(code) ?? 0) + 1);
-        }
-      });
-      if (failed.length === 0) return;
-      lastErrors = [...codes].map(([code, n]) => `${n} x ${code}`).join(', ');
-      pending = failed;
-    }
-    throw new TransientBackendError(
-      `PutRecords to Kinesis stream "${this.stream}": ${pending.length} record(s) still failed after ${this.retry.maxAttempts} attempts (${lastErrors}); the outputs stay unpublished and are retried by the next publish`,
+    await putKinesisRecords(
+      {
+        client: this.client,
+        target: this.target,
+        stream: this.stream,
+        retry: this.retry,
+        missingHint: 'create the stream or fix the sink configuration',
+        exhausted: 'the outputs stay unpublished and are retried by the next publish',
+      },
+      records,
     );
   }
+}
+
+/** Whether a record of `bytes` (data + partition key) no longer fits a PutRecords request holding `count` records of `requestBytes`. */
+export function kinesisRequestFull(count: number, requestBytes: number, bytes: number): boolean {
+  return (
+    count > 0 &&
+    (count >= KINESIS_MAX_RECORDS_PER_REQUEST || requestBytes + bytes > KINESIS_MAX_REQUEST_BYTES)
+  );
+}
+
+/** A PutRecords entry. */
+export type PutKinesisEntry = PutRecordsRequestEntry;
+
+export interface KinesisPutOptions {
+  readonly client: KinesisClient;
+  readonly target: { StreamName: string } | { StreamARN: string };
+  /** The stream, as named in errors. */
+  readonly stream: string;
+  readonly retry?: RetryOptions;
+  /** What to do when the stream does not exist (ends the ConfigurationError). */
+  readonly missingHint: string;
+  /** What became of the records when some still fail after every attempt (ends the error). */
+  readonly exhausted: string;
+}
+
+export interface KinesisPutResult {
+  /** Records sent again after a partial failure (each counted once per resend). */
+  readonly retried: number;
+  /**
+   * Records that failed while a later record of the same partition key in the same request was
+   * written: once resent, they come after it in the shard.
+   */
+  readonly overtaken: number;
+}
+
+/**
+ * One PutRecords request (at most 500 records / 5 MiB: see kinesisRequestFull), resending only
+ * the records that failed, with backoff, until every one is written; failed records keep their
+ * relative order. Kinesis goes on with a request's later records when one fails, so a resent
+ * record can land after a later record of its partition key from the same request (counted as
+ * `overtaken`); never after a record of a later request, when requests are sent one at a time.
+ */
+export async function putKinesisRecords(
+  options: KinesisPutOptions,
+  records: readonly PutRecordsRequestEntry[],
+): Promise<KinesisPutResult> {
+  const retry = resolveRetry(options.retry);
+  let pending = records;
+  let lastErrors = '';
+  let retried = 0;
+  const overtaken = new Set<PutRecordsRequestEntry>();
+  for (let attempt = 1; attempt <= retry.maxAttempts; attempt++) {
+    if (attempt > 1) {
+      await backoff(retry, attempt - 1);
+      retried += pending.length;
+    }
+    let result: PutRecordsCommandOutput;
+    try {
+      result = await options.client.send(new PutRecordsCommand({ ...options.target, Records: [...pending] }));
+    } catch (error) {
+      const mapped = mapError(`PutRecords to Kinesis stream "${options.stream}"`, error, options.missingHint);
+      if (mapped instanceof TransientBackendError && attempt < retry.maxAttempts) {
+        lastErrors = mapped.message;
+        continue;
+      }
+      throw mapped;
+    }
+    if (!result.FailedRecordCount) return { retried, overtaken: overtaken.size };
+    const failed: PutRecordsRequestEntry[] = [];
+    const codes = new Map<string, number>();
+    const results = result.Records ?? [];
+    // Partition keys written by the request after a failed record of theirs.
+    const failedKeys = new Set<string | undefined>();
+    pending.forEach((entry, i) => {
+      const r = results[i];
+      // A missing result entry counts as failed: resending is safe (consumers deduplicate).
+      if (r === undefined || r.ErrorCode !== undefined) {
+        failed.push(entry);
+        failedKeys.add(entry.PartitionKey);
+        const code = r?.ErrorCode ?? 'Missing';
+        codes.set(code, (codes.get(code) ?? 0) + 1);
+      } else if (failedKeys.has(entry.PartitionKey)) {
+        for (const f of failed) if (f.PartitionKey === entry.PartitionKey) overtaken.add(f);
+      }
+    });
+    if (failed.length === 0) return { retried, overtaken: overtaken.size };
+    lastErrors = [...codes].map(([code, n]) => `${n} x ${code}`).join(', ');
+    pending = failed;
+  }
+  throw new TransientBackendError(
+    `PutRecords to Kinesis stream "${options.stream}": ${pending.length} record(s) still failed after ${retry.maxAttempts} attempts (${lastErrors}); ${options.exhausted}`,
+  );
 }
 
 // ---- DynamoDB ----
