@@ -1,4 +1,4 @@
-/** `floe produce`: append events to a stream of the embedded local log. */
+/** `floe produce`: append events to a stream of the embedded local log, or of Kinesis (produce-aws.ts). */
 
 import { existsSync } from 'node:fs';
 import { ConfigurationError, describeValue, isEventTime, MAX_EVENT_TIME } from '../core/index.ts';
@@ -13,6 +13,7 @@ import {
 import { openSqlite } from '../embedded/sqlite.ts';
 import { clickstream } from '../runtime/clickstream.ts';
 import {
+  backendKind,
   bar,
   formatCount,
   fraction,
@@ -28,8 +29,9 @@ import { checkInputPath, inputLines } from './files.ts';
 
 export const PRODUCE_HELP = `floe produce --stream <name> (--file <events.ndjson|-> | --generate clickstream) [options]
 
-Appends events to a stream of the embedded local log (created if missing). --file checks every
-line first: a bad line creates and appends nothing.
+Appends events to a stream of the embedded local log (created if missing), or with --backend aws
+puts them into a Kinesis stream. --file checks every line first: a bad line creates and appends
+nothing.
 
 Input:
   --file, -f <file|->     NDJSON: {"partitionKey": "...", "data": <JSON>, "arrival"?: <epoch ms>} lines (no other
@@ -51,7 +53,15 @@ Options:
   --late <f>              fraction of events behind the watermark (default 0.005)
   --poison <N>            add N records that are not valid JSON (default 0)
   --seed <N>              generator seed (default 42)
-  --data-dir <dir>        embedded data directory (default .floe)`;
+  --backend <embedded|aws>  embedded: the local log in --data-dir (default); aws: Kinesis
+  --data-dir <dir>        embedded data directory (default .floe)
+
+AWS backend (endpoints from AWS_ENDPOINT_URL[_SERVICE], region and credentials as the SDK finds them):
+  --create-resources      create the stream with --shards shards if missing (for emulators)
+Records go in PutRecords requests of up to 500 records / 5 MiB, one request at a time, failed
+records resent with backoff before the next request. Kinesis stamps arrival times itself: a
+file's "arrival" is refused, the generator's are not sent. --retention-hours and --data-dir are
+refused, and --shards without --create-resources.`;
 
 export interface ProduceOptions {
   readonly dataDir: string;
@@ -209,7 +219,7 @@ const utf8 = new TextEncoder();
  * enforce only once earlier chunks of the file were appended, naming a record of the chunk
  * instead of the line.
  */
-function withinLimits(record: AppendRecord, line: number): AppendRecord {
+function withinLimits(record: AppendRecord, line: number, kinesis: boolean): AppendRecord {
   const key = record.partitionKey;
   if (key.length === 0 || key.length > MAX_PARTITION_KEY_LENGTH) {
     throw new ConfigurationError(
@@ -217,19 +227,25 @@ function withinLimits(record: AppendRecord, line: number): AppendRecord {
     );
   }
   const bytes =
-    typeof record.data === 'string' ? utf8.encode(record.data).byteLength : record.data.byteLength;
+    (typeof record.data === 'string' ? utf8.encode(record.data).byteLength : record.data.byteLength) +
+    // Kinesis counts the partition key too; the local log, the data only.
+    (kinesis ? utf8.encode(key).byteLength : 0);
   if (bytes > MAX_RECORD_BYTES) {
     throw new ConfigurationError(
-      `line ${line}: the record's data is ${bytes} bytes; a record holds at most ${MAX_RECORD_BYTES} (1 MiB)`,
+      `line ${line}: the record's data${kinesis ? ' and partition key' : ''} is ${bytes} bytes; a record holds at most ${MAX_RECORD_BYTES} (1 MiB)`,
     );
   }
   return record;
 }
 
-/** Records of an NDJSON file's lines (see PRODUCE_HELP); a bad line is an error naming it. */
+/**
+ * Records of an NDJSON file's lines (see PRODUCE_HELP); a bad line is an error naming it.
+ * `kinesis`: for --backend aws, which cannot set an arrival time.
+ */
 async function* fileRecords(
   lines: AsyncIterable<string>,
   partitionField: string | undefined,
+  kinesis: boolean,
 ): AsyncIterable<AppendRecord> {
   let line = 0;
   for await (const text of lines) {
@@ -249,6 +265,11 @@ async function* fileRecords(
         );
       }
       checkRecordLine(obj, line);
+      if (kinesis && obj.arrival !== undefined) {
+        throw new ConfigurationError(
+          `line ${line}: "arrival" cannot be set on Kinesis, which stamps each record's arrival time itself; remove the field (e.g. jq -c 'del(.arrival)'), or produce to the embedded backend`,
+        );
+      }
       yield withinLimits(
         {
           partitionKey: obj.partitionKey,
@@ -256,6 +277,7 @@ async function* fileRecords(
           ...(obj.arrival === undefined ? {} : { arrivalTime: obj.arrival as number }),
         },
         line,
+        kinesis,
       );
     } else {
       const key = obj?.[partitionField];
@@ -264,7 +286,7 @@ async function* fileRecords(
           `line ${line}: field "${partitionField}" must be a string or number to partition by; received ${describeValue(key)}`,
         );
       }
-      yield withinLimits({ partitionKey: String(key), data: text }, line);
+      yield withinLimits({ partitionKey: String(key), data: text }, line, kinesis);
     }
   }
 }
@@ -289,6 +311,8 @@ export async function runProduce(args: string[]): Promise<number> {
       poison: { type: 'string' },
       seed: { type: 'string' },
       'data-dir': { type: 'string' },
+      backend: { type: 'string' },
+      'create-resources': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -304,8 +328,10 @@ export async function runProduce(args: string[]): Promise<number> {
   if ((values.file === undefined) === (values.generate === undefined)) {
     throw new UsageError('produce needs exactly one of --file <events.ndjson|-> or --generate clickstream');
   }
+  const backend = backendKind(values);
+  checkProduceBackendFlags(backend, values);
   if (values.file !== undefined) checkInputPath(values.file, '--file');
-  checkDataDirNotFile(values['data-dir'] ?? DEFAULT_DATA_DIR);
+  if (backend === 'embedded') checkDataDirNotFile(values['data-dir'] ?? DEFAULT_DATA_DIR);
   const options: ProduceOptions = {
     dataDir: values['data-dir'] ?? DEFAULT_DATA_DIR,
     stream: values.stream,
@@ -325,6 +351,29 @@ export async function runProduce(args: string[]): Promise<number> {
       );
     },
   };
+  const aws = backend === 'aws' ? await import('./produce-aws.ts') : undefined;
+  let summary: import('./produce-aws.ts').ProduceAwsSummary | undefined;
+  const write = async (
+    records: AsyncIterable<AppendRecord> | Iterable<AppendRecord>,
+    total?: number,
+  ): Promise<number> => {
+    if (aws === undefined) return produceRecords(options, records, total);
+    summary = await aws.produceToKinesis(
+      {
+        stream: options.stream,
+        createResources: values['create-resources'] === true,
+        shards: options.shards,
+        ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+      },
+      records,
+      total,
+    );
+    return summary.records;
+  };
+  // Kinesis stamps its own arrival times (now): nothing it is sent is past its retention.
+  const checkRetention = (arrivals: Arrivals, now: number): void => {
+    if (aws === undefined) checkWithinRetention(options, arrivals, now);
+  };
   let written: number;
   if (values.generate !== undefined) {
     oneOf('--generate', values.generate, ['clickstream'], 'clickstream');
@@ -335,9 +384,8 @@ export async function runProduce(args: string[]): Promise<number> {
     // millisecond and round the suggested retention up by an hour).
     const now = Date.now();
     const start = now - Math.ceil((events / rate) * 1000);
-    checkWithinRetention(options, { first: start, newest: now }, now);
-    written = await produceRecords(
-      options,
+    checkRetention({ first: start, newest: now }, now);
+    written = await write(
       clickRecords({
         events,
         rate,
@@ -357,7 +405,7 @@ export async function runProduce(args: string[]): Promise<number> {
     // and no records appended. A file is read twice; stdin is held in memory.
     const path = values.file!;
     const records = async (): Promise<AsyncIterable<AppendRecord>> =>
-      fileRecords(await inputLines(path, '--file'), values['partition-key']);
+      fileRecords(await inputLines(path, '--file'), values['partition-key'], aws !== undefined);
     const now = Date.now();
     let arrivals: { first: number; newest: number } | undefined;
     const note = (record: AppendRecord): void => {
@@ -371,15 +419,56 @@ export async function runProduce(args: string[]): Promise<number> {
         note(record);
         all.push(record);
       }
-      if (arrivals !== undefined) checkWithinRetention(options, arrivals, now);
-      written = await produceRecords(options, all);
+      if (arrivals !== undefined) checkRetention(arrivals, now);
+      written = await write(all);
     } else {
       for await (const record of await records()) note(record);
-      if (arrivals !== undefined) checkWithinRetention(options, arrivals, now);
-      written = await produceRecords(options, await records());
+      if (arrivals !== undefined) checkRetention(arrivals, now);
+      written = await write(await records());
     }
   }
   if (process.stderr.isTTY) process.stderr.write('\n');
-  console.error(`floe produce: ${formatCount(written)} records appended to stream "${options.stream}"`);
+  if (summary === undefined) {
+    console.error(`floe produce: ${formatCount(written)} records appended to stream "${options.stream}"`);
+  } else {
+    const overtaken =
+      summary.overtaken === 0
+        ? ''
+        : ` (${formatCount(summary.overtaken)} of them after a later record of their partition key)`;
+    console.error(
+      `floe produce: ${formatCount(summary.records)} records (${formatCount(summary.bytes)} bytes) put to Kinesis stream "${options.stream}" in ${formatCount(summary.requests)} PutRecords requests, ${formatCount(summary.retried)} records retried${overtaken}`,
+    );
+  }
   return 0;
+}
+
+/** Refuses the flags the chosen backend would ignore, as `floe run` does (checkBackendFlags). */
+function checkProduceBackendFlags(
+  backend: 'embedded' | 'aws',
+  values: { readonly [flag: string]: unknown },
+): void {
+  const given = (flag: string): boolean => values[flag] !== undefined && values[flag] !== false;
+  if (backend === 'embedded') {
+    if (given('create-resources')) {
+      throw new UsageError(
+        '--create-resources applies to --backend aws only; on the embedded backend floe produce creates a missing stream itself (with --shards N)',
+      );
+    }
+    return;
+  }
+  if (given('data-dir')) {
+    throw new UsageError(
+      '--data-dir is for the embedded backend; on --backend aws name the Kinesis stream with --stream',
+    );
+  }
+  if (given('retention-hours')) {
+    throw new UsageError(
+      '--retention-hours applies to the embedded backend; a Kinesis stream keeps its own retention (aws kinesis increase-stream-retention-period)',
+    );
+  }
+  if (given('shards') && !given('create-resources')) {
+    throw new UsageError(
+      '--shards is the shard count of a stream that --create-resources creates; pass --create-resources too (an existing stream keeps its shards)',
+    );
+  }
 }
