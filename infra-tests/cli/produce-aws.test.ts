@@ -12,7 +12,7 @@ import {
 } from '@aws-sdk/client-kinesis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { clickRecords } from '../../lib/cli/produce.ts';
-import { floeCli } from '../aws/floe-cli.ts';
+import { floeCli, NO_CREDENTIALS } from '../aws/floe-cli.ts';
 import { awsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
 import { createTestStream, deleteTestStream } from '../env/kinesis-streams.ts';
 
@@ -149,6 +149,16 @@ describe('floe produce --backend aws', () => {
     await expect(
       clients.kinesis.send(new DescribeStreamSummaryCommand({ StreamName: stream })),
     ).rejects.toThrow(ResourceNotFoundException);
+  });
+
+  it('says when no credentials are configured, in one line', () => {
+    const r = floe(
+      ['produce', '--backend', 'aws', '--stream', 's', '--generate', 'clickstream', '--events', '10'],
+      NO_CREDENTIALS,
+    );
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/^floe: no AWS credentials found/);
   });
 
   it('refuses a file with an invalid line, or an arrival time, before putting anything', async () => {

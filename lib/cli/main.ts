@@ -9,7 +9,7 @@ const USAGE = `floe — stateful stream processing with Flink semantics
 
 Usage:
   floe demo                                  generate a clickstream and run the examples (npm start)
-  floe produce --stream <name> (--file <f> | --generate clickstream) [options]
+  floe produce --stream <name> (--file <f> | --generate clickstream) [--backend embedded|aws] [options]
   floe run <pipeline.ts> [--backend embedded|aws] [--stream <name>] [--job <id>] [--until-idle]
   floe status --job <id> [--backend embedded|aws] [--stream <name>] [--json]
   floe savepoint create --job <id> [--stop] | list | inspect <id> | delete <id>

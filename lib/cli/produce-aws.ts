@@ -3,7 +3,7 @@
  * at a time (so a record never lands after a record of a later request; see putKinesisRecords).
  */
 
-import { DescribeStreamSummaryCommand, ResourceNotFoundException } from '@aws-sdk/client-kinesis';
+import { ListShardsCommand, ResourceNotFoundException } from '@aws-sdk/client-kinesis';
 import { awsClients } from '../aws/job.ts';
 import { createStream } from '../aws/resources.ts';
 import {
@@ -52,8 +52,10 @@ export async function produceToKinesis(
     if (options.createResources) {
       await createStream(kinesis, options.stream, options.shards);
     } else {
+      // ListShards, not DescribeStreamSummary: a producer's grants (StreamProcessor.grantProduce,
+      // the CDK's grantWrite) cover ListShards, PutRecord and PutRecords only.
       try {
-        await kinesis.send(new DescribeStreamSummaryCommand({ StreamName: options.stream }));
+        await kinesis.send(new ListShardsCommand({ StreamName: options.stream, MaxResults: 1 }));
       } catch (error) {
         if (!(error instanceof ResourceNotFoundException)) throw error;
         const region = await kinesis.config.region();
