@@ -82,6 +82,46 @@ export async function createStream(
   throw new ConfigurationError(`stream ${stream} did not become ACTIVE within 30 s`);
 }
 
+/**
+ * Whether a DynamoDB table exists (DescribeTable, unretried beyond the client's own retries).
+ * Only "not found" means false: any other error (credentials, endpoint, throttling) is thrown.
+ */
+export async function tableExists(dynamodb: DynamoDBClient, table: string): Promise<boolean> {
+  try {
+    await dynamodb.send(new DescribeTableCommand({ TableName: table }));
+    return true;
+  } catch (error) {
+    // By name, not instanceof: an SDK error from another copy of the client is the same error.
+    if ((error as { name?: string } | undefined)?.name === 'ResourceNotFoundException') return false;
+    throw error;
+  }
+}
+
+/**
+ * Whether an S3 bucket exists (HeadBucket). Only a 404 means false (HeadBucket has no body, so
+ * the status is all there is); a 403 (another account's bucket, or no permission) and any
+ * other error are thrown.
+ */
+export async function bucketExists(s3: S3Client, bucket: string): Promise<boolean> {
+  try {
+    await s3.send(new HeadBucketCommand({ Bucket: bucket }));
+    return true;
+  } catch (error) {
+    const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+    if (status === 404) return false;
+    throw error;
+  }
+}
+
+/** The error for missing resources: `missing` (described, e.g. `DynamoDB table "t"`), the region, and what to do. */
+export function missingResourcesError(
+  missing: readonly string[],
+  region: string,
+  hint: string,
+): ConfigurationError {
+  return new ConfigurationError(`missing ${missing.join(', ')} in region ${region}; ${hint}`);
+}
+
 /** What to do about missing resources, for `floe run`. */
 const RUN_MISSING_RESOURCES_HINT =
   'check AWS_REGION, deploy the stack (cdk deploy), or for an emulator pass --create-resources';
@@ -105,28 +145,12 @@ export async function checkResources(
     else throw error;
   }
   for (const table of [resources.stateTable, resources.controlTable]) {
-    const exists = describedTables.get(table);
-    if (exists !== undefined) {
-      if (!exists) missing.push(`DynamoDB table "${table}"`);
-      continue;
-    }
-    try {
-      await clients.dynamodb.send(new DescribeTableCommand({ TableName: table }));
-    } catch (error) {
-      if (error instanceof ResourceNotFoundException) missing.push(`DynamoDB table "${table}"`);
-      else throw error;
-    }
+    const exists = describedTables.get(table) ?? (await tableExists(clients.dynamodb, table));
+    if (!exists) missing.push(`DynamoDB table "${table}"`);
   }
-  try {
-    await clients.s3.send(new HeadBucketCommand({ Bucket: resources.bucket }));
-  } catch (error) {
-    const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-    if (status === 404) missing.push(`S3 bucket "${resources.bucket}"`);
-    else throw error;
-  }
+  if (!(await bucketExists(clients.s3, resources.bucket))) missing.push(`S3 bucket "${resources.bucket}"`);
   if (missing.length > 0) {
-    const region = await clients.kinesis.config.region();
-    throw new ConfigurationError(`missing ${missing.join(', ')} in region ${region}; ${hint}`);
+    throw missingResourcesError(missing, await clients.kinesis.config.region(), hint);
   }
 }
 
@@ -177,14 +201,8 @@ export async function checkSinkDestinations(
         if (!(error instanceof KinesisResourceNotFound)) throw error;
         missing.push(`Kinesis stream "${binding.stream}" ${of}`);
       }
-    } else {
-      try {
-        await clients.s3.send(new HeadBucketCommand({ Bucket: binding.bucket }));
-      } catch (error) {
-        const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-        if (status !== 404) throw error;
-        missing.push(`S3 bucket "${binding.bucket}" ${of}`);
-      }
+    } else if (!(await bucketExists(clients.s3, binding.bucket))) {
+      missing.push(`S3 bucket "${binding.bucket}" ${of}`);
     }
   }
   if (missing.length > 0) {

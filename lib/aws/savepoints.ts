@@ -3,8 +3,6 @@
  * Kinesis stream as the source, job records in the control table, savepoint files in S3
  * (`s3://<bucket>/savepoints/` by default).
  */
-import { DescribeTableCommand } from '@aws-sdk/client-dynamodb';
-import { HeadBucketCommand } from '@aws-sdk/client-s3';
 import {
   ConfigurationError,
   compareSequenceNumbers,
@@ -22,6 +20,7 @@ import { DynamoBackend } from './dynamodb-backend.ts';
 import { type AwsClientsBundle, awsClients, defaultResourceNames } from './job.ts';
 import { DynamoJobStore, restoreMarker } from './job-store.ts';
 import { KinesisSource } from './kinesis-source.ts';
+import { bucketExists, missingResourcesError, tableExists } from './resources.ts';
 import { parseS3Url, S3SnapshotStore } from './snapshot-s3.ts';
 
 export interface AwsSavepointOptions {
@@ -155,27 +154,17 @@ export async function openAwsSavepointBackend(values: AwsValues, job: string | u
       const missing: string[] = [];
       if (needs === 'job') {
         for (const table of [stateTable, controlTable]) {
-          try {
-            await clients.dynamodb.send(new DescribeTableCommand({ TableName: table }));
-          } catch (error) {
-            if ((error as { name?: string }).name !== 'ResourceNotFoundException') throw error;
-            missing.push(`DynamoDB table "${table}"`);
-          }
+          if (!(await tableExists(clients.dynamodb, table))) missing.push(`DynamoDB table "${table}"`);
         }
       }
       for (const b of needs === 'job' ? [...new Set([bucket, savepointBucket])] : [savepointBucket]) {
-        try {
-          await clients.s3.send(new HeadBucketCommand({ Bucket: b }));
-        } catch (error) {
-          const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-          if (status !== 404) throw error;
-          missing.push(`S3 bucket "${b}"`);
-        }
+        if (!(await bucketExists(clients.s3, b))) missing.push(`S3 bucket "${b}"`);
       }
       if (missing.length > 0) {
-        const region = await clients.dynamodb.config.region();
-        throw new ConfigurationError(
-          `missing ${missing.join(', ')} in region ${region}; pass the job's resources with --state-table, --control-table and --bucket (a StreamProcessor stack's outputs name them; the defaults are those of --job <id>: floe-<job>-state, floe-<job>-control, bucket floe-<job>), or create them (for an emulator: 'floe run --backend aws --create-resources'), and check AWS_REGION`,
+        throw missingResourcesError(
+          missing,
+          await clients.dynamodb.config.region(),
+          "pass the job's resources with --state-table, --control-table and --bucket (a StreamProcessor stack's outputs name them; the defaults are those of --job <id>: floe-<job>-state, floe-<job>-control, bucket floe-<job>), or create them (for an emulator: 'floe run --backend aws --create-resources'), and check AWS_REGION",
         );
       }
     },

@@ -1,6 +1,5 @@
 /** `floe run --backend aws`: the local runner against the endpoints the AWS SDK is configured for. */
 
-import { DescribeTableCommand } from '@aws-sdk/client-dynamodb';
 import { type AwsJobConfig, awsClients, defaultResourceNames } from '../aws/job.ts';
 import { DynamoJobStore } from '../aws/job-store.ts';
 import {
@@ -9,6 +8,7 @@ import {
   createBucket,
   createStream,
   createTables,
+  tableExists,
 } from '../aws/resources.ts';
 import { openAwsJobForRun } from '../aws/run-job.ts';
 import { ConfigurationError, type PipelinePlan } from '../core/index.ts';
@@ -48,16 +48,9 @@ async function recordedJob(
   controlTable: string,
   job: string,
 ): Promise<{ readonly tableExists: boolean; readonly record: JobRecord | undefined }> {
-  try {
-    // Unretried, so an unreachable endpoint or missing credentials fail at once (explainAwsError).
-    await clients.dynamodb.send(new DescribeTableCommand({ TableName: controlTable }));
-  } catch (error) {
-    // A missing table is reported with every other missing resource by checkResources.
-    if ((error as { name?: string })?.name === 'ResourceNotFoundException') {
-      return { tableExists: false, record: undefined };
-    }
-    throw error;
-  }
+  // Unretried, so an unreachable endpoint or missing credentials fail at once (explainAwsError).
+  // A missing table is reported with every other missing resource by checkResources.
+  if (!(await tableExists(clients.dynamodb, controlTable))) return { tableExists: false, record: undefined };
   return { tableExists: true, record: await new DynamoJobStore(clients.dynamodb, controlTable).get(job) };
 }
 
@@ -164,7 +157,7 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
   try {
     // The stream: --stream, else the one the job record names (a job keeps its stream), else the
     // pipeline name, as on the embedded backend.
-    const { tableExists, record } = await recordedJob(clients, controlTable, options.job);
+    const { tableExists: controlTableExists, record } = await recordedJob(clients, controlTable, options.job);
     const config: AwsJobConfig = {
       job: options.job,
       stream: options.stream ?? record?.stream ?? options.plan.name,
@@ -191,7 +184,7 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
               [config.stateTable, true],
               [config.controlTable, true],
             ]
-          : [[controlTable, tableExists]],
+          : [[controlTable, controlTableExists]],
       ),
     );
     checkGenerationFlag(config.job, options.generation, record);
