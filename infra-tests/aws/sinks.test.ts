@@ -11,14 +11,7 @@ import {
   ScanCommand as ScanItemsCommand,
   waitUntilTableExists,
 } from '@aws-sdk/client-dynamodb';
-import {
-  GetRecordsCommand,
-  GetShardIteratorCommand,
-  type KinesisClient,
-  ListShardsCommand,
-  type PutRecordsCommandInput,
-  type PutRecordsCommandOutput,
-} from '@aws-sdk/client-kinesis';
+import type { KinesisClient, PutRecordsCommandInput, PutRecordsCommandOutput } from '@aws-sdk/client-kinesis';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { ScanCommand } from '@aws-sdk/lib-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -44,6 +37,7 @@ import {
   setupAwsTestEnv,
   uniqueName,
 } from '../env/aws-clients.ts';
+import { readStreamRecords } from '../env/kinesis-streams.ts';
 import { readObjects } from './s3-objects.ts';
 import { createUpsertTable } from './upsert-tables.ts';
 
@@ -94,32 +88,12 @@ interface KinesisRecord {
   partitionKey: string;
 }
 
+/** The sink's records in the stream (readStreamRecords): the id and value of each record's JSON data. */
 async function readStream(kinesis: KinesisClient, stream: string): Promise<KinesisRecord[]> {
-  const { Shards = [] } = await kinesis.send(new ListShardsCommand({ StreamName: stream }));
-  const records: KinesisRecord[] = [];
-  for (const shard of Shards) {
-    const { ShardIterator } = await kinesis.send(
-      new GetShardIteratorCommand({
-        StreamName: stream,
-        ShardId: shard.ShardId,
-        ShardIteratorType: 'TRIM_HORIZON',
-      }),
-    );
-    let iterator = ShardIterator;
-    while (iterator) {
-      const out = await kinesis.send(new GetRecordsCommand({ ShardIterator: iterator, Limit: 10_000 }));
-      for (const r of out.Records ?? []) {
-        const body = JSON.parse(Buffer.from(r.Data ?? []).toString('utf8')) as {
-          id: string;
-          value?: unknown;
-        };
-        records.push({ ...body, partitionKey: r.PartitionKey ?? '' });
-      }
-      if ((out.Records ?? []).length === 0 && (out.MillisBehindLatest ?? 0) === 0) break;
-      iterator = out.NextShardIterator;
-    }
-  }
-  return records;
+  return (await readStreamRecords(kinesis, stream)).map((r) => ({
+    ...(JSON.parse(r.data) as { id: string; value?: unknown }),
+    partitionKey: r.partitionKey,
+  }));
 }
 
 /** Counts PutRecords requests (records, bytes) and can fail chosen records of a request. */
@@ -354,16 +328,7 @@ describe('KinesisStreamSink', () => {
     );
     expect(calls.map((c) => c.records)).toEqual([4, 2]);
     expect(result).toEqual({ retried: 2, overtaken: 1 });
-    const { Shards = [] } = await clients.kinesis.send(new ListShardsCommand({ StreamName: stream }));
-    const { ShardIterator } = await clients.kinesis.send(
-      new GetShardIteratorCommand({
-        StreamName: stream,
-        ShardId: Shards[0]!.ShardId,
-        ShardIteratorType: 'TRIM_HORIZON',
-      }),
-    );
-    const out = await clients.kinesis.send(new GetRecordsCommand({ ShardIterator }));
-    expect((out.Records ?? []).map((r) => Buffer.from(r.Data ?? []).toString())).toEqual([
+    expect((await readStreamRecords(clients.kinesis, stream)).map((r) => r.data)).toEqual([
       'a2',
       'b1',
       'a1',

@@ -2,19 +2,12 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  DescribeStreamSummaryCommand,
-  GetRecordsCommand,
-  GetShardIteratorCommand,
-  type KinesisClient,
-  ListShardsCommand,
-  ResourceNotFoundException,
-} from '@aws-sdk/client-kinesis';
+import { DescribeStreamSummaryCommand, ResourceNotFoundException } from '@aws-sdk/client-kinesis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { clickRecords } from '../../lib/cli/produce.ts';
 import { floeCli, NO_CREDENTIALS } from '../aws/floe-cli.ts';
 import { awsClients, setupAwsTestEnv, uniqueName } from '../env/aws-clients.ts';
-import { createTestStream, deleteTestStream } from '../env/kinesis-streams.ts';
+import { createTestStream, deleteTestStream, readStreamRecords } from '../env/kinesis-streams.ts';
 
 const env = await setupAwsTestEnv();
 const clients = awsClients(env);
@@ -27,37 +20,6 @@ afterAll(async () => {
 });
 
 const floe = floeCli(env);
-
-/** Every record of the stream: partition key and data, per shard in order. */
-async function readStream(
-  kinesis: KinesisClient,
-  stream: string,
-): Promise<{ partitionKey: string; data: string }[]> {
-  const { Shards = [] } = await kinesis.send(new ListShardsCommand({ StreamName: stream }));
-  const records: { partitionKey: string; data: string }[] = [];
-  for (const shard of Shards) {
-    const { ShardIterator } = await kinesis.send(
-      new GetShardIteratorCommand({
-        StreamName: stream,
-        ShardId: shard.ShardId,
-        ShardIteratorType: 'TRIM_HORIZON',
-      }),
-    );
-    let iterator = ShardIterator;
-    while (iterator) {
-      const out = await kinesis.send(new GetRecordsCommand({ ShardIterator: iterator, Limit: 10_000 }));
-      for (const r of out.Records ?? []) {
-        records.push({
-          partitionKey: r.PartitionKey ?? '',
-          data: Buffer.from(r.Data ?? []).toString('utf8'),
-        });
-      }
-      if ((out.Records ?? []).length === 0 && (out.MillisBehindLatest ?? 0) === 0) break;
-      iterator = out.NextShardIterator;
-    }
-  }
-  return records;
-}
 
 /**
  * Data strings per partition key, in order; event times made relative to the earliest (the
@@ -106,7 +68,7 @@ describe('floe produce --backend aws', () => {
       ),
     );
     expect(r.code).toBe(0);
-    const read = await readStream(clients.kinesis, stream);
+    const read = await readStreamRecords(clients.kinesis, stream);
     expect(read).toHaveLength(1502);
     const expected = [
       ...clickRecords({
@@ -188,7 +150,7 @@ describe('floe produce --backend aws', () => {
     const refused = floe(['produce', '--backend', 'aws', '--stream', stream, '--file', arrival]);
     expect(refused.code).toBe(1);
     expect(refused.stderr).toMatch(/^floe: line 2: "arrival" cannot be set on Kinesis/);
-    expect(await readStream(clients.kinesis, stream)).toEqual([]);
+    expect(await readStreamRecords(clients.kinesis, stream)).toEqual([]);
 
     // The same file without the bad line goes in, in order.
     const good = join(dir, 'good.ndjson');
@@ -199,7 +161,7 @@ describe('floe produce --backend aws', () => {
     const ok = floe(['produce', '--backend', 'aws', '--stream', stream, '--file', good]);
     expect(ok.stderr).toMatch(/^floe produce: 2 records .* in 1 PutRecords requests, 0 records retried$/m);
     expect(ok.code).toBe(0);
-    expect(await readStream(clients.kinesis, stream)).toEqual([
+    expect(await readStreamRecords(clients.kinesis, stream)).toEqual([
       { partitionKey: 'a', data: '{"n":1}' },
       { partitionKey: 'b', data: '{"n":2}' },
     ]);
