@@ -32,12 +32,38 @@ describe('numeric flags', () => {
   });
 
   it('fraction takes 0 to 1; an empty value is refused, not read as 0', () => {
+    expect(fraction('--late', undefined, 0.5)).toBe(0.5);
     expect(fraction('--late', '0', 0.5)).toBe(0);
     expect(fraction('--late', '0.25', 0.5)).toBe(0.25);
-    for (const bad of ['', ' ', '-0.1', '1.5', 'NaN', 'x']) {
+    expect(fraction('--late', '1', 0.5)).toBe(1);
+    expect(fraction('--late', '1.000', 0.5)).toBe(1);
+    for (const bad of ['', ' ', '-0.1', '1.5', '2', 'NaN', 'x', 'Infinity', '.', '0.', '1.0.0', '0,5']) {
+      expect(() => fraction('--late', bad, 0.5)).toThrow(UsageError);
       expect(() => fraction('--late', bad, 0.5)).toThrow(
-        `--late must be a number from 0 to 1; received "${bad}"`,
+        `--late must be a number from 0 to 1, written as a plain decimal (0, 0.05, .5 or 1); received "${bad}"`,
       );
+    }
+  });
+
+  it('fraction takes a plain decimal only (a leading point is one): no exponent, hex, sign or spaces', () => {
+    expect(fraction('--out-of-order', '.5', 0)).toBe(0.5);
+    expect(fraction('--out-of-order', '00.050', 0)).toBe(0.05);
+    for (const [bad, meant] of [
+      ['1e-1', '0.1'],
+      ['0x0', '0'],
+      [' .5', '0.5'],
+      ['.5 ', '0.5'],
+      ['+0.1', '0.1'],
+      ['.5e0', '0.5'],
+      ['-0', '0'],
+    ] as const) {
+      expect(() => fraction('--out-of-order', bad, 0)).toThrow(
+        `--out-of-order must be a number from 0 to 1, written as a plain decimal (0, 0.05, .5 or 1); received "${bad}" (write it as a plain decimal: ${meant})`,
+      );
+    }
+    // No hint when the number meant is out of range, or has no plain form.
+    for (const bad of ['1e1', '1e-7']) {
+      expect(() => fraction('--late', bad, 0)).toThrow(new RegExp(`received "${bad}"$`));
     }
   });
 

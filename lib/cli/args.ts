@@ -106,12 +106,31 @@ export function nonNegativeInt(flag: string, value: string | undefined, fallback
   return value === undefined ? fallback : wholeNumber(flag, value, 0, undefined);
 }
 
+/**
+ * A plain decimal: digits with an optional fractional part ("0", "0.05", "1"), or a fractional
+ * part alone (".5", as probabilities are often written). A trailing point ("0.") is refused: it
+ * looks like digits were lost.
+ */
+const PLAIN_DECIMAL = /^(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)$/;
+
+/**
+ * A fraction flag's value from 0 to 1, or `fallback` when the flag is absent. Written as a plain
+ * decimal (PLAIN_DECIMAL): `Number()` also reads "1e-1", "0x0", " .5", "+0.1" and "-0", which a
+ * user would not expect `--late` to take.
+ */
 export function fraction(flag: string, value: string | undefined, fallback: number): number {
   if (value === undefined) return fallback;
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1)
-    throw new UsageError(`${flag} must be a number from 0 to 1; received "${value}"`);
-  return n;
+  const n = PLAIN_DECIMAL.test(value) ? Number(value) : Number.NaN;
+  if (n >= 0 && n <= 1) return n;
+  // "1e-1" or "+0.1": say how to write the number it meant, when it can be written plainly.
+  const meant = String(Number(value));
+  const hint =
+    Number.isNaN(n) && value.trim() !== '' && PLAIN_DECIMAL.test(meant) && Number(meant) <= 1
+      ? ` (write it as a plain decimal: ${meant})`
+      : '';
+  throw new UsageError(
+    `${flag} must be a number from 0 to 1, written as a plain decimal (0, 0.05, .5 or 1); received "${value}"${hint}`,
+  );
 }
 
 export function oneOf<T extends string>(

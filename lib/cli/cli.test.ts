@@ -228,7 +228,7 @@ describe.concurrent('floe errors: one "floe:" line on stderr, non-zero exit, no 
     expectOneLineError(
       await floe('produce', '--stream', 's', '--generate', 'clickstream', '--late', '2'),
       2,
-      /--late must be a number from 0 to 1; received "2"/,
+      /--late must be a number from 0 to 1, written as a plain decimal \(0, 0.05, .5 or 1\); received "2"/,
     );
     expectOneLineError(
       await floe('produce', '--stream', 's', '--generate', 'clickstream', '--events', '-'),
