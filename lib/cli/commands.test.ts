@@ -792,6 +792,21 @@ describe('floe replay', () => {
       1,
       /^floe: --migration module .*migration-misspelt\.ts: a migration is a function .*; received an object with "stat" and no state or timer function$/,
     );
+    // Without a default export (was: "a migration is a function ...; received undefined").
+    const named = join(TMP, 'migration-named.ts');
+    writeFileSync(named, 'export const version = 2;\nexport const toV2 = (entry: unknown) => entry;\n');
+    expectOneLineError(
+      await migrate(named),
+      1,
+      /^floe: --migration module .*migration-named\.ts has no default export \(its exports: "toV2", "version"\): export the migration as its default \(export default \(entry\) => entry, or export default \{ state\(entry\) \{\.\.\.\}, timer\(timer\) \{\.\.\.\} \}\); to use "toV2", add `export default toV2;`$/,
+    );
+    const empty = join(TMP, 'migration-empty.ts');
+    writeFileSync(empty, 'export {};\n');
+    expectOneLineError(
+      await migrate(empty),
+      1,
+      /^floe: --migration module .*migration-empty\.ts has no default export: export the migration as its default \(export default \(entry\) => entry, or .*\}\)$/,
+    );
   });
 });
 

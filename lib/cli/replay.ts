@@ -313,8 +313,27 @@ export function parseTime(text: string): number {
 async function loadMigration(path: string): Promise<StateMigration> {
   checkModulePath(path, '--migration module');
   const loaded = await importModule(path, '--migration module');
+  const exported = loaded.default ?? loaded.migrate;
+  if (exported === undefined) {
+    // `export const m = ...` without `export default m`: name the exports, and which to make the default.
+    const named = Object.keys(loaded).filter((name) => name !== 'default');
+    const migrations = named.filter((name) => {
+      try {
+        asStateMigration(loaded[name]);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    const exports = named.length === 0 ? '' : ` (its exports: ${named.map((n) => `"${n}"`).join(', ')})`;
+    const hint =
+      migrations.length === 0 ? '' : `; to use "${migrations[0]}", add \`export default ${migrations[0]};\``;
+    throw new ConfigurationError(
+      `--migration module ${path} has no default export${exports}: export the migration as its default (export default (entry) => entry, or export default { state(entry) {...}, timer(timer) {...} })${hint}`,
+    );
+  }
   try {
-    return asStateMigration(loaded.default ?? loaded.migrate);
+    return asStateMigration(exported);
   } catch (error) {
     throw new ConfigurationError(`--migration module ${path}: ${(error as Error).message}`);
   }
