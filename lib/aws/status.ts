@@ -10,12 +10,16 @@ import { ResourceNotFoundException } from '@aws-sdk/client-dynamodb';
 import {
   errorMessage,
   pendingTimerCount,
-  type SavepointPipeline,
   type ShardCheckpoint,
   type ShardInfo,
   type StartPosition,
 } from '../core/index.ts';
-import { checkStatusStream, type JobRecord, type JobState } from '../runtime/job-control.ts';
+import {
+  checkStatusStream,
+  type JobRecord,
+  type JobRecordSummary,
+  jobRecordSummary,
+} from '../runtime/job-control.ts';
 import { DynamoBackend, mapLimit } from './dynamodb-backend.ts';
 import type { AwsClientsBundle } from './job.ts';
 import { DynamoJobStore } from './job-store.ts';
@@ -91,18 +95,8 @@ export interface AwsShardStatus {
   readonly lease: AwsShardLease | undefined;
 }
 
-export interface AwsJobRecordSummary {
-  readonly state: JobState;
-  readonly generation: number;
-  readonly stream: string;
-  readonly pipeline?: SavepointPipeline;
-  readonly startPosition?: StartPosition;
-  readonly savepoint?: { readonly id: string; readonly owner: string; readonly expiresAt: number };
-  readonly stoppedBy?: { readonly savepointId: string; readonly at: number };
-  readonly restoredFrom?: { readonly savepointId: string; readonly at: number };
-  readonly restore?: { readonly savepointId: string; readonly generation: number };
-  readonly updatedAt: number;
-}
+/** The job record as `floe status --json` shows it (the same on both backends). */
+export type AwsJobRecordSummary = JobRecordSummary;
 
 export interface AwsJobStatus {
   readonly backend: 'aws';
@@ -218,33 +212,7 @@ export async function awsJobStatus(
     controlTable: options.controlTable,
     bucket: options.bucket,
     at,
-    record:
-      record === undefined
-        ? undefined
-        : {
-            state: record.state,
-            generation: record.generation,
-            stream: record.stream,
-            ...(record.pipeline === undefined ? {} : { pipeline: record.pipeline }),
-            ...(record.startPosition === undefined ? {} : { startPosition: record.startPosition }),
-            ...(record.savepoint === undefined
-              ? {}
-              : {
-                  savepoint: {
-                    id: record.savepoint.id,
-                    owner: record.savepoint.owner,
-                    expiresAt: record.savepoint.expiresAt,
-                  },
-                }),
-            ...(record.stoppedBy === undefined ? {} : { stoppedBy: record.stoppedBy }),
-            ...(record.restoredFrom === undefined ? {} : { restoredFrom: record.restoredFrom }),
-            ...(record.restore === undefined
-              ? {}
-              : {
-                  restore: { savepointId: record.restore.savepointId, generation: record.restore.generation },
-                }),
-            updatedAt: record.updatedAt,
-          },
+    record: record === undefined ? undefined : jobRecordSummary(record),
     known: record !== undefined || checkpoints.length > 0,
     shards: ids.map((id) => shards.get(id)!),
   };

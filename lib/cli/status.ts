@@ -2,7 +2,7 @@ import { ConfigurationError } from '../core/index.ts';
 import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { SqliteJobStore } from '../embedded/job-store.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
-import { jobStatus } from '../embedded/status.ts';
+import { jobStatus, shardState, statusJson } from '../embedded/status.ts';
 import { checkStatusStream } from '../runtime/job-control.ts';
 import {
   backendKind,
@@ -27,7 +27,7 @@ Options:
                             aws: the endpoints the AWS SDK is configured for
   --stream, -s <name>       its input stream (default: the job's, else the job id)
   --data-dir <dir>          embedded data directory (default .floe)
-  --json                    print JSON
+  --json                    print JSON (its fields: docs/cli.md)
 AWS backend (endpoints from AWS_ENDPOINT_URL[_SERVICE], region and credentials as the SDK finds them):
   --state-table, --control-table <name>  DynamoDB tables (default floe-<job>-state / -control)
   --bucket <name>           S3 bucket of deltas and large checkpoints (default floe-<job>)
@@ -109,10 +109,15 @@ export async function runStatus(args: string[]): Promise<number> {
       }
       throw new ConfigurationError(`unknown stream "${stream}" in ${path}; pass --stream <name>`);
     }
-    const status = jobStatus(db, job, stream, record?.generation ?? 0, record?.startPosition);
+    const generation = record?.generation ?? 0;
+    const status = jobStatus(db, job, stream, generation, record?.startPosition);
     if (values.json) {
       console.log(
-        JSON.stringify(status, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v), 2),
+        JSON.stringify(
+          statusJson(status, generation, record, Date.now()),
+          (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v),
+          2,
+        ),
       );
       return 0;
     }
@@ -124,7 +129,7 @@ export async function runStatus(args: string[]): Promise<number> {
     );
     for (const s of status.shards) {
       const cp = s.checkpoint;
-      const state = cp?.finished ? 'done' : s.closed ? 'closed' : 'open';
+      const state = shardState(s);
       console.log(
         `${s.shardId}  ${state.padEnd(6)}  ${(cp?.position ?? '-').padEnd(20)}  ${formatCount(s.lag).padStart(9)}  ${formatTime(cp?.watermark ?? Number.NEGATIVE_INFINITY).padEnd(20)}  ${cp?.commitNumber ?? 0}`,
       );

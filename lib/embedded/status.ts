@@ -2,10 +2,16 @@
 import {
   DEAD_LETTER_SINK,
   deserializeCheckpoint,
+  pendingTimerCount,
   type ShardCheckpoint,
   type StartPosition,
 } from '../core/index.ts';
-import { outputJobId } from '../runtime/job-control.ts';
+import {
+  type JobRecord,
+  type JobRecordSummary,
+  jobRecordSummary,
+  outputJobId,
+} from '../runtime/job-control.ts';
 import { outputTableName } from './sinks.ts';
 import type { SqliteDatabase } from './sqlite.ts';
 
@@ -103,5 +109,84 @@ export function jobStatus(
     }),
     outputs,
     deadLetters: outputs[DEAD_LETTER_SINK] ?? 0,
+  };
+}
+
+/** open; closed (by a reshard, records left to read); done (read to its end). */
+export type EmbeddedShardState = 'open' | 'closed' | 'done';
+
+export function shardState(shard: ShardStatus): EmbeddedShardState {
+  return shard.checkpoint?.finished ? 'done' : shard.closed ? 'closed' : 'open';
+}
+
+/**
+ * A shard in `floe status --json`: the fields of the AWS status that the embedded backend has
+ * (lib/aws/status.ts AwsShardStatus), then its own lag in records. docs/cli.md describes them.
+ */
+export interface EmbeddedShardStatusJson {
+  readonly shardId: string;
+  readonly state: EmbeddedShardState;
+  readonly checkpointed: boolean;
+  /** Local-log sequence number of the last committed record. */
+  readonly position: string | undefined;
+  readonly commitNumber: number;
+  /** -Infinity before the first element, +Infinity once finished. */
+  readonly watermark: number;
+  readonly finished: boolean;
+  readonly pendingTimers: number;
+  /** Records of the shard the job reads, from its start position. */
+  readonly records: number;
+  /** Those not processed yet. */
+  readonly lag: number;
+}
+
+/** `floe status --json` on the embedded backend: the AWS status's shape where they share fields. */
+export interface EmbeddedJobStatusJson {
+  readonly backend: 'embedded';
+  readonly job: string;
+  readonly stream: string;
+  readonly generation: number;
+  /** When the status was read (epoch ms). */
+  readonly at: number;
+  readonly record: JobRecordSummary | undefined;
+  /** False when the job has neither a job record nor a checkpoint: it never ran, or --job is wrong. */
+  readonly known: boolean;
+  readonly shards: readonly EmbeddedShardStatusJson[];
+  readonly outputs: Readonly<Record<string, number>>;
+  readonly deadLetters: number;
+}
+
+/**
+ * The JSON form of a status: per shard the checkpoint's summary rather than the checkpoint itself,
+ * whose internals (timers, timer log, idleness bookkeeping) are no part of the status.
+ */
+export function statusJson(
+  status: JobStatus,
+  generation: number,
+  record: JobRecord | undefined,
+  at: number,
+): EmbeddedJobStatusJson {
+  return {
+    backend: 'embedded',
+    job: status.job,
+    stream: status.stream,
+    generation,
+    at,
+    record: record === undefined ? undefined : jobRecordSummary(record),
+    known: record !== undefined || status.shards.some((s) => s.checkpoint !== undefined),
+    shards: status.shards.map((s) => ({
+      shardId: s.shardId,
+      state: shardState(s),
+      checkpointed: s.checkpoint !== undefined,
+      position: s.checkpoint?.position,
+      commitNumber: s.checkpoint?.commitNumber ?? 0,
+      watermark: s.checkpoint?.watermark ?? Number.NEGATIVE_INFINITY,
+      finished: s.checkpoint?.finished ?? false,
+      pendingTimers: s.checkpoint === undefined ? 0 : pendingTimerCount(s.checkpoint),
+      records: s.records,
+      lag: s.lag,
+    })),
+    outputs: status.outputs,
+    deadLetters: status.deadLetters,
   };
 }

@@ -68,6 +68,46 @@ export interface JobRecord {
   readonly updatedAt: number;
 }
 
+/** What `floe status --json` shows of a job record, on both backends (docs/cli.md). */
+export interface JobRecordSummary {
+  readonly state: JobState;
+  readonly generation: number;
+  readonly stream: string;
+  readonly pipeline?: SavepointPipeline;
+  readonly startPosition?: StartPosition;
+  readonly savepoint?: { readonly id: string; readonly owner: string; readonly expiresAt: number };
+  readonly stoppedBy?: { readonly savepointId: string; readonly at: number };
+  readonly restoredFrom?: { readonly savepointId: string; readonly at: number };
+  readonly restore?: { readonly savepointId: string; readonly generation: number };
+  readonly updatedAt: number;
+}
+
+/** The record without its bookkeeping (version, next generation, state layout, progress details). */
+export function jobRecordSummary(record: JobRecord): JobRecordSummary {
+  return {
+    state: record.state,
+    generation: record.generation,
+    stream: record.stream,
+    ...(record.pipeline === undefined ? {} : { pipeline: record.pipeline }),
+    ...(record.startPosition === undefined ? {} : { startPosition: record.startPosition }),
+    ...(record.savepoint === undefined
+      ? {}
+      : {
+          savepoint: {
+            id: record.savepoint.id,
+            owner: record.savepoint.owner,
+            expiresAt: record.savepoint.expiresAt,
+          },
+        }),
+    ...(record.stoppedBy === undefined ? {} : { stoppedBy: record.stoppedBy }),
+    ...(record.restoredFrom === undefined ? {} : { restoredFrom: record.restoredFrom }),
+    ...(record.restore === undefined
+      ? {}
+      : { restore: { savepointId: record.restore.savepointId, generation: record.restore.generation } }),
+    updatedAt: record.updatedAt,
+  };
+}
+
 /** Where job records live. */
 export interface JobStore {
   get(job: string): Promise<JobRecord | undefined>;
