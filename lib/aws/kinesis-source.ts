@@ -243,6 +243,8 @@ export class KinesisSource implements ShardSource {
         out = await this.call(`ListShards of ${this.options.stream}`, () =>
           this.options.client.send(
             new ListShardsCommand({
+              // A later page names the stream by its token alone: ListShards refuses StreamName
+              // (or a creation timestamp) beside a NextToken.
               ...(token !== undefined ? { NextToken: token } : this.streamRef),
               ...(this.options.listShardsPageSize !== undefined
                 ? { MaxResults: this.options.listShardsPageSize }
