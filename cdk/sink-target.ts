@@ -351,6 +351,17 @@ function bucketConfig(bucket: s3.IBucket, prefix: string, merge: boolean | undef
  */
 export function grantObjects(bucket: s3.IBucket, prefixes: readonly string[], grantee: IGrantable): void {
   allowObjects(grantee, bucket, prefixes, ['s3:GetObject', 's3:PutObject']);
+  allowMissingObjectReads(grantee, bucket);
+}
+
+/**
+ * `s3:ListBucket` on the whole bucket. S3 answers a GetObject (or HeadObject) of a missing key
+ * with 404 only to a caller allowed to list the bucket, and 403 to anyone else; floe reads a
+ * missing object as an answer (a large checkpoint or delta not written, an S3 sink object on its
+ * first write), so without it every such read would fail as access denied. S3 documents the rule
+ * for the bucket-wide permission, so it is not narrowed to the job's prefixes.
+ */
+export function allowMissingObjectReads(grantee: IGrantable, bucket: s3.IBucket): void {
   grantee.grantPrincipal.addToPrincipalPolicy(
     new iam.PolicyStatement({ actions: ['s3:ListBucket'], resources: [bucket.bucketArn] }),
   );

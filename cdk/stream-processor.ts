@@ -38,6 +38,7 @@ import type { DeltaApplyMode } from '../lib/aws/dynamodb-backend.ts';
 import { DEFAULT_METRICS_NAMESPACE, JOB_DIMENSION, WorkerMetric } from '../lib/aws/metric-names.ts';
 import {
   accountReference,
+  allowMissingObjectReads,
   allowObjects,
   DEAD_LETTER_SINK,
   grantObjects,
@@ -590,9 +591,7 @@ export class StreamProcessor extends Construct {
     // state items, read with BatchGetItem.
     this.stateTable.grant(this.coordinator, 'dynamodb:BatchGetItem');
     allowObjects(this.coordinator, this.bucket, [jobPrefix], ['s3:GetObject']);
-    this.coordinator.addToRolePolicy(
-      new iam.PolicyStatement({ actions: ['s3:ListBucket'], resources: [this.bucket.bucketArn] }),
-    );
+    allowMissingObjectReads(this.coordinator, this.bucket);
     this.coordinator.addToRolePolicy(
       new iam.PolicyStatement({ actions: ['lambda:InvokeFunction'], resources: [this.worker.functionArn] }),
     );
@@ -622,9 +621,7 @@ export class StreamProcessor extends Construct {
       [SAVEPOINTS_PREFIX],
       ['s3:GetObject', 's3:PutObject', 's3:DeleteObject'],
     );
-    savepoint.addToRolePolicy(
-      new iam.PolicyStatement({ actions: ['s3:ListBucket'], resources: [this.bucket.bucketArn] }),
-    );
+    allowMissingObjectReads(savepoint, this.bucket);
     // --- Schedule.
     this.schedule = new events.Rule(this, 'Schedule', {
       description: `Starts the workers of floe job ${this.job}`,
