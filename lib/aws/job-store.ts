@@ -2,18 +2,14 @@
  * Job records (see lib/runtime/job-control.ts) in the job's DynamoDB control table: one item
  * `pk = "@job/<job>"`, `sk = "job"` (a job id never starts with "@", so it cannot collide with
  * the `<job>#<generation>` partitions of leases and outboxes), written with compare-and-set on
- * `version`.
+ * `version`. A removed record (delete) leaves the same item without `body`, with `freed` (its
+ * nextGeneration) and the next version: FreedJob. Readers of records skip an item without a
+ * body (an older floe too: it sees no record, and its creation of one fails its condition).
  */
 import { ConditionalCheckFailedException, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import {
-  DeleteCommand,
-  DynamoDBDocumentClient,
-  GetCommand,
-  PutCommand,
-  ScanCommand,
-} from '@aws-sdk/lib-dynamodb';
+import { DynamoDBDocumentClient, GetCommand, PutCommand, ScanCommand } from '@aws-sdk/lib-dynamodb';
 import { StateFormatError } from '../core/index.ts';
-import type { JobRecord, JobStore } from '../runtime/job-control.ts';
+import type { JobLookup, JobRecord, JobStore } from '../runtime/job-control.ts';
 import { withBackoff } from './retry.ts';
 
 /** The key of job `job`'s record in its control table. */
@@ -47,22 +43,33 @@ export class DynamoJobStore implements JobStore {
   }
 
   async get(job: string): Promise<JobRecord | undefined> {
+    return (await this.lookup(job)).record;
+  }
+
+  /** One consistent GetItem. */
+  async lookup(job: string): Promise<JobLookup> {
     const res = await withBackoff('GetItem', () =>
       this.ddb.send(
         new GetCommand({ TableName: this.controlTable, Key: this.key(job), ConsistentRead: true }),
       ),
     );
-    const body = res.Item?.body;
-    if (typeof body !== 'string') return undefined;
-    try {
-      return JSON.parse(body) as JobRecord;
-    } catch (error) {
-      throw new StateFormatError(
-        `the record of job ${job} in ${this.controlTable} is not valid JSON: ${String(error)}`,
-      );
+    const item = res.Item;
+    if (typeof item?.body === 'string') {
+      try {
+        return { record: JSON.parse(item.body) as JobRecord, freed: undefined };
+      } catch (error) {
+        throw new StateFormatError(
+          `the record of job ${job} in ${this.controlTable} is not valid JSON: ${String(error)}`,
+        );
+      }
     }
+    if (typeof item?.freed !== 'number' || typeof item.version !== 'number') {
+      return { record: undefined, freed: undefined };
+    }
+    return { record: undefined, freed: { job, nextGeneration: item.freed, version: item.version } };
   }
 
+  /** A PutItem: it replaces the whole item, a removed record's `freed` included. */
   async put(record: JobRecord, expectedVersion: number | undefined): Promise<boolean> {
     try {
       await withBackoff('PutItem', () =>
@@ -89,15 +96,16 @@ export class DynamoJobStore implements JobStore {
     }
   }
 
-  async delete(job: string, expectedVersion: number): Promise<boolean> {
+  /** One conditional PutItem that replaces the record with what lookup() reads as `freed`. */
+  async delete(record: JobRecord): Promise<boolean> {
     try {
-      await withBackoff('DeleteItem', () =>
+      await withBackoff('PutItem', () =>
         this.ddb.send(
-          new DeleteCommand({
+          new PutCommand({
             TableName: this.controlTable,
-            Key: this.key(job),
-            ConditionExpression: 'version = :v',
-            ExpressionAttributeValues: { ':v': expectedVersion },
+            Item: { ...this.key(record.job), version: record.version + 1, freed: record.nextGeneration },
+            ConditionExpression: 'version = :v AND attribute_exists(body)',
+            ExpressionAttributeValues: { ':v': record.version },
           }),
         ),
       );

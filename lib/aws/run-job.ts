@@ -8,6 +8,7 @@ import type { JobRuntime } from '../runtime/job.ts';
 import {
   checkStateLayout,
   decide,
+  generationOf,
   type JobRecord,
   jobControl,
   resolveJobForRun,
@@ -53,8 +54,9 @@ export async function openAwsJobForRun(
 
 /**
  * For the Lambda handlers: the job as its record says (generation, start position, control),
- * without writing the record. A job with no record runs generation `config.generation`.
- * Returns undefined when the job must not run now (stopped, restoring, paused for a savepoint),
+ * without writing the record. A job with no record runs generation `config.generation`, or
+ * past a removed record's generations (firstGeneration: the id was freed by an abandoned
+ * restore, whose late writes may lie below). Returns undefined when the job must not run now (stopped, restoring, paused for a savepoint),
  * with the reason.
  */
 export async function openAwsJobFromRecord(
@@ -63,8 +65,9 @@ export async function openAwsJobFromRecord(
   clients: AwsClientsBundle,
 ): Promise<{ runtime: AwsJobRuntime; reason?: undefined } | { runtime?: undefined; reason: string }> {
   const jobs = new DynamoJobStore(clients.dynamodb, config.controlTable);
-  const record = await jobs.get(config.job);
-  const generation = record?.generation ?? config.generation ?? 0;
+  const found = await jobs.lookup(config.job);
+  const record = found.record;
+  const generation = generationOf(found, config.generation);
   const decision = decide(record, generation, Date.now());
   if (decision.action !== 'run') return { reason: decision.reason };
   // A deploy that changed the state layout fails the invocation (WorkerErrors), rather than

@@ -16,6 +16,8 @@ import {
 } from '../core/index.ts';
 import {
   checkStatusStream,
+  generationOf,
+  type JobLookup,
   type JobRecord,
   type JobRecordSummary,
   jobRecordSummary,
@@ -128,21 +130,23 @@ export async function awsJobStatus(
     bucket: options.bucket,
   });
   const jobs = new DynamoJobStore(clients.dynamodb, options.controlTable);
-  let record: Awaited<ReturnType<DynamoJobStore['get']>>;
+  let found: JobLookup;
   try {
-    record = await jobs.get(options.job);
+    found = await jobs.lookup(options.job);
   } catch (error) {
     if (!(error instanceof ResourceNotFoundException)) throw error;
     // Name every missing resource at once (the control table at least).
     await checkResources(clients, resources(options.stream ?? options.job), options.missingResourcesHint);
     throw error;
   }
+  const record = found.record;
   options.checkRecord?.(record);
   checkStatusStream(record, options.stream);
   const stream = options.stream ?? record?.stream ?? options.job;
   await checkResources(clients, resources(stream), options.missingResourcesHint);
 
-  const generation = record?.generation ?? options.generation ?? 0;
+  // Without a record, the generation its Lambda workers run (openAwsJobFromRecord).
+  const generation = generationOf(found, options.generation);
   const backend = new DynamoBackend({
     dynamodb: clients.dynamodb,
     s3: clients.s3,

@@ -63,7 +63,7 @@ every shard from the first record that arrived at or after <time>: epoch ms, or 
 --abandon gives up the unfinished restore into job <id> (the --as-job id of the replay, if it
 had one): the job goes back to the generation it ran before (a job the restore created is
 removed), what the restore wrote is deleted, and a restore process still running stops. A later
-replay restores into a fresh generation.
+replay restores into a fresh generation (a later job of a removed id starts in one too).
 
 Options:
   --as-job <id>                  restore into / start this job id (default: the savepoint's job)
@@ -249,7 +249,7 @@ async function runAbandon(values: Record<string, unknown>): Promise<number> {
     const what = `the restore of savepoint ${result.savepointId} into job ${job} (generation ${result.generation})`;
     console.error(
       result.record === undefined
-        ? `floe replay: abandoned ${what}${result.resumed ? ' (finishing an interrupted abandon)' : ''}: job ${job}, which the restore had created, is removed with what the restore wrote (${deleted}); the id can be used again`
+        ? `floe replay: abandoned ${what}${result.resumed ? ' (finishing an interrupted abandon)' : ''}: job ${job}, which the restore had created, is removed with what the restore wrote (${deleted}); the id can be used again (a later job of it starts at generation ${result.nextGeneration})`
         : `floe replay: abandoned ${what}${result.resumed ? ' (finishing an interrupted abandon)' : ''}: deleted what it wrote (${deleted}); job ${job} is back on generation ${result.record.generation} (${result.record.state}), and a later replay restores into a new generation`,
     );
     return 0;

@@ -3,7 +3,7 @@ import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
 import { SqliteJobStore } from '../embedded/job-store.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import { jobStatus, shardState, statusJson } from '../embedded/status.ts';
-import { checkStatusStream } from '../runtime/job-control.ts';
+import { checkStatusStream, generationOf } from '../runtime/job-control.ts';
 import {
   backendKind,
   formatCount,
@@ -87,7 +87,8 @@ export async function runStatus(args: string[]): Promise<number> {
   try {
     // The job record (written by floe run, savepoints and replays) names the stream and generation.
     const jobs = new SqliteJobStore(db);
-    const record = await jobs.get(job);
+    const found = await jobs.lookup(job);
+    const record = found.record;
     checkStatusStream(record, streamName);
     const stream = streamName ?? record?.stream ?? job;
     const known =
@@ -109,7 +110,7 @@ export async function runStatus(args: string[]): Promise<number> {
       }
       throw new ConfigurationError(`unknown stream "${stream}" in ${path}; pass --stream <name>`);
     }
-    const generation = record?.generation ?? 0;
+    const generation = generationOf(found);
     const status = jobStatus(db, job, stream, generation, record?.startPosition);
     if (values.json) {
       console.log(

@@ -1,6 +1,11 @@
-/** Job records (see lib/runtime/job-control.ts) in the embedded SQLite file: table floe_job. */
+/**
+ * Job records (see lib/runtime/job-control.ts) in the embedded SQLite file: table floe_job, and
+ * floe_job_freed for what a removed record leaves (FreedJob), created beside it in files of an
+ * earlier floe (which ignores it: its restores write nothing after an abandon, see
+ * sqliteStateScope, so it has nothing to be fenced from).
+ */
 import { StateFormatError } from '../core/errors.ts';
-import type { JobRecord, JobStore } from '../runtime/job-control.ts';
+import type { JobLookup, JobRecord, JobStore } from '../runtime/job-control.ts';
 import { ensureSchema } from './schema.ts';
 import type { SqliteDatabase } from './sqlite.ts';
 
@@ -9,6 +14,9 @@ export const SQLITE_JOB_SCHEMA_VERSION = 1;
 const DDL = `
 CREATE TABLE IF NOT EXISTS floe_job (
   job TEXT PRIMARY KEY, version INTEGER NOT NULL, body TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS floe_job_freed (
+  job TEXT PRIMARY KEY, version INTEGER NOT NULL, next_generation INTEGER NOT NULL
 ) WITHOUT ROWID;
 `;
 
@@ -23,6 +31,13 @@ export class SqliteJobStore implements JobStore {
       update: db.prepare('UPDATE floe_job SET version = ?, body = ? WHERE job = ? AND version = ?'),
       delete: db.prepare('DELETE FROM floe_job WHERE job = ? AND version = ?'),
       list: db.prepare<[], { body: string }>('SELECT body FROM floe_job ORDER BY job'),
+      freed: db.prepare<[string], { version: number; next_generation: number }>(
+        'SELECT version, next_generation FROM floe_job_freed WHERE job = ?',
+      ),
+      free: db.prepare(
+        'INSERT OR REPLACE INTO floe_job_freed (job, version, next_generation) VALUES (?, ?, ?)',
+      ),
+      unfree: db.prepare('DELETE FROM floe_job_freed WHERE job = ?'),
     };
   }
 
@@ -36,17 +51,43 @@ export class SqliteJobStore implements JobStore {
     return row === undefined ? undefined : parse(row.body, job);
   }
 
-  async put(record: JobRecord, expectedVersion: number | undefined): Promise<boolean> {
-    const body = JSON.stringify(record);
-    const result =
-      expectedVersion === undefined
-        ? this.sql.insert.run(record.job, record.version, body)
-        : this.sql.update.run(record.version, body, record.job, expectedVersion);
-    return result.changes === 1;
+  async lookup(job: string): Promise<JobLookup> {
+    return this.db
+      .transaction((): JobLookup => {
+        const record = this.read(job);
+        // (A record an earlier floe wrote over a removed one leaves its row: the record wins.)
+        const row = record === undefined ? this.sql.freed.get(job) : undefined;
+        const freed =
+          row === undefined ? undefined : { job, nextGeneration: row.next_generation, version: row.version };
+        return { record, freed };
+      })
+      .deferred();
   }
 
-  async delete(job: string, expectedVersion: number): Promise<boolean> {
-    return this.sql.delete.run(job, expectedVersion).changes === 1;
+  async put(record: JobRecord, expectedVersion: number | undefined): Promise<boolean> {
+    const body = JSON.stringify(record);
+    return this.db
+      .transaction((): boolean => {
+        if (this.read(record.job) !== undefined) {
+          if (expectedVersion === undefined) return false;
+          return this.sql.update.run(record.version, body, record.job, expectedVersion).changes === 1;
+        }
+        // No record: over nothing, or over what a removed one left (its version).
+        if (this.sql.freed.get(record.job)?.version !== expectedVersion) return false;
+        this.sql.unfree.run(record.job);
+        return this.sql.insert.run(record.job, record.version, body).changes === 1;
+      })
+      .immediate();
+  }
+
+  async delete(record: JobRecord): Promise<boolean> {
+    return this.db
+      .transaction((): boolean => {
+        if (this.sql.delete.run(record.job, record.version).changes !== 1) return false;
+        this.sql.free.run(record.job, record.version + 1, record.nextGeneration);
+        return true;
+      })
+      .immediate();
   }
 
   async list(): Promise<JobRecord[]> {

@@ -603,7 +603,8 @@ describe('savepoints on the embedded backend', () => {
     const jobs: typeof backend.jobs = {
       get: (job) => backend.jobs.get(job),
       restoresFrom: (id) => backend.jobs.restoresFrom(id),
-      delete: (job, expected) => backend.jobs.delete(job, expected),
+      lookup: (job) => backend.jobs.lookup(job),
+      delete: (record) => backend.jobs.delete(record),
       async put(record, expected) {
         const ok = await backend.jobs.put(record, expected);
         if (!ok || record.restoredFrom === undefined || lost) return ok;

@@ -1,7 +1,17 @@
 /** The job record's say over workers, and `floe run`'s view of it. */
 import { describe, expect, it } from 'vitest';
 import type { OperatorSchema } from '../core/index.ts';
-import { decide, type JobRecord, MemoryJobStore, resolveJobForRun, updateJob } from './job-control.ts';
+import { SqliteJobStore } from '../embedded/job-store.ts';
+import { openSqlite } from '../embedded/sqlite.ts';
+import {
+  decide,
+  generationOf,
+  type JobRecord,
+  type JobStore,
+  MemoryJobStore,
+  resolveJobForRun,
+  updateJob,
+} from './job-control.ts';
 
 const record = (over: Partial<JobRecord>): JobRecord => ({
   job: 'j',
@@ -91,4 +101,39 @@ describe('job control', () => {
     expect(await store.put(record({ version: 2 }), 5)).toBe(false);
     expect(await store.put(record({ version: 2 }), 1)).toBe(true);
   });
+
+  // The DynamoDB store is tested the same way in infra-tests/aws/savepoint.test.ts.
+  for (const [name, open] of [
+    ['memory', () => new MemoryJobStore()],
+    ['SQLite', () => new SqliteJobStore(openSqlite(':memory:'))],
+  ] as const) {
+    it(`a removed record leaves its next generation: the id reads as absent, and a later job of it starts past it and continues its versions (${name})`, async () => {
+      const store: JobStore = open();
+      const options = { job: 'j', stream: 's', pipeline: { name: 'p', version: '1' }, operators: [] };
+      const restoring = record({ state: 'restoring', nextGeneration: 3, version: 4 });
+      expect(await store.put(restoring, undefined)).toBe(true);
+      expect((await store.lookup('j')).freed).toBeUndefined();
+      expect(await store.delete({ ...restoring, version: 3 })).toBe(false);
+      expect(await store.delete(restoring)).toBe(true);
+      expect(await store.delete(restoring)).toBe(false);
+      expect(await store.get('j')).toBeUndefined();
+      expect(await store.restoresFrom('sp')).toEqual([]);
+      expect((await store.lookup('j')).freed).toEqual({ job: 'j', nextGeneration: 3, version: 5 });
+      expect(generationOf(await store.lookup('j'))).toBe(3);
+      expect(generationOf(await store.lookup('j'), 7)).toBe(7);
+      // A write that read the removed record, or no record at all, does not land.
+      expect(await store.put(record({ version: 5 }), 4)).toBe(false);
+      expect(await store.put(record({ version: 1 }), undefined)).toBe(false);
+      // floe run of the id: a new record past the removed one's generations and versions.
+      const run = await resolveJobForRun(store, options);
+      expect(run).toMatchObject({ generation: 3, record: { generation: 3, nextGeneration: 4, version: 6 } });
+      expect((await store.lookup('j')).freed).toBeUndefined();
+      expect(await store.lookup('j')).toEqual({ record: run.record, freed: undefined });
+      // Removed again: what it leaves follows the new record.
+      expect(await store.delete(run.record)).toBe(true);
+      expect((await store.lookup('j')).freed).toEqual({ job: 'j', nextGeneration: 4, version: 7 });
+      // A deployment's generation above it wins.
+      expect(await resolveJobForRun(store, { ...options, generation: 9 })).toMatchObject({ generation: 9 });
+    });
+  }
 });

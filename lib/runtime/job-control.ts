@@ -108,19 +108,60 @@ export function jobRecordSummary(record: JobRecord): JobRecordSummary {
   };
 }
 
+/**
+ * What a removed job record leaves in its place (JobStore.delete): the id has no job — every
+ * reader of records (JobStore.get, restoresFrom, listings) sees none, and it can be used again —
+ * but a later job of that id starts past the removed one's generations (firstGeneration).
+ *
+ * Why: a record is removed when `floe replay --abandon` gives up a restore that had created the
+ * job (a replay --as-job). On DynamoDB, a restore process suspended in the middle of a batch of
+ * state entries (after its check of the record; the entries are conditional puts that cannot
+ * check it) may write the rest of that batch after the abandon deleted the generation: those
+ * entries must never become the state of a later job of the id, so no later job uses that
+ * generation. (A ConditionCheck of the record in a transaction with every batch would close it
+ * too, but doubles the write cost of a restore, and transactions that include the same item (the
+ * record) at the same time can conflict, which would serialize its batches.)
+ */
+export interface FreedJob {
+  readonly job: string;
+  /** The removed record's `nextGeneration`: every generation it may have written is below. */
+  readonly nextGeneration: number;
+  /**
+   * The removed record's version + 1. A later record of the id continues from it, so that a
+   * compare-and-set that read the removed record can never succeed on the later one.
+   */
+  readonly version: number;
+}
+
+/** A job id as stored (one read): its record, or without one, what a removed record left. */
+export interface JobLookup {
+  readonly record: JobRecord | undefined;
+  /** Only when there is no record: what a removed record of the id left (delete), if any. */
+  readonly freed: FreedJob | undefined;
+}
+
 /** Where job records live. */
 export interface JobStore {
+  /** The job's record; undefined when the id has none (never had one, or it was removed). */
   get(job: string): Promise<JobRecord | undefined>;
   /**
-   * Writes the record if the stored version is `expectedVersion` (undefined: no record yet).
-   * Returns false (and writes nothing) when another writer got there first.
+   * The record, or without one, what a removed one left (one read): for whatever creates a
+   * record, or runs a job without one.
+   */
+  lookup(job: string): Promise<JobLookup>;
+  /**
+   * Writes the record if the stored version is `expectedVersion`: the record's, or when the id
+   * has no record, that of what a removed one left (JobLookup.freed), which the record replaces
+   * (undefined: neither is stored). Returns false (and writes nothing) when another writer got
+   * there first.
    */
   put(record: JobRecord, expectedVersion: number | undefined): Promise<boolean>;
   /**
-   * Deletes the record if the stored version is `expectedVersion`. Returns false (and deletes
-   * nothing) when another writer changed it, or it is gone.
+   * Removes `record` if its stored version is `record.version`, leaving in the same write what
+   * lookup() returns as `freed`: `nextGeneration` of the record, version `record.version + 1`.
+   * Returns false (and changes nothing) when another writer changed it, or it is gone.
    */
-  delete(job: string, expectedVersion: number): Promise<boolean>;
+  delete(record: JobRecord): Promise<boolean>;
   /**
    * The records with a restore in progress from savepoint `savepointId` (`restore.savepointId`),
    * whatever their job id: `floe savepoint delete` refuses to delete a savepoint such a restore
@@ -144,6 +185,8 @@ export async function updateJob(
   job: string,
   change: (
     current: JobRecord | undefined,
+    /** Without a record: what a removed one left, if any (a new record starts at firstGeneration). */
+    freed: FreedJob | undefined,
   ) =>
     | Omit<JobRecord, 'version' | 'updatedAt'>
     | undefined
@@ -151,16 +194,31 @@ export async function updateJob(
   now: () => number = Date.now,
 ): Promise<JobRecord | undefined> {
   for (let attempt = 0; attempt < 20; attempt++) {
-    const current = await store.get(job);
-    const next = await change(current);
+    const { record: current, freed } = await store.lookup(job);
+    const next = await change(current, freed);
     if (next === undefined) return current;
-    const record: JobRecord = { ...next, version: (current?.version ?? 0) + 1, updatedAt: now() };
-    if (await store.put(record, current?.version)) return record;
+    const stored = current?.version ?? freed?.version;
+    const record: JobRecord = { ...next, version: (stored ?? 0) + 1, updatedAt: now() };
+    if (await store.put(record, stored)) return record;
     await new Promise((resolve) => setTimeout(resolve, 5 + Math.random() * 20 * (attempt + 1)));
   }
   throw new JobRecordConflictError(
     `the record of job ${job} kept changing while it was being updated; retry the command`,
   );
+}
+
+/**
+ * The generation a job without a record runs, or a new record of it starts at: `configured` (a
+ * Lambda job's deployed generation; 0 by default), but never one a removed record of the id may
+ * have written (`freed`).
+ */
+export function firstGeneration(freed: FreedJob | undefined, configured = 0): number {
+  return Math.max(configured, freed?.nextGeneration ?? 0);
+}
+
+/** The generation a job runs: its record's, or without a record, firstGeneration. */
+export function generationOf(found: JobLookup, configured = 0): number {
+  return found.record?.generation ?? firstGeneration(found.freed, configured);
 }
 
 /**
@@ -272,12 +330,13 @@ export async function resolveJobForRun(
   const record = await updateJob(
     store,
     options.job,
-    (current) => {
+    (current, freed) => {
       if (current === undefined) {
+        const generation = firstGeneration(freed, initialGeneration);
         return {
           job: options.job,
-          generation: initialGeneration,
-          nextGeneration: initialGeneration + 1,
+          generation,
+          nextGeneration: generation + 1,
           state: 'running',
           stream: options.stream,
           pipeline: options.pipeline,
@@ -356,19 +415,32 @@ export function checkStatusStream(
 /** In-memory JobStore (tests, simulate). */
 export class MemoryJobStore implements JobStore {
   private readonly records = new Map<string, string>();
+  private readonly removed = new Map<string, FreedJob>();
   async get(job: string): Promise<JobRecord | undefined> {
     const text = this.records.get(job);
     return text === undefined ? undefined : (JSON.parse(text) as JobRecord);
   }
+  async lookup(job: string): Promise<JobLookup> {
+    const record = await this.get(job);
+    return { record, freed: record === undefined ? this.removed.get(job) : undefined };
+  }
   async put(record: JobRecord, expectedVersion: number | undefined): Promise<boolean> {
-    const current = await this.get(record.job);
-    if (current?.version !== expectedVersion) return false;
+    const found = await this.lookup(record.job);
+    const stored = found.record?.version ?? found.freed?.version;
+    if (stored !== expectedVersion) return false;
     this.records.set(record.job, JSON.stringify(record));
+    this.removed.delete(record.job);
     return true;
   }
-  async delete(job: string, expectedVersion: number): Promise<boolean> {
-    if ((await this.get(job))?.version !== expectedVersion) return false;
-    return this.records.delete(job);
+  async delete(record: JobRecord): Promise<boolean> {
+    if ((await this.get(record.job))?.version !== record.version) return false;
+    this.records.delete(record.job);
+    this.removed.set(record.job, {
+      job: record.job,
+      nextGeneration: record.nextGeneration,
+      version: record.version + 1,
+    });
+    return true;
   }
   async restoresFrom(savepointId: string): Promise<JobRecord[]> {
     return [...this.records.values()]

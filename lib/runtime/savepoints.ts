@@ -80,6 +80,7 @@ import {
   withInlineTimers,
 } from '../core/index.ts';
 import {
+  firstGeneration,
   type JobRecord,
   JobRecordConflictError,
   type JobStore,
@@ -278,19 +279,21 @@ export async function createSavepoint(
   const begun = await updateJob(
     backend.jobs,
     job,
-    async (current) => {
+    async (current, freed) => {
       options.checkRecord?.(current);
-      if (current === undefined && (await backend.scope(job, initialGeneration).isEmpty())) {
+      // Without a record, the workers run the generation they were deployed with (past a removed
+      // record's: firstGeneration): the record written here must name that one, or they would
+      // switch to another generation's state.
+      const first = firstGeneration(freed, initialGeneration);
+      if (current === undefined && (await backend.scope(job, first).isEmpty())) {
         throw new ConfigurationError(
           `job ${job} is unknown: it has no job record and no checkpoints; run it first ('floe run ... --job ${job}'), or check the job id and the backend options`,
         );
       }
-      // Without a record, the workers run the generation they were deployed with: the record
-      // written here must name that one, or they would switch to another generation's state.
       const base: Omit<JobRecord, 'version' | 'updatedAt'> = current ?? {
         job,
-        generation: initialGeneration,
-        nextGeneration: initialGeneration + 1,
+        generation: first,
+        nextGeneration: first + 1,
         state: 'running',
         stream: options.stream ?? job,
       };
@@ -984,7 +987,7 @@ export async function restoreSavepoint(
   await updateJob(
     backend.jobs,
     target,
-    async (current) => {
+    async (current, freed) => {
       const base = {
         stream: manifest.stream,
         pipeline: options.pipeline ?? { name: options.plan.name, version: options.plan.version },
@@ -1000,19 +1003,21 @@ export async function restoreSavepoint(
         return same;
       }
       if (current === undefined) {
-        if (!(await backend.scope(target, 0).isEmpty())) {
+        // A new job: generation 0, or past the generations of a removed record of the id (an
+        // abandoned restore's, which a restore process still running may write into).
+        generation = firstGeneration(freed);
+        if (!(await backend.scope(target, generation).isEmpty())) {
           throw new ConfigurationError(
             `job ${target} has state but no job record (it was run by an older floe); restore into another --as-job id`,
           );
         }
-        generation = 0;
         return {
           job: target,
-          generation: 0,
-          nextGeneration: 1,
+          generation,
+          nextGeneration: generation + 1,
           state: 'restoring',
           ...base,
-          restore: { savepointId: manifest.id, generation: 0, startedAt: restoredAt },
+          restore: { savepointId: manifest.id, generation, startedAt: restoredAt },
         };
       }
       if (current.state === 'restoring') {
@@ -1267,6 +1272,11 @@ export interface AbandonResult {
    * job (a replay with --as-job, or of a job without a record), whose record was deleted.
    */
   readonly record: JobRecord | undefined;
+  /**
+   * The smallest generation the job may use from now on: a later replay's, or when the record
+   * was deleted, that of a later job of the id (JobStore.delete, firstGeneration).
+   */
+  readonly nextGeneration: number;
   readonly discarded: DiscardedScope;
   /** True when this call finished an abandon that had been interrupted. */
   readonly resumed: boolean;
@@ -1283,7 +1293,11 @@ export interface AbandonResult {
  * loses `abandoning` (the record as it was before the restore began, except `nextGeneration`,
  * which stays past the abandoned generation: a later replay restores into a fresh one) or, for
  * a job the restore created, is deleted (conditionally on its version), so that the id can be
- * used again. Interrupted, a rerun finishes it.
+ * used again — leaving its `nextGeneration` (JobStore.delete), so that a later job of the id
+ * starts past the abandoned generation too. Either way, what a restore process suspended in the
+ * middle of a write (on DynamoDB, a batch of state entries: their writes cannot check the
+ * record) writes after the deletion lies in a generation no job uses again. Interrupted, a rerun
+ * finishes it.
  */
 export async function abandonRestore(
   backend: Pick<SavepointBackend, 'jobs' | 'scope'>,
@@ -1320,18 +1334,27 @@ export async function abandonRestore(
   const abandoning = marked!.abandoning!;
   const discarded = await backend.scope(job, abandoning.generation).discard();
   let record: JobRecord | undefined;
+  let nextGeneration = marked!.nextGeneration;
   for (let attempt = 0; ; attempt++) {
     const current = await backend.jobs.get(job);
     // Gone, or another rerun of the abandon finished first.
     if (current?.abandoning?.generation !== abandoning.generation) {
       record = current;
+      nextGeneration =
+        current?.nextGeneration ?? (await backend.jobs.lookup(job)).freed?.nextGeneration ?? nextGeneration;
       break;
     }
     if (current.state === 'restoring') {
-      if (await backend.jobs.delete(job, current.version)) break;
+      // Removed, leaving the id's next generation (JobStore.delete): a later job of the id
+      // starts past the abandoned generation, where a restore process still running may write.
+      if (await backend.jobs.delete(current)) {
+        nextGeneration = current.nextGeneration;
+        break;
+      }
     } else {
       const { version, updatedAt: _u, abandoning: _a, ...rest } = current;
       record = { ...rest, version: version + 1, updatedAt: now() };
+      nextGeneration = record.nextGeneration;
       if (await backend.jobs.put(record, version)) break;
     }
     if (attempt >= 20) {
@@ -1346,6 +1369,7 @@ export async function abandonRestore(
     savepointId: abandoning.savepointId,
     generation: abandoning.generation,
     record,
+    nextGeneration,
     discarded,
     resumed,
   };
@@ -1382,14 +1406,21 @@ export async function prepareTimestampReplay(
   const record = await updateJob(
     backend.jobs,
     options.job,
-    async (current) => {
+    async (current, freed) => {
       if (current === undefined) {
-        if (!(await backend.scope(options.job, 0).isEmpty())) {
+        const generation = firstGeneration(freed);
+        if (!(await backend.scope(options.job, generation).isEmpty())) {
           throw new ConfigurationError(
             `job ${options.job} has state but no job record (it was run by an older floe); replay as another job id`,
           );
         }
-        return { job: options.job, generation: 0, nextGeneration: 1, state: 'running', ...base };
+        return {
+          job: options.job,
+          generation,
+          nextGeneration: generation + 1,
+          state: 'running',
+          ...base,
+        };
       }
       if (current.abandoning !== undefined) throw unfinishedAbandon(current);
       if (current.state === 'restoring') {
