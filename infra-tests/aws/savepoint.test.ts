@@ -8,9 +8,9 @@
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { QueryCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
+import { GetItemCommand, QueryCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
-import { marshall } from '@aws-sdk/util-dynamodb';
+import { marshall, unmarshall } from '@aws-sdk/util-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DynamoBackend } from '../../lib/aws/dynamodb-backend.ts';
 import type { AwsClientsBundle, AwsJobConfig } from '../../lib/aws/job.ts';
@@ -428,6 +428,48 @@ describe('savepoints on AWS (emulators)', () => {
     expect(await jobs.restoresFrom('sp-none')).toEqual([]);
   });
 
+  it('a removed job record leaves its next generation in its item: no reader sees a job, and a later record of the id starts past it and continues its versions', async () => {
+    const jobs = new DynamoJobStore(clients.dynamodb, controlTable);
+    const restoring: JobRecord = {
+      job: 'fr',
+      generation: 2,
+      nextGeneration: 3,
+      state: 'restoring',
+      stream,
+      restore: { savepointId: 'sp-fr', generation: 2, startedAt: 1 },
+      version: 4,
+      updatedAt: 1,
+    };
+    expect(await jobs.put(restoring, undefined)).toBe(true);
+    expect((await jobs.lookup('fr')).freed).toBeUndefined();
+    expect(await jobs.delete({ ...restoring, version: 3 })).toBe(false);
+    expect(await jobs.delete(restoring)).toBe(true);
+    expect(await jobs.delete(restoring)).toBe(false);
+    const item = await clients.dynamodb.send(
+      new GetItemCommand({
+        TableName: controlTable,
+        Key: marshall(jobRecordKey('fr')),
+        ConsistentRead: true,
+      }),
+    );
+    expect(unmarshall(item.Item!)).toEqual({ ...jobRecordKey('fr'), version: 5, freed: 3 });
+    expect(await jobs.get('fr')).toBeUndefined();
+    expect(await jobs.restoresFrom('sp-fr')).toEqual([]);
+    expect((await jobs.lookup('fr')).freed).toEqual({ job: 'fr', nextGeneration: 3, version: 5 });
+    // A write that read the removed record, or no record at all, does not land.
+    expect(await jobs.put({ ...restoring, version: 5 }, 4)).toBe(false);
+    expect(await jobs.put({ ...restoring, version: 1 }, undefined)).toBe(false);
+    // Nor does a restore's checkpoint (its transaction checks the `restoring` attribute).
+    const guard = { job: 'fr', savepointId: 'sp-fr', generation: 2 };
+    await expect(
+      backend().scope('fr', 2).importCheckpoint(initialCheckpoint('shardId-000000000000'), guard),
+    ).rejects.toThrow(/was completed or superseded by another replay, or abandoned/);
+    // floe run of the id: a record past the removed one's generations and versions.
+    const run = await openAwsJobForRun(compile(v1), config('fr'), bundle);
+    expect(run).toMatchObject({ generation: 3, record: { generation: 3, nextGeneration: 4, version: 6 } });
+    expect((await jobs.lookup('fr')).freed).toBeUndefined();
+  });
+
   it('floe replay --abandon (in process): a restore stalled into the same job or a new one, resumed after the abandon, writes nothing more; the records are as before', async () => {
     await put(CLICKS.slice(0, 40)); // so that every shard has a checkpoint even when run alone
     await run('ab', v1);
@@ -562,10 +604,13 @@ describe('savepoints on AWS (emulators)', () => {
     const abandoned = await floe(...abandon.split(' ').slice(1));
     expect(abandoned.stderr.trim()).toMatch(
       new RegExp(
-        `^floe replay: abandoned the restore of savepoint ${manifest.id} into job ak2 \\(generation 0\\): job ak2, which the restore had created, is removed with what the restore wrote \\([1-9]\\d* state entries and 0 shard checkpoint\\(s\\)\\); the id can be used again$`,
+        `^floe replay: abandoned the restore of savepoint ${manifest.id} into job ak2 \\(generation 0\\): job ak2, which the restore had created, is removed with what the restore wrote \\([1-9]\\d* state entries and 0 shard checkpoint\\(s\\)\\); the id can be used again \\(a later job of it starts at generation 1\\)$`,
       ),
     );
     expect(await backend().jobs.get('ak2')).toBeUndefined();
+    // Nothing lists it; its status is that of a job that has not run (in its next generation).
+    const status = await floe('status', '--job', 'ak2', '--stream', stream, '--json', ...aws);
+    expect(JSON.parse(status.stdout)).toMatchObject({ known: false, generation: 1 });
     await floe('savepoint', 'delete', manifest.id, ...aws);
     expect((await listSavepoints(backend().snapshots)).map((s) => s.id)).not.toContain(manifest.id);
     const again = await floe('replay', '--abandon', '--job', 'ak', ...aws).catch(
@@ -575,4 +620,117 @@ describe('savepoints on AWS (emulators)', () => {
       'floe: job ak has no restore in progress: it runs generation 0 (running); there is nothing to abandon',
     );
   }, 60_000);
+
+  /**
+   * A DynamoDB client for a restore process that is suspended in the middle of a batch of state
+   * entries, after its check of the job record: the state table's PutItems after the first
+   * `after` wait until release().
+   */
+  function stalledStateWrites(after: number) {
+    const stalled = awsClients(env);
+    let puts = 0;
+    let release!: () => void;
+    let reach!: () => void;
+    const released = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const reached = new Promise<void>((resolve) => {
+      reach = resolve;
+    });
+    stalled.dynamodb.middlewareStack.add(
+      (next, context) => async (args) => {
+        const table = (args.input as { TableName?: string }).TableName;
+        if (context.commandName === 'PutItemCommand' && table === stateTable && ++puts > after) {
+          reach();
+          await released;
+        }
+        return next(args);
+      },
+      { step: 'initialize', name: 'stallStateWrites' },
+    );
+    const restoring = awsSavepointBackend({
+      clients: stalled,
+      stateTable,
+      controlTable,
+      bucket,
+    });
+    return { backend: restoring, reached, release, destroy: () => stalled.destroy() };
+  }
+
+  it('a restore --as-job stalled inside a batch of state entries writes the rest of it after the abandon; no later job of that id (floe run, replay --as-job) sees those entries', async () => {
+    await put(CLICKS.slice(0, 40)); // so that every shard has a checkpoint even when run alone
+    await run('lw', v1);
+    const manifest = await createSavepoint(backend(), { job: 'lw' });
+    expect(manifest.entries).toBeGreaterThan(2); // one batch (at most 2,000), stalled after 1
+    const jobs = backend().jobs;
+    const entriesOf = async (job: string, generation: number) => {
+      const out: Array<[string, string]> = [];
+      for await (const entry of backend().scope(job, generation).entries()) out.push([...entry]);
+      return out;
+    };
+    const keyOf = (value: string) => String((JSON.parse(value) as { k: unknown }).k);
+
+    /** Restores the savepoint into `target`, stalls it inside its batch, abandons it, lets it go on. */
+    const abandonedWithLateWrites = async (target: string): Promise<Array<[string, string]>> => {
+      const stall = stalledStateWrites(1);
+      try {
+        const stalled = restoreSavepoint(stall.backend, {
+          savepointId: manifest.id,
+          plan: compile(v1),
+          asJob: target,
+        });
+        await stall.reached;
+        const abandoned = await abandonRestore(backend(), { job: target });
+        expect(abandoned).toMatchObject({ generation: 0, record: undefined, nextGeneration: 1 });
+        expect(await jobs.get(target)).toBeUndefined();
+        stall.release();
+        await expect(stalled).rejects.toThrow(
+          `the restore of savepoint ${manifest.id} into job ${target} (generation 0) was completed or superseded by another replay, or abandoned`,
+        );
+      } finally {
+        stall.destroy();
+      }
+      // The rest of the batch landed after the abandon, in generation 0 of the removed job.
+      const late = await entriesOf(target, 0);
+      expect(late.length).toBeGreaterThan(0);
+      expect(await jobs.get(target)).toBeUndefined();
+      expect(await jobs.restoresFrom(manifest.id)).toEqual([]);
+      return late;
+    };
+
+    // Both ids abandoned with late writes: one for a fresh run, one for another replay --as-job.
+    await abandonedWithLateWrites('lw-run');
+    const late = await abandonedWithLateWrites('lw-rep');
+    // Without a record, the id's Lambda workers too run the next generation.
+    expect((await openAwsJobFromRecord(compile(v1), config('lw-run'), bundle)).runtime?.job).toBe('lw-run@1');
+    // The replay drops a user's state with a migration: the late entries hold it.
+    const dropped = new Set(late.slice(0, 1).map(([, value]) => keyOf(value)));
+    const migration = {
+      state: (entry: { key: unknown }) => (dropped.has(String(entry.key)) ? undefined : entry),
+    } as never;
+    const replay = (asJob: string) =>
+      restoreSavepoint(backend(), { savepointId: manifest.id, plan: compile(v1), asJob, migration });
+    const replayed = await replay('lw-rep');
+    const reference = await replay('lw-rep-ref');
+    expect(replayed).toMatchObject({ job: 'lw-rep', generation: 1, written: reference.written });
+    expect(reference.written).toBeLessThan(manifest.entries);
+    const restored = await entriesOf('lw-rep', replayed.generation);
+    expect(restored).toHaveLength(reference.written);
+    expect(restored.filter(([, value]) => dropped.has(keyOf(value)))).toEqual([]);
+
+    // Later clicks move event time past every window and burst the saved state holds, so that
+    // each fires with its count: any late entry a job read would change one.
+    const last = CLICKS.reduce((max, c) => Math.max(max, c.ts), 0);
+    await put(generateClicks(300, { seed: 11, users: 8, start: last + 86_400_000 }));
+    await Promise.all(['lw-run', 'lw-ref', 'lw-rep', 'lw-rep-ref'].map((job) => run(job, v1)));
+    expect(await jobs.get('lw-run')).toMatchObject({ generation: 1, nextGeneration: 2, state: 'running' });
+    expect(byShard('lw-run')).toEqual(byShard('lw-ref'));
+    expect(Object.values(byShard('lw-rep')).flat().length).toBeGreaterThan(0);
+    expect(byShard('lw-rep')).toEqual(byShard('lw-rep-ref'));
+    for (const job of ['lw-run', 'lw-rep']) {
+      expect(new Set([...published.get(job)!.keys()].map((id) => id.split('/')[0]))).toEqual(
+        new Set([`${job}@1`]),
+      );
+    }
+  }, 120_000);
 });
