@@ -124,9 +124,19 @@ export interface CheckpointStore {
   markPublished(shardId: string, ids: readonly string[]): Promise<void>;
 }
 
+/** What a publish knows of the shard whose commits made the outputs (all of one shard). */
+export interface PublishContext {
+  /**
+   * The shard's lineage depth (ShardCheckpoint.depth): a sink that orders writes across shards
+   * (the DynamoDB upsert sink) ranks a reshard child's outputs above its parents'.
+   */
+  readonly depth: number;
+}
+
 /** Publishes committed outputs. Must be idempotent by output id. */
 export interface Sink {
-  publish(outputs: readonly Output[]): Promise<void>;
+  /** `context`: given by the worker for every publish (a sink may ignore it). */
+  publish(outputs: readonly Output[], context?: PublishContext): Promise<void>;
 }
 
 /** A shard of the source stream, with its lineage (Kinesis resharding). */

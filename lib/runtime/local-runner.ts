@@ -72,7 +72,7 @@ export async function runJob(job: JobRuntime, options: RunOptions = {}): Promise
     // not publish. Once per runJob is enough (a later crash ends this runJob).
     for (const c of checkpoints.values()) {
       if (!c.finished || flushed.has(c.shardId)) continue;
-      await publishPending(job.backend, job.sink, c.shardId);
+      await publishPending(job.backend, job.sink, c.shardId, c);
       flushed.add(c.shardId);
     }
     const plans = runnableShards(shards, checkpoints);

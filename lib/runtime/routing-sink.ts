@@ -5,6 +5,7 @@ import {
   type DeadLetter,
   describeValue,
   type Output,
+  type PublishContext,
   type Sink,
   SinkOutputError,
 } from '../core/index.ts';
@@ -67,7 +68,7 @@ export class RoutingSink implements Sink {
     }
   }
 
-  async publish(outputs: readonly Output[]): Promise<void> {
+  async publish(outputs: readonly Output[], context?: PublishContext): Promise<void> {
     if (outputs.length === 0) return;
     // One group per destination (a fallback gets one call for all the names it serves).
     const groups = new Map<Sink, Output[]>();
@@ -86,7 +87,7 @@ export class RoutingSink implements Sink {
       group.push(o);
     }
     const results = await Promise.allSettled(
-      [...groups].map(([sink, group]) => publishOrReject(sink, group)),
+      [...groups].map(([sink, group]) => publishOrReject(sink, group, context)),
     );
     const rejected: Output[] = [];
     for (const r of results) {
@@ -100,7 +101,7 @@ export class RoutingSink implements Sink {
     // (S3 without merge) would otherwise replace the commit's other dead letters.
     const index = [...groups.keys()].indexOf(deadLetters);
     const published = index < 0 ? [] : (results[index] as PromiseFulfilledResult<Published>).value.published;
-    await deadLetters.publish([...published, ...rejected]);
+    await deadLetters.publish([...published, ...rejected], context);
     for (const listener of this.rejectedListeners) listener(rejected);
   }
 
@@ -121,13 +122,17 @@ interface Published {
  * A sink rejects all it can before it sends anything; one that finds more on sending (DynamoDB)
  * is tried again without them, until it takes the rest or names nothing more to set aside.
  */
-async function publishOrReject(sink: Sink, outputs: readonly Output[]): Promise<Published> {
+async function publishOrReject(
+  sink: Sink,
+  outputs: readonly Output[],
+  context: PublishContext | undefined,
+): Promise<Published> {
   let rest = outputs;
   const rejected = new Map<string, string>();
   let last: SinkOutputError | undefined;
   while (rest.length > 0) {
     try {
-      await sink.publish(rest);
+      await sink.publish(rest, context);
       break;
     } catch (error) {
       if (!(error instanceof SinkOutputError)) throw error;

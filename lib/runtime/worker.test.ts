@@ -12,9 +12,11 @@ import {
   DEAD_LETTER_SINK,
   type DeadLetter,
   FencedError,
+  initialCheckpoint,
   type Lease,
   MemoryBackend,
   type Output,
+  type PublishContext,
   pipeline,
   type ReadResult,
   RollbackNeedsReplayError,
@@ -39,6 +41,8 @@ type Event =
 interface Harness {
   readonly events: Event[];
   readonly published: Output[];
+  /** The context of each publish, in order. */
+  readonly contexts: (PublishContext | undefined)[];
   readonly backend: MemoryBackend;
   readonly shardId: string;
   job(options?: {
@@ -63,6 +67,7 @@ async function harness(events = 1500): Promise<Harness> {
   const shardId = (await stream.listShards())[0]!.shardId;
   const log: Event[] = [];
   const published: Output[] = [];
+  const contexts: (PublishContext | undefined)[] = [];
   const backend = new MemoryBackend();
   let reads = 0;
   let inFlight = 0;
@@ -71,6 +76,7 @@ async function harness(events = 1500): Promise<Harness> {
   return {
     events: log,
     published,
+    contexts,
     backend,
     shardId,
     readsInFlight: () => inFlight,
@@ -115,7 +121,8 @@ async function harness(events = 1500): Promise<Harness> {
         source,
         backend: store,
         sink: {
-          async publish(outputs) {
+          async publish(outputs, context) {
+            contexts.push(context);
             const n = ++publishCount;
             log.push({ kind: 'publish-start', n });
             await sleep(2);
@@ -214,6 +221,20 @@ describe('runShardWorker pipelining', () => {
     await runShardWorker(h.job(), h.shardId, { ...options, owner: 'w2' });
     expect(byId(h.published)).toEqual(await reference());
     expect(await h.backend.unpublishedOutputs(h.shardId)).toEqual([]);
+  });
+
+  it("gives the sink the shard's lineage depth, after a commit and from the outbox", async () => {
+    const h = await harness(300);
+    // A reshard child two levels down (the coordinator's initial checkpoint carries the depth).
+    const initial = { ...initialCheckpoint(h.shardId), depth: 2 };
+    await expect(runShardWorker(h.job({ failPublish: 2 }), h.shardId, options, initial)).rejects.toThrow(
+      'publish 2 failed',
+    );
+    expect((await h.backend.unpublishedOutputs(h.shardId)).length).toBeGreaterThan(0);
+    await runShardWorker(h.job(), h.shardId, { ...options, owner: 'w2' });
+    expect(await h.backend.unpublishedOutputs(h.shardId)).toEqual([]);
+    expect(h.contexts.length).toBeGreaterThan(2);
+    expect(h.contexts).toEqual(h.contexts.map(() => ({ depth: 2 })));
   });
 
   it('an abort with a read ahead in flight loses no record', async () => {

@@ -19,7 +19,9 @@
  */
 import {
   type CheckpointStore,
+  type Commit,
   ConfigurationError,
+  depthOf,
   describeValue,
   type Lease,
   type Output,
@@ -73,15 +75,19 @@ export const DEFAULT_IDLE_POLL_MS = 1_000;
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Publishes the outbox of a shard and marks it published (recovery after a crash). */
+/**
+ * Publishes the outbox of a shard and marks it published (recovery after a crash). `checkpoint`:
+ * the shard's stored one (the outbox's commit wrote it), whose depth the sink is given.
+ */
 export async function publishPending(
   backend: CheckpointStore,
   sink: JobRuntime['sink'],
   shardId: string,
+  checkpoint: ShardCheckpoint | undefined,
 ): Promise<number> {
   const pending = await backend.unpublishedOutputs(shardId);
   if (pending.length === 0) return 0;
-  await sink.publish(pending);
+  await sink.publish(pending, checkpoint === undefined ? undefined : { depth: depthOf(checkpoint) });
   await backend.markPublished(
     shardId,
     pending.map((o) => o.id),
@@ -139,10 +145,11 @@ export async function runShardWorker(
     if (await mustPause()) {
       return { shardId, records, commits, finished: false, childShardIds, caughtUp: false, paused: true };
     }
-    await publishPending(job.backend, job.sink, shardId);
     // Read under the lease (after acquireLease applied any pending delta): the one read of the
-    // checkpoint this attempt starts from. Without one, the shard's start is worked out now.
+    // checkpoint this attempt starts from, and gives the outbox's publish the shard's depth.
+    // Without one, the shard's start is worked out now.
     let checkpoint = await job.backend.readCheckpoint(shardId);
+    await publishPending(job.backend, job.sink, shardId, checkpoint);
     if (checkpoint === undefined && options.startOfShard !== undefined) {
       startOnce ??= options.startOfShard();
       const start = await startOnce;
@@ -209,7 +216,7 @@ export async function runShardWorker(
       commits++;
       records += result.stats.records;
       const progressed = progress(shardId, result.checkpoint, millisBehindLatest, result);
-      publishing = settle(publish(job, shardId, result.outputs).then(() => options.onCommit?.(progressed)));
+      publishing = settle(publish(job, shardId, result).then(() => options.onCommit?.(progressed)));
       void publishing.then((outcome) => {
         if (!outcome.ok) publishFailed = true;
       });
@@ -332,9 +339,10 @@ function unwrap<T>(settled: Settled<T>): T {
   return settled.value;
 }
 
-async function publish(job: JobRuntime, shardId: string, outputs: readonly Output[]): Promise<void> {
+async function publish(job: JobRuntime, shardId: string, commit: Commit): Promise<void> {
+  const { outputs } = commit;
   if (outputs.length === 0) return;
-  await job.sink.publish(outputs);
+  await job.sink.publish(outputs, { depth: depthOf(commit.checkpoint) });
   await job.backend.markPublished(
     shardId,
     outputs.map((o) => o.id),

@@ -18,6 +18,7 @@ import type {
   Commit,
   Lease,
   Output,
+  PublishContext,
   ReadResult,
   ShardReader,
   ShardSource,
@@ -308,18 +309,18 @@ export function faultySource(source: ShardSource, injector: FaultInjector): Shar
 /** A Sink whose publish can crash halfway: the first half of the outputs is published, then the crash. */
 export function faultySink(sink: Sink, injector: FaultInjector): Sink {
   return {
-    publish: (outputs: readonly Output[]) =>
+    publish: (outputs: readonly Output[], context?: PublishContext) =>
       injector.call(async () => {
         const due = injector.take(FAULT_POINTS.publishMid, { outputs });
         if (due !== undefined) {
           if (due.action === 'crash') {
-            await sink.publish(outputs.slice(0, Math.floor(outputs.length / 2)));
+            await sink.publish(outputs.slice(0, Math.floor(outputs.length / 2)), context);
             injector.crash(due.hit);
           }
           await due.action(due.hit);
           injector.guard();
         }
-        await sink.publish(outputs);
+        await sink.publish(outputs, context);
       }),
   };
 }
