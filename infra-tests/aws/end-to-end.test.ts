@@ -332,7 +332,7 @@ async function scanTable(table: string, key: readonly string[]): Promise<Map<str
   do {
     const res = await admin.ddb.send(new ScanCommand({ TableName: table, ExclusiveStartKey: start }));
     for (const item of res.Items ?? []) {
-      const { floeOutputId: _id, floeOrder: _order, ...value } = item;
+      const { floeOutputId: _id, floeOrder: _order, floeRank: _rank, ...value } = item;
       const k = key.map((name) => String(value[name])).join('|');
       if (out.has(k)) throw new Error(`table ${table} has key ${k} twice`);
       out.set(k, value);

@@ -8,6 +8,7 @@
 import {
   CreateTableCommand,
   type DynamoDBClient,
+  PutItemCommand,
   ScanCommand as ScanItemsCommand,
   waitUntilTableExists,
 } from '@aws-sdk/client-dynamodb';
@@ -20,6 +21,7 @@ import {
   DynamoDbUpsertSink,
   KinesisStreamSink,
   outputOrder,
+  outputRank,
   putKinesisRecords,
   RoutingSink,
   S3ObjectSink,
@@ -426,6 +428,101 @@ describe('DynamoDbUpsertSink', () => {
     const old = commitOutputs('job-o@1', 'shardId-000000000002', 0, 'counts', [windowResult('/home', 0, 1)]);
     await unordered.publish(old);
     expect(await scan(table)).toEqual([{ ...windowResult('/home', 0, 1), floeOutputId: old[0]!.id }]);
+  });
+
+  it("orders a job's writes across generations and reshard lineage (floeRank), and against items and writers of versions without it", async () => {
+    const table = await createResultsTable(clients.dynamodb);
+    const sink = new DynamoDbUpsertSink({ client: clients.dynamodb, table, key });
+    const home = (views: number) => windowResult('/home', 0, views);
+    /** What a worker publishes: one output, with its shard's lineage depth. */
+    const publish = async (id: string, views: number, depth: number) => {
+      const output: Output = { id, sink: 'counts', value: home(views) };
+      await sink.publish([output], { depth });
+      return { ...stored(home(views), output), floeRank: outputRank(id, depth) };
+    };
+    const parent = 'shardId-000000000000';
+    const child = 'shardId-000000000002';
+    const sibling = 'shardId-000000000003';
+
+    // A split child (depth 1) owns the key; its parent's worker, stalled past its lease, publishes
+    // its last commit afterwards (a higher commit number than the child's): skipped.
+    const fromChild = await publish(`job-r/${child}/1/0`, 6, 1);
+    await publish(`job-r/${parent}/50/0`, 5, 0);
+    expect(await scan(table)).toEqual([fromChild]);
+    // The same shard's later commit still wins; its earlier commit, published late, does not.
+    const later = await publish(`job-r/${child}/2/0`, 7, 1);
+    await publish(`job-r/${child}/1/0`, 6, 1);
+    expect(await scan(table)).toEqual([later]);
+    // Another shard of the same depth (the sink key is not co-partitioned): written, as before.
+    const fromSibling = await publish(`job-r/${sibling}/1/0`, 8, 1);
+    expect(await scan(table)).toEqual([fromSibling]);
+    // Through a RoutingSink, which passes the depth on: the parent is still skipped.
+    await new RoutingSink({ counts: sink }).publish(
+      [{ id: `job-r/${parent}/51/0`, sink: 'counts', value: home(1) }],
+      { depth: 0 },
+    );
+    expect(await scan(table)).toEqual([fromSibling]);
+
+    // A replay's new generation (job-r@9, at depth 0 again) wins; an older generation's worker
+    // that stalled across the replay, even at a greater depth, is skipped (10 > 9 as numbers).
+    const gen9 = await publish(`job-r@9/${parent}/1/0`, 9, 0);
+    await publish(`job-r/${child}/3/0`, 2, 1);
+    expect(await scan(table)).toEqual([gen9]);
+    const gen10 = await publish(`job-r@10/${parent}/1/0`, 10, 0);
+    await publish(`job-r@9/${child}/9/0`, 3, 5);
+    expect(await scan(table)).toEqual([gen10]);
+
+    // Another job id (a replay --as-job) writes over it, whatever its rank, and the other way round.
+    const otherJob = await publish(`job-s/${parent}/1/0`, 11, 0);
+    expect(await scan(table)).toEqual([otherJob]);
+    const back = await publish(`job-r@10/${parent}/2/0`, 12, 0);
+    expect(await scan(table)).toEqual([back]);
+
+    // Versions before floeRank: `floeOrder` only, in the same format, conditioned on it alone.
+    const oldVersionPut = (id: string, views: number) =>
+      clients.dynamodb
+        .send(
+          new PutItemCommand({
+            TableName: table,
+            Item: {
+              page: { S: '/home' },
+              windowStart: { N: '0' },
+              windowEnd: { N: '60000' },
+              views: { N: String(views) },
+              floeOutputId: { S: id },
+              floeOrder: { S: outputOrder(id) },
+            },
+            ConditionExpression:
+              'attribute_not_exists(#order) OR NOT begins_with(#order, :source) OR #order <= :order',
+            ExpressionAttributeNames: { '#order': 'floeOrder' },
+            ExpressionAttributeValues: {
+              ':source': { S: outputOrder(id).slice(0, -33) },
+              ':order': { S: outputOrder(id) },
+            },
+          }),
+        )
+        .then(
+          () => true,
+          (error: Error) => {
+            if (error.name !== 'ConditionalCheckFailedException') throw error;
+            return false;
+          },
+        );
+    const oldItem = (id: string, views: number) =>
+      stored(home(views), { id, sink: 'counts', value: home(views) });
+    // An old writer of the same shard loses to a new item of a later commit.
+    expect(await oldVersionPut(`job-r@10/${parent}/1/0`, 1)).toBe(false);
+    expect(await scan(table)).toEqual([back]);
+    // An old item is replaced by a new write, and ordered by floeOrder alone against the same
+    // shard (a new worker's late publish of an earlier commit loses to it).
+    expect(await oldVersionPut(`job-r@10/${parent}/5/0`, 13)).toBe(true);
+    await publish(`job-r@10/${parent}/4/0`, 14, 0);
+    expect(await scan(table)).toEqual([oldItem(`job-r@10/${parent}/5/0`, 13)]);
+    const overOld = await publish(`job-r@10/${child}/1/0`, 15, 1);
+    expect(await scan(table)).toEqual([overOld]);
+    expect(await oldVersionPut(`job-r/${parent}/1/0`, 16)).toBe(true); // gen 0 old-format item
+    const overOldGeneration = await publish(`job-r@10/${parent}/6/0`, 17, 0);
+    expect(await scan(table)).toEqual([overOldGeneration]);
   });
 
   it('writes above 25 items in several batches and retries UnprocessedItems', async () => {

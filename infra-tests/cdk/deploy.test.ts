@@ -375,14 +375,15 @@ describe.skipIf(endpoint === undefined)('cdk deploy of the example app into the 
       start = page.LastEvaluatedKey;
     } while (start !== undefined);
     // Each item also records the id of the output that wrote it last (the sink's idempotence key).
-    // and its order among its shard's outputs (the condition that keeps a late publish from
-    // replacing a newer result).
+    // and its order among its job's outputs: generation and shard depth (rank), then shard,
+    // commit and index (the condition that keeps a late publish from replacing a newer result).
     for (const item of items) {
       expect(item.floeOutputId).toMatch(/^page-views\/shardId-\d+\/\d+\/\d+$/);
       expect(item.floeOrder).toMatch(/^page-views\/shardId-\d+\/\d{16}\/\d{16}$/);
+      expect(item.floeRank).toMatch(/^page-views\/\d{16}\/\d{16}$/);
     }
     const actualCounts = new Map(
-      items.map(({ floeOutputId: _, floeOrder: _order, ...value }) => [
+      items.map(({ floeOutputId: _, floeOrder: _order, floeRank: _rank, ...value }) => [
         `${value.page}@${value.windowStart}`,
         value,
       ]),

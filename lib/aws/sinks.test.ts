@@ -1,6 +1,7 @@
 /** Unit tests of the AWS sinks with fake clients (the emulator tests are infra-tests/aws/sinks.test.ts). */
 import type { AttributeValue, BatchWriteItemCommandInput, DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import type { KinesisClient, PutRecordsCommandInput } from '@aws-sdk/client-kinesis';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ConfigurationError, StateSerializationError, TransientBackendError } from '../core/errors.ts';
 import type { Output } from '../core/ports.ts';
@@ -9,6 +10,8 @@ import {
   defaultS3ObjectKey,
   KINESIS_MAX_REQUEST_BYTES,
   KinesisStreamSink,
+  outputOrder,
+  outputRank,
   outputRecordJson,
   parseOutputId,
   SinkOutputError,
@@ -187,6 +190,57 @@ describe('helpers', () => {
     });
     for (const bad of ['x', 'j/s/1', 'j/s/x/1', 'j/s/1/-1', '/s/1/2']) {
       expect(() => parseOutputId(bad)).toThrow(SinkOutputError);
+    }
+  });
+
+  it("orders a job's upsert items by (generation, depth) rank, then (commit, index) within a shard", () => {
+    const sign = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+    const tuple = (a: readonly number[], b: readonly number[]): number => {
+      for (const [i, x] of a.entries()) if (x !== b[i]) return x < b[i]! ? -1 : 1;
+      return 0;
+    };
+    /** The job part of an output id (job-control.ts outputJobId). */
+    const jobPart = (job: string, generation: number) => (generation === 0 ? job : `${job}@${generation}`);
+    const jobId = fc.stringMatching(/^[A-Za-z0-9][A-Za-z0-9._-]{0,20}$/);
+    const whole = fc.nat({ max: Number.MAX_SAFE_INTEGER });
+    const shard = fc.stringMatching(/^shardId-\d{12}$/);
+    fc.assert(
+      fc.property(jobId, shard, whole, whole, whole, whole, whole, whole, (job, s, g1, d1, g2, d2, c, i) => {
+        // Rank: generation first, then depth, as numbers; every rank of the job starts `<job>/`.
+        const r1 = outputRank(`${jobPart(job, g1)}/${s}/${c}/${i}`, d1);
+        const r2 = outputRank(`${jobPart(job, g2)}/${s}/${i}/${c}`, d2);
+        expect(sign(r1, r2)).toBe(tuple([g1, d1], [g2, d2]));
+        expect(r1.startsWith(`${job}/`) && r2.startsWith(`${job}/`)).toBe(true);
+      }),
+    );
+    fc.assert(
+      fc.property(jobId, jobId, whole, whole, (a, b, g, d) => {
+        // Another job's ranks never start with this job's prefix.
+        fc.pre(a !== b);
+        expect(outputRank(`${jobPart(b, g)}/s/1/0`, d).startsWith(`${a}/`)).toBe(false);
+      }),
+    );
+    fc.assert(
+      fc.property(jobId, whole, shard, whole, whole, whole, whole, (job, g, s, c1, i1, c2, i2) => {
+        // Order within one job generation and shard: commit, then index, as numbers; in the
+        // format of the versions before ranks (`<job[@generation]>/<shard>/<commit>/<index>`,
+        // 16 digits each), whose writers compare their own order with it.
+        const o1 = outputOrder(`${jobPart(job, g)}/${s}/${c1}/${i1}`);
+        const o2 = outputOrder(`${jobPart(job, g)}/${s}/${c2}/${i2}`);
+        expect(sign(o1, o2)).toBe(tuple([c1, i1], [c2, i2]));
+        expect(o1).toBe(
+          `${jobPart(job, g)}/${s}/${String(c1).padStart(16, '0')}/${String(i1).padStart(16, '0')}`,
+        );
+      }),
+    );
+    expect(outputRank('page-views@12/shardId-000000000003/7/1', 2)).toBe(
+      'page-views/0000000000000012/0000000000000002',
+    );
+    expect(outputRank('page-views/shardId-000000000003/7/1', 0)).toBe(
+      'page-views/0000000000000000/0000000000000000',
+    );
+    for (const bad of [-1, 1.5, Number.NaN]) {
+      expect(() => outputRank('j/s/1/0', bad)).toThrow(ConfigurationError);
     }
   });
 

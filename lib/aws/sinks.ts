@@ -46,7 +46,7 @@ import {
   TransientBackendError,
 } from '../core/errors.ts';
 import { outputValueJson } from '../core/outputs.ts';
-import type { Output, Sink } from '../core/ports.ts';
+import type { Output, PublishContext, Sink } from '../core/ports.ts';
 import { isTransientAwsError } from './retry.ts';
 
 export { SinkOutputError } from '../core/errors.ts';
@@ -413,17 +413,39 @@ const KEY_TOO_LONG = /size of (hashkey|all range keys) has exceeded/i;
 export const OUTPUT_ID_ATTRIBUTE = 'floeOutputId';
 /** The upsert sink's order of an item's output among its job's and shard's outputs. */
 export const OUTPUT_ORDER_ATTRIBUTE = 'floeOrder';
-const COMMIT_DIGITS = 16; // Number.MAX_SAFE_INTEGER has 16 digits
-const INDEX_DIGITS = 16;
-const ORDER_SUFFIX_LENGTH = COMMIT_DIGITS + 1 + INDEX_DIGITS;
+/** The upsert sink's rank of an item's writer within its job: generation, then lineage depth. */
+export const OUTPUT_RANK_ATTRIBUTE = 'floeRank';
+const DIGITS = 16; // Number.MAX_SAFE_INTEGER has 16 digits
+/** The end of an order or a rank: two zero-padded numbers and a `/`. */
+const PADDED_PAIR_LENGTH = DIGITS + 1 + DIGITS;
+const pad = (n: number): string => String(n).padStart(DIGITS, '0');
 
 /**
- * `<job>/<shard>/<commit>/<index>` with commit and index zero-padded: within one job and shard,
- * string order is output order (commit number, then index within the commit).
+ * `<job>/<shard>/<commit>/<index>` (the job as in the output id, `job` or `job@generation`) with
+ * commit and index zero-padded: within one job generation and shard, string order is output
+ * order (commit number, then index within the commit).
  */
 export function outputOrder(id: string): string {
   const { job, shard, commit, index } = parseOutputId(id);
-  return `${job}/${shard}/${String(commit).padStart(COMMIT_DIGITS, '0')}/${String(index).padStart(INDEX_DIGITS, '0')}`;
+  return `${job}/${shard}/${pad(commit)}/${pad(index)}`;
+}
+
+/**
+ * `<job>/<generation>/<depth>` with generation and depth zero-padded, the job without the
+ * `@generation` of its output ids (outputJobId): within one job, string order is (generation,
+ * lineage depth) order, and `<job>/` tells the job's items from other jobs' (job ids have no '/').
+ */
+export function outputRank(id: string, depth: number): string {
+  if (!Number.isSafeInteger(depth) || depth < 0) {
+    throw new ConfigurationError(
+      `a shard's lineage depth is a whole number >= 0; received ${describeValue(depth)}`,
+    );
+  }
+  const { job } = parseOutputId(id);
+  const generation = /^(.*)@(\d+)$/.exec(job);
+  return generation === null
+    ? `${job}/${pad(0)}/${pad(depth)}`
+    : `${generation[1]}/${pad(Number(generation[2]))}/${pad(depth)}`;
 }
 
 export type DynamoKey = Record<string, string | number>;
@@ -444,10 +466,10 @@ export interface DynamoDbUpsertSinkOptions {
   readonly valueAttribute?: string;
   readonly retry?: RetryOptions;
   /**
-   * Write each item with a PutItem conditional on its `floeOrder` attribute: skipped when the
-   * stored item holds a later output of the same job and shard (a worker that stalled past its
-   * lease publishing after its successor). false: BatchWriteItem of 25 items, last writer wins,
-   * 25x fewer requests. @default true
+   * Write each item with a PutItem conditional on its `floeOrder` and `floeRank` attributes:
+   * skipped when the stored item holds a later output of the same job (a worker that stalled past
+   * its lease publishing after its successor, its reshard children or a replay's new generation).
+   * false: BatchWriteItem of 25 items, last writer wins, 25x fewer requests. @default true
    */
   readonly conditionalWrites?: boolean;
   /** Concurrent requests: PutItem (conditional writes) or BatchWriteItem. @default 16, or 4 for BatchWriteItem */
@@ -455,15 +477,26 @@ export interface DynamoDbUpsertSinkOptions {
 }
 
 /**
- * Upserts one item per key: `{...value fields, ...key, floeOutputId, floeOrder}`. Republishing
- * writes the same items again (same content), so the table ends the same. Within one publish,
- * only the last output per key is written (an earlier one would be overwritten anyway, and
- * BatchWriteItem rejects two writes of one key). Across publishes, outputs of one shard are
- * published in commit order, and a conditional write keeps that order when publishes overlap:
- * `floeOrder` is `<job>/<shard>/` and the commit number and index, zero-padded, so an item
- * holding a later output of the same job and shard is not replaced. An item from another job or
- * shard (a reshard's parent, a replay's earlier generation) is replaced: the key moved on.
- * Values are stored as their JSON form (numbers as N, strings as S, objects as M, ...).
+ * Upserts one item per key: `{...value fields, ...key, floeOutputId, floeOrder, floeRank}`.
+ * Republishing writes the same items again (same content), so the table ends the same. Within one
+ * publish, only the last output per key is written (an earlier one would be overwritten anyway,
+ * and BatchWriteItem rejects two writes of one key). Across publishes, outputs of one shard are
+ * published in commit order, and a conditional write keeps the order of a job's outputs when
+ * publishes overlap (a stalled worker publishing late):
+ *
+ * - `floeRank` (outputRank: job, generation, lineage depth) first: an item of a later generation
+ *   of the job, or of a deeper shard of the same generation (keys are co-partitioned, so the
+ *   deeper writer is the key's newer owner, a reshard child), is not replaced;
+ * - at an equal rank, `floeOrder` (outputOrder: shard, commit number, index): an item holding a
+ *   later output of the same shard is not replaced; one of another shard of the same depth (a
+ *   sink key that is not co-partitioned) is, as before ranks.
+ *
+ * An item of another job is replaced (a replay `--as-job` writes its own results). `floeOrder`
+ * keeps the format of versions without `floeRank`, whose writes are conditioned on it alone: an
+ * item without `floeRank` is ordered by `floeOrder` alone, and such a writer still loses to a
+ * later output of its own shard. Without a PublishContext (no depth), an item is written without
+ * `floeRank`, as those versions did. Values are stored as their JSON form (numbers as N, strings
+ * as S, objects as M, ...).
  */
 export class DynamoDbUpsertSink implements Sink {
   readonly table: string;
@@ -497,11 +530,11 @@ export class DynamoDbUpsertSink implements Sink {
     this.concurrency = Math.max(1, Math.floor(options.concurrency ?? (this.conditional ? 16 : 4)));
   }
 
-  async publish(outputs: readonly Output[]): Promise<void> {
+  async publish(outputs: readonly Output[], context?: PublishContext): Promise<void> {
     if (outputs.length === 0) return;
     // Last output per key, in order of each key's last write.
     const byKey = new Map<string, Record<string, AttributeValue>>();
-    for (const { id, item } of buildAll(outputs, (o) => this.item(o))) {
+    for (const { id, item } of buildAll(outputs, (o) => this.item(o, context?.depth))) {
       byKey.delete(id);
       byKey.set(id, item);
     }
@@ -517,7 +550,10 @@ export class DynamoDbUpsertSink implements Sink {
     await forEachLimit(batches, this.concurrency, (batch) => this.write(batch));
   }
 
-  private item(output: Output): { id: string; item: Record<string, AttributeValue> } {
+  private item(
+    output: Output,
+    depth: number | undefined,
+  ): { id: string; item: Record<string, AttributeValue> } {
     const json = outputValueJson(output);
     const value: unknown = json === undefined ? undefined : JSON.parse(json);
     let key: unknown;
@@ -556,7 +592,10 @@ export class DynamoDbUpsertSink implements Sink {
     }
     for (const [name, v] of entries) fields[name] = v;
     fields[OUTPUT_ID_ATTRIBUTE] = output.id;
-    if (this.conditional) fields[OUTPUT_ORDER_ATTRIBUTE] = outputOrder(output.id);
+    if (this.conditional) {
+      fields[OUTPUT_ORDER_ATTRIBUTE] = outputOrder(output.id);
+      if (depth !== undefined) fields[OUTPUT_RANK_ATTRIBUTE] = outputRank(output.id, depth);
+    }
     const item: Record<string, AttributeValue> = Object.create(null);
     for (const [name, v] of Object.entries(fields)) {
       if (name.length === 0) continue; // DynamoDB rejects empty attribute names
@@ -611,6 +650,29 @@ export class DynamoDbUpsertSink implements Sink {
   /** One conditional PutItem; a failed condition (the stored item is later) skips the item. */
   private async put(item: Record<string, AttributeValue>): Promise<void> {
     const order = item[OUTPUT_ORDER_ATTRIBUTE]!.S!;
+    const rank = item[OUTPUT_RANK_ATTRIBUTE]?.S;
+    // Same shard (job generation and shard id): ordered by commit and index; another: written.
+    const byOrder = 'NOT begins_with(#order, :source) OR #order <= :order';
+    const orderValues: Record<string, AttributeValue> = {
+      ':source': { S: order.slice(0, order.length - PADDED_PAIR_LENGTH) },
+      ':order': { S: order },
+    };
+    const condition =
+      rank === undefined
+        ? { ConditionExpression: `attribute_not_exists(#order) OR ${byOrder}`, values: orderValues }
+        : {
+            // No floe item, another job's or a lower rank's: written. An item without a rank
+            // (written by a version before ranks) or of our rank: ordered as above. A higher
+            // rank of our job: skipped.
+            ConditionExpression:
+              'attribute_not_exists(#order) OR (attribute_exists(#rank) AND NOT begins_with(#rank, :job)) OR ' +
+              `#rank < :rank OR ((attribute_not_exists(#rank) OR #rank = :rank) AND (${byOrder}))`,
+            values: {
+              ...orderValues,
+              ':job': { S: rank.slice(0, rank.length - PADDED_PAIR_LENGTH) },
+              ':rank': { S: rank },
+            },
+          };
     for (let attempt = 1; ; attempt++) {
       if (attempt > 1) await backoff(this.retry, attempt - 1);
       try {
@@ -618,13 +680,12 @@ export class DynamoDbUpsertSink implements Sink {
           new PutItemCommand({
             TableName: this.table,
             Item: item,
-            ConditionExpression:
-              'attribute_not_exists(#order) OR NOT begins_with(#order, :source) OR #order <= :order',
-            ExpressionAttributeNames: { '#order': OUTPUT_ORDER_ATTRIBUTE },
-            ExpressionAttributeValues: {
-              ':source': { S: order.slice(0, order.length - ORDER_SUFFIX_LENGTH) },
-              ':order': { S: order },
+            ConditionExpression: condition.ConditionExpression,
+            ExpressionAttributeNames: {
+              '#order': OUTPUT_ORDER_ATTRIBUTE,
+              ...(rank === undefined ? {} : { '#rank': OUTPUT_RANK_ATTRIBUTE }),
             },
+            ExpressionAttributeValues: condition.values,
           }),
         );
         return;
