@@ -407,8 +407,8 @@ describe('DynamoDbUpsertSink', () => {
     await sink.publish(c100);
     expect(await scan(table)).toEqual([stored(windowResult('/home', 0, 5), c100[0]!)]);
 
-    // The key's next owner after a reshard (another shard), or a replay's new generation (another
-    // job id), writes over it, whatever its commit numbers.
+    // Without a depth (PublishContext), as versions before floeRank: another shard, or another
+    // job generation, writes over it, whatever its commit numbers (ranks: the next test).
     const child = commitOutputs('job-o', 'shardId-000000000002', 1, 'counts', [windowResult('/home', 0, 6)]);
     await sink.publish(child);
     expect(await scan(table)).toEqual([stored(windowResult('/home', 0, 6), child[0]!)]);

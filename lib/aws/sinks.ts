@@ -7,8 +7,9 @@
  *   consumers deduplicate by `id` (a republished output arrives again with the same id).
  * - DynamoDbUpsertSink: one item per key derived from the value; republishing overwrites the item
  *   with the same content. Each write is conditional on the item not holding a later output of the
- *   same job and shard (`floeOrder`), so a worker that stalls and publishes late cannot replace a
- *   newer result (`conditionalWrites: false`: BatchWriteItem, last writer wins).
+ *   same job (`floeRank`: generation and shard depth, then `floeOrder`: shard, commit and index),
+ *   so a worker that stalls and publishes late cannot replace a newer result
+ *   (`conditionalWrites: false`: BatchWriteItem, last writer wins).
  * - S3ObjectSink: one NDJSON object per (sink, job, shard, commit); a retry rewrites the same key
  *   with the same lines (merged by id with what is already there, so nothing is lost either).
  *   It also serves the dead-letter output (`floe.dead-letter`).
