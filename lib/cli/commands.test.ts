@@ -42,6 +42,22 @@ async function produced(name: string, events = 300): Promise<string> {
   return dir;
 }
 
+/** `produced`, then the page-views example run over it until idle. */
+async function ranPageViews(name: string, events?: number): Promise<string> {
+  const dir = await produced(name, events);
+  const run = await floe(
+    'run',
+    'examples/page-views.ts',
+    '--data-dir',
+    dir,
+    '--until-idle',
+    '--progress',
+    'none',
+  );
+  expect(run.code, run.stderr).toBe(0);
+  return dir;
+}
+
 // Up to five of these run at once, each spawning several CLI processes one after another: on a
 // loaded 2-core machine one test took over the default 60 s. The timeout only guards a hang.
 describe.concurrent('usage errors exit 2', { timeout: 180_000 }, () => {
@@ -547,17 +563,7 @@ describe.concurrent('commands that read a data directory do not create one', () 
 
 describe('floe status of a job that has not run', () => {
   it('says no such job has run, and which have, rather than blame the stream', async () => {
-    const dir = await produced('status-typo', 10);
-    const run = await floe(
-      'run',
-      'examples/page-views.ts',
-      '--data-dir',
-      dir,
-      '--until-idle',
-      '--progress',
-      'none',
-    );
-    expect(run.code, run.stderr).toBe(0);
+    const dir = await ranPageViews('status-typo', 10);
     expectOneLineError(
       await floe('status', '--job', 'page-view', '--data-dir', dir),
       1,
@@ -568,17 +574,7 @@ describe('floe status of a job that has not run', () => {
 
 describe('floe status of a job that has run', () => {
   it('refuses a --stream the job does not read, as floe run does', async () => {
-    const dir = await produced('status-stream', 20);
-    const run = await floe(
-      'run',
-      'examples/page-views.ts',
-      '--data-dir',
-      dir,
-      '--until-idle',
-      '--progress',
-      'none',
-    );
-    expect(run.code, run.stderr).toBe(0);
+    const dir = await ranPageViews('status-stream', 20);
     const other = await floe(
       'produce',
       '--stream',
@@ -662,17 +658,7 @@ describe('floe status after a replay', () => {
 
 describe('floe status --json', () => {
   it('prints the documented shape, as on AWS: the job record summary and per shard a summary of its checkpoint', async () => {
-    const dir = await produced('status-json');
-    const run = await floe(
-      'run',
-      'examples/page-views.ts',
-      '--data-dir',
-      dir,
-      '--until-idle',
-      '--progress',
-      'none',
-    );
-    expect(run.code, run.stderr).toBe(0);
+    const dir = await ranPageViews('status-json');
     const before = Date.now();
     const status = await floe('status', '--job', 'page-views', '--data-dir', dir, '--json');
     expect(status.code, status.stderr).toBe(0);
