@@ -673,6 +673,23 @@ describe('savepoints on the embedded backend', () => {
     data.close();
   });
 
+  it('refuses a replay --as-job into an existing job before it reads the savepoint files', async () => {
+    const data = await dataDir(ROOT);
+    const backend = backendOf(data);
+    await produce(data.log, FIRST);
+    await runUntilIdle(data, 'e', v1);
+    await runUntilIdle(data, 'other', v1);
+    const plan = compile(v1);
+    const savepoint = await createSavepoint(backend, { job: 'e' });
+    // A missing file would fail the verification: the target is refused first.
+    unlinkSync(join(data.dir, 'savepoints', savepoint.id, savepoint.files[0]!.name));
+    await expect(
+      restoreSavepoint(backend, { savepointId: savepoint.id, plan, asJob: 'other' }),
+    ).rejects.toThrow(/job other already exists \(generation 0\); choose a new --as-job id/);
+    expect(await new SqliteJobStore(data.db).get('other')).toMatchObject({ state: 'running', generation: 0 });
+    data.close();
+  });
+
   it('savepoints of a job taken in the same second whose random id suffixes are equal get distinct ids', async () => {
     const data = await dataDir(ROOT);
     const backend = backendOf(data);

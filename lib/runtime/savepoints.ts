@@ -870,6 +870,29 @@ export interface RestoreResult {
   readonly warnings: readonly string[];
 }
 
+/**
+ * Why job `target` (its record `current`) cannot take a restore of `manifest` that is not a
+ * rerun of its own: another restore into it is unfinished, or it is another job than the
+ * savepoint's (a replay --as-job needs a new id). Undefined: it can (the savepoint's own job).
+ */
+function targetRefusal(
+  current: JobRecord,
+  target: string,
+  manifest: SavepointManifest,
+): ConfigurationError | undefined {
+  if (current.state === 'restoring') {
+    return new ConfigurationError(
+      `job ${target} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; rerun that replay to complete it (or give it up: 'floe replay --abandon --job ${target}'), or choose another --as-job id`,
+    );
+  }
+  if (target !== manifest.job) {
+    return new ConfigurationError(
+      `job ${target} already exists (generation ${current.generation}); choose a new --as-job id, or omit --as-job to restore job ${manifest.job} into a new generation`,
+    );
+  }
+  return undefined;
+}
+
 export async function restoreSavepoint(
   backend: SavepointBackend,
   options: RestoreOptions,
@@ -884,6 +907,15 @@ export async function restoreSavepoint(
   const restoredAt = now();
   const migrate =
     migration?.state === undefined ? undefined : migrator(migration, savedSchemas, targetSchemas, restoredAt);
+
+  // A target job that cannot take the restore is refused before the files are read (a large
+  // savepoint takes a while to verify); the claim below checks again, as the record can change.
+  const existing = await backend.jobs.get(target);
+  if (existing?.abandoning !== undefined) throw unfinishedAbandon(existing);
+  if (existing?.restore?.savepointId !== manifest.id) {
+    const refused = existing === undefined ? undefined : targetRefusal(existing, target, manifest);
+    if (refused !== undefined) throw refused;
+  }
 
   // Everything that can refuse the restore runs before anything is written: the migration too,
   // over every entry, as it reads the files to verify them (it runs again as they are written).
@@ -1020,16 +1052,8 @@ export async function restoreSavepoint(
           restore: { savepointId: manifest.id, generation, startedAt: restoredAt },
         };
       }
-      if (current.state === 'restoring') {
-        throw new ConfigurationError(
-          `job ${target} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; rerun that replay to complete it (or give it up: 'floe replay --abandon --job ${target}'), or choose another --as-job id`,
-        );
-      }
-      if (target !== manifest.job) {
-        throw new ConfigurationError(
-          `job ${target} already exists (generation ${current.generation}); choose a new --as-job id, or omit --as-job to restore job ${manifest.job} into a new generation`,
-        );
-      }
+      const refused = targetRefusal(current, target, manifest);
+      if (refused !== undefined) throw refused;
       if (current.stream !== manifest.stream) {
         throw new ConfigurationError(
           `job ${target} now reads stream "${current.stream}", but the savepoint holds positions in "${manifest.stream}"`,
