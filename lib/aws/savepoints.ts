@@ -141,6 +141,16 @@ export async function openAwsSavepointBackend(values: AwsValues, job: string | u
           const { bucket: b, prefix } = parseS3Url(savepointDir);
           return new S3SnapshotStore(clients.s3, b, prefix);
         })();
+  const runArgs = [
+    '--backend',
+    'aws',
+    '--state-table',
+    stateTable,
+    '--control-table',
+    controlTable,
+    '--bucket',
+    bucket,
+  ];
   return {
     kind: 'aws' as const,
     /**
@@ -169,16 +179,12 @@ export async function openAwsSavepointBackend(values: AwsValues, job: string | u
       }
     },
     backend: awsSavepointBackend({ clients, stateTable, controlTable, bucket, savepoints }),
-    runArgs: [
-      '--backend',
-      'aws',
-      '--state-table',
-      stateTable,
-      '--control-table',
-      controlTable,
-      '--bucket',
-      bucket,
-    ],
+    runArgs,
+    // A suggested replay reads the savepoint where this command found it.
+    commandArgs: [
+      ...runArgs,
+      ...(values['savepoint-dir'] === undefined ? [] : ['--savepoint-dir', values['savepoint-dir']]),
+    ].join(' '),
     async close() {
       clients.destroy();
     },

@@ -1,6 +1,6 @@
 import { type Stats, statSync } from 'node:fs';
 import type { SavepointManifest } from '../core/index.ts';
-import { DEFAULT_DATA_DIR, existingDatabase } from '../embedded/job.ts';
+import { DEFAULT_DATA_DIR, embeddedCommandArgs, existingDatabase } from '../embedded/job.ts';
 import { defaultSavepointDir, embeddedSavepointBackend } from '../embedded/savepoints.ts';
 import { openSqlite } from '../embedded/sqlite.ts';
 import type { SavepointBackend, SavepointProgress, SavepointStep } from '../runtime/savepoints.ts';
@@ -39,6 +39,11 @@ export interface OpenedBackend {
   readonly backend: SavepointBackend;
   /** Arguments that make `floe run` use the same backend and resources. */
   readonly runArgs: readonly string[];
+  /**
+   * What the commands floe suggests (replay, abandon) add to reach the same backend and
+   * resources, as one string ('' for the embedded defaults).
+   */
+  readonly commandArgs: string;
   close(): Promise<void>;
 }
 
@@ -66,6 +71,7 @@ export async function openSavepointBackend(
       kind: 'embedded',
       backend: embeddedSavepointBackend({ db, savepoints: savepointDir }),
       runArgs: ['--data-dir', dataDir],
+      commandArgs: embeddedCommandArgs(dataDir, values['savepoint-dir']),
       async close() {
         db.close();
       },

@@ -163,7 +163,11 @@ async function create(args: string[]): Promise<number> {
     console.error(`  at ${opened.backend.snapshots.describe(manifest.id)}`);
     if (manifest.stopped) {
       const args =
-        opened.kind === 'aws' ? ` ${(await import('./run-aws.ts')).awsCommandArgs(job, values)}` : '';
+        opened.kind === 'aws'
+          ? ` ${(await import('./run-aws.ts')).awsCommandArgs(job, values)}`
+          : opened.commandArgs === ''
+            ? ''
+            : ` ${opened.commandArgs}`;
       console.error(
         `  job ${job} is stopped; resume it with 'floe replay --from-savepoint ${manifest.id}${args}'`,
       );
@@ -319,7 +323,7 @@ async function remove(args: string[]): Promise<number> {
     await deleteSavepoint(opened.backend, id, {
       ...(job === undefined ? {} : { job }),
       // The replay and the abandon it suggests must reach the resources this delete reads.
-      ...(opened.kind === 'aws' ? { commandArgs: opened.runArgs.join(' ') } : {}),
+      ...(opened.commandArgs === '' ? {} : { commandArgs: opened.commandArgs }),
     });
     console.error(`floe savepoint: deleted ${id} from ${opened.backend.snapshots.location}`);
     return 0;

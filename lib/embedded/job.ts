@@ -16,6 +16,22 @@ import { SqliteBackend } from './sqlite-backend.ts';
 /** Default data directory of the embedded backend (relative to the working directory). */
 export const DEFAULT_DATA_DIR = '.floe';
 
+/**
+ * The options a command floe suggests (a resume, a rerun, an abandon) needs to reach this data
+ * directory and savepoint directory: none for the defaults. Pasted into a shell as printed.
+ */
+export function embeddedCommandArgs(dataDir: string, savepointDir?: string): string {
+  const args: string[] = [];
+  if (dataDir !== DEFAULT_DATA_DIR) args.push(`--data-dir ${shellWord(dataDir)}`);
+  if (savepointDir !== undefined) args.push(`--savepoint-dir ${shellWord(savepointDir)}`);
+  return args.join(' ');
+}
+
+/** `word` as one shell word: as it is when it has no special characters, else single-quoted. */
+function shellWord(word: string): string {
+  return /^[\w./@:+,=-]+$/.test(word) ? word : `'${word.replaceAll("'", "'\\''")}'`;
+}
+
 export function databasePath(dataDir: string): string {
   return join(dataDir, 'floe.db');
 }

@@ -11,7 +11,7 @@ import {
 } from '../core/index.ts';
 import { checkJobId } from '../core/job-id.ts';
 import { type JobRecord, resolveJobForRun } from '../runtime/job-control.ts';
-import { databasePath, type EmbeddedJob, openEmbeddedJob } from './job.ts';
+import { databasePath, type EmbeddedJob, embeddedCommandArgs, openEmbeddedJob } from './job.ts';
 import { SqliteJobStore } from './job-store.ts';
 import { LocalLog } from './local-log.ts';
 import { openSqlite } from './sqlite.ts';
@@ -44,9 +44,12 @@ export async function openEmbeddedJobForRun(options: {
         `unknown stream "${stream}" in ${databasePath(options.dataDir)}; streams: ${streams.join(', ') || 'none'}. Create it with 'floe produce --stream ${stream} ...'`,
       );
     }
+    const dirArgs = embeddedCommandArgs(options.dataDir);
     const toRun = await resolveJobForRun(jobs, {
       job: jobId,
       stream,
+      // The replay and abandon commands a refusal suggests must reach this data directory.
+      ...(dirArgs === '' ? {} : { commandArgs: `--job ${jobId} ${dirArgs}` }),
       pipeline: options.pipeline ?? { name: options.plan.name, version: options.plan.version },
       operators: operatorSchemas(options.plan),
     });

@@ -156,12 +156,16 @@ describe('floe savepoint and floe replay (embedded, as processes)', () => {
     const stop = await floe(['savepoint', 'create', '--job', 'cli', '--stop', ...D]);
     expect(stop.code).toBe(0);
     const stopId = stop.stdout.trim();
-    expect(stop.stderr).toMatch(/job cli is stopped; resume it with 'floe replay --from-savepoint/);
+    // The commands floe prints name the (non-default) data directory, so they work when pasted.
+    expect(stop.stderr).toContain(
+      `job cli is stopped; resume it with 'floe replay --from-savepoint ${stopId} --data-dir ${data.dir}'`,
+    );
     const refused = await run('cli');
     expect(refused.code).toBe(1);
     expect(refused.stderr).toMatch(
       /^floe: job cli was stopped with savepoint .*; resume it with 'floe replay --from-savepoint/,
     );
+    expect(refused.stderr).toContain(`--from-savepoint ${stopId} --job cli --data-dir ${data.dir}'`);
     const resumed = await floe(['replay', '--from-savepoint', stopId, ...D, '--restore-only']);
     expect(resumed.code).toBe(0);
     expect(resumed.stderr).toMatch(/into job cli, generation 1/);
