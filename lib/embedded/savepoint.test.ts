@@ -1034,6 +1034,39 @@ describe('migrations are checked over every entry before a restore writes anythi
     data.close();
   });
 
+  it('a replay into a job another restore has not finished is refused, with the abandon command and its backend options', async () => {
+    const { data, backend, manifest } = await saved('ur');
+    const crash = restoreSavepoint(backend, {
+      savepointId: manifest.id,
+      plan: compile(v1),
+      asJob: 'ur2',
+      onStep: (step) => {
+        if (step === 'entries-written') throw new SimulatedCrash('crash');
+      },
+    });
+    await expect(crash).rejects.toBeInstanceOf(SimulatedCrash);
+    const second = await createSavepoint(backend, { job: 'ur' });
+    const args = `--data-dir ${data.dir}`;
+    await expect(
+      restoreSavepoint(backend, {
+        savepointId: second.id,
+        plan: compile(v1),
+        asJob: 'ur2',
+        commandArgs: args,
+      }),
+    ).rejects.toThrow(`give it up: 'floe replay --abandon --job ur2 ${args}'`);
+    await expect(
+      prepareTimestampReplay(backend, {
+        job: 'ur2',
+        stream: STREAM,
+        timestamp: 0,
+        plan: compile(v1),
+        commandArgs: args,
+      }),
+    ).rejects.toThrow(`give it up: 'floe replay --abandon --job ur2 ${args}'`);
+    data.close();
+  });
+
   it('savepoint delete refuses a savepoint an unfinished restore still reads, naming the job', async () => {
     const { data, backend, manifest } = await saved('dl');
     const crash = restoreSavepoint(backend, {

@@ -856,6 +856,11 @@ export interface RestoreOptions extends Hooks {
   readonly pipeline?: SavepointPipeline;
   /** Entries per import batch. @default 2000 */
   readonly batchEntries?: number;
+  /**
+   * The backend options of the commands a refusal suggests (e.g. `--backend aws --state-table
+   * ...`, or a non-default `--data-dir`). @default none
+   */
+  readonly commandArgs?: string;
 }
 
 export interface RestoreResult {
@@ -879,10 +884,11 @@ function targetRefusal(
   current: JobRecord,
   target: string,
   manifest: SavepointManifest,
+  commandArgs: string | undefined,
 ): ConfigurationError | undefined {
   if (current.state === 'restoring') {
     return new ConfigurationError(
-      `job ${target} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; rerun that replay to complete it (or give it up: 'floe replay --abandon --job ${target}'), or choose another --as-job id`,
+      `job ${target} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; rerun that replay to complete it (or give it up: 'floe replay --abandon --job ${target}${commandArgs ? ` ${commandArgs}` : ''}'), or choose another --as-job id`,
     );
   }
   if (target !== manifest.job) {
@@ -913,7 +919,8 @@ export async function restoreSavepoint(
   const existing = await backend.jobs.get(target);
   if (existing?.abandoning !== undefined) throw unfinishedAbandon(existing);
   if (existing?.restore?.savepointId !== manifest.id) {
-    const refused = existing === undefined ? undefined : targetRefusal(existing, target, manifest);
+    const refused =
+      existing === undefined ? undefined : targetRefusal(existing, target, manifest, options.commandArgs);
     if (refused !== undefined) throw refused;
   }
 
@@ -1052,7 +1059,7 @@ export async function restoreSavepoint(
           restore: { savepointId: manifest.id, generation, startedAt: restoredAt },
         };
       }
-      const refused = targetRefusal(current, target, manifest);
+      const refused = targetRefusal(current, target, manifest, options.commandArgs);
       if (refused !== undefined) throw refused;
       if (current.stream !== manifest.stream) {
         throw new ConfigurationError(
@@ -1414,6 +1421,8 @@ export async function prepareTimestampReplay(
     readonly plan: PipelinePlan;
     readonly pipeline?: SavepointPipeline;
     readonly now?: () => number;
+    /** As RestoreOptions.commandArgs. */
+    readonly commandArgs?: string;
   },
 ): Promise<JobRecord> {
   const now = options.now ?? Date.now;
@@ -1449,7 +1458,7 @@ export async function prepareTimestampReplay(
       if (current.abandoning !== undefined) throw unfinishedAbandon(current);
       if (current.state === 'restoring') {
         throw new ConfigurationError(
-          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; complete that replay first (or give it up: 'floe replay --abandon --job ${options.job}')`,
+          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; complete that replay first (or give it up: 'floe replay --abandon --job ${options.job}${options.commandArgs ? ` ${options.commandArgs}` : ''}')`,
         );
       }
       if (current.stream !== options.stream) {
