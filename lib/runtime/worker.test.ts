@@ -237,6 +237,26 @@ describe('runShardWorker pipelining', () => {
     expect(h.contexts).toEqual(h.contexts.map(() => ({ depth: 2 })));
   });
 
+  it('publishes the outbox even when the checkpoint cannot be read, then fails with that error', async () => {
+    const h = await harness(300);
+    await expect(runShardWorker(h.job({ failPublish: 2 }), h.shardId, options)).rejects.toThrow(
+      'publish 2 failed',
+    );
+    const pending = await h.backend.unpublishedOutputs(h.shardId);
+    expect(pending.length).toBeGreaterThan(0);
+    const job = h.job();
+    const unreadable = Object.create(job.backend) as typeof job.backend;
+    unreadable.readCheckpoint = async () => {
+      throw new Error('checkpoint unreadable');
+    };
+    await expect(
+      runShardWorker({ ...job, backend: unreadable }, h.shardId, { ...options, owner: 'w2' }),
+    ).rejects.toThrow('checkpoint unreadable');
+    expect(await h.backend.unpublishedOutputs(h.shardId)).toEqual([]);
+    expect(h.published.map((o) => o.id)).toEqual(expect.arrayContaining(pending.map((o) => o.id)));
+    expect(h.contexts.at(-1)).toBeUndefined();
+  });
+
   it('an abort with a read ahead in flight loses no record', async () => {
     const h = await harness();
     const controller = new AbortController();

@@ -148,7 +148,15 @@ export async function runShardWorker(
     // Read under the lease (after acquireLease applied any pending delta): the one read of the
     // checkpoint this attempt starts from, and gives the outbox's publish the shard's depth.
     // Without one, the shard's start is worked out now.
-    let checkpoint = await job.backend.readCheckpoint(shardId);
+    let checkpoint: ShardCheckpoint | undefined;
+    try {
+      checkpoint = await job.backend.readCheckpoint(shardId);
+    } catch (error) {
+      // The outbox holds committed outputs: deliver them even when the checkpoint cannot be
+      // read (without the depth, an upsert sink orders them within their shard only).
+      await publishPending(job.backend, job.sink, shardId, undefined);
+      throw error;
+    }
     await publishPending(job.backend, job.sink, shardId, checkpoint);
     if (checkpoint === undefined && options.startOfShard !== undefined) {
       startOnce ??= options.startOfShard();
