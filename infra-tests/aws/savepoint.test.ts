@@ -44,6 +44,7 @@ import {
   listSavepoints,
   restoreSavepoint,
 } from '../../lib/runtime/savepoints.ts';
+import { pausePoint } from '../../lib/runtime/testing/pause-point.ts';
 import {
   type AwsClients,
   awsClients,
@@ -629,20 +630,12 @@ describe('savepoints on AWS (emulators)', () => {
   function stalledStateWrites(after: number) {
     const stalled = awsClients(env);
     let puts = 0;
-    let release!: () => void;
-    let reach!: () => void;
-    const released = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    const reached = new Promise<void>((resolve) => {
-      reach = resolve;
-    });
+    const pause = pausePoint();
     stalled.dynamodb.middlewareStack.add(
       (next, context) => async (args) => {
         const table = (args.input as { TableName?: string }).TableName;
         if (context.commandName === 'PutItemCommand' && table === stateTable && ++puts > after) {
-          reach();
-          await released;
+          await pause.wait();
         }
         return next(args);
       },
@@ -654,7 +647,12 @@ describe('savepoints on AWS (emulators)', () => {
       controlTable,
       bucket,
     });
-    return { backend: restoring, reached, release, destroy: () => stalled.destroy() };
+    return {
+      backend: restoring,
+      reached: pause.reached,
+      release: pause.release,
+      destroy: () => stalled.destroy(),
+    };
   }
 
   it('a restore --as-job stalled inside a batch of state entries writes the rest of it after the abandon; no later job of that id (floe run, replay --as-job) sees those entries', async () => {

@@ -17,6 +17,7 @@ import {
   type SavepointBackend,
   SimulatedCrash,
 } from '../runtime/savepoints.ts';
+import { pausePoint } from '../runtime/testing/pause-point.ts';
 import { SqliteJobStore } from './job-store.ts';
 import { openEmbeddedJobForRun } from './run-job.ts';
 import {
@@ -83,26 +84,6 @@ async function crashedRestore(backend: SavepointBackend, savepointId: string, as
       },
     }),
   ).rejects.toBeInstanceOf(SimulatedCrash);
-}
-
-/** Where one side waits (`wait`) until the test lets it go on (`release`). */
-function pausePoint(): { wait(): Promise<void>; reached: Promise<void>; release(): void } {
-  let release!: () => void;
-  let reach!: () => void;
-  const released = new Promise<void>((resolve) => {
-    release = resolve;
-  });
-  const reached = new Promise<void>((resolve) => {
-    reach = resolve;
-  });
-  return {
-    reached,
-    release,
-    wait() {
-      reach();
-      return released;
-    },
-  };
 }
 
 describe('abandoning an unfinished restore (embedded)', () => {

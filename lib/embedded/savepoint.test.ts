@@ -27,6 +27,7 @@ import {
   SavepointTrimmedError,
   SimulatedCrash,
 } from '../runtime/savepoints.ts';
+import { pausePoint } from '../runtime/testing/pause-point.ts';
 import { SqliteJobStore } from './job-store.ts';
 import { openEmbeddedJobForRun } from './run-job.ts';
 import {
@@ -82,26 +83,6 @@ async function nothingRestored(data: DataDir, job: string): Promise<void> {
   expect(await new SqliteJobStore(data.db).get(job)).toBeUndefined();
   expect(countRows(data.db, 'SELECT count(*) AS n FROM floe_state WHERE job = ?', job)).toBe(0);
   expect(countRows(data.db, 'SELECT count(*) AS n FROM floe_checkpoint WHERE job = ?', job)).toBe(0);
-}
-
-/** Where one side waits (`wait`) until the test lets it go on (`release`). */
-function pausePoint(): { wait(): Promise<void>; reached: Promise<void>; release(): void } {
-  let release!: () => void;
-  let reach!: () => void;
-  const released = new Promise<void>((resolve) => {
-    release = resolve;
-  });
-  const reached = new Promise<void>((resolve) => {
-    reach = resolve;
-  });
-  return {
-    reached,
-    release,
-    wait() {
-      reach();
-      return released;
-    },
-  };
 }
 
 /**
@@ -879,6 +860,19 @@ describe('migrations are checked over every entry before a restore writes anythi
     expect(manifest.files.length).toBeGreaterThan(3);
     return { data, backend, manifest };
   }
+
+  /** A restore of `savepointId` into new job `asJob` that crashed after writing its state entries. */
+  async function crashedRestore(backend: SavepointBackend, savepointId: string, asJob: string) {
+    const crash = restoreSavepoint(backend, {
+      savepointId,
+      plan: compile(v1),
+      asJob,
+      onStep: (step) => {
+        if (step === 'entries-written') throw new SimulatedCrash('crash');
+      },
+    });
+    await expect(crash).rejects.toBeInstanceOf(SimulatedCrash);
+  }
   const rows = (data: DataDir, job: string, like = '%') =>
     countRows(data.db, 'SELECT count(*) AS n FROM floe_state WHERE job = ? AND address LIKE ?', job, like);
 
@@ -1036,15 +1030,7 @@ describe('migrations are checked over every entry before a restore writes anythi
 
   it('a replay into a job another restore has not finished is refused, with the abandon command and its backend options', async () => {
     const { data, backend, manifest } = await saved('ur');
-    const crash = restoreSavepoint(backend, {
-      savepointId: manifest.id,
-      plan: compile(v1),
-      asJob: 'ur2',
-      onStep: (step) => {
-        if (step === 'entries-written') throw new SimulatedCrash('crash');
-      },
-    });
-    await expect(crash).rejects.toBeInstanceOf(SimulatedCrash);
+    await crashedRestore(backend, manifest.id, 'ur2');
     const second = await createSavepoint(backend, { job: 'ur' });
     const args = `--data-dir ${data.dir}`;
     await expect(
@@ -1069,15 +1055,7 @@ describe('migrations are checked over every entry before a restore writes anythi
 
   it('savepoint delete refuses a savepoint an unfinished restore still reads, naming the job', async () => {
     const { data, backend, manifest } = await saved('dl');
-    const crash = restoreSavepoint(backend, {
-      savepointId: manifest.id,
-      plan: compile(v1),
-      asJob: 'dl2',
-      onStep: (step) => {
-        if (step === 'entries-written') throw new SimulatedCrash('crash');
-      },
-    });
-    await expect(crash).rejects.toBeInstanceOf(SimulatedCrash);
+    await crashedRestore(backend, manifest.id, 'dl2');
     expect((await backend.jobs.get('dl2'))?.state).toBe('restoring');
     const refused = deleteSavepoint(backend, manifest.id);
     await expect(refused).rejects.toBeInstanceOf(ConfigurationError);
