@@ -151,6 +151,40 @@ export function backendKind(values: { readonly backend?: string | undefined }): 
   return oneOf('--backend', values.backend, ['embedded', 'aws'], 'embedded');
 }
 
+/** The flags of a command that only one backend takes (checkBackendFlagsOf). */
+export interface BackendOnlyFlags {
+  /** Flags only `--backend aws` takes: what to do instead on the embedded backend. */
+  readonly awsOnly: Readonly<Record<string, string>>;
+  /** Flags only the embedded backend takes: the whole message on `--backend aws`. */
+  readonly embeddedOnly: Readonly<Record<string, string>>;
+}
+
+/**
+ * Refuses the flags the chosen backend would ignore (`flags`), and on AWS a `--shards` without
+ * `--create-resources` (an existing stream keeps its shards).
+ */
+export function checkBackendFlagsOf(
+  backend: 'embedded' | 'aws',
+  values: { readonly [flag: string]: unknown },
+  flags: BackendOnlyFlags,
+): void {
+  const given = (flag: string): boolean => values[flag] !== undefined && values[flag] !== false;
+  if (backend === 'embedded') {
+    for (const [flag, instead] of Object.entries(flags.awsOnly)) {
+      if (given(flag)) throw new UsageError(`--${flag} applies to --backend aws only; ${instead}`);
+    }
+    return;
+  }
+  for (const [flag, message] of Object.entries(flags.embeddedOnly)) {
+    if (given(flag)) throw new UsageError(message);
+  }
+  if (given('shards') && !given('create-resources')) {
+    throw new UsageError(
+      '--shards is the shard count of a stream that --create-resources creates; pass --create-resources too (an existing stream keeps its shards)',
+    );
+  }
+}
+
 /**
  * A job id given as `flag` (`--job`, `--as-job`), or undefined when the flag is absent: a value
  * that is not a job id is a usage error naming the flag and saying what a job id is.

@@ -13,8 +13,10 @@ import {
 import { openSqlite } from '../embedded/sqlite.ts';
 import { clickstream } from '../runtime/clickstream.ts';
 import {
+  type BackendOnlyFlags,
   backendKind,
   bar,
+  checkBackendFlagsOf,
   formatCount,
   fraction,
   MAX_SHARDS,
@@ -329,7 +331,7 @@ export async function runProduce(args: string[]): Promise<number> {
     throw new UsageError('produce needs exactly one of --file <events.ndjson|-> or --generate clickstream');
   }
   const backend = backendKind(values);
-  checkProduceBackendFlags(backend, values);
+  checkBackendFlagsOf(backend, values, PRODUCE_BACKEND_FLAGS);
   if (values.file !== undefined) checkInputPath(values.file, '--file');
   if (backend === 'embedded') checkDataDirNotFile(values['data-dir'] ?? DEFAULT_DATA_DIR);
   const options: ProduceOptions = {
@@ -442,33 +444,16 @@ export async function runProduce(args: string[]): Promise<number> {
   return 0;
 }
 
-/** Refuses the flags the chosen backend would ignore, as `floe run` does (checkBackendFlags). */
-function checkProduceBackendFlags(
-  backend: 'embedded' | 'aws',
-  values: { readonly [flag: string]: unknown },
-): void {
-  const given = (flag: string): boolean => values[flag] !== undefined && values[flag] !== false;
-  if (backend === 'embedded') {
-    if (given('create-resources')) {
-      throw new UsageError(
-        '--create-resources applies to --backend aws only; on the embedded backend floe produce creates a missing stream itself (with --shards N)',
-      );
-    }
-    return;
-  }
-  if (given('data-dir')) {
-    throw new UsageError(
+/** The flags of `floe produce` that only one backend takes (refused as `floe run` refuses its own). */
+const PRODUCE_BACKEND_FLAGS: BackendOnlyFlags = {
+  awsOnly: {
+    'create-resources':
+      'on the embedded backend floe produce creates a missing stream itself (with --shards N)',
+  },
+  embeddedOnly: {
+    'data-dir':
       '--data-dir is for the embedded backend; on --backend aws name the Kinesis stream with --stream',
-    );
-  }
-  if (given('retention-hours')) {
-    throw new UsageError(
+    'retention-hours':
       '--retention-hours applies to the embedded backend; a Kinesis stream keeps its own retention (aws kinesis increase-stream-retention-period)',
-    );
-  }
-  if (given('shards') && !given('create-resources')) {
-    throw new UsageError(
-      '--shards is the shard count of a stream that --create-resources creates; pass --create-resources too (an existing stream keeps its shards)',
-    );
-  }
-}
+  },
+};

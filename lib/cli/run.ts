@@ -8,8 +8,10 @@ import { jobStatus } from '../embedded/status.ts';
 import { runJob } from '../runtime/local-runner.ts';
 import { DEFAULT_MAX_CACHED_KEYS } from '../runtime/worker.ts';
 import {
+  type BackendOnlyFlags,
   backendKind,
   bar,
+  checkBackendFlagsOf,
   checkedRetryLine,
   formatCount,
   formatTime,
@@ -60,15 +62,21 @@ AWS backend (endpoints from AWS_ENDPOINT_URL[_SERVICE], region and credentials a
                             StreamProcessor's generation prop); a job with one runs its generation
 The AWS options are refused on the embedded backend, and --data-dir on the AWS backend.`;
 
-/** The flags of `floe run` that only one backend takes, with what to do instead. */
-const AWS_ONLY: Record<string, string> = {
-  sink: 'the embedded backend writes every sink to the table floe_out_<job> of <data-dir>/floe.db',
-  'create-resources': "on the embedded backend 'floe produce' creates the stream",
-  shards: "on the embedded backend 'floe produce --shards N' sets the shards when it creates the stream",
-  'state-table': 'the embedded backend keeps state in <data-dir>/floe.db',
-  'control-table': 'the embedded backend keeps checkpoints in <data-dir>/floe.db',
-  bucket: 'the embedded backend keeps everything in <data-dir>',
-  generation: "the embedded backend runs the generation its job record names ('floe replay' moves it)",
+/** The flags of `floe run` (and `floe replay`) that only one backend takes. */
+const RUN_BACKEND_FLAGS: BackendOnlyFlags = {
+  awsOnly: {
+    sink: 'the embedded backend writes every sink to the table floe_out_<job> of <data-dir>/floe.db',
+    'create-resources': "on the embedded backend 'floe produce' creates the stream",
+    shards: "on the embedded backend 'floe produce --shards N' sets the shards when it creates the stream",
+    'state-table': 'the embedded backend keeps state in <data-dir>/floe.db',
+    'control-table': 'the embedded backend keeps checkpoints in <data-dir>/floe.db',
+    bucket: 'the embedded backend keeps everything in <data-dir>',
+    generation: "the embedded backend runs the generation its job record names ('floe replay' moves it)",
+  },
+  embeddedOnly: {
+    'data-dir':
+      '--data-dir is for the embedded backend; on --backend aws name the resources with --stream, --state-table, --control-table and --bucket',
+  },
 };
 
 /**
@@ -79,23 +87,7 @@ export function checkBackendFlags(
   backend: 'embedded' | 'aws',
   values: { readonly [flag: string]: unknown },
 ): void {
-  const given = (flag: string): boolean => values[flag] !== undefined && values[flag] !== false;
-  if (backend === 'embedded') {
-    for (const [flag, instead] of Object.entries(AWS_ONLY)) {
-      if (given(flag)) throw new UsageError(`--${flag} applies to --backend aws only; ${instead}`);
-    }
-    return;
-  }
-  if (given('data-dir')) {
-    throw new UsageError(
-      '--data-dir is for the embedded backend; on --backend aws name the resources with --stream, --state-table, --control-table and --bucket',
-    );
-  }
-  if (given('shards') && !given('create-resources')) {
-    throw new UsageError(
-      '--shards is the shard count of a stream that --create-resources creates; pass --create-resources too (an existing stream keeps its shards)',
-    );
-  }
+  checkBackendFlagsOf(backend, values, RUN_BACKEND_FLAGS);
 }
 
 /**
