@@ -1367,12 +1367,11 @@ export async function abandonRestore(
   let record: JobRecord | undefined;
   let nextGeneration = marked!.nextGeneration;
   for (let attempt = 0; ; attempt++) {
-    const current = await backend.jobs.get(job);
+    const { record: current, freed } = await backend.jobs.lookup(job);
     // Gone, or another rerun of the abandon finished first.
     if (current?.abandoning?.generation !== abandoning.generation) {
       record = current;
-      nextGeneration =
-        current?.nextGeneration ?? (await backend.jobs.lookup(job)).freed?.nextGeneration ?? nextGeneration;
+      nextGeneration = current?.nextGeneration ?? freed?.nextGeneration ?? nextGeneration;
       break;
     }
     if (current.state === 'restoring') {
