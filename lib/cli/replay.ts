@@ -169,7 +169,7 @@ export async function runReplay(args: string[]): Promise<number> {
         ...(asJob === undefined ? {} : { asJob }),
         ...(migration === undefined ? {} : { migration }),
         allowNonRestoredState: values['allow-non-restored-state'],
-        ...(opened.commandArgs === '' ? {} : { commandArgs: opened.commandArgs }),
+        commandArgs: opened.commandArgs,
         pipeline: { name: plan.name, version: plan.version, module: resolve(modulePath) },
         onProgress: progress.onProgress,
         ...(onStep === undefined ? {} : { onStep }),
@@ -207,7 +207,7 @@ export async function runReplay(args: string[]): Promise<number> {
         timestamp,
         plan,
         pipeline: { name: plan.name, version: plan.version, module: resolve(values.pipeline) },
-        ...(opened.commandArgs === '' ? {} : { commandArgs: opened.commandArgs }),
+        commandArgs: opened.commandArgs,
       });
       console.error(
         `floe replay: job ${job} (generation ${record.generation}) reads stream "${stream}" from ${formatTime(timestamp)} (AT_TIMESTAMP) with empty state`,

@@ -155,6 +155,7 @@ async function create(args: string[]): Promise<number> {
       timeoutMs: positiveInt('--timeout', values.timeout, 120) * 1000,
       leaseTtlMs: positiveInt('--lease-ttl', values['lease-ttl'], 30_000, MAX_LEASE_TTL),
       chunkEntries: positiveInt('--chunk-entries', values['chunk-entries'], 50_000),
+      commandArgs: opened.commandArgs,
       onProgress: progress.onProgress,
       ...(onStep === undefined ? {} : { onStep }),
     });

@@ -180,13 +180,28 @@ describe('abandoning an unfinished restore (embedded)', () => {
     });
     expect(record?.restore).toBeUndefined();
     const unfinished =
-      /the restore of savepoint .* was abandoned, but the abandon stopped .* rerun 'floe replay --abandon --job ai2'/;
-    await expect(
-      openEmbeddedJobForRun({ dataDir: data.dir, stream: STREAM, job: 'ai2', plan: compile(v1) }),
-    ).rejects.toThrow(unfinished);
-    await expect(
-      restoreSavepoint(backend, { savepointId: manifest.id, plan: compile(v1), asJob: 'ai2' }),
-    ).rejects.toThrow(unfinished);
+      /the restore of savepoint .* was abandoned, but the abandon stopped .* rerun 'floe replay --abandon --job ai2/;
+    // The suggested command names the backend options when the caller knows them (floe run: the
+    // data directory), and asks for them in words when it does not.
+    const run = openEmbeddedJobForRun({ dataDir: data.dir, stream: STREAM, job: 'ai2', plan: compile(v1) });
+    await expect(run).rejects.toThrow(unfinished);
+    await expect(run).rejects.toThrow(
+      `'floe replay --abandon --job ai2 --data-dir ${data.dir}' to finish it`,
+    );
+    const restore = (commandArgs?: string) =>
+      restoreSavepoint(backend, {
+        savepointId: manifest.id,
+        plan: compile(v1),
+        asJob: 'ai2',
+        ...(commandArgs === undefined ? {} : { commandArgs }),
+      });
+    await expect(restore()).rejects.toThrow(
+      "rerun 'floe replay --abandon --job ai2' (with the same backend options) to finish it",
+    );
+    await expect(restore('')).rejects.toThrow("rerun 'floe replay --abandon --job ai2' to finish it");
+    await expect(restore('--data-dir d')).rejects.toThrow(
+      "rerun 'floe replay --abandon --job ai2 --data-dir d' to finish it",
+    );
     const finished = await abandonRestore(backend, { job: 'ai2' });
     expect(finished).toMatchObject({ resumed: true, record: undefined });
     expect(await backend.jobs.get('ai2')).toBeUndefined();

@@ -223,12 +223,21 @@ export function generationOf(found: JobLookup, configured = 0): number {
 
 /**
  * What refuses to start anything on a job whose abandoned restore was not cleaned up yet
- * (`floe replay --abandon` was interrupted): rerunning the abandon finishes it.
+ * (`floe replay --abandon` was interrupted): rerunning the abandon finishes it. `abandonArgs`:
+ * what the suggested command takes after `--abandon` (`--job <id>` and the backend options);
+ * when the caller does not know the backend options, the message asks for them in words.
  */
-export function unfinishedAbandon(record: Pick<JobRecord, 'job' | 'abandoning'>): ConfigurationError {
+export function unfinishedAbandon(
+  record: Pick<JobRecord, 'job' | 'abandoning'>,
+  abandonArgs?: string,
+): ConfigurationError {
   const a = record.abandoning;
+  const rerun =
+    abandonArgs === undefined
+      ? `'floe replay --abandon --job ${record.job}' (with the same backend options)`
+      : `'floe replay --abandon ${abandonArgs}'`;
   return new ConfigurationError(
-    `job ${record.job}: the restore of savepoint ${a?.savepointId ?? '?'} into generation ${a?.generation ?? '?'} was abandoned, but the abandon stopped before it had deleted what the restore wrote; rerun 'floe replay --abandon --job ${record.job}' (with the same backend options) to finish it`,
+    `job ${record.job}: the restore of savepoint ${a?.savepointId ?? '?'} into generation ${a?.generation ?? '?'} was abandoned, but the abandon stopped before it had deleted what the restore wrote; rerun ${rerun} to finish it`,
   );
 }
 
@@ -355,7 +364,7 @@ export async function resolveJobForRun(
       }
       if (current.state === 'restoring') {
         if (current.restore === undefined && current.abandoning !== undefined)
-          throw unfinishedAbandon(current);
+          throw unfinishedAbandon(current, jobArgs);
         throw new ConfigurationError(
           `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'} and the restore has not completed; rerun the 'floe replay' command that started it (it continues where it stopped), or give it up with 'floe replay --abandon ${jobArgs}'`,
         );

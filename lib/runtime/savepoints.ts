@@ -261,6 +261,17 @@ export interface CreateSavepointOptions extends Hooks {
    * caller need not read it again (and again after another writer changed it in between).
    */
   readonly checkRecord?: (record: JobRecord | undefined) => void;
+  /** As RestoreOptions.commandArgs. @default unknown: a refusal asks for them in words */
+  readonly commandArgs?: string;
+}
+
+/**
+ * What `floe replay --abandon` takes for `job` with the backend options `commandArgs` ('' for
+ * the embedded defaults); undefined when they are not known.
+ */
+function abandonArgs(job: string, commandArgs: string | undefined): string | undefined {
+  if (commandArgs === undefined) return undefined;
+  return commandArgs === '' ? `--job ${job}` : `--job ${job} ${commandArgs}`;
 }
 
 export async function createSavepoint(
@@ -298,7 +309,8 @@ export async function createSavepoint(
         stream: options.stream ?? job,
       };
       if (base.state === 'restoring') {
-        if (base.restore === undefined && base.abandoning !== undefined) throw unfinishedAbandon(base);
+        if (base.restore === undefined && base.abandoning !== undefined)
+          throw unfinishedAbandon(base, abandonArgs(job, options.commandArgs));
         throw new ConfigurationError(
           `job ${job} is being restored from savepoint ${base.restore?.savepointId ?? '?'}; finish the restore (rerun the 'floe replay' command) before taking a savepoint`,
         );
@@ -858,7 +870,8 @@ export interface RestoreOptions extends Hooks {
   readonly batchEntries?: number;
   /**
    * The backend options of the commands a refusal suggests (e.g. `--backend aws --state-table
-   * ...`, or a non-default `--data-dir`). @default none
+   * ...`, or a non-default `--data-dir`; '' for the embedded defaults). @default none; the rerun
+   * of an interrupted abandon is then asked for "with the same backend options"
    */
   readonly commandArgs?: string;
 }
@@ -917,7 +930,8 @@ export async function restoreSavepoint(
   // A target job that cannot take the restore is refused before the files are read (a large
   // savepoint takes a while to verify); the claim below checks again, as the record can change.
   const existing = await backend.jobs.get(target);
-  if (existing?.abandoning !== undefined) throw unfinishedAbandon(existing);
+  if (existing?.abandoning !== undefined)
+    throw unfinishedAbandon(existing, abandonArgs(target, options.commandArgs));
   if (existing?.restore?.savepointId !== manifest.id) {
     const refused =
       existing === undefined ? undefined : targetRefusal(existing, target, manifest, options.commandArgs);
@@ -1032,7 +1046,8 @@ export async function restoreSavepoint(
         pipeline: options.pipeline ?? { name: options.plan.name, version: options.plan.version },
         operators: [...targetSchemas.values()],
       };
-      if (current?.abandoning !== undefined) throw unfinishedAbandon(current);
+      if (current?.abandoning !== undefined)
+        throw unfinishedAbandon(current, abandonArgs(target, options.commandArgs));
       if (current?.restore !== undefined && current.restore.savepointId === manifest.id) {
         // A rerun of a crashed restore. The record is written again, unchanged, so that the
         // store's own markers of the restore are there even if an older floe wrote it (on
@@ -1454,7 +1469,8 @@ export async function prepareTimestampReplay(
           ...base,
         };
       }
-      if (current.abandoning !== undefined) throw unfinishedAbandon(current);
+      if (current.abandoning !== undefined)
+        throw unfinishedAbandon(current, abandonArgs(options.job, options.commandArgs));
       if (current.state === 'restoring') {
         throw new ConfigurationError(
           `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; complete that replay first (or give it up: 'floe replay --abandon --job ${options.job}${options.commandArgs ? ` ${options.commandArgs}` : ''}')`,
