@@ -249,10 +249,13 @@ async function runAbandon(values: Record<string, unknown>): Promise<number> {
     const result = await abandonRestore(opened.backend, { job });
     const deleted = `${formatCount(result.discarded.stateEntries)} state entries and ${formatCount(result.discarded.checkpoints)} shard checkpoint(s)`;
     const what = `the restore of savepoint ${result.savepointId} into job ${job} (generation ${result.generation})`;
+    const abandoned = `floe replay: abandoned ${what}${result.resumed ? ' (finishing an interrupted abandon)' : ''}`;
     console.error(
-      result.record === undefined
-        ? `floe replay: abandoned ${what}${result.resumed ? ' (finishing an interrupted abandon)' : ''}: job ${job}, which the restore had created, is removed with what the restore wrote (${deleted}); the id can be used again (a later job of it starts at generation ${result.nextGeneration})`
-        : `floe replay: abandoned ${what}${result.resumed ? ' (finishing an interrupted abandon)' : ''}: deleted what it wrote (${deleted}); job ${job} is back on generation ${result.record.generation} (${result.record.state}), and a later replay restores into a new generation`,
+      result.laterJob !== undefined
+        ? `${abandoned}: deleted what it wrote (${deleted}); job ${job} has moved on since: another command started generation ${result.laterJob.generation} (${result.laterJob.state}) after the abandon had given the restore up`
+        : result.record === undefined
+          ? `${abandoned}: job ${job}, which the restore had created, is removed with what the restore wrote (${deleted}); the id can be used again (a later job of it starts at generation ${result.nextGeneration})`
+          : `${abandoned}: deleted what it wrote (${deleted}); job ${job} is back on generation ${result.record.generation} (${result.record.state}), and a later replay restores into a new generation`,
     );
     return 0;
   } finally {

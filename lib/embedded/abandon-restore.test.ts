@@ -209,6 +209,41 @@ describe('abandoning an unfinished restore (embedded)', () => {
     data.close();
   });
 
+  it('an abandon that finishes after a concurrent one freed the id and a later job of it started reports that job, not the job as it left it', async () => {
+    const { data, backend, manifest } = await saved('ar');
+    await crashedRestore(backend, manifest.id, 'ar2');
+    // The first abandon marks the record, then stalls before deleting what the restore wrote.
+    const pause = pausePoint();
+    const stalling: SavepointBackend = {
+      ...backend,
+      scope(job, generation) {
+        const scope = backend.scope(job, generation);
+        const discard = async () => {
+          await pause.wait();
+          return scope.discard();
+        };
+        return { ...scope, discard };
+      },
+    };
+    const first = abandonRestore(stalling, { job: 'ar2' });
+    await pause.reached;
+    // A second one finishes it (the id is freed), and a job of the id starts at generation 1.
+    expect(await abandonRestore(backend, { job: 'ar2' })).toMatchObject({ resumed: true, record: undefined });
+    const later = await openEmbeddedJobForRun({
+      dataDir: data.dir,
+      stream: STREAM,
+      job: 'ar2',
+      plan: compile(v1),
+    });
+    await later.close();
+    pause.release();
+    const result = await first;
+    expect(result).toMatchObject({ job: 'ar2', generation: 0, record: undefined });
+    expect(result.laterJob).toMatchObject({ job: 'ar2', generation: 1, state: 'running' });
+    expect(await backend.jobs.get('ar2')).toMatchObject({ generation: 1 });
+    data.close();
+  });
+
   /**
    * A restore of job `job`'s savepoint (into `asJob`, if given) stalls where `stall` puts it (by
    * default after its first state file); the

@@ -1326,6 +1326,12 @@ export interface AbandonResult {
   readonly discarded: DiscardedScope;
   /** True when this call finished an abandon that had been interrupted. */
   readonly resumed: boolean;
+  /**
+   * The record of a later generation that another command started after a concurrent call
+   * finished this abandon (e.g. `floe run` of an id the abandon had freed); `record` is then
+   * undefined, as it is not the job as the abandon left it.
+   */
+  readonly laterJob?: JobRecord;
 }
 
 /**
@@ -1380,12 +1386,15 @@ export async function abandonRestore(
   const abandoning = marked!.abandoning!;
   const discarded = await backend.scope(job, abandoning.generation).discard();
   let record: JobRecord | undefined;
+  let laterJob: JobRecord | undefined;
   let nextGeneration = marked!.nextGeneration;
   for (let attempt = 0; ; attempt++) {
     const { record: current, freed } = await backend.jobs.lookup(job);
-    // Gone, or another rerun of the abandon finished first.
+    // Gone, or another rerun of the abandon finished first; a record past the abandoned
+    // generation was started since by another command (a later job of a freed id, a replay).
     if (current?.abandoning?.generation !== abandoning.generation) {
-      record = current;
+      if (current !== undefined && current.generation > abandoning.generation) laterJob = current;
+      else record = current;
       nextGeneration = current?.nextGeneration ?? freed?.nextGeneration ?? nextGeneration;
       break;
     }
@@ -1417,6 +1426,7 @@ export async function abandonRestore(
     nextGeneration,
     discarded,
     resumed,
+    ...(laterJob === undefined ? {} : { laterJob }),
   };
 }
 
