@@ -112,23 +112,15 @@ describe('DynamoDB upsert sink across a split of the source stream', () => {
           ...(r.explicitHashKey === undefined ? {} : { explicitHashKey: r.explicitHashKey }),
         })),
       );
+    const sinks = [`counts=dynamodb:${table}?key=page,windowStart`];
+    const open = (clients: AwsClients) =>
+      openAwsJob(compile(views), { job, stream, stateTable, controlTable, bucket, sinks }, clients);
     /** Runs the job until every shard is caught up; returns what its sink was given. */
     const run = async (name: string): Promise<Publish[]> => {
       const published: Publish[] = [];
       const bundle = jobClients(env);
       try {
-        const runtime = openAwsJob(
-          compile(views),
-          {
-            job,
-            stream,
-            stateTable,
-            controlTable,
-            bucket,
-            sinks: [`counts=dynamodb:${table}?key=page,windowStart`],
-          },
-          bundle,
-        );
+        const runtime = open(bundle);
         await runJob(
           { ...runtime, sink: recording(runtime.sink, published), clock: () => T + 86_400_000 },
           { owner: name, untilIdle: true, leaseTtlMs: 60_000, idlePollMs: 1, roundPauseMs: 20 },
@@ -207,19 +199,7 @@ describe('DynamoDB upsert sink across a split of the source stream', () => {
 
     // The parent's worker, stalled past its lease, publishes its commit again afterwards, at its
     // depth: every item keeps the children's count.
-    const late = openAwsJob(
-      compile(views),
-      {
-        job,
-        stream,
-        stateTable,
-        controlTable,
-        bucket,
-        sinks: [`counts=dynamodb:${table}?key=page,windowStart`],
-      },
-      admin,
-    );
-    await late.sink.publish(parentOutputs, { depth: 0 });
+    await open(admin).sink.publish(parentOutputs, { depth: 0 });
     expect(await counts()).toEqual(afterChildren);
   });
 });
