@@ -612,6 +612,23 @@ describe('savepoints on AWS (emulators)', () => {
     // Nothing lists it; its status is that of a job that has not run (in its next generation).
     const status = await floe('status', '--job', 'ak2', '--stream', stream, '--json', ...aws);
     expect(JSON.parse(status.stdout)).toMatchObject({ known: false, generation: 1 });
+    // A --generation below it is raised, with a warning saying why.
+    const raised = await floe(
+      'status',
+      '--job',
+      'ak2',
+      '--stream',
+      stream,
+      '--generation',
+      '0',
+      '--json',
+      ...aws,
+    );
+    expect(JSON.parse(raised.stdout)).toMatchObject({ known: false, generation: 1 });
+    expect(raised.stderr.trim()).toBe(
+      'floe status: warning: --generation 0: job ak2 has no job record and its id was freed by an abandoned restore, which may have written up to generation 0; using generation 1, as its workers do',
+    );
+    expect(status.stderr).toBe('');
     await floe('savepoint', 'delete', manifest.id, ...aws);
     expect((await listSavepoints(backend().snapshots)).map((s) => s.id)).not.toContain(manifest.id);
     const again = await floe('replay', '--abandon', '--job', 'ak', ...aws).catch(

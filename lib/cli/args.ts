@@ -281,6 +281,22 @@ export function checkedRetryLine(error: Error): string {
 }
 
 /**
+ * The warning a command prints when `--generation` named another generation than the one it
+ * used for a job without a record: the job's id was freed by an abandoned restore, so the job
+ * starts past the generations that restore may have written (firstGeneration), as its workers
+ * do. Undefined when the flag was not given or was used.
+ */
+export function raisedGenerationWarning(
+  command: string,
+  job: string,
+  flag: number | undefined,
+  used: number,
+): string | undefined {
+  if (flag === undefined || flag === used) return undefined;
+  return `floe ${command}: warning: --generation ${flag}: job ${job} has no job record and its id was freed by an abandoned restore, which may have written up to generation ${used - 1}; using generation ${used}, as its workers do`;
+}
+
+/**
  * `--generation` names the state generation of a job that has no job record yet (a Lambda job
  * deployed with the construct's `generation`). Once the job has a record, the record decides
  * (a replay moves it); a flag naming another generation is refused rather than ignored.

@@ -14,7 +14,14 @@ import { openAwsJobForRun } from '../aws/run-job.ts';
 import { ConfigurationError, type PipelinePlan } from '../core/index.ts';
 import type { JobRecord } from '../runtime/job-control.ts';
 import { runJob } from '../runtime/local-runner.ts';
-import { checkedRetryLine, checkGenerationFlag, formatCount, formatTime, retryNotice } from './args.ts';
+import {
+  checkedRetryLine,
+  checkGenerationFlag,
+  formatCount,
+  formatTime,
+  raisedGenerationWarning,
+  retryNotice,
+} from './args.ts';
 
 export interface RunAwsOptions {
   readonly plan: PipelinePlan;
@@ -189,7 +196,7 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
     );
     checkGenerationFlag(config.job, options.generation, record);
     await checkSinkDestinations(clients, options.sinks);
-    const { runtime } = await openAwsJobForRun(options.plan, config, clients, {
+    const { runtime, generation } = await openAwsJobForRun(options.plan, config, clients, {
       pipeline: {
         name: options.plan.name,
         version: options.plan.version,
@@ -201,6 +208,8 @@ export async function runAws(options: RunAwsOptions): Promise<number> {
         bucket: options.bucket,
       }),
     });
+    const raised = raisedGenerationWarning('run', config.job, options.generation, generation);
+    if (raised !== undefined) console.error(raised);
     const summary = await runJob(runtime, {
       untilIdle: options.untilIdle,
       batchSize: options.batchSize,

@@ -26,6 +26,7 @@ import {
   oneOf,
   parseFlags,
   positiveInt,
+  raisedGenerationWarning,
   savepointIdArg,
   streamFlag,
   UsageError,
@@ -160,6 +161,8 @@ async function create(args: string[]): Promise<number> {
       ...(onStep === undefined ? {} : { onStep }),
     });
     progress.done();
+    const raised = raisedGenerationWarning('savepoint', job, generation, manifest.generation);
+    if (raised !== undefined) console.error(raised);
     console.error(`floe savepoint: ${describeManifest(manifest)}`);
     console.error(`  at ${opened.backend.snapshots.describe(manifest.id)}`);
     if (manifest.stopped) {

@@ -1,7 +1,7 @@
 /** `floe status --backend aws`: the status of a job on Kinesis, DynamoDB and S3 (lib/aws/status.ts). */
 import { awsClients, defaultResourceNames } from '../aws/job.ts';
 import { type AwsJobStatus, type AwsShardStatus, awsJobStatus } from '../aws/status.ts';
-import { checkGenerationFlag, formatCount, formatTime } from './args.ts';
+import { checkGenerationFlag, formatCount, formatTime, raisedGenerationWarning } from './args.ts';
 import { explainAwsError } from './run-aws.ts';
 
 export interface StatusAwsOptions {
@@ -34,6 +34,8 @@ export async function runStatusAws(options: StatusAwsOptions): Promise<number> {
       missingResourcesHint:
         'pass the job\'s resources with --stream, --state-table, --control-table and --bucket (a StreamProcessor stack\'s outputs name them; the defaults are those of "floe run --backend aws"), and check AWS_REGION',
     });
+    const raised = raisedGenerationWarning('status', options.job, options.generation, status.generation);
+    if (raised !== undefined) console.error(raised);
     if (options.json) {
       console.log(
         JSON.stringify(status, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v), 2),
