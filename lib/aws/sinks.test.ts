@@ -248,7 +248,9 @@ describe('helpers', () => {
     expect(outputRecordJson({ id: 'j/s/1/0', sink: 'x', value: { b: 1 } })).toBe(
       '{"id":"j/s/1/0","value":{"b":1}}',
     );
-    expect(outputRecordJson({ id: 'j/s/1/0', sink: 'x', value: undefined })).toBe('{"id":"j/s/1/0"}');
+    expect(outputRecordJson({ id: 'j/s/1/0', sink: 'x', value: undefined })).toBe(
+      '{"id":"j/s/1/0","value":null}',
+    );
     expect(
       defaultS3ObjectKey({
         prefix: 'p/',

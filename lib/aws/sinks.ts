@@ -140,11 +140,12 @@ export function parseOutputId(id: string): OutputIdParts {
   return { job, shard, commit, index };
 }
 
-/** `{"id":...,"value":...}` with the keys in this order; no "value" key for an undefined value. */
+/**
+ * `{"id":...,"value":...}` with the keys in this order; an undefined value (JSON has none) is
+ * `null`, as in `floe simulate`'s lines and the embedded sinks.
+ */
 export function outputRecordJson(output: Output): string {
-  const value = outputValueJson(output);
-  const id = JSON.stringify(output.id);
-  return value === undefined ? `{"id":${id}}` : `{"id":${id},"value":${value}}`;
+  return `{"id":${JSON.stringify(output.id)},"value":${outputValueJson(output) ?? 'null'}}`;
 }
 
 async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>) {
