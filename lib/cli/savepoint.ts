@@ -327,7 +327,7 @@ async function remove(args: string[]): Promise<number> {
     await deleteSavepoint(opened.backend, id, {
       ...(job === undefined ? {} : { job }),
       // The replay and the abandon it suggests must reach the resources this delete reads.
-      ...(opened.commandArgs === '' ? {} : { commandArgs: opened.commandArgs }),
+      commandArgs: opened.commandArgs,
     });
     console.error(`floe savepoint: deleted ${id} from ${opened.backend.snapshots.location}`);
     return 0;

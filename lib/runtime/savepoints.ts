@@ -267,8 +267,11 @@ export interface CreateSavepointOptions extends Hooks {
 
 /**
  * What `floe replay --abandon` takes for `job` with the backend options `commandArgs` ('' for
- * the embedded defaults); undefined when they are not known.
+ * the embedded defaults); undefined when they are not known. Every abandon floe suggests is built
+ * from it.
  */
+function abandonArgs(job: string, commandArgs: string): string;
+function abandonArgs(job: string, commandArgs: string | undefined): string | undefined;
 function abandonArgs(job: string, commandArgs: string | undefined): string | undefined {
   if (commandArgs === undefined) return undefined;
   return commandArgs === '' ? `--job ${job}` : `--job ${job} ${commandArgs}`;
@@ -820,7 +823,7 @@ export async function deleteSavepoint(
               .map((o) => o.job)
               .join(', ')})`
           : ''
-      }, which did not finish: only a rerun of that replay, which reads the savepoint again, can complete it. Finish it first — rerun that replay ('floe replay --from-savepoint ${id} --as-job ${r.job} --restore-only${args}', with the same --pipeline and --migration) — or give it up ('floe replay --abandon --job ${r.job}${args}'), then delete the savepoint`,
+      }, which did not finish: only a rerun of that replay, which reads the savepoint again, can complete it. Finish it first — rerun that replay ('floe replay --from-savepoint ${id} --as-job ${r.job} --restore-only${args}', with the same --pipeline and --migration) — or give it up ('floe replay --abandon ${abandonArgs(r.job, options.commandArgs ?? '')}'), then delete the savepoint`,
     );
   }
   const files = await backend.snapshots.listFiles(id);
@@ -901,7 +904,7 @@ function targetRefusal(
 ): ConfigurationError | undefined {
   if (current.state === 'restoring') {
     return new ConfigurationError(
-      `job ${target} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; rerun that replay to complete it (or give it up: 'floe replay --abandon --job ${target}${commandArgs ? ` ${commandArgs}` : ''}'), or choose another --as-job id`,
+      `job ${target} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; rerun that replay to complete it (or give it up: 'floe replay --abandon ${abandonArgs(target, commandArgs ?? '')}'), or choose another --as-job id`,
     );
   }
   if (target !== manifest.job) {
@@ -1483,7 +1486,7 @@ export async function prepareTimestampReplay(
         throw unfinishedAbandon(current, abandonArgs(options.job, options.commandArgs));
       if (current.state === 'restoring') {
         throw new ConfigurationError(
-          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; complete that replay first (or give it up: 'floe replay --abandon --job ${options.job}${options.commandArgs ? ` ${options.commandArgs}` : ''}')`,
+          `job ${options.job} is being restored from savepoint ${current.restore?.savepointId ?? '?'}; complete that replay first (or give it up: 'floe replay --abandon ${abandonArgs(options.job, options.commandArgs ?? '')}')`,
         );
       }
       if (current.stream !== options.stream) {
